@@ -1,0 +1,37 @@
+# Two set-up commands for a fresh machine: `make demo` and `make test` (each creates .venv when missing).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# CPU machines: constraints pin the local CPU torch wheel (the package itself never pins torch).
+CONSTRAINTS ?= constraints-cpu.txt
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-all bench bench-full clean venv
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/ctglip demo --out demo-output
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(VENV)/.installed
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev,bench]"
+	$(PY) benchmarks/run.py --quick
+
+bench-full: $(VENV)/.installed
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev,bench]"
+	$(PY) benchmarks/run.py --full
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info demo-output

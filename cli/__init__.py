@@ -1,0 +1,1 @@
+"""The `ctglip` command line: thin click wrappers over the library."""

@@ -1,0 +1,1 @@
+"""Package data files (class maps, dictionary, model configs, bundled weights)."""

@@ -1,0 +1,1 @@
+"""ctglip_sdk.io (under construction)."""

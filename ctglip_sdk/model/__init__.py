@@ -1,0 +1,1 @@
+"""ctglip_sdk.model (under construction)."""

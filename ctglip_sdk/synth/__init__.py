@@ -1,0 +1,1 @@
+"""ctglip_sdk.synth (under construction)."""

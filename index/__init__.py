@@ -1,0 +1,1 @@
+"""ArchiveIndex: SQL metadata (the truth) plus FAISS vectors (derived) for a CT archive."""
