@@ -1,17 +1,92 @@
-"""Entry point of the `ctglip` command: the click group and error translation."""
+"""Entry point of the `ctglip` command: a lazily loaded click group that turns library errors into exit codes."""
 
 from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+from typing import Any, Dict, List, Optional
 
 import click
 
 from ctglip_sdk._version import __version__
+from ctglip_sdk.errors import CTGlipError
+
+# name -> "module:attribute". Commands load on first use so that `ctglip --help` does not import torch.
+COMMANDS: Dict[str, str] = {
+    "demo": "ctglip_sdk.cli.demo:demo_command",
+    "synth": "ctglip_sdk.cli.synth:synth_command",
+    "parse-report": "ctglip_sdk.cli.reports:parse_report_command",
+    "models": "ctglip_sdk.cli.models:models_command",
+    "train": "ctglip_sdk.cli.train:train_command",
+    "eval": "ctglip_sdk.cli.train:eval_command",
+    "ingest": "ctglip_sdk.cli.index_cmds:ingest",
+    "search": "ctglip_sdk.cli.index_cmds:search",
+    "similar": "ctglip_sdk.cli.index_cmds:similar",
+    "score": "ctglip_sdk.cli.index_cmds:score",
+    "cohort": "ctglip_sdk.cli.index_cmds:cohort",
+    "export": "ctglip_sdk.cli.index_cmds:export",
+    "verify": "ctglip_sdk.cli.index_cmds:verify",
+}
 
 
-@click.group()
+def _available() -> Dict[str, str]:
+    """Commands whose module is present (a partial checkout still gets a working CLI)."""
+    out = {}
+    for name, target in COMMANDS.items():
+        module = target.split(":")[0]
+        if importlib.util.find_spec(module) is not None:
+            out[name] = target
+    return out
+
+
+class LazyGroup(click.Group):
+    """A click group that imports each command on demand and maps CTGlipError to exit code 1."""
+
+    def list_commands(self, ctx: click.Context) -> List[str]:
+        return sorted(set(super().list_commands(ctx)) | set(_available()))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> Optional[click.Command]:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None:
+            return cmd
+        target = _available().get(cmd_name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CTGlipError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            # One clear line, no traceback: the message names the file/value and the reason.
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ctglip")
-def cli() -> None:
-    """ctglip: CT-GLIP organ embeddings, archive search and zero-shot scoring."""
+@click.option("--debug", is_flag=True, help="Show full tracebacks and debug logs.")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress messages (INFO level).")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
+    """ctglip: CT-GLIP organ embeddings, archive search and zero-shot scoring.
+
+    Shell completion: eval "$(_CTGLIP_COMPLETE=bash_source ctglip)" (zsh_source, fish_source likewise).
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
 def main() -> None:
-    cli()
+    """Console-script entry point."""
+    cli(prog_name="ctglip")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,45 @@
+"""The `ctglip` group: version, lazy commands, exit codes (1 user error, 2 usage)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import click
+from click.testing import CliRunner
+
+import ctglip_sdk as cg
+from ctglip_sdk.cli.main import cli
+
+
+def test_version_and_help():
+    runner = CliRunner()
+    res = runner.invoke(cli, ["--version"])
+    assert res.exit_code == 0 and cg.__version__ in res.output
+    res = runner.invoke(cli, ["--help"])
+    assert res.exit_code == 0 and "models" in res.output
+
+
+def test_library_error_becomes_exit_1_without_traceback():
+    @cli.command("_boom", hidden=True)
+    def _boom() -> None:
+        raise cg.InputError("not a DICOM file", path="/archive/x.dcm")
+
+    try:
+        res = CliRunner().invoke(cli, ["_boom"])
+        assert res.exit_code == 1
+        assert "/archive/x.dcm: not a DICOM file" in res.output and "Traceback" not in res.output
+        res = CliRunner().invoke(cli, ["--debug", "_boom"])
+        assert isinstance(res.exception, cg.InputError)
+    finally:
+        cli.commands.pop("_boom", None)
+
+
+def test_usage_error_is_exit_2():
+    res = CliRunner().invoke(cli, ["no-such-command"])
+    assert res.exit_code == 2
+
+
+def test_console_script_runs():
+    res = subprocess.run([sys.executable, "-m", "ctglip_sdk.cli.main", "--version"], capture_output=True, text=True)
+    assert res.returncode == 0 and cg.__version__ in res.stdout
