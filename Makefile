@@ -35,3 +35,14 @@ bench-full: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info demo-output
+
+# GPU machines: swap faiss-cpu for faiss-gpu (both own the same `faiss/` folder, so never install both).
+.PHONY: faiss-gpu faiss-cpu
+faiss-gpu: $(VENV)/.installed
+	$(PY) -m pip uninstall --quiet -y faiss-cpu faiss-gpu
+	$(PY) -m pip install --quiet "faiss-gpu>=1.8"
+	$(PY) -c "import faiss; print('faiss', faiss.__version__, 'gpus:', faiss.get_num_gpus())"
+
+faiss-cpu: $(VENV)/.installed
+	$(PY) -m pip uninstall --quiet -y faiss-cpu faiss-gpu
+	$(PY) -m pip install --quiet "faiss-cpu>=1.8"

@@ -19,6 +19,7 @@ COMMANDS: Dict[str, str] = {
     "synth": "ctglip_sdk.cli.synth:synth_command",
     "parse-report": "ctglip_sdk.cli.reports:parse_report_command",
     "models": "ctglip_sdk.cli.models:models_command",
+    "doctor": "ctglip_sdk.cli.doctor:doctor_command",
     "train": "ctglip_sdk.cli.train:train_command",
     "eval": "ctglip_sdk.cli.train:eval_command",
     "ingest": "ctglip_sdk.cli.index_cmds:ingest",
