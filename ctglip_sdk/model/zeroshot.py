@@ -1,0 +1,225 @@
+"""Zero-shot organ identification and finding detection with prompt ensembles and the learned temperature."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ctglip_sdk import organs as vocab
+from ctglip_sdk.errors import ConfigError, CTGlipError, QueryError
+from ctglip_sdk.volume import Segmentation, Volume
+
+__all__ = ["ZeroShotClassifier", "Detection", "OrganIdentification", "ORGAN_TEMPLATES"]
+
+log = logging.getLogger(__name__)
+
+#: Prompt ensemble for organ names when the dictionary offers none; ``{}`` is the display name.
+ORGAN_TEMPLATES: Tuple[str, ...] = ("the {}", "a CT image of the {}", "the {} on CT", "{}",
+                                    "an axial CT slice through the {}")
+
+
+@dataclass(frozen=True)
+class Detection:
+    """Probability that ``finding`` is present in ``organ`` (2-way softmax: positive vs negative prompts)."""
+
+    organ: str
+    finding: str
+    probability: float
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"organ": self.organ, "finding": self.finding, "probability": self.probability}
+
+
+@dataclass(frozen=True)
+class OrganIdentification:
+    """The most likely of the 104 organ names for one labelled region, with the full distribution."""
+
+    region: str
+    organ: str
+    probability: float
+    probabilities: np.ndarray  # [104], aligned with ctglip_sdk.organs.ORGANS; sums to 1
+
+    def top(self, k: int = 5) -> List[Tuple[str, float]]:
+        """The ``k`` most likely organs with their probabilities."""
+        idx = np.argsort(-self.probabilities)[:k]
+        return [(vocab.ORGANS[i], float(self.probabilities[i])) for i in idx]
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"region": self.region, "organ": self.organ, "probability": self.probability,
+                "top5": [{"organ": o, "probability": p} for o, p in self.top(5)]}
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class ZeroShotClassifier:
+    """Zero-shot scoring of organ embeddings against text prompts (prompts are data: the dictionary).
+
+    Prompt embeddings are cached and recomputed when the model's weights change (``weights_version``).
+
+    Example:
+        >>> zs = ZeroShotClassifier(model)                                     # doctest: +SKIP
+        >>> zs.identify_organs(vol, seg)[0].organ                              # doctest: +SKIP
+        'liver'
+        >>> [d.to_dict() for d in zs.detect(vol, seg, findings=["liver_cyst"])]  # doctest: +SKIP
+        [{'organ': 'liver', 'finding': 'liver_cyst', 'probability': 0.83}]
+    """
+
+    def __init__(self, model: Any, dictionary: Any = None, organ_templates: Sequence[str] = ORGAN_TEMPLATES) -> None:
+        self.model = model
+        self._dictionary = dictionary
+        self.organ_templates = tuple(organ_templates)
+        self._cache: Dict[str, np.ndarray] = {}
+        self._cache_version: Any = None
+        self._organ_keys: Dict[str, Tuple[str, ...]] = {}
+
+    # ------------------------------------------------------------------ prompts
+    @property
+    def dictionary(self) -> Any:
+        """The abnormality dictionary (``AbnormalityDictionary.default()`` unless one was given)."""
+        if self._dictionary is None:
+            try:
+                from ctglip_sdk.reports import AbnormalityDictionary  # type: ignore[attr-defined]
+            except ImportError:
+                raise ConfigError("no abnormality dictionary available: pass ZeroShotClassifier(model, "
+                                  "dictionary=...)") from None
+            self._dictionary = AbnormalityDictionary.default()
+        return self._dictionary
+
+    def _check_cache(self) -> None:
+        version = self.model.weights_version()
+        if version != self._cache_version:
+            self._cache.clear()
+            self._cache_version = version
+
+    def embed_prompts(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit vectors of ``texts`` ``[N, D]``, served from the per-model cache where possible."""
+        self._check_cache()
+        todo = sorted({t for t in texts if t not in self._cache})
+        if todo:
+            for t, v in zip(todo, self.model.encode_text(todo)):
+                self._cache[t] = v
+        return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, self.model.embed_dim), np.float32)
+
+    def _ensembles(self, prompt_lists: Sequence[Sequence[str]]) -> np.ndarray:
+        """Mean of each list's unit prompt vectors, renormalised (CLIP prompt ensembling) -> ``[K, D]``."""
+        flat = [t for lst in prompt_lists for t in lst]
+        emb = self.embed_prompts(flat)
+        out, i = [], 0
+        for lst in prompt_lists:
+            m = emb[i:i + len(lst)].mean(0)
+            out.append(m / max(float(np.linalg.norm(m)), 1e-12))
+            i += len(lst)
+        return np.stack(out).astype(np.float32)
+
+    def organ_prompts(self, organ: str) -> List[str]:
+        """Prompts naming ``organ``: the dictionary's ``organ_prompts`` when it has them, else templates."""
+        d = self._dictionary
+        if d is not None and hasattr(d, "organ_prompts"):
+            prompts = list(d.organ_prompts(organ))
+            if prompts:
+                return prompts
+        return [t.format(vocab.display_name(organ)) for t in self.organ_templates]
+
+    def finding_prompts(self, key: str) -> Tuple[List[str], List[str]]:
+        """(positive, negative) prompts of a finding key, falling back to the entry's phrasings."""
+        d = self.dictionary
+        if key not in d:
+            raise QueryError(f"unknown finding {key!r}; known: {', '.join(sorted(d.keys()))}")
+        pos: List[str] = []
+        neg: List[str] = []
+        if hasattr(d, "prompts"):
+            pos, neg = (list(x) for x in d.prompts(key))
+        entry = d[key]
+        pos = pos or list(entry.positives) or [entry.name, *entry.synonyms]
+        neg = neg or list(entry.negatives)
+        if not neg and hasattr(d, "normal_phrases"):
+            neg = list(d.normal_phrases(entry.organ))
+        return pos, neg or [f"no {entry.name}"]
+
+    # ------------------------------------------------------------------ organs
+    def identify_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        """Softmax over the 104 organ names for each row of ``vectors`` -> ``[N, 104]`` (rows sum to 1)."""
+        text = self._ensembles([self.organ_prompts(o) for o in vocab.ORGANS])
+        scale = float(self.model.temperature_scale().detach().cpu())
+        return _softmax(scale * np.asarray(vectors, np.float32) @ text.T)
+
+    def identify_organs(self, volume: Volume, segmentation: Segmentation) -> List[OrganIdentification]:
+        """For each labelled region of ``segmentation``, the most likely organ name with probabilities."""
+        emb = self.model.encode_organs(volume, segmentation)
+        if not emb.names:
+            return []
+        probs = self.identify_vectors(emb.vectors)
+        best = probs.argmax(1)
+        return [OrganIdentification(r, vocab.ORGANS[b], float(p[b]), p) for r, b, p in zip(emb.names, best, probs)]
+
+    # ---------------------------------------------------------------- findings
+    def _keys_for(self, organ: str) -> Tuple[str, ...]:
+        if organ not in self._organ_keys:
+            try:
+                self._organ_keys[organ] = tuple(e.key for e in self.dictionary.for_organ(organ))
+            except (KeyError, ValueError, CTGlipError):  # an organ the dictionary does not know: no findings
+                self._organ_keys[organ] = ()
+        return self._organ_keys[organ]
+
+    def detect_arrays(self, organ_names: Sequence[str], vectors: np.ndarray,
+                      findings: Optional[Sequence[str]] = None) -> Tuple[np.ndarray, List[str], np.ndarray]:
+        """Vectorised scoring: ``(row index, finding key, probability)`` arrays for every applicable pair.
+
+        Each (organ, finding) pair the dictionary allows gets ``sigmoid(s * (v.p - v.n))`` = the 2-way softmax
+        of the organ vector ``v`` against the averaged positive ``p`` and negative ``n`` prompt vectors, ``s``
+        the model's learned logit scale.
+        """
+        vectors = np.asarray(vectors, np.float32)
+        if vectors.ndim != 2 or vectors.shape[0] != len(organ_names):
+            raise QueryError(f"need one vector per organ name: {len(organ_names)} names, vectors {vectors.shape}")
+        wanted = None
+        if findings is not None:
+            wanted = list(dict.fromkeys(findings))
+            unknown = [k for k in wanted if k not in self.dictionary]
+            if unknown:
+                raise QueryError(f"unknown finding(s) {unknown}; known: {', '.join(sorted(self.dictionary.keys()))}")
+        keys = sorted({k for o in set(organ_names) for k in self._keys_for(o) if wanted is None or k in wanted})
+        if not keys or not len(organ_names):
+            return np.zeros(0, np.int64), [], np.zeros(0, np.float32)
+        prompts = [self.finding_prompts(k) for k in keys]
+        pos = self._ensembles([p for p, _ in prompts])
+        neg = self._ensembles([n for _, n in prompts])
+        scale = float(self.model.temperature_scale().detach().cpu())
+        logits = scale * (vectors @ (pos - neg).T)  # [N, K]
+        col = {k: i for i, k in enumerate(keys)}
+        applies = np.zeros(logits.shape, bool)
+        for o in set(organ_names):
+            cols = [col[k] for k in self._keys_for(o) if k in col]
+            if cols:
+                rows = [i for i, n in enumerate(organ_names) if n == o]
+                applies[np.ix_(rows, cols)] = True
+        r, c = np.nonzero(applies)
+        prob = 1.0 / (1.0 + np.exp(-logits[r, c]))
+        return r, [keys[i] for i in c], prob.astype(np.float32)
+
+    def detect_vectors(self, organ_names: Sequence[str], vectors: np.ndarray,
+                       findings: Optional[Sequence[str]] = None) -> List[Detection]:
+        """Detections for precomputed organ vectors (the index scores archives this way).
+
+        Example:
+            >>> zs.detect_vectors(["liver"], emb.vectors[:1], findings=["liver_cyst"])  # doctest: +SKIP
+        """
+        rows, keys, prob = self.detect_arrays(organ_names, vectors, findings)
+        return [Detection(organ_names[r], k, float(p)) for r, k, p in zip(rows.tolist(), keys, prob.tolist())]
+
+    def detect(self, volume: Volume, segmentation: Segmentation,
+               findings: Optional[Sequence[str]] = None) -> List[Detection]:
+        """Encode the organs the dictionary has findings for (those present) and score them."""
+        present = [segmentation.labels[i] for i in sorted(segmentation.labels) if i > 0]
+        organs = [o for o in present if self._keys_for(o)]
+        if not organs:
+            return []
+        emb = self.model.encode_organs(volume, segmentation, organs=organs)
+        return self.detect_vectors(emb.names, emb.vectors, findings)

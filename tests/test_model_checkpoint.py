@@ -1,0 +1,179 @@
+"""Model folders: bit-exact save/load, strict loading errors, refused pickles, a local Hugging Face text tower."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import ctglip_sdk as cg
+from ctglip_sdk.errors import CheckpointError, ConfigError
+from ctglip_sdk.model import TextConfig, train_tokenizer
+from test_model_encode import TINY, make_phantom
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    model = cg.create("ctglip-tiny", overrides=TINY, seed=0, corpus=["simple hepatic cyst", "no hydronephrosis"])
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    model.save_pretrained(folder)
+    return model, folder
+
+
+def _copy(folder: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    dst = tmp_path / "copy"
+    shutil.copytree(folder, dst)
+    return dst
+
+
+def test_save_load_round_trip_is_bit_exact(saved):
+    model, folder = saved
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "tokenizer"]
+    meta = json.loads((folder / "config.json").read_text())
+    assert meta["schema_version"] == 1 and "torch" in meta["library_versions"]
+    assert meta["config"]["preprocess"]["spacing"] == [4.0, 4.0, 4.0]
+    loaded = cg.load(folder)
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert loaded.config == model.config and loaded.config_hash == model.config_hash
+    assert loaded.weights_hash() == model.weights_hash()
+    assert loaded.tokenizer.get_vocab() == model.tokenizer.get_vocab()
+    vol, seg = make_phantom()
+    np.testing.assert_array_equal(loaded.encode_organs(vol, seg).vectors, model.encode_organs(vol, seg).vectors)
+    texts = ["simple hepatic cyst", "no hydronephrosis", "liver"]
+    np.testing.assert_array_equal(loaded.encode_text(texts), model.encode_text(texts))
+
+
+def _rewrite(folder: Path, change) -> None:
+    state = load_file(folder / "model.safetensors")
+    change(state)
+    save_file(state, folder / "model.safetensors")
+
+
+@pytest.mark.parametrize("breakage,message", [
+    (lambda f: _rewrite(f, lambda s: s.pop("logit_scale")), "missing keys.*logit_scale"),
+    (lambda f: _rewrite(f, lambda s: s.update(extra_head=torch.zeros(3))), "unexpected keys.*extra_head"),
+    (lambda f: _rewrite(f, lambda s: s.update({"vision_proj.weight": torch.zeros(16, 5)})),
+     r"shape mismatch for vision_proj.weight: checkpoint \(16, 5\)"),
+    (lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:-100]),
+     "truncated or corrupt"),
+    (lambda f: (f / "config.json").write_text(
+        json.dumps({**json.loads((f / "config.json").read_text()), "schema_version": 99})), "schema version 99"),
+    (lambda f: (f / "model.safetensors").unlink(), "model.safetensors is missing"),
+    (lambda f: (f / "config.json").write_text("{not json"), "not valid JSON"),
+    (lambda f: __import__("shutil").rmtree(f / "tokenizer"), "tokenizer/ folder is missing"),
+])
+def test_strict_loading_names_the_problem(saved, tmp_path, breakage, message):
+    _, folder = saved
+    broken = _copy(folder, tmp_path)
+    breakage(broken)
+    with pytest.raises(CheckpointError, match=message):
+        cg.load(broken)
+
+
+def test_replaced_weights_fail_the_checksum(saved, tmp_path):
+    _, folder = saved
+    broken = _copy(folder, tmp_path)
+    _rewrite(broken, lambda s: s["logit_scale"].fill_(1.0))
+    with pytest.raises(CheckpointError, match="checksum"):
+        cg.load(broken)
+
+
+class _Payload:
+    """Unpickling this object creates the marker file: proof that a pickle would have run code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_pickle_in_a_model_folder_is_refused_and_never_opened(saved, tmp_path):
+    _, folder = saved
+    evil = _copy(folder, tmp_path)
+    marker = tmp_path / "pwned.txt"
+    (evil / "pytorch_model.bin").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(CheckpointError, match="pytorch_model.bin.*pickle"):
+        cg.load(evil)
+    assert not marker.exists()
+    # the payload is real: unpickling a copy does run it
+    probe = tmp_path / "probe.txt"
+    pickle.loads(pickle.dumps(_Payload(probe))).close()
+    assert probe.exists()
+
+
+def _hf_folder(tmp_path: Path) -> Path:
+    from transformers import BertConfig, BertModel
+
+    tok = train_tokenizer(["the liver is normal", "simple renal cyst", "no pleural effusion"] * 5, vocab_size=120)
+    bert = BertModel(BertConfig(vocab_size=len(tok), hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=48, max_position_embeddings=40))
+    folder = tmp_path / "tiny-clinical-bert"
+    bert.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_text_tower_from_a_local_folder(tmp_path):
+    import shutil
+
+    folder = _hf_folder(tmp_path)
+    from transformers import AutoModel
+
+    reference = AutoModel.from_pretrained(folder, local_files_only=True)
+    text = {"pretrained_path": str(folder), "frozen": True, "pooling": "cls"}
+    model = cg.create("ctglip-tiny", overrides={**TINY, "text": text}, seed=0)
+    emb = reference.embeddings.word_embeddings.weight
+    assert torch.equal(model.text.encoder.embeddings.word_embeddings.weight, emb)
+    assert not any(p.requires_grad for p in model.text.parameters())
+    model.train()
+    assert not model.text.encoder.training  # frozen tower stays in eval mode
+    model.eval()
+    before = model.encode_text(["simple renal cyst", "the liver"])
+    assert before.shape == (2, 16)
+    out = tmp_path / "ctglip"
+    model.save_pretrained(out)
+    shutil.rmtree(folder)  # a saved CT-GLIP model does not need the original text folder
+    np.testing.assert_array_equal(cg.load(out).encode_text(["simple renal cyst", "the liver"]), before)
+
+
+def test_missing_or_pickled_text_checkpoint_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="pretrained_path"):
+        cg.create("ctglip-tiny", overrides={**TINY, "text": {"pretrained_path": str(tmp_path / "nope")}})
+    folder = _hf_folder(tmp_path)
+    (folder / "model.safetensors").unlink()
+    marker = tmp_path / "text-pwned.txt"
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(ConfigError, match="never loaded"):
+        cg.create("ctglip-tiny", overrides={**TINY, "text": {"pretrained_path": str(folder)}})
+    assert not marker.exists()
+    assert TextConfig(pretrained_path=str(folder)).pretrained_path == str(folder)
+
+
+def test_registered_model_folder_loads_by_name(saved):
+    model, folder = saved
+    cfg = json.loads((folder / "config.json").read_text())["config"]
+    renamed = folder.parent / "renamed"
+    if not renamed.exists():
+        import shutil
+
+        shutil.copytree(folder, renamed)
+        meta = json.loads((renamed / "config.json").read_text())
+        meta["config"]["name"] = "ctglip-test-registered"
+        (renamed / "config.json").write_text(json.dumps(meta))
+    name = cg.register_model_config(renamed)
+    assert name == "ctglip-test-registered" and name in cg.list_models()
+    info = cg.model.model_info(name)
+    assert info["has_weights"] and info["embed_dim"] == cfg["projection"]["embed_dim"]
+    loaded = cg.load(name)
+    assert torch.equal(loaded.logit_scale, model.logit_scale)
+    with pytest.raises(CheckpointError, match="without weights"):
+        cg.load("ctglip-vit")
