@@ -1,0 +1,473 @@
+"""DICOM series reader: pydicom headers, careful slice geometry (sort, spacing, tilt checks), HU pixels in RAS+."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from nibabel import orientations as nio
+
+from ctglip_sdk.errors import GeometryError, InputError
+from ctglip_sdk.io.geometry import (
+    DEFAULT_MAX_VOXELS,
+    DIRECTION_ATOL,
+    LPS_TO_RAS,
+    SPACING_ATOL_MM,
+    SPACING_RTOL,
+    TILT_TOL_FRACTION,
+    canonical_transform,
+    check_voxel_count,
+)
+from ctglip_sdk.io.meta import dicom_meta
+from ctglip_sdk.io.paths import walk_files
+from ctglip_sdk.volume import Volume
+
+__all__ = [
+    "load_dicom", "read_header", "try_read_header", "is_image", "require_image", "sop_class_name", "series_label",
+    "JPEG_HINT",
+]
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: What to install when pydicom has no decoder for a compressed transfer syntax.
+JPEG_HINT = "pip install 'ctglip-sdk[jpeg]' (pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg)"
+
+# Files that are never DICOM slices; skipping them by name saves a read in mixed folders.
+_NOT_DICOM_SUFFIXES = (".nii", ".nii.gz", ".json", ".txt", ".csv", ".jsonl", ".md", ".png", ".jpg", ".xml", ".zip")
+
+
+@dataclass
+class _Frame:
+    """One 2-D image of a series: a single-frame file or one frame of a multi-frame file."""
+
+    path: str
+    frame: Optional[int]
+    position: np.ndarray  # ImagePositionPatient, LPS mm
+    orientation: np.ndarray  # ImageOrientationPatient (row cosines, column cosines)
+    pixel_spacing: Tuple[float, float]  # (between rows, between columns) mm
+    rows: int
+    cols: int
+    slope: float
+    intercept: float
+    thickness: Optional[float]
+
+
+def try_read_header(path: PathLike, specific_tags: Optional[Sequence[str]] = None) -> Optional[Any]:
+    """Read a DICOM header without pixel data; None when the file is not DICOM at all (no 'DICM' preamble).
+
+    A file that starts like DICOM but cannot be parsed raises InputError naming the file.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(os.fspath(path), stop_before_pixels=True, specific_tags=specific_tags)
+    except InvalidDicomError:
+        return None
+    except FileNotFoundError:
+        raise InputError("no such file", path=path) from None
+    except Exception as exc:  # pydicom raises many kinds on truncated/corrupt input; never echo element values
+        raise InputError(f"unreadable DICOM header ({type(exc).__name__}); the file is truncated or corrupt",
+                         path=path) from None
+
+
+def read_header(path: PathLike, specific_tags: Optional[Sequence[str]] = None) -> Any:
+    """Like try_read_header, but a non-DICOM file raises InputError too."""
+    ds = try_read_header(path, specific_tags)
+    if ds is None:
+        raise InputError("not a DICOM file (no 'DICM' preamble / file meta header)", path=path)
+    return ds
+
+
+def sop_class_name(ds: Any) -> str:
+    uid = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None) or ds.get("SOPClassUID")
+    return getattr(uid, "name", str(uid or ""))
+
+
+def is_image(ds: Any) -> bool:
+    """True for image objects (CT/MR/... Image Storage or anything with Rows/Columns)."""
+    return "Image Storage" in sop_class_name(ds) or ("Rows" in ds and "Columns" in ds)
+
+
+def require_image(ds: Any, path: PathLike) -> None:
+    """InputError unless ``ds`` is a complete image header (non-image objects and truncated headers fail)."""
+    if not is_image(ds) and sop_class_name(ds):
+        raise InputError(f"DICOM object of class {sop_class_name(ds)} holds no image", path=path)
+    missing = [k for k in ("SOPClassUID", "SeriesInstanceUID", "Rows", "Columns") if k not in ds]
+    if missing:
+        raise InputError(f"DICOM header lacks {', '.join(missing)}: the file is truncated or incomplete", path=path)
+
+
+def series_label(ds: Any) -> str:
+    """SeriesInstanceUID, or a placeholder for files that lack one."""
+    uid = ds.get("SeriesInstanceUID")
+    return str(uid).strip() if uid else "(no SeriesInstanceUID)"
+
+
+def _floats(value: Any, n: int, keyword: str, path: str) -> np.ndarray:
+    try:
+        arr = np.array([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{keyword} is malformed", path=path) from None
+    if arr.shape != (n,) or not np.all(np.isfinite(arr)):
+        raise InputError(f"{keyword} must hold {n} finite numbers, got {arr.size}", path=path)
+    return arr
+
+
+def _float_or(value: Any, default: Optional[float]) -> Optional[float]:
+    try:
+        return float(value) if value not in (None, "") else default
+    except (TypeError, ValueError):
+        return default
+
+
+def _number(value: Any, default: float) -> float:
+    result = _float_or(value, default)
+    return default if result is None else result
+
+
+def _spacing(value: Any, path: str) -> Tuple[float, float]:
+    row, col = _floats(value, 2, "PixelSpacing", path)
+    return float(row), float(col)
+
+
+def _group_item(ds: Any, fg: Optional[Any], sequence: str) -> Optional[Any]:
+    """First item of a functional-group macro, per-frame before shared (Enhanced multi-frame objects)."""
+    for groups in (fg, (ds.get("SharedFunctionalGroupsSequence") or [None])[0]):
+        items = groups.get(sequence) if groups is not None else None
+        if items:
+            return items[0]
+    return None
+
+
+def _frames_of(path: str, ds: Any) -> List[_Frame]:
+    """The 2-D frames a header describes, with geometry and rescale per frame."""
+    try:
+        return _frames_unchecked(path, ds)
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:  # malformed values in required elements
+        raise InputError(f"malformed image header ({type(exc).__name__})", path=path) from None
+
+
+def _frames_unchecked(path: str, ds: Any) -> List[_Frame]:
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        raise InputError(f"{int(ds.SamplesPerPixel)} samples per pixel: not a grayscale CT image", path=path)
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    slope = _number(ds.get("RescaleSlope"), 1.0)
+    intercept = _number(ds.get("RescaleIntercept"), 0.0)
+    thickness = _float_or(ds.get("SliceThickness"), None)
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is not None:  # Enhanced CT / MR: geometry and rescale live in functional groups
+        if len(per_frame) != n_frames:
+            raise InputError(f"{len(per_frame)} per-frame groups for {n_frames} frames", path=path)
+        frames: List[_Frame] = []
+        for index, fg in enumerate(per_frame):
+            pos = _group_item(ds, fg, "PlanePositionSequence")
+            ori = _group_item(ds, fg, "PlaneOrientationSequence")
+            pix = _group_item(ds, fg, "PixelMeasuresSequence")
+            rescale = _group_item(ds, fg, "PixelValueTransformationSequence") or {}
+            if pos is None or ori is None or pix is None:
+                raise InputError(f"frame {index + 1} lacks plane position/orientation/pixel measures", path=path)
+            frames.append(_Frame(
+                path, index,
+                _floats(pos.ImagePositionPatient, 3, "ImagePositionPatient", path),
+                _floats(ori.ImageOrientationPatient, 6, "ImageOrientationPatient", path),
+                _spacing(pix.PixelSpacing, path), rows, cols,
+                _number(rescale.get("RescaleSlope"), slope), _number(rescale.get("RescaleIntercept"), intercept),
+                _float_or(pix.get("SliceThickness"), thickness),
+            ))
+        return frames
+    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+        if keyword not in ds:
+            raise InputError(f"no {keyword}: cannot place the image in patient space", path=path)
+    position = _floats(ds.ImagePositionPatient, 3, "ImagePositionPatient", path)
+    orientation = _floats(ds.ImageOrientationPatient, 6, "ImageOrientationPatient", path)
+    spacing = _spacing(ds.PixelSpacing, path)
+    if n_frames == 1:
+        return [_Frame(path, None, position, orientation, spacing, rows, cols, slope, intercept, thickness)]
+    # Legacy multi-frame (NM/RT style): frame offsets along the normal from GridFrameOffsetVector.
+    normal = np.cross(orientation[:3], orientation[3:])
+    offsets = ds.get("GridFrameOffsetVector")
+    if offsets is not None and len(offsets) == n_frames:
+        steps = _floats(offsets, n_frames, "GridFrameOffsetVector", path)
+    else:
+        step = _float_or(ds.get("SpacingBetweenSlices"), None)
+        if step is None:
+            raise InputError(f"multi-frame image with {n_frames} frames has no per-frame positions "
+                             "(no functional groups, GridFrameOffsetVector or SpacingBetweenSlices)", path=path)
+        steps = np.arange(n_frames) * step
+    return [_Frame(path, i, position + steps[i] * normal, orientation, spacing, rows, cols, slope, intercept,
+                   thickness) for i in range(n_frames)]
+
+
+def _distinct(values: Sequence[Any]) -> str:
+    counts = Counter(values)
+    return ", ".join(f"{value} ({n} slice{'s' if n > 1 else ''})" for value, n in counts.most_common(6))
+
+
+def _check_uniform(frames: List[_Frame], where: str) -> None:
+    sizes = [f"{f.rows}x{f.cols}" for f in frames]
+    if len(set(sizes)) > 1:
+        raise GeometryError(f"mixed matrix sizes (rows x columns): {_distinct(sizes)}", path=where)
+    ref = frames[0]
+    if any(np.max(np.abs(f.orientation - ref.orientation)) > DIRECTION_ATOL for f in frames):
+        labels = ["(" + ", ".join(f"{v:.4g}" for v in f.orientation) + ")" for f in frames]
+        raise GeometryError(f"mixed ImageOrientationPatient: {_distinct(labels)}", path=where)
+    ref_sp = np.array(ref.pixel_spacing)
+    if any(np.max(np.abs(np.array(f.pixel_spacing) - ref_sp)) > 1e-4 * float(ref_sp.max()) for f in frames):
+        labels = ["(" + ", ".join(f"{v:.5g}" for v in f.pixel_spacing) + ") mm" for f in frames]
+        raise GeometryError(f"mixed PixelSpacing: {_distinct(labels)}", path=where)
+
+
+def _directions(orientation: np.ndarray, where: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    row, col = orientation[:3], orientation[3:]
+    norms = np.linalg.norm(row), np.linalg.norm(col)
+    if abs(norms[0] - 1) > 1e-3 or abs(norms[1] - 1) > 1e-3 or abs(float(row @ col)) > 1e-3:
+        raise GeometryError("ImageOrientationPatient is not two orthogonal unit vectors: "
+                            + ", ".join(f"{v:.4g}" for v in orientation), path=where)
+    row = row / norms[0]
+    col = col - (col @ row) * row  # remove rounding-level skew so the affine stays orthogonal
+    col = col / np.linalg.norm(col)
+    return row, col, np.cross(row, col)
+
+
+def _slice_step(frames: List[_Frame], normal: np.ndarray, where: str) -> np.ndarray:
+    """Check spacing/tilt of frames already sorted along ``normal``; return the mean slice step vector (mm)."""
+    if len(frames) == 1:
+        thickness = frames[0].thickness
+        if not thickness or thickness <= 0:
+            log.warning("%s: single slice without SliceThickness; assuming 1 mm along the normal", where)
+            thickness = 1.0
+        return normal * thickness
+    positions = np.stack([f.position for f in frames])
+    along = (positions - positions[0]) @ normal
+    diffs = np.diff(along)
+    if np.any(diffs <= SPACING_ATOL_MM):
+        n_dup = int(np.sum(diffs <= SPACING_ATOL_MM))
+        raise GeometryError(f"{n_dup} slice(s) share a position with another slice (several acquisitions, "
+                            "echoes or phases in one series?); split the series before loading", path=where)
+    perp = np.linalg.norm((positions - positions[0]) - along[:, None] * normal, axis=1)
+    min_pixel = min(frames[0].pixel_spacing)
+    if perp.max() > TILT_TOL_FRACTION * min_pixel:
+        worst = int(np.argmax(perp))
+        angle = math.degrees(math.atan2(perp[-1], along[-1]))
+        raise GeometryError(
+            f"slice origins are not along the slice normal: slice {worst + 1} of {len(frames)} lies "
+            f"{perp[worst]:.3g} mm off it (tolerance {TILT_TOL_FRACTION * min_pixel:.3g} mm), gantry tilt about "
+            f"{angle:.2f} degrees; correct the tilt (e.g. dcm2niix) before loading", path=where)
+    spacing = float(np.median(diffs))
+    tol = max(SPACING_RTOL * spacing, SPACING_ATOL_MM)
+    bad = np.flatnonzero(np.abs(diffs - spacing) > tol)
+    if bad.size:
+        ratios = diffs[bad] / spacing
+        gaps = "; ".join(f"{diffs[i]:.4g} mm between slices {i + 1} and {i + 2}" for i in bad[:5])
+        more = f" (and {bad.size - 5} more)" if bad.size > 5 else ""
+        if np.all(ratios > 1.5) and np.all(np.abs(ratios - np.round(ratios)) < 0.1):
+            missing = int(np.sum(np.round(ratios) - 1))
+            raise GeometryError(f"missing slices: about {missing} slice(s) absent; expected steps of {spacing:.4g} mm "
+                                f"but found {gaps}{more}", path=where)
+        raise GeometryError(f"uneven slice spacing: median step {spacing:.4g} mm (tolerance {tol:.3g} mm) but "
+                            f"{gaps}{more}", path=where)
+    return (positions[-1] - positions[0]) / (len(frames) - 1)
+
+
+def _geometry(frames: List[_Frame], where: str) -> Tuple[List[_Frame], np.ndarray]:
+    """Sort frames along the slice normal, check the geometry, return (sorted frames, voxel->RAS+ affine).
+
+    Array index order before canonicalisation is (column i, row j, slice k).
+    """
+    _check_uniform(frames, where)
+    row, col, normal = _directions(frames[0].orientation, where)
+    # Sort by position projected on the normal: filenames and InstanceNumber are not geometry.
+    order = np.argsort([float(f.position @ normal) for f in frames], kind="stable")
+    frames = [frames[i] for i in order]
+    step = _slice_step(frames, normal, where)
+    row_spacing, col_spacing = frames[0].pixel_spacing
+    if row_spacing <= 0 or col_spacing <= 0:
+        raise GeometryError(f"non-positive PixelSpacing {frames[0].pixel_spacing}", path=where)
+    lps = np.eye(4)
+    lps[:3, 0] = row * col_spacing  # moving along a row = increasing column index
+    lps[:3, 1] = col * row_spacing
+    lps[:3, 2] = step
+    lps[:3, 3] = frames[0].position
+    return frames, LPS_TO_RAS @ lps
+
+
+def _check_decoder(ds: Any, path: str) -> None:
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is None or not getattr(ts, "is_compressed", False):
+        return
+    try:
+        from pydicom.pixels import get_decoder
+    except ImportError:  # pydicom < 3: failures surface when decoding
+        return
+    try:
+        available = get_decoder(ts).is_available
+    except NotImplementedError:
+        raise InputError(f"pydicom cannot decode transfer syntax {ts.name} ({ts})", path=path) from None
+    if not available:
+        raise InputError(f"compressed pixel data ({ts.name}) and no pydicom decoder plugin is installed; "
+                         f"install one with: {JPEG_HINT}", path=path)
+
+
+def _decode(path: str, header: Any) -> np.ndarray:
+    """Stored pixel values of one file (frames first for multi-frame), no rescale.
+
+    ``header`` is the file's header from the first pass: its transfer syntax tells whether a decoder exists
+    before any pixel byte is read.
+    """
+    import pydicom
+
+    _check_decoder(header, path)
+    try:
+        try:
+            from pydicom.pixels import pixel_array  # pydicom >= 3: reads only what decoding needs
+        except ImportError:  # pragma: no cover - pydicom 2.x
+            return pydicom.dcmread(path).pixel_array
+        return pixel_array(path)
+    except AttributeError:
+        raise InputError("no pixel data: the file is truncated or holds no image", path=path) from None
+    except Exception as exc:
+        ts = getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", None)
+        if ts is not None and getattr(ts, "is_compressed", False):
+            raise InputError(f"cannot decode {ts.name} pixel data ({type(exc).__name__}); a decoder plugin may "
+                             f"be missing: {JPEG_HINT}", path=path) from None
+        raise InputError(f"cannot decode pixel data ({type(exc).__name__}): truncated or corrupt "
+                         "(size does not match Rows x Columns x BitsAllocated)", path=path) from None
+
+
+def _read_pixels(frames: List[_Frame], headers: Dict[str, Any],
+                 affine: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """HU array in RAS+ canonical order and its affine, filled slice by slice into one float32 allocation.
+
+    The buffer is laid out slice-major (the slice axis slowest in memory), so every slice is one contiguous
+    write; for axial series the result is Fortran-ordered (I, J, K), as nibabel returns NIfTI data.
+    """
+    in_shape = (frames[0].cols, frames[0].rows, len(frames))
+    ornt = canonical_transform(affine)
+    out_shape = [0, 0, 0]
+    for axis, (new_axis, _flip) in enumerate(ornt):
+        out_shape[int(new_axis)] = in_shape[axis]
+    slice_axis = int(ornt[2, 0])
+    # Buffer axes: the slice axis first, then the other canonical axes from last to first.
+    order = [slice_axis] + [a for a in (2, 1, 0) if a != slice_axis]
+    buffer = np.empty([out_shape[a] for a in order], dtype=np.float32)
+    cache: Dict[str, np.ndarray] = {}
+    flip_slices = int(ornt[2, 1]) == -1
+    for k, frame in enumerate(frames):
+        if frame.path not in cache:
+            cache.clear()  # single-frame files are used once; a multi-frame file stays until its frames are done
+            cache[frame.path] = _decode(frame.path, headers[frame.path])
+        pixels = cache[frame.path]
+        if frame.frame is not None and pixels.ndim == 3:
+            pixels = pixels[frame.frame]
+        if pixels.shape != (frame.rows, frame.cols):
+            raise InputError(f"decoded pixels have shape {pixels.shape}, header says {frame.rows}x{frame.cols}",
+                             path=frame.path)
+        # (i=column, j=row, k) with this slice alone -> canonical axes (views only), then into buffer order.
+        block = nio.apply_orientation(pixels.T[:, :, None], ornt).transpose(order)
+        target = buffer[len(frames) - 1 - k if flip_slices else k]
+        np.copyto(target, block[0], casting="unsafe")  # exact for 16-bit stored values
+        if frame.slope != 1.0:  # per-slice rescale: slope and intercept may change from slice to slice
+            target *= np.float32(frame.slope)
+        if frame.intercept != 0.0:
+            target += np.float32(frame.intercept)
+    return buffer.transpose(np.argsort(order)), affine @ nio.inv_ornt_aff(ornt, in_shape)
+
+
+def _candidates(groups: Dict[str, List[Tuple[str, Any]]]) -> str:
+    lines = []
+    for uid, items in sorted(groups.items()):
+        desc = items[0][1].get("SeriesDescription") or ""
+        lines.append(f"  {uid}  {str(desc).strip()!r}  {len(items)} file(s)")
+    return "\n".join(lines)
+
+
+def _collect(folder: Path) -> Dict[str, List[Tuple[str, Any]]]:
+    """Image headers below ``folder`` grouped by SeriesInstanceUID (non-DICOM and non-image files skipped)."""
+    files, refused = walk_files(folder)
+    groups: Dict[str, List[Tuple[str, Any]]] = defaultdict(list)
+    skipped = 0
+    for path in files:
+        if path.name.upper() == "DICOMDIR" or path.name.lower().endswith(_NOT_DICOM_SUFFIXES):
+            skipped += 1
+            continue
+        ds = try_read_header(path)  # preamble but unparsable is an error, not noise
+        if ds is None:
+            skipped += 1
+            continue
+        if not is_image(ds) and sop_class_name(ds):
+            skipped += 1  # a known non-image object (DICOMDIR, SR, RT plan, ...)
+            continue
+        require_image(ds, path)
+        groups[series_label(ds)].append((str(path), ds))
+    if skipped:
+        log.info("%s: skipped %d non-DICOM or non-image file(s)", folder, skipped)
+    if refused:
+        log.warning("%s: ignored %d symlink(s) that leave the folder", folder, len(refused))
+    return groups
+
+
+def _count(ds: Any, keyword: str, default: int, path: str) -> int:
+    """A non-negative integer header value (Rows, Columns, NumberOfFrames); InputError when malformed."""
+    try:
+        value = int(ds.get(keyword, default) or default)
+    except (TypeError, ValueError):
+        raise InputError(f"{keyword} is not an integer", path=path) from None
+    if value < 0:
+        raise InputError(f"{keyword} is negative ({value})", path=path)
+    return value
+
+
+def load_dicom(path: PathLike, series_uid: Optional[str] = None, max_voxels: int = DEFAULT_MAX_VOXELS,
+               include_identifiers: bool = False) -> Volume:
+    """Load a DICOM series folder or a single (multi-frame) DICOM file as a RAS+ HU Volume.
+
+    See ``ctglip_sdk.io.load_volume`` for the public entry point and docs/inputs.md for the checks.
+    """
+    where = os.fspath(path)
+    if os.path.isdir(where):
+        groups = _collect(Path(where))
+        if not groups:
+            raise InputError("no DICOM image files found in this folder", path=where)
+        if series_uid is not None:
+            if series_uid not in groups:
+                raise InputError(f"series {series_uid!r} is not in this folder; series found:\n"
+                                 f"{_candidates(groups)}", path=where)
+            items = groups[series_uid]
+        elif len(groups) > 1:
+            raise InputError(f"folder holds {len(groups)} series; pass series_uid= one of:\n{_candidates(groups)}",
+                             path=where)
+        else:
+            items = next(iter(groups.values()))
+    else:
+        ds = read_header(where)
+        require_image(ds, where)
+        if series_uid is not None and series_label(ds) != series_uid:
+            raise InputError(f"file belongs to series {series_label(ds)!r}, not {series_uid!r}", path=where)
+        items = [(where, ds)]
+    counts = [(_count(ds, "NumberOfFrames", 1, p), _count(ds, "Rows", 0, p), _count(ds, "Columns", 0, p))
+              for p, ds in items]
+    n_frames = sum(c[0] for c in counts)
+    rows, cols = max(c[1] for c in counts), max(c[2] for c in counts)
+    check_voxel_count((cols, rows, n_frames), max_voxels, where, what="DICOM series")  # before any pixel
+    if len(items) > 1 and any(c[0] > 1 for c in counts):
+        raise InputError("series mixes several multi-frame files; load each file on its own", path=where)
+    frames = [frame for p, ds in items for frame in _frames_of(p, ds)]
+    frames, affine = _geometry(frames, where)
+    header = next(ds for p, ds in items if p == frames[0].path)
+    if str(header.get("Modality", "CT")).upper() != "CT":
+        log.warning("%s: modality %s is not CT; values are rescaled pixels, not Hounsfield units",
+                    where, header.get("Modality"))
+    array, affine = _read_pixels(frames, {p: ds for p, ds in items}, affine)
+    meta = dicom_meta(header, where, include_identifiers=include_identifiers)
+    log.debug("%s: %d slice(s) -> %s", where, len(frames), array.shape)
+    return Volume(array=array, affine=affine, meta=meta)

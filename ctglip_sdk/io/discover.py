@@ -1,0 +1,149 @@
+"""Archive discovery: find DICOM series and NIfTI volumes below a root from headers only, confined to the root."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+
+from ctglip_sdk.errors import InputError
+from ctglip_sdk.io.dicom import is_image, require_image, series_label, sop_class_name, try_read_header
+from ctglip_sdk.io.geometry import LPS_TO_RAS, canonical_shape
+from ctglip_sdk.io.nifti import is_nifti, nifti_description, open_nifti
+from ctglip_sdk.io.paths import walk_files
+
+__all__ = ["SeriesInfo", "DiscoveryResult", "discover"]
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# Only what discovery needs: pydicom skips the values of every other element.
+_TAGS = [
+    "SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID", "Modality", "SeriesDescription", "Rows", "Columns",
+    "NumberOfFrames", "ImageOrientationPatient",
+]
+_NOT_DICOM_SUFFIXES = (".json", ".jsonl", ".txt", ".csv", ".md", ".png", ".jpg", ".jpeg", ".xml", ".zip",
+                       ".gz", ".py", ".pdf", ".html", ".safetensors", ".faiss", ".db", ".sqlite")
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """One loadable image found by ``discover``.
+
+    Attributes:
+        kind: ``"dicom"`` or ``"nifti"``.
+        path: POSIX path relative to the discovery root: the series' folder (the file itself for a one-file
+            series) or the NIfTI file. Load it with ``load_volume(root / path, series_uid=series_uid)``.
+        series_uid, study_uid: DICOM UIDs (None for NIfTI).
+        n_files: files in the series (1 for NIfTI).
+        shape: the array shape load_volume returns (RAS+ canonical), from headers only.
+        modality: DICOM Modality (None for NIfTI).
+        description: SeriesDescription, or the NIfTI header's descrip.
+    """
+
+    kind: str
+    path: str
+    series_uid: Optional[str]
+    study_uid: Optional[str]
+    n_files: int
+    shape: Tuple[int, ...]
+    modality: Optional[str]
+    description: Optional[str]
+
+
+class DiscoveryResult(List[SeriesInfo]):
+    """A list of SeriesInfo, plus what was left out.
+
+    Attributes:
+        refused: paths (relative to the root) of symlinks that resolve outside the root; never followed.
+        unreadable: ``(relative path, reason)`` for files that look like DICOM/NIfTI but could not be read.
+    """
+
+    def __init__(self, items: List[SeriesInfo], refused: List[str], unreadable: List[Tuple[str, str]]) -> None:
+        super().__init__(items)
+        self.refused = refused
+        self.unreadable = unreadable
+
+
+def _text(ds: Any, keyword: str) -> Optional[str]:
+    value = ds.get(keyword)
+    text = str(value).strip() if value is not None else ""
+    return text or None
+
+
+def _dicom_shape(ds: Any, n_slices: int) -> Tuple[int, ...]:
+    cols, rows = int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0)
+    shape = (cols, rows, n_slices)
+    try:
+        iop = np.array([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
+        lps = np.eye(4)
+        lps[:3, 0], lps[:3, 1], lps[:3, 2] = iop[:3], iop[3:], np.cross(iop[:3], iop[3:])
+        return canonical_shape(LPS_TO_RAS @ lps, shape)
+    except Exception:  # enhanced objects keep orientation in functional groups; report acquisition order then
+        return shape
+
+
+def _nifti_info(path: Path, rel: str) -> SeriesInfo:
+    img, shape, affine = open_nifti(path, max_voxels=1 << 62)  # the size guard applies when loading, not listing
+    return SeriesInfo("nifti", rel, None, None, 1, canonical_shape(affine, shape), None, nifti_description(img))
+
+
+def discover(root: PathLike, follow_symlinks: bool = False) -> DiscoveryResult:
+    """List the DICOM series and NIfTI volumes below ``root``, reading one header per file and no pixels.
+
+    DICOM files (recognised by their 'DICM' preamble, whatever their name) are grouped by SeriesInstanceUID;
+    ``.nii``/``.nii.gz`` files are listed one by one. Symlinks that resolve outside ``root`` are refused: never
+    followed, logged as warnings and listed in ``result.refused``; symlinks inside ``root`` are followed only with
+    ``follow_symlinks=True``. Unreadable candidates are logged and listed in ``result.unreadable``.
+
+    Example:
+        >>> found = discover("archive/")  # doctest: +SKIP
+        >>> [(s.kind, s.path, s.shape) for s in found][:1]  # doctest: +SKIP
+        [('dicom', 'p001/ct', (512, 512, 120))]
+    """
+    base = Path(root)
+    if not base.is_dir():
+        raise InputError("not a folder", path=os.fspath(root))
+    files, refused = walk_files(base, follow_symlinks=follow_symlinks)
+    items: List[SeriesInfo] = []
+    unreadable: List[Tuple[str, str]] = []
+    series: Dict[str, List[Tuple[str, Any]]] = defaultdict(list)
+    for path in files:
+        rel = Path(os.path.relpath(path, base)).as_posix()
+        try:
+            if is_nifti(path):
+                items.append(_nifti_info(path, rel))
+                continue
+            if path.name.lower().endswith(_NOT_DICOM_SUFFIXES) or path.name.upper() == "DICOMDIR":
+                continue
+            ds = try_read_header(path, specific_tags=_TAGS)
+            if ds is None or (not is_image(ds) and sop_class_name(ds)):
+                continue  # not DICOM, or a known non-image object (DICOMDIR, SR, RT plan, ...)
+            require_image(ds, path)
+        except InputError as exc:
+            log.warning("skipped %s: %s", rel, exc.reason)
+            unreadable.append((rel, exc.reason))
+            continue
+        series[series_label(ds)].append((rel, ds))
+    for uid, members in series.items():
+        rels = [rel for rel, _ds in members]
+        if len(rels) == 1:
+            path = rels[0]
+        else:
+            path = Path(os.path.commonpath([os.path.dirname(r) or "." for r in rels])).as_posix()
+        first = members[0][1]
+        n_slices = sum(int(ds.get("NumberOfFrames", 1) or 1) for _rel, ds in members)
+        items.append(SeriesInfo(
+            "dicom", path, None if uid.startswith("(") else uid, _text(first, "StudyInstanceUID"), len(members),
+            _dicom_shape(first, n_slices), _text(first, "Modality"), _text(first, "SeriesDescription"),
+        ))
+    items.sort(key=lambda s: (s.path, s.series_uid or ""))
+    log.info("%s: found %d series/volumes (%d refused symlinks, %d unreadable)", base, len(items), len(refused),
+             len(unreadable))
+    return DiscoveryResult(items, refused, unreadable)

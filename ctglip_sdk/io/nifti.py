@@ -1,0 +1,101 @@
+"""NIfTI reader (nibabel): header checks and size guard before the data are read, RAS+ canonical output."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Optional, Tuple, Union
+
+import numpy as np
+
+from ctglip_sdk.errors import InputError
+from ctglip_sdk.io.geometry import DEFAULT_MAX_VOXELS, check_affine, check_voxel_count, to_canonical
+from ctglip_sdk.io.meta import empty_meta
+from ctglip_sdk.volume import Volume
+
+__all__ = ["NIFTI_SUFFIXES", "is_nifti", "open_nifti", "read_nifti_array", "nifti_description", "load_nifti"]
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def is_nifti(path: PathLike) -> bool:
+    """True when the file name ends in .nii or .nii.gz (case-insensitive)."""
+    return os.fspath(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def open_nifti(path: PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> Tuple[Any, Tuple[int, int, int], np.ndarray]:
+    """Open a NIfTI header (no voxel data read): ``(image proxy, 3-D shape, voxel->RAS+ affine)``.
+
+    Trailing singleton dimensions are dropped (``(x, y, z, 1)`` is 3-D) and a 2-D image gets a third axis of
+    length 1. 4-D images with several volumes, headers declaring more than ``max_voxels`` voxels, unreadable
+    files and singular affines raise InputError naming the file.
+    """
+    import nibabel as nib
+
+    where = os.fspath(path)
+    try:
+        img = nib.load(where, mmap=False)  # header only; data stay behind a lazy proxy (no memmap later)
+        shape = tuple(int(d) for d in img.shape)
+    except FileNotFoundError:
+        raise InputError("no such file", path=where) from None
+    except Exception as exc:  # nibabel raises ImageFileError, HeaderDataError, gzip/zlib errors, ...
+        raise InputError(f"not a readable NIfTI file ({type(exc).__name__}); truncated, corrupt or another format",
+                         path=where) from None
+    check_voxel_count(shape if shape else (0,), max_voxels, where, what="NIfTI header")
+    dims = list(shape)
+    while len(dims) > 3 and dims[-1] == 1:
+        dims.pop()
+    if len(dims) == 2:
+        dims.append(1)
+    if len(dims) != 3:
+        raise InputError(f"{len(shape)}-D image of shape {shape}: expected one 3-D volume "
+                         "(split 4-D series into single volumes first)", path=where)
+    affine = check_affine(img.affine, where)
+    return img, (dims[0], dims[1], dims[2]), affine
+
+
+def read_nifti_array(img: Any, shape: Tuple[int, int, int], where: str, dtype: Any = np.float32) -> np.ndarray:
+    """Read the voxel data behind ``img`` (scaled by scl_slope/scl_inter) as ``dtype``, reshaped to ``shape``."""
+    try:
+        if np.issubdtype(np.dtype(dtype), np.floating):
+            data = img.get_fdata(dtype=dtype, caching="unchanged")
+        else:
+            data = np.asanyarray(img.dataobj)
+    except Exception as exc:
+        raise InputError(f"cannot read NIfTI voxel data ({type(exc).__name__}); the file is truncated or corrupt",
+                         path=where) from None
+    if data.dtype.kind not in "biuf":
+        raise InputError(f"voxel type {data.dtype} is not a scalar number", path=where)
+    return data.reshape(shape)
+
+
+def nifti_description(img: Any) -> Optional[str]:
+    """The header's ``descrip`` text, or None (it is optional decoration; malformed values are ignored)."""
+    try:
+        text = img.header["descrip"].item().decode("ascii", "replace").strip("\x00 ").strip()
+    except Exception:
+        return None
+    return text or None
+
+
+def load_nifti(path: PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
+    """Load a NIfTI file as a float32 Volume reoriented to closest-canonical RAS+ (nibabel orientation tools).
+
+    Values are taken as Hounsfield units after the header's scl_slope/scl_inter.
+
+    Example:
+        >>> vol = load_nifti("ct.nii.gz")  # doctest: +SKIP
+        >>> vol.array.dtype, vol.meta["format"]  # doctest: +SKIP
+        (dtype('float32'), 'nifti')
+    """
+    where = os.fspath(path)
+    img, shape, affine = open_nifti(where, max_voxels)
+    array, affine = to_canonical(read_nifti_array(img, shape, where), affine)
+    meta = empty_meta(where, "nifti")
+    meta["series_description"] = nifti_description(img)
+    log.debug("%s: NIfTI %s -> %s", where, shape, array.shape)
+    return Volume(array=array, affine=affine, meta=meta)

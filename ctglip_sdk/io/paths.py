@@ -1,0 +1,103 @@
+"""Path confinement: resolve manifest paths inside a root and walk trees without following escaping symlinks."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import List, Tuple, Union
+
+from ctglip_sdk.errors import InputError
+
+__all__ = ["resolve_within", "is_within", "walk_files"]
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def is_within(root: Path, path: Path) -> bool:
+    """True when resolved ``path`` is ``root`` or lies below it (both must already be resolved)."""
+    return path == root or root in path.parents
+
+
+def resolve_within(root: PathLike, relative_path: PathLike) -> Path:
+    """Resolve ``relative_path`` against ``root`` and refuse anything that escapes it.
+
+    Absolute paths, ``..`` components that climb out of ``root`` and symlinks that resolve outside ``root``
+    raise InputError. Use it for every path that comes from a manifest, an index row or user data.
+
+    Example:
+        >>> resolve_within("/data/archive", "p001/ct.nii.gz")  # doctest: +SKIP
+        PosixPath('/data/archive/p001/ct.nii.gz')
+        >>> resolve_within("/data/archive", "../etc/passwd")  # doctest: +SKIP
+        Traceback (most recent call last):
+        ctglip_sdk.errors.InputError: ../etc/passwd: path escapes the root folder /data/archive
+    """
+    rel = os.fspath(relative_path)
+    if not isinstance(rel, str) or not rel.strip():
+        raise InputError("empty path; expected a path relative to the root folder", path=str(root))
+    if os.path.isabs(rel) or Path(rel).drive or rel.startswith(("/", "\\")):
+        raise InputError(f"absolute paths are not allowed here; expected a path relative to {os.fspath(root)}",
+                         path=rel)
+    root_resolved = Path(root).resolve()
+    candidate = (root_resolved / rel).resolve()  # resolves '..' and symlinks alike
+    if not is_within(root_resolved, candidate):
+        raise InputError(f"path escapes the root folder {root_resolved}", path=rel)
+    return candidate
+
+
+def walk_files(root: PathLike, follow_symlinks: bool = False) -> Tuple[List[Path], List[str]]:
+    """All regular files below ``root`` (sorted) and the symlinks refused because they leave ``root``.
+
+    Symlinks that resolve outside ``root`` are never followed: they are returned in the second list (paths
+    relative to ``root``) and logged as warnings. Symlinks that stay inside ``root`` are followed only when
+    ``follow_symlinks`` is True (directory loops are cut). Hidden files and folders (``.name``) are skipped.
+    """
+    base = Path(root)
+    root_resolved = base.resolve()
+    files: List[Path] = []
+    refused: List[str] = []
+    seen_dirs = {root_resolved}
+
+    def rel(p: Path) -> str:
+        return os.path.relpath(p, base)
+
+    stack = [base]  # depth-first, files of a folder in name order
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name, reverse=True)
+        except OSError as exc:
+            log.warning("cannot list %s (%s); skipped", rel(folder), exc.strerror or type(exc).__name__)
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            if entry.is_symlink():
+                target = path.resolve()
+                if not is_within(root_resolved, target):
+                    log.warning("refused symlink %s: it resolves outside the root folder", rel(path))
+                    refused.append(rel(path))
+                elif not follow_symlinks:
+                    log.debug("skipped symlink %s (follow_symlinks=False)", rel(path))
+                elif target.is_dir():
+                    if target not in seen_dirs:  # cut symlink loops
+                        seen_dirs.add(target)
+                        stack.append(path)
+                elif target.is_file():
+                    files.append(path)
+            elif entry.is_dir(follow_symlinks=False):
+                seen_dirs.add(path.resolve())
+                stack.append(path)
+            elif entry.is_file(follow_symlinks=False):
+                files.append(path)
+    if follow_symlinks:  # a followed link may reach a file that is also listed under its own name
+        unique = {}
+        for path in sorted(files, key=lambda p: (p.is_symlink(), str(p))):
+            unique.setdefault(path.resolve(), path)
+        files = list(unique.values())
+    files.sort()
+    refused.sort()
+    return files, refused

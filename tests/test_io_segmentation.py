@@ -1,0 +1,152 @@
+"""load_segmentation: TotalSegmentator layouts, v1/v2 maps, nearest-neighbour resampling through affines, errors."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ctglip_sdk import ConfigError, InputError
+from ctglip_sdk.io import load_segmentation, load_volume
+from ctglip_sdk.organs import V1, V2
+
+SPACING = (1.0, 1.2, 2.0)
+SHAPE = (12, 10, 8)
+# The CT is stored LPS-like (x and y flipped), as DICOM-derived NIfTI often is: the loader must canonicalise.
+FLIP_XY = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def stored_affine(spacing=SPACING, shape=SHAPE, origin=(-5.0, 3.0, 10.0)) -> np.ndarray:
+    """Affine of an array stored with i toward Left and j toward Posterior (flipped x, y)."""
+    aff = np.diag([*spacing, 1.0])
+    aff[:3, 3] = origin
+    flip = np.eye(4)
+    flip[0, 0], flip[0, 3] = -1, shape[0] - 1
+    flip[1, 1], flip[1, 3] = -1, shape[1] - 1
+    return aff @ flip  # stored index (i, j) = canonical (I-1-i, J-1-j)
+
+
+def canonical_labels() -> np.ndarray:
+    lab = np.zeros(SHAPE, np.uint8)
+    lab[2:6, 1:5, 1:4] = 5  # liver
+    lab[7:11, 5:9, 2:6] = 1  # spleen
+    lab[3:5, 6:9, 5:7] = 3  # kidney_left
+    return lab
+
+
+def to_stored(canonical: np.ndarray) -> np.ndarray:
+    return canonical[::-1, ::-1, :]
+
+
+@pytest.fixture
+def ct(tmp_path):
+    data = np.random.default_rng(0).normal(40, 10, SHAPE).astype(np.float32)
+    nib.save(nib.Nifti1Image(to_stored(data), stored_affine()), tmp_path / "ct.nii.gz")
+    return load_volume(tmp_path / "ct.nii.gz")
+
+
+def save(path, array, affine, dtype=np.uint8):
+    nib.save(nib.Nifti1Image(np.asarray(array, dtype=dtype), affine), path)
+    return path
+
+
+def test_multilabel_on_the_same_grid_is_exact(tmp_path, ct):
+    path = save(tmp_path / "seg.nii.gz", to_stored(canonical_labels()), stored_affine())
+    seg = load_segmentation(path, like=ct)
+    assert np.array_equal(seg.array, canonical_labels())
+    assert np.allclose(seg.affine, ct.affine) and seg.labels == V1
+    assert seg.present() == {"liver": 4 * 4 * 3, "spleen": 4 * 4 * 4, "kidney_left": 2 * 3 * 2}
+    assert seg.meta["layout"] == "multilabel" and seg.meta["label_map"] == "totalseg_v1"
+
+
+def test_multilabel_on_a_coarser_shifted_grid(tmp_path, ct):
+    # Coarse grid: twice the spacing, origin shifted by 0.3 fine voxels, axes permuted (k, i, j) and flipped.
+    coarse = np.zeros((4, 6, 5), np.uint8)  # stored axes: (z, x, y)
+    coarse[1:3, 1:3, 1:3] = 5
+    coarse[3, 4:6, 2:4] = 1
+    aff = np.zeros((4, 4))
+    aff[2, 0], aff[0, 1], aff[1, 2] = 4.0, 2.0, -2.4  # axis0 -> +z 4 mm, axis1 -> +x 2 mm, axis2 -> -y 2.4 mm
+    aff[:3, 3] = ct.affine[:3, 3] + np.array([0.3, 0.3 * 1.2 + 4 * 2.4, 0.3 * 2.0])
+    aff[3, 3] = 1
+    path = save(tmp_path / "coarse.nii.gz", coarse, aff)
+    seg = load_segmentation(path, like=ct)
+    assert seg.array.shape == ct.shape and np.allclose(seg.affine, ct.affine)
+    # Brute-force nearest neighbour, voxel by voxel, from the definition.
+    inv = np.linalg.inv(aff)
+    expected = np.zeros(ct.shape, np.uint8)
+    for ijk in np.ndindex(*ct.shape):
+        src = np.floor(nib.affines.apply_affine(inv, ct.world(ijk)) + 0.5).astype(int)
+        if np.all(src >= 0) and np.all(src < coarse.shape):
+            expected[ijk] = coarse[tuple(src)]
+    assert np.array_equal(seg.array, expected)
+    # Twice the spacing per axis: every coarse voxel inside the field of view becomes exactly 2x2x2 fine voxels.
+    fine_ml = np.count_nonzero(seg.array == 5) * np.prod(ct.spacing)
+    assert fine_ml == pytest.approx(np.count_nonzero(coarse == 5) * 2.0 * 2.4 * 4.0)
+
+
+def test_per_class_folder_layout(tmp_path, ct):
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    labels = canonical_labels()
+    for organ_id, name in [(5, "liver"), (1, "spleen"), (3, "kidney_left")]:
+        save(folder / f"{name}.nii.gz", to_stored(labels == organ_id), stored_affine())
+    save(folder / "aorta.nii.gz", np.zeros(SHAPE), stored_affine())  # empty classes are written too
+    seg = load_segmentation(folder, like=ct)
+    assert np.array_equal(seg.array, labels) and seg.meta["layout"] == "per_class"
+    assert set(seg.present()) == {"liver", "spleen", "kidney_left"}
+
+
+def test_per_class_folder_unknown_name_and_overlap(tmp_path, ct):
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    liver = np.zeros(SHAPE, bool)
+    liver[2:6, 2:6, 2:6] = True
+    save(folder / "liver.nii.gz", liver, stored_affine())
+    save(folder / "tumour.nii.gz", liver, stored_affine())
+    with pytest.raises(InputError, match="'tumour' is not a class") as err:
+        load_segmentation(folder, like=ct)
+    assert err.value.path.endswith("tumour.nii.gz")
+    (folder / "tumour.nii.gz").unlink()
+    spleen = np.zeros(SHAPE, bool)
+    spleen[5:8, 5:8, 5:8] = True  # one voxel (5, 5, 5) shared with the liver
+    save(folder / "spleen.nii.gz", spleen, stored_affine())
+    with pytest.raises(InputError, match=r"masks overlap: liver / spleen \(1 voxels\)"):
+        load_segmentation(folder, like=ct)
+
+
+def test_v2_label_map(tmp_path, ct):
+    v2_only = max(V2)  # an id that v1 does not have
+    lab = np.zeros(SHAPE, np.uint8)
+    lab[1:3, 1:3, 1:3] = 51
+    lab[5:7, 5:7, 5:7] = v2_only
+    path = save(tmp_path / "seg.nii.gz", to_stored(lab), stored_affine())
+    seg = load_segmentation(path, like=ct, label_map="totalseg_v2")
+    assert seg.labels == V2 and seg.present() == {V2[51]: 8, V2[v2_only]: 8} and V2[51] == "heart"
+    with pytest.raises(InputError, match=rf"label ids \[{v2_only}\] are not in label map 'totalseg_v1'"):
+        load_segmentation(path, like=ct)
+    folder = tmp_path / "v2"
+    folder.mkdir()
+    save(folder / "heart.nii.gz", to_stored(lab == 51), stored_affine())
+    assert load_segmentation(folder, like=ct, label_map="totalseg_v2").present() == {"heart": 8}
+    with pytest.raises(InputError, match="'heart' is not a class"):  # v1 has heart chambers, not 'heart'
+        load_segmentation(folder, like=ct)
+    with pytest.raises(ConfigError):
+        load_segmentation(path, like=ct, label_map="totalseg_v9")
+
+
+def test_no_overlap_is_an_error(tmp_path, ct):
+    far = stored_affine(origin=(500.0, 3.0, 10.0))
+    path = save(tmp_path / "elsewhere.nii.gz", to_stored(canonical_labels()), far)
+    with pytest.raises(InputError, match="no overlap") as err:
+        load_segmentation(path, like=ct)
+    assert "elsewhere.nii.gz" in str(err.value)
+
+
+def test_without_like_and_bad_values(tmp_path):
+    path = save(tmp_path / "seg.nii.gz", to_stored(canonical_labels()), stored_affine())
+    seg = load_segmentation(path)
+    assert np.array_equal(seg.array, canonical_labels())
+    assert nib.aff2axcodes(seg.affine) == ("R", "A", "S")
+    bad = save(tmp_path / "float.nii.gz", np.full(SHAPE, 0.5), np.eye(4), dtype=np.float32)
+    with pytest.raises(InputError, match="non-integer"):
+        load_segmentation(bad)
