@@ -1,0 +1,35 @@
+"""Cohort questions split into search text, organ and filters."""
+
+from __future__ import annotations
+
+import pytest
+
+import ctglip_sdk as cg
+from ctglip_sdk.index.nlq import parse_query
+
+
+@pytest.mark.parametrize("question,text,organ,where", [
+    ("fatty liver in women over 60", "fatty liver", ["liver"], {"sex": "F", "age": (60, None)}),
+    ("kidney stone", "kidney stone", ["kidney_left", "kidney_right"], {}),
+    ("Enlarged spleen in male patients aged 40-65", "enlarged spleen", ["spleen"], {"sex": "M", "age": (40, 65)}),
+    ("right renal cyst under 50", "right renal cyst", ["kidney_right"], {"age": (None, 50)}),
+    ("emphysema in men 70+ non-contrast", "emphysema", None, {"sex": "M", "age": (70, None), "contrast": False}),
+    ("hypodense liver lesion", "hypodense liver lesion", ["liver"], {}),
+    ("left lower lobe nodule among females", "left lower lobe nodule", ["lung_lower_lobe_left"], {"sex": "F"}),
+])
+def test_parse_query(question, text, organ, where):
+    q = parse_query(question)
+    assert (q.text, q.organ, q.where) == (text, organ, where)
+    assert q.original == question
+
+
+def test_words_inside_other_words_are_not_filters():
+    q = parse_query("mandible and humerus")  # "man" inside "mandible" is not a sex filter
+    assert q.where == {} and q.organ == ["humerus_left", "humerus_right"]
+
+
+def test_empty_or_filter_only_query_is_refused():
+    with pytest.raises(cg.QueryError):
+        parse_query("   ")
+    with pytest.raises(cg.QueryError, match="no finding or organ words"):
+        parse_query("women over 60")
