@@ -1,1 +1,10 @@
 """ArchiveIndex: SQL metadata (the truth) plus FAISS vectors (derived) for a CT archive."""
+
+from __future__ import annotations
+
+from .archive import ArchiveIndex
+from .filters import FILTERS, parse_where, parse_where_expr
+from .results import CohortResult, Hit, IngestReport, SearchResults
+
+__all__ = ["ArchiveIndex", "IngestReport", "SearchResults", "Hit", "CohortResult", "FILTERS", "parse_where",
+           "parse_where_expr"]

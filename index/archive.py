@@ -1,0 +1,497 @@
+"""ArchiveIndex: the index folder (manifest, vectors, FAISS, key), its SQL store, and in-memory state."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import secrets
+import shutil
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ctglip_sdk._version import __version__
+from ctglip_sdk.errors import ConfigError, IndexStateError
+from ctglip_sdk.privacy import pseudonymize
+
+from .ann import AnnIndex, choose_factory
+from .lock import RWLock, WriterLock
+from .mirror import Mirror
+from .planner import Planner
+from .results import CohortResult, IngestReport, SearchResults
+from .schema import SCHEMA_VERSION
+from .store import Store, redact_url
+from .vectors import VectorStore, atomic_write
+
+__all__ = ["ArchiveIndex"]
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+MANIFEST, FAISS_FILE, VECTOR_FILE = "manifest.json", "vectors.faiss", "vectors.f16"
+KEY_FILE, DB_FILE, MODEL_DIR = "pseudonym.key", "index.sqlite", "model"
+FORMAT, FORMAT_VERSION = "ctglip-archive-index", 1
+_REPAIR = "run `ctglip verify --index DIR --repair`"
+
+
+def _model_identity(model: Any) -> Dict[str, Any]:
+    return {"name": str(model.name), "config_hash": str(model.config_hash), "embed_dim": int(model.embed_dim),
+            "weights_hash": str(model.weights_hash()) if hasattr(model, "weights_hash") else None}
+
+
+def _load_model(ref: Union[str, PathLike]) -> Any:
+    import ctglip_sdk as cg  # noqa: PLC0415 - torch is heavy; only the index's model users pay for it
+
+    return cg.load(ref)
+
+
+class ArchiveIndex:
+    """A CT archive embedded organ by organ: SQL metadata (the truth), stored float16 vectors, FAISS (derived).
+
+    Create it once with :meth:`create`, then :meth:`open` it; ``ingest`` adds an archive (resumable,
+    idempotent, crash-safe) and ``search``/``similar``/``score``/``cohort``/``export`` query it. Any number of
+    threads may query while one writer (ingest, score, rebuild, repair; one process at a time) works.
+
+    Example:
+        >>> import ctglip_sdk as cg
+        >>> idx = ArchiveIndex.create("idx/", model=cg.create("ctglip-tiny"))     # doctest: +SKIP
+        >>> idx.ingest("archive/")                                                 # doctest: +SKIP
+        >>> idx.search("hepatic cyst", k=5, organ="liver", where={"age": (60, None)}).to_pandas()  # doctest: +SKIP
+    """
+
+    def __init__(self, folder: Path, manifest: Dict[str, Any], store: Store, model: Any = None) -> None:
+        self.folder = folder
+        self.manifest = manifest
+        self.store = store
+        self.dim = int(manifest["dim"])
+        self._model = model
+        self.vectors = VectorStore.open(folder / VECTOR_FILE, self.dim)
+        self.mirror = Mirror(self.dim)
+        self.ann: Optional[AnnIndex] = None
+        self.planner = Planner()
+        self.writer_lock = WriterLock(folder)
+        self.refresh_interval = 1.0
+        self._ann_lock = RWLock()
+        self._state_lock = threading.RLock()
+        self._model_lock = threading.Lock()
+        self._data_version = -1
+        self._last_check = 0.0
+        self._next_id = 0
+        self._ann_dirty = False
+        self._text_cache: "OrderedDict[str, np.ndarray]" = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._key: Optional[bytes] = None
+
+    # -- construction -----------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, folder: PathLike, model: Any, database_url: Optional[str] = None, factory: Optional[str] = None,
+               include_identifiers: bool = False, table_prefix: str = "ctglip_",
+               memory_budget: Optional[int] = None) -> "ArchiveIndex":
+        """Create an empty index in ``folder`` for ``model`` (a CTGlipModel, a registered name or a model folder).
+
+        Args:
+            folder: the index folder (created; must not hold an index already).
+            model: the model whose vectors the index stores; a copy is saved in ``folder/model`` so that the
+                index always encodes queries with the weights that encoded the archive.
+            database_url: SQLAlchemy URL (``postgresql+psycopg://user@host/db``); None = SQLite in the folder.
+            factory: FAISS factory string (``"Flat"``, ``"IVF4096,Flat"``, ``"HNSW32"``); None = chosen by size.
+            include_identifiers: also store original patient identifiers (default: keyed pseudonyms only).
+            table_prefix: prefix of the SQL tables (several indexes can share one database).
+            memory_budget: bytes the FAISS index may use when its type is chosen automatically.
+
+        Example:
+            >>> idx = ArchiveIndex.create("idx/", model="ctglip-tiny-synthetic")  # doctest: +SKIP
+        """
+        root = Path(folder)
+        root.mkdir(parents=True, exist_ok=True)
+        if (root / MANIFEST).exists():
+            raise IndexStateError("an index already exists here; open it with ArchiveIndex.open", path=root)
+        model_obj = _load_model(model) if isinstance(model, (str, os.PathLike)) else model
+        ident = _model_identity(model_obj)
+        if factory is not None:
+            AnnIndex.build(ident["embed_dim"], factory)  # an invalid factory string fails before anything is written
+        with WriterLock(root):
+            key_path = root / KEY_FILE
+            if not key_path.exists():
+                fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(secrets.token_hex(32))
+            tmp_model = root / f".{MODEL_DIR}.tmp"
+            shutil.rmtree(tmp_model, ignore_errors=True)
+            model_obj.save_pretrained(tmp_model)
+            shutil.rmtree(root / MODEL_DIR, ignore_errors=True)
+            os.replace(tmp_model, root / MODEL_DIR)
+            url = database_url or f"sqlite:///{(root / DB_FILE).resolve()}"
+            store = Store(url, table_prefix)
+            store.init_schema()
+            uid = uuid.uuid4().hex
+            # Tables of this prefix may exist from an unfinished create of this same folder (taken over), never
+            # from another index (refused: its folder would no longer open).
+            owner = store.get_meta("index_folder")
+            if store.get_meta("index_uid") is not None and (owner != str(root.resolve()) or len(store.organ_ids())):
+                raise IndexStateError(f"tables with prefix {table_prefix!r} in {redact_url(url)} already hold "
+                                      "another index; pass another table_prefix", path=root)
+            store.write(lambda c: (store.set_meta(c, "index_uid", uid), store.set_meta(c, "next_organ_id", 1),
+                                   store.set_meta(c, "index_folder", str(root.resolve()))))
+            VectorStore.create(root / VECTOR_FILE, ident["embed_dim"])
+            ann = AnnIndex.build(ident["embed_dim"], factory or "Flat")
+            checksum = ann.save(root / FAISS_FILE)
+            store.record_index_state(0, ann.factory, checksum, ann.params)
+            manifest = {
+                "format": FORMAT, "format_version": FORMAT_VERSION, "index_uid": uid,
+                "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "sdk_version": __version__, "schema_version": SCHEMA_VERSION,
+                "model": ident, "dim": ident["embed_dim"], "metric": "inner_product (unit vectors = cosine)",
+                "factory": factory or "auto", "current_factory": ann.factory, "memory_budget": memory_budget,
+                "database": ({"kind": "sqlite", "path": DB_FILE} if database_url is None
+                             else {"kind": "url", "url": redact_url(database_url)}),
+                "table_prefix": table_prefix, "include_identifiers": bool(include_identifiers),
+            }
+            # The manifest is written last: a folder without one is an unfinished create, safe to redo.
+            cls._write_manifest(root, manifest)
+        log.info("created index %s for model %s (%s)", root, ident["name"], ident["config_hash"][:12])
+        idx = cls(root, manifest, store, model_obj)
+        idx._load_state()
+        return idx
+
+    @classmethod
+    def open(cls, folder: PathLike, model: Any = None, database_url: Optional[str] = None,
+             repair: bool = False) -> "ArchiveIndex":
+        """Open an index; refuses another model than the recorded one and checks manifest, SQL and FAISS agree.
+
+        FAISS is derived: vectors that SQL holds but the FAISS file lacks (a crash before its periodic write)
+        are added back from the stored vectors. Anything that cannot be derived raises IndexStateError naming
+        the fix (``ctglip verify --repair``). ``repair=True`` applies that fix before loading: series whose
+        stored vectors were lost are removed from SQL (the next ingest re-embeds them).
+
+        Example:
+            >>> idx = ArchiveIndex.open("idx/")  # doctest: +SKIP
+        """
+        root = Path(folder)
+        manifest = cls._read_manifest(root)
+        model_obj = _load_model(model) if isinstance(model, (str, os.PathLike)) else model
+        if model_obj is not None:
+            cls._check_model(manifest, model_obj, root)
+        db = manifest["database"]
+        if database_url is None:
+            if db["kind"] == "sqlite":
+                database_url = f"sqlite:///{(root / db.get('path', DB_FILE)).resolve()}"
+            elif "***" in db["url"]:
+                raise ConfigError("this index's database URL has a password, which is never stored; pass "
+                                  f"database_url= (recorded: {db['url']})", path=root)
+            else:
+                database_url = db["url"]
+        store = Store(database_url, manifest.get("table_prefix", "ctglip_"))
+        version = store.schema_version()
+        if version == 0:
+            raise IndexStateError(f"no index tables with prefix {manifest.get('table_prefix')!r} in "
+                                  f"{redact_url(database_url)}; is database_url right?", path=root)
+        if version != SCHEMA_VERSION:
+            with WriterLock(root):
+                store.init_schema()  # migrates forward, refuses a newer schema
+        if store.get_meta("index_uid") != manifest["index_uid"]:
+            raise IndexStateError("the SQL tables belong to another index than this folder's manifest "
+                                  f"({redact_url(database_url)}); pass the right database_url/table_prefix",
+                                  path=root)
+        idx = cls(root, manifest, store, model_obj)
+        if repair:
+            from .maintenance import drop_lost_vectors  # noqa: PLC0415
+
+            with idx.writer_lock:
+                drop_lost_vectors(idx)
+        idx._load_state()
+        return idx
+
+    @staticmethod
+    def _read_manifest(root: Path) -> Dict[str, Any]:
+        path = root / MANIFEST
+        if not path.is_file():
+            raise IndexStateError("not an archive index (no manifest.json); create one with ArchiveIndex.create "
+                                  "or `ctglip ingest ARCHIVE --index DIR`", path=root)
+        try:
+            manifest = json.loads(path.read_text("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise IndexStateError(f"manifest.json is not valid JSON ({exc})", path=path) from None
+        if manifest.get("format") != FORMAT:
+            raise IndexStateError(f"manifest.json is not a ctglip archive index (format {manifest.get('format')!r})",
+                                  path=path)
+        if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+            raise IndexStateError("the index was written by a newer ctglip-sdk; upgrade ctglip-sdk", path=path)
+        for key in ("index_uid", "model", "dim", "database"):
+            if key not in manifest:
+                raise IndexStateError(f"manifest.json lacks {key!r}; {_REPAIR} cannot rebuild it: recreate the index",
+                                      path=path)
+        return manifest
+
+    @staticmethod
+    def _write_manifest(root: Path, manifest: Mapping[str, Any]) -> None:
+        text = json.dumps(manifest, indent=2, sort_keys=True)
+        atomic_write(root / MANIFEST, lambda p: p.write_text(text, "utf-8"))
+
+    @staticmethod
+    def _check_model(manifest: Mapping[str, Any], model: Any, root: Path) -> None:
+        rec, got = manifest["model"], _model_identity(model)
+        if rec["config_hash"] != got["config_hash"]:
+            raise IndexStateError(
+                f"this index was built with model {rec['name']!r} (config {rec['config_hash'][:12]}); the model "
+                f"given is {got['name']!r} (config {got['config_hash'][:12]}). Vectors of different models are not "
+                "comparable: open without model= (the index loads its own copy) or create a new index", path=root)
+        if rec.get("weights_hash") and got.get("weights_hash") and rec["weights_hash"] != got["weights_hash"]:
+            raise IndexStateError(
+                f"this index was built with other weights of {rec['name']!r} (weights {rec['weights_hash'][:12]}, "
+                f"given {got['weights_hash'][:12]}); open without model= or create a new index", path=root)
+
+    def close(self) -> None:
+        """Release database connections (the object must not be used afterwards)."""
+        self.store.dispose()
+
+    def __enter__(self) -> "ArchiveIndex":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- properties -------------------------------------------------------------------------------------
+    @property
+    def model(self) -> Any:
+        """The index's model, loaded on first use from the copy in ``folder/model`` when none was given."""
+        if self._model is None:
+            with self._model_lock:
+                if self._model is None:
+                    model = _load_model(self.folder / MODEL_DIR)
+                    self._check_model(self.manifest, model, self.folder)
+                    self._model = model
+        return self._model
+
+    @property
+    def model_hash(self) -> str:
+        """Short identity of the weights; stored with every score."""
+        rec = self.manifest["model"]
+        return str(rec.get("weights_hash") or rec["config_hash"])[:16]
+
+    def __len__(self) -> int:
+        return self.mirror.view().n
+
+    def __repr__(self) -> str:
+        ann = self.ann.describe() if self.ann is not None else {}
+        return (f"ArchiveIndex({str(self.folder)!r}, organs={len(self)}, model={self.manifest['model']['name']!r}, "
+                f"faiss={ann.get('factory')!r}, db={self.store.dialect})")
+
+    def pseudonym(self, identifier: Optional[str]) -> Optional[str]:
+        """The index's keyed pseudonym of a patient identifier (HMAC-SHA256 with the index's own key)."""
+        if self._key is None:
+            self._key = (self.folder / KEY_FILE).read_text().strip().encode()
+        return pseudonymize(identifier, key=self._key, length=20)
+
+    # -- in-memory state --------------------------------------------------------------------------------
+    def _load_state(self) -> None:
+        """Rebuild the mirror from SQL + stored vectors and bring FAISS in step with SQL (it is derived)."""
+        with self._state_lock:
+            # The version is read first: a write landing in between is picked up again by the next refresh.
+            version = self.store.data_version()
+            rows = self.store.mirror_rows()
+            ids = np.asarray([r[0] for r in rows], dtype=np.int64)
+            vids, v16 = self.vectors.read(live=ids)
+            if vids.size != ids.size:
+                missing = ids.size - vids.size
+                raise IndexStateError(f"{missing} organ row(s) in SQL have no stored vector; {_REPAIR} (their "
+                                      "series are then re-ingested by the next ingest)", path=self.folder)
+            vecs = np.asarray(v16, dtype=np.float32)
+            self.mirror.load(rows, vecs)
+            self._load_ann(ids, vecs)
+            self._data_version = version
+            self._last_check = time.monotonic()
+
+    def _load_ann(self, ids: np.ndarray, vecs: np.ndarray) -> None:
+        path = self.folder / FAISS_FILE
+        factory = str(self.manifest.get("current_factory") or "Flat")
+        ann: Optional[AnnIndex] = None
+        if path.exists():
+            try:
+                ann = AnnIndex.load(path, factory)
+            except IndexStateError as exc:
+                log.warning("%s; rebuilding it from the stored vectors", exc)
+        if ann is None or ann.dim != self.dim or (not ann.is_trained and ids.size):
+            ann = self._build_ann_safe(factory, ids, vecs)
+            self._ann_dirty = True
+        else:
+            in_faiss = ann.ids()
+            extra = np.setdiff1d(in_faiss, ids, assume_unique=True)
+            missing = np.setdiff1d(ids, in_faiss, assume_unique=True)
+            if extra.size and not ann.remove(extra):
+                ann = self._build_ann_safe(ann.factory, ids, vecs)
+                missing = np.zeros(0, np.int64)
+            if missing.size:
+                rows = np.searchsorted(ids, missing)
+                ann.add(missing, vecs[rows])
+            if extra.size or missing.size:
+                log.info("FAISS index was out of step with SQL (%d missing, %d extra); reconciled from stored "
+                         "vectors", missing.size, extra.size)
+                self._ann_dirty = True
+        self._ann_lock.acquire_write()
+        try:
+            self.ann = ann
+        finally:
+            self._ann_lock.release_write()
+
+    def _build_ann(self, factory: str, ids: np.ndarray, vecs: np.ndarray, target_recall: float = 0.95) -> AnnIndex:
+        ann = AnnIndex.build(self.dim, factory)
+        if not ann.is_trained:
+            ann.train(vecs)
+        for start in range(0, ids.size, 65536):
+            ann.add(ids[start:start + 65536], vecs[start:start + 65536])
+        ann.tune(ids, vecs, target_recall=target_recall)
+        return ann
+
+    def _build_ann_safe(self, factory: str, ids: np.ndarray, vecs: np.ndarray) -> AnnIndex:
+        """``_build_ann``, falling back to Flat while there are too few vectors to train an IVF index."""
+        try:
+            return self._build_ann(factory, ids, vecs)
+        except ConfigError:
+            return self._build_ann("Flat", ids, vecs)
+
+    def _maybe_refresh(self, force: bool = False) -> None:
+        """Pick up organs another process committed (polled at most every ``refresh_interval`` seconds)."""
+        if self.writer_lock.held:
+            return  # this object is the writer: its state is current
+        now = time.monotonic()
+        if not force and now - self._last_check < self.refresh_interval:
+            return
+        self._last_check = now
+        version = self.store.data_version()
+        if version == self._data_version:
+            return
+        with self._state_lock:
+            view = self.mirror.view()
+            top = int(view.ids[-1]) if view.n else 0
+            o = self.store.t.organs
+            from sqlalchemy import func, select  # noqa: PLC0415
+
+            kept = self.store.read(lambda c: c.execute(select(func.count()).select_from(o).where(o.c.id <= top))
+                                   .scalar())
+            if int(kept or 0) != view.n:
+                log.info("organs were removed by another process; reloading the index state")
+                self._load_state()
+                return
+            rows = [r for r in self.store.mirror_rows() if r[0] > top]
+            if rows:
+                new_ids = np.asarray([r[0] for r in rows], np.int64)
+                vecs = self.vectors.gather(new_ids)
+                self.mirror.append(rows, vecs)
+                self._ann_lock.acquire_write()
+                try:
+                    if self.ann is not None:
+                        self.ann.add(new_ids, vecs)
+                finally:
+                    self._ann_lock.release_write()
+            self._data_version = version
+
+    def refresh(self) -> None:
+        """Pick up what another process committed now (queries also do it, at most once a second)."""
+        self._maybe_refresh(force=True)
+
+    def _persist_ann(self) -> None:
+        """Write the FAISS index atomically, then record generation, count and checksum in SQL (writer only)."""
+        if self.ann is None:
+            return
+        self._ann_lock.acquire_read()  # writing the file reads the index; adds are excluded meanwhile
+        try:
+            checksum = self.ann.save(self.folder / FAISS_FILE)
+            count, factory, params = self.ann.ntotal, self.ann.factory, self.ann.params
+        finally:
+            self._ann_lock.release_read()
+        self.store.record_index_state(count, factory, checksum, params)
+        self._ann_dirty = False
+        if self.manifest.get("current_factory") != factory:
+            self.manifest["current_factory"] = factory
+            self._write_manifest(self.folder, self.manifest)
+
+    def _swap_ann(self, ann: AnnIndex) -> None:
+        self._ann_lock.acquire_write()
+        try:
+            self.ann = ann
+        finally:
+            self._ann_lock.release_write()
+
+    def _wanted_factory(self) -> str:
+        """The factory asked for at create/rebuild time, or the one the size rules want now ("auto")."""
+        wanted = str(self.manifest.get("factory") or "auto")
+        if wanted != "auto":
+            return wanted
+        return choose_factory(len(self), self.dim, self.manifest.get("memory_budget"))
+
+    # -- public API (implemented in ingest.py, queries.py and maintenance.py) -----------------------------
+    def ingest(self, archive: PathLike, workers: int = 2, batch_size: int = 8, retry_errors: bool = False,
+               progress: Optional[bool] = None, faiss_flush_seconds: float = 60.0) -> IngestReport:
+        """Embed every series of ``archive`` not yet in the index; see :func:`ctglip_sdk.index.ingest.ingest`."""
+        from .ingest import ingest  # noqa: PLC0415
+
+        return ingest(self, archive, workers=workers, batch_size=batch_size, retry_errors=retry_errors,
+                      progress=progress, faiss_flush_seconds=faiss_flush_seconds)
+
+    def search(self, query: Union[str, np.ndarray], k: int = 20, organ: Union[str, Sequence[str], None] = None,
+               where: Optional[Mapping[str, Any]] = None) -> SearchResults:
+        """Organs most similar to a text or a vector; see :func:`ctglip_sdk.index.queries.search`."""
+        from .queries import search  # noqa: PLC0415
+
+        return search(self, query, k=k, organ=organ, where=where)
+
+    def similar(self, crop_id: int, k: int = 10, same_organ: bool = True,
+                where: Optional[Mapping[str, Any]] = None) -> SearchResults:
+        """Organs most like a stored one; see :func:`ctglip_sdk.index.queries.similar`."""
+        from .queries import similar  # noqa: PLC0415
+
+        return similar(self, crop_id, k=k, same_organ=same_organ, where=where)
+
+    def score(self, findings: Optional[Sequence[str]] = None, prompts: Optional[Mapping[str, Any]] = None,
+              batch_size: int = 4096) -> Dict[str, Any]:
+        """Zero-shot probabilities for stored organs (incremental); see :func:`ctglip_sdk.index.queries.score`."""
+        from .queries import score  # noqa: PLC0415
+
+        return score(self, findings=findings, prompts=prompts, batch_size=batch_size)
+
+    def cohort(self, all_of: Sequence[str] = (), any_of: Sequence[str] = (), none_of: Sequence[str] = (),
+               where: Optional[Mapping[str, Any]] = None, threshold: float = 0.5,
+               level: str = "patient") -> CohortResult:
+        """Patients or studies meeting finding conditions; see :func:`ctglip_sdk.index.cohort.cohort`."""
+        from .cohort import cohort  # noqa: PLC0415
+
+        return cohort(self, all_of=all_of, any_of=any_of, none_of=none_of, where=where, threshold=threshold,
+                      level=level)
+
+    def insert_scores(self, rows: Sequence[Tuple[int, str, float]], model_hash: Optional[str] = None) -> int:
+        """Store ``(crop_id, finding, probability)`` rows (replacing earlier values); returns the count."""
+        from .queries import insert_scores  # noqa: PLC0415
+
+        return insert_scores(self, rows, model_hash=model_hash)
+
+    def export(self, path: PathLike, what: str = "scores") -> Path:
+        """Write ``scores``, ``organs``, ``studies`` or ``ingest`` as CSV/Parquet/JSONL; see export.export."""
+        from .export import export  # noqa: PLC0415
+
+        return export(self, path, what=what)
+
+    def verify(self, repair: bool = False) -> Dict[str, Any]:
+        """Check SQL ids == FAISS ids ⊆ stored vectors (and more); see :func:`maintenance.verify`."""
+        from .maintenance import verify  # noqa: PLC0415
+
+        return verify(self, repair=repair)
+
+    def rebuild(self, factory: Optional[str] = None, target_recall: float = 0.95) -> Dict[str, Any]:
+        """Rebuild FAISS from the stored vectors (no re-encoding); see :func:`maintenance.rebuild`."""
+        from .maintenance import rebuild  # noqa: PLC0415
+
+        return rebuild(self, factory=factory, target_recall=target_recall)
+
+    def stats(self) -> Dict[str, Any]:
+        """Counts, model, FAISS description and database kind (what ``ctglip verify`` prints first)."""
+        from .maintenance import stats  # noqa: PLC0415
+
+        return stats(self)

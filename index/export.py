@@ -1,0 +1,108 @@
+"""Exports of index tables to CSV, Parquet or JSON lines, streamed from SQL."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, List, Tuple
+
+from sqlalchemy import func, select
+
+from ctglip_sdk.errors import ConfigError, QueryError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .archive import ArchiveIndex
+
+__all__ = ["export"]
+
+
+def _export_query(index: "ArchiveIndex", what: str) -> Any:
+    t = index.store.t
+    o, se, stu, p, sc = t.organs, t.series, t.studies, t.patients, t.scores
+    joined = o.join(se, se.c.id == o.c.series_id).join(stu, stu.c.id == o.c.study_id).join(p, p.c.id == o.c.patient_id)
+    base = [p.c.pseudonym.label("patient"), stu.c.study_uid, se.c.series_uid, o.c.id.label("crop_id"), o.c.organ]
+    if what == "scores":
+        return (select(*base, sc.c.finding, sc.c.probability, sc.c.model_hash, stu.c.study_date, stu.c.age, p.c.sex,
+                       stu.c.split).select_from(joined.join(sc, sc.c.organ_id == o.c.id))
+                .order_by(o.c.id, sc.c.finding))
+    if what == "organs":
+        return (select(*base, se.c.path, o.c.i0, o.c.j0, o.c.k0, o.c.i1, o.c.j1, o.c.k1, o.c.volume_ml, o.c.mean_hu,
+                       stu.c.study_date, stu.c.age, p.c.sex, stu.c.contrast, stu.c.body_part, stu.c.split)
+                .select_from(joined).order_by(o.c.id))
+    if what == "studies":
+        return (select(p.c.pseudonym.label("patient"), stu.c.study_uid, stu.c.study_date, stu.c.age, p.c.sex,
+                       stu.c.description, stu.c.contrast, stu.c.body_part, stu.c.split,
+                       func.count(o.c.id).label("n_organs"))
+                .select_from(stu.join(p, p.c.id == stu.c.patient_id).outerjoin(o, o.c.study_id == stu.c.id))
+                .group_by(p.c.pseudonym, stu.c.id).order_by(stu.c.study_uid))
+    if what == "ingest":
+        it, runs = t.ingest_items, t.ingest_runs
+        return (select(it.c.run_id, runs.c.started_at, it.c.series_uid, it.c.status, it.c.reason, it.c.n_organs)
+                .select_from(it.join(runs, runs.c.id == it.c.run_id)).order_by(it.c.run_id, it.c.id))
+    raise QueryError(f"export what={what!r}: choose 'scores', 'organs', 'studies' or 'ingest'")
+
+
+def _rows(index: "ArchiveIndex", q: Any) -> Iterator[Tuple[List[str], List[Any]]]:
+    with index.store.connect() as conn:
+        result = conn.execution_options(stream_results=True, yield_per=10_000).execute(q)
+        cols = list(result.keys())
+        for part in result.partitions():
+            yield cols, [tuple(r) for r in part]
+
+
+def export(index: "ArchiveIndex", path: Any, what: str = "scores") -> Path:
+    """Write a table to CSV (``.csv``), Parquet (``.parquet``, needs pyarrow) or JSON lines (``.jsonl``).
+
+    ``scores`` is long format (one row per organ and finding, with patient pseudonym, study, series, organ);
+    ``organs`` lists every crop with its box and metadata; ``studies`` one row per study; ``ingest`` the
+    per-series outcomes of every run. Rows are streamed, so memory stays flat.
+
+    Example:
+        >>> idx.export("scores.csv")              # doctest: +SKIP
+        PosixPath('scores.csv')
+    """
+    out = Path(path)
+    q = _export_query(index, what)
+    suffix = out.suffix.lower()
+    if suffix not in (".csv", ".parquet", ".jsonl"):
+        raise QueryError(f"export to {out.name!r}: use a .csv, .parquet or .jsonl file name")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".parquet":
+        try:
+            import pyarrow as pa  # noqa: PLC0415
+            import pyarrow.parquet as pq  # noqa: PLC0415
+        except ImportError:
+            raise ConfigError("Parquet export needs pyarrow (`pip install pyarrow`); or export to .csv") from None
+        writer = None
+        for cols, rows in _rows(index, q):
+            table = pa.Table.from_pylist([dict(zip(cols, map(_plain, r))) for r in rows])
+            writer = writer or pq.ParquetWriter(str(out), table.schema)
+            writer.write_table(table)
+        if writer is None:
+            cols = list(q.selected_columns.keys())
+            pq.write_table(pa.table({c: [] for c in cols}), str(out))
+        else:
+            writer.close()
+        return out
+    with open(out, "w", newline="", encoding="utf-8") as fh:
+        header_done = False
+        writer_csv = csv.writer(fh)
+        for cols, rows in _rows(index, q):
+            if suffix == ".csv":
+                if not header_done:
+                    writer_csv.writerow(cols)
+                    header_done = True
+                writer_csv.writerows([[_plain(v) for v in r] for r in rows])
+            else:
+                for r in rows:
+                    fh.write(json.dumps(dict(zip(cols, map(_plain, r)))) + "\n")
+        if suffix == ".csv" and not header_done:
+            writer_csv.writerow(list(q.selected_columns.keys()))
+    return out
+
+
+def _plain(v: Any) -> Any:
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    return v

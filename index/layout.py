@@ -1,0 +1,183 @@
+"""Archive layout for ingest: manifest.csv rows or discovered series with masks matched by name; fingerprints."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from ctglip_sdk.errors import CTGlipError, InputError
+
+__all__ = ["Item", "plan_archive", "fingerprint", "redact", "path_key", "MASK_PATTERNS"]
+
+log = logging.getLogger(__name__)
+
+#: Where ``discover`` mode looks for the mask of an image ``<dir>/<stem>.nii.gz`` or DICOM folder ``<dir>/<stem>/``
+#: (first match wins); shared names (``segmentations.nii.gz``…) apply only when ``<dir>`` holds one image.
+MASK_PATTERNS = (
+    "{stem}_seg.nii.gz", "{stem}_seg.nii", "{stem}.seg.nii.gz", "{stem}_mask.nii.gz", "{stem}_segmentation.nii.gz",
+    "{stem}_labels.nii.gz", "segmentations/{stem}.nii.gz", "seg/{stem}.nii.gz", "masks/{stem}.nii.gz",
+    "{stem}_seg/", "{stem}_segmentations/",
+)
+SHARED_MASKS = ("segmentations.nii.gz", "segmentation.nii.gz", "seg.nii.gz", "mask.nii.gz", "segmentations/")
+_MASK_DIRS = {"segmentations", "seg", "masks"}
+_MASK_SUFFIXES = ("_seg", ".seg", "_mask", "_segmentation", "_labels", "_segmentations")
+
+
+@dataclass
+class Item:
+    """One series to ingest. ``key`` is its identity in the index (the series UID, or ``path:<image>``)."""
+
+    key: str
+    image: str
+    mask: Optional[str]
+    report: Optional[str]
+    study_uid: Optional[str]
+    fingerprint: str
+    load_series_uid: Optional[str] = None  # passed to load_volume when a folder holds several series
+    row: Dict[str, Any] = field(default_factory=dict)
+
+
+def fingerprint(root: Path, *rels: Optional[str]) -> str:
+    """Cheap identity of files (sizes and whole-second mtimes, recursively for folders): a change re-ingests."""
+    h = hashlib.sha1()
+    for rel in rels:
+        if not rel:
+            continue
+        path = root / rel
+        entries: List[Tuple[str, int, int]] = []
+        if path.is_dir():
+            for dirpath, _dirs, files in os.walk(path):
+                for name in sorted(files):
+                    st = os.stat(os.path.join(dirpath, name))
+                    entries.append((os.path.relpath(os.path.join(dirpath, name), path), st.st_size, int(st.st_mtime)))
+        elif path.exists():
+            st = path.stat()
+            entries.append((path.name, st.st_size, int(st.st_mtime)))
+        h.update(repr((rel, sorted(entries))).encode())
+    return h.hexdigest()[:20]
+
+
+def path_key(rel: str) -> str:
+    """The key of a series without a UID: ``path:<relative path>``, hashed when longer than SQL's 255 chars."""
+    key = f"path:{rel}"
+    return key if len(key) <= 255 else f"path-sha1:{hashlib.sha1(rel.encode()).hexdigest()}"
+
+
+def redact(exc: BaseException, root: Path, item: Optional[Item] = None) -> str:
+    """An error message safe to store and log: archive paths made relative, the patient identifier removed."""
+    orig = getattr(exc, "orig", None)
+    if isinstance(exc, CTGlipError):
+        text = str(exc)
+    elif orig is not None:  # a database error: the driver's first line, never the statement or its values
+        text = f"the database refused the series: {type(orig).__name__}: {str(orig).splitlines()[0] if str(orig) else ''}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    for base in {str(root.resolve()), str(root)}:
+        text = text.replace(base.rstrip("/") + "/", "").replace(base, ".")
+    if item is not None:
+        ident = str(item.row.get("patient_id") or "").strip()
+        if ident:
+            text = text.replace(ident, "<patient>")
+    return text[:500]
+
+
+def _clean(row: Dict[str, Any]) -> Dict[str, Any]:
+    return {str(k).strip().lower(): (v.strip() if isinstance(v, str) else v) for k, v in row.items() if k}
+
+
+def _from_manifest(root: Path, manifest: Path) -> Tuple[List[Item], List[Tuple[str, str]]]:
+    items: List[Item] = []
+    errors: List[Tuple[str, str]] = []
+    seen: set = set()
+    with open(manifest, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or "image" not in [f.strip().lower() for f in reader.fieldnames]:
+            raise InputError("manifest.csv needs an 'image' column (docs/data.md)", path=manifest)
+        for n, raw in enumerate(reader, start=2):
+            row = _clean(raw)
+            image = row.get("image") or ""
+            if not image:
+                errors.append((f"manifest-line:{n}", "empty 'image' cell"))
+                continue
+            key = row.get("series_uid") or path_key(image)
+            if len(key) > 255:
+                errors.append((f"manifest-line:{n}", "series_uid longer than 255 characters"))
+                continue
+            if key in seen:
+                errors.append((f"manifest-line:{n}", f"series {key} appears twice in manifest.csv; kept the first"))
+                continue
+            seen.add(key)
+            items.append(Item(key=key, image=image, mask=row.get("mask") or None, report=row.get("report") or None,
+                              study_uid=row.get("study_uid") or None,
+                              fingerprint=fingerprint(root, image, row.get("mask")), row=row))
+    return items, errors
+
+
+def _stem(path: str) -> str:
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _is_mask_name(path: str) -> bool:
+    parts = Path(path).parts
+    return any(p.lower() in _MASK_DIRS for p in parts[:-1]) or _stem(path).lower().endswith(_MASK_SUFFIXES) or \
+        Path(path).name.lower() in {m.rstrip("/") for m in SHARED_MASKS}
+
+
+def _find_mask(root: Path, image: str, alone: bool) -> Optional[str]:
+    folder = Path(image).parent
+    stem = _stem(image)
+    candidates = [p.format(stem=stem) for p in MASK_PATTERNS] + (list(SHARED_MASKS) if alone else [])
+    for cand in candidates:
+        rel = (folder / cand.rstrip("/")).as_posix()
+        target = root / rel
+        if (cand.endswith("/") and target.is_dir()) or (not cand.endswith("/") and target.is_file()):
+            return rel
+    return None
+
+
+def _from_discovery(root: Path) -> Tuple[List[Item], List[Tuple[str, str]]]:
+    from ctglip_sdk.io import discover  # noqa: PLC0415
+
+    found = discover(root)
+    errors: List[Tuple[str, str]] = [(f"path:{rel}", reason) for rel, reason in found.unreadable]
+    images = [s for s in found if not _is_mask_name(s.path) and (s.modality in (None, "CT"))]
+    per_dir: Dict[str, int] = {}
+    for s in images:
+        per_dir[Path(s.path).parent.as_posix()] = per_dir.get(Path(s.path).parent.as_posix(), 0) + 1
+    items: List[Item] = []
+    for s in images:
+        alone = per_dir[Path(s.path).parent.as_posix()] == 1
+        mask = _find_mask(root, s.path, alone)
+        key = s.series_uid or path_key(s.path)
+        several = sum(1 for o in images if o.path == s.path) > 1
+        items.append(Item(key=key, image=s.path, mask=mask, report=None, study_uid=s.study_uid,
+                          fingerprint=fingerprint(root, s.path, mask),
+                          load_series_uid=s.series_uid if several else None))
+    return items, errors
+
+
+def plan_archive(root: Path) -> Tuple[List[Item], List[Tuple[str, str]]]:
+    """The series of an archive, in a stable order, plus ``(key, reason)`` for entries that cannot be planned.
+
+    ``ROOT/manifest.csv`` (columns of docs/data.md) is authoritative when present; otherwise DICOM series and
+    NIfTI images are discovered and each is paired with a mask by name (:data:`MASK_PATTERNS`).
+
+    Example:
+        >>> items, errors = plan_archive(Path("archive/"))  # doctest: +SKIP
+    """
+    manifest = root / "manifest.csv"
+    if manifest.is_file():
+        items, errors = _from_manifest(root, manifest)
+    else:
+        items, errors = _from_discovery(root)
+    log.info("planned %d series (%d unplannable) in %s", len(items), len(errors), root.name)
+    return items, errors

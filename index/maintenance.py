@@ -1,0 +1,240 @@
+"""Index maintenance: verify (and repair) SQL, stored vectors and FAISS agree; rebuild FAISS; statistics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+import numpy as np
+from sqlalchemy import func, select
+
+from ctglip_sdk.errors import CTGlipError
+
+from .ann import AnnIndex, choose_factory
+from .schema import SCHEMA_VERSION
+from .vectors import file_checksum
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .archive import ArchiveIndex
+
+__all__ = ["verify", "rebuild", "stats", "drop_lost_vectors"]
+
+log = logging.getLogger(__name__)
+
+
+def _sql_checks(index: "ArchiveIndex") -> Dict[str, Any]:
+    t = index.store.t
+    counted = (select(t.series.c.series_uid, t.series.c.n_organs, func.count(t.organs.c.id).label("n"))
+               .select_from(t.series.outerjoin(t.organs, t.organs.c.series_id == t.series.c.id))
+               .group_by(t.series.c.id, t.series.c.series_uid, t.series.c.n_organs))
+    rows = index.store.read(lambda c: c.execute(counted).all())
+    return {"series": len(rows), "series_count_mismatch": [r.series_uid for r in rows if r.n != r.n_organs]}
+
+
+def verify(index: "ArchiveIndex", repair: bool = False) -> Dict[str, Any]:
+    """Check that the index's parts agree; with ``repair=True`` fix what can be fixed.
+
+    Checked: SQL organ ids == ids in the FAISS index in memory (what searches use) ⊆ stored vector ids; the
+    FAISS file against SQL and its recorded checksum; a sample of FAISS vectors against the stored ones; series
+    organ counts; the model copy and schema version against the manifest. Stored vectors no SQL row references
+    (an interrupted batch, a replaced series) are harmless and only counted.
+
+    Repair (takes the writer lock): series whose organs lost their stored vectors are deleted from SQL (the next
+    ingest re-embeds them), the vector file is compacted, FAISS is rebuilt from the stored vectors and written.
+
+    Returns:
+        ``{"ok": bool, "problems": [...], "warnings": [...], "repaired": [...], counts...}``
+
+    Example:
+        >>> report = idx.verify()            # doctest: +SKIP
+        >>> report["ok"], report["problems"]  # doctest: +SKIP
+        (True, [])
+    """
+    if repair:
+        with index.writer_lock:
+            return _verify(index, repair=True)
+    return _verify(index, repair=False)
+
+
+def _verify(index: "ArchiveIndex", repair: bool) -> Dict[str, Any]:
+    from .archive import FAISS_FILE, MODEL_DIR  # noqa: PLC0415
+
+    problems: List[str] = []
+    warnings: List[str] = []
+    repaired: List[str] = []
+    t0 = time.perf_counter()
+    sql_ids = index.store.organ_ids()
+    stored_ids, _ = index.vectors.read()
+    torn = index.vectors.n_records - stored_ids.size
+    if torn:
+        warnings.append(f"{torn} unreadable record(s) at the end of the vector file (a torn, never committed "
+                        "write); ignored, dropped by --repair")
+    no_vector = np.setdiff1d(sql_ids, stored_ids)
+    orphans = np.setdiff1d(stored_ids, sql_ids)
+    if no_vector.size:
+        problems.append(f"{no_vector.size} organ(s) in SQL have no stored vector")
+    if orphans.size:
+        warnings.append(f"{orphans.size} stored vector(s) belong to no SQL row (interrupted batch or replaced "
+                        "series); harmless, dropped by --repair")
+    index._ann_lock.acquire_read()
+    try:
+        ann = index.ann
+        mem_ids = ann.ids() if ann is not None else np.zeros(0, np.int64)
+        sample = np.intersect1d(sql_ids, mem_ids)
+        sample = sample[np.linspace(0, sample.size - 1, min(64, sample.size)).astype(int)] if sample.size else sample
+        content_bad = 0
+        if ann is not None and sample.size and ann.kind in ("flat", "hnsw"):
+            got = np.stack([ann.index.reconstruct(int(i)) for i in sample])
+            want = index.vectors.gather(sample) if not no_vector.size else got
+            content_bad = int(np.sum(np.abs(got - want).max(1) > 1e-3))
+    finally:
+        index._ann_lock.release_read()
+    mem_missing = np.setdiff1d(sql_ids, mem_ids)
+    mem_extra = np.setdiff1d(mem_ids, sql_ids)
+    if mem_missing.size or mem_extra.size:
+        problems.append(f"FAISS index in memory differs from SQL ({mem_missing.size} missing, {mem_extra.size} extra)")
+    if content_bad:
+        problems.append(f"{content_bad} of {sample.size} sampled FAISS vectors differ from the stored vectors")
+    file_info: Dict[str, Any] = {"exists": (index.folder / FAISS_FILE).exists()}
+    state = index.store.index_state()
+    if file_info["exists"]:
+        try:
+            on_disk = AnnIndex.load(index.folder / FAISS_FILE, index.manifest.get("current_factory", "Flat"))
+            disk_ids = on_disk.ids()
+            file_info.update(ntotal=int(disk_ids.size), missing=int(np.setdiff1d(sql_ids, disk_ids).size),
+                             extra=int(np.setdiff1d(disk_ids, sql_ids).size), kind=on_disk.kind)
+            if file_info["missing"] or file_info["extra"]:
+                warnings.append(f"FAISS file is out of step with SQL ({file_info['missing']} missing, "
+                                f"{file_info['extra']} extra); open() derives the difference, --repair rewrites it")
+            file_info["checksum_ok"] = bool(state and state["checksum"] == file_checksum(index.folder / FAISS_FILE))
+            if not file_info["checksum_ok"]:
+                warnings.append("FAISS file checksum differs from the last recorded write (interrupted write)")
+        except CTGlipError as exc:
+            problems.append(f"FAISS file unreadable: {exc.reason}")
+    else:
+        problems.append("FAISS file is missing")
+    sql = _sql_checks(index)
+    if sql["series_count_mismatch"]:
+        problems.append(f"{len(sql['series_count_mismatch'])} series whose organ count differs from their record")
+    version = index.store.schema_version()
+    if version != SCHEMA_VERSION:
+        problems.append(f"schema version {version}, expected {SCHEMA_VERSION}")
+    model_cfg = index.folder / MODEL_DIR / "config.json"
+    if model_cfg.is_file():
+        try:
+            saved = json.loads(model_cfg.read_text("utf-8")).get("config_hash")
+        except ValueError:
+            saved = None
+        if saved != index.manifest["model"]["config_hash"]:
+            problems.append("the model copy in the index folder does not match the manifest's config hash")
+    else:
+        warnings.append("no model copy in the index folder; text queries need open(model=...)")
+
+    if repair and (problems or warnings):
+        _repair(index, no_vector, sql["series_count_mismatch"], torn > 0 or orphans.size > 0, repaired)
+        report = _verify(index, repair=False)
+        report["repaired"] = repaired
+        return report
+    return {
+        "ok": not problems, "problems": problems, "warnings": warnings, "repaired": repaired,
+        "organs": int(sql_ids.size), "series": sql["series"], "stored_vectors": int(stored_ids.size),
+        "orphan_vectors": int(orphans.size), "faiss": ann.describe() if ann is not None else None,
+        "faiss_file": file_info, "schema_version": version, "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def _repair(index: "ArchiveIndex", no_vector: np.ndarray, bad_series: List[str], compact: bool,
+            repaired: List[str]) -> None:
+    _repair_sql(index, no_vector, bad_series, repaired)
+    if compact or no_vector.size:
+        dropped = index.vectors.compact(index.store.organ_ids().tolist())
+        repaired.append(f"compacted stored vectors (dropped {dropped} unreferenced record(s))")
+    # Rebuild from the stored vectors (not the in-memory copy): the repaired index is derived from disk truth.
+    index._load_state()
+    view = index.mirror.view()
+    factory = index.ann.factory if index.ann is not None else "Flat"
+    index._swap_ann(index._build_ann_safe(factory, view.ids, view.vecs))
+    index._persist_ann()
+    repaired.append(f"rebuilt the FAISS index ({index.ann.factory if index.ann else factory}) from stored vectors "
+                    "and wrote it")
+
+
+def drop_lost_vectors(index: "ArchiveIndex") -> List[str]:
+    """Remove from SQL the series whose organs have no stored vector, and compact the vector file.
+
+    This is what ``open()`` cannot derive; afterwards the index opens and the next ingest re-embeds those
+    series. The caller holds the writer lock. Returns what was done (empty when nothing was needed).
+    """
+    done: List[str] = []
+    sql_ids = index.store.organ_ids()
+    stored, _ = index.vectors.read()
+    lost = np.setdiff1d(sql_ids, stored)
+    if lost.size:
+        _repair_sql(index, lost, [], done)
+        dropped = index.vectors.compact(index.store.organ_ids().tolist())
+        done.append(f"compacted stored vectors (dropped {dropped} unreferenced record(s))")
+    return done
+
+
+def _repair_sql(index: "ArchiveIndex", no_vector: np.ndarray, bad_series: List[str], repaired: List[str]) -> None:
+    t = index.store.t
+    if not (no_vector.size or bad_series):
+        return
+
+    def tx(conn: Any) -> int:
+        uids = set(bad_series)
+        for start in range(0, no_vector.size, 900):
+            part = no_vector[start:start + 900].tolist()
+            q = select(t.series.c.series_uid).join(t.organs, t.organs.c.series_id == t.series.c.id) \
+                .where(t.organs.c.id.in_(part)).distinct()
+            uids |= set(conn.execute(q).scalars().all())
+        for uid in sorted(uids):
+            index.store.delete_series(conn, uid)
+        index.store.bump_data_version(conn)
+        return len(uids)
+    n = index.store.write(tx)
+    repaired.append(f"removed {n} series with missing vectors or bad counts from SQL; the next ingest re-embeds them")
+
+
+def rebuild(index: "ArchiveIndex", factory: Optional[str] = None, target_recall: float = 0.95,
+            keep_request: bool = False) -> Dict[str, Any]:
+    """Rebuild the FAISS index from the stored vectors with another factory string (no re-encoding).
+
+    ``factory=None`` returns to automatic choice by size (Flat below 200k vectors, then IVF); IVF/HNSW search
+    parameters are tuned to ``target_recall`` at k=10 on a sample of stored vectors.
+
+    Example:
+        >>> idx.rebuild("IVF1024,Flat")  # doctest: +SKIP
+        {'factory': 'IVF1024,Flat', 'kind': 'ivf', 'ntotal': 250000, 'nprobe': 16, 'nlist': 1024, ...}
+    """
+    t0 = time.perf_counter()
+    with index.writer_lock:
+        view = index.mirror.view()
+        chosen = factory or choose_factory(view.n, index.dim, index.manifest.get("memory_budget"))
+        ann = index._build_ann(chosen, view.ids, view.vecs, target_recall=target_recall)
+        index._swap_ann(ann)
+        index._persist_ann()
+        if not keep_request:
+            index.manifest["factory"] = factory or "auto"
+            index._write_manifest(index.folder, index.manifest)
+    out = ann.describe()
+    out["seconds"] = round(time.perf_counter() - t0, 3)
+    log.info("rebuilt FAISS index: %s", out)
+    return out
+
+
+def stats(index: "ArchiveIndex") -> Dict[str, Any]:
+    """Row counts, model, FAISS description and database kind."""
+    t = index.store.t
+
+    def counts(conn: Any) -> Dict[str, int]:
+        return {name: int(conn.execute(select(func.count()).select_from(tab)).scalar() or 0)
+                for name, tab in (("patients", t.patients), ("studies", t.studies), ("series", t.series),
+                                  ("organs", t.organs), ("scores", t.scores))}
+    out: Dict[str, Any] = index.store.read(counts)
+    out.update(model=index.manifest["model"]["name"], model_config=index.manifest["model"]["config_hash"][:12],
+               dim=index.dim, database=index.store.dialect, factory_request=index.manifest.get("factory"),
+               faiss=index.ann.describe() if index.ann is not None else None, folder=str(index.folder))
+    return out

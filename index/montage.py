@@ -1,0 +1,82 @@
+"""Thumbnails of search hits: the organ box's middle axial slice of each hit, in one PNG montage."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+from sqlalchemy import select
+
+from ctglip_sdk.errors import ConfigError, CTGlipError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .archive import ArchiveIndex
+    from .results import SearchResults
+
+__all__ = ["save_montage"]
+
+log = logging.getLogger(__name__)
+
+
+def save_montage(index: "ArchiveIndex", results: "SearchResults", path: Any, archive_root: Optional[Any] = None,
+                 max_hits: int = 12, window: tuple = (-160.0, 240.0)) -> Path:
+    """Draw each hit's organ box (middle axial slice, soft-tissue window) in a grid and save it as PNG.
+
+    Images are read from the archive the series was ingested from (or ``archive_root`` if the archive moved),
+    always through ``resolve_within`` so that an index row cannot point outside the archive. A hit whose image
+    cannot be read gets an empty panel with the reason.
+
+    Example:
+        >>> save_montage(idx, idx.search("renal cyst", k=8, organ="kidney"), "hits.png")  # doctest: +SKIP
+    """
+    try:
+        import matplotlib  # noqa: PLC0415
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+        from matplotlib.patches import Rectangle  # noqa: PLC0415
+    except ImportError:
+        raise ConfigError("a montage needs matplotlib (`pip install matplotlib`)") from None
+    from ctglip_sdk.io import load_volume, resolve_within  # noqa: PLC0415
+
+    hits = list(results)[:max_hits]
+    if not hits:
+        raise ConfigError("no hits to draw")
+    s = index.store.t.series
+    roots = dict(index.store.read(lambda c: c.execute(
+        select(s.c.series_uid, s.c.archive_root).where(s.c.series_uid.in_([h.series_uid for h in hits]))).all()))
+    cols = min(4, len(hits))
+    rows = math.ceil(len(hits) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, h in zip(axes.ravel(), hits):
+        title = f"{h.organ} {h.score:.3f}\n{h.patient[:8]} · crop {h.crop_id}"
+        try:
+            root = archive_root or roots.get(h.series_uid)
+            if root is None:
+                raise ConfigError("archive root unknown; pass archive_root=")
+            vol = load_volume(resolve_within(root, h.path))
+            i0, j0, k0, i1, j1, k1 = h.bbox
+            k = (k0 + k1) // 2
+            pad = 8
+            lo_i, hi_i = max(i0 - pad, 0), min(i1 + pad, vol.shape[0])
+            lo_j, hi_j = max(j0 - pad, 0), min(j1 + pad, vol.shape[1])
+            img = np.clip(vol.array[lo_i:hi_i, lo_j:hi_j, min(k, vol.shape[2] - 1)], *window)
+            # RAS+ arrays: anterior up and the patient's right on the viewer's left (radiological convention).
+            ax.imshow(img.T[::-1, ::-1], cmap="gray", vmin=window[0], vmax=window[1])
+            ni, nj = hi_i - lo_i, hi_j - lo_j
+            ax.add_patch(Rectangle((ni - (i1 - lo_i) - 0.5, nj - (j1 - lo_j) - 0.5), i1 - i0, j1 - j0,
+                                   fill=False, edgecolor="yellow", linewidth=1))
+        except (CTGlipError, OSError) as exc:
+            ax.text(0.5, 0.5, f"unavailable:\n{getattr(exc, 'reason', exc)}"[:120], ha="center", va="center",
+                    wrap=True, fontsize=7, transform=ax.transAxes)
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

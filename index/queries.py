@@ -1,0 +1,344 @@
+"""Index queries: text/vector search, similar organs, zero-shot scoring, cohorts and exports."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from sqlalchemy import and_, delete, select, true
+
+from ctglip_sdk import organs as vocab
+from ctglip_sdk.errors import QueryError
+
+from .filters import Condition, needs_join, parse_where, to_sql
+from .results import Hit, SearchResults
+from .vectors import unit_rows
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .archive import ArchiveIndex
+
+__all__ = ["search", "similar", "score", "insert_scores", "resolve_organs"]
+
+log = logging.getLogger(__name__)
+_MAX_K = 10_000
+
+
+def resolve_organs(organ: Union[str, Sequence[str], None]) -> Optional[List[str]]:
+    """Canonical v1 class names for names, synonyms or groups (``"kidney"`` -> both kidneys); None = all."""
+    if organ is None:
+        return None
+    names = [organ] if isinstance(organ, str) else list(organ)
+    if not names:
+        raise QueryError("organ= is an empty list; pass None for every organ")
+    return sorted({o for n in names for o in vocab.lookup(n)})
+
+
+def _check_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= _MAX_K:
+        raise QueryError(f"k must be an integer between 1 and {_MAX_K}, got {k!r}")
+    return int(k)
+
+
+def _query_vector(index: "ArchiveIndex", query: Union[str, np.ndarray]) -> np.ndarray:
+    if isinstance(query, str):
+        text = query.strip()
+        if not text:
+            raise QueryError("empty query text")
+        with index._cache_lock:
+            cached = index._text_cache.get(text)
+        if cached is None:
+            cached = unit_rows(np.asarray(index.model.encode_text([text]), np.float32))[0]
+            with index._cache_lock:
+                index._text_cache[text] = cached
+                while len(index._text_cache) > 512:
+                    index._text_cache.popitem(last=False)
+        return cached
+    q = np.asarray(query, dtype=np.float32)
+    if q.ndim == 2 and q.shape[0] == 1:
+        q = q[0]
+    if q.shape != (index.dim,) or not np.all(np.isfinite(q)) or not np.any(q):
+        raise QueryError(f"a query vector must be finite, non-zero and of shape ({index.dim},), got {q.shape}")
+    return unit_rows(q[None, :])[0]
+
+
+def _filter_select(index: "ArchiveIndex", column: Any, organs: Optional[Sequence[str]],
+                   conditions: Sequence[Condition]) -> Any:
+    """SELECT ``column`` FROM organs (joined as the filters need) WHERE organ list and filters hold."""
+    t = index.store.t
+    studies, series, patients = needs_join(conditions)
+    src = t.organs
+    if studies:
+        src = src.join(t.studies, t.studies.c.id == t.organs.c.study_id)
+    if series:
+        src = src.join(t.series, t.series.c.id == t.organs.c.series_id)
+    if patients:
+        src = src.join(t.patients, t.patients.c.id == t.organs.c.patient_id)
+    clauses = to_sql(conditions, t)
+    if organs is not None:
+        clauses.append(t.organs.c.organ.in_(list(organs)))
+    return select(column).select_from(src).where(and_(true(), *clauses))
+
+
+def _filtered_ids(index: "ArchiveIndex", organs: Optional[Sequence[str]], conditions: Sequence[Condition]) -> np.ndarray:
+    """Organ ids passing an organ list and filters, answered by SQL (the truth)."""
+    q = _filter_select(index, index.store.t.organs.c.id, organs, conditions).order_by(index.store.t.organs.c.id)
+    return np.asarray(index.store.read(lambda c: c.execute(q).scalars().all()), dtype=np.int64)
+
+
+def _hydrate(index: "ArchiveIndex", ids: np.ndarray, scores: np.ndarray) -> List[Hit]:
+    if ids.size == 0:
+        return []
+    t = index.store.t
+    o = t.organs
+    q = (select(o.c.id, o.c.organ, o.c.i0, o.c.j0, o.c.k0, o.c.i1, o.c.j1, o.c.k1, o.c.volume_ml, o.c.mean_hu,
+                o.c.age, o.c.sex, o.c.study_date, t.series.c.series_uid, t.series.c.path, t.studies.c.study_uid,
+                t.patients.c.pseudonym)
+         .select_from(o.join(t.series, t.series.c.id == o.c.series_id)
+                      .join(t.studies, t.studies.c.id == o.c.study_id)
+                      .join(t.patients, t.patients.c.id == o.c.patient_id))
+         .where(o.c.id.in_([int(i) for i in ids])))
+    rows = {r.id: r for r in index.store.read(lambda c: c.execute(q).all())}
+    hits = []
+    for i, s in zip(ids.tolist(), scores.tolist()):
+        r = rows.get(i)
+        if r is None:  # removed by a concurrent re-ingest of its series between search and hydration
+            continue
+        hits.append(Hit(score=float(s), crop_id=int(i), organ=r.organ, study_uid=r.study_uid,
+                        series_uid=r.series_uid, patient=r.pseudonym, bbox=(r.i0, r.j0, r.k0, r.i1, r.j1, r.k1),
+                        path=r.path, study_date=r.study_date.isoformat() if r.study_date else None,
+                        age=r.age, sex=r.sex, volume_ml=r.volume_ml, mean_hu=r.mean_hu))
+    return hits
+
+
+def _run(index: "ArchiveIndex", q: np.ndarray, k: int, organs: Optional[Sequence[str]],
+         conditions: Sequence[Condition], exclude: Optional[np.ndarray] = None) -> SearchResults:
+    index._maybe_refresh()
+    view = index.mirror.view()
+    index._ann_lock.acquire_read()
+    try:
+        scores, ids, plan = index.planner.search(view, index.ann, q, k, organs, conditions,
+                                                 lambda: _filtered_ids(index, organs, conditions), exclude=exclude)
+    finally:
+        index._ann_lock.release_read()
+    t0 = time.perf_counter()
+    hits = _hydrate(index, ids, scores)
+    plan.timings_ms["hydrate"] = (time.perf_counter() - t0) * 1e3
+    return SearchResults(hits, plan=plan)
+
+
+def search(index: "ArchiveIndex", query: Union[str, np.ndarray], k: int = 20,
+           organ: Union[str, Sequence[str], None] = None, where: Optional[Mapping[str, Any]] = None) -> SearchResults:
+    """Organs whose vectors are closest (cosine) to a text or a vector, optionally filtered.
+
+    Args:
+        query: free text (encoded with the index's model) or a vector of the index's dimension.
+        k: number of hits (1..10000).
+        organ: canonical names, synonyms or groups (``"kidney"``, ``["liver", "spleen"]``); None = every organ.
+        where: filters on the allowlist of :data:`ctglip_sdk.index.filters.FILTERS` (age and date ranges as
+            ``(lo, hi)`` with None for an open end, sex, contrast, body_part, split, uids, patient pseudonym…).
+
+    Returns:
+        SearchResults, best first; ``.plan`` tells which path the planner took.
+
+    Example:
+        >>> res = idx.search("hepatic cyst", k=10, organ="liver", where={"age": (60, None), "sex": "F"})  # doctest: +SKIP
+        >>> res.to_pandas()[["score", "patient", "study_uid"]]                                             # doctest: +SKIP
+    """
+    k = _check_k(k)
+    organs = resolve_organs(organ)
+    conditions = parse_where(where)
+    q = _query_vector(index, query)
+    res = _run(index, q, k, organs, conditions)
+    res.query = query if isinstance(query, str) else "<vector>"
+    return res
+
+
+def similar(index: "ArchiveIndex", crop_id: int, k: int = 10, same_organ: bool = True,
+            where: Optional[Mapping[str, Any]] = None) -> SearchResults:
+    """Organs most like the stored organ ``crop_id`` (itself excluded); the same organ class by default.
+
+    Example:
+        >>> hit = idx.search("renal cyst", k=1, organ="kidney")[0]  # doctest: +SKIP
+        >>> idx.similar(hit.crop_id, k=5).to_pandas()               # doctest: +SKIP
+    """
+    k = _check_k(k)
+    conditions = parse_where(where)
+    index._maybe_refresh()
+    view = index.mirror.view()
+    row = int(view.rows_of(np.asarray([int(crop_id)]))[0])
+    if row < 0:
+        raise QueryError(f"crop id {crop_id} is not in this index")
+    organs = [view.organ_names[int(view.organ[row])]] if same_organ else None
+    res = _run(index, np.asarray(view.vecs[row]), k, organs, conditions, exclude=np.asarray([int(crop_id)]))
+    res.query = f"similar:{int(crop_id)}"
+    return res
+
+
+# -- scores -------------------------------------------------------------------------------------------------
+def _classifier(index: "ArchiveIndex") -> Any:
+    zs = getattr(index, "_zeroshot", None)
+    if zs is None:
+        import ctglip_sdk as cg  # noqa: PLC0415
+
+        zs = cg.ZeroShotClassifier(index.model)
+        index._zeroshot = zs  # type: ignore[attr-defined]
+    return zs
+
+
+def _prompt_spec(key: str, spec: Any) -> Tuple[List[str], List[str], Optional[List[str]]]:
+    """(positives, negatives, organs) of a user prompt: a text, a list of texts, or a dict with those keys."""
+    if isinstance(spec, str):
+        spec = {"positive": [spec]}
+    elif isinstance(spec, (list, tuple)):
+        spec = {"positive": list(spec)}
+    if not isinstance(spec, Mapping) or not spec.get("positive"):
+        raise QueryError(f"prompt {key!r}: give a text, a list of texts, or {{'positive': [...], 'negative': [...], "
+                         "'organ': ...}")
+    pos = [spec["positive"]] if isinstance(spec["positive"], str) else list(spec["positive"])
+    neg = spec.get("negative") or [f"no {p}" for p in pos] + ["normal appearance", "unremarkable"]
+    neg = [neg] if isinstance(neg, str) else list(neg)
+    return pos, neg, resolve_organs(spec.get("organ"))
+
+
+def _prompt_probabilities(index: "ArchiveIndex", vecs: np.ndarray, pos: List[str], neg: List[str]) -> np.ndarray:
+    """sigmoid(s · v·(p − n)): the same two-way softmax the classifier uses for dictionary findings."""
+    zs = _classifier(index)
+    p = unit_rows(zs.embed_prompts(pos).mean(0)[None, :])[0]
+    n = unit_rows(zs.embed_prompts(neg).mean(0)[None, :])[0]
+    scale = float(index.model.temperature_scale().detach().cpu())
+    return (1.0 / (1.0 + np.exp(-scale * (vecs @ (p - n))))).astype(np.float32)
+
+
+def _write_scores(index: "ArchiveIndex", ids: np.ndarray, keys: Sequence[str], probs: np.ndarray, mh: str) -> None:
+    t = index.store.t.scores
+    rows = [{"organ_id": int(i), "finding": k, "probability": float(p), "model_hash": mh}
+            for i, k, p in zip(ids.tolist(), keys, probs.tolist())]
+
+    def tx(conn: Any) -> None:
+        for k in sorted(set(keys)):
+            sel = [int(i) for i, kk in zip(ids.tolist(), keys) if kk == k]
+            for start in range(0, len(sel), 900):  # SQLite caps bound parameters per statement
+                conn.execute(delete(t).where(and_(t.c.finding == k, t.c.organ_id.in_(sel[start:start + 900]))))
+        conn.execute(t.insert(), rows)
+    if rows:
+        index.store.write(tx)
+
+
+def insert_scores(index: "ArchiveIndex", rows: Sequence[Tuple[int, str, float]], model_hash: Optional[str] = None) -> int:
+    """Store ``(crop_id, finding, probability)`` rows from any classifier (replacing earlier values).
+
+    Example:
+        >>> idx.insert_scores([(12, "liver_cyst", 0.93)], model_hash="my-classifier-v2")  # doctest: +SKIP
+        1
+    """
+    if not rows:
+        return 0
+    ids = np.asarray([int(r[0]) for r in rows], np.int64)
+    probs = np.asarray([float(r[2]) for r in rows], np.float32)
+    if not np.all((probs >= 0) & (probs <= 1)):
+        raise QueryError("probabilities must lie in [0, 1]")
+    view = index.mirror.view()
+    if np.any(view.rows_of(ids) < 0):
+        index._maybe_refresh(force=True)
+        bad = ids[index.mirror.view().rows_of(ids) < 0]
+        if bad.size:
+            raise QueryError(f"crop id(s) {bad[:5].tolist()} are not in this index")
+    with index.writer_lock:
+        _write_scores(index, ids, [str(r[1]) for r in rows], probs, model_hash or "user")
+    return len(rows)
+
+
+def score(index: "ArchiveIndex", findings: Optional[Sequence[str]] = None, prompts: Optional[Mapping[str, Any]] = None,
+          batch_size: int = 4096) -> Dict[str, Any]:
+    """Zero-shot probabilities for every stored organ and every applicable finding, stored in SQL.
+
+    Incremental: a pair (organ, finding) already scored with the same model, dictionary version (or prompt
+    texts) is not scored again, so a second call after ingesting new studies scores only their organs.
+
+    Args:
+        findings: dictionary keys (default: every key); each applies to the organs the dictionary says.
+        prompts: extra findings from your own texts, ``{"key": "text" | [texts] | {"positive": [...],
+            "negative": [...], "organ": "liver"}}``; stored as ``prompt:<key>`` (all organs unless ``organ``).
+        batch_size: organs scored per batch (and per SQL transaction).
+
+    Returns:
+        ``{"scored": pairs written, "organs": organs touched, "findings": keys, "seconds": ...}``
+
+    Example:
+        >>> idx.score(findings=["liver_cyst", "renal_cyst"])  # doctest: +SKIP
+        {'scored': 3120, 'organs': 2080, 'findings': ['liver_cyst', 'renal_cyst'], 'seconds': 0.4}
+    """
+    t0 = time.perf_counter()
+    if batch_size < 1:
+        raise QueryError(f"batch_size must be >= 1, got {batch_size}")
+    zs = _classifier(index)
+    keys = list(dict.fromkeys(findings)) if findings is not None else None
+    version = "0"
+    if keys is None or keys:  # prompts alone do not need the abnormality dictionary
+        d = zs.dictionary
+        keys = sorted(d.keys()) if keys is None else keys
+        unknown = [k for k in keys if k not in d]
+        if unknown:
+            raise QueryError(f"unknown finding(s) {unknown}; known: {', '.join(sorted(d.keys()))}")
+        version = str(getattr(d, "version", "0"))
+    specs = {f"prompt:{k}": _prompt_spec(k, v) for k, v in (prompts or {}).items()}
+    if not keys and not specs:
+        raise QueryError("nothing to score: pass findings (dictionary keys) and/or prompts")
+    dict_hash = f"{index.model_hash}:{version}"
+    st = index.store.t.scores
+    scored, touched = 0, set()
+    with index.writer_lock:
+        if index._data_version != index.store.data_version():
+            index._load_state()  # another process ingested since this object last looked
+        view = index.mirror.view()
+        names = np.asarray(view.organ_names, dtype=object)[view.organ] if view.n else np.zeros(0, object)
+        hashes = [dict_hash] + [_spec_hash(index, s) for s in specs.values()]
+        have_q = select(st.c.organ_id, st.c.finding).where(and_(st.c.model_hash.in_(hashes),
+                                                                st.c.finding.in_(keys + sorted(specs))))
+        have = index.store.read(lambda c: {(int(r.organ_id), r.finding) for r in c.execute(have_q)})
+        wanted = set(keys)
+        applicable = {o: [k for k in _finding_keys(zs.dictionary, o) if k in wanted]
+                      for o in set(names.tolist())} if keys else {}
+        todo = [r for r in range(view.n)
+                if any((int(view.ids[r]), k) not in have for k in applicable.get(names[r], ()))]
+        for start in range(0, len(todo), batch_size):
+            rows = np.asarray(todo[start:start + batch_size], np.int64)
+            r, ks, p = zs.detect_arrays(names[rows].tolist(), view.vecs[rows], keys)
+            ids = view.ids[rows][r]
+            keep = np.asarray([(int(i), k) not in have for i, k in zip(ids.tolist(), ks)], bool)
+            if keep.any():
+                _write_scores(index, ids[keep], [k for k, m in zip(ks, keep) if m], p[keep], dict_hash)
+                scored += int(keep.sum())
+                touched.update(ids[keep].tolist())
+        for key, spec in specs.items():
+            mh = _spec_hash(index, spec)
+            pos, neg, organs = spec
+            rows = np.arange(view.n) if organs is None else np.flatnonzero(np.isin(names, organs))
+            rows = np.asarray([r for r in rows if (int(view.ids[r]), key) not in have], np.int64)
+            for start in range(0, rows.size, batch_size):
+                part = rows[start:start + batch_size]
+                probs = _prompt_probabilities(index, view.vecs[part], pos, neg)
+                _write_scores(index, view.ids[part], [key] * part.size, probs, mh)
+                scored += int(part.size)
+                touched.update(view.ids[part].tolist())
+    out = {"scored": scored, "organs": len(touched), "findings": keys + sorted(specs),
+           "model_hash": dict_hash, "seconds": round(time.perf_counter() - t0, 3)}
+    log.info("scored %d (organ, finding) pairs over %d organs", scored, len(touched))
+    return out
+
+
+def _finding_keys(dictionary: Any, organ: str) -> List[str]:
+    """Dictionary keys that apply to a v1 organ class (none for organs the dictionary does not cover)."""
+    try:
+        return [e.key for e in dictionary.for_organ(organ)]
+    except (KeyError, QueryError):
+        return []
+
+
+def _spec_hash(index: "ArchiveIndex", spec: Tuple[List[str], List[str], Optional[List[str]]]) -> str:
+    digest = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{index.model_hash}:p{digest}"

@@ -1,0 +1,320 @@
+"""SQL access of an archive index: engine set-up, retried transactions, schema/migrations, ingest writes."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import random
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar
+
+import numpy as np
+from sqlalchemy import create_engine, delete, event, func, inspect, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from ctglip_sdk.errors import ConfigError, IndexStateError
+
+from .schema import MIGRATIONS, SCHEMA_VERSION, Tables, make_tables
+
+__all__ = ["Store", "make_engine", "redact_url"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_BUSY_MS = 10_000
+_RETRIES = 6
+
+
+def redact_url(url: str) -> str:
+    """A database URL with its password masked (safe to log and to store in the manifest)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a malformed URL is reported by create_engine with its own message
+        return "<unparsable database URL>"
+
+
+def make_engine(url: str) -> Engine:
+    """SQLAlchemy engine; SQLite gets WAL, a busy timeout and explicit BEGIN (IMMEDIATE for writes).
+
+    Example:
+        >>> eng = make_engine("sqlite:///:memory:")
+        >>> eng.dialect.name
+        'sqlite'
+    """
+    try:
+        if url.startswith("sqlite"):
+            engine = create_engine(url, connect_args={"timeout": _BUSY_MS / 1000})
+            _sqlite_events(engine)
+        else:
+            engine = create_engine(url, pool_pre_ping=True)
+    except Exception as exc:  # noqa: BLE001 - driver missing or bad URL: say which
+        raise ConfigError(f"cannot use database {redact_url(url)!r}: {exc}") from None
+    return engine
+
+
+def _sqlite_events(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        # pysqlite's implicit transactions defer BEGIN and break transactional DDL; take control of BEGIN.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+        cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a process crash loses nothing committed
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        # A write transaction takes the write lock up front: a deferred one that later upgrades can fail with
+        # SQLITE_BUSY at once (busy_timeout does not apply to the upgrade in WAL mode).
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("ctglip_write") else "BEGIN")
+
+
+def _is_transient(exc: BaseException) -> bool:
+    text = str(getattr(exc, "orig", exc)).lower()
+    return any(s in text for s in ("database is locked", "database is busy", "deadlock detected",
+                                   "could not serialize", "database table is locked"))
+
+
+class Store:
+    """The SQL side of one index: a database URL plus a table prefix.
+
+    Every write goes through :meth:`write` (one transaction, retried on a busy database) so that "database is
+    locked" never reaches a user; queries use the SQLAlchemy expression API with bound parameters only.
+
+    Example:
+        >>> st = Store("sqlite:///:memory:", "demo_")
+        >>> st.init_schema()
+        1
+    """
+
+    def __init__(self, url: str, prefix: str = "ctglip_") -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.t: Tables = make_tables(prefix)
+        self.dialect = self.engine.dialect.name
+
+    def dispose(self) -> None:
+        """Close pooled connections."""
+        self.engine.dispose()
+
+    # -- transactions -----------------------------------------------------------------------------------
+    def _retry(self, fn: Callable[[Connection], T], write: bool) -> T:
+        delay = 0.05
+        for attempt in range(_RETRIES):
+            try:
+                with self.engine.connect() as conn:
+                    if write:
+                        conn = conn.execution_options(ctglip_write=True)
+                    with conn.begin():
+                        return fn(conn)
+            except (OperationalError, DBAPIError) as exc:
+                if not _is_transient(exc) or attempt == _RETRIES - 1:
+                    if _is_transient(exc):
+                        raise IndexStateError("the index database stayed busy; another writer holds it "
+                                              f"({redact_url(self.url)})") from None
+                    raise
+                log.debug("database busy, retrying (attempt %d)", attempt + 1)
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def write(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn(conn)`` in one write transaction (committed on return, rolled back on error; retried)."""
+        return self._retry(fn, write=True)
+
+    def read(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn(conn)`` in a read transaction (a consistent snapshot; retried when busy)."""
+        return self._retry(fn, write=False)
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A plain connection for a single statement (autocommits nothing; read-only use)."""
+        with self.engine.connect() as conn:
+            yield conn
+
+    # -- schema -----------------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        """True when this prefix's tables exist in the database."""
+        return inspect(self.engine).has_table(self.t.meta.name)
+
+    def schema_version(self, conn: Optional[Connection] = None) -> int:
+        """Highest applied migration (0 when the tables do not exist)."""
+        if not self.exists():
+            return 0
+        q = select(func.max(self.t.migrations.c.version))
+        v = conn.execute(q).scalar() if conn is not None else self.read(lambda c: c.execute(q).scalar())
+        return int(v or 0)
+
+    def init_schema(self) -> int:
+        """Create the tables and apply pending migrations, each in its own transaction; returns the version."""
+        current = self.schema_version()
+        if current > SCHEMA_VERSION:
+            raise IndexStateError(f"the index schema is version {current}, newer than this ctglip-sdk supports "
+                                  f"({SCHEMA_VERSION}); upgrade ctglip-sdk")
+        for version, description, fn in MIGRATIONS:
+            if version <= current:
+                continue
+
+            def apply(conn: Connection, version: int = version, description: str = description,
+                      fn: Callable = fn) -> None:
+                fn(conn, self.t)
+                conn.execute(self.t.migrations.insert().values(
+                    version=version, description=description, applied_at=_dt.datetime.now(_dt.timezone.utc)))
+
+            self.write(apply)
+            log.info("applied index schema migration %d (%s)", version, description)
+        return self.schema_version()
+
+    def drop_all(self) -> None:
+        """Drop every table of this prefix (tests and `delete index`; irreversible)."""
+        self.t.metadata.drop_all(self.engine, checkfirst=True)
+
+    # -- meta -------------------------------------------------------------------------------------------
+    def get_meta(self, key: str, conn: Optional[Connection] = None) -> Optional[str]:
+        q = select(self.t.meta.c.value).where(self.t.meta.c.key == key)
+        return conn.execute(q).scalar() if conn is not None else self.read(lambda c: c.execute(q).scalar())
+
+    def set_meta(self, conn: Connection, key: str, value: Any) -> None:
+        m = self.t.meta
+        if conn.execute(select(m.c.key).where(m.c.key == key)).first() is None:
+            conn.execute(m.insert().values(key=key, value=str(value)))
+        else:
+            conn.execute(update(m).where(m.c.key == key).values(value=str(value)))
+
+    def data_version(self) -> int:
+        """Counter bumped by every transaction that adds or removes organs (readers poll it to refresh)."""
+        return int(self.get_meta("data_version") or 0)
+
+    def bump_data_version(self, conn: Connection) -> None:
+        self.set_meta(conn, "data_version", int(self.get_meta("data_version", conn) or 0) + 1)
+
+    def next_organ_id(self, conn: Connection) -> int:
+        """The next unused organ id; ids are never reused, even after a series is replaced."""
+        stored = self.get_meta("next_organ_id", conn)
+        top = conn.execute(select(func.max(self.t.organs.c.id))).scalar()
+        return max(int(stored or 1), int(top or 0) + 1)
+
+    # -- ingest writes (the caller holds the writer lock) --------------------------------------------------
+    def ensure_patient(self, conn: Connection, pseudonym: str, identifier: Optional[str], sex: Optional[str],
+                       birth_year: Optional[int]) -> Tuple[int, Optional[str]]:
+        """Patient id and stored sex for a pseudonym (inserted, or missing values filled in)."""
+        p = self.t.patients
+        row = conn.execute(select(p.c.id, p.c.sex, p.c.birth_year).where(p.c.pseudonym == pseudonym)).first()
+        if row is None:
+            res = conn.execute(p.insert().values(pseudonym=pseudonym, identifier=identifier, sex=sex,
+                                                 birth_year=birth_year))
+            return int(res.inserted_primary_key[0]), sex
+        fill = {k: v for k, v, old in (("sex", sex, row.sex), ("birth_year", birth_year, row.birth_year))
+                if v is not None and old is None}
+        if fill:
+            conn.execute(update(p).where(p.c.id == row.id).values(**fill))
+        return int(row.id), row.sex or sex
+
+    def ensure_study(self, conn: Connection, study_uid: str, patient_id: int,
+                     values: Mapping[str, Any]) -> Tuple[int, Dict[str, Any]]:
+        """Study id and its stored row for a study UID (inserted when new; an existing study is not changed)."""
+        s = self.t.studies
+        row = conn.execute(select(s).where(s.c.study_uid == study_uid)).first()
+        if row is None:
+            conn.execute(s.insert().values(study_uid=study_uid, patient_id=patient_id, **values))
+            row = conn.execute(select(s).where(s.c.study_uid == study_uid)).first()
+        return int(row.id), dict(row._mapping)
+
+    def delete_series(self, conn: Connection, series_uid: str) -> List[int]:
+        """Delete a series with its organs and scores; returns the organ ids removed."""
+        t = self.t
+        sid = conn.execute(select(t.series.c.id).where(t.series.c.series_uid == series_uid)).scalar()
+        if sid is None:
+            return []
+        ids = [int(i) for i in conn.execute(select(t.organs.c.id).where(t.organs.c.series_id == sid)).scalars()]
+        if ids:
+            conn.execute(delete(t.scores).where(t.scores.c.organ_id.in_(ids)))
+            conn.execute(delete(t.organs).where(t.organs.c.series_id == sid))
+        conn.execute(delete(t.series).where(t.series.c.id == sid))
+        return ids
+
+    def insert_series(self, conn: Connection, values: Mapping[str, Any]) -> int:
+        res = conn.execute(self.t.series.insert().values(**values))
+        return int(res.inserted_primary_key[0])
+
+    def insert_organs(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        if rows:
+            conn.execute(self.t.organs.insert(), list(rows))
+
+    def start_run(self, archive: str) -> int:
+        def fn(conn: Connection) -> int:
+            res = conn.execute(self.t.ingest_runs.insert().values(
+                started_at=_dt.datetime.now(_dt.timezone.utc), archive=archive, status="running"))
+            return int(res.inserted_primary_key[0])
+        return self.write(fn)
+
+    def finish_run(self, run_id: int, status: str, summary: Mapping[str, Any]) -> None:
+        r = self.t.ingest_runs
+        self.write(lambda c: c.execute(update(r).where(r.c.id == run_id).values(
+            finished_at=_dt.datetime.now(_dt.timezone.utc), status=status, summary=json.dumps(summary))))
+
+    def record_items(self, conn: Connection, run_id: int, items: Sequence[Mapping[str, Any]]) -> None:
+        """Record per-series outcomes of a run (a series seen twice in one run keeps its last outcome)."""
+        it = self.t.ingest_items
+        for item in items:
+            conn.execute(delete(it).where((it.c.run_id == run_id) & (it.c.series_uid == item["series_uid"])))
+            conn.execute(it.insert().values(run_id=run_id, **item))
+
+    def series_fingerprints(self) -> Dict[str, str]:
+        """``{series_uid: fingerprint}`` of every ingested series."""
+        s = self.t.series
+        return self.read(lambda c: {r.series_uid: r.fingerprint
+                                    for r in c.execute(select(s.c.series_uid, s.c.fingerprint))})
+
+    def last_errors(self) -> Dict[str, Tuple[Optional[str], str]]:
+        """``{series_uid: (fingerprint, reason)}`` for series whose latest recorded outcome is an error."""
+        it = self.t.ingest_items
+        latest = select(it.c.series_uid, func.max(it.c.id).label("id")).group_by(it.c.series_uid).subquery()
+        q = select(it.c.series_uid, it.c.fingerprint, it.c.reason).join(latest, latest.c.id == it.c.id) \
+            .where(it.c.status == "error")
+        return self.read(lambda c: {r.series_uid: (r.fingerprint, r.reason or "") for r in c.execute(q)})
+
+    # -- index state --------------------------------------------------------------------------------------
+    def index_state(self) -> Optional[Dict[str, Any]]:
+        """The latest recorded FAISS file state (generation, count, factory, checksum, params)."""
+        s = self.t.index_state
+        row = self.read(lambda c: c.execute(select(s).order_by(s.c.generation.desc()).limit(1)).first())
+        if row is None:
+            return None
+        out = dict(row._mapping)
+        out["params"] = json.loads(out["params"] or "{}")
+        return out
+
+    def record_index_state(self, count: int, factory: str, checksum: str, params: Mapping[str, Any]) -> int:
+        s = self.t.index_state
+
+        def fn(conn: Connection) -> int:
+            gen = int(conn.execute(select(func.max(s.c.generation))).scalar() or 0) + 1
+            conn.execute(s.insert().values(generation=gen, written_at=_dt.datetime.now(_dt.timezone.utc),
+                                           count=count, factory=factory, checksum=checksum,
+                                           params=json.dumps(dict(params))))
+            # Keep a short history only: the latest state is what open() and verify() compare against.
+            conn.execute(delete(s).where(s.c.generation < gen - 10))
+            return gen
+        return self.write(fn)
+
+    # -- reads used by the index ---------------------------------------------------------------------------
+    def organ_ids(self) -> np.ndarray:
+        """Every organ id (sorted int64)."""
+        o = self.t.organs
+        ids = self.read(lambda c: c.execute(select(o.c.id).order_by(o.c.id)).scalars().all())
+        return np.asarray(ids, dtype=np.int64)
+
+    def mirror_rows(self) -> List[Tuple[Any, ...]]:
+        """``(id, organ, age, sex, study_date, contrast, body_part, split)`` per organ, in id order."""
+        o, s = self.t.organs, self.t.studies
+        q = (select(o.c.id, o.c.organ, o.c.age, o.c.sex, o.c.study_date, s.c.contrast, s.c.body_part, s.c.split)
+             .join(s, s.c.id == o.c.study_id).order_by(o.c.id))
+        return self.read(lambda c: [tuple(r) for r in c.execute(q)])

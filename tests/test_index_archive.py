@@ -1,0 +1,406 @@
+"""ArchiveIndex end to end on real files: ingest, idempotency, resume, bad studies, filters, verify, rebuild."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import stat
+import threading
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from ctglip_sdk.errors import ConfigError, IndexStateError, QueryError
+from ctglip_sdk.index import ArchiveIndex
+from ctglip_sdk.index.planner import Planner
+from ctglip_sdk.index.vectors import VectorStore
+
+from test_index_common import (AFFINE, db_params, make_archive, phantom, pg_url, random_prefix, read_manifest,
+                               tiny_model, write_manifest)
+
+
+def _create(path, kind="sqlite", **kw):
+    url = pg_url() if kind == "postgres" else None
+    return ArchiveIndex.create(path, model=tiny_model(), database_url=url,
+                               table_prefix=random_prefix() if url else "ctglip_", **kw)
+
+
+def _drop(idx):
+    if idx.store.dialect != "sqlite":
+        idx.store.drop_all()
+    idx.close()
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    return make_archive(tmp_path_factory.mktemp("arch") / "a", n=8, seed=0)
+
+
+@pytest.fixture(scope="module", params=db_params())
+def built(request, tmp_path_factory, archive):
+    idx = _create(tmp_path_factory.mktemp("idx") / "i", request.param)
+    report = idx.ingest(archive, workers=2, batch_size=3)
+    yield idx, report
+    _drop(idx)
+
+
+def _state(idx):
+    """What must be identical between two indexes of the same archive: organs, metadata and vectors."""
+    view = idx.mirror.view()
+    df = pd.read_csv(idx.export(idx.folder / "organs_state.csv", what="organs"))
+    vec = dict(zip(view.ids.tolist(), view.vecs))
+    keyed = {(r.series_uid, r.organ): (r.age, r.sex, r.study_date, np.round(vec[r.crop_id], 3).tobytes())
+             for r in df.itertuples()}
+    # Pseudonyms differ between indexes (each has its own key); which series share a patient must not.
+    by_patient = sorted(tuple(sorted(set(g.series_uid))) for _, g in df.groupby("patient"))
+    return keyed, by_patient
+
+
+def test_ingest_reports_and_is_idempotent(built, archive):
+    idx, report = built
+    assert report.ok == 8 and report.skipped == 0 and report.errors == []
+    assert report.organs_added == 8 * 5 == len(idx)
+    assert set(report.timings) >= {"read", "align", "preprocess", "encode", "write", "faiss"}
+    assert all(v >= 0 for v in report.timings.values()) and report.timings["encode"] > 0
+    before = _state(idx)
+    again = idx.ingest(archive)
+    assert again.ok == 0 and again.skipped == 8 and again.organs_added == 0
+    assert _state(idx) == before and idx.verify()["ok"]
+    stats = idx.stats()
+    assert (stats["patients"], stats["studies"], stats["series"], stats["organs"]) == (4, 8, 8, 40)
+
+
+def test_pseudonyms_key_and_metadata(built, archive):
+    idx, _ = built
+    rows = read_manifest(archive)
+    mode = stat.S_IMODE(os.stat(idx.folder / "pseudonym.key").st_mode)
+    assert mode == 0o600
+    res = idx.search("liver", k=40)
+    patients = {h.patient for h in res}
+    assert len(patients) == 4 and not patients & {r["patient_id"] for r in rows}
+    assert idx.pseudonym("PAT-0001") in patients
+    by_series = {r["series_uid"]: r for r in rows}
+    for h in res:
+        r = by_series[h.series_uid]
+        assert (h.age, h.sex, h.study_date, h.path) == (float(r["age"]), r["sex"], r["study_date"], r["image"])
+        assert all(0 <= a < b for a, b in zip(h.bbox[:3], h.bbox[3:]))
+    manifest = json.loads((idx.folder / "manifest.json").read_text())
+    assert manifest["model"]["config_hash"] == tiny_model().config_hash and manifest["dim"] == idx.dim
+    assert "PAT-" not in (idx.folder / "manifest.json").read_text()
+
+
+WHERES = [
+    (None, None), ("liver", None), ("kidney", {"sex": "F"}), (None, {"age": (50, None), "contrast": True}),
+    ("spleen", {"study_date": ("2019-03-01", "2020-01-01")}), (None, {"split": ["val", "test"]}),
+    ("liver", {"volume_ml": (0, 10_000)}), (None, {"study_uid": "1.2.826.0.1.0.3"}),
+]
+
+
+@pytest.mark.parametrize("organ,where", WHERES)
+def test_search_filters_match_brute_force(built, organ, where, tmp_path):
+    idx, _ = built
+    organs = pd.read_csv(idx.export(tmp_path / "o.csv", what="organs"), dtype={"study_uid": str})
+    ids, vecs = VectorStore.open(idx.folder / "vectors.f16", idx.dim).read()
+    q = idx.model.encode_text("hypodense lesion")
+    keep = np.ones(len(organs), bool)
+    if organ == "kidney":
+        keep &= organs.organ.isin(["kidney_left", "kidney_right"]).to_numpy()
+    elif organ:
+        keep &= (organs.organ == organ).to_numpy()
+    for key, value in (where or {}).items():
+        col = organs[key]
+        if key == "contrast":
+            keep &= (~col.fillna("none").str.lower().isin(["none", ""])).to_numpy()
+        elif isinstance(value, tuple):
+            lo, hi = value
+            keep &= ((col >= lo) if lo is not None else True) & ((col <= hi) if hi is not None else True)
+        elif isinstance(value, list):
+            keep &= col.isin(value).to_numpy()
+        else:
+            keep &= (col == value).to_numpy()
+    cand = organs.crop_id[keep].to_numpy()
+    rows = np.searchsorted(ids, cand)
+    s = np.asarray(vecs[rows], np.float32) @ q
+    expect = cand[np.argsort(-s, kind="stable")[:5]].tolist()
+    for planner in (Planner(), Planner(exact_max=0, gather_cost=1e9)):  # exact path, then FAISS+bitmap path
+        idx.planner = planner
+        res = idx.search("hypodense lesion", k=5, organ=organ, where=where)
+        assert res.crop_ids == expect, res.plan
+    idx.planner = Planner()
+    assert res.to_pandas().shape[0] == len(expect)
+
+
+def test_search_inputs_are_validated(built):
+    idx, _ = built
+    for bad in (dict(query=""), dict(query="x", k=0), dict(query="x", organ="gizzard"),
+                dict(query="x", where={"ssn": 1}), dict(query=np.ones(3))):
+        with pytest.raises(QueryError):
+            idx.search(**bad)
+    vec_res = idx.search(idx.model.encode_text("renal cyst"), k=3, organ="kidney")
+    assert vec_res.crop_ids == idx.search("renal cyst", k=3, organ="kidney").crop_ids
+
+
+def test_similar_and_grouping(built):
+    idx, _ = built
+    hit = idx.search("spleen", k=1, organ="spleen")[0]
+    sim = idx.similar(hit.crop_id, k=4)
+    assert len(sim) == 4 and hit.crop_id not in sim.crop_ids and {h.organ for h in sim} == {"spleen"}
+    assert [h.score for h in sim] == sorted([h.score for h in sim], reverse=True)
+    anyorg = idx.similar(hit.crop_id, k=39, same_organ=False)
+    assert len({h.organ for h in anyorg}) > 1
+    groups = anyorg.group_by("patient")
+    assert sum(len(g) for g in groups.values()) == 39 and len(groups) == 4
+    with pytest.raises(QueryError):
+        idx.similar(10 ** 9)
+
+
+def test_export_formats(built, tmp_path):
+    idx, _ = built
+    out = idx.export(tmp_path / "organs.jsonl", what="organs")
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == 40 and {"crop_id", "organ", "patient", "i0", "volume_ml"} <= set(lines[0])
+    with open(idx.export(tmp_path / "ingest.csv", what="ingest")) as fh:
+        assert [r["status"] for r in csv.DictReader(fh)].count("ok") == 8
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match="pyarrow"):
+            idx.export(tmp_path / "s.parquet")
+    with pytest.raises(QueryError):
+        idx.export(tmp_path / "s.xlsx")
+
+
+def test_model_mismatch_is_refused(built):
+    idx, _ = built
+    other_weights = tiny_model(seed=1)
+    with pytest.raises(IndexStateError, match="other weights"):
+        ArchiveIndex.open(idx.folder, model=other_weights, database_url=pg_url() if idx.store.dialect != "sqlite" else None)
+    import ctglip_sdk as cg
+
+    other_config = cg.create("ctglip-tiny", overrides={"projection": {"embed_dim": 64}}, seed=0)
+    with pytest.raises(IndexStateError, match="config"):
+        ArchiveIndex.open(idx.folder, model=other_config)
+
+
+def test_open_create_and_factory_errors(tmp_path, built):
+    idx, _ = built
+    with pytest.raises(IndexStateError, match="already"):
+        ArchiveIndex.create(idx.folder, model=tiny_model())
+    with pytest.raises(IndexStateError, match="no manifest"):
+        ArchiveIndex.open(tmp_path / "nothing")
+    with pytest.raises(ConfigError, match="factory"):
+        ArchiveIndex.create(tmp_path / "bad", model=tiny_model(), factory="Nope,Flat")
+
+
+def _bad_archive(root):
+    archive = make_archive(root, n=4, seed=5, fmt="dicom")
+    rows = read_manifest(archive)
+    # 1: a corrupted DICOM slice (truncated mid-header)
+    first = sorted((archive / rows[1]["image"]).iterdir())[3]
+    first.write_bytes(first.read_bytes()[:200])
+    # 2: a mask of the wrong shape
+    _, seg = phantom(np.random.default_rng(9))
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(seg[:30]), AFFINE), archive / rows[2]["mask"])
+    # 3: a mask that does not exist
+    rows.append({**rows[0], "series_uid": "1.2.826.9.9.1", "study_uid": "1.2.826.9.9", "mask": "nowhere/seg.nii.gz",
+                 "patient_id": "PAT-SECRET"})
+    write_manifest(archive, rows)
+    return archive, rows
+
+
+def test_bad_studies_are_recorded_and_skipped(tmp_path, caplog):
+    archive, rows = _bad_archive(tmp_path / "bad")
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    with caplog.at_level(logging.DEBUG, logger="ctglip_sdk"):
+        report = idx.ingest(archive, workers=2, batch_size=2)
+    assert report.ok == 2 and report.n_errors == 3, report.errors
+    reasons = {e["series"]: e["reason"] for e in report.errors}
+    assert "mask mismatch" in reasons[rows[2]["series_uid"]]
+    assert "DICOM" in reasons[rows[1]["series_uid"]] or "truncated" in reasons[rows[1]["series_uid"]]
+    assert "no such file" in reasons["1.2.826.9.9.1"]
+    text = json.dumps(report.errors) + caplog.text + (tmp_path / "idx" / "manifest.json").read_text()
+    assert "PAT-SECRET" not in text and "PAT-0" not in text and str(tmp_path) not in json.dumps(report.errors)
+    assert idx.verify()["ok"] and len(idx) == 2 * 5
+    again = idx.ingest(archive)
+    assert again.ok == 0 and again.skipped == 5 and again.n_errors == 3  # failures are not retried by default
+    retried = idx.ingest(archive, retry_errors=True)
+    assert retried.n_errors == 3 and retried.ok == 0
+    items = pd.read_csv(idx.export(tmp_path / "items.csv", what="ingest"))
+    assert set(items.status) == {"ok", "error"} and items.reason.dropna().str.contains("PAT-").sum() == 0
+    idx.close()
+
+
+def test_dicom_and_nifti_archives_give_the_same_vectors(tmp_path):
+    nii = make_archive(tmp_path / "nii", n=2, seed=3)
+    dcm = make_archive(tmp_path / "dcm", n=2, seed=3, fmt="dicom")
+    a = ArchiveIndex.create(tmp_path / "ia", model=tiny_model())
+    b = ArchiveIndex.create(tmp_path / "ib", model=tiny_model())
+    a.ingest(nii, workers=0)
+    b.ingest(dcm, workers=1)
+    va, vb = a.mirror.view(), b.mirror.view()
+    assert va.n == vb.n == 10
+    np.testing.assert_allclose(va.vecs, vb.vecs, atol=2e-2)  # int16 DICOM pixels vs float NIfTI, then float16
+    assert {h.study_date for h in b.search("liver", k=10)} == {h.study_date for h in a.search("liver", k=10)}
+
+
+def test_interrupted_run_resumes_to_the_same_state(tmp_path, archive, monkeypatch, built):
+    from ctglip_sdk.index import ingest as ingest_mod
+
+    ref, _ = built
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    real = ingest_mod.write_batch
+    calls = {"n": 0}
+
+    def flaky(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of a run
+        return real(*a, **kw)
+
+    monkeypatch.setattr(ingest_mod, "write_batch", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        idx.ingest(archive, workers=1, batch_size=2)
+    monkeypatch.setattr(ingest_mod, "write_batch", real)
+    assert len(idx) == 2 * 2 * 5
+    reopened = ArchiveIndex.open(idx.folder)
+    resumed = reopened.ingest(archive, workers=1, batch_size=2)
+    assert resumed.skipped == 4 and resumed.ok == 4
+    assert _state(reopened) == _state(ref) and reopened.verify()["ok"]
+
+
+def test_changed_series_is_replaced_and_lost_vectors_repaired(tmp_path):
+    archive = make_archive(tmp_path / "a", n=3, seed=2)
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    idx.ingest(archive, workers=0)
+    rows = read_manifest(archive)
+    old = {h.crop_id for h in idx.search("x", k=15) if h.series_uid == rows[0]["series_uid"]}
+    vol, _ = phantom(np.random.default_rng(99))
+    nib.save(nib.Nifti1Image(vol, AFFINE), archive / rows[0]["image"])
+    os.utime(archive / rows[0]["image"], (2_000_000_000, 2_000_000_000))
+    rep = idx.ingest(archive, workers=0)
+    assert rep.ok == 1 and rep.organs_removed == 5 and rep.organs_added == 5
+    now = {h.crop_id for h in idx.search("x", k=15)}
+    assert len(now) == 15 and not old & now and not old & set(idx.ann.ids().tolist())
+    assert idx.verify()["ok"] and idx.verify()["orphan_vectors"] == 5
+    # Lose the newest vectors (e.g. a restored backup of the vector file): open refuses and names the fix.
+    vs = VectorStore.open(idx.folder / "vectors.f16", idx.dim)
+    idx.close()
+    with open(vs.path, "r+b") as fh:
+        fh.truncate(vs.path.stat().st_size - 2 * vs.dtype.itemsize)
+    with pytest.raises(IndexStateError, match="ctglip verify.*--repair"):
+        ArchiveIndex.open(tmp_path / "idx")
+    fixed = ArchiveIndex.open(tmp_path / "idx", repair=True)
+    report = fixed.verify(repair=True)
+    assert report["ok"] and report["orphan_vectors"] == 0 and len(fixed) == 10
+    assert fixed.ingest(archive, workers=0).ok == 1 and len(fixed) == 15 and fixed.verify()["ok"]
+
+
+def test_missing_faiss_file_is_derived_and_rebuild_changes_factory(tmp_path, archive, built):
+    ref, _ = built
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    idx.ingest(archive, workers=0)
+    idx.close()
+    (tmp_path / "idx" / "vectors.faiss").unlink()
+    idx = ArchiveIndex.open(tmp_path / "idx")
+    assert idx.verify()["problems"] == ["FAISS file is missing"]
+    assert idx.verify(repair=True)["ok"]
+    top = idx.search("liver cyst", k=5).crop_ids
+    out = idx.rebuild("HNSW16")
+    assert out["kind"] == "hnsw" and out["ntotal"] == 40
+    idx.planner = Planner(exact_max=0, gather_cost=1e9)  # force the FAISS path
+    assert idx.search("liver cyst", k=5).crop_ids == top
+    again = ArchiveIndex.open(tmp_path / "idx")
+    assert again.ann.kind == "hnsw" and json.loads((tmp_path / "idx" / "manifest.json").read_text())["factory"] == "HNSW16"
+    again.rebuild(None)
+    assert again.ann.kind == "flat"
+
+
+def test_readers_search_while_a_writer_ingests(tmp_path):
+    first = make_archive(tmp_path / "a1", n=3, seed=11)
+    second = make_archive(tmp_path / "a2", n=6, seed=12)
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    idx.ingest(first, workers=0)
+    other = ArchiveIndex.open(tmp_path / "idx", model=tiny_model())  # a second handle, as another process would
+    other.refresh_interval = 0.0
+    errors, counts = [], []
+    stop = threading.Event()
+
+    def reader(handle):
+        try:
+            while not stop.is_set():
+                res = handle.search("kidney", k=50, organ="kidney", where={"age": (None, 200)})
+                counts.append(len(res))
+                assert all(h.organ.startswith("kidney") for h in res)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(h,)) for h in (idx, idx, other)]
+    for t in threads:
+        t.start()
+    report = idx.ingest(second, workers=1, batch_size=1)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors and report.ok == 6
+    assert min(counts) >= 6 and max(counts) <= 18
+    assert len(other.search("kidney", k=50, organ="kidney")) == 18  # the reader picked up the writer's rows
+    with pytest.raises(IndexStateError, match="another process"):
+        from ctglip_sdk.index.lock import WriterLock
+
+        with idx.writer_lock:
+            WriterLock(tmp_path / "idx", timeout=0.2).acquire()
+
+
+def test_a_study_the_encoder_or_database_refuses_does_not_stop_the_run(tmp_path, monkeypatch):
+    import sqlalchemy.exc
+
+    from ctglip_sdk.index import ingest as ingest_mod
+    from ctglip_sdk.index.store import Store
+
+    archive = make_archive(tmp_path / "a", n=5, seed=8)
+    rows = read_manifest(archive)
+    bad_encode, bad_sql = rows[1]["series_uid"], rows[3]["series_uid"]
+    real_encode, real_insert = ingest_mod._encode, Store.insert_series
+
+    def encode(model, batch, batch_size):
+        if any(p.item.key == bad_encode for p in batch):
+            raise RuntimeError("out of memory")
+        return real_encode(model, batch, batch_size)
+
+    def insert_series(self, conn, values):
+        if values["series_uid"] == bad_sql:
+            raise sqlalchemy.exc.DataError("INSERT ...", {"secret": "PAT-0003"}, ValueError("value too long"))
+        return real_insert(self, conn, values)
+
+    monkeypatch.setattr(ingest_mod, "_encode", encode)
+    monkeypatch.setattr(Store, "insert_series", insert_series)
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    report = idx.ingest(archive, workers=1, batch_size=3)
+    reasons = {e["series"]: e["reason"] for e in report.errors}
+    assert report.ok == 3 and set(reasons) == {bad_encode, bad_sql}
+    assert "out of memory" in reasons[bad_encode] and "value too long" in reasons[bad_sql]
+    assert "PAT-0003" not in reasons[bad_sql] and "INSERT" not in reasons[bad_sql]
+    assert len(idx) == 15 and idx.verify()["ok"]
+    monkeypatch.undo()
+    assert idx.ingest(archive, retry_errors=True).ok == 2 and len(idx) == 25
+
+
+@pytest.mark.parametrize("db", db_params())
+def test_two_indexes_cannot_share_a_table_prefix(tmp_path, db):
+    url = pg_url() if db == "postgres" else f"sqlite:///{tmp_path}/shared.db"
+    prefix = random_prefix()
+    first = ArchiveIndex.create(tmp_path / "one", model=tiny_model(), database_url=url, table_prefix=prefix)
+    try:
+        with pytest.raises(IndexStateError, match="another index"):
+            ArchiveIndex.create(tmp_path / "two", model=tiny_model(), database_url=url, table_prefix=prefix)
+        second = ArchiveIndex.create(tmp_path / "two", model=tiny_model(), database_url=url,
+                                     table_prefix=random_prefix())
+        assert ArchiveIndex.open(tmp_path / "one").manifest["index_uid"] != second.manifest["index_uid"]
+        _drop(second)
+    finally:
+        first.store.drop_all()
+        first.close()
