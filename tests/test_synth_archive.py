@@ -1,0 +1,165 @@
+"""The archive on disk: layout, manifest, truth.jsonl, DICOM tags and read-back, NIfTI, determinism, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from click.testing import CliRunner
+
+import ctglip_sdk as cg
+from ctglip_sdk.organs import V1
+from ctglip_sdk.synth import FINDINGS, MANIFEST_COLUMNS
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth") / "arch"
+    summary = cg.synth.generate_archive(root, 3, seed=5, fmt="dicom", preset="small", progress=False,
+                                        prevalence={"renal_stone": 1.0, "liver_cyst": 1.0})
+    return root, summary
+
+
+def rows(root: Path) -> list:
+    with open(root / "manifest.csv", newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_layout_manifest_and_truth(archive):
+    root, summary = archive
+    assert summary.n_patients == 3 and summary.manifest == root / "manifest.csv"
+    rs = rows(root)
+    assert list(rs[0]) == MANIFEST_COLUMNS and len(rs) == 3
+    assert sorted(r["split"] for r in rs) == ["test", "train", "val"]
+    truth = [json.loads(line) for line in (root / "truth.jsonl").read_text().splitlines()]
+    assert [t["study_uid"] for t in truth] == [r["study_uid"] for r in rs]
+    for r, t in zip(rs, truth):
+        assert (root / r["image"]).is_dir() and r["image"].endswith(f"/{r['study_uid']}")
+        assert r["patient_id"] not in r["image"]  # no MRN in paths
+        assert (root / r["mask"]).is_file() and (root / r["report"]).is_file()
+        assert r["contrast"] in ("portal_venous", "none") and r["sex"] in ("F", "M") and 18 <= int(r["age"]) <= 95
+        assert t["patient_id"] == r["patient_id"] and t["split"] == r["split"]
+        assert int(r["n_findings"]) == len(t["findings"]) >= 2
+        for f in t["findings"]:
+            assert f["organ"] in V1.values() and f["finding"] in FINDINGS
+            assert set(f) >= {"organ", "finding", "side", "size_mm", "location", "hu"}
+        assert {"renal_stone", "liver_cyst"} <= {f["finding"] for f in t["findings"]}
+    assert json.loads((root / "synth.json").read_text())["seed"] == 5
+
+
+def test_dicom_tags_and_fake_identifiers(archive):
+    root, _ = archive
+    r = rows(root)[0]
+    files = sorted((root / r["image"]).glob("*.dcm"))
+    ds = pydicom.dcmread(files[0])
+    assert ds.SOPClassUID == pydicom.uid.CTImageStorage and ds.file_meta.MediaStorageSOPClassUID == ds.SOPClassUID
+    assert ds.Modality == "CT" and ds.StudyInstanceUID == r["study_uid"] and ds.SeriesInstanceUID == r["series_uid"]
+    assert float(ds.RescaleSlope) == 1 and float(ds.RescaleIntercept) == -1024
+    assert [float(v) for v in ds.ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
+    assert float(ds.SliceThickness) == 10 and [float(v) for v in ds.PixelSpacing] == [4, 4]
+    assert ds.KVP and ds.BodyPartExamined and ds.FrameOfReferenceUID
+    # Fake identifiers, there to be removed by de-identification.
+    assert ds.PatientID == r["patient_id"] and "^" in str(ds.PatientName)
+    assert len(ds.PatientBirthDate) == 8 and ds.AccessionNumber and ds.InstitutionName
+    assert ("ContrastBolusAgent" in ds) == (r["contrast"] == "portal_venous")
+    zs = sorted(float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]) for f in files)
+    assert np.allclose(np.diff(zs), 10.0)
+    uids = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files}
+    assert len(uids) == len(files)
+
+
+def test_dicom_read_back_equals_generated_volume(archive):
+    root, _ = archive
+    for i, r in enumerate(rows(root)):
+        vol = cg.load_volume(root / r["image"])
+        ref = cg.synth.generate_patient(5, "small", prevalence={"renal_stone": 1.0, "liver_cyst": 1.0}, index=i,
+                                        archive_seed=5)
+        assert vol.array.shape == ref.volume.array.shape
+        assert np.array_equal(vol.array, ref.volume.array)
+        assert np.allclose(vol.affine, ref.volume.affine, atol=1e-3)
+        # The mask NIfTI is on the same grid, with the same (RAS) affine.
+        img = nib.load(root / r["mask"])
+        assert np.allclose(img.affine, vol.affine, atol=1e-3) and img.get_data_dtype() == np.uint8
+        seg = cg.load_segmentation(root / r["mask"], like=vol)
+        assert np.array_equal(seg.array, ref.segmentation.array)
+        assert (root / r["report"]).read_text(encoding="utf-8") == ref.report
+
+
+def test_nifti_format_and_per_class_masks(tmp_path):
+    s = cg.synth.generate_archive(tmp_path / "n", 1, seed=2, fmt="nifti", preset="small", progress=False,
+                                  per_class_masks=True)
+    (r,) = rows(s.root)
+    assert r["image"].startswith("images/case") and r["image"].endswith(".nii.gz")
+    assert r["patient_id"] not in r["image"] + r["mask"] + r["report"]  # no MRN in paths
+    img = nib.load(s.root / r["image"])
+    ref = cg.synth.generate_patient(2, "small", index=0, archive_seed=2)
+    assert np.array_equal(np.asanyarray(img.dataobj), ref.volume.array.astype(np.int16))
+    assert np.array_equal(cg.load_volume(s.root / r["image"]).array, ref.volume.array)
+    per_class = s.root / "masks" / r["patient_id"]
+    files = sorted(per_class.glob("*.nii.gz"))
+    assert len(files) == 104
+    multi = np.asanyarray(nib.load(s.root / r["mask"]).dataobj)
+    liver = np.asanyarray(nib.load(per_class / "liver.nii.gz").dataobj)
+    assert np.array_equal(liver.astype(bool), multi == 5)
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    a = cg.synth.generate_archive(tmp_path / "a", 2, seed=9, preset="small", progress=False, workers=2)
+    # Same seed, smaller archive: patient 0 comes out byte for byte the same (each patient has its own seed).
+    b = cg.synth.generate_archive(tmp_path / "b", 1, seed=9, preset="small", progress=False)
+    c = cg.synth.generate_archive(tmp_path / "c", 1, seed=10, preset="small", progress=False)
+    ra, rb, rc = rows(a.root)[0], rows(b.root)[0], rows(c.root)[0]
+    assert {k: v for k, v in ra.items() if k != "split"} == {k: v for k, v in rb.items() if k != "split"}
+    assert ra["study_uid"] != rc["study_uid"]
+    fa = sorted((a.root / ra["image"]).glob("*.dcm"))
+    fb = sorted((b.root / rb["image"]).glob("*.dcm"))
+    assert [f.read_bytes() for f in fa] == [f.read_bytes() for f in fb]
+    assert (a.root / ra["report"]).read_text() == (b.root / rb["report"]).read_text()
+    assert (a.root / ra["mask"]).read_bytes() == (b.root / rb["mask"]).read_bytes()
+    va, vc = cg.load_volume(a.root / ra["image"]), cg.load_volume(c.root / rc["image"])
+    assert va.array.shape != vc.array.shape or not np.array_equal(va.array, vc.array)
+    ta = json.loads((a.root / "truth.jsonl").read_text().splitlines()[0])
+    tb = json.loads((b.root / "truth.jsonl").read_text().splitlines()[0])
+    assert ta["findings"] == tb["findings"]
+
+
+def test_refuses_to_overwrite_and_validates(tmp_path, archive):
+    root, _ = archive
+    with pytest.raises(cg.InputError, match="overwrite"):
+        cg.synth.generate_archive(root, 1, preset="small", progress=False)
+    with pytest.raises(cg.ConfigError):
+        cg.synth.generate_archive(tmp_path / "x", 1, fmt="png", progress=False)
+    with pytest.raises(cg.ConfigError):
+        cg.synth.generate_archive(tmp_path / "x", 0, progress=False)
+    with pytest.raises(cg.ConfigError):
+        cg.synth.generate_archive(tmp_path / "x", 1, preset="huge", progress=False)
+
+
+def test_cli_synth_json(tmp_path):
+    from ctglip_sdk.cli.synth import synth_command
+
+    out = tmp_path / "cli"
+    res = CliRunner().invoke(synth_command, [str(out), "--patients", "1", "--seed", "3", "--format", "nifti",
+                                             "--preset", "small", "--prevalence", "renal_cyst=1", "--json"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output)
+    assert info["n_patients"] == 1 and info["fmt"] == "nifti" and info["finding_counts"].get("renal_cyst", 0) >= 1
+    assert (out / "manifest.csv").is_file() and (out / "truth.jsonl").is_file()
+    res = CliRunner().invoke(synth_command, [str(out), "--patients", "1", "--preset", "small"])
+    assert res.exit_code != 0  # existing archive without --overwrite
+    res = CliRunner().invoke(synth_command, [str(tmp_path / "bad"), "--prevalence", "{not json"])
+    assert res.exit_code == 2
+
+
+def test_montage_command_writes_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    from ctglip_sdk.synth.montage import main
+
+    out = tmp_path / "m.png"
+    main([str(out), "--seed", "1", "--preset", "small", "--findings", "renal_stone,emphysema", "--dpi", "40"])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
