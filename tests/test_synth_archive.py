@@ -100,7 +100,7 @@ def test_nifti_format_and_per_class_masks(tmp_path):
     ref = cg.synth.generate_patient(2, "small", index=0, archive_seed=2)
     assert np.array_equal(np.asanyarray(img.dataobj), ref.volume.array.astype(np.int16))
     assert np.array_equal(cg.load_volume(s.root / r["image"]).array, ref.volume.array)
-    per_class = s.root / "masks" / r["patient_id"]
+    per_class = s.root / r["mask"].removesuffix(".nii.gz")
     files = sorted(per_class.glob("*.nii.gz"))
     assert len(files) == 104
     multi = np.asanyarray(nib.load(s.root / r["mask"]).dataobj)
