@@ -131,7 +131,8 @@ def similar(crop_id: int, index_dir: Path, database_url: Optional[str], as_json:
 @click.option("--finding", "findings", multiple=True, help="Dictionary key to score (repeatable; default: all).")
 @click.option("--prompt", "prompts", multiple=True, metavar="KEY=TEXT",
               help="Extra finding from your own text, stored as prompt:KEY (repeatable).")
-@click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(1, 10 ** 6))
+@click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(1, 10 ** 6),
+              help="Organ vectors scored per matrix product.")
 def score(index_dir: Path, database_url: Optional[str], as_json: bool, findings: Sequence[str],
           prompts: Sequence[str], batch_size: int) -> None:
     """Zero-shot probabilities for every organ and applicable finding (incremental)."""
@@ -156,8 +157,10 @@ def score(index_dir: Path, database_url: Optional[str], as_json: bool, findings:
 @click.option("--any-of", "any_of", multiple=True, metavar="COND", help="Members have at least one of these.")
 @click.option("--none-of", "none_of", multiple=True, metavar="COND", help="Members have none of these.")
 @click.option("--where", "wheres", multiple=True, metavar="EXPR", help="Filter (repeatable), as for search.")
-@click.option("--threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1))
-@click.option("--level", type=click.Choice(["patient", "study"]), default="patient", show_default=True)
+@click.option("--threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="Probability at or above which a finding counts as present.")
+@click.option("--level", type=click.Choice(["patient", "study"]), default="patient", show_default=True,
+              help="Return patients or single studies.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the members to CSV.")
 def cohort(index_dir: Path, database_url: Optional[str], as_json: bool, all_of: Sequence[str],
