@@ -1,1 +1,10 @@
-"""ctglip_sdk.reports (under construction)."""
+"""Report understanding: organ-level findings from CT reports and the abnormality dictionary."""
+
+from __future__ import annotations
+
+from ctglip_sdk.reports.dictionary import AbnormalityDictionary, FindingEntry
+from ctglip_sdk.reports.organ_text import labels, organ_texts
+from ctglip_sdk.reports.parser import OrganFinding, SentenceResult, Status, analyse, parse_report
+
+__all__ = ["parse_report", "organ_texts", "labels", "analyse", "OrganFinding", "SentenceResult", "Status",
+           "AbnormalityDictionary", "FindingEntry"]

@@ -1,0 +1,269 @@
+"""parse_report units: sections and headings, lists, measurements, laterality, negation scope, organ texts, labels."""
+
+from __future__ import annotations
+
+import pytest
+
+import ctglip_sdk as cg
+from ctglip_sdk.errors import ConfigError, InputError
+from ctglip_sdk.reports import OrganFinding, Status, analyse, labels, organ_texts, parse_report
+
+
+def triples(text):
+    return {(f.organ, f.finding, f.status.value) for f in parse_report(text)}
+
+
+REPORT = """CT ABDOMEN AND PELVIS WITH CONTRAST
+Indication: right flank pain, ? renal stone.
+Technique: Axial images after IV contrast. Comparison: none.
+
+FINDINGS:
+Lower chest: Small right pleural effusion. No suspicious pulmonary nodules.
+Liver and biliary tree: The liver is normal in size. There is a 1.8 cm simple cyst in segment VII
+which is unchanged. Multiple gallstones, the largest 1.2 cm. No gallbladder wall thickening.
+Spleen: Normal.
+Pancreas: Normal without ductal dilatation or mass.
+Adrenals: 1.6 cm left adrenal nodule, likely adenoma.
+KIDNEYS:
+- No hydronephrosis.
+- Nonobstructing 4 mm right lower pole calculus.
+- Approx. 2.3 x 1.9 cm cyst in the left kidney (Bosniak I).
+Vascular: Atherosclerotic calcification of the abdominal aorta. No AAA.
+Bladder: Unremarkable.
+
+IMPRESSION:
+1. Cholelithiasis.
+2. Right nephrolithiasis without hydronephrosis.
+"""
+
+
+def test_full_report_sections_headings_and_lists():
+    got = parse_report(REPORT)
+    assert all(isinstance(f, OrganFinding) and isinstance(f.status, Status) for f in got)
+    found = {(f.organ, f.finding, str(f.status)) for f in got}
+    assert found == {
+        ("lung_lower_lobe_right", "pleural_effusion", "present"), ("lung", "lung_nodule", "absent"),
+        ("liver", None, "absent"), ("liver", "liver_cyst", "present"), ("gallbladder", "gallstones", "present"),
+        ("gallbladder", "gallbladder_wall_thickening", "absent"), ("spleen", None, "absent"),
+        ("pancreas", None, "absent"), ("pancreas", "pancreatic_duct_dilation", "absent"),
+        ("pancreas", "pancreatic_mass", "absent"), ("adrenal_gland_left", "adrenal_nodule", "present"),
+        ("kidney", "hydronephrosis", "absent"), ("kidney_right", "renal_stone", "present"),
+        ("kidney_left", "renal_cyst", "present"), ("aorta", "aortic_calcification", "present"),
+        ("aorta", "aortic_aneurysm", "absent"), ("urinary_bladder", None, "absent")}
+    # the indication's "? renal stone" is not a finding; the impression repeats with its own sentences
+    stones = [f for f in got if f.finding == "renal_stone"]
+    assert [f.sentence for f in stones] == ["Nonobstructing 4 mm right lower pole calculus.",
+                                            "Right nephrolithiasis without hydronephrosis."]
+    # spans point at the evidence in the original text; a wrapped sentence is one sentence
+    cyst = next(f for f in got if f.finding == "liver_cyst")
+    assert REPORT[cyst.span[0]:cyst.span[1]] == "simple cyst"
+    assert cyst.sentence == "There is a 1.8 cm simple cyst in segment VII which is unchanged."
+    assert got == sorted(got, key=lambda f: f.span[0])
+    assert cg.parse_report is parse_report
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("SPLEEN:\nNormal.", {("spleen", None, "absent")}),
+    ("Kidneys: No hydronephrosis.", {("kidney", "hydronephrosis", "absent")}),
+    ("KIDNEYS AND URETERS\nNo hydronephrosis.", {("kidney", "hydronephrosis", "absent")}),
+    ("Lungs/pleura: No effusion.", {("lung", "pleural_effusion", "absent")}),
+    ("Liver and biliary tree: Normal.", {("liver", None, "absent"), ("gallbladder", None, "absent")}),
+    ("Right adrenal: 1 cm nodule.", {("adrenal_gland_right", "adrenal_nodule", "present")}),
+    ("Adrenal glands:\n- Right: 1.2 cm nodule.\n- Left: normal.",
+     {("adrenal_gland_right", "adrenal_nodule", "present"), ("adrenal_gland_left", None, "absent")}),
+    ("Spleen: normal.\nHistory: splenomegaly.\nPancreas: atrophic.",
+     {("spleen", None, "absent"), ("pancreas", "pancreatic_atrophy", "present")}),
+    ("IMPRESSION: 1. Cholelithiasis. 2. Left renal cyst.",
+     {("gallbladder", "gallstones", "present"), ("kidney_left", "renal_cyst", "present")}),
+    ("1) Splenomegaly\n2) Hepatic steatosis",
+     {("spleen", "splenomegaly", "present"), ("liver", "hepatic_steatosis", "present")}),
+])
+def test_headings_sections_and_lists(text, expected):
+    assert triples(text) == expected
+
+
+def test_heading_organ_applies_until_the_next_heading():
+    text = "Liver:\nSmall cyst in segment VI.\nCalcified granuloma.\nKidneys:\nSimple cyst."
+    assert triples(text) == {("liver", "liver_cyst", "present"), ("liver", "liver_calcification", "present"),
+                             ("kidney", "renal_cyst", "present")}
+
+
+def test_sentence_splitting_keeps_decimals_measurements_and_abbreviations():
+    text = ("Approx. 3.4cm hypodense mass in the left lobe of the liver, e.g. as before. Findings discussed with "
+            "Dr. Smith vs. Dr. Jones. Lesion measures 1.2 x 0.8 cm. No hydronephrosis; small renal cyst.")
+    sentences = [s.text for s in analyse(text)]
+    assert sentences == ["Approx. 3.4cm hypodense mass in the left lobe of the liver, e.g. as before.",
+                         "Findings discussed with Dr. Smith vs. Dr. Jones.", "Lesion measures 1.2 x 0.8 cm.",
+                         "No hydronephrosis;", "small renal cyst."]
+    assert triples(text) >= {("liver", "liver_mass", "present"), ("kidney", "hydronephrosis", "absent"),
+                             ("kidney", "renal_cyst", "present")}
+
+
+def test_wrapped_lines_join_and_crlf():
+    text = "There is a 2.5 cm hypodense lesion in the\r\nright hepatic lobe, consistent with a simple cyst.\r\n"
+    assert triples(text) == {("liver", "liver_cyst", "present")}
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Left renal cyst.", {("kidney_left", "renal_cyst", "present")}),
+    ("Cyst in the lower pole of the right kidney.", {("kidney_right", "renal_cyst", "present")}),
+    ("Bilateral nephrolithiasis.", {("kidney_left", "renal_stone", "present"),
+                                    ("kidney_right", "renal_stone", "present")}),
+    ("Renal cysts bilaterally.", {("kidney_left", "renal_cyst", "present"),
+                                  ("kidney_right", "renal_cyst", "present")}),
+    ("Right lower lobe nodule.", {("lung_lower_lobe_right", "lung_nodule", "present")}),
+    ("Nodule in the left lung.", {("lung_left", "lung_nodule", "present")}),
+    ("Small left pleural effusion.", {("lung_lower_lobe_left", "pleural_effusion", "present")}),
+    ("Bilateral pleural effusions.", {("lung_lower_lobe_left", "pleural_effusion", "present"),
+                                      ("lung_lower_lobe_right", "pleural_effusion", "present")}),
+    ("Hydronephrosis on the right.", {("kidney_right", "hydronephrosis", "present")}),
+    ("Mild compression fracture of L1.", {("vertebrae_L1", "vertebral_fracture", "present")}),
+    ("Renal cyst.", {("kidney", "renal_cyst", "present")}),
+])
+def test_laterality(text, expected):
+    assert triples(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Hepatic and renal cysts.", {("liver", "liver_cyst", "present"), ("kidney", "renal_cyst", "present")}),
+    ("Cysts in the liver and both kidneys.", {("liver", "liver_cyst", "present"),
+                                              ("kidney_left", "renal_cyst", "present"),
+                                              ("kidney_right", "renal_cyst", "present")}),
+    ("The liver, spleen and pancreas are unremarkable.", {("liver", None, "absent"), ("spleen", None, "absent"),
+                                                          ("pancreas", None, "absent")}),
+    ("Hepatosplenomegaly.", {("liver", "hepatomegaly", "present"), ("spleen", "splenomegaly", "present")}),
+    ("Left adrenal nodule and right renal cyst.", {("adrenal_gland_left", "adrenal_nodule", "present"),
+                                                   ("kidney_right", "renal_cyst", "present")}),
+    ("Atrophic left kidney containing a 7 mm stone.", {("kidney_left", "renal_atrophy", "present"),
+                                                       ("kidney_left", "renal_stone", "present")}),
+    ("Normal kidneys apart from a small cyst in the left kidney.", {("kidney_right", None, "absent"),
+                                                                    ("kidney_left", "renal_cyst", "present")}),
+])
+def test_several_organs_and_findings_in_one_sentence(text, expected):
+    assert triples(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("No focal hepatic lesion.", {("liver", "liver_cyst", "absent"), ("liver", "liver_mass", "absent")}),
+    ("Kidneys without hydronephrosis.", {("kidney", "hydronephrosis", "absent")}),
+    ("No evidence of hepatic metastases.", {("liver", "liver_mass", "absent")}),
+    ("Negative for hydronephrosis.", {("kidney", "hydronephrosis", "absent")}),
+    ("The gallbladder is free of stones.", {("gallbladder", "gallstones", "absent")}),
+    ("The right pleural effusion has resolved.", {("lung_lower_lobe_right", "pleural_effusion", "absent")}),
+    ("Gallstones are not seen.", {("gallbladder", "gallstones", "absent")}),
+    ("No renal or ureteral calculi.", {("kidney", "renal_stone", "absent")}),
+    ("No hydronephrosis, nephrolithiasis or renal mass.", {("kidney", "hydronephrosis", "absent"),
+                                                           ("kidney", "renal_stone", "absent"),
+                                                           ("kidney", "renal_mass", "absent")}),
+    # scope ends at conjunctions, terminators, measurements and pseudo-negations
+    ("No gallstones but the gallbladder wall is thickened.", {("gallbladder", "gallstones", "absent"),
+                                                              ("gallbladder", "gallbladder_wall_thickening",
+                                                               "present")}),
+    ("No hydronephrosis; however, there is a left renal stone.", {("kidney", "hydronephrosis", "absent"),
+                                                                  ("kidney_left", "renal_stone", "present")}),
+    ("No hepatic mass, which was suspected on ultrasound.", {("liver", "liver_mass", "absent")}),
+    ("No hydronephrosis, 4 mm stone in the left kidney.", {("kidney", "hydronephrosis", "absent"),
+                                                           ("kidney_left", "renal_stone", "present")}),
+    ("No hydronephrosis, stable left renal cyst.", {("kidney", "hydronephrosis", "absent"),
+                                                    ("kidney_left", "renal_cyst", "present")}),
+])
+def test_negation_and_scope(text, expected):
+    assert triples(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("No change in the size of the left renal cyst.", {("kidney_left", "renal_cyst", "present")}),
+    ("No significant change in the 5 mm right lower lobe nodule.",
+     {("lung_lower_lobe_right", "lung_nodule", "present")}),
+    ("Unchanged right adrenal adenoma.", {("adrenal_gland_right", "adrenal_nodule", "present")}),
+    ("There is not only hepatic steatosis but also splenomegaly.",
+     {("liver", "hepatic_steatosis", "present"), ("spleen", "splenomegaly", "present")}),
+    ("Non-enhancing hypodense lesion in the liver, consistent with a cyst.", {("liver", "liver_cyst", "present")}),
+])
+def test_pseudo_negations_do_not_negate(text, expected):
+    assert triples(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Cannot exclude a small left renal calculus.", {("kidney_left", "renal_stone", "uncertain")}),
+    ("A small right pleural effusion cannot be excluded.",
+     {("lung_lower_lobe_right", "pleural_effusion", "uncertain")}),
+    ("Possibly early splenomegaly.", {("spleen", "splenomegaly", "uncertain")}),
+    ("Questionable 3 mm nodule in the lingula.", {("lung_upper_lobe_left", "lung_nodule", "uncertain")}),
+    ("Probable small hiatal hernia.", {("stomach", "hiatal_hernia", "uncertain")}),
+    ("Likely hepatic steatosis.", {("liver", "hepatic_steatosis", "uncertain")}),
+    ("Hepatic hemangioma vs. cyst.", {("liver", "liver_mass", "uncertain"), ("liver", "liver_cyst", "uncertain")}),
+    ("Hypoattenuating lesion in the pancreatic head, suspicious for adenocarcinoma.",
+     {("pancreas", "pancreatic_mass", "uncertain")}),
+    ("Subcentimeter hypodensity in the liver, too small to characterize.", {("liver", "liver_cyst", "uncertain")}),
+    ("Ectasia of the infrarenal aorta to 2.8 cm.", {("aorta", "aortic_aneurysm", "uncertain")}),
+    ("Small pleural effusion?", {("lung", "pleural_effusion", "uncertain")}),
+    # a stated lesion characterised as "likely" stays present; a hedged characterisation stays uncertain
+    ("1.6 cm left adrenal nodule, likely adenoma.", {("adrenal_gland_left", "adrenal_nodule", "present")}),
+    ("Hypodense liver lesion, likely a cyst.", {("liver", "liver_cyst", "present")}),
+    ("Hypodense liver lesion, possibly a cyst.", {("liver", "liver_cyst", "uncertain")}),
+    ("Hypodense liver lesion.", {("liver", None, "present")}),
+])
+def test_uncertainty(text, expected):
+    assert triples(text) == expected
+
+
+def test_normal_statements_and_free_text():
+    assert triples("The liver is normal.") == {("liver", None, "absent")}
+    assert triples("Unremarkable kidneys.") == {("kidney", None, "absent")}
+    assert triples("The portal vein is patent.") == {("portal_vein_and_splenic_vein", None, "absent")}
+    assert triples("No pericardial effusion.") == {("heart", "pericardial_effusion", "absent")}
+    assert triples("Dilated loops of small bowel.") == {("small_bowel", None, "present")}
+    assert triples("No free fluid. Technique: CT with contrast.") == set()
+    assert triples("Recommend follow-up in 6 months.") == set()
+
+
+def test_british_and_american_spellings():
+    assert triples("Hepatic haemangioma.") == triples("Hepatic hemangioma.") == {("liver", "liver_mass", "present")}
+    assert triples("Renal tumour.") == triples("Renal tumor.") == {("kidney", "renal_mass", "present")}
+    assert triples("Oesophagus: small hiatus hernia.") == {("stomach", "hiatal_hernia", "present")}
+    assert triples("Small calcific focus in the spleen.") == {("spleen", "splenic_calcification", "present")}
+    assert triples("Calcified granulomata in the spleen.") == {("spleen", "splenic_calcification", "present")}
+
+
+def test_organ_texts_policies():
+    report = "Spleen: Normal.\nKidneys: Left renal cyst. No hydronephrosis.\nLungs: Small right pleural effusion."
+    texts = organ_texts(report, organs=["spleen", "kidney", "liver", "lung_lower_lobe_right", "lung_upper_lobe_left"])
+    assert texts["spleen"] == "Spleen: Normal."
+    assert texts["kidney_left"] == "Left renal cyst. No hydronephrosis."
+    assert texts["kidney_right"] == "No hydronephrosis."  # a group statement goes to every member
+    assert organ_texts("Kidneys: Normal.", organs=["kidney_right"]) == {"kidney_right": "Kidneys: Normal."}
+    assert texts["liver"] == "The liver is normal in size and attenuation."
+    assert texts["lung_lower_lobe_right"] == "Small right pleural effusion."
+    assert texts["lung_upper_lobe_left"] == "The left upper lobe of the lung is clear."
+    skipped = organ_texts(report, policy="skip")
+    assert "liver" not in skipped and set(skipped) == {"spleen", "kidney_left", "kidney_right",
+                                                       "lung_lower_lobe_right"}
+    full = organ_texts(report)
+    assert len(full) == 104
+    import random
+    one = organ_texts("", organs=["liver"], rng=random.Random(0))["liver"]
+    assert one in cg.AbnormalityDictionary.default().normal_phrases("liver")
+    with pytest.raises(ConfigError, match="policy"):
+        organ_texts(report, policy="ignore")
+
+
+def test_labels_distribute_groups():
+    lab = labels("Renal cyst. Emphysema. Left kidney: stone. Spleen normal. Spleen: splenomegaly.")
+    assert lab[("kidney_left", "renal_cyst")] is Status.UNCERTAIN  # focal finding, side not said
+    assert lab[("kidney_right", "renal_cyst")] is Status.UNCERTAIN
+    assert lab[("kidney_left", "renal_stone")] is Status.PRESENT and ("kidney_right", "renal_stone") not in lab
+    assert all(lab[(lobe, "emphysema")] is Status.PRESENT for lobe in cg.organs.GROUPS["lung"])  # diffuse
+    assert lab[("spleen", "splenomegaly")] is Status.PRESENT
+    assert ("spleen", None) not in lab  # "normal" is dropped where a finding is present
+    assert labels("Kidneys normal.") == {("kidney_left", None): Status.ABSENT, ("kidney_right", None): Status.ABSENT}
+
+
+def test_bad_input():
+    with pytest.raises(InputError, match="string"):
+        parse_report(b"No hydronephrosis.")
+    assert parse_report("") == [] and parse_report("   \n\n") == []
+    assert str(Status.PRESENT) == "present" and Status("absent") is Status.ABSENT
+    f = parse_report("Left renal cyst.")[0]
+    assert f.to_dict() == {"organ": "kidney_left", "finding": "renal_cyst", "status": "present",
+                           "sentence": "Left renal cyst.", "span": [11, 15]}
