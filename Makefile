@@ -32,6 +32,7 @@ bench: $(VENV)/.installed
 bench-full: $(VENV)/.installed
 	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev,bench]"
 	$(PY) benchmarks/run.py --full
+	$(PY) benchmarks/plots.py --results bench-output --out docs/img
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info demo-output

@@ -86,8 +86,11 @@ def main(argv: List[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--archive", type=Path, help="use the reports of this archive instead of composed ones")
-    ap.add_argument("--out", type=Path, default=Path("bench-output/reports.json"))
+    ap.add_argument("--out", "--json-out", dest="out", type=Path, default=Path("bench-output/reports.json"))
+    ap.add_argument("--quick", action="store_true", help="fewer reports and runs (benchmarks/run.py --quick)")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.n, args.runs = min(args.n, 500), min(args.runs, 3)
     if hasattr(os, "sched_setaffinity"):  # one core, as the target says
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     t0 = time.perf_counter()

@@ -1,0 +1,496 @@
+"""Filtered organ search: ArchiveIndex.search against numpy brute force, ChromaDB and LanceDB on the same data.
+
+For each size N (quick: 1e4, 1e5; full: 1e4, 1e5, 1e6) the script draws N organ rows with clustered unit vectors
+at the model's dimension (20 organs per study, a centre per (organ, finding), per-row noise; common.organ_table)
+and study metadata (age uniform in [20, 90), sex 50/50). Vectors are rounded through float16 first, as the
+index stores them, so that every system holds the same numbers and exact search is one truth.
+
+The ArchiveIndex is built with the library's own ingest write path (``index.ingest.write_batch``: float16
+vector file, SQL rows in one transaction per batch, in-memory mirror, FAISS) from synthetic series records,
+because embedding 1e4..1e6 organs from DICOM would measure the encoder, not search (bench_ingest.py does that);
+the index is then closed and reopened with ``ArchiveIndex.open`` (timed) and the FAISS type is the automatic one
+(``idx.rebuild(None)``: Flat below 200k, IVF above).
+
+Filters on organ, sex and age hit ≈100 % / 10 % / 1 % / 0.1 % of the rows (each query draws its own organ and
+age window). Per selectivity, k = 10:
+- ``index text``: ``idx.search(text)`` end to end (distinct texts, so the text encoder runs every time), filter,
+  vector search and the SQL metadata join of the hits;
+- ``index vector``: ``idx.search(vector)`` end to end without the text encoder; ``vector part`` is its
+  filter + search time (``SearchResults.plan.timings_ms``), without the SQL join;
+- ``index SQL filter``: the same with a non-mirrored key added that every row passes (``volume_ml >= 0``), which
+  sends the filter to SQL (what any filter outside organ/age/sex/date/contrast/body part/split costs);
+- ``numpy``: mask -> gather -> matvec -> argpartition on in-memory arrays (exact: the truth for recall@10);
+- ``chroma``: embedded PersistentClient, HNSW (ip), ``where`` filter; ``lance``: embedded, ``prefilter=True``,
+  flat (no index) in quick mode, IVF_HNSW_SQ from 1e5 rows in full mode, with scalar indexes on the filter
+  columns.
+Exact paths are compared with the memory-bandwidth floor (21 GB/s): bytes of float32 vectors scanned / time.
+Usage: python benchmarks/bench_query.py [--quick] [--json-out PATH] [--sizes 10000 100000] [--no-peers]
+       [--factory IVF1024,Flat] [--chroma-max-n N] [--lance-index IVF_HNSW_SQ]
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "2")
+
+import argparse  # noqa: E402
+import datetime as dt  # noqa: E402
+import gc  # noqa: E402
+import logging  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from collections import Counter  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common as C  # noqa: E402
+
+K = 10
+SELECTIVITIES = (1.0, 0.1, 0.01, 0.001)
+AGE_LO, AGE_HI = 20.0, 90.0
+
+
+# ------------------------------------------------------------------------------------------------ filters
+@dataclass(frozen=True)
+class Filter:
+    """One query's filter: organ codes (None = all), sex, and an age window; rendered for every system."""
+
+    target: float
+    organs: Optional[Tuple[int, ...]] = None
+    sex: Optional[str] = None
+    age: Optional[Tuple[float, float]] = None
+
+    def mask(self, t: C.OrganTable) -> Optional[np.ndarray]:
+        m: Optional[np.ndarray] = None
+        if self.organs is not None:
+            m = np.zeros(t.n, bool)
+            for o in self.organs:
+                m |= t.organ == o
+        if self.sex is not None:
+            x = t.sex == self.sex
+            m = x if m is None else m & x
+        if self.age is not None:
+            x = (t.age >= self.age[0]) & (t.age <= self.age[1])
+            m = x if m is None else m & x
+        return m
+
+    def organ_names(self) -> Optional[List[str]]:
+        return None if self.organs is None else [C.STUDY_ORGANS[o] for o in self.organs]
+
+    def where(self) -> Optional[Dict[str, Any]]:
+        w: Dict[str, Any] = {}
+        if self.sex is not None:
+            w["sex"] = self.sex
+        if self.age is not None:
+            w["age"] = self.age
+        return w or None
+
+    def chroma_where(self) -> Optional[Dict[str, Any]]:
+        parts: List[Dict[str, Any]] = []
+        if self.organs is not None:
+            parts.append({"organ": {"$in": self.organ_names()}})
+        if self.sex is not None:
+            parts.append({"sex": self.sex})
+        if self.age is not None:
+            parts += [{"age": {"$gte": self.age[0]}}, {"age": {"$lte": self.age[1]}}]
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else {"$and": parts}
+
+    def sql(self) -> Optional[str]:
+        parts = []
+        if self.organs is not None:
+            parts.append("organ IN (" + ", ".join(f"'{n}'" for n in self.organ_names()) + ")")
+        if self.sex is not None:
+            parts.append(f"sex = '{self.sex}'")
+        if self.age is not None:
+            parts.append(f"age >= {self.age[0]} AND age <= {self.age[1]}")
+        return " AND ".join(parts) or None
+
+
+def make_filters(target: float, n: int, rng: np.random.Generator) -> List[Filter]:
+    """``n`` filters hitting about ``target`` of the rows (each organ is 5 %, each sex 50 %, ages uniform)."""
+    n_org = len(C.STUDY_ORGANS)
+    out = []
+    for i in range(n):
+        if target >= 1.0:
+            out.append(Filter(target))
+        elif target >= 0.1:  # two organ classes = 10 %
+            a = int(rng.integers(n_org))
+            out.append(Filter(target, organs=(a, (a + 1 + int(rng.integers(n_org - 1))) % n_org)))
+        else:  # one organ (5 %) x one sex (50 %) x an age window of (target / 2.5 %) of the 70-year range
+            width = (AGE_HI - AGE_LO) * target / 0.025
+            lo = round(float(rng.uniform(AGE_LO, AGE_HI - width)), 1)
+            out.append(Filter(target, organs=(int(rng.integers(n_org)),), sex="F" if i % 2 else "M",
+                              age=(lo, round(lo + width, 1))))
+    return out
+
+
+def query_texts(filters: Sequence[Filter], rng: np.random.Generator, salt: str) -> List[str]:
+    """Distinct radiology-style query texts (distinct so that the index's text cache never answers)."""
+    out = []
+    for i, f in enumerate(filters):
+        organ = C.STUDY_ORGANS[f.organs[0]] if f.organs else C.STUDY_ORGANS[int(rng.integers(len(C.STUDY_ORGANS)))]
+        keys = C.ORGAN_FINDINGS.get(organ, ("abnormality",))
+        finding = keys[int(rng.integers(len(keys)))].replace("_", " ")
+        out.append(f"{finding} of the {organ.replace('_', ' ')}, about {int(rng.integers(3, 60))} mm ({salt}{i})")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ systems
+def exact_ids(t: C.OrganTable, q: np.ndarray, f: Filter) -> Tuple[np.ndarray, int]:
+    """numpy brute force: mask -> gather -> matvec -> top-k; returns (row numbers best first, rows scanned)."""
+    m = f.mask(t)
+    if m is None:
+        s = t.vectors @ q
+        base = None
+    else:
+        base = np.flatnonzero(m)
+        s = t.vectors[base] @ q
+    n = s.shape[0]
+    if n == 0:
+        return np.zeros(0, np.int64), 0
+    kk = min(K, n)
+    top = np.argpartition(-s, kk - 1)[:kk] if kk < n else np.arange(n)
+    top = top[np.argsort(-s[top])]
+    return (top if base is None else base[top]), n
+
+
+def build_index(folder: Path, model: Any, t: C.OrganTable, batch_studies: int = 256,
+                factory: Optional[str] = None) -> Dict[str, Any]:
+    """Write ``t`` through the ingest write path (write_batch) into a new ArchiveIndex; returns timings.
+
+    ``factory`` None = the automatic FAISS type for the size (what ingest ends with), else that factory string.
+    """
+    from ctglip_sdk.index import ArchiveIndex
+    from ctglip_sdk.index.ingest import _Encoded, write_batch
+    from ctglip_sdk.index.layout import Item
+
+    t0 = time.perf_counter()
+    idx = ArchiveIndex.create(folder, model=model)
+    starts = np.flatnonzero(np.r_[True, t.study[1:] != t.study[:-1]])
+    ends = np.r_[starts[1:], t.n]
+    names = t.organ_names()
+    geometry = {"shape": "128,128,133", "spacing": "3,3,5", "affine": "3,0,0,-192,0,3,0,-192,0,0,5,-330"}
+    t_write = 0.0
+    with idx.writer_lock:
+        run_id = idx.store.start_run("synthetic://bench_query")
+        idx._next_id = idx.store.read(idx.store.next_organ_id)
+        for b in range(0, starts.size, batch_studies):
+            encoded = []
+            for s0, s1 in zip(starts[b:b + batch_studies], ends[b:b + batch_studies]):
+                s = int(t.study[s0])
+                uid = f"2.25.1000{s}"
+                fields = {"patient": idx.pseudonym(f"BENCH{s:08d}"), "identifier": None, "sex": str(t.sex[s0]),
+                          "birth_year": None, "study_uid": uid,
+                          "study_date": dt.date(2015, 1, 1) + dt.timedelta(days=s % 3000),
+                          "age": float(t.age[s0]), "description": "CT chest abdomen pelvis",
+                          "contrast": "portal_venous" if s % 3 else "none", "body_part": "chest_abdomen_pelvis",
+                          "split": "train", "report_path": None, "archive_root": "/synthetic"}
+                m = int(s1 - s0)
+                encoded.append(_Encoded(Item(f"{uid}.1", f"images/{s}", f"masks/{s}.nii.gz", None, uid, "bench"),
+                                        fields, geometry, list(names[s0:s1]), t.vectors[s0:s1],
+                                        np.zeros((m, 6), np.int64), np.full(m, 100.0), np.zeros(m)))
+            tw = time.perf_counter()
+            write_batch(idx, run_id, encoded, [])
+            t_write += time.perf_counter() - tw
+        idx.store.finish_run(run_id, "ok", {"organs_added": t.n})
+    t_rebuild = time.perf_counter()
+    ann = idx.rebuild(factory)  # None: the automatic factory for this size (what ingest's final step chooses)
+    t_rebuild = time.perf_counter() - t_rebuild
+    idx.close()
+    return {"create_and_write_s": round(time.perf_counter() - t0 - t_rebuild, 3), "write_batch_s": round(t_write, 3),
+            "rows_per_s": round(t.n / max(t_write, 1e-9)), "faiss_build_s": round(t_rebuild, 3),
+            "faiss": {k: v for k, v in ann.items() if k != "seconds"}}
+
+
+def build_chroma(folder: Path, t: C.OrganTable) -> Tuple[Any, float]:
+    import chromadb
+
+    client = chromadb.PersistentClient(path=str(folder))
+    col = client.create_collection("bench-organs", configuration={"hnsw": {"space": "ip"}})
+    names = t.organ_names()
+    step = min(5000, int(getattr(client, "get_max_batch_size", lambda: 5000)()))
+    t0 = time.perf_counter()
+    for s in range(0, t.n, step):
+        e = min(t.n, s + step)
+        col.add(ids=[str(i) for i in range(s, e)], embeddings=t.vectors[s:e],
+                metadatas=[{"organ": str(names[i]), "age": float(t.age[i]), "sex": str(t.sex[i])} for i in range(s, e)])
+    return col, time.perf_counter() - t0
+
+
+def build_lance(folder: Path, t: C.OrganTable, index_type: Optional[str]) -> Tuple[Any, float, str]:
+    import lancedb
+    import pyarrow as pa
+
+    db = lancedb.connect(str(folder))
+    t0 = time.perf_counter()
+    data = pa.table({"id": pa.array(np.arange(t.n, dtype=np.int64)), "organ": pa.array(t.organ_names().astype(str)),
+                     "age": pa.array(t.age), "sex": pa.array(t.sex.astype(str)),
+                     "vector": pa.FixedSizeListArray.from_arrays(pa.array(t.vectors.ravel()), t.vectors.shape[1])})
+    tbl = db.create_table("organs", data)
+    desc = "flat (no vector index)"
+    if index_type:
+        tbl.create_index(metric="dot", index_type=index_type)
+        desc = f"{index_type} (defaults)"
+    with warnings.catch_warnings():  # create_scalar_index is deprecated in favour of config objects; same index
+        warnings.simplefilter("ignore")
+        for col, kind in (("organ", "BITMAP"), ("sex", "BITMAP"), ("age", "BTREE")):
+            tbl.create_scalar_index(col, index_type=kind)
+    return tbl, time.perf_counter() - t0, desc + ", scalar indexes on organ/sex/age"
+
+
+# ------------------------------------------------------------------------------------------------ one size
+def run_size(n: int, args: argparse.Namespace, model: Any, work: Path) -> Dict[str, Any]:
+    rng = np.random.default_rng(args.seed + n)
+    t0 = time.perf_counter()
+    t = C.organ_table(n, model.embed_dim, seed=args.seed)
+    t.vectors[:] = t.vectors.astype(np.float16).astype(np.float32)  # what the index stores (float16 file)
+    gen_s = time.perf_counter() - t0
+    out: Dict[str, Any] = {"n": n, "dim": int(model.embed_dim), "generate_s": round(gen_s, 2), "rows": []}
+    print(f"\n## N = {n:,} organ vectors x {model.embed_dim} (generated in {gen_s:.1f} s)", flush=True)
+
+    from ctglip_sdk.index import ArchiveIndex
+
+    folder = work / f"idx-{n}"
+    out["index_build"] = build_index(folder, model, t, factory=args.factory)
+    t0 = time.perf_counter()
+    idx = ArchiveIndex.open(folder, model=model)
+    out["index_build"]["open_s"] = round(time.perf_counter() - t0, 3)
+    view = idx.mirror.view()
+    if view.n != n or view.ids[0] != 1 or view.ids[-1] != n:
+        raise RuntimeError(f"index holds {view.n} organs with ids {view.ids[:1]}..{view.ids[-1:]}, expected 1..{n}")
+    print(f"index: write {out['index_build']['write_batch_s']} s ({out['index_build']['rows_per_s']:,} rows/s), "
+          f"FAISS {out['index_build']['faiss']}, build {out['index_build']['faiss_build_s']} s, "
+          f"open {out['index_build']['open_s']} s", flush=True)
+
+    peers: Dict[str, Any] = {}
+    out["peers"] = {}
+    if args.no_peers:
+        out["peers"]["chroma"] = C.skip("chroma", "--no-peers")
+        out["peers"]["lance"] = C.skip("lance", "--no-peers")
+    else:
+        if n > args.chroma_max_n:
+            out["peers"]["chroma"] = C.skip("chroma", f"N = {n:,} > --chroma-max-n {args.chroma_max_n:,} (Chroma "
+                                            "ingests ≈2.4k vectors/s here; raise the flag to include it)")
+        else:
+            try:
+                col, secs = build_chroma(work / f"chroma-{n}", t)
+                peers["chroma"] = col
+                out["peers"]["chroma"] = {"ingest_s": round(secs, 2), "vectors_per_s": round(n / secs)}
+                print(f"chroma: ingest {secs:.1f} s ({n / secs:,.0f} vectors/s)", flush=True)
+            except ImportError as exc:
+                out["peers"]["chroma"] = C.skip("chroma", f"not installed ({exc}); pip install '.[bench]'")
+        try:
+            itype = args.lance_index if (args.lance_index and n >= args.lance_index_min_n) else None
+            tbl, secs, desc = build_lance(work / f"lance-{n}", t, itype)
+            peers["lance"] = tbl
+            out["peers"]["lance"] = {"build_s": round(secs, 2), "index": desc}
+            print(f"lance: build {secs:.1f} s ({desc})", flush=True)
+        except ImportError as exc:
+            out["peers"]["lance"] = C.skip("lance", f"not installed ({exc}); pip install '.[bench]'")
+
+    for target in SELECTIVITIES:
+        out["rows"] += run_selectivity(t, idx, model, peers, target, args, rng)
+    idx.close()
+    del idx, peers
+    gc.collect()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def run_selectivity(t: C.OrganTable, idx: Any, model: Any, peers: Dict[str, Any], target: float,
+                    args: argparse.Namespace, rng: np.random.Generator) -> List[Dict[str, Any]]:
+    nq = args.queries
+    filters = make_filters(target, nq, rng)
+    qv = C.query_vectors(t, [f.organs[0] if f.organs else int(rng.integers(len(C.STUDY_ORGANS))) for f in filters], rng)
+    texts = query_texts(filters, rng, salt=f"{t.n}-{target}-")
+    tv = model.encode_text(texts)  # the vectors idx.search(text) will use (for its exact truth)
+    masks = [f.mask(t) for f in filters]
+    sel = float(np.mean([1.0 if m is None else m.mean() for m in masks]))
+    truth = [exact_ids(t, q, f)[0] for q, f in zip(qv, filters)]
+    truth_t = [exact_ids(t, q, f)[0] for q, f in zip(tv, filters)]
+    bytes_per_row = t.vectors.shape[1] * 4
+
+    def idx_call(q: Any, f: Filter, extra: Optional[Dict[str, Any]] = None) -> Any:
+        where = dict(f.where() or {}, **(extra or {})) or None
+        return idx.search(q, k=K, organ=f.organ_names(), where=where)
+
+    systems: Dict[str, Tuple[Callable[[int], Any], int]] = {
+        "numpy (mask, gather, matvec)": (lambda i: exact_ids(t, qv[i], filters[i]), nq),
+        "index vector (e2e)": (lambda i: idx_call(qv[i], filters[i]), nq),
+        "index text (e2e)": (lambda i: idx_call(texts[i], filters[i]), args.text_queries),
+        "index SQL filter (e2e)": (lambda i: idx_call(qv[i], filters[i], {"volume_ml": (0, None)}), args.sql_queries),
+    }
+    if "chroma" in peers:
+        col = peers["chroma"]
+        systems["chroma (HNSW, where)"] = (lambda i: col.query(query_embeddings=[qv[i]], n_results=K,
+                                                               where=filters[i].chroma_where()), args.peer_queries)
+    if "lance" in peers:
+        tbl = peers["lance"]
+
+        def lance(i: int) -> Any:
+            s = tbl.search(qv[i]).metric("dot").limit(K).select(["id", "organ", "age", "sex"])
+            w = filters[i].sql()
+            if w:
+                s = s.where(w, prefilter=True)
+            return s.to_arrow()
+
+        systems["lance (prefilter)"] = (lance, args.peer_queries)
+
+    times: Dict[str, List[float]] = {k: [] for k in systems}
+    results: Dict[str, List[Any]] = {k: [] for k in systems}
+    for name, (fn, m) in systems.items():  # warm-up: imports, caches, thread pools
+        for i in range(min(2, m)):
+            fn(i)
+    gc.disable()
+    try:
+        for i in range(nq):  # round robin: load from other processes hits every system alike
+            for name, (fn, m) in systems.items():
+                if i >= m:
+                    continue
+                t0 = time.perf_counter()
+                r = fn(i)
+                times[name].append(time.perf_counter() - t0)
+                results[name].append(r)
+    finally:
+        gc.enable()
+
+    rows = []
+    np_p50 = C.summarize(times["numpy (mask, gather, matvec)"]).p50
+    for name in systems:
+        st = C.summarize(times[name])
+        m = len(times[name])
+        row: Dict[str, Any] = {"system": name, "target": target, "selectivity": round(sel, 5), **st.to_dict()}
+        res = results[name]
+        if name.startswith("numpy"):
+            found = [r[0] for r in res]
+            scanned = np.mean([r[1] for r in res])
+            row["recall@10"] = 1.0
+            row["bytes_scanned"] = int(scanned * bytes_per_row)
+        elif name.startswith("index"):
+            found = [np.asarray(r.crop_ids, np.int64) - 1 for r in res]
+            plans = [r.plan for r in res]
+            row["strategy"] = Counter(p.strategy for p in plans).most_common(1)[0][0]
+            row["filter_source"] = Counter(p.source for p in plans).most_common(1)[0][0]
+            row["recall@10"] = C.recall_at_k(found, (truth_t if "text" in name else truth)[:m], K)
+            vec_part = [(p.timings_ms.get("filter", 0) + p.timings_ms.get("search", 0)) / 1e3 for p in plans]
+            hyd = [p.timings_ms.get("hydrate", 0) / 1e3 for p in plans]
+            row["vector_part"] = C.summarize(vec_part).to_dict()
+            row["hydrate_p50_ms"] = round(C.summarize(hyd).p50, 4)
+            flat = idx.ann is not None and idx.ann.kind == "flat"
+            if row["strategy"] in ("exact", "scan") or (row["strategy"] == "faiss" and flat):
+                # FAISS Flat (with or without a bitmap) scans every row: an exact path too.
+                rows_read = np.mean([p.n_candidates if p.strategy == "exact" else 0 if p.strategy == "empty"
+                                     else p.n_total for p in plans])
+                row["bytes_scanned"] = int(rows_read * bytes_per_row)
+        elif name.startswith("chroma"):
+            found = [np.asarray([int(x) for x in r["ids"][0]], np.int64) for r in res]
+            row["recall@10"] = C.recall_at_k(found, truth[:m], K)
+        else:
+            found = [np.asarray(r.column("id").to_numpy(), np.int64) for r in res]
+            row["recall@10"] = C.recall_at_k(found, truth[:m], K)
+        if "bytes_scanned" in row:
+            base = row["vector_part"]["p50_ms"] if "vector_part" in row else st.p50
+            row["bandwidth_gbs"] = round(row["bytes_scanned"] / (base / 1e3) / 1e9, 2) if base > 0 else None
+            row["floor_ms"] = round(row["bytes_scanned"] / (C.BANDWIDTH_GBS * 1e9) * 1e3, 4)
+        row["numpy_over_this_p50"] = round(np_p50 / st.p50, 3) if st.p50 > 0 else None
+        rows.append(row)
+    index_row = next(r for r in rows if r["system"] == "index vector (e2e)")
+    index_row["numpy_over_vector_part_p50"] = round(np_p50 / index_row["vector_part"]["p50_ms"], 3) \
+        if index_row["vector_part"]["p50_ms"] > 0 else None
+    for r in rows:
+        if r["system"].startswith(("chroma", "lance")):
+            r["this_over_index_vector_p50"] = round(r["p50_ms"] / index_row["p50_ms"], 3)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ main
+def print_size(res: Dict[str, Any]) -> None:
+    table = []
+    for r in res["rows"]:
+        vp = r.get("vector_part", {})
+        table.append([f"{r['target']:.1%}", r["system"], f"{r['selectivity']:.3%}", r["n"], r["p50_ms"], r["p99_ms"],
+                      vp.get("p50_ms"), vp.get("p99_ms"), r.get("recall@10"), r.get("strategy", "-"),
+                      r.get("bandwidth_gbs"), r.get("numpy_over_this_p50")])
+    C.print_table(["filter", "system", "actual sel.", "queries", "p50 ms", "p99 ms", "vector part p50",
+                   "vector part p99", "recall@10", "plan", "GB/s", "numpy/this"], table,
+                  title=f"N = {res['n']:,} (k = {K}; 'vector part' = the index's filter + search, no SQL join)")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="N = 1e4, 1e5; fewer queries; Chroma at 1e4 only")
+    ap.add_argument("--json-out", default=None)
+    ap.add_argument("--sizes", type=int, nargs="*", default=None)
+    ap.add_argument("--queries", type=int, default=None, help="queries per selectivity (index and numpy)")
+    ap.add_argument("--peer-queries", type=int, default=None, help="queries per selectivity for Chroma/LanceDB")
+    ap.add_argument("--text-queries", type=int, default=None, help="queries per selectivity with text")
+    ap.add_argument("--sql-queries", type=int, default=None, help="queries per selectivity on the SQL filter path")
+    ap.add_argument("--chroma-max-n", type=int, default=None, help="largest N ingested into Chroma")
+    ap.add_argument("--lance-index", default=None, help="LanceDB vector index type ('' = none)")
+    ap.add_argument("--lance-index-min-n", type=int, default=100_000)
+    ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--factory", default=None, help="FAISS factory of the index (default: automatic by size)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", default=None, help="scratch folder (default: a temp folder, removed)")
+    args = ap.parse_args()
+    quick = args.quick
+    args.sizes = args.sizes or ([10_000, 100_000] if quick else [10_000, 100_000, 1_000_000])
+    args.queries = args.queries or (50 if quick else 200)
+    args.text_queries = args.text_queries or (20 if quick else 100)
+    args.peer_queries = args.peer_queries or (20 if quick else 50)
+    args.sql_queries = args.sql_queries or (10 if quick else 30)
+    args.chroma_max_n = args.chroma_max_n or (10_000 if quick else 200_000)
+    if args.lance_index is None:
+        args.lance_index = None if quick else "IVF_HNSW_SQ"
+    args.lance_index = args.lance_index or None
+    logging.basicConfig(level=logging.WARNING)
+    C.set_threads(args.threads)
+    model, model_desc = C.load_model()
+    import faiss  # noqa: F401 - so that machine_info records its version
+
+    for mod in ("chromadb", "lancedb", "sqlalchemy"):
+        try:
+            __import__(mod)
+        except ImportError:
+            pass
+    print(f"bench_query ({'quick' if quick else 'full'}): model {model_desc}, dim {model.embed_dim}, "
+          f"{args.threads} threads, sizes {args.sizes}", flush=True)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-query-"))
+    work.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    sizes = []
+    try:
+        for n in args.sizes:
+            res = run_size(n, args, model, work)
+            print_size(res)
+            sizes.append(res)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    payload = {"benchmark": "query", "mode": "quick" if quick else "full", "machine": C.machine_info(args.threads),
+               "model": model_desc, "dim": int(model.embed_dim), "k": K, "bandwidth_floor_gbs": C.BANDWIDTH_GBS,
+               "queries": {"index_numpy": args.queries, "text": args.text_queries, "peers": args.peer_queries,
+                           "sql": args.sql_queries},
+               "command": " ".join([Path(sys.executable).name, *sys.argv]),
+               "seconds": round(time.perf_counter() - t_start, 1), "sizes": sizes,
+               "peak_rss_mb": round(C.peak_rss_mb())}
+    C.write_json(args.json_out, payload)
+    print(f"bench_query done in {payload['seconds']} s (peak RSS {payload['peak_rss_mb']} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Training throughput: the preprocessing cache against loading + preprocessing each study, and s/step per objective.
+
+Baseline: what a loader without the cache does per study (read the scan and mask, resample, window, area
+weights); measured against reading the cached entry, on the same studies in the same run. Then a few
+optimizer steps of each objective (CT-GLIP, CLIP) with `ctglip_sdk.training.train`; medians of per-step times.
+
+    python benchmarks/bench_train.py --quick --json-out bench-output/train.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _median_step_seconds(metrics_path: Path) -> float:
+    times = [json.loads(line)["time_s"] for line in metrics_path.read_text().splitlines() if line.strip()]
+    deltas = [b - a for a, b in zip(times, times[1:])]
+    return statistics.median(deltas) if deltas else float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="small preset, 8 patients, 6 steps (about a minute)")
+    ap.add_argument("--json-out", default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import ctglip_sdk as cg
+    from ctglip_sdk.model.preprocess import prepare_study
+    from ctglip_sdk.training import TrainConfig, train
+    from ctglip_sdk.training.cache import PreprocessCache
+    from ctglip_sdk.training.data import build_cache, read_manifest
+
+    preset, n_patients, steps, batch = ("small", 8, 6, 2) if args.quick else ("default", 24, 12, 4)
+    work = Path(tempfile.mkdtemp(prefix="bench_train_"))
+    archive = work / "archive"
+    cg.synth.generate_archive(archive, n_patients=n_patients, seed=0, preset=preset, fmt="nifti", progress=False)
+    records = read_manifest(archive)
+    model = cg.create("ctglip-tiny", seed=0)
+
+    # Baseline: load + preprocess every time.
+    t_raw = []
+    for r in records:
+        t0 = time.perf_counter()
+        vol = cg.load_volume(r.image)
+        seg = cg.load_segmentation(r.mask, like=vol)
+        prepare_study(vol, seg, None, model.config.preprocess, model.vision.feature_stride, model.vision.size_divisor)
+        t_raw.append(time.perf_counter() - t0)
+    cache = PreprocessCache.for_model(model, work / "cache")
+    t0 = time.perf_counter()
+    build_cache(records, cache, progress=False)
+    build_s = time.perf_counter() - t0
+    t_cached = []
+    for r in records:
+        t0 = time.perf_counter()
+        cache.load(r.image, r.mask)
+        t_cached.append(time.perf_counter() - t0)
+
+    runs = {}
+    for objective in ("ctglip", "clip"):
+        cfg = TrainConfig(max_steps=steps, batch_size=batch, log_every=1, checkpoint_every=steps, warmup_steps=1,
+                          objective=objective, cache_dir=str(work / "cache"), threads=args.threads, seed=0)
+        out = work / f"run_{objective}"
+        summary = train(archive, out, cfg, progress=False)
+        runs[objective] = {"median_step_s": round(_median_step_seconds(out / "metrics.jsonl"), 3),
+                           "studies_per_step": batch, "train_seconds": summary["train_seconds"]}
+
+    result = {
+        "preset": preset, "n_studies": len(records), "threads": args.threads,
+        "load_and_preprocess_ms_median": round(1000 * statistics.median(t_raw), 1),
+        "cache_read_ms_median": round(1000 * statistics.median(t_cached), 1),
+        "cache_speedup": round(statistics.median(t_raw) / max(statistics.median(t_cached), 1e-9), 1),
+        "cache_build_s": round(build_s, 2), "runs": runs,
+    }
+    print(f"{'stage':<34} {'value':>10}")
+    print(f"{'load + preprocess / study (ms)':<34} {result['load_and_preprocess_ms_median']:>10}")
+    print(f"{'cached read / study (ms)':<34} {result['cache_read_ms_median']:>10}")
+    print(f"{'cache speed-up (x)':<34} {result['cache_speedup']:>10}")
+    for name, r in runs.items():
+        print(f"{name + ' median s/step (' + str(batch) + ' studies)':<34} {r['median_step_s']:>10}")
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The paper's comparison: {CLIP, CT-GLIP} x {CNN, ViT} (+ CT-GLIP without the dictionary) on a held-out archive.
+
+Every model is trained with the project's own `ctglip train` and scored with `ctglip eval` (subprocesses, so the
+numbers are what a user reproduces). Finished runs are kept: rerunning the script skips trained models and
+stored evaluations, so it can be stopped and continued.
+
+    python benchmarks/results_table.py --train-archive data/train --heldout-archive data/heldout --out results/
+    python benchmarks/results_table.py ... --make-archives --train-patients 200 --heldout-patients 150
+
+The tiny ViT (`ctglip-tiny-vit`, written to OUT/ctglip-tiny-vit.json) is a 4-layer, width-128 3-D ViT with
+8^3 patches at 3.5 mm (28 mm cells); it costs several times the tiny CNN per step, so its pair runs with
+`--vit-steps` (state the budget next to the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+TINY_VIT = {
+    "name": "ctglip-tiny-vit",
+    "description": "Tiny 3-D ViT (4 layers, width 128, 8^3 patches at 3.5 mm = 28 mm cells) for the CNN/ViT "
+                   "comparison on CPU; text tower and preprocessing as ctglip-tiny.",
+    "schema_version": 1,
+    "vision": {"arch": "vit", "channels": [128], "depth": 4, "patch_size": 8, "feature_stride": 8,
+               "out_channels": 64, "num_heads": 4, "mlp_ratio": 2.0, "pos_grid": [14, 10, 24]},
+    "text": {"vocab_size": 4096, "hidden_size": 128, "num_layers": 2, "num_heads": 2, "intermediate_size": 512,
+             "max_length": 64, "pooling": "mean", "frozen": False},
+    "projection": {"embed_dim": 128, "hidden": 0},
+    "preprocess": {"orientation": "RAS", "spacing": [3.5, 3.5, 3.5], "hu_windows": [[-1000, 1000], [-160, 240]],
+                   "scale": "unit", "crop": "organs", "margin_mm": 20.0, "max_shape": [160, 160, 192]},
+}
+
+#: name -> (tower, objective, extra --set overrides)
+VARIANTS: Dict[str, tuple] = {
+    "clip-cnn": ("cnn", "clip", []),
+    "ctglip-cnn": ("cnn", "ctglip", []),
+    "ctglip-cnn-nodict": ("cnn", "ctglip", ["w_abnormality=0"]),
+    "clip-vit": ("vit", "clip", []),
+    "ctglip-vit": ("vit", "ctglip", []),
+}
+
+
+def _run(cmd: List[str]) -> str:
+    print("$", " ".join(cmd), flush=True)
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        sys.stderr.write(res.stderr[-4000:])
+        raise SystemExit(f"command failed ({res.returncode}): {' '.join(cmd)}")
+    return res.stdout
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--train-archive", required=True)
+    ap.add_argument("--heldout-archive", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--make-archives", action="store_true", help="generate missing archives (default preset)")
+    ap.add_argument("--train-patients", type=int, default=200)
+    ap.add_argument("--heldout-patients", type=int, default=150)
+    ap.add_argument("--train-seed", type=int, default=0)
+    ap.add_argument("--heldout-seed", type=int, default=1001)
+    ap.add_argument("--steps", type=int, default=600, help="optimizer steps of the CNN runs")
+    ap.add_argument("--vit-steps", type=int, default=200, help="optimizer steps of the ViT runs")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", nargs="*", choices=sorted(VARIANTS), help="subset of variants")
+    ap.add_argument("--split", default="all", help="held-out studies to score (thresholds: training val split)")
+    args = ap.parse_args()
+
+    exe = [sys.executable, "-m", "ctglip_sdk.cli.main"]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for path, n, seed in ((args.train_archive, args.train_patients, args.train_seed),
+                          (args.heldout_archive, args.heldout_patients, args.heldout_seed)):
+        if not (Path(path) / "manifest.csv").is_file():
+            if not args.make_archives:
+                raise SystemExit(f"{path}: no archive (pass --make-archives to generate it)")
+            _run(exe + ["synth", path, "--patients", str(n), "--seed", str(seed), "--format", "nifti",
+                        "--preset", "default"])
+    vit_cfg = out / "ctglip-tiny-vit.json"
+    vit_cfg.write_text(json.dumps(TINY_VIT, indent=2) + "\n")
+
+    rows = {}
+    for name in args.only or list(VARIANTS):
+        tower, objective, extra = VARIANTS[name]
+        run_dir = out / "runs" / name
+        eval_file = out / "evals" / f"{name}.json"
+        steps = args.steps if tower == "cnn" else args.vit_steps
+        if not (run_dir / "model" / "model.safetensors").is_file():
+            sets = [f"objective={objective}", f"max_steps={steps}", f"threads={args.threads}", "seed=0", *extra]
+            t0 = time.perf_counter()
+            _run(exe + ["train", "--archive", args.train_archive, "--model",
+                        "ctglip-tiny" if tower == "cnn" else str(vit_cfg), "--out", str(run_dir), "--json",
+                        "--no-progress", "--resume"] + [a for s in sets for a in ("--set", s)])
+            (run_dir / "wall_seconds.txt").write_text(f"{time.perf_counter() - t0:.0f}\n")
+        if not eval_file.is_file():
+            eval_file.parent.mkdir(parents=True, exist_ok=True)
+            text = _run(exe + ["eval", "--model", str(run_dir / "model"), "--archive", args.heldout_archive,
+                               "--split", args.split, "--val-archive", args.train_archive, "--val-split", "val",
+                               "--out", str(out / "evals" / name), "--json"])
+            eval_file.write_text(text)
+        m = json.loads(eval_file.read_text())
+        summary = json.loads((run_dir / "summary.json").read_text())
+        rows[name] = {"tower": tower, "objective": objective, "steps": summary["steps"],
+                      "train_seconds": summary["train_seconds"], "organ_top1": m["organ_top1"],
+                      "auc_mean": m["auc_mean"], "auc_min": m["auc_min"], "f1_mean": m["f1_mean"],
+                      "map": m["retrieval"]["map"], "archive_seed": m["archive_seed"]}
+
+    def fmt(v):
+        return "–" if v is None else f"{v:.3f}"
+
+    lines = ["| model | image tower | steps | train s | organ top-1 | mean AUC | min AUC | mean F1 | retrieval mAP |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        label = {"clip": "CLIP", "ctglip": "CT-GLIP"}[r["objective"]] + (" (no dictionary)" if "nodict" in name else "")
+        lines.append(f"| {label} | {r['tower'].upper()} | {r['steps']} | {r['train_seconds']:.0f} | "
+                     f"{fmt(r['organ_top1'])} | {fmt(r['auc_mean'])} | {fmt(r['auc_min'])} | {fmt(r['f1_mean'])} | "
+                     f"{fmt(r['map'])} |")
+    table = "\n".join(lines) + "\n"
+    (out / "results_table.md").write_text(table)
+    (out / "results_table.json").write_text(json.dumps(rows, indent=2) + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
