@@ -1,1 +1,36 @@
 """Training and evaluation of CT-GLIP models (organ-text and abnormality-text contrastive learning)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Loaded on first use: `ctglip_sdk.training.config` must stay importable without the model stack.
+_LAZY = {
+    "TrainConfig": ("ctglip_sdk.training.config", "TrainConfig"),
+    "train": ("ctglip_sdk.training.api", "train"),
+    "evaluate": ("ctglip_sdk.training.evaluate", "evaluate"),
+    "Trainer": ("ctglip_sdk.training.trainer", "Trainer"),
+}
+
+__all__ = ["train", "evaluate", "TrainConfig", "Trainer"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'ctglip_sdk.training' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ctglip_sdk.training.api import train  # noqa: F401
+    from ctglip_sdk.training.config import TrainConfig  # noqa: F401
+    from ctglip_sdk.training.evaluate import evaluate  # noqa: F401
+    from ctglip_sdk.training.trainer import Trainer  # noqa: F401

@@ -1,0 +1,70 @@
+"""`ctglip train` and `ctglip eval`: thin wrappers over ctglip_sdk.training.train / evaluate."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import click
+
+from ctglip_sdk.cli.output import echo_json, print_table
+
+
+@click.command("train")
+@click.option("--archive", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Archive folder (manifest.csv, images, masks, reports).")
+@click.option("--model", "model", default=None,
+              help="Registered model config to train (e.g. ctglip-tiny) or a model folder to fine-tune.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Run folder: checkpoints/, metrics.jsonl, train_config.json and the trained model/.")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="JSON (or YAML) file of training options.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override one training option, e.g. --set max_steps=200 --set objective=clip (repeatable).")
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in --out.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+def train_command(archive: str, model: Optional[str], out: str, config_path: Optional[str],
+                  overrides: Tuple[str, ...], resume: bool, no_progress: bool, as_json: bool) -> None:
+    """Train a CT-GLIP model (or the CLIP baseline) on an archive.
+
+    Options come from defaults, then --config, then --model, then each --set. Multi-GPU:
+    `torchrun --nproc_per_node=N -m ctglip_sdk.cli.main train ...`.
+    """
+    from ctglip_sdk.training import TrainConfig, train
+
+    cfg = TrainConfig.from_sources(config_path, overrides, model=model)
+    summary = train(archive, out, cfg, resume=resume, progress=not no_progress)
+    if as_json:
+        echo_json(summary)
+        return
+    print_table([{"key": k, "value": v} for k, v in summary.items() if not isinstance(v, dict)])
+
+
+@click.command("eval")
+@click.option("--model", "model", required=True, help="Model folder or registered name (e.g. ctglip-tiny-synthetic).")
+@click.option("--archive", required=True, type=click.Path(exists=True, file_okay=False), help="Archive folder.")
+@click.option("--split", default="test", show_default=True,
+              help="Split to evaluate: a name, a comma-separated list (train,test) or 'all'.")
+@click.option("--val-split", default="val", show_default=True,
+              help="Split on which each finding's decision threshold is chosen.")
+@click.option("--val-archive", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Take --val-split from this archive (e.g. the training archive) instead.")
+@click.option("--out", "out", type=click.Path(file_okay=False), default=None,
+              help="Write metrics.json, results.md and roc.png here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def eval_command(model: str, archive: str, split: str, val_split: str, val_archive: Optional[str], out: Optional[str],
+                 as_json: bool) -> None:
+    """Zero-shot evaluation: organ recognition, abnormality AUC/F1 and text->organ retrieval."""
+    from ctglip_sdk.training import evaluate
+
+    metrics = evaluate(model, archive, split=split, val_split=val_split, out_dir=out, val_archive=val_archive)
+    if as_json:
+        echo_json(metrics)
+        return
+    rows = [{"metric": k, "value": metrics[k]} for k in ("model", "archive_seed", "organ_top1", "auc_mean",
+                                                           "auc_min", "f1_mean")]
+    rows += [{"metric": f"retrieval {k}", "value": v} for k, v in metrics["retrieval"].items()]
+    print_table(rows)
+    click.echo("")
+    print_table([{"finding": f, **v} for f, v in sorted(metrics["per_finding"].items())],
+                columns=["finding", "auc", "f1", "n_pos", "n_neg"])

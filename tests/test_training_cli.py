@@ -1,0 +1,77 @@
+"""`ctglip train` / `ctglip eval` end to end on a small synthetic archive, and their error paths."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import ctglip_sdk as cg
+from ctglip_sdk.cli.main import cli
+
+EVAL_KEYS = {"organ_top1", "auc_mean", "auc_min", "f1_mean", "per_finding", "retrieval", "model", "archive_seed"}
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    root = tmp_path_factory.mktemp("arch")
+    cg.synth.generate_archive(root, n_patients=6, seed=11, preset="small", fmt="nifti", progress=False,
+                              overwrite=True)
+    return root
+
+
+def _train(archive, out, cache, *extra):
+    args = ["train", "--archive", str(archive), "--model", "ctglip-tiny", "--out", str(out), "--json",
+            "--no-progress", "--set", "max_steps=2", "--set", "batch_size=2", "--set", "checkpoint_every=1",
+            "--set", f"cache_dir={cache}", "--set", "organs_per_study=20", "--set", "warmup_steps=1", *extra]
+    return CliRunner().invoke(cli, args)
+
+
+def test_unknown_option_and_missing_archive_are_user_errors(tmp_path, archive):
+    res = _train(archive, tmp_path / "o", tmp_path / "c", "--set", "learning_rate=1")
+    assert res.exit_code == 1 and "learning_rate" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(cli, ["train", "--archive", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2
+    res = CliRunner().invoke(cli, ["eval", "--model", str(tmp_path / "no-model"), "--archive", str(archive)])
+    assert res.exit_code == 1 and "no-model" in res.output
+
+
+@pytest.mark.slow
+def test_train_resume_and_eval_end_to_end(tmp_path, archive):
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    res = _train(archive, out, cache)
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert summary["steps"] == 2 and summary["cache_built"] >= 1 and summary["objective"] == "ctglip"
+    model = cg.load(out / "model")
+    assert model.name == "ctglip-tiny"
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and {"organ_text", "abnormality", "identity"} <= set(log[-1])
+
+    # Resume to 3 steps: continues from step 2, reuses the cache.
+    res = _train(archive, out, cache, "--set", "max_steps=3", "--resume")
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert summary["resumed_from"] == 2 and summary["steps"] == 3 and summary["cache_built"] == 0
+
+    res = CliRunner().invoke(cli, ["eval", "--model", str(out / "model"), "--archive", str(archive), "--split",
+                                   "test", "--out", str(tmp_path / "eval"), "--json"])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads(res.output)
+    assert EVAL_KEYS <= set(metrics) and set(metrics["retrieval"]) >= {"r@1", "r@5", "r@10", "map"}
+    assert metrics["archive_seed"] == 11 and metrics["model"] == "ctglip-tiny"
+    assert 0.0 <= metrics["organ_top1"] <= 1.0
+    for v in metrics["per_finding"].values():
+        assert set(v) >= {"auc", "f1", "n_pos", "n_neg"}
+    for name in ("metrics.json", "results.md", "roc.png"):
+        assert (tmp_path / "eval" / name).is_file()
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["n_studies"] == metrics["n_studies"]
+
+
+@pytest.mark.slow
+def test_clip_objective_trains(tmp_path, archive):
+    res = _train(archive, tmp_path / "clip", tmp_path / "cache", "--set", "objective=clip")
+    assert res.exit_code == 0, res.output
+    log = [json.loads(line) for line in (tmp_path / "clip" / "metrics.jsonl").read_text().splitlines()]
+    assert "clip" in log[-1] and json.loads(res.output)["objective"] == "clip"

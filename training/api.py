@@ -1,0 +1,142 @@
+"""`train()`: archive -> cached studies + report labels -> objective -> Trainer -> a saved model folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import torch
+
+from ctglip_sdk import organs as vocab
+from ctglip_sdk.errors import ConfigError, InputError
+from ctglip_sdk.training.cache import PreprocessCache
+from ctglip_sdk.training.config import TrainConfig
+from ctglip_sdk.training.data import StudyDataset, annotate_report, build_cache, collate_studies, read_manifest
+from ctglip_sdk.training.distributed import barrier, init_distributed
+from ctglip_sdk.training.objectives import build_objective
+from ctglip_sdk.training.trainer import Trainer, default_param_groups
+
+__all__ = ["train"]
+
+log = logging.getLogger(__name__)
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _dictionary(dictionary: Any) -> Any:
+    if dictionary is not None:
+        return dictionary
+    from ctglip_sdk.reports import AbnormalityDictionary
+
+    return AbnormalityDictionary.default()
+
+
+def _finding_organs(dictionary: Any) -> list:
+    out = []
+    for organ in vocab.ORGANS:
+        try:
+            if list(dictionary.for_organ(organ)):
+                out.append(organ)
+        except Exception:  # noqa: BLE001 - organs without dictionary findings
+            continue
+    return out
+
+
+def _initial_model(cfg: TrainConfig, out: Path, corpus: list, is_main: bool, resume: bool) -> Any:
+    """Rank 0 builds (or, on resume, reloads) the initial model and saves it; other ranks load that copy, so
+    every rank has the same tokenizer and weights."""
+    import ctglip_sdk as cg
+
+    init_dir = out / "model_init"
+    if is_main and not (resume and (init_dir / "config.json").is_file()):
+        path = Path(cfg.model)
+        if path.is_dir() or cfg.model in cg.list_models() and cg.model.model_info(cfg.model)["has_weights"]:
+            model = cg.load(cfg.model)  # fine-tune trained weights
+        elif cfg.model in cg.list_models():
+            model = cg.create(cfg.model, corpus=corpus, seed=cfg.seed)
+        elif path.is_file() and path.suffix == ".json":  # a model config file: a new architecture
+            from ctglip_sdk.model.config import CTGlipConfig
+
+            model = cg.create(CTGlipConfig.from_json(path.read_text()), corpus=corpus, seed=cfg.seed)
+        else:
+            raise ConfigError(f"model={cfg.model!r}: not a registered config ({', '.join(cg.list_models())}), "
+                              "a model folder or a model config .json file")
+        model.save_pretrained(init_dir)
+    barrier()
+    return cg.load(init_dir)
+
+
+def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = None, *, resume: bool = False,
+          progress: bool = True, dictionary: Any = None, **overrides: Any) -> Dict[str, Any]:
+    """Train a CT-GLIP model (or the CLIP baseline) on an archive; the result is saved to OUT/model/.
+
+    Labels for the abnormality loss come from the reports (``ctglip_sdk.reports``), never from truth.jsonl.
+    Under ``torchrun`` every rank calls this; rank 0 writes the files.
+
+    Args:
+        archive: archive root in the documented layout (manifest.csv, images, masks, reports).
+        out_dir: run folder: model_init/, checkpoints/, metrics.jsonl, train_config.json, model/, summary.json.
+        config: training options (default TrainConfig()); ``overrides`` are option=value keywords on top.
+        resume: continue from the newest checkpoint in out_dir (exact: same result as an uninterrupted run).
+        progress: tqdm bars for preprocessing and training.
+        dictionary: AbnormalityDictionary (default: the built-in one).
+
+    Returns:
+        Summary dict: out_dir, model_dir, steps, seconds, train_seconds, cache_seconds, last_loss, objective,
+        model, n_train, resumed_from, world_size, config.
+
+    Example:
+        >>> from ctglip_sdk.training import train, TrainConfig
+        >>> train("archive/", "runs/tiny", TrainConfig(max_steps=300))  # doctest: +SKIP
+    """
+    cfg = config or TrainConfig()
+    if overrides:
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), **overrides})
+    t0 = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    ctx = init_distributed(cfg.device)
+    out = Path(out_dir)
+    try:
+        if ctx.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+        dictionary = _dictionary(dictionary)
+        records = read_manifest(archive, cfg.train_split)
+        if not records:
+            raise InputError(f"no studies in split {cfg.train_split!r}", path=Path(archive) / "manifest.csv")
+        texts = [annotate_report(r.report.read_text(encoding="utf-8"), dictionary) for r in records]
+        corpus = [t.report for t in texts]
+        model = _initial_model(cfg, out, corpus, ctx.is_main, resume)
+        model.train()
+        cache = PreprocessCache.for_model(model, Path(cfg.cache_dir) if cfg.cache_dir else None)
+        tc = time.perf_counter()
+        built = build_cache(records, cache, workers=cfg.num_workers, progress=progress) if ctx.is_main else 0
+        barrier()
+        cache_seconds = time.perf_counter() - tc
+        dataset = StudyDataset(records, cache, texts, dictionary, cfg.organs_per_study, cfg.seed,
+                               finding_organs=_finding_organs(dictionary) if cfg.objective == "ctglip" else ())
+        objective = build_objective(model, cfg, dictionary)
+        groups = default_param_groups(objective, cfg, text_prefixes=("model.text.", "model.text_proj."))
+        trainer = Trainer(objective, dataset, cfg, out, collate_fn=collate_studies, param_groups=groups, ctx=ctx,
+                          progress=progress)
+        result = trainer.fit(resume=resume)
+        summary = {"out_dir": str(out), "model_dir": str(out / "model"), "steps": result.steps,
+                   "seconds": round(time.perf_counter() - t0, 1), "train_seconds": round(result.seconds, 1),
+                   "cache_seconds": round(cache_seconds, 1), "cache_built": built, "cache_dir": str(cache.dir),
+                   "last_loss": result.last_loss, "objective": cfg.objective, "model": model.name,
+                   "n_train": len(records), "resumed_from": result.resumed_from, "world_size": ctx.world_size,
+                   "config": cfg.to_dict()}
+        if ctx.is_main:
+            model.eval()
+            model.save_pretrained(out / "model")
+            (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            log.info("trained %s for %d steps in %.0f s -> %s", model.name, result.steps, summary["seconds"],
+                     out / "model")
+        barrier()
+        return summary
+    finally:
+        if ctx.initialized_here:
+            torch.distributed.destroy_process_group()

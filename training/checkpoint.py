@@ -1,0 +1,210 @@
+"""Training checkpoints as safetensors (every tensor) + JSON (everything else); never pickle or torch.load."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ctglip_sdk.errors import CheckpointError
+
+__all__ = ["optimizer_to_flat", "optimizer_from_flat", "rng_to_flat", "rng_from_flat", "save_checkpoint",
+           "load_checkpoint", "list_checkpoints", "latest_checkpoint", "CHECKPOINT_SCHEMA"]
+
+log = logging.getLogger(__name__)
+CHECKPOINT_SCHEMA = 1
+_STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+# ------------------------------------------------------------------ optimizer
+def optimizer_to_flat(opt: torch.optim.Optimizer) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """Split an optimizer state_dict into named tensors and a JSON-ready remainder.
+
+    Example:
+        >>> p = torch.nn.Parameter(torch.ones(2)); o = torch.optim.AdamW([p])
+        >>> tensors, meta = optimizer_to_flat(o)
+        >>> meta["param_groups"][0]["params"]
+        [0]
+    """
+    sd = opt.state_dict()
+    tensors: Dict[str, torch.Tensor] = {}
+    scalars: Dict[str, Dict[str, Any]] = {}
+    for pid, pstate in sd["state"].items():
+        for key, value in pstate.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars, "param_ids": sorted(sd["state"])}
+
+
+def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> None:
+    """Inverse of `optimizer_to_flat`: load the state into `opt` (tensors moved to each parameter's device)."""
+    state: Dict[int, Dict[str, Any]] = {}
+    for name, value in tensors.items():
+        _, pid, key = name.split(".", 2)
+        state.setdefault(int(pid), {})[key] = value
+    for pid, values in meta.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(values)
+    groups = []
+    for g in meta["param_groups"]:
+        g = dict(g)
+        if "betas" in g and isinstance(g["betas"], list):
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    try:
+        opt.load_state_dict({"state": state, "param_groups": groups})
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"optimizer state does not match the model's parameters: {exc}") from None
+
+
+# ------------------------------------------------------------------ RNG
+def rng_to_flat(generators: Optional[Dict[str, torch.Generator]] = None) -> Tuple[Dict[str, torch.Tensor], Dict]:
+    """Capture python, numpy, torch (CPU + CUDA) RNG states and extra torch generators."""
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = s
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["numpy.keys"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    for name, gen in (generators or {}).items():
+        tensors[f"gen.{name}"] = gen.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    meta = {"numpy": [kind, int(pos), int(has_gauss), float(cached)],
+            "python": [py_version, list(py_state), py_gauss]}
+    return tensors, meta
+
+
+def rng_from_flat(tensors: Dict[str, torch.Tensor], meta: Dict[str, Any],
+                  generators: Optional[Dict[str, torch.Generator]] = None) -> None:
+    """Restore what `rng_to_flat` captured."""
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda.")), key=lambda k: int(k[5:]))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+    kind, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((kind, tensors["numpy.keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    py_version, py_state, py_gauss = meta["python"]
+    random.setstate((py_version, tuple(py_state), py_gauss))
+    for name, gen in (generators or {}).items():
+        if f"gen.{name}" in tensors:
+            gen.set_state(tensors[f"gen.{name}"])
+
+
+# ------------------------------------------------------------------ folders
+def list_checkpoints(root: Path) -> List[Path]:
+    """Complete checkpoint folders under `root` (those with state.json), oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if _STEP_DIR.match(p.name) and (p / "state.json").is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def latest_checkpoint(root: Path) -> Optional[Path]:
+    """The newest complete checkpoint folder, or None."""
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def save_checkpoint(root: Path, step: int, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, state: Dict[str, Any], rank_rng: Dict[int, Tuple[Dict, Dict]],
+                    keep: int = 2) -> Path:
+    """Write `root/step_NNNNNNNN/` atomically (temp folder, then rename) and prune to the newest `keep`.
+
+    Files: model.safetensors, optimizer.safetensors, rng_rank{r}.safetensors + state.json (written last; a
+    folder without it is incomplete and ignored).
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:08d}"
+    tmp = root / f".tmp_step_{step:08d}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    model_sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(_unshare(model_sd), str(tmp / "model.safetensors"))
+    opt_tensors, opt_meta = optimizer_to_flat(optimizer)
+    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    rng_meta = {}
+    for r, (tensors, meta) in rank_rng.items():
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / f"rng_rank{r}.safetensors"))
+        rng_meta[str(r)] = meta
+    doc = {"schema": CHECKPOINT_SCHEMA, "step": step, "trainer": state, "optimizer": opt_meta,
+           "scheduler": scheduler.state_dict() if scheduler is not None else None, "rng": rng_meta}
+    _write_json(tmp / "state.json", doc)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    log.info("checkpoint written: %s", final)
+    return final
+
+
+def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer],
+                    scheduler: Any, rank: int = 0,
+                    generators: Optional[Dict[str, torch.Generator]] = None) -> Dict[str, Any]:
+    """Restore model, optimizer, scheduler and this rank's RNG from a checkpoint folder; return trainer state."""
+    state_file = path / "state.json"
+    if not state_file.is_file():
+        raise CheckpointError("incomplete checkpoint (no state.json)", path=path)
+    try:
+        doc = json.loads(state_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"state.json is not valid JSON: {exc}", path=path) from None
+    if doc.get("schema") != CHECKPOINT_SCHEMA:
+        raise CheckpointError(f"checkpoint schema {doc.get('schema')!r}, expected {CHECKPOINT_SCHEMA}", path=path)
+    weights = load_file(str(path / "model.safetensors"))
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}",
+                              path=path)
+    for k, v in weights.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise CheckpointError(f"{k}: shape {tuple(v.shape)} != model {tuple(expected[k].shape)}", path=path)
+    model.load_state_dict(weights, strict=True)
+    if optimizer is not None:
+        device = next(model.parameters()).device
+        opt_tensors = {k: v.to(device) for k, v in load_file(str(path / "optimizer.safetensors")).items()}
+        # AdamW keeps `step` on the CPU unless capturable/fused; keep it where a fresh optimizer would.
+        opt_tensors = {k: (v.cpu() if k.endswith(".step") else v) for k, v in opt_tensors.items()}
+        optimizer_from_flat(optimizer, opt_tensors, doc["optimizer"])
+    if scheduler is not None and doc.get("scheduler") is not None:
+        scheduler.load_state_dict(doc["scheduler"])
+    rng_file = path / f"rng_rank{rank}.safetensors"
+    if rng_file.is_file() and str(rank) in doc["rng"]:
+        rng_from_flat(load_file(str(rng_file)), doc["rng"][str(rank)], generators)
+    else:
+        log.warning("no RNG state for rank %d in %s: resuming with fresh RNG", rank, path)
+    return doc["trainer"]
+
+
+def _unshare(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    # safetensors refuses tensors that share storage (tied embeddings); store an independent copy of each.
+    seen = set()
+    out = {}
+    for k, v in sd.items():
+        ptr = v.untyped_storage().data_ptr() if v.numel() else id(v)
+        out[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    return out
+
+
+def _write_json(path: Path, doc: Dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(doc, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,268 @@
+"""TrainConfig: every training option in one typed dataclass, loaded from JSON (or YAML) plus `key=value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, Iterable, Mapping, Optional, Union
+
+from ctglip_sdk.errors import ConfigError
+
+__all__ = ["TrainConfig", "OBJECTIVES"]
+
+OBJECTIVES = ("ctglip", "clip")
+_FN_MODES = ("mask", "multi", "none")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass
+class TrainConfig:
+    """Options of one training run. Unknown keys and wrong types raise ConfigError naming the key.
+
+    Example:
+        >>> cfg = TrainConfig.from_sources(overrides=["max_steps=20", "objective=clip"])
+        >>> cfg.max_steps, cfg.objective
+        (20, 'clip')
+    """
+
+    model: str = "ctglip-tiny"
+    #: "ctglip" (organ-text + abnormality dictionary + organ identity) or "clip" (volume <-> whole report).
+    objective: str = "ctglip"
+    seed: int = 0
+    max_steps: int = 600
+    batch_size: int = 4                 # studies per micro-batch (per process)
+    grad_accum: int = 1                 # micro-batches per optimizer step
+    lr: float = 1e-3
+    text_lr: Optional[float] = None     # learning rate of the text tower (None: same as lr)
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.98
+    adam_eps: float = 1e-6
+    warmup_steps: int = 30
+    min_lr_ratio: float = 0.05          # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0              # 0 disables clipping
+    # Loss weights; w_abnormality=0 is the "no dictionary" ablation.
+    w_organ_text: float = 1.0
+    w_abnormality: float = 1.0
+    w_identity: float = 0.5
+    #: How organ-text InfoNCE treats equivalent texts: "mask" them out of the negatives, "multi" positives, "none".
+    false_negatives: str = "mask"
+    #: Organ samples per study: every organ with a finding plus a random sample of others, up to this count.
+    organs_per_study: int = 32
+    #: Positive phrasings drawn per finding into each batch's text bank (phrasings vary across steps).
+    phrasings_per_finding: int = 2
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    num_workers: int = 0
+    bf16: bool = True                   # bf16 autocast, applied on CUDA only
+    device: str = "auto"                # "auto" | "cpu" | "cuda" | "cuda:N"
+    cache_dir: Optional[str] = None     # preprocessing cache (None: $CTGLIP_CACHE_DIR or ~/.cache/ctglip)
+    train_split: str = "train"
+    val_split: str = "val"
+    threads: int = 0                    # torch intra-op threads (0: leave torch's default)
+    extra: Dict[str, Any] = field(default_factory=dict)  # free-form notes recorded with the run
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ---------------------------------------------------------------- validation
+    def validate(self) -> None:
+        """Check types and ranges; raise ConfigError naming the offending key."""
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective={self.objective!r}: expected one of {', '.join(OBJECTIVES)}")
+        if self.false_negatives not in _FN_MODES:
+            raise ConfigError(f"false_negatives={self.false_negatives!r}: expected one of {', '.join(_FN_MODES)}")
+        for name in ("max_steps", "batch_size", "grad_accum", "organs_per_study", "phrasings_per_finding",
+                     "checkpoint_every", "keep_checkpoints", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)}: must be >= 1")
+        for name in ("warmup_steps", "num_workers", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)}: must be >= 0")
+        for name in ("lr", "adam_eps"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}={getattr(self, name)}: must be > 0")
+        for name in ("weight_decay", "grad_clip", "w_organ_text", "w_abnormality", "w_identity"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)}: must be >= 0")
+        if self.text_lr is not None and not self.text_lr > 0:
+            raise ConfigError(f"text_lr={self.text_lr}: must be > 0 or null")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"min_lr_ratio={self.min_lr_ratio}: must be within [0, 1]")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)}: must be within [0, 1)")
+        if self.objective == "ctglip" and self.w_organ_text + self.w_abnormality + self.w_identity == 0:
+            raise ConfigError("w_organ_text, w_abnormality and w_identity are all 0: nothing to train")
+
+    # ---------------------------------------------------------------- constructors
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: Optional[str] = None) -> "TrainConfig":
+        """Build from a mapping; unknown keys raise ConfigError (naming the key and the source file).
+
+        Example:
+            >>> TrainConfig.from_dict({"lr": 3e-4}).lr
+            0.0003
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"expected a JSON object of options, got {type(data).__name__}", path=source)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown training option(s): {', '.join(unknown)} "
+                              f"(known: {', '.join(sorted(known))})", path=source)
+        try:
+            return cls(**dict(data))
+        except ConfigError as exc:
+            raise ConfigError(exc.reason, path=source) from None
+
+    @classmethod
+    def from_file(cls, path: Union[str, "os.PathLike[str]"]) -> "TrainConfig":
+        """Load a JSON file (YAML too when PyYAML is installed).
+
+        Example:
+            >>> cfg = TrainConfig.from_file("configs/tiny.json")  # doctest: +SKIP
+        """
+        return cls.from_dict(_read_mapping(Path(path)), source=os.fspath(path))
+
+    @classmethod
+    def from_sources(cls, path: Optional[Union[str, "os.PathLike[str]"]] = None,
+                     overrides: Iterable[str] = (), **kwargs: Any) -> "TrainConfig":
+        """Defaults <- optional file <- keyword values <- `key=value` overrides (later wins).
+
+        Example:
+            >>> TrainConfig.from_sources(overrides=["bf16=false"]).bf16
+            False
+        """
+        data: Dict[str, Any] = _read_mapping(Path(path)) if path is not None else {}
+        data.update({k: v for k, v in kwargs.items() if v is not None})
+        base = cls.from_dict(data, source=os.fspath(path) if path is not None else None)
+        return base.with_overrides(overrides)
+
+    def with_overrides(self, overrides: Iterable[str]) -> "TrainConfig":
+        """Return a copy with `key=value` strings applied, each value parsed by the key's type.
+
+        Example:
+            >>> TrainConfig().with_overrides(["lr=5e-4", "text_lr=none"]).lr
+            0.0005
+        """
+        hints = typing.get_type_hints(type(self))
+        data = self.to_dict()
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r}: expected key=value")
+            key, raw = item.split("=", 1)
+            key = key.strip()
+            if key not in hints:
+                raise ConfigError(f"unknown training option {key!r} in override {item!r} "
+                                  f"(known: {', '.join(sorted(hints))})")
+            data[key] = _parse_text(key, raw.strip(), hints[key])
+        return type(self).from_dict(data)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain JSON-ready dict of every option."""
+        return dataclasses.asdict(self)
+
+    def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
+        """Write as indented JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def _read_mapping(path: Path) -> Dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError("training config file not found", path=path)
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml  # optional: only for users who write YAML configs
+        except ImportError:
+            raise ConfigError("YAML configs need PyYAML (pip install pyyaml); or write JSON", path=path) from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"not valid YAML: {exc}", path=path) from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"not valid JSON: {exc}", path=path) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected an object of options, got {type(data).__name__}", path=path)
+    return data
+
+
+def _unwrap_optional(tp: Any) -> tuple:
+    """(inner type, optional?) for Optional[X]."""
+    if typing.get_origin(tp) is Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Type-check a value from JSON/kwargs; ints are accepted for floats, bools never for numbers."""
+    inner, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key}: null is not allowed (expected {getattr(inner, '__name__', inner)})")
+    origin = typing.get_origin(inner) or inner
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}={value!r}: expected an object")
+        return value
+    if inner is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r}: expected true or false")
+        return value
+    if inner is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r}: expected an integer")
+        return value
+    if inner is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r}: expected a number")
+        return float(value)
+    if inner is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r}: expected a string")
+        return value
+    return value
+
+
+def _parse_text(key: str, raw: str, tp: Any) -> Any:
+    """Parse the text of a `--set key=value` override by the option's declared type."""
+    inner, optional = _unwrap_optional(tp)
+    if optional and raw.lower() in ("none", "null", ""):
+        return None
+    origin = typing.get_origin(inner) or inner
+    try:
+        if inner is bool:
+            low = raw.lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError
+        if inner is int:
+            return int(raw)
+        if inner is float:
+            return float(raw)
+        if origin is dict:
+            value = json.loads(raw)
+            if not isinstance(value, dict):
+                raise ValueError
+            return value
+    except (ValueError, json.JSONDecodeError):
+        name = "true/false" if inner is bool else getattr(inner, "__name__", str(inner))
+        raise ConfigError(f"override {key}={raw!r}: expected {name}") from None
+    return raw

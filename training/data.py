@@ -1,0 +1,235 @@
+"""Archive reading and the training dataset: cached preprocessed studies + organ texts and labels from reports."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from ctglip_sdk import organs as vocab
+from ctglip_sdk.errors import InputError
+from ctglip_sdk.training.cache import CachedStudy, PreprocessCache
+
+__all__ = ["StudyRecord", "StudyText", "UNSPECIFIED", "read_manifest", "read_truth", "archive_seed", "annotate_report",
+           "StudyDataset", "collate_studies", "build_cache"]
+
+log = logging.getLogger(__name__)
+_REQUIRED = ("study_uid", "image", "mask", "report", "split")
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """One manifest row, paths resolved inside the archive root."""
+
+    study_uid: str
+    image: Path
+    mask: Path
+    report: Path
+    split: str
+
+
+def read_manifest(root: Any, split: Optional[str] = None) -> List[StudyRecord]:
+    """Rows of ROOT/manifest.csv (optionally one split), every path confined to ROOT.
+
+    Example:
+        >>> len(read_manifest("archive/", split="train"))  # doctest: +SKIP
+        140
+    """
+    from ctglip_sdk.io import resolve_within
+
+    root = Path(root)
+    manifest = root / "manifest.csv"
+    if not manifest.is_file():
+        raise InputError("no manifest.csv: not an archive in the documented layout (docs/data.md)", path=root)
+    with open(manifest, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in _REQUIRED if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InputError(f"manifest lacks column(s) {', '.join(missing)}", path=manifest)
+        rows = list(reader)
+    out = []
+    for r in rows:
+        if split is not None and r["split"] != split:
+            continue
+        out.append(StudyRecord(r["study_uid"], resolve_within(root, r["image"]), resolve_within(root, r["mask"]),
+                               resolve_within(root, r["report"]), r["split"]))
+    return out
+
+
+def read_truth(root: Any) -> Dict[str, List[Dict[str, Any]]]:
+    """study_uid -> findings of ROOT/truth.jsonl (ground truth: evaluation only, never training labels)."""
+    path = Path(root) / "truth.jsonl"
+    if not path.is_file():
+        raise InputError("no truth.jsonl: evaluation needs ground truth (docs/data.md)", path=Path(root))
+    out: Dict[str, List[Dict[str, Any]]] = {}
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                out[obj["study_uid"]] = list(obj.get("findings", []))
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise InputError(f"line {n}: not a truth record ({exc})", path=path) from None
+    return out
+
+
+def archive_seed(root: Any) -> Optional[int]:
+    """The generator seed recorded in ROOT/synth.json, or None for archives without one."""
+    path = Path(root) / "synth.json"
+    try:
+        seed = json.loads(path.read_text()).get("seed")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return int(seed) if isinstance(seed, int) else None
+
+
+@dataclass
+class StudyText:
+    """What the report says, per organ class: organ-level text, findings present and uncertain."""
+
+    organ_texts: Dict[str, str] = field(default_factory=dict)
+    present: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
+    uncertain: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
+    report: str = ""
+
+
+#: Marker in StudyText.uncertain: the report calls the organ abnormal in words the dictionary does not cover,
+#: so "this organ is normal" must not be a training target for it.
+UNSPECIFIED = "_unspecified_abnormality"
+
+
+def annotate_report(text: str, dictionary: Any = None) -> StudyText:
+    """Organ texts and per-organ finding labels of one report, from ctglip_sdk.reports (not from truth).
+
+    Labels follow `ctglip_sdk.reports.labels`: group statements go to each member class, a focal finding
+    on a paired organ without a side is uncertain on both sides. Organs the report does not mention get no
+    text here (the dataset draws a normal phrase for them).
+
+    Example:
+        >>> annotate_report("Left renal cyst. Normal spleen.").present  # doctest: +SKIP
+        {'kidney_left': ('renal_cyst',)}
+    """
+    from ctglip_sdk import reports
+
+    present: Dict[str, set] = {}
+    uncertain: Dict[str, set] = {}
+    for (organ, key), status in reports.labels(text, dictionary).items():
+        value = str(status)
+        if value == "present":
+            present.setdefault(organ, set()).add(key if key is not None else UNSPECIFIED)
+        elif value == "uncertain":
+            uncertain.setdefault(organ, set()).add(key if key is not None else UNSPECIFIED)
+    for organ, keys in present.items():  # an unnamed abnormality is not a finding label, only "not normal"
+        if UNSPECIFIED in keys:
+            keys.discard(UNSPECIFIED)
+            uncertain.setdefault(organ, set()).add(UNSPECIFIED)
+    texts = dict(reports.organ_texts(text, policy="skip", dictionary=dictionary))
+    return StudyText(texts, {k: tuple(sorted(v)) for k, v in present.items() if v},
+                     {k: tuple(sorted(v - present.get(k, set()))) for k, v in uncertain.items()}, text)
+
+
+def _fallback_text(organ: str, dictionary: Any, rng: np.random.Generator) -> str:
+    """Text of an organ the report does not mention: a normal phrase of it, else '<organ> is unremarkable'."""
+    phrases: List[str] = []
+    if dictionary is not None and hasattr(dictionary, "normal_phrases"):
+        try:
+            phrases = list(dictionary.normal_phrases(organ))
+        except Exception:  # noqa: BLE001 - the dictionary knows only organs with findings
+            phrases = []
+    if phrases:
+        return phrases[int(rng.integers(len(phrases)))]
+    return f"the {vocab.display_name(organ)} is unremarkable"
+
+
+class StudyDataset(Dataset):
+    """Studies of one split: cached image + organ weights, organ texts and report labels.
+
+    Items are keyed by (epoch, index) so the organ sample of each item is drawn from (seed, epoch, index)
+    in whatever worker loads it (exact resume, no shared RNG). Each item holds every organ with a finding in
+    the report, every organ the dictionary has findings for, then a random sample of the rest, up to
+    `organs_per_study` (findings' and dictionary organs are never dropped).
+    """
+
+    def __init__(self, records: Sequence[StudyRecord], cache: PreprocessCache, texts: Sequence[StudyText],
+                 dictionary: Any, organs_per_study: int = 32, seed: int = 0, finding_organs: Sequence[str] = ()) -> None:
+        if len(records) != len(texts):
+            raise ValueError("one StudyText per record is required")
+        self.records = list(records)
+        self.cache = cache
+        self.texts = list(texts)
+        self.dictionary = dictionary
+        self.organs_per_study = organs_per_study
+        self.seed = seed
+        self.finding_organs = set(finding_organs)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, key: Any) -> Dict[str, Any]:
+        epoch, i = key if isinstance(key, tuple) else (0, key)
+        rec, st = self.records[i], self.texts[i]
+        study = self.cache.load(rec.image, rec.mask)
+        rng = np.random.default_rng([self.seed, 104729, int(epoch), int(i)])
+        must = [o for o in study.names if o in st.present or o in self.finding_organs]
+        rest = [o for o in study.names if o not in set(must)]
+        room = max(0, self.organs_per_study - len(must))
+        extra = [rest[int(j)] for j in sorted(rng.choice(len(rest), size=min(room, len(rest)), replace=False))]
+        chosen = [o for o in study.names if o in set(must) | set(extra)]
+        sub = study.select(chosen)
+        texts = [st.organ_texts.get(o) or _fallback_text(o, self.dictionary, rng) for o in chosen]
+        return {"index": i, "image": sub.image, "grid": sub.grid, "organs": chosen, "rows": sub.rows,
+                "cols": sub.cols, "vals": sub.vals, "texts": texts,
+                "present": [st.present.get(o, ()) for o in chosen],
+                "uncertain": [st.uncertain.get(o, ()) for o in chosen], "report": st.report}
+
+
+def collate_studies(items: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Pad images to the batch's largest box (far side, air value) and keep per-study organ data as lists."""
+    shape = [max(it["image"].shape[d] for it in items) for d in range(1, 4)]
+    images = []
+    for it in items:
+        img = it["image"]
+        # F.pad lists the last axis first: (z_lo, z_hi, y_lo, y_hi, x_lo, x_hi); pad only the far sides.
+        pad = [0, shape[2] - img.shape[3], 0, shape[1] - img.shape[2], 0, shape[0] - img.shape[1]]
+        # img.min() is the window's low end (air), the value the model's own padding uses.
+        images.append(F.pad(img, pad, value=float(img.min())) if any(pad) else img)
+    studies = [{k: v for k, v in it.items() if k != "image"} for it in items]
+    return {"image": torch.stack(images), "studies": studies}
+
+
+def build_cache(records: Sequence[StudyRecord], cache: PreprocessCache, workers: int = 0,
+                progress: bool = True) -> int:
+    """Preprocess every study missing from the cache (resumable: present entries are skipped); returns how
+    many were built. Uses `workers` DataLoader processes when > 0."""
+    todo = [r for r in records if not cache.has(r.image, r.mask)]
+    if not todo:
+        return 0
+
+    class _Build(Dataset):
+        def __len__(self) -> int:
+            return len(todo)
+
+        def __getitem__(self, i: int) -> int:
+            cache.build(todo[i].image, todo[i].mask)
+            return i
+
+    from tqdm.auto import tqdm
+
+    loader = DataLoader(_Build(), batch_size=None, num_workers=workers)
+    for _ in tqdm(loader, total=len(todo), desc="preprocess", unit="study", disable=not progress):
+        pass
+    return len(todo)
+
+
+def cached_study(cache: PreprocessCache, record: StudyRecord) -> CachedStudy:
+    """Shortcut: the cached entry of one record."""
+    return cache.load(record.image, record.mask)

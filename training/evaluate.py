@@ -1,0 +1,280 @@
+"""Zero-shot evaluation on an archive split: organ recognition, abnormality AUC/F1, text->organ retrieval."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ctglip_sdk import organs as vocab
+from ctglip_sdk.errors import InputError
+from ctglip_sdk.training.data import StudyRecord, archive_seed, read_manifest, read_truth
+from ctglip_sdk.training.metrics import auc, best_f1_threshold, f1_score, retrieval_metrics, roc_curve
+from ctglip_sdk.training.objectives import finding_phrasings
+
+__all__ = ["evaluate", "encode_split", "read_splits", "SplitEmbeddings", "markdown_table"]
+
+log = logging.getLogger(__name__)
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass
+class SplitEmbeddings:
+    """Organ vectors of every study in a split, flattened: row r is organ `names[r]` of study `study[r]`."""
+
+    study: np.ndarray           # [R] study index into `records`
+    names: List[str]            # [R] organ class names
+    vectors: np.ndarray         # [R, D]
+    records: List[StudyRecord]
+
+
+def encode_split(model: Any, records: Sequence[StudyRecord], progress: bool = False) -> SplitEmbeddings:
+    """Encode every labelled organ of each study with the SDK's inference path (load -> encode_organs)."""
+    import ctglip_sdk as cg
+    from tqdm.auto import tqdm
+
+    study, names, vecs = [], [], []
+    for i, rec in enumerate(tqdm(records, desc="encode", unit="study", disable=not progress)):
+        vol = cg.load_volume(rec.image)
+        seg = cg.load_segmentation(rec.mask, like=vol)
+        emb = model.encode_organs(vol, seg)
+        study += [i] * len(emb.names)
+        names += list(emb.names)
+        vecs.append(emb.vectors)
+    dim = int(model.embed_dim)
+    matrix = np.concatenate(vecs).astype(np.float32) if vecs else np.zeros((0, dim), np.float32)
+    return SplitEmbeddings(np.asarray(study, np.int64), names, matrix, list(records))
+
+
+def _labels(emb: SplitEmbeddings, truth: Dict[str, List[Dict[str, Any]]], rows: np.ndarray,
+            keys: Sequence[str]) -> np.ndarray:
+    """1 where truth.jsonl has finding `keys[i]` on organ row `rows[i]` of its study."""
+    have = set()
+    for s, rec in enumerate(emb.records):
+        for f in truth.get(rec.study_uid, []):
+            have.add((s, f.get("organ"), f.get("finding")))
+    return np.array([(int(emb.study[r]), emb.names[r], k) in have for r, k in zip(rows.tolist(), keys)], bool)
+
+
+def _detections(zs: Any, emb: SplitEmbeddings, truth: Dict[str, List[Dict[str, Any]]]):
+    rows, keys, prob = zs.detect_arrays(emb.names, emb.vectors)
+    return rows, list(keys), np.asarray(prob, np.float64), _labels(emb, truth, rows, keys)
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+def read_splits(archive: PathLike, split: Optional[str]) -> List[StudyRecord]:
+    """Records of one split, of several ("train,test") or of every study ("all")."""
+    if split is None:
+        return []
+    if split == "all":
+        return read_manifest(archive)
+    wanted = [s.strip() for s in split.split(",") if s.strip()]
+    return [r for r in read_manifest(archive) if r.split in wanted]
+
+
+def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Optional[str] = "val",
+             out_dir: Optional[PathLike] = None, *, val_archive: Optional[PathLike] = None, dictionary: Any = None,
+             progress: bool = False) -> Dict[str, Any]:
+    """Zero-shot metrics of a model on one split of an archive, against truth.jsonl.
+
+    - ``organ_top1``: each labelled organ's vector classified over the 104 organ names (as
+      ``ZeroShotClassifier.identify_organs``); ``organ_top1_within_study`` restricts the names to the
+      organs labelled in that study.
+    - ``per_finding``: for each finding, ``ZeroShotClassifier`` probabilities on every organ it applies to;
+      AUC (Mann-Whitney) and F1 at the threshold that maximises F1 on ``val_split`` (0.5 when that split has
+      no positive). ``auc_mean``/``auc_min``/``f1_mean`` over findings with at least one positive.
+    - ``retrieval``: each positive phrasing of each finding queries the organs of that finding's organ type
+      in the split; relevant = organs with the finding in truth. ``r@k`` = share of queries with a relevant
+      organ in the top k; ``map`` = mean average precision.
+
+    Args:
+        model: a CTGlipModel, or a model folder / registered name for ``cg.load``.
+        archive: archive root with manifest.csv and truth.jsonl.
+        split: the split to score: a name, a comma-separated list ("train,test") or "all".
+        val_split: the split used to choose thresholds (None: 0.5 everywhere); it must not overlap `split`
+            unless `val_archive` is another archive.
+        val_archive: take `val_split` from this archive instead (e.g. the training archive's unused val split
+            when every study of a fresh held-out archive is scored).
+        out_dir: when given, metrics.json, results.md and roc.png are written there.
+        dictionary: AbnormalityDictionary (default: the built-in one).
+
+    Example:
+        >>> m = evaluate("ctglip-tiny-synthetic", "heldout/", out_dir="eval/")  # doctest: +SKIP
+        >>> m["auc_mean"], m["retrieval"]["r@5"]                                # doctest: +SKIP
+    """
+    import ctglip_sdk as cg
+    from ctglip_sdk.model.zeroshot import ZeroShotClassifier
+
+    t0 = time.perf_counter()
+    if not hasattr(model, "encode_organs"):
+        model = cg.load(model)
+    model.eval()
+    if dictionary is None:
+        dictionary = cg.AbnormalityDictionary.default()
+    zs = ZeroShotClassifier(model, dictionary)
+    truth = read_truth(archive)
+    records = read_splits(archive, split)
+    if not records:
+        raise InputError(f"no studies in split {split!r}", path=Path(archive) / "manifest.csv")
+    val_root = val_archive if val_archive is not None else archive
+    val_records = read_splits(val_root, val_split)
+    if val_archive is None and {r.study_uid for r in val_records} & {r.study_uid for r in records}:
+        raise InputError(f"val split {val_split!r} overlaps the scored split {split!r}: thresholds would be "
+                         "chosen on test data", path=Path(archive) / "manifest.csv")
+    val_truth = read_truth(val_root) if val_archive is not None else truth
+    test = encode_split(model, records, progress)
+    val = encode_split(model, val_records, progress) if val_records else None
+
+    # Organ recognition.
+    probs = zs.identify_vectors(test.vectors) if len(test.names) else np.zeros((0, len(vocab.ORGANS)))
+    index = {o: i for i, o in enumerate(vocab.ORGANS)}
+    known = np.array([n in index for n in test.names], bool)
+    true_idx = np.array([index.get(n, -1) for n in test.names])
+    top1 = float((probs.argmax(1) == true_idx)[known].mean()) if known.any() else float("nan")
+    within = []
+    for s in np.unique(test.study):
+        rows = np.flatnonzero((test.study == s) & known)
+        cols = true_idx[rows]
+        within += (cols[probs[np.ix_(rows, cols)].argmax(1)] == cols).tolist()
+    top1_within = float(np.mean(within)) if within else float("nan")
+
+    # Abnormality detection.
+    _, t_keys, t_prob, t_lab = _detections(zs, test, truth)
+    v_keys, v_prob, v_lab = ([], np.zeros(0), np.zeros(0, bool))
+    if val is not None and len(val.names):
+        _, v_keys, v_prob, v_lab = _detections(zs, val, val_truth)
+    per: Dict[str, Dict[str, Any]] = {}
+    t_keys_a, v_keys_a = np.asarray(t_keys), np.asarray(v_keys)
+    curves = {}
+    for key in sorted(set(t_keys)):
+        sel = t_keys_a == key
+        vs = v_keys_a == key
+        thr, source = 0.5, "default"
+        if vs.any() and v_lab[vs].any():
+            thr, _ = best_f1_threshold(v_prob[vs], v_lab[vs])
+            source = val_split
+        n_pos = int(t_lab[sel].sum())
+        entry = {"auc": auc(t_prob[sel], t_lab[sel]), "f1": f1_score(t_prob[sel], t_lab[sel], thr) if n_pos else
+                 float("nan"), "n_pos": n_pos, "n_neg": int((~t_lab[sel]).sum()), "threshold": float(thr),
+                 "threshold_from": source}
+        per[key] = entry
+        if n_pos and entry["n_neg"]:
+            curves[key] = roc_curve(t_prob[sel], t_lab[sel])[:2]
+    aucs = [v["auc"] for v in per.values() if math.isfinite(v["auc"])]
+    f1s = [v["f1"] for v in per.values() if math.isfinite(v["f1"])]
+
+    retrieval = _retrieval(model, dictionary, test, truth)
+    metrics = {
+        "model": model.name, "model_config_hash": model.config_hash, "archive": os.fspath(archive),
+        "archive_seed": archive_seed(archive), "split": split, "val_split": val_split,
+        "val_archive": os.fspath(val_archive) if val_archive is not None else None,
+        "n_studies": len(records), "n_organs": len(test.names),
+        "organ_top1": top1, "organ_top1_within_study": top1_within,
+        "auc_mean": float(np.mean(aucs)) if aucs else float("nan"),
+        "auc_min": float(np.min(aucs)) if aucs else float("nan"),
+        "f1_mean": float(np.mean(f1s)) if f1s else float("nan"),
+        "per_finding": per, "retrieval": retrieval, "seconds": round(time.perf_counter() - t0, 1),
+    }
+    metrics = _nan_to_none(metrics)
+    if out_dir is not None:
+        write_reports(metrics, Path(out_dir), curves)
+    return metrics
+
+
+def _retrieval(model: Any, dictionary: Any, emb: SplitEmbeddings,
+               truth: Dict[str, List[Dict[str, Any]]]) -> Dict[str, float]:
+    queries: List[Tuple[np.ndarray, np.ndarray]] = []
+    keys_of: Dict[str, set] = {}
+    for n in set(emb.names):
+        try:
+            keys_of[n] = {e.key for e in dictionary.for_organ(n)}
+        except Exception:  # noqa: BLE001 - organs the dictionary has no findings for
+            keys_of[n] = set()
+    for entry in sorted(dictionary.findings(), key=lambda e: e.key):
+        cand = np.flatnonzero([entry.key in keys_of[n] for n in emb.names]).astype(np.int64)
+        if not cand.size:
+            continue
+        relevant = _labels(emb, truth, cand, [entry.key] * cand.size)
+        if not relevant.any():
+            continue
+        phrasings, _ = finding_phrasings(dictionary, entry.key)
+        q = model.encode_text(phrasings)
+        scores = q @ emb.vectors[cand].T
+        queries += [(s, relevant) for s in scores]
+    return retrieval_metrics(queries, ks=(1, 5, 10))
+
+
+def write_reports(metrics: Dict[str, Any], out: Path, curves: Dict[str, Tuple[np.ndarray, np.ndarray]]) -> None:
+    """metrics.json, results.md (summary + per-finding table) and roc.png (one panel per finding)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out / "results.md").write_text(markdown_table(metrics))
+    if curves:
+        _plot_roc(curves, metrics, out / "roc.png")
+
+
+def _fmt(v: Any) -> str:
+    return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def markdown_table(metrics: Dict[str, Any]) -> str:
+    """The evaluation as Markdown: a summary table and one row per finding."""
+    r = metrics["retrieval"]
+    lines = [f"# Evaluation of {metrics['model']} on {metrics['split']} "
+             f"(archive seed {metrics['archive_seed']}, {metrics['n_studies']} studies, {metrics['n_organs']} organs)",
+             "", "| organ top-1 | organ top-1 (within study) | mean AUC | min AUC | mean F1 | R@1 | R@5 | R@10 | mAP |",
+             "|---|---|---|---|---|---|---|---|---|",
+             "| " + " | ".join(_fmt(metrics[k]) for k in ("organ_top1", "organ_top1_within_study", "auc_mean",
+                                                          "auc_min", "f1_mean"))
+             + " | " + " | ".join(_fmt(r.get(k)) for k in ("r@1", "r@5", "r@10", "map")) + " |",
+             "", "| finding | AUC | F1 | threshold | positives | negatives |", "|---|---|---|---|---|---|"]
+    for key, v in sorted(metrics["per_finding"].items()):
+        lines.append(f"| {key} | {_fmt(v['auc'])} | {_fmt(v['f1'])} | {_fmt(v['threshold'])} | {v['n_pos']} | "
+                     f"{v['n_neg']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot_roc(curves: Dict[str, Tuple[np.ndarray, np.ndarray]], metrics: Dict[str, Any], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed (pip install 'ctglip-sdk[viz]'): no ROC plot written")
+        return
+    keys = sorted(curves)
+    cols = min(5, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), squeeze=False)
+    for ax, key in zip(axes.ravel(), keys):
+        fpr, tpr = curves[key]
+        ax.plot(fpr, tpr, lw=1.5)
+        ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=0.8)
+        a = metrics["per_finding"][key]["auc"]
+        ax.set_title(f"{key}\nAUC {_fmt(a)}", fontsize=8)
+        ax.set_xlim(0, 1), ax.set_ylim(0, 1.01)
+        ax.tick_params(labelsize=6)
+    for ax in axes.ravel()[len(keys):]:
+        ax.axis("off")
+    fig.suptitle(f"{metrics['model']}: ROC per finding ({metrics['split']}, seed {metrics['archive_seed']})",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,309 @@
+"""A small, exact-resume training loop: AdamW, warmup + cosine, accumulation, bf16 on CUDA, DDP, JSONL metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ctglip_sdk.errors import CheckpointError, ConfigError
+from ctglip_sdk.training.checkpoint import latest_checkpoint, load_checkpoint, rng_to_flat, save_checkpoint
+from ctglip_sdk.training.config import TrainConfig
+from ctglip_sdk.training.distributed import DistContext, all_reduce_mean, init_distributed
+
+__all__ = ["Trainer", "TrainResult", "EpochBatchSampler", "warmup_cosine", "seed_everything", "default_param_groups"]
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def warmup_cosine(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
+    """LR multiplier: linear warmup over `warmup` steps, then cosine from 1 down to `min_ratio` at `total`.
+
+    Example:
+        >>> f = warmup_cosine(10, 100, 0.0)
+        >>> round(f(4), 2), f(10), round(f(100), 6)
+        (0.5, 1.0, 0.0)
+    """
+    def fn(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        span = max(1, total - warmup)
+        progress = min(1.0, (step - warmup) / span)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return fn
+
+
+class EpochBatchSampler:
+    """Micro-batches of (epoch, index) pairs from a seeded permutation per epoch, sharded by rank.
+
+    The data position is (epoch, batch index within the epoch), so a run resumes exactly where it stopped.
+    Items carry their epoch so a dataset can derive per-item randomness from (seed, epoch, index) in any
+    worker process.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        if n < 1:
+            raise ConfigError("the training split is empty: nothing to train on")
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world_size
+        self.per_rank = math.ceil(n / world_size)
+
+    def __len__(self) -> int:
+        return math.ceil(self.per_rank / self.batch_size)
+
+    def order(self, epoch: int) -> List[int]:
+        """This rank's indices for `epoch` (the permutation is padded by wrapping so ranks get equal counts)."""
+        perm = np.random.default_rng([self.seed, epoch]).permutation(self.n).tolist()
+        perm += perm[: self.per_rank * self.world - self.n]
+        return perm[self.rank::self.world]
+
+    def batches(self, epoch: int, start: int = 0) -> List[List[Tuple[int, int]]]:
+        """Micro-batches of `epoch` from batch `start` on."""
+        idx = self.order(epoch)
+        out = [[(epoch, i) for i in idx[b * self.batch_size:(b + 1) * self.batch_size]] for b in range(len(self))]
+        return out[start:]
+
+
+def default_param_groups(module: nn.Module, cfg: TrainConfig,
+                         text_prefixes: Sequence[str] = ()) -> List[Dict[str, Any]]:
+    """AdamW groups: no weight decay on biases, norms and scalars; `text_lr` for parameters under text prefixes."""
+    groups: Dict[Tuple[bool, bool], List[nn.Parameter]] = {}
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = p.ndim >= 2
+        is_text = any(name.startswith(pfx) or f".{pfx}" in name for pfx in text_prefixes)
+        groups.setdefault((decay, is_text), []).append(p)
+    out = []
+    for (decay, is_text), params in sorted(groups.items()):
+        lr = cfg.text_lr if (is_text and cfg.text_lr is not None) else cfg.lr
+        out.append({"params": params, "weight_decay": cfg.weight_decay if decay else 0.0, "lr": lr})
+    return out
+
+
+@dataclass
+class TrainResult:
+    """What `Trainer.fit` did."""
+
+    steps: int
+    seconds: float
+    last_loss: Optional[float]
+    out_dir: Path
+    metrics_path: Path
+    checkpoint: Optional[Path]
+    resumed_from: Optional[int]
+
+
+class Trainer:
+    """Trains an objective module whose forward(batch, step) returns (loss, {name: float}).
+
+    The objective owns the model and the losses; the trainer owns optimisation, data order, checkpoints and
+    process groups. Rank 0 writes checkpoints and `metrics.jsonl`.
+
+    Example:
+        >>> trainer = Trainer(objective, dataset, TrainConfig(max_steps=10), "runs/x")  # doctest: +SKIP
+        >>> trainer.fit(resume=True)  # doctest: +SKIP
+    """
+
+    def __init__(self, objective: nn.Module, dataset: Dataset, config: TrainConfig, out_dir: Any, *,
+                 collate_fn: Optional[Callable] = None, param_groups: Optional[List[Dict[str, Any]]] = None,
+                 ctx: Optional[DistContext] = None, progress: bool = True) -> None:
+        self.cfg = config
+        self.out_dir = Path(out_dir)
+        self.ctx = ctx or init_distributed(config.device)
+        self.device = self.ctx.device
+        self.objective = objective.to(self.device)
+        self.dataset = dataset
+        self.collate_fn = collate_fn
+        self.progress = progress
+        self.ddp: Optional[nn.Module] = None
+        if self.ctx.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # find_unused_parameters: the CLIP objective leaves organ-only paths idle and vice versa.
+            self.ddp = DDP(self.objective, device_ids=ids, find_unused_parameters=True)
+        groups = param_groups if param_groups is not None else default_param_groups(self.objective, config)
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
+                                           eps=config.adam_eps, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(config.warmup_steps, config.max_steps, config.min_lr_ratio))
+        self.sampler = EpochBatchSampler(len(dataset), config.batch_size, config.seed, self.ctx.rank,
+                                         self.ctx.world_size)
+        # DataLoader draws its worker base seed from this generator, not from the global RNG, so creating a
+        # loader mid-epoch on resume does not shift the model's random stream.
+        self.loader_gen = torch.Generator().manual_seed(config.seed)
+        self.state: Dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0}
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def ckpt_dir(self) -> Path:
+        """Where checkpoints go: OUT/checkpoints."""
+        return self.out_dir / "checkpoints"
+
+    @property
+    def metrics_path(self) -> Path:
+        """OUT/metrics.jsonl: one JSON object per logged step."""
+        return self.out_dir / "metrics.jsonl"
+
+    def _loader(self, epoch: int, start: int) -> Iterator[Any]:
+        batches = self.sampler.batches(epoch, start)
+        if not batches:
+            return iter(())
+        dl = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.cfg.num_workers,
+                        collate_fn=self.collate_fn, generator=self.loader_gen,
+                        persistent_workers=False, pin_memory=self.device.type == "cuda")
+        return iter(dl)
+
+    def _autocast(self) -> Any:
+        if self.cfg.bf16 and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _save(self) -> Optional[Path]:
+        rng = rng_to_flat({"loader": self.loader_gen})
+        if self.ctx.world_size > 1:
+            # Each rank's RNG streams differ (dropout, augmentation); gather them so rank 0 writes all.
+            import torch.distributed as dist
+
+            everything: List[Any] = [None] * self.ctx.world_size
+            packed = ({k: v.tolist() for k, v in rng[0].items()}, rng[1])
+            dist.all_gather_object(everything, packed)
+            rank_rng = {r: ({k: torch.tensor(v, dtype=torch.uint8 if k != "numpy.keys" else torch.int64)
+                             for k, v in t.items()}, m) for r, (t, m) in enumerate(everything)}
+        else:
+            rank_rng = {0: rng}
+        path = None
+        if self.ctx.is_main:
+            path = save_checkpoint(self.ckpt_dir, self.state["step"], model=self.objective,
+                                   optimizer=self.optimizer, scheduler=self.scheduler, state=dict(self.state),
+                                   rank_rng=rank_rng, keep=self.cfg.keep_checkpoints)
+        if self.ctx.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+        return path
+
+    def _resume(self) -> Optional[int]:
+        path = latest_checkpoint(self.ckpt_dir)
+        if path is None:
+            log.info("no checkpoint under %s: starting from step 0", self.ckpt_dir)
+            return None
+        saved_cfg = self.out_dir / "train_config.json"
+        if saved_cfg.is_file():
+            old = json.loads(saved_cfg.read_text())
+            changed = [k for k in ("objective", "model", "batch_size", "grad_accum", "seed")
+                       if old.get(k) != getattr(self.cfg, k)]
+            if changed:
+                raise CheckpointError(f"cannot resume: option(s) {', '.join(changed)} differ from the run being "
+                                      "resumed (start a new --out folder)", path=saved_cfg)
+        self.state = load_checkpoint(path, model=self.objective, optimizer=self.optimizer,
+                                     scheduler=self.scheduler, rank=self.ctx.rank,
+                                     generators={"loader": self.loader_gen})
+        if self.ctx.is_main and self.metrics_path.is_file():
+            # Drop log lines written after the checkpoint so the resumed log has no duplicated steps.
+            kept = [ln for ln in self.metrics_path.read_text().splitlines()
+                    if ln.strip() and json.loads(ln).get("step", 0) <= self.state["step"]]
+            self.metrics_path.write_text("".join(ln + "\n" for ln in kept))
+        log.info("resumed from %s (step %d, epoch %d, batch %d)", path, self.state["step"],
+                 self.state["epoch"], self.state["batch"])
+        return int(self.state["step"])
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, resume: bool = False, until: Optional[int] = None) -> TrainResult:
+        """Run to `max_steps` optimizer steps (or stop early at step `until`, with a checkpoint).
+
+        With `resume`, continue from the newest checkpoint under OUT/checkpoints: model, optimizer,
+        scheduler, RNG streams and data position are restored, so the result is bit-identical to a run
+        that never stopped (same device and thread count).
+        """
+        cfg = self.cfg
+        stop = min(cfg.max_steps, until) if until is not None else cfg.max_steps
+        if self.ctx.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        resumed = self._resume() if resume else None
+        if resumed is None:
+            seed_everything(cfg.seed + 1000 * self.ctx.rank)
+        if self.ctx.is_main:
+            cfg.save(self.out_dir / "train_config.json")
+        module = self.ddp if self.ddp is not None else self.objective
+        module.train()
+        bar = None
+        if self.progress and self.ctx.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.max_steps, initial=self.state["step"], desc="train", unit="step", dynamic_ncols=True)
+        t0 = time.perf_counter()
+        last_loss: Optional[float] = None
+        last_ckpt: Optional[Path] = None
+        micro = 0
+        acc_logs: Dict[str, float] = {}
+        metrics_fh = open(self.metrics_path, "a") if self.ctx.is_main else None
+        try:
+            while self.state["step"] < stop:
+                for batch in self._loader(self.state["epoch"], self.state["batch"]):
+                    sync = micro + 1 == cfg.grad_accum
+                    no_sync = self.ddp.no_sync() if (self.ddp is not None and not sync) else nullcontext()
+                    with no_sync:
+                        with self._autocast():
+                            loss, logs = module(batch, self.state["step"])
+                        (loss / cfg.grad_accum).backward()
+                    for k, v in logs.items():
+                        acc_logs[k] = acc_logs.get(k, 0.0) + float(v) / cfg.grad_accum
+                    acc_logs["loss"] = acc_logs.get("loss", 0.0) + float(loss.detach()) / cfg.grad_accum
+                    self.state["batch"] += 1
+                    micro += 1
+                    if not sync:
+                        continue
+                    micro = 0
+                    if cfg.grad_clip > 0:
+                        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.objective.parameters(), cfg.grad_clip))
+                        acc_logs["grad_norm"] = grad_norm
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scheduler.step()
+                    self.state["step"] += 1
+                    step = self.state["step"]
+                    last_loss = all_reduce_mean(acc_logs["loss"], self.device)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{last_loss:.4f}")
+                    if metrics_fh is not None and (step % cfg.log_every == 0 or step == cfg.max_steps or step == 1):
+                        rec = {"step": step, "epoch": self.state["epoch"], "lr": self.scheduler.get_last_lr()[0],
+                               "time_s": round(time.perf_counter() - t0, 3),
+                               **{k: round(v, 6) for k, v in acc_logs.items()}, "loss": round(last_loss, 6)}
+                        metrics_fh.write(json.dumps(rec) + "\n")
+                        metrics_fh.flush()
+                    acc_logs = {}
+                    if step % cfg.checkpoint_every == 0 or step == stop:
+                        last_ckpt = self._save()
+                    if step >= stop:
+                        break
+                else:
+                    self.state["epoch"] += 1
+                    self.state["batch"] = 0
+        finally:
+            if bar is not None:
+                bar.close()
+            if metrics_fh is not None:
+                metrics_fh.close()
+        return TrainResult(steps=self.state["step"], seconds=time.perf_counter() - t0, last_loss=last_loss,
+                           out_dir=self.out_dir, metrics_path=self.metrics_path,
+                           checkpoint=last_ckpt or latest_checkpoint(self.ckpt_dir), resumed_from=resumed)
