@@ -21,9 +21,21 @@ __all__ = ["save_montage"]
 log = logging.getLogger(__name__)
 
 
+def organ_window(organ: str) -> tuple:
+    """A radiologist's display window (HU low, high) for an organ: lung, bone or soft tissue."""
+    if organ.startswith(("lung_", "trachea")):
+        return (-1350.0, 150.0)
+    if organ.startswith(("vertebrae_", "rib_", "hip_", "femur_", "humerus_", "scapula_", "clavicula_", "sacrum")):
+        return (-450.0, 1050.0)
+    return (-160.0, 240.0)
+
+
 def save_montage(index: "ArchiveIndex", results: "SearchResults", path: Any, archive_root: Optional[Any] = None,
-                 max_hits: int = 12, window: tuple = (-160.0, 240.0)) -> Path:
-    """Draw each hit's organ box (middle axial slice, soft-tissue window) in a grid and save it as PNG.
+                 max_hits: int = 12, window: Optional[tuple] = None) -> Path:
+    """Draw each hit's organ box (middle axial slice, mask contour) in a grid and save it as PNG.
+
+    The display window follows the organ (lung, bone or soft tissue; ``window=`` overrides); captions give
+    organ, score, the study UID's tail and the patient pseudonym.
 
     Images are read from the archive the series was ingested from (or ``archive_root`` if the archive moved),
     always through ``resolve_within`` so that an index row cannot point outside the archive. A hit whose image
@@ -40,21 +52,24 @@ def save_montage(index: "ArchiveIndex", results: "SearchResults", path: Any, arc
         from matplotlib.patches import Rectangle  # noqa: PLC0415
     except ImportError:
         raise ConfigError("a montage needs matplotlib (`pip install matplotlib`)") from None
-    from ctglip_sdk.io import load_volume, resolve_within  # noqa: PLC0415
+    from ctglip_sdk.io import load_segmentation, load_volume, resolve_within  # noqa: PLC0415
 
     hits = list(results)[:max_hits]
     if not hits:
         raise ConfigError("no hits to draw")
     s = index.store.t.series
-    roots = dict(index.store.read(lambda c: c.execute(
-        select(s.c.series_uid, s.c.archive_root).where(s.c.series_uid.in_([h.series_uid for h in hits]))).all()))
+    rows = index.store.read(lambda c: c.execute(
+        select(s.c.series_uid, s.c.archive_root, s.c.mask_path)
+        .where(s.c.series_uid.in_([h.series_uid for h in hits]))).all())
+    roots = {r.series_uid: r.archive_root for r in rows}
+    masks = {r.series_uid: r.mask_path for r in rows}
     cols = min(4, len(hits))
     rows = math.ceil(len(hits) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, h in zip(axes.ravel(), hits):
-        title = f"{h.organ} {h.score:.3f}\n{h.patient[:8]} · crop {h.crop_id}"
+        title = f"{h.organ} {h.score:.3f}\nstudy …{h.study_uid[-8:]} · {h.patient[:8]}"
         try:
             root = archive_root or roots.get(h.series_uid)
             if root is None:
@@ -65,9 +80,18 @@ def save_montage(index: "ArchiveIndex", results: "SearchResults", path: Any, arc
             pad = 8
             lo_i, hi_i = max(i0 - pad, 0), min(i1 + pad, vol.shape[0])
             lo_j, hi_j = max(j0 - pad, 0), min(j1 + pad, vol.shape[1])
-            img = np.clip(vol.array[lo_i:hi_i, lo_j:hi_j, min(k, vol.shape[2] - 1)], *window)
+            kk = min(k, vol.shape[2] - 1)
+            win = window if window is not None else organ_window(h.organ)
+            img = np.clip(vol.array[lo_i:hi_i, lo_j:hi_j, kk], *win)
             # RAS+ arrays: anterior up and the patient's right on the viewer's left (radiological convention).
-            ax.imshow(img.T[::-1, ::-1], cmap="gray", vmin=window[0], vmax=window[1])
+            ax.imshow(img.T[::-1, ::-1], cmap="gray", vmin=win[0], vmax=win[1])
+            if masks.get(h.series_uid):
+                seg = load_segmentation(resolve_within(root, masks[h.series_uid]), like=vol)
+                organ_id = seg.ids.get(h.organ)
+                if organ_id is not None:
+                    m = (seg.array[lo_i:hi_i, lo_j:hi_j, kk] == organ_id).astype(np.float32)
+                    if m.any():
+                        ax.contour(m.T[::-1, ::-1], levels=[0.5], colors="lime", linewidths=0.8)
             ni, nj = hi_i - lo_i, hi_j - lo_j
             ax.add_patch(Rectangle((ni - (i1 - lo_i) - 0.5, nj - (j1 - lo_j) - 0.5), i1 - i0, j1 - j0,
                                    fill=False, edgecolor="yellow", linewidth=1))

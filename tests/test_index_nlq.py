@@ -33,3 +33,11 @@ def test_empty_or_filter_only_query_is_refused():
         parse_query("   ")
     with pytest.raises(cg.QueryError, match="no finding or organ words"):
         parse_query("women over 60")
+
+
+def test_montage_window_follows_the_organ():
+    from ctglip_sdk.index.montage import organ_window
+
+    assert organ_window("lung_upper_lobe_left")[0] < -1000        # lung window shows parenchyma
+    assert organ_window("vertebrae_L1")[1] > 900                   # bone window
+    assert organ_window("liver") == (-160.0, 240.0)                # soft tissue
