@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _BUSY_MS = 10_000
+# PRAGMAs take no bound parameters; the statement is a literal that must match _BUSY_MS.
+_BUSY_PRAGMA = "PRAGMA busy_timeout=10000"
 _RETRIES = 6
 
 
@@ -64,7 +66,7 @@ def _sqlite_events(engine: Engine) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+        cur.execute(_BUSY_PRAGMA)
         cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a process crash loses nothing committed
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()

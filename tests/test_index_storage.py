@@ -243,3 +243,9 @@ def test_store_retries_busy_sqlite(tmp_path):
     assert st.get_meta("k") == "v" and time.perf_counter() - t0 >= 0.4
     raw.close()
     assert os.path.exists(tmp_path / "busy.db-wal")
+
+
+def test_sqlite_busy_pragma_matches_timeout():
+    from ctglip_sdk.index import store
+
+    assert store._BUSY_PRAGMA == f"PRAGMA busy_timeout={store._BUSY_MS}"
