@@ -101,10 +101,14 @@ def test_finding_decision_loss_is_the_zero_shot_decision():
     neg = torch.tensor([[0.0, 1.0], [0.8, 0.6]])   # their negations
     labels = torch.tensor([[1, -1], [0, 1]])       # row 0 has finding 0 (finding 1 not applicable)
     s = 4.0
-    loss = finding_decision_loss(organ, pos, neg, labels, s)
+    loss = finding_decision_loss(organ, pos, neg, labels, s, balanced=False)
     # Hand computation: margins s*(cos p - cos n): row0/f0 = 4, row1/f0 = -4, row1/f1 = 4*(0.8-0.6) = 0.8.
-    want = F.binary_cross_entropy_with_logits(torch.tensor([4.0, -4.0, 0.8]), torch.tensor([1.0, 0.0, 1.0]))
-    assert torch.allclose(loss, want, atol=1e-6)
+    bce = F.binary_cross_entropy_with_logits(torch.tensor([4.0, -4.0, 0.8]), torch.tensor([1.0, 0.0, 1.0]),
+                                             reduction="none")
+    assert torch.allclose(loss, bce.mean(), atol=1e-6)
+    # Balanced: positives (pairs 0 and 2) and the negative (pair 1) weigh one half each.
+    balanced = finding_decision_loss(organ, pos, neg, labels, s)
+    assert torch.allclose(balanced, 0.5 * ((bce[0] + bce[2]) / 2 + bce[1]), atol=1e-6)
     flipped = finding_decision_loss(organ, pos, neg, torch.tensor([[0, -1], [1, 0]]), s)
     assert flipped > loss + 1
     # The probability ZeroShotClassifier reports is sigmoid of the same margin.

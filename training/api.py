@@ -117,7 +117,7 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
         barrier()
         cache_seconds = time.perf_counter() - tc
         dataset = StudyDataset(records, cache, texts, dictionary, cfg.organs_per_study, cfg.seed,
-                               finding_organs=_finding_organs(dictionary) if cfg.objective == "ctglip" else ())
+                               finding_organs=_finding_organs(dictionary), finding_weight=cfg.finding_organ_weight)
         objective = build_objective(model, cfg, dictionary)
         groups = default_param_groups(objective, cfg, text_prefixes=("model.text.", "model.text_proj."))
         trainer = Trainer(objective, dataset, cfg, out, collate_fn=collate_studies, param_groups=groups, ctx=ctx,

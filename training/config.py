@@ -52,8 +52,10 @@ class TrainConfig:
     w_identity: float = 0.5
     #: How organ-text InfoNCE treats equivalent texts: "mask" them out of the negatives, "multi" positives, "none".
     false_negatives: str = "mask"
-    #: Organ samples per study: every organ with a finding plus a random sample of others, up to this count.
-    organs_per_study: int = 32
+    #: Organ samples per study: every organ with a finding in the report plus a weighted random sample of the
+    #: others (dictionary organs weigh `finding_organ_weight`) up to this count.
+    organs_per_study: int = 48
+    finding_organ_weight: float = 3.0
     #: Positive phrasings drawn per finding into each batch's text bank (phrasings vary across steps).
     phrasings_per_finding: int = 2
     checkpoint_every: int = 100
@@ -94,6 +96,8 @@ class TrainConfig:
         for name in ("weight_decay", "grad_clip", "w_organ_text", "w_abnormality", "w_identity"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be >= 0")
+        if not self.finding_organ_weight > 0:
+            raise ConfigError(f"finding_organ_weight={self.finding_organ_weight}: must be > 0")
         if self.text_lr is not None and not self.text_lr > 0:
             raise ConfigError(f"text_lr={self.text_lr}: must be > 0 or null")
         if not 0 <= self.min_lr_ratio <= 1:

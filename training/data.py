@@ -154,13 +154,15 @@ class StudyDataset(Dataset):
     """Studies of one split: cached image + organ weights, organ texts and report labels.
 
     Items are keyed by (epoch, index) so the organ sample of each item is drawn from (seed, epoch, index)
-    in whatever worker loads it (exact resume, no shared RNG). Each item holds every organ with a finding in
-    the report, every organ the dictionary has findings for, then a random sample of the rest, up to
-    `organs_per_study` (findings' and dictionary organs are never dropped).
+    in whatever worker loads it (exact resume, no shared RNG). Each item holds every organ with a finding
+    (present or uncertain) in the report, then a weighted random sample of the other organs up to
+    `organs_per_study`: organs the dictionary has findings for (`finding_organs`) weigh `finding_weight`,
+    the rest 1, so every labelled organ keeps appearing for the organ-identity loss.
     """
 
     def __init__(self, records: Sequence[StudyRecord], cache: PreprocessCache, texts: Sequence[StudyText],
-                 dictionary: Any, organs_per_study: int = 32, seed: int = 0, finding_organs: Sequence[str] = ()) -> None:
+                 dictionary: Any, organs_per_study: int = 48, seed: int = 0, finding_organs: Sequence[str] = (),
+                 finding_weight: float = 3.0) -> None:
         if len(records) != len(texts):
             raise ValueError("one StudyText per record is required")
         self.records = list(records)
@@ -170,6 +172,7 @@ class StudyDataset(Dataset):
         self.organs_per_study = organs_per_study
         self.seed = seed
         self.finding_organs = set(finding_organs)
+        self.finding_weight = finding_weight
 
     def __len__(self) -> int:
         return len(self.records)
@@ -179,10 +182,16 @@ class StudyDataset(Dataset):
         rec, st = self.records[i], self.texts[i]
         study = self.cache.load(rec.image, rec.mask)
         rng = np.random.default_rng([self.seed, 104729, int(epoch), int(i)])
-        must = [o for o in study.names if o in st.present or o in self.finding_organs]
+        must = [o for o in study.names if o in st.present or o in st.uncertain]
         rest = [o for o in study.names if o not in set(must)]
         room = max(0, self.organs_per_study - len(must))
-        extra = [rest[int(j)] for j in sorted(rng.choice(len(rest), size=min(room, len(rest)), replace=False))]
+        extra: List[str] = []
+        if rest and room:
+            # Every organ must appear often enough to learn its name; organs the dictionary has findings for
+            # are drawn more often (they carry the abnormality negatives).
+            w = np.array([self.finding_weight if o in self.finding_organs else 1.0 for o in rest])
+            pick = rng.choice(len(rest), size=min(room, len(rest)), replace=False, p=w / w.sum())
+            extra = [rest[int(j)] for j in pick]
         chosen = [o for o in study.names if o in set(must) | set(extra)]
         sub = study.select(chosen)
         texts = [st.organ_texts.get(o) or _fallback_text(o, self.dictionary, rng) for o in chosen]

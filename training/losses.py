@@ -101,12 +101,14 @@ def abnormality_text_loss(organ: Tensor, bank: Tensor, targets: Tensor, scale: S
     return _multi_positive_ce(logits, targets > 0, targets >= 0)
 
 
-def finding_decision_loss(organ: Tensor, positive: Tensor, negative: Tensor, labels: Tensor, scale: Scale) -> Tensor:
+def finding_decision_loss(organ: Tensor, positive: Tensor, negative: Tensor, labels: Tensor, scale: Scale,
+                          balanced: bool = True) -> Tensor:
     """Binary cross-entropy of the zero-shot decision: is finding f present in organ i?
 
     The logit is `scale * (cos(o_i, p_f) - cos(o_i, n_f))` with `p_f`/`n_f` the (ensembled) positive and
     negative prompt embeddings of finding f — exactly what `ZeroShotClassifier.detect` turns into a
     probability. `labels[i, f]` is 1 (present), 0 (absent) or -1 (not applicable / uncertain: ignored).
+    `balanced` averages the positive and the negative pairs separately, then takes the mean of the two.
 
     Example:
         >>> o = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -121,7 +123,13 @@ def finding_decision_loss(organ: Tensor, positive: Tensor, negative: Tensor, lab
     known = labels >= 0
     if not bool(known.any()):
         return margin.new_zeros(()) * margin.sum()
-    return F.binary_cross_entropy_with_logits(margin[known], labels[known].float())
+    bce = F.binary_cross_entropy_with_logits(margin[known], labels[known].float(), reduction="none")
+    pos = labels[known] == 1
+    if not balanced or bool(pos.all()) or not bool(pos.any()):
+        return bce.mean()
+    # Findings are rare (a few percent of organ-finding pairs): average each class separately so the
+    # positives are not drowned by the negatives.
+    return 0.5 * (bce[pos].mean() + bce[~pos].mean())
 
 
 def organ_identity_loss(organ: Tensor, names: Tensor, target: Tensor, scale: Scale) -> Tensor:
