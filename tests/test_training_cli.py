@@ -40,17 +40,17 @@ def test_unknown_option_and_missing_archive_are_user_errors(tmp_path, archive):
 @pytest.mark.slow
 def test_train_resume_and_eval_end_to_end(tmp_path, archive):
     out, cache = tmp_path / "run", tmp_path / "cache"
-    res = _train(archive, out, cache)
+    res = _train(archive, out, cache, "--set", "save_name=tiny-test")
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output)
     assert summary["steps"] == 2 and summary["cache_built"] >= 1 and summary["objective"] == "ctglip"
     model = cg.load(out / "model")
-    assert model.name == "ctglip-tiny"
+    assert model.name == "tiny-test" and summary["model"] == "tiny-test"
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2] and {"organ_text", "abnormality", "identity"} <= set(log[-1])
 
     # Resume to 3 steps: continues from step 2, reuses the cache.
-    res = _train(archive, out, cache, "--set", "max_steps=3", "--resume")
+    res = _train(archive, out, cache, "--set", "max_steps=3", "--set", "save_name=tiny-test", "--resume")
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output)
     assert summary["resumed_from"] == 2 and summary["steps"] == 3 and summary["cache_built"] == 0
@@ -60,7 +60,7 @@ def test_train_resume_and_eval_end_to_end(tmp_path, archive):
     assert res.exit_code == 0, res.output
     metrics = json.loads(res.output)
     assert EVAL_KEYS <= set(metrics) and set(metrics["retrieval"]) >= {"r@1", "r@5", "r@10", "map"}
-    assert metrics["archive_seed"] == 11 and metrics["model"] == "ctglip-tiny"
+    assert metrics["archive_seed"] == 11 and metrics["model"] == "tiny-test"
     assert 0.0 <= metrics["organ_top1"] <= 1.0
     for v in metrics["per_finding"].values():
         assert set(v) >= {"auc", "f1", "n_pos", "n_neg"}

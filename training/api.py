@@ -131,6 +131,9 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
                    "config": cfg.to_dict()}
         if ctx.is_main:
             model.eval()
+            if cfg.save_name:
+                model.config = model.config.replace(name=cfg.save_name)
+                summary["model"] = model.name
             model.save_pretrained(out / "model")
             (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
             log.info("trained %s for %d steps in %.0f s -> %s", model.name, result.steps, summary["seconds"],

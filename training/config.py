@@ -31,6 +31,8 @@ class TrainConfig:
     """
 
     model: str = "ctglip-tiny"
+    #: Name given to the trained model in OUT/model/config.json (None: keep the architecture config's name).
+    save_name: Optional[str] = None
     #: "ctglip" (organ-text + abnormality dictionary + organ identity) or "clip" (volume <-> whole report).
     objective: str = "ctglip"
     seed: int = 0
@@ -98,6 +100,8 @@ class TrainConfig:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be >= 0")
         if not self.finding_organ_weight > 0:
             raise ConfigError(f"finding_organ_weight={self.finding_organ_weight}: must be > 0")
+        if self.save_name is not None and (not self.save_name or "/" in self.save_name):
+            raise ConfigError(f"save_name={self.save_name!r}: must be a non-empty name without '/'")
         if self.text_lr is not None and not self.text_lr > 0:
             raise ConfigError(f"text_lr={self.text_lr}: must be > 0 or null")
         if not 0 <= self.min_lr_ratio <= 1:
