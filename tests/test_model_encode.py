@@ -240,3 +240,41 @@ def test_oversized_box_is_coarsened_to_max_shape(study, caplog):
     prep = m.prepare(vol, seg, organs=["liver"])
     assert all(s <= 32 for s in prep.image.shape[1:]) and min(prep.spacing) > 1.0
     assert "max_shape" in caplog.text
+
+
+def test_mean_max_pooling_keeps_a_focal_lesion_that_the_mean_dilutes(study):
+    """mean_max = [area-weighted mean, max over cells mostly inside the organ]; sparse == dense; gradients flow."""
+    vol, seg = study
+    m = cg.create("ctglip-tiny", overrides={**TINY, "organ_pooling": "mean_max"}, seed=1)
+    assert m.vision_proj.in_features == 2 * m.vision.out_channels
+    prep = m.prepare(vol, seg)
+    feats = m.forward_features(prep.image[None]).detach()
+    n = len(prep.names)
+    pooled = m.pool_sparse(feats[0], prep.rows, prep.cols, prep.vals, n)
+    dense = m.pool_organs(feats, prep.dense_weights()[None])[0]
+    torch.testing.assert_close(pooled, dense, atol=1e-5, rtol=1e-5)
+    c = feats.shape[1]
+    torch.testing.assert_close(pooled[:, :c], pool_sparse(feats[0], prep.rows, prep.cols, prep.vals, n))
+    flat = feats[0].reshape(c, -1)
+    for i in range(n):  # the max is over the organ's cells at least half inside it (or its best cells)
+        v = prep.vals[prep.rows == i]
+        cells = prep.cols[prep.rows == i][v >= min(0.5, float(v.max())) - 1e-6]
+        torch.testing.assert_close(pooled[i, c:], flat[:, cells].amax(1))
+
+    # One hot cell inside the liver: the max moves by the full amount, the mean by 1/(number of cells).
+    liver = prep.names.index("liver")
+    sel = (prep.rows == liver) & (prep.vals >= 0.999)
+    cell = int(prep.cols[sel][0])
+    bumped = feats.clone().reshape(1, c, -1)
+    bumped[0, 0, cell] += 100.0
+    after = m.pool_sparse(bumped.reshape(feats.shape)[0], prep.rows, prep.cols, prep.vals, n)
+    d_mean, d_max = float(after[liver, 0] - pooled[liver, 0]), float(after[liver, c] - pooled[liver, c])
+    assert d_max > 50 and d_mean < 100.0 / int(sel.sum()) * 1.01
+    others = [i for i in range(n) if i != liver]
+    torch.testing.assert_close(after[others], pooled[others])
+
+    leaf = feats.clone().requires_grad_()
+    m.pool_sparse(leaf[0], prep.rows, prep.cols, prep.vals, n)[:, c:].sum().backward()
+    assert leaf.grad is not None and int((leaf.grad != 0).sum()) >= n  # the max sends gradient to its cells
+    emb = m.encode_organs(vol, seg)
+    assert emb.vectors.shape == (n, 16) and np.allclose(np.linalg.norm(emb.vectors, axis=1), 1, atol=1e-5)

@@ -195,14 +195,12 @@ class CTGlipObjective(_Base):
 
     def forward(self, batch: Dict[str, Any], step: int) -> Tuple[Tensor, Dict[str, float]]:
         cfg, model = self.cfg, self.model
-        from ctglip_sdk.model.modeling import pool_sparse
-
         feats = self._features(batch)
         pooled = []
         for b, st in enumerate(batch["studies"]):
             gx, gy, gz = st["grid"]
-            pooled.append(pool_sparse(feats[b, :, :gx, :gy, :gz], st["rows"], st["cols"], st["vals"],
-                                      len(st["organs"])))
+            pooled.append(model.pool_sparse(feats[b, :, :gx, :gy, :gz], st["rows"], st["cols"], st["vals"],
+                                            len(st["organs"])))
         organ = model.project_vision(torch.cat(pooled))  # [n_local, D]
         organs = [o for st in batch["studies"] for o in st["organs"]]
         texts = [t for st in batch["studies"] for t in st["texts"]]
@@ -260,8 +258,12 @@ class ClipObjective(_Base):
     def forward(self, batch: Dict[str, Any], step: int) -> Tuple[Tensor, Dict[str, float]]:
         model = self.model
         feats = self._features(batch)
-        pooled = [feats[b, :, :st["grid"][0], :st["grid"][1], :st["grid"][2]].flatten(1).mean(1)
-                  for b, st in enumerate(batch["studies"])]
+        boxes = [feats[b, :, :st["grid"][0], :st["grid"][1], :st["grid"][2]].flatten(1)
+                 for b, st in enumerate(batch["studies"])]
+        if model.config.organ_pooling == "mean_max":  # the projection takes [mean, max] as organ pooling gives it
+            pooled = [torch.cat([f.mean(1), f.amax(1)]) for f in boxes]
+        else:
+            pooled = [f.mean(1) for f in boxes]
         image = model.project_vision(torch.stack(pooled))
         # The text tower reads max_length tokens; a report is longer, so encode its sentences and average them
         # (renormalised): every finding of the report reaches the report embedding.

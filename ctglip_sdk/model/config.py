@@ -255,6 +255,10 @@ class CTGlipConfig(_ConfigBase):
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     init_logit_scale: float = math.log(1 / 0.07)
+    #: How an organ's feature cells become one vector: ``mean`` (area-weighted mean, CT-GLIP's mask pooling) or
+    #: ``mean_max`` (that mean concatenated with the channel-wise max over the cells mostly inside the organ):
+    #: a lesion of a few voxels barely moves an organ's mean, but it does reach its max.
+    organ_pooling: Literal["mean", "mean_max"] = "mean"
 
     def __post_init__(self) -> None:
         if self.schema_version != SCHEMA_VERSION:

@@ -21,7 +21,7 @@ from ctglip_sdk.model.text import TextTower
 from ctglip_sdk.model.vision import build_vision
 from ctglip_sdk.volume import Segmentation, Volume
 
-__all__ = ["CTGlipModel", "OrganEmbeddings", "MAX_LOGIT_SCALE"]
+__all__ = ["CTGlipModel", "OrganEmbeddings", "MAX_LOGIT_SCALE", "pool_sparse", "pooled_width"]
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +66,36 @@ def _projection(in_dim: int, cfg: ProjectionConfig) -> nn.Module:
 
 
 def pool_sparse(features: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor,
-                n: int) -> torch.Tensor:
-    """Weighted mean of ``features [C, *grid]`` for ``n`` organs given COO area weights -> ``[n, C]``."""
+                n: int, mode: str = "mean") -> torch.Tensor:
+    """Pool ``features [C, *grid]`` for ``n`` organs given COO area weights -> ``[n, C]`` (``[n, 2C]`` for mean_max).
+
+    ``mean``: area-weighted mean. ``mean_max``: that mean, then the channel-wise max over the organ's cells
+    whose area fraction is at least 0.5 (or, for an organ smaller than a cell, its best-covered cells), so a
+    boundary cell that is mostly a neighbour does not set the organ's max.
+    """
     flat = features.reshape(features.shape[0], -1).t().float()
     vals = vals.to(flat.device, torch.float32)
     rows, cols = rows.to(flat.device), cols.to(flat.device)
     out = torch.zeros(n, flat.shape[1], device=flat.device).index_add_(0, rows, flat[cols] * vals[:, None])
     wsum = torch.zeros(n, device=flat.device).index_add_(0, rows, vals)
-    return out / wsum.clamp_min(1e-12)[:, None]
+    mean = out / wsum.clamp_min(1e-12)[:, None]
+    if mode == "mean":
+        return mean
+    if mode != "mean_max":
+        raise ValueError(f"unknown organ pooling {mode!r}")
+    best = torch.zeros(n, device=flat.device).scatter_reduce(0, rows, vals, "amax", include_self=False)
+    keep = vals >= best.clamp(max=0.5)[rows] - 1e-6
+    r, c = rows[keep], cols[keep]
+    idx = r[:, None].expand(-1, flat.shape[1])
+    # Organs without cells keep 0 (include_self=False leaves untouched rows at their initial value).
+    mx = torch.zeros(n, flat.shape[1], device=flat.device).scatter_reduce(0, idx, flat[c], "amax",
+                                                                           include_self=False)
+    return torch.cat([mean, mx], dim=1)
+
+
+def pooled_width(channels: int, mode: str) -> int:
+    """Width of a pooled organ vector for ``channels`` feature channels under pooling ``mode``."""
+    return channels * (2 if mode == "mean_max" else 1)
 
 
 class CTGlipModel(nn.Module):
@@ -94,7 +116,8 @@ class CTGlipModel(nn.Module):
         self.tokenizer = tokenizer
         self.vision = build_vision(config.vision, config.preprocess.in_channels)
         self.text = TextTower(config.text, len(tokenizer), hf_text_config)
-        self.vision_proj = _projection(self.vision.out_channels, config.projection)
+        self.vision_proj = _projection(pooled_width(self.vision.out_channels, config.organ_pooling),
+                                       config.projection)
         self.text_proj = _projection(self.text.hidden_size, config.projection)
         #: log of the inverse temperature, as in CLIP; use :meth:`temperature_scale` for the clamped exp.
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
@@ -167,16 +190,27 @@ class CTGlipModel(nn.Module):
             feats = self.vision(images)
         return feats.float()
 
-    @staticmethod
-    def pool_organs(features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Mask-weighted mean: features ``[B, C, *grid]``, masks ``[B, N, *grid]`` (area fractions) -> ``[B, N, C]``.
+    def pool_organs(self, features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Mask pooling: features ``[B, C, *grid]``, masks ``[B, N, *grid]`` (area fractions) -> ``[B, N, C']``.
 
         Masks are weights on the feature grid, e.g. ``F.avg_pool3d(onehot, stride)`` of one-hot masks on the
         network input grid, or ``PreparedStudy.dense_weights()``. An organ with zero total weight gets zeros.
+        ``C'`` is ``C`` for ``organ_pooling="mean"`` and ``2C`` for ``"mean_max"`` (see :func:`pool_sparse`).
         """
         w = masks.flatten(2).to(features.dtype)
-        num = torch.einsum("bnv,bcv->bnc", w, features.flatten(2))
-        return num / w.sum(-1, keepdim=True).clamp_min(1e-12)
+        if self.config.organ_pooling == "mean":
+            num = torch.einsum("bnv,bcv->bnc", w, features.flatten(2))
+            return num / w.sum(-1, keepdim=True).clamp_min(1e-12)
+        out = []
+        for b in range(w.shape[0]):
+            rows, cols = w[b].nonzero(as_tuple=True)
+            out.append(pool_sparse(features[b], rows, cols, w[b, rows, cols], w.shape[1], self.config.organ_pooling))
+        return torch.stack(out)
+
+    def pool_sparse(self, features: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor,
+                    n: int) -> torch.Tensor:
+        """:func:`pool_sparse` with this model's ``organ_pooling``: ``features [C, *grid]`` -> ``[n, C']``."""
+        return pool_sparse(features, rows, cols, vals, n, self.config.organ_pooling)
 
     def project_vision(self, pooled: torch.Tensor) -> torch.Tensor:
         """Pooled features ``[..., C]`` -> unit vectors ``[..., D]``."""
@@ -225,7 +259,7 @@ class CTGlipModel(nn.Module):
                 feats = self.forward_features(torch.stack([preps[i].image for i in part]).to(self.device))
                 for f, i in zip(feats, part):
                     p = preps[i]
-                    pooled = pool_sparse(f, p.rows, p.cols, p.vals, len(p.names))
+                    pooled = self.pool_sparse(f, p.rows, p.cols, p.vals, len(p.names))
                     out[i] = self.project_vision(pooled).cpu().numpy().astype(np.float32)
         return out
 
