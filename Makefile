@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 # CPU machines: constraints pin the local CPU torch wheel (the package itself never pins torch).
 CONSTRAINTS ?= constraints-cpu.txt
 PYTEST_ARGS ?=
+# e.g. make bench-full BENCH_ARGS="--skip train --extra query='--lance-max-n 100000'" (benchmarks/run.py --help)
+BENCH_ARGS ?=
 
 .PHONY: demo test test-all bench bench-full clean venv
 
@@ -27,11 +29,11 @@ test-all: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev,bench]"
-	$(PY) benchmarks/run.py --quick
+	$(PY) benchmarks/run.py --quick $(BENCH_ARGS)
 
 bench-full: $(VENV)/.installed
 	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev,bench]"
-	$(PY) benchmarks/run.py --full
+	$(PY) benchmarks/run.py --full $(BENCH_ARGS)
 	$(PY) benchmarks/plots.py --results bench-output --out docs/img
 
 clean:

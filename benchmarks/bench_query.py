@@ -5,11 +5,12 @@ at the model's dimension (20 organs per study, a centre per (organ, finding), pe
 and study metadata (age uniform in [20, 90), sex 50/50). Vectors are rounded through float16 first, as the
 index stores them, so that every system holds the same numbers and exact search is one truth.
 
-The ArchiveIndex is built with the library's own ingest write path (``index.ingest.write_batch``: float16
-vector file, SQL rows in one transaction per batch, in-memory mirror, FAISS) from synthetic series records,
-because embedding 1e4..1e6 organs from DICOM would measure the encoder, not search (bench_ingest.py does that);
-the index is then closed and reopened with ``ArchiveIndex.open`` (timed) and the FAISS type is the automatic one
-(``idx.rebuild(None)``: Flat below 200k, IVF above).
+The ArchiveIndex is built with the public ``ArchiveIndex.add_embeddings`` (ingest's own write path: float16
+vector file, SQL rows in one transaction per batch, in-memory mirror, FAISS) from one ``SeriesEmbeddings`` per
+synthetic study, because embedding 1e4..1e6 organs from DICOM would measure the encoder, not search
+(bench_ingest.py does that); the FAISS type is the automatic one for the size (index/ann.py: ``choose_factory``,
+re-chosen at the end of ``add_embeddings`` as at the end of an ingest) unless ``--factory`` is given, and the
+index is then closed and reopened with ``ArchiveIndex.open`` (timed).
 
 Filters on organ, sex and age hit ≈100 % / 10 % / 1 % / 0.1 % of the rows (each query draws its own organ and
 age window). Per selectivity, k = 10:
@@ -20,12 +21,14 @@ age window). Per selectivity, k = 10:
 - ``index SQL filter``: the same with a non-mirrored key added that every row passes (``volume_ml >= 0``), which
   sends the filter to SQL (what any filter outside organ/age/sex/date/contrast/body part/split costs);
 - ``numpy``: mask -> gather -> matvec -> argpartition on in-memory arrays (exact: the truth for recall@10);
-- ``chroma``: embedded PersistentClient, HNSW (ip), ``where`` filter; ``lance``: embedded, ``prefilter=True``,
-  flat (no index) in quick mode, IVF_HNSW_SQ from 1e5 rows in full mode, with scalar indexes on the filter
-  columns.
+- ``chroma``: embedded PersistentClient, HNSW (ip), ``where`` filter (up to ``--chroma-max-n``: quick 1e4,
+  full 2e5; ingesting 1e6 would take ~7 min at ~2.4k vectors/s); ``lance``: embedded, ``prefilter=True``, with
+  scalar indexes on the filter columns; flat (no vector index) in quick mode and above ``--lance-index-max-n``
+  (2e5: building IVF_HNSW_SQ took 45 s at 1e5 on 2 cores, minutes at 1e6), IVF_HNSW_SQ from 1e5 in full mode.
 Exact paths are compared with the memory-bandwidth floor (21 GB/s): bytes of float32 vectors scanned / time.
 Usage: python benchmarks/bench_query.py [--quick] [--json-out PATH] [--sizes 10000 100000] [--no-peers]
-       [--factory IVF1024,Flat] [--chroma-max-n N] [--lance-index IVF_HNSW_SQ]
+       [--factory IVF1024,Flat] [--chroma-max-n N] [--lance-max-n N] [--lance-index IVF_HNSW_SQ]
+       [--lance-index-max-n N]
 """
 
 from __future__ import annotations
@@ -34,9 +37,10 @@ import os
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "2")
+# LanceDB's Rust logger warns on every query that selects columns without `_distance` (hundreds of lines).
+os.environ.setdefault("LANCEDB_LOG", "error")
 
 import argparse  # noqa: E402
-import datetime as dt  # noqa: E402
 import gc  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
@@ -165,54 +169,6 @@ def exact_ids(t: C.OrganTable, q: np.ndarray, f: Filter) -> Tuple[np.ndarray, in
     return (top if base is None else base[top]), n
 
 
-def build_index(folder: Path, model: Any, t: C.OrganTable, batch_studies: int = 256,
-                factory: Optional[str] = None) -> Dict[str, Any]:
-    """Write ``t`` through the ingest write path (write_batch) into a new ArchiveIndex; returns timings.
-
-    ``factory`` None = the automatic FAISS type for the size (what ingest ends with), else that factory string.
-    """
-    from ctglip_sdk.index import ArchiveIndex
-    from ctglip_sdk.index.ingest import _Encoded, write_batch
-    from ctglip_sdk.index.layout import Item
-
-    t0 = time.perf_counter()
-    idx = ArchiveIndex.create(folder, model=model)
-    starts = np.flatnonzero(np.r_[True, t.study[1:] != t.study[:-1]])
-    ends = np.r_[starts[1:], t.n]
-    names = t.organ_names()
-    geometry = {"shape": "128,128,133", "spacing": "3,3,5", "affine": "3,0,0,-192,0,3,0,-192,0,0,5,-330"}
-    t_write = 0.0
-    with idx.writer_lock:
-        run_id = idx.store.start_run("synthetic://bench_query")
-        idx._next_id = idx.store.read(idx.store.next_organ_id)
-        for b in range(0, starts.size, batch_studies):
-            encoded = []
-            for s0, s1 in zip(starts[b:b + batch_studies], ends[b:b + batch_studies]):
-                s = int(t.study[s0])
-                uid = f"2.25.1000{s}"
-                fields = {"patient": idx.pseudonym(f"BENCH{s:08d}"), "identifier": None, "sex": str(t.sex[s0]),
-                          "birth_year": None, "study_uid": uid,
-                          "study_date": dt.date(2015, 1, 1) + dt.timedelta(days=s % 3000),
-                          "age": float(t.age[s0]), "description": "CT chest abdomen pelvis",
-                          "contrast": "portal_venous" if s % 3 else "none", "body_part": "chest_abdomen_pelvis",
-                          "split": "train", "report_path": None, "archive_root": "/synthetic"}
-                m = int(s1 - s0)
-                encoded.append(_Encoded(Item(f"{uid}.1", f"images/{s}", f"masks/{s}.nii.gz", None, uid, "bench"),
-                                        fields, geometry, list(names[s0:s1]), t.vectors[s0:s1],
-                                        np.zeros((m, 6), np.int64), np.full(m, 100.0), np.zeros(m)))
-            tw = time.perf_counter()
-            write_batch(idx, run_id, encoded, [])
-            t_write += time.perf_counter() - tw
-        idx.store.finish_run(run_id, "ok", {"organs_added": t.n})
-    t_rebuild = time.perf_counter()
-    ann = idx.rebuild(factory)  # None: the automatic factory for this size (what ingest's final step chooses)
-    t_rebuild = time.perf_counter() - t_rebuild
-    idx.close()
-    return {"create_and_write_s": round(time.perf_counter() - t0 - t_rebuild, 3), "write_batch_s": round(t_write, 3),
-            "rows_per_s": round(t.n / max(t_write, 1e-9)), "faiss_build_s": round(t_rebuild, 3),
-            "faiss": {k: v for k, v in ann.items() if k != "seconds"}}
-
-
 def build_chroma(folder: Path, t: C.OrganTable) -> Tuple[Any, float]:
     import chromadb
 
@@ -262,7 +218,7 @@ def run_size(n: int, args: argparse.Namespace, model: Any, work: Path) -> Dict[s
     from ctglip_sdk.index import ArchiveIndex
 
     folder = work / f"idx-{n}"
-    out["index_build"] = build_index(folder, model, t, factory=args.factory)
+    out["index_build"] = C.build_index(folder, model, t, factory=args.factory)
     t0 = time.perf_counter()
     idx = ArchiveIndex.open(folder, model=model)
     out["index_build"]["open_s"] = round(time.perf_counter() - t0, 3)
@@ -290,14 +246,23 @@ def run_size(n: int, args: argparse.Namespace, model: Any, work: Path) -> Dict[s
                 print(f"chroma: ingest {secs:.1f} s ({n / secs:,.0f} vectors/s)", flush=True)
             except ImportError as exc:
                 out["peers"]["chroma"] = C.skip("chroma", f"not installed ({exc}); pip install '.[bench]'")
-        try:
-            itype = args.lance_index if (args.lance_index and n >= args.lance_index_min_n) else None
-            tbl, secs, desc = build_lance(work / f"lance-{n}", t, itype)
-            peers["lance"] = tbl
-            out["peers"]["lance"] = {"build_s": round(secs, 2), "index": desc}
-            print(f"lance: build {secs:.1f} s ({desc})", flush=True)
-        except ImportError as exc:
-            out["peers"]["lance"] = C.skip("lance", f"not installed ({exc}); pip install '.[bench]'")
+        if n > args.lance_max_n:
+            out["peers"]["lance"] = C.skip("lance", f"N = {n:,} > --lance-max-n {args.lance_max_n:,} (raise the "
+                                           "flag to include it)")
+        else:
+            try:
+                itype = args.lance_index if (args.lance_index and args.lance_index_min_n <= n
+                                             <= args.lance_index_max_n) else None
+                if args.lance_index and n > args.lance_index_max_n:
+                    print(f"[lance] N = {n:,} > --lance-index-max-n {args.lance_index_max_n:,}: flat scan, no "
+                          f"{args.lance_index} index (its build took 45 s at 1e5 here; raise the flag to build it)",
+                          flush=True)
+                tbl, secs, desc = build_lance(work / f"lance-{n}", t, itype)
+                peers["lance"] = tbl
+                out["peers"]["lance"] = {"build_s": round(secs, 2), "index": desc}
+                print(f"lance: build {secs:.1f} s ({desc})", flush=True)
+            except ImportError as exc:
+                out["peers"]["lance"] = C.skip("lance", f"not installed ({exc}); pip install '.[bench]'")
 
     for target in SELECTIVITIES:
         out["rows"] += run_selectivity(t, idx, model, peers, target, args, rng)
@@ -437,9 +402,14 @@ def main() -> int:
     ap.add_argument("--peer-queries", type=int, default=None, help="queries per selectivity for Chroma/LanceDB")
     ap.add_argument("--text-queries", type=int, default=None, help="queries per selectivity with text")
     ap.add_argument("--sql-queries", type=int, default=None, help="queries per selectivity on the SQL filter path")
-    ap.add_argument("--chroma-max-n", type=int, default=None, help="largest N ingested into Chroma")
+    ap.add_argument("--chroma-max-n", type=int, default=None,
+                    help="largest N ingested into Chroma (quick 1e4, full 2e5; 0 = skip Chroma)")
+    ap.add_argument("--lance-max-n", type=int, default=None,
+                    help="largest N loaded into LanceDB (default: every size; 0 = skip LanceDB)")
     ap.add_argument("--lance-index", default=None, help="LanceDB vector index type ('' = none)")
-    ap.add_argument("--lance-index-min-n", type=int, default=100_000)
+    ap.add_argument("--lance-index-min-n", type=int, default=100_000, help="smallest N given a LanceDB index")
+    ap.add_argument("--lance-index-max-n", type=int, default=200_000,
+                    help="largest N given a LanceDB index; above it LanceDB scans flat (exact)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--factory", default=None, help="FAISS factory of the index (default: automatic by size)")
     ap.add_argument("--threads", type=int, default=2)
@@ -452,7 +422,10 @@ def main() -> int:
     args.text_queries = args.text_queries or (20 if quick else 100)
     args.peer_queries = args.peer_queries or (20 if quick else 50)
     args.sql_queries = args.sql_queries or (10 if quick else 30)
-    args.chroma_max_n = args.chroma_max_n or (10_000 if quick else 200_000)
+    if args.chroma_max_n is None:
+        args.chroma_max_n = 10_000 if quick else 200_000
+    if args.lance_max_n is None:
+        args.lance_max_n = max(args.sizes)
     if args.lance_index is None:
         args.lance_index = None if quick else "IVF_HNSW_SQ"
     args.lance_index = args.lance_index or None

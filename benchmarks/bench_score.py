@@ -107,12 +107,11 @@ def bench_scoring(model: Any, dictionary: Any, table: C.OrganTable, repeats: int
 
 
 def bench_index_score(model: Any, zs: Any, table: C.OrganTable, work: Path) -> Dict[str, Any]:
-    """idx.score() over an index holding ``table`` (built through the ingest write path, see bench_query), with
-    the classifier whose prompt vectors are already cached (the steady state after an ingest)."""
-    import bench_query
+    """idx.score() over an index holding ``table`` (built with ``add_embeddings``, common.build_index), with the
+    classifier whose prompt vectors are already cached (the steady state after an ingest)."""
     from ctglip_sdk.index import ArchiveIndex
 
-    bench_query.build_index(work / "idx-score", model, table)
+    C.build_index(work / "idx-score", model, table)
     idx = ArchiveIndex.open(work / "idx-score", model=model)
     try:
         idx._zeroshot = zs  # the index's own model is a copy with the same weights: same prompt vectors

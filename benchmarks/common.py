@@ -5,6 +5,7 @@ Benchmarks quote medians and ratios measured side by side in one run: these mach
 
 from __future__ import annotations
 
+import datetime as dt
 import gc
 import json
 import os
@@ -15,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -257,6 +258,50 @@ def query_vectors(table: OrganTable, organs: Sequence[int], rng: np.random.Gener
         f = 0 if not keys or rng.random() < 0.3 else table.finding_names.index(keys[rng.integers(len(keys))])
         out[i] = table.centres[o, f] + noise * rng.standard_normal(out.shape[1]) / np.sqrt(out.shape[1])
     return _unit(out)
+
+
+# ---------------------------------------------------------------------------------------------- index
+def table_records(t: OrganTable) -> Iterator[Any]:
+    """One ``SeriesEmbeddings`` per synthetic study of ``t``, with its metadata (a generator: memory holds one)."""
+    from ctglip_sdk.index import SeriesEmbeddings
+
+    starts = np.flatnonzero(np.r_[True, t.study[1:] != t.study[:-1]])
+    ends = np.r_[starts[1:], t.n]
+    names = t.organ_names()
+    for s0, s1 in zip(starts, ends):
+        s = int(t.study[s0])
+        uid = f"2.25.1000{s}"
+        m = int(s1 - s0)
+        yield SeriesEmbeddings(
+            series_uid=f"{uid}.1", organs=list(names[s0:s1]), vectors=t.vectors[s0:s1],
+            volumes_ml=np.full(m, 100.0), study_uid=uid, patient_id=f"BENCH{s:08d}", sex=str(t.sex[s0]),
+            age=float(t.age[s0]), study_date=dt.date(2015, 1, 1) + dt.timedelta(days=s % 3000),
+            description="CT chest abdomen pelvis", contrast="portal_venous" if s % 3 else "none",
+            body_part="chest_abdomen_pelvis", split="train", image=f"images/{s}", mask=f"masks/{s}.nii.gz",
+            archive_root="/synthetic", shape=(128, 128, 133), spacing=(3.0, 3.0, 5.0))
+
+
+def build_index(folder: Path, model: Any, t: OrganTable, batch_studies: int = 256,
+                factory: Optional[str] = None) -> Dict[str, Any]:
+    """Write ``t`` into a new ArchiveIndex with the public ``add_embeddings`` (ingest's write path); timings.
+
+    ``factory`` None = the automatic FAISS type for the size (chosen at the end of ``add_embeddings``, as at the
+    end of an ingest), else that factory string (``create(factory=...)``: built once, at the end).
+    """
+    from ctglip_sdk.index import ArchiveIndex
+
+    t0 = time.perf_counter()
+    idx = ArchiveIndex.create(folder, model=model, factory=factory)
+    rep = idx.add_embeddings(table_records(t), config_hash=model.config_hash, batch_size=batch_studies,
+                             source="synthetic://bench_query")
+    if rep.organs_added != t.n:
+        raise RuntimeError(f"add_embeddings stored {rep.organs_added} organs, expected {t.n}: {rep.summary()}")
+    ann = idx.ann.describe() if idx.ann is not None else {}
+    idx.close()
+    t_write, t_faiss = rep.timings["write"], rep.timings["faiss"]
+    return {"create_and_write_s": round(time.perf_counter() - t0 - t_faiss, 3), "write_batch_s": round(t_write, 3),
+            "check_s": round(rep.timings["plan"], 3), "rows_per_s": round(t.n / max(t_write, 1e-9)),
+            "faiss_build_s": round(t_faiss, 3), "faiss": ann}
 
 
 # ---------------------------------------------------------------------------------------------- model

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from .archive import ArchiveIndex
+from .embeddings import SeriesEmbeddings
 from .filters import FILTERS, parse_where, parse_where_expr
 from .results import CohortResult, Hit, IngestReport, SearchResults
 
-__all__ = ["ArchiveIndex", "IngestReport", "SearchResults", "Hit", "CohortResult", "FILTERS", "parse_where",
-           "parse_where_expr"]
+__all__ = ["ArchiveIndex", "SeriesEmbeddings", "IngestReport", "SearchResults", "Hit", "CohortResult", "FILTERS",
+           "parse_where", "parse_where_expr"]

@@ -15,12 +15,14 @@ from ctglip_sdk.faiss_backend import import_faiss
 
 from .vectors import atomic_write, file_checksum
 
-__all__ = ["AnnIndex", "choose_factory", "FLAT_MAX", "DEFAULT_MEMORY_BUDGET"]
+__all__ = ["AnnIndex", "choose_factory", "text_queries", "FLAT_MAX", "DEFAULT_MEMORY_BUDGET"]
 
 log = logging.getLogger(__name__)
 
-#: Below this many vectors an exact scan is a few milliseconds (domain/baselines.md): keep a Flat index.
-FLAT_MAX = 200_000
+#: Below this many vectors the index is Flat (exact). From here the automatic IVF (nlist 512, trainable from
+#: 512 x 39 = 19,968 vectors) already beat Flat through the planner at d = 128: 3.3x unfiltered at 2e4, 5.8x at
+#: 5e4, 16x at 1e5, with recall@10 >= 0.97 at every selectivity (benchmarks/ann_crossover.py, docs/performance.md).
+FLAT_MAX = 20_000
 #: Memory the vector index may use when choosing its type (bytes); ``memory_budget=`` overrides.
 DEFAULT_MEMORY_BUDGET = 8 << 30
 _IVF_RE = re.compile(r"IVF(\d+)")
@@ -55,6 +57,23 @@ def choose_factory(n: int, dim: int, memory_budget: Optional[int] = None) -> str
         return f"IVF{nlist},SQ8"
     m = max(c for c in (8, 16, 32, 48, 64) if dim % c == 0 and (c <= 8 or n * c * 1.1 <= budget))
     return f"IVF{nlist},PQ{m}"
+
+
+def text_queries(model: Any, limit: int = 100) -> Optional[np.ndarray]:
+    """The model's unit vectors of the abnormality dictionary's finding phrasings (what users search for), to tune
+    search parameters on; None when the dictionary is unavailable."""
+    try:
+        from ctglip_sdk.reports import AbnormalityDictionary  # noqa: PLC0415 - only IVF/HNSW builds need it
+
+        texts = sorted({p for e in AbnormalityDictionary.default().findings() for p in e.positives})
+        if not texts:
+            return None
+        texts = texts[:: max(1, len(texts) // limit)][:limit]  # spread over the sorted list: every organ and kind
+        vecs = np.asarray(model.encode_text(texts), dtype=np.float32)
+    except Exception as exc:  # noqa: BLE001 - tuning falls back to random directions; it never fails a build
+        log.info("no finding phrasings to tune on (%s: %s); random directions instead", type(exc).__name__, exc)
+        return None
+    return vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
 
 
 class AnnIndex:
@@ -226,16 +245,25 @@ class AnnIndex:
         return scores, ids
 
     def tune(self, ids: np.ndarray, vectors: np.ndarray, target_recall: float = 0.95, k: int = 10,
-             n_queries: int = 200, seed: int = 0) -> Dict[str, Any]:
-        """Smallest nprobe / efSearch reaching ``target_recall`` at ``k`` on a sample of stored vectors.
+             n_queries: int = 200, seed: int = 0, queries: Optional[np.ndarray] = None) -> Dict[str, Any]:
+        """Smallest nprobe / efSearch reaching ``target_recall`` at ``k`` on two query samples, each on its own.
 
-        ``ids`` (increasing) and ``vectors`` are the index's contents, row for row.
+        Half the queries are stored vectors (near the data, like ``similar``); the other half ``queries`` (the
+        model's text vectors: text queries lie far from organ vectors, cosines ~0.3) or, without them, random
+        unit directions. Tuned on stored vectors alone, text queries got recall@10 0.63-0.76; on random
+        directions, 0.88-0.97 (docs/performance.md). ``ids`` (increasing) and ``vectors`` are the index's
+        contents, row for row.
         """
         if self.kind not in ("ivf", "hnsw") or vectors.shape[0] <= k:
             return self.params
         rng = np.random.default_rng(seed)
-        q = vectors[rng.choice(vectors.shape[0], min(n_queries, vectors.shape[0]), replace=False)]
-        q = np.ascontiguousarray(q, dtype=np.float32)
+        near = vectors[rng.choice(vectors.shape[0], min(n_queries // 2, vectors.shape[0]), replace=False)]
+        if queries is not None and len(queries):
+            far = np.asarray(queries, np.float32)[:n_queries - n_queries // 2]
+        else:
+            far = rng.standard_normal((n_queries - n_queries // 2, vectors.shape[1]))
+            far /= np.maximum(np.linalg.norm(far, axis=1, keepdims=True), 1e-12)
+        q = np.ascontiguousarray(np.concatenate([near, far]), dtype=np.float32)
         truth = self._exact_topk(vectors, q, k)
         key, values = ("nprobe", [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]) \
             if self.kind == "ivf" else ("efSearch", [16, 32, 64, 128, 256, 512, 1024])
@@ -246,7 +274,8 @@ class AnnIndex:
             self.set_param(key, v)
             _, found = self.search(q, k)
             found_rows = np.searchsorted(ids, found)  # ids -> rows of ``vectors`` (same numbering as truth)
-            recall = float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found_rows, truth)]))
+            hits = np.array([len(set(f) & set(t)) / k for f, t in zip(found_rows, truth)])
+            recall = float(min(hits[:len(near)].mean(), hits[len(near):].mean()))
             if recall >= target_recall:
                 break
         self.tuned_recall = round(recall, 4)

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from .results import CohortResult, IngestReport, SearchResults
 from .schema import SCHEMA_VERSION
 from .store import Store, redact_url
 from .vectors import VectorStore, atomic_write
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .embeddings import SeriesEmbeddings
 
 __all__ = ["ArchiveIndex"]
 
@@ -347,7 +350,10 @@ class ArchiveIndex:
             ann.train(vecs)
         for start in range(0, ids.size, 65536):
             ann.add(ids[start:start + 65536], vecs[start:start + 65536])
-        ann.tune(ids, vecs, target_recall=target_recall)
+        if ann.kind in ("ivf", "hnsw"):
+            from .maintenance import tuning_queries  # noqa: PLC0415
+
+            ann.tune(ids, vecs, target_recall=target_recall, queries=tuning_queries(self))
         return ann
 
     def _build_ann_safe(self, factory: str, ids: np.ndarray, vecs: np.ndarray) -> AnnIndex:
@@ -427,7 +433,7 @@ class ArchiveIndex:
             return wanted
         return choose_factory(len(self), self.dim, self.manifest.get("memory_budget"))
 
-    # -- public API (implemented in ingest.py, queries.py and maintenance.py) -----------------------------
+    # -- public API (implemented in ingest.py, embeddings.py, queries.py and maintenance.py) -------------
     def ingest(self, archive: PathLike, workers: int = 2, batch_size: int = 8, retry_errors: bool = False,
                progress: Optional[bool] = None, faiss_flush_seconds: float = 60.0) -> IngestReport:
         """Embed every series of ``archive`` not yet in the index; see :func:`ctglip_sdk.index.ingest.ingest`."""
@@ -435,6 +441,15 @@ class ArchiveIndex:
 
         return ingest(self, archive, workers=workers, batch_size=batch_size, retry_errors=retry_errors,
                       progress=progress, faiss_flush_seconds=faiss_flush_seconds)
+
+    def add_embeddings(self, series: Union["SeriesEmbeddings", Iterable["SeriesEmbeddings"]], *, config_hash: str,
+                       weights_hash: Optional[str] = None, batch_size: int = 256,
+                       source: str = "embeddings") -> IngestReport:
+        """Store organ vectors computed elsewhere, with study metadata; see :func:`embeddings.add_embeddings`."""
+        from .embeddings import add_embeddings  # noqa: PLC0415
+
+        return add_embeddings(self, series, config_hash=config_hash, weights_hash=weights_hash,
+                              batch_size=batch_size, source=source)
 
     def search(self, query: Union[str, np.ndarray], k: int = 20, organ: Union[str, Sequence[str], None] = None,
                where: Optional[Mapping[str, Any]] = None) -> SearchResults:

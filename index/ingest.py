@@ -51,9 +51,9 @@ class _Encoded:
     geometry: Dict[str, Any]
     names: List[str]
     vectors: np.ndarray
-    bboxes: np.ndarray
-    volumes_ml: np.ndarray
-    mean_hu: np.ndarray
+    bboxes: Optional[np.ndarray]        # None (NULL in SQL) for embeddings added without boxes
+    volumes_ml: Optional[np.ndarray]
+    mean_hu: Optional[np.ndarray]
 
 
 def _check_mask_grid(mask_path: Path, volume: Any) -> None:
@@ -176,6 +176,10 @@ def _encode(model: Any, batch: List[_Prepared], batch_size: int) -> List[_Encode
                      np.asarray(e.mean_hu, np.float64)) for p, e in zip(batch, embs)]
 
 
+def _opt(values: Optional[np.ndarray], j: int) -> Optional[float]:
+    return None if values is None else float(values[j])
+
+
 def write_batch(index: "ArchiveIndex", run_id: int, encoded: List[_Encoded],
                 outcomes: List[Dict[str, Any]]) -> Tuple[int, int]:
     """Persist one batch: vectors appended + fsynced, then every SQL row in one transaction, then memory.
@@ -213,10 +217,10 @@ def write_batch(index: "ArchiveIndex", run_id: int, encoded: List[_Encoded],
             for j, name in enumerate(e.names):
                 oid = int(ids[pos])
                 pos += 1
-                b = [int(v) for v in e.bboxes[j]]
+                b = [None] * 6 if e.bboxes is None else [int(v) for v in e.bboxes[j]]
                 rows.append({"id": oid, "series_id": ser, "study_id": sid, "patient_id": pid, "organ": name,
                              "i0": b[0], "j0": b[1], "k0": b[2], "i1": b[3], "j1": b[4], "k1": b[5],
-                             "volume_ml": float(e.volumes_ml[j]), "mean_hu": float(e.mean_hu[j]),
+                             "volume_ml": _opt(e.volumes_ml, j), "mean_hu": _opt(e.mean_hu, j),
                              "age": srow["age"], "sex": sex, "study_date": srow["study_date"]})
                 mirror_rows.append((oid, name, srow["age"], sex, srow["study_date"], srow["contrast"],
                                     srow["body_part"], srow["split"]))
@@ -250,6 +254,33 @@ def write_batch(index: "ArchiveIndex", run_id: int, encoded: List[_Encoded],
     index._data_version = version
     index._ann_dirty = True
     return n, len(removed)
+
+
+def begin_run(index: "ArchiveIndex", source: str) -> int:
+    """Start a write run (the caller holds the writer lock): catch up with other processes' commits, record the
+    run, and drop a crashed writer's uncommitted vector tail. Returns the run id."""
+    if index.store.data_version() != index._data_version:
+        index._load_state()  # another process wrote since this object last looked
+    run_id = index.store.start_run(source)
+    index._next_id = index.store.read(index.store.next_organ_id)
+    index.vectors.truncate_uncommitted(index._next_id)  # a crashed writer's uncommitted tail
+    return run_id
+
+
+def settle_faiss(index: "ArchiveIndex", rechoose: bool) -> None:
+    """End of a write run: move to the FAISS type the size rules want now (``rechoose``, after a run that
+    finished), then write the FAISS file when it changed."""
+    if rechoose:
+        target = index._wanted_factory()
+        if index.ann is not None and target != index.ann.factory:
+            from .maintenance import rebuild  # noqa: PLC0415
+
+            try:
+                rebuild(index, factory=target, keep_request=True)
+            except ConfigError as exc:  # e.g. too few vectors to train IVF yet: stay exact (Flat)
+                log.info("kept the %s index: %s", index.ann.factory, exc)
+    if index._ann_dirty:
+        index._persist_ann()
 
 
 def ingest(index: "ArchiveIndex", archive: Any, workers: int = 2, batch_size: int = 8, retry_errors: bool = False,
@@ -288,12 +319,8 @@ def ingest(index: "ArchiveIndex", archive: Any, workers: int = 2, batch_size: in
     report = IngestReport(run_id=0, archive=str(root), started_at=_dt.datetime.now(_dt.timezone.utc),
                           timings={s: 0.0 for s in STAGES})
     with index.writer_lock:
-        if index.store.data_version() != index._data_version:
-            index._load_state()  # another process wrote since this object last looked
-        run_id = index.store.start_run(str(root))
+        run_id = begin_run(index, str(root))
         report.run_id = run_id
-        index._next_id = index.store.read(index.store.next_organ_id)
-        index.vectors.truncate_uncommitted(index._next_id)  # a crashed writer's uncommitted tail
         t0 = time.perf_counter()
         items, plan_errors = plan_archive(root)
         done = index.store.series_fingerprints()
@@ -320,17 +347,7 @@ def ingest(index: "ArchiveIndex", archive: Any, workers: int = 2, batch_size: in
             status = "ok"
         finally:
             t0 = time.perf_counter()
-            if status == "ok":
-                target = index._wanted_factory()
-                if index.ann is not None and target != index.ann.factory:
-                    from .maintenance import rebuild  # noqa: PLC0415
-
-                    try:
-                        rebuild(index, factory=target, keep_request=True)
-                    except ConfigError as exc:  # e.g. too few vectors to train IVF yet: stay exact (Flat)
-                        log.info("kept the %s index: %s", index.ann.factory, exc)
-            if index._ann_dirty:
-                index._persist_ann()
+            settle_faiss(index, rechoose=status == "ok")
             report.timings["faiss"] += time.perf_counter() - t0
             report.seconds = time.perf_counter() - started
             summary = report.to_dict()

@@ -12,14 +12,14 @@ from sqlalchemy import func, select
 
 from ctglip_sdk.errors import CTGlipError
 
-from .ann import AnnIndex, choose_factory
+from .ann import AnnIndex, choose_factory, text_queries
 from .schema import SCHEMA_VERSION
 from .vectors import file_checksum
 
 if TYPE_CHECKING:  # pragma: no cover
     from .archive import ArchiveIndex
 
-__all__ = ["verify", "rebuild", "stats", "drop_lost_vectors"]
+__all__ = ["verify", "rebuild", "stats", "drop_lost_vectors", "tuning_queries"]
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +202,9 @@ def rebuild(index: "ArchiveIndex", factory: Optional[str] = None, target_recall:
             keep_request: bool = False) -> Dict[str, Any]:
     """Rebuild the FAISS index from the stored vectors with another factory string (no re-encoding).
 
-    ``factory=None`` returns to automatic choice by size (Flat below 200k vectors, then IVF); IVF/HNSW search
-    parameters are tuned to ``target_recall`` at k=10 on a sample of stored vectors.
+    ``factory=None`` returns to automatic choice by size (Flat below ``ann.FLAT_MAX`` vectors, then IVF); IVF/HNSW
+    search parameters are tuned to ``target_recall`` at k=10 on stored vectors and on the model's text vectors
+    (``tuning_queries``).
 
     Example:
         >>> idx.rebuild("IVF1024,Flat")  # doctest: +SKIP
@@ -223,6 +224,23 @@ def rebuild(index: "ArchiveIndex", factory: Optional[str] = None, target_recall:
     out["seconds"] = round(time.perf_counter() - t0, 3)
     log.info("rebuilt FAISS index: %s", out)
     return out
+
+
+def tuning_queries(index: "ArchiveIndex") -> Optional[np.ndarray]:
+    """The index model's text vectors to tune IVF/HNSW on (``ann.text_queries``; cached per index object).
+
+    None (tune on random directions) when the model or the dictionary is unavailable.
+    """
+    cached = getattr(index, "_tune_queries", None)
+    if cached is None:
+        try:
+            cached = text_queries(index.model)
+        except CTGlipError as exc:  # e.g. no model copy in the folder
+            log.info("cannot encode tuning queries (%s); tuning on random directions", exc)
+            cached = None
+        cached = np.zeros((0, index.dim), np.float32) if cached is None else cached
+        index._tune_queries = cached
+    return cached if cached.size else None
 
 
 def stats(index: "ArchiveIndex") -> Dict[str, Any]:

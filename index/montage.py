@@ -71,6 +71,8 @@ def save_montage(index: "ArchiveIndex", results: "SearchResults", path: Any, arc
     for ax, h in zip(axes.ravel(), hits):
         title = f"{h.organ} {h.score:.3f}\nstudy …{h.study_uid[-8:]} · {h.patient[:8]}"
         try:
+            if None in h.bbox:  # added with add_embeddings without boxes
+                raise ConfigError("no organ box stored")
             root = archive_root or roots.get(h.series_uid)
             if root is None:
                 raise ConfigError("archive root unknown; pass archive_root=")

@@ -15,8 +15,9 @@ __all__ = ["Hit", "SearchResults", "CohortResult", "IngestReport"]
 class Hit:
     """One organ crop returned by a search.
 
-    ``bbox`` is ``(i0, j0, k0, i1, j1, k1)`` half-open voxel indices on the series' canonical (RAS+) grid;
-    ``path`` is relative to the archive root; ``patient`` is the index's pseudonym, never the identifier.
+    ``bbox`` is ``(i0, j0, k0, i1, j1, k1)`` half-open voxel indices on the series' canonical (RAS+) grid (six
+    None for an organ stored by ``add_embeddings`` without a box); ``path`` is relative to the archive root;
+    ``patient`` is the index's pseudonym, never the identifier.
     """
 
     score: float
@@ -25,7 +26,7 @@ class Hit:
     study_uid: str
     series_uid: str
     patient: str
-    bbox: Tuple[int, int, int, int, int, int]
+    bbox: Tuple[Optional[int], ...]
     path: str
     study_date: Optional[str] = None
     age: Optional[float] = None
