@@ -22,14 +22,18 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-def tiny_vit_config() -> Dict[str, object]:
+def tiny_vit_config(cnn_config: str = "ctglip-tiny") -> Dict[str, object]:
     """The tiny ViT: ctglip-tiny's text tower, preprocessing and organ pooling with a 3-D ViT image tower.
 
     Derived from the registered ctglip-tiny so the CNN/ViT rows differ only in the image tower.
     """
     from ctglip_sdk.model import get_config
+    from ctglip_sdk.model.config import CTGlipConfig
 
-    cfg = get_config("ctglip-tiny").to_dict()
+    if cnn_config.endswith(".json"):
+        cfg = CTGlipConfig.from_json(Path(cnn_config).read_text()).to_dict()
+    else:
+        cfg = get_config(cnn_config).to_dict()
     cfg.update(name="ctglip-tiny-vit",
                description="Tiny 3-D ViT (4 layers, width 128, 8^3 patches at 3.5 mm = 28 mm cells) for the "
                            "CNN/ViT comparison on CPU; text tower, preprocessing and pooling as ctglip-tiny.")
@@ -70,6 +74,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=600, help="optimizer steps of the CNN runs")
     ap.add_argument("--vit-steps", type=int, default=200, help="optimizer steps of the ViT runs")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cnn-config", default="ctglip-tiny",
+                    help="registered name or model config .json of the CNN rows (the ViT copies its text/preprocessing)")
     ap.add_argument("--only", nargs="*", choices=sorted(VARIANTS), help="subset of variants")
     ap.add_argument("--split", default="all", help="held-out studies to score (thresholds: training val split)")
     args = ap.parse_args()
@@ -85,7 +91,7 @@ def main() -> int:
             _run(exe + ["synth", path, "--patients", str(n), "--seed", str(seed), "--format", "nifti",
                         "--preset", "default"])
     vit_cfg = out / "ctglip-tiny-vit.json"
-    vit_cfg.write_text(json.dumps(tiny_vit_config(), indent=2) + "\n")
+    vit_cfg.write_text(json.dumps(tiny_vit_config(args.cnn_config), indent=2) + "\n")
 
     rows = {}
     for name in args.only or list(VARIANTS):
@@ -97,7 +103,7 @@ def main() -> int:
             sets = [f"objective={objective}", f"max_steps={steps}", f"threads={args.threads}", "seed=0", *extra]
             t0 = time.perf_counter()
             _run(exe + ["train", "--archive", args.train_archive, "--model",
-                        "ctglip-tiny" if tower == "cnn" else str(vit_cfg), "--out", str(run_dir), "--json",
+                        args.cnn_config if tower == "cnn" else str(vit_cfg), "--out", str(run_dir), "--json",
                         "--no-progress", "--resume"] + [a for s in sets for a in ("--set", s)])
             (run_dir / "wall_seconds.txt").write_text(f"{time.perf_counter() - t0:.0f}\n")
         if not eval_file.is_file():

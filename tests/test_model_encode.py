@@ -278,3 +278,42 @@ def test_mean_max_pooling_keeps_a_focal_lesion_that_the_mean_dilutes(study):
     assert leaf.grad is not None and int((leaf.grad != 0).sum()) >= n  # the max sends gradient to its cells
     emb = m.encode_organs(vol, seg)
     assert emb.vectors.shape == (n, 16) and np.allclose(np.linalg.norm(emb.vectors, axis=1), 1, atol=1e-5)
+
+
+def test_hu_histogram_counts_interior_voxels_and_feeds_the_projection(study):
+    """organ_histograms: fractions per HU bin over interior voxels; the model appends them to the pooled vector."""
+    from ctglip_sdk.errors import InputError
+    from ctglip_sdk.model.preprocess import organ_histograms
+
+    lab = np.zeros((12, 12, 12), np.uint8)
+    lab[2:10, 2:10, 2:10] = 1          # an 8^3 organ: 6^3 interior voxels
+    hu = np.full(lab.shape, 50.0, np.float32)
+    hu[5, 5, 5] = 800.0                # one bright interior voxel (a stone)
+    hu[2, 2, 2] = -900.0               # a boundary voxel: ignored (partial volume with the neighbour)
+    h = organ_histograms(lab, hu, 1, [0.0, 100.0, 500.0])
+    assert h.shape == (1, 4)
+    np.testing.assert_allclose(h[0], [0.0, 215 / 216, 0.0, 1 / 216], rtol=1e-6)
+    thin = np.zeros((6, 6, 6), np.uint8)
+    thin[3, 1:5, 1:5] = 1              # one voxel thick: no interior, so every voxel counts
+    np.testing.assert_allclose(organ_histograms(thin, np.full(thin.shape, 150.0, np.float32), 1, [100.0]),
+                               [[0.0, 1.0]])
+
+    vol, seg = study
+    edges = [-500.0, 0.0, 100.0, 300.0]
+    m = cg.create("ctglip-tiny", overrides={**TINY, "preprocess": {"spacing": [4.0, 4.0, 4.0], "hu_histogram": edges}},
+                  seed=1)
+    assert m.vision_proj.in_features == m.vision.out_channels + len(edges) + 1
+    prep = m.prepare(vol, seg)
+    assert prep.stats is not None and tuple(prep.stats.shape) == (len(prep.names), len(edges) + 1)
+    torch.testing.assert_close(prep.stats.sum(1), torch.ones(len(prep.names)))
+    emb = m.encode_organs(vol, seg)
+    assert np.allclose(np.linalg.norm(emb.vectors, axis=1), 1, atol=1e-5)
+    feats = m.forward_features(prep.image[None])
+    with pytest.raises(InputError, match="HU-histogram"):
+        m.pool_sparse(feats[0], prep.rows, prep.cols, prep.vals, len(prep.names))  # stats are required
+    # Different HU inside an organ changes its vector even when the learned features cannot see it.
+    hot = Volume(vol.array.copy(), vol.affine)
+    hot.array[seg.array == IDS["liver"]] += 250.0
+    other = m.encode_organs(hot, seg)
+    i = emb.names.index("liver")
+    assert float(emb.vectors[i] @ other.vectors[i]) < 0.9999

@@ -137,3 +137,22 @@ def test_annotate_report_labels_come_from_the_report_text():
         # Organs the report calls normal carry no finding.
         assert not st.present.get("pancreas")
     assert annotate_report("The spleen is unremarkable.").present == {}
+
+
+def test_cache_keeps_hu_histograms_and_select_follows_the_organs(archive, tmp_path):
+    """A model with hu_histogram: the cache stores the per-organ stats, select() reorders them with the rows."""
+    hist_model = cg.create("ctglip-tiny", overrides={"preprocess": {"hu_histogram": [-100.0, 0.0, 100.0]}}, seed=0)
+    cache = PreprocessCache.for_model(hist_model, tmp_path / "cache")
+    rec = read_manifest(archive)[0]
+    cache.build(rec.image, rec.mask)
+    study = cache.load(rec.image, rec.mask)
+    vol = cg.load_volume(rec.image)
+    fresh = hist_model.prepare(vol, cg.load_segmentation(rec.mask, like=vol))
+    assert study.names == fresh.names and study.stats is not None
+    torch.testing.assert_close(study.stats, fresh.stats)
+    pick = [study.names[2], study.names[0]]
+    sub = study.select(pick)
+    torch.testing.assert_close(sub.stats, study.stats[[2, 0]])
+    # The plain model's cache has no stats, and a different spec hash (never a stale entry).
+    plain = PreprocessCache.for_model(cg.create("ctglip-tiny", seed=0), tmp_path / "cache")
+    assert plain.spec_hash != cache.spec_hash

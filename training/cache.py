@@ -62,6 +62,8 @@ class CachedStudy:
     rows: torch.Tensor
     cols: torch.Tensor
     vals: torch.Tensor
+    #: ``[N, bins]`` HU-histogram fractions per organ when the model's preprocessing has ``hu_histogram``.
+    stats: Optional[torch.Tensor] = None
 
     def select(self, organs: Sequence[str]) -> "CachedStudy":
         """Only these organs (in this order), rows renumbered 0..len(organs)-1."""
@@ -71,7 +73,9 @@ class CachedStudy:
         remap[old] = torch.arange(len(organs))
         new_rows = remap[self.rows]
         keep = new_rows >= 0
-        return CachedStudy(self.image, self.grid, list(organs), new_rows[keep], self.cols[keep], self.vals[keep])
+        stats = self.stats[old] if self.stats is not None else None
+        return CachedStudy(self.image, self.grid, list(organs), new_rows[keep], self.cols[keep], self.vals[keep],
+                           stats)
 
 
 class PreprocessCache:
@@ -134,6 +138,8 @@ class PreprocessCache:
             raise InputError("no labelled organ in the mask", path=mask)
         tensors = {"image": p.image.to(torch.float16).contiguous(), "rows": p.rows.to(torch.int32),
                    "cols": p.cols.to(torch.int64), "vals": p.vals.to(torch.float32)}
+        if p.stats is not None:
+            tensors["stats"] = p.stats.to(torch.float32).contiguous()
         meta = {"names": json.dumps(p.names), "grid": json.dumps(list(p.grid))}
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         save_file(tensors, str(tmp), metadata=meta)
@@ -149,4 +155,4 @@ class PreprocessCache:
             meta = fh.metadata()
             t = {k: fh.get_tensor(k) for k in fh.keys()}
         return CachedStudy(t["image"].float(), tuple(json.loads(meta["grid"])), json.loads(meta["names"]),
-                           t["rows"].long(), t["cols"], t["vals"])
+                           t["rows"].long(), t["cols"], t["vals"], t.get("stats"))

@@ -196,7 +196,7 @@ class StudyDataset(Dataset):
         sub = study.select(chosen)
         texts = [st.organ_texts.get(o) or _fallback_text(o, self.dictionary, rng) for o in chosen]
         return {"index": i, "image": sub.image, "grid": sub.grid, "organs": chosen, "rows": sub.rows,
-                "cols": sub.cols, "vals": sub.vals, "texts": texts,
+                "cols": sub.cols, "vals": sub.vals, "stats": sub.stats, "texts": texts,
                 "present": [st.present.get(o, ()) for o in chosen],
                 "uncertain": [st.uncertain.get(o, ()) for o in chosen], "report": st.report}
 

@@ -200,7 +200,7 @@ class CTGlipObjective(_Base):
         for b, st in enumerate(batch["studies"]):
             gx, gy, gz = st["grid"]
             pooled.append(model.pool_sparse(feats[b, :, :gx, :gy, :gz], st["rows"], st["cols"], st["vals"],
-                                            len(st["organs"])))
+                                            len(st["organs"]), st.get("stats")))
         organ = model.project_vision(torch.cat(pooled))  # [n_local, D]
         organs = [o for st in batch["studies"] for o in st["organs"]]
         texts = [t for st in batch["studies"] for t in st["texts"]]
@@ -264,6 +264,10 @@ class ClipObjective(_Base):
             pooled = [torch.cat([f.mean(1), f.amax(1)]) for f in boxes]
         else:
             pooled = [f.mean(1) for f in boxes]
+        if model.config.preprocess.n_hist_bins:
+            # The scan-level histogram: the mean of the study's organ histograms (what the cache holds).
+            pooled = [model._with_stats(p[None], st["stats"].to(p.device).mean(0, keepdim=True))[0]
+                      for p, st in zip(pooled, batch["studies"])]
         image = model.project_vision(torch.stack(pooled))
         # The text tower reads max_length tokens; a report is longer, so encode its sentences and average them
         # (renormalised): every finding of the report reaches the report embedding.

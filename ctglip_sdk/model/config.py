@@ -223,8 +223,13 @@ class PreprocessConfig(_ConfigBase):
     margin_mm: float = 20.0
     body_threshold_hu: float = -500.0
     max_shape: Tuple[int, int, int] = (160, 160, 192)
+    #: HU bin edges of the per-organ histogram (first-order radiomics) fed to the projection beside the pooled
+    #: features; empty = off. See docs/model.md, "HU histogram".
+    hu_histogram: Tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        if any(b >= a for a, b in zip(self.hu_histogram[1:], self.hu_histogram[:-1])):
+            raise _fail("preprocess.hu_histogram", f"bin edges must increase strictly, got {list(self.hu_histogram)}")
         if any(s <= 0 for s in self.spacing):
             raise _fail("preprocess.spacing", f"must be positive mm, got {list(self.spacing)}")
         if not self.hu_windows or any(lo >= hi for lo, hi in self.hu_windows):
@@ -235,6 +240,11 @@ class PreprocessConfig(_ConfigBase):
     @property
     def in_channels(self) -> int:
         return len(self.hu_windows)
+
+    @property
+    def n_hist_bins(self) -> int:
+        """Histogram bins per organ: below the first edge, between edges, above the last (0 when off)."""
+        return len(self.hu_histogram) + 1 if self.hu_histogram else 0
 
 
 @dataclass(frozen=True)

@@ -116,8 +116,8 @@ class CTGlipModel(nn.Module):
         self.tokenizer = tokenizer
         self.vision = build_vision(config.vision, config.preprocess.in_channels)
         self.text = TextTower(config.text, len(tokenizer), hf_text_config)
-        self.vision_proj = _projection(pooled_width(self.vision.out_channels, config.organ_pooling),
-                                       config.projection)
+        self.vision_proj = _projection(pooled_width(self.vision.out_channels, config.organ_pooling)
+                                       + config.preprocess.n_hist_bins, config.projection)
         self.text_proj = _projection(self.text.hidden_size, config.projection)
         #: log of the inverse temperature, as in CLIP; use :meth:`temperature_scale` for the clamped exp.
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
@@ -190,27 +190,47 @@ class CTGlipModel(nn.Module):
             feats = self.vision(images)
         return feats.float()
 
-    def pool_organs(self, features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    def pool_organs(self, features: torch.Tensor, masks: torch.Tensor,
+                    stats: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Mask pooling: features ``[B, C, *grid]``, masks ``[B, N, *grid]`` (area fractions) -> ``[B, N, C']``.
 
         Masks are weights on the feature grid, e.g. ``F.avg_pool3d(onehot, stride)`` of one-hot masks on the
         network input grid, or ``PreparedStudy.dense_weights()``. An organ with zero total weight gets zeros.
-        ``C'`` is ``C`` for ``organ_pooling="mean"`` and ``2C`` for ``"mean_max"`` (see :func:`pool_sparse`).
+        ``C'`` is ``C`` for ``organ_pooling="mean"`` and ``2C`` for ``"mean_max"`` (see :func:`pool_sparse`),
+        plus the histogram bins when the model has ``hu_histogram`` (``stats [B, N, bins]``, required then).
         """
         w = masks.flatten(2).to(features.dtype)
         if self.config.organ_pooling == "mean":
             num = torch.einsum("bnv,bcv->bnc", w, features.flatten(2))
-            return num / w.sum(-1, keepdim=True).clamp_min(1e-12)
-        out = []
-        for b in range(w.shape[0]):
-            rows, cols = w[b].nonzero(as_tuple=True)
-            out.append(pool_sparse(features[b], rows, cols, w[b, rows, cols], w.shape[1], self.config.organ_pooling))
-        return torch.stack(out)
+            pooled = num / w.sum(-1, keepdim=True).clamp_min(1e-12)
+        else:
+            out = []
+            for b in range(w.shape[0]):
+                rows, cols = w[b].nonzero(as_tuple=True)
+                out.append(pool_sparse(features[b], rows, cols, w[b, rows, cols], w.shape[1],
+                                       self.config.organ_pooling))
+            pooled = torch.stack(out)
+        return self._with_stats(pooled, stats)
 
     def pool_sparse(self, features: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor,
-                    n: int) -> torch.Tensor:
-        """:func:`pool_sparse` with this model's ``organ_pooling``: ``features [C, *grid]`` -> ``[n, C']``."""
-        return pool_sparse(features, rows, cols, vals, n, self.config.organ_pooling)
+                    n: int, stats: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """:func:`pool_sparse` with this model's ``organ_pooling`` (and histogram ``stats [n, bins]`` when the
+        model uses ``hu_histogram``): ``features [C, *grid]`` -> ``[n, C']``."""
+        return self._with_stats(pool_sparse(features, rows, cols, vals, n, self.config.organ_pooling), stats)
+
+    def _with_stats(self, pooled: torch.Tensor, stats: Optional[torch.Tensor]) -> torch.Tensor:
+        """Append the organs' HU-histogram features (log-scaled fractions) when the model uses them."""
+        bins = self.config.preprocess.n_hist_bins
+        if not bins:
+            return pooled
+        if stats is None or stats.shape[-1] != bins or stats.shape[:-1] != pooled.shape[:-1]:
+            got = None if stats is None else tuple(stats.shape)
+            raise InputError(f"this model needs HU-histogram stats of shape {tuple(pooled.shape[:-1]) + (bins,)} "
+                             f"(from prepare()/the preprocessing cache), got {got}")
+        # log10 maps the rare bins (a 7 mm stone is ~0.1 % of a kidney) to the same scale as the common ones:
+        # fractions 1e-4 .. 1 -> 0 .. 1.
+        feats = torch.log10(stats.to(pooled.device, pooled.dtype).clamp(0, 1) + 1e-4) / 4.0 + 1.0
+        return torch.cat([pooled, feats], dim=-1)
 
     def project_vision(self, pooled: torch.Tensor) -> torch.Tensor:
         """Pooled features ``[..., C]`` -> unit vectors ``[..., D]``."""
@@ -233,9 +253,9 @@ class CTGlipModel(nn.Module):
         return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor) -> Dict[str, torch.Tensor]:
+                attention_mask: torch.Tensor, stats: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """Training step tensors: organ vectors ``[B, N, D]``, text vectors ``[T, D]`` and the logit scale."""
-        organs = self.project_vision(self.pool_organs(self.forward_features(images), masks))
+        organs = self.project_vision(self.pool_organs(self.forward_features(images), masks, stats))
         return {"organ_embeds": organs, "text_embeds": self.encode_text_tokens(input_ids, attention_mask),
                 "logit_scale": self.temperature_scale()}
 
@@ -259,7 +279,7 @@ class CTGlipModel(nn.Module):
                 feats = self.forward_features(torch.stack([preps[i].image for i in part]).to(self.device))
                 for f, i in zip(feats, part):
                     p = preps[i]
-                    pooled = self.pool_sparse(f, p.rows, p.cols, p.vals, len(p.names))
+                    pooled = self.pool_sparse(f, p.rows, p.cols, p.vals, len(p.names), p.stats)
                     out[i] = self.project_vision(pooled).cpu().numpy().astype(np.float32)
         return out
 

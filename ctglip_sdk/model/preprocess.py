@@ -15,7 +15,7 @@ from ctglip_sdk.errors import GeometryError, InputError, QueryError
 from ctglip_sdk.model.config import PreprocessConfig
 from ctglip_sdk.volume import Segmentation, Volume
 
-__all__ = ["PreparedStudy", "prepare_study", "prepare_volume", "resample_box", "target_shape"]
+__all__ = ["PreparedStudy", "prepare_study", "prepare_volume", "resample_box", "target_shape", "organ_histograms"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ class PreparedStudy:
     mean_hu: np.ndarray = field(default_factory=lambda: np.zeros(0))
     box: Tuple[int, int, int, int, int, int] = (0, 0, 0, 0, 0, 0)
     spacing: Tuple[float, float, float] = (1.0, 1.0, 1.0)
+    #: ``[N, bins]`` fraction of each organ's interior voxels per HU bin (``hu_histogram``), or None when off.
+    stats: Optional[torch.Tensor] = None
 
     def dense_weights(self) -> torch.Tensor:
         """The weights as a dense ``[N, X/s, Y/s, Z/s]`` tensor (what ``CTGlipModel.pool_organs`` takes)."""
@@ -103,6 +105,37 @@ def _organ_table(lab: np.ndarray, hu: np.ndarray, n: int):
         bb[:, ax] = np.argmax(p, axis=1)
         bb[:, ax + 3] = dims[ax] - np.argmax(p[:, ::-1], axis=1)
     return counts[1:], husum[1:], bb[1:]
+
+
+def organ_histograms(lab: np.ndarray, hu: np.ndarray, n: int, edges: Sequence[float]) -> np.ndarray:
+    """``[n, len(edges)+1]`` fraction of each organ's voxels (labels 1..n) per HU bin.
+
+    Only interior voxels count (all six face neighbours carry the same label): boundary voxels mix the organ
+    with its neighbours by partial volume, and a rib or fat at the edge would read as a finding. An organ with
+    no interior voxel (thinner than three voxels) uses all of its voxels.
+    """
+    nb = len(edges) + 1
+    interior = lab > 0
+    for ax in range(3):
+        for shift in (1, -1):
+            same = np.zeros_like(interior)
+            src = [slice(None)] * 3
+            dst = [slice(None)] * 3
+            src[ax], dst[ax] = (slice(shift, None), slice(None, -shift)) if shift > 0 else (slice(None, shift), slice(-shift, None))
+            same[tuple(dst)] = lab[tuple(dst)] == lab[tuple(src)]
+            interior &= same
+    bins = np.digitize(hu, np.asarray(edges, np.float32))
+    counts = np.zeros((n + 1) * nb, np.float64)
+    idx = np.flatnonzero(interior)
+    counts += np.bincount(lab.reshape(-1)[idx].astype(np.intp) * nb + bins.reshape(-1)[idx], minlength=(n + 1) * nb)
+    counts = counts.reshape(n + 1, nb)[1:]
+    thin = counts.sum(1) == 0
+    if thin.any():
+        flat = lab.reshape(-1)
+        nz = np.flatnonzero(flat)
+        allc = np.bincount(flat[nz].astype(np.intp) * nb + bins.reshape(-1)[nz], minlength=(n + 1) * nb)
+        counts[thin] = allc.reshape(n + 1, nb)[1:][thin]
+    return (counts / np.maximum(counts.sum(1, keepdims=True), 1)).astype(np.float32)
 
 
 def target_shape(shape: Sequence[int], spacing: Sequence[float], cfg: PreprocessConfig):
@@ -270,8 +303,11 @@ def prepare_study(volume: Volume, seg: Segmentation, organs: Optional[Sequence[s
     image, size, eff = resample_box(hu[sl], spacing, cfg, divisor, device)
     grid = tuple(int(s) // stride for s in image.shape[1:])
     rows, cols, vals = _cell_weights(lab_box, len(keep), size, stride, grid)
+    stats = None
+    if cfg.hu_histogram:
+        stats = torch.from_numpy(organ_histograms(lab_box, hu[sl], len(keep), cfg.hu_histogram)).to(device)
     return PreparedStudy(image, grid, names, rows, cols, vals, missing, bboxes, counts[keep] * voxel_ml,
-                         husum[keep] / counts[keep], tuple(int(v) for v in (*lo, *hi)), eff)
+                         husum[keep] / counts[keep], tuple(int(v) for v in (*lo, *hi)), eff, stats)
 
 
 def _body_box(hu: np.ndarray, threshold: float):
@@ -299,4 +335,8 @@ def prepare_volume(volume: Volume, cfg: PreprocessConfig, stride: int, divisor: 
     image, size, eff = resample_box(hu[sl], spacing, cfg, divisor, device)
     grid = tuple(int(s) // stride for s in image.shape[1:])
     rows, cols, vals = _cell_weights(body, 1, size, stride, grid)
-    return PreparedStudy(image, grid, ["body"], rows, cols, vals, box=tuple(int(v) for v in (*lo, *hi)), spacing=eff)
+    stats = None
+    if cfg.hu_histogram:
+        stats = torch.from_numpy(organ_histograms(body, hu[sl], 1, cfg.hu_histogram)).to(device)
+    return PreparedStudy(image, grid, ["body"], rows, cols, vals, box=tuple(int(v) for v in (*lo, *hi)), spacing=eff,
+                         stats=stats)
