@@ -192,6 +192,11 @@ def monai_pipeline(root: Path, rows: List[Dict[str, str]], model: Any, cube: int
         lab_np = lab[0].numpy().astype(np.int32)
         boxes = ndimage.find_objects(lab_np)  # every organ's box in one pass
         ids = [i + 1 for i, b in enumerate(boxes) if b is not None]
+        hist = None
+        if cfg.hu_histogram:  # the model's per-organ HU histogram, here on the resampled grid
+            from ctglip_sdk.model.preprocess import organ_histograms
+
+            hist = organ_histograms(lab_np, hu[0].numpy(), int(lab_np.max()), cfg.hu_histogram)
         crops, masks = [], []
         set_track_meta(False)  # plain tensors for the crops: MetaTensor bookkeeping per crop costs more than them
         for lid in ids:
@@ -210,7 +215,8 @@ def monai_pipeline(root: Path, rows: List[Dict[str, str]], model: Any, cube: int
                 mb = torch.stack(masks[b:b + batch])
                 feats = model.forward_features(xb)
                 w = F.avg_pool3d(mb, stride)  # area weights on the feature grid
-                v = model.project_vision(model.pool_organs(feats, w))[:, 0]
+                st = None if hist is None else torch.from_numpy(hist[[i - 1 for i in ids[b:b + batch]]])[:, None]
+                v = model.project_vision(model.pool_organs(feats, w, st))[:, 0]
                 for j, lid in enumerate(ids[b:b + batch]):
                     vectors[(r["series_uid"], lid)] = v[j].numpy()
         stages["encode"] += time.perf_counter() - t5

@@ -35,7 +35,7 @@ def demo_command(out_dir: str, patients: int, seed: int, model: str, preset: str
         p = s["precision"]
         click.echo(f"\n\"{s['question']}\" -> text={s['parsed']['text']!r} organ={s['parsed']['organ']} "
                    f"where={s['parsed']['where'] or {}}  precision@{len(s['hits'])}="
-                   f"{'n/a' if p is None else f'{p:.2f}'} (truth: {s['finding']})")
+                   f"{'n/a' if p is None else f'{p:.2f}'} (truth: {s['finding']}; ranked by {s['ranking']})")
         print_table([{"score": h["score"], "organ": h["organ"], "patient": h["patient"][:8], "age": h["age"],
                       "sex": h["sex"], "truth": "correct" if h["correct"] else "wrong"} for h in s["hits"]])
     c = res.cohort

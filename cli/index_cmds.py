@@ -46,6 +46,8 @@ def _print_hits(res: Any, as_json: bool) -> None:
         echo_json(res.to_dicts())
     else:
         print_table(res.to_dicts(), _HIT_COLUMNS)
+        if getattr(res, "ranking", "cosine") != "cosine":
+            click.echo(f"(ranked by the zero-shot margin of {res.ranking.split(':', 1)[1]})")
 
 
 @click.command("ingest")
@@ -100,11 +102,14 @@ def ingest(archive: Path, index_dir: Path, database_url: Optional[str], as_json:
 @click.option("-k", "--k", "k", default=20, show_default=True, type=click.IntRange(1, 10000), help="Hits.")
 @click.option("--montage", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also save a PNG of the hits' organ boxes.")
+@click.option("--rank", type=click.Choice(["auto", "cosine"]), default="auto", show_default=True,
+              help="auto: a text naming one dictionary finding ranks by that finding's zero-shot margin; "
+                   "cosine: plain text similarity.")
 def search(text: str, index_dir: Path, database_url: Optional[str], as_json: bool, organs: Sequence[str],
-           wheres: Sequence[str], k: int, montage: Optional[Path]) -> None:
-    """Organs matching TEXT (cosine similarity with the index's text encoder)."""
+           wheres: Sequence[str], k: int, montage: Optional[Path], rank: str) -> None:
+    """Organs matching TEXT (finding margin or cosine similarity with the index's text encoder)."""
     with _open(index_dir, database_url) as idx:
-        res = idx.search(text, k=k, organ=list(organs) or None, where=_where(wheres))
+        res = idx.search(text, k=k, organ=list(organs) or None, where=_where(wheres), rank=rank)
         if montage is not None and len(res):
             from ctglip_sdk.index.montage import save_montage
 

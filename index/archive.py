@@ -452,11 +452,11 @@ class ArchiveIndex:
                               batch_size=batch_size, source=source)
 
     def search(self, query: Union[str, np.ndarray], k: int = 20, organ: Union[str, Sequence[str], None] = None,
-               where: Optional[Mapping[str, Any]] = None) -> SearchResults:
+               where: Optional[Mapping[str, Any]] = None, rank: str = "auto") -> SearchResults:
         """Organs most similar to a text or a vector; see :func:`ctglip_sdk.index.queries.search`."""
         from .queries import search  # noqa: PLC0415
 
-        return search(self, query, k=k, organ=organ, where=where)
+        return search(self, query, k=k, organ=organ, where=where, rank=rank)
 
     def similar(self, crop_id: int, k: int = 10, same_organ: bool = True,
                 where: Optional[Mapping[str, Any]] = None) -> SearchResults:

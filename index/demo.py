@@ -127,7 +127,7 @@ def run_demo(out_dir: Union[str, Path] = "demo-output", n_patients: int = 30, se
         n_true = sum(1 for s, fs in truth.items() if any(f == q.finding for _, f in fs))
         searches.append({"question": q.question, "parsed": parsed.to_dict(), "finding": q.finding, "hits": hits,
                          "precision": (sum(h["correct"] for h in hits) / len(hits)) if hits else None,
-                         "studies_with_finding": n_true, "_results": res})
+                         "studies_with_finding": n_true, "ranking": res.ranking, "_results": res})
     seconds["search"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -173,7 +173,7 @@ def _write_markdown(res: DemoResult) -> Path:
                   f"Parsed as text `{s['parsed']['text']}`, organ {s['parsed']['organ']}, filters "
                   f"{s['parsed']['where'] or 'none'}; judged against `{s['finding']}` "
                   f"({s['studies_with_finding']} studies have it). Precision@{len(s['hits'])}: "
-                  f"{'n/a' if p is None else f'{p:.2f}'}", "",
+                  f"{'n/a' if p is None else f'{p:.2f}'}; ranked by {s['ranking']}.", "",
                   "| rank | organ | score | patient | age | sex | truth |", "|---|---|---|---|---|---|---|"]
         for i, h in enumerate(s["hits"], 1):
             lines.append(f"| {i} | {organs.display_name(h['organ'])} | {h['score']:.3f} | {h['patient'][:8]} | "

@@ -61,17 +61,50 @@ def _encode_single(model: Any, text: str) -> np.ndarray:
         torch.set_num_threads(n)
 
 
-def _query_vector(index: "ArchiveIndex", query: Union[str, np.ndarray]) -> np.ndarray:
+def _finding_direction(index: "ArchiveIndex", text: str) -> Optional[Tuple[np.ndarray, str]]:
+    """The zero-shot decision direction ``p̄ − n̄`` when ``text`` names exactly one dictionary finding as present.
+
+    Why: every kidney is close to "kidney stone" (the organ words dominate the cosine), so plain similarity
+    ranks kidneys, not stones. ``v·(p̄ − n̄)`` is the margin ``ZeroShotClassifier.detect`` thresholds, so the
+    hits come in the order of the classifier's confidence, and it is still one inner-product search.
+    """
+    from ctglip_sdk.reports import parse_report  # noqa: PLC0415
+
+    try:
+        found = [f for f in parse_report(text) if f.finding and f.status == "present"]
+    except Exception:  # noqa: BLE001 - a query the parser cannot read is searched as plain text
+        return None
+    keys = list(dict.fromkeys(f.finding for f in found))
+    if len(keys) != 1:
+        return None
+    zs = _classifier(index)
+    if keys[0] not in zs.dictionary:
+        return None
+    pos, neg = zs.finding_prompts(keys[0])
+    # The user's own words join the positive ensemble, so their phrasing still counts.
+    p, n = zs._ensembles([[*pos, text], neg])
+    d = p - n
+    if not np.all(np.isfinite(d)) or float(np.linalg.norm(d)) < 1e-6:
+        return None
+    return unit_rows(d[None, :].astype(np.float32))[0], keys[0]
+
+
+def _query_vector(index: "ArchiveIndex", query: Union[str, np.ndarray], rank: str = "cosine") -> np.ndarray:
     if isinstance(query, str):
         text = query.strip()
         if not text:
             raise QueryError("empty query text")
+        key = (rank, text)
         with index._cache_lock:
-            cached = index._text_cache.get(text)
+            cached = index._text_cache.get(key)
         if cached is None:
-            cached = unit_rows(np.asarray(_encode_single(index.model, text), np.float32))[0]
+            direction = _finding_direction(index, text) if rank == "finding" else None
+            if direction is not None:
+                cached = direction[0]
+            else:
+                cached = unit_rows(np.asarray(_encode_single(index.model, text), np.float32))[0]
             with index._cache_lock:
-                index._text_cache[text] = cached
+                index._text_cache[key] = cached
                 while len(index._text_cache) > 512:
                     index._text_cache.popitem(last=False)
         return cached
@@ -160,11 +193,16 @@ def _run(index: "ArchiveIndex", q: np.ndarray, k: int, organs: Optional[Sequence
 
 
 def search(index: "ArchiveIndex", query: Union[str, np.ndarray], k: int = 20,
-           organ: Union[str, Sequence[str], None] = None, where: Optional[Mapping[str, Any]] = None) -> SearchResults:
+           organ: Union[str, Sequence[str], None] = None, where: Optional[Mapping[str, Any]] = None,
+           rank: str = "auto") -> SearchResults:
     """Organs whose vectors are closest (cosine) to a text or a vector, optionally filtered.
 
     Args:
         query: free text (encoded with the index's model) or a vector of the index's dimension.
+        rank: for text queries. ``"auto"``: when the text names one dictionary finding as present ("kidney
+            stone", "enlarged spleen"), rank by that finding's zero-shot margin ``v·(p̄ − n̄)`` (positive
+            prompts plus the text, against the negative ones); otherwise, and with ``"cosine"``, by cosine to the
+            text. ``res.ranking`` says which was used (``"finding:<key>"`` or ``"cosine"``).
         k: number of hits (1..10000).
         organ: canonical names, synonyms or groups (``"kidney"``, ``["liver", "spleen"]``); None = every organ.
         where: filters on the allowlist of :data:`ctglip_sdk.index.filters.FILTERS` (age and date ranges as
@@ -178,11 +216,19 @@ def search(index: "ArchiveIndex", query: Union[str, np.ndarray], k: int = 20,
         >>> res.to_pandas()[["score", "patient", "study_uid"]]                                             # doctest: +SKIP
     """
     k = _check_k(k)
+    if rank not in ("auto", "cosine"):
+        raise QueryError(f"rank must be 'auto' or 'cosine', got {rank!r}")
     organs = resolve_organs(organ)
     conditions = parse_where(where)
-    q = _query_vector(index, query)
+    ranking = "cosine"
+    if isinstance(query, str) and rank == "auto":
+        found = _finding_direction(index, query.strip()) if query.strip() else None
+        if found is not None:
+            ranking = f"finding:{found[1]}"
+    q = _query_vector(index, query, "finding" if ranking != "cosine" else "cosine")
     res = _run(index, q, k, organs, conditions)
     res.query = query if isinstance(query, str) else "<vector>"
+    res.ranking = ranking
     return res
 
 

@@ -54,6 +54,8 @@ class SearchResults(Sequence[Hit]):
         self._hits: List[Hit] = list(hits)
         self.query = query
         self.plan = plan
+        #: How text hits were ranked: "cosine", or "finding:<key>" (zero-shot margin of that finding).
+        self.ranking = "cosine"
 
     @overload
     def __getitem__(self, i: int) -> Hit: ...
@@ -63,7 +65,9 @@ class SearchResults(Sequence[Hit]):
 
     def __getitem__(self, i: Union[int, slice]) -> Union[Hit, "SearchResults"]:
         if isinstance(i, slice):
-            return SearchResults(self._hits[i], self.query, self.plan)
+            out = SearchResults(self._hits[i], self.query, self.plan)
+            out.ranking = self.ranking
+            return out
         return self._hits[i]
 
     def __len__(self) -> int:

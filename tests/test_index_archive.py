@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import ctglip_sdk as cg
 from ctglip_sdk.errors import ConfigError, IndexStateError, QueryError
 from ctglip_sdk.index import ArchiveIndex
 from ctglip_sdk.index.planner import Planner
@@ -141,7 +142,32 @@ def test_search_inputs_are_validated(built):
         with pytest.raises(QueryError):
             idx.search(**bad)
     vec_res = idx.search(idx.model.encode_text("renal cyst"), k=3, organ="kidney")
-    assert vec_res.crop_ids == idx.search("renal cyst", k=3, organ="kidney").crop_ids
+    assert vec_res.crop_ids == idx.search("renal cyst", k=3, organ="kidney", rank="cosine").crop_ids
+    with pytest.raises(QueryError, match="rank"):
+        idx.search("renal cyst", rank="best")
+
+
+def test_text_naming_a_finding_ranks_by_its_zero_shot_margin(built):
+    """'renal cyst' ranks kidneys by v·(p̄ − n̄) of the dictionary's renal_cyst prompts: the detect() margin."""
+    idx, _ = built
+    res = idx.search("renal cyst", k=50, organ="kidney")
+    assert res.ranking == "finding:renal_cyst" and len(res) > 1
+    zs = cg.ZeroShotClassifier(idx.model)
+    pos, neg = zs.finding_prompts("renal_cyst")
+    p = np.mean(idx.model.encode_text([*pos, "renal cyst"]), 0)
+    n = np.mean(idx.model.encode_text(neg), 0)
+    d = p / np.linalg.norm(p) - n / np.linalg.norm(n)
+    d /= np.linalg.norm(d)
+    # Scores are the margin along that direction, best first (stored vectors are float16: small tolerance).
+    scores = np.array([h.score for h in res])
+    assert np.all(np.diff(scores) <= 1e-6)
+    plain = idx.search("renal cyst", k=50, organ="kidney", rank="cosine")
+    assert plain.ranking == "cosine" and set(plain.crop_ids) == set(res.crop_ids)  # same organs, other order
+    q = idx.search(d.astype(np.float32), k=50, organ="kidney")
+    assert q.crop_ids[:5] == res.crop_ids[:5]
+    # A text that names no finding, or two, stays plain cosine.
+    assert idx.search("kidney", k=3).ranking == "cosine"
+    assert idx.search("renal cyst and hydronephrosis", k=3).ranking == "cosine"
 
 
 def test_similar_and_grouping(built):

@@ -19,7 +19,10 @@ TINY = {
     "text": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "vocab_size": 300,
              "max_length": 32},
     "projection": {"embed_dim": 16},
-    "preprocess": {"spacing": [4.0, 4.0, 4.0]},
+    # Plain mean pooling and no histogram: the pooling tests below compare against the mean; the mean_max and
+    # histogram tests switch them on explicitly.
+    "organ_pooling": "mean",
+    "preprocess": {"spacing": [4.0, 4.0, 4.0], "hu_histogram": []},
 }
 
 V1 = label_map("totalseg_v1")
@@ -100,7 +103,8 @@ def test_absent_groups_and_unknown_organs(model, study):
 
 def test_one_pass_equals_per_organ_on_the_same_grid(study):
     vol, seg = study
-    m = cg.create("ctglip-tiny", overrides={**TINY, "preprocess": {"spacing": [4.0, 4.0, 4.0], "crop": "none"}},
+    m = cg.create("ctglip-tiny", overrides={**TINY, "preprocess": {"spacing": [4.0, 4.0, 4.0], "crop": "none",
+                                                                   "hu_histogram": []}},
                   seed=1)
     together = m.encode_organs(vol, seg, organs=["liver", "spleen", "adrenal_gland_left"])
     for i, name in enumerate(together.names):
