@@ -63,7 +63,7 @@ def _batch(model):
         present = [(finding,) if (o == "liver") == (finding == "liver_cyst") and o in ("liver", "spleen") else ()
                    for o in prep.names]
         studies.append({"grid": prep.grid, "organs": prep.names, "rows": prep.rows, "cols": prep.cols,
-                        "vals": prep.vals, "texts": [f"the {o} is normal" for o in prep.names], "present": present,
+                        "vals": prep.vals, "stats": prep.stats, "texts": [f"the {o} is normal" for o in prep.names], "present": present,
                         "uncertain": [()] * len(prep.names), "report": p.report})
         images.append(prep.image)
     shape = [max(i.shape[d] for i in images) for d in range(4)]
