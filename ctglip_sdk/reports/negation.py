@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import re
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from ctglip_sdk.reports.types import Status
+from ctglip_sdk.reports.types import ABSENT, PRESENT, UNCERTAIN, Status
 from ctglip_sdk.reports.vocab import (NEG_BOTH, NEG_POST, NEG_PRE, PSEUDO, TERMINATE, UNC_BOTH, UNC_POST, UNC_PRE,
                                       WEAK_PRE, Info)
 
 __all__ = ["cue_scopes", "status_of"]
 
-_MEASURE = re.compile(r"\d+(?:\.\d+)?\s*(?:x\s*\d+(?:\.\d+)?\s*)*(?:mm|cm)\b")
+# "\d+" spelt "\d\d*": a leading character set lets the regex engine skip to digits fast
+_MEASURE = re.compile(r"\d\d*(?:\.\d+)?\s*(?:x\s*\d+(?:\.\d+)?\s*)*(?:mm|cm)\b")
 
 Scope = Tuple[Optional[str], Optional[str]]
+_NO_SCOPE: Scope = (None, None)
+_PRE_SCOPE: Dict[str, Scope] = {k: (k, None) for k in ("neg", "unc", "weak")}  # shared: most scopes are these
 
 
 def cue_scopes(toks: Sequence[Tuple[int, int, Info]], low: str, start: int) -> List[Scope]:
@@ -32,32 +35,48 @@ def cue_scopes(toks: Sequence[Tuple[int, int, Info]], low: str, start: int) -> L
         [None, 'neg', 'neg', None]
     """
     n = len(toks)
-    pre: List[Optional[str]] = [None] * n
-    seen_before = [False] * n
+    scopes: List[Scope] = [_NO_SCOPE] * n
+    both_seen: List[int] = []  # "resolved"/"absent" tokens with a finding or organ before them
+    backward = False  # whether any post-cue can apply; without one the backward pass leaves every phrase None
     cur: Optional[str] = None
     seen = False
     prev_end = start
     for i, (a, b, info) in enumerate(toks):
-        if cur == "neg" and _MEASURE.search(low, prev_end, a):
-            cur = None  # "no hydronephrosis, 4 mm stone": a measurement starts a positive description
-        pre[i] = cur
-        seen_before[i] = seen
+        if cur is not None:
+            # a measurement needs three characters at least ("4mm"): shorter gaps skip the regex
+            if cur == "neg" and a - prev_end > 2 and _MEASURE.search(low, prev_end, a):
+                cur = None  # "no hydronephrosis, 4 mm stone": a measurement starts a positive description
+            else:
+                scopes[i] = _PRE_SCOPE[cur]
         trig = info.trigger
         if trig is not None:
             if trig == TERMINATE:
                 cur, seen = None, False
-            elif trig == NEG_PRE or (trig == NEG_BOTH and not seen):
+            elif trig == NEG_PRE:
                 cur = "neg"
-            elif trig == UNC_PRE or trig == UNC_BOTH:
+            elif trig == NEG_BOTH:
+                if seen:
+                    both_seen.append(i)
+                    backward = True
+                else:
+                    cur = "neg"
+            elif trig == UNC_PRE:
                 cur = "unc"
+            elif trig == UNC_BOTH:
+                cur = "unc"
+                backward = True
             elif trig == WEAK_PRE:
                 cur = "weak"
-            elif trig == PSEUDO and cur == "neg":
-                cur = None  # "no hydronephrosis, stable renal cyst"
+            elif trig == PSEUDO:
+                if cur == "neg":
+                    cur = None  # "no hydronephrosis, stable renal cyst"
+            elif trig == NEG_POST or trig == UNC_POST:
+                backward = True
         if info.keys or info.organ:
             seen = True
         prev_end = b
-    post: List[Optional[str]] = [None] * n
+    if not backward:
+        return scopes
     cur = None
     covered = conj = False
     for i in range(n - 1, -1, -1):
@@ -70,15 +89,16 @@ def cue_scopes(toks: Sequence[Tuple[int, int, Info]], low: str, start: int) -> L
         trig = info.trigger
         if trig == TERMINATE:
             cur = None
-        elif trig == NEG_POST or (trig == NEG_BOTH and seen_before[i]) or trig == UNC_POST or trig == UNC_BOTH:
+        elif trig == NEG_POST or (trig == NEG_BOTH and i in both_seen) or trig == UNC_POST or trig == UNC_BOTH:
             cur = "unc" if trig in (UNC_POST, UNC_BOTH) else "neg"
             covered = conj = False
-            post[i] = cur
+            scopes[i] = (scopes[i][0], cur)
             continue
-        post[i] = cur
-        if cur is not None and info.keys:
-            covered = True
-    return list(zip(pre, post))
+        if cur is not None:
+            scopes[i] = (scopes[i][0], cur)
+            if info.keys:
+                covered = True
+    return scopes
 
 
 def status_of(scope: Scope, question: bool) -> Tuple[Status, bool]:
@@ -87,13 +107,22 @@ def status_of(scope: Scope, question: bool) -> Tuple[Status, bool]:
     Uncertainty beats negation ("no definite ..., cannot exclude"), negation beats "likely", and a question
     mark in the sentence makes the rest uncertain.
     """
-    pre, post = scope
+    return (STATUS_Q if question else STATUS)[scope]
+
+
+def _status(pre: Optional[str], post: Optional[str], question: bool) -> Tuple[Status, bool]:
     if pre == "unc" or post == "unc":
-        return Status.UNCERTAIN, False
+        return UNCERTAIN, False
     if pre == "neg" or post == "neg":
-        return Status.ABSENT, False
+        return ABSENT, False
     if pre == "weak" or post == "weak":
-        return Status.UNCERTAIN, True
+        return UNCERTAIN, True
     if question:
-        return Status.UNCERTAIN, False
-    return Status.PRESENT, False
+        return UNCERTAIN, False
+    return PRESENT, False
+
+
+# status_of as two lookup tables (without and with a question mark): the parser asks once per phrase.
+_KINDS = (None, "neg", "unc", "weak")
+STATUS: Dict[Scope, Tuple[Status, bool]] = {(p, q): _status(p, q, False) for p in _KINDS for q in _KINDS}
+STATUS_Q: Dict[Scope, Tuple[Status, bool]] = {(p, q): _status(p, q, True) for p in _KINDS for q in _KINDS}

@@ -33,7 +33,9 @@ _SKIP_PREFIXES = ("clinical ", "reason for ", "history of ", "indication ")
 _LIST_MARKER = re.compile(
     r"[ \t]*(?:[-*\u2022\u00b7\u2013>]+|\(?\d{1,2}[.)](?!\d)|\(?[a-hA-H]\)|[ivxIVX]{1,4}\))[ \t]+")
 _HEADING = re.compile(r"[ \t]*([A-Za-z][A-Za-z0-9 /&,()'+\-]{0,60}?)[ \t]*:(?=\s|$)")
-_BOUNDARY = re.compile(r"[.;]+(?=\s|$)")
+_TITLE = re.compile(r"[A-Za-z][A-Za-z0-9 /&,()'+\-]{0,60}")
+# "[.;]+" spelt "[.;][.;]*": a pattern that starts with a character set lets the regex engine skip ahead fast
+_BOUNDARY = re.compile(r"[.;][.;]*(?=\s|$)")
 _LEAD_CHARS = frozenset("-*\u2022\u00b7>(0123456789 \t\r\n")
 _ONLY_NUMBER = re.compile(r"\s*\(?\d{1,2}[.)]?\s*$")
 _ALNUM = re.compile(r"[A-Za-z0-9]")
@@ -47,7 +49,20 @@ ABBREVIATIONS = {
 }
 
 
-_SPLIT_CACHE: Dict[str, Tuple[Tuple[int, int], ...]] = {}
+_SPLIT_CACHE: Dict[str, Tuple[int, List[Tuple[int, int]]]] = {}  # block text -> (offset, sentences)
+_SPLIT_CACHE_SIZE = 50_000
+# First characters a list marker can start with: the regex runs only on lines that start like one (a marker
+# that starts with a letter, "a)" or "iv)", has its parenthesis within five characters).
+_MARKER_FIRST = frozenset("-*\u2022\u00b7\u2013>(0123456789")
+_MARKER_LETTER = frozenset("abcdefghABCDEFGHivxIVX")
+_UPPER_TITLE = re.compile(r"[A-Z][A-Z /&,()'\-]*")
+_ASCII_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_ASCII_ALNUM = _ASCII_LETTERS | frozenset("0123456789")
+_STRIP = " \t\r"
+_new_sentence = tuple.__new__  # Sentence(...) without the Python-level __new__ of a NamedTuple
+_TITLE_OK: Dict[str, bool] = {}  # text before a colon -> whether it is a heading's title
+# What a period after a word means, by the word: 0 ends the sentence, 1 never does, 2 not after a lone list number.
+_WORD_KIND: Dict[str, int] = {}
 
 
 @lru_cache(maxsize=4096)
@@ -58,39 +73,104 @@ def _heading_kind(title: str) -> str:
     return "heading"
 
 
+def _word_kind(word: str) -> int:
+    """0, 1 or 2 for the word before a period (see ``_WORD_KIND``)."""
+    kind = _WORD_KIND.get(word)
+    if kind is None:
+        w = word.lower().lstrip("([").rstrip(")]")
+        if w in ABBREVIATIONS or (len(w) >= 2 and w[-2] == "." and w[-1].isalpha()):
+            kind = 1  # "approx." / "e.g." / "a.m." spelt out letter by letter
+        else:
+            kind = 2 if w[-1:].isdigit() else 0
+        if len(_WORD_KIND) >= 10_000:
+            _WORD_KIND.clear()
+        _WORD_KIND[word] = kind
+    return kind
+
+
+def _heading_at(text: str, s: int, e: int) -> Optional[Tuple[str, int]]:
+    """(title, end of its colon) of a heading line, as ``_HEADING`` finds it, for titles of six words at most.
+
+    ``s`` is the line's first character after spaces and list markers. A title cannot contain a colon, so only
+    the line's first colon can close it; one ``str.find`` replaces the lazy regex's retries at every length.
+    """
+    c = text.find(":", s, e)
+    if c < 0 or (c + 1 < e and not text[c + 1].isspace()):
+        return None
+    title = text[s:c].rstrip(" \t")
+    ok = _TITLE_OK.get(title)
+    if ok is None:
+        # a title of more than six words is a sentence with a colon (and too long to be an upper-case heading)
+        ok = _TITLE.fullmatch(title) is not None and len(title.split()) <= 6
+        if len(_TITLE_OK) >= 10_000:
+            _TITLE_OK.clear()
+        _TITLE_OK[title] = ok
+    return (title, c + 1) if ok else None
+
+
+def _trimmed(text: str, s: int, e: int) -> Optional[Tuple[int, int]]:
+    """``text[s:e]`` without list markers and spaces around it; None when no letter or digit is left."""
+    c = text[s]
+    if c in _LEAD_CHARS:
+        nxt = text[s + 1] if s + 1 < e else " "
+        if c == " " and nxt not in _LEAD_CHARS and not nxt.isspace():
+            s += 1  # the space after the previous sentence: all that _LEADING would take
+        else:
+            lead = _LEADING.match(text, s, e)
+            if lead:
+                s = lead.end()
+    while e > s and text[e - 1].isspace():
+        e -= 1
+    if e > s and (text[s] in _ASCII_ALNUM or _ALNUM.search(text, s, e)):
+        return s, e
+    return None
+
+
 def _split(text: str, start: int, end: int) -> List[Tuple[int, int]]:
     """Sentence offsets inside ``text[start:end]``; periods after abbreviations and list numbers do not split."""
     out: List[Tuple[int, int]] = []
     cur = start
     for m in _BOUNDARY.finditer(text, start, end):
-        stop = m.end()
         j = m.start()
-        if text[j] == ".":
-            tail = text[max(cur, j - 12):j].rsplit(None, 1)  # abbreviations are short: 12 characters suffice
-            word = tail[-1] if tail and not text[j - 1].isspace() else ""
-            if word:
-                word = word.lower().lstrip("([").rstrip(")]")
-                if word in ABBREVIATIONS:
-                    continue
-                if len(word) >= 2 and word[-2] == "." and word[-1].isalpha():
-                    continue  # "e.g." / "i.e." / "a.m." spelt out letter by letter
-                if word[-1:].isdigit() and _ONLY_NUMBER.fullmatch(text, cur, j + 1):
-                    continue  # "1." opening a numbered item
-        out.append((cur, stop))
+        if text[j] == "." and j > cur and not text[j - 1].isspace():
+            # abbreviations are short: the last word of the 12 characters before the period suffices
+            word = text[j - 12 if j - 12 > cur else cur:j].rsplit(None, 1)[-1]
+            kind = _WORD_KIND.get(word)
+            if kind is None:
+                kind = _word_kind(word)
+            if kind and (kind == 1 or _ONLY_NUMBER.fullmatch(text, cur, j + 1)):
+                continue  # "approx. 3 cm", or "1." opening a numbered item
+        stop = m.end()
+        if text[cur] in _ASCII_LETTERS:  # _trimmed, inline: nothing to trim before, "." or ";" ends it
+            out.append((cur, stop))
+        else:
+            piece = _trimmed(text, cur, stop)
+            if piece is not None:
+                out.append(piece)
         cur = stop
     if cur < end:
-        out.append((cur, end))
-    trimmed = []
-    for s, e in out:
-        if text[s] in _LEAD_CHARS:
-            lead = _LEADING.match(text, s, e)
-            if lead:
-                s = lead.end()
-        while e > s and text[e - 1].isspace():
-            e -= 1
-        if e > s and _ALNUM.search(text, s, e):
-            trimmed.append((s, e))
-    return trimmed
+        piece = _trimmed(text, cur, end)
+        if piece is not None:
+            out.append(piece)
+    return out
+
+
+def _emit(out: List[Sentence], text: str, b0: int, b1: int, heading: Optional[str], organs: Tuple[str, ...],
+          section: Optional[str]) -> None:
+    """Append the sentences of the block ``text[b0:b1]``."""
+    piece = text[b0:b1]
+    hit = _SPLIT_CACHE.get(piece)  # report lines repeat across an archive ("Spleen: Normal.")
+    if hit is None:
+        spans = _split(text, b0, b1)
+        if len(_SPLIT_CACHE) >= _SPLIT_CACHE_SIZE:
+            _SPLIT_CACHE.clear()
+        _SPLIT_CACHE[piece] = (b0, spans)
+        for s, e in spans:
+            out.append(_new_sentence(Sentence, (s, e, heading, organs, section)))
+    else:
+        d = b0 - hit[0]
+        for s, e in hit[1]:
+            out.append(_new_sentence(Sentence, (s + d, e + d, heading, organs, section)))
 
 
 def segment(text: str, heading_organs: Callable[[str, Tuple[str, ...]], Tuple[str, ...]]) -> List[Sentence]:
@@ -109,51 +189,39 @@ def segment(text: str, heading_organs: Callable[[str, Tuple[str, ...]], Tuple[st
     heading: Optional[str] = None
     organs: Tuple[str, ...] = ()
     section: Optional[str] = None
-    block: Optional[List] = None  # [start, end, heading, organs, section, ends_open]
-
-    def flush() -> None:
-        nonlocal block
-        if block is not None and block[4] != "skip":
-            b0, b1 = block[0], block[1]
-            piece = text[b0:b1]
-            rel = _SPLIT_CACHE.get(piece)  # report lines repeat across an archive ("Spleen: Normal.")
-            if rel is None:
-                rel = tuple((s - b0, e - b0) for s, e in _split(text, b0, b1))
-                if len(_SPLIT_CACHE) >= 50_000:
-                    _SPLIT_CACHE.clear()
-                _SPLIT_CACHE[piece] = rel
-            for s, e in rel:
-                out.append(Sentence(b0 + s, b0 + e, block[2], block[3], block[4]))
-        block = None
-
+    # the open block of lines (one sentence group): its span, heading, organs, section, and whether it may go on
+    b0 = b1 = -1
+    b_heading: Optional[str] = None
+    b_organs: Tuple[str, ...] = ()
+    b_section: Optional[str] = None
+    b_open = False
     pos = 0
-    n = len(text)
-    while pos <= n:
-        nl = text.find("\n", pos)
-        line_end = n if nl < 0 else nl
-        s = pos
-        pos = line_end + 1
-        while s < line_end and text[s] in " \t\r":
-            s += 1
-        e = line_end
-        while e > s and text[e - 1] in " \t\r":
-            e -= 1
-        if s >= e:
-            if nl < 0:
-                break
+    for line in text.split("\n"):
+        line_start = pos
+        pos += len(line) + 1
+        body = line.strip(_STRIP)
+        if not body:
             continue
-        item = _LIST_MARKER.match(text, s, e)
+        s = line_start + line.find(body[0])
+        e = s + len(body)
+        c = body[0]
+        if c in _MARKER_FIRST or (c in _MARKER_LETTER and ")" in body[1:5]):
+            item = _LIST_MARKER.match(text, s, e)
+        else:
+            item = None
         if item:
             s = item.end()
-        hm = _HEADING.match(text, s, e)
-        title = hm.group(1).strip() if hm else None
+        hm = _heading_at(text, s, e) if ":" in body else None
+        title = hm[0] if hm else None
         if title is None and not item:
-            raw = text[s:e].rstrip(":")
-            if raw.isupper() and len(raw.split()) <= 5 and re.fullmatch(r"[A-Z][A-Z /&,()'\-]*", raw):
+            raw = body.rstrip(":")
+            if raw.isupper() and len(raw.split()) <= 5 and _UPPER_TITLE.fullmatch(raw):
                 title = raw.strip()
                 hm = None
-        if title is not None and len(title.split()) <= 6:
-            flush()
+        if title is not None:  # six words at most: _heading_at checks, an upper-case title has five at most
+            if b0 >= 0 and b_section != "skip":
+                _emit(out, text, b0, b1, b_heading, b_organs, b_section)
+            b0 = -1
             kind = _heading_kind(title)
             found = heading_organs(title, organs) if kind != "skip" else ()
             heading, organs = title, found
@@ -165,22 +233,21 @@ def segment(text: str, heading_organs: Callable[[str, Tuple[str, ...]], Tuple[st
                 section = title.lower()
             if hm is None:
                 continue
-            s = hm.end()
+            s = hm[1]
             while s < e and text[s] in " \t":
                 s += 1
             if s >= e:
                 continue
-            block = [s, e, heading, organs, section, True]
+            b0, b1, b_heading, b_organs, b_section, b_open = s, e, heading, organs, section, True
             continue
-        joinable = (block is not None and not item and block[5]
-                    and (text[s].islower() or text[s].isdigit() or text[s] in "(,"))
-        if joinable:
-            block[1] = e
+        c = text[s]
+        if b0 >= 0 and not item and b_open and (c.islower() or c.isdigit() or c in "(,"):
+            b1 = e  # a line wrapped mid-sentence
         else:
-            flush()
-            block = [s, e, heading, organs, section, True]
-        block[5] = text[e - 1] not in ".;:!?"
-        if nl < 0:
-            break
-    flush()
+            if b0 >= 0 and b_section != "skip":
+                _emit(out, text, b0, b1, b_heading, b_organs, b_section)
+            b0, b1, b_heading, b_organs, b_section = s, e, heading, organs, section
+        b_open = text[e - 1] not in ".;:!?"
+    if b0 >= 0 and b_section != "skip":
+        _emit(out, text, b0, b1, b_heading, b_organs, b_section)
     return out

@@ -168,6 +168,8 @@ class Info:
     key_organs: Tuple[Tuple[str, str], ...] = ()  # (key, dictionary organ) for every key
     implied: Optional[str] = None  # the organ a synonym names by itself ("nephrolithiasis" -> kidney)
     mention: Optional[str] = None  # organ, when the phrase is an organ mention and not a finding
+    # organ -> the keys of this phrase the organ can carry (filled by the parser as organs come up)
+    fits: Dict[str, Tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
 
 
 def phrase_key(text: str) -> str:
@@ -176,6 +178,7 @@ def phrase_key(text: str) -> str:
 
 
 _SQUASH = re.compile(r"[\s\-]+")
+_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")  # what the matcher's "(?![a-z0-9])" looks for
 
 
 def _variants(phrase: str, plural: bool) -> List[str]:
@@ -304,6 +307,10 @@ class Vocab:
         self.heading_cache: Dict[Tuple[str, Tuple[str, ...]], Tuple[str, ...]] = {}
         self.parser = None  # the parser built on this vocabulary (ctglip_sdk.reports.parser)
         self._surface: Dict[str, Optional[Info]] = {}  # matched text -> Info, skips re-normalising
+        # Characters no phrase can run through ("." ends "vs.", ":" and ";" are in none): a scan that starts after
+        # one, or stops at one, finds the same phrases there as a scan of the whole text (sentence_tokens).
+        inner = {c for p in self._phrases for c in p[:-1]}
+        self.barriers = frozenset(c for c in map(chr, range(33, 127)) if c not in inner and c != "-")
 
     def tokens(self, lowered: str, start: int = 0, end: Optional[int] = None) -> List[Tuple[int, int, Info]]:
         """Matched phrases of an already lower-cased text as ``(start, end, Info)``, left to right."""
@@ -319,6 +326,52 @@ class Vocab:
             if i is not None and not i.ignore:
                 out.append((m.start(), m.end(), i))
         return out
+
+    def sentence_tokens(self, lowered: str, start: int, end: int) -> Optional[List[Tuple[int, int, Info]]]:
+        """The phrases of ``tokens(lowered)`` inside ``lowered[start:end]``, scanning little more than that span.
+
+        None when no barrier character lies shortly before ``start`` (then scan the whole text with ``tokens``).
+        """
+        if end <= start:
+            return []
+        barriers = self.barriers
+        q = start - 1
+        floor = start - 32 if start > 32 else 0
+        while q >= floor and lowered[q] not in barriers:
+            q -= 1
+        if q < floor and floor > 0:
+            return None
+        # From a barrier on, the scan agrees with the whole-text scan. It may also stop at a barrier that ends the
+        # span, when what follows cannot continue a word (a phrase's end is tested with "(?![a-z0-9])").
+        n = len(lowered)
+        stop = end if lowered[end - 1] in barriers and (end == n or lowered[end] not in _ALNUM) else n
+        cache = self._surface
+        out: List[Tuple[int, int, Info]] = []
+        search = self.regex.scanner(lowered, q + 1, stop).search  # finditer without its iterator wrapper
+        m = search()
+        while m is not None:
+            a, b = m.span()
+            if a >= start:
+                if b > end:
+                    break  # nothing after a phrase that leaves the sentence lies inside it
+                g = m.group()
+                i = cache.get(g)
+                if i is None:
+                    i = self.table.get(phrase_key(g))
+                    if len(cache) < 100_000:
+                        cache[g] = i
+                if i is not None and not i.ignore:
+                    out.append((a, b, i))
+            m = search()
+        return out
+
+    def clear_memos(self) -> None:
+        """Forget what was remembered per phrase, heading and organ pair (see ``parser.clear_caches``)."""
+        self._surface.clear()
+        self._compat.clear()
+        self.heading_cache.clear()
+        for info in self.table.values():
+            info.fits.clear()
 
     def compatible(self, mention: str, finding_organ: str) -> bool:
         """True when an organ mention can carry a finding of ``finding_organ`` (kidney_left for kidney)."""

@@ -1,0 +1,463 @@
+"""Findings of one sentence: organ resolution, sides, negation/uncertainty status and whole-organ statements."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ctglip_sdk import organs as _organs
+from ctglip_sdk.reports.negation import _NO_SCOPE, STATUS, STATUS_Q, cue_scopes
+from ctglip_sdk.reports.segment import Sentence
+from ctglip_sdk.reports.types import (_RANK, ABSENT, PRESENT, UNCERTAIN, OrganFinding, Status, _f_finding,
+                                      _f_organ, _f_sentence, _f_span, _f_status, _new, new_finding)
+from ctglip_sdk.reports.vocab import OTHER, TERMINATE, Info, Vocab
+
+__all__ = ["SentenceParser", "normalise_space"]
+
+
+# ",|\b(?:and|with|but|which|whereas|while|however|or)\b", each alternative spelt to start with its first letter:
+# a pattern whose alternatives all start with a literal lets the regex engine skip to those letters fast.
+_GAP_BOUNDARY = re.compile(
+    r",|a(?<=\ba)nd\b|w(?<=\bw)(?:ith|hich|hereas|hile)\b|b(?<=\bb)ut\b|h(?<=\bh)owever\b|o(?<=\bo)r\b")
+_COORD = re.compile(r"\s*(?:,\s*(?:and\s+|or\s+)?|(?:and|or|nor|&|/|as well as)\s*)(?:the\s+|both\s+)?$")
+_WORD = re.compile(r"[a-z0-9][a-z0-9]*")  # "[a-z0-9]+", spelt to start with a character set (see above)
+_AND = re.compile(r"a(?<=\ba)nd\b")  # "\band\b"
+# Text between a finding and an organ that makes the organ the finding's location ("nodule in the lingula").
+_LOCATION = re.compile(r"\s*(?:in|at|within|of|involving|from|near|along|arising from)\s+(?:the\s+)?(?:[a-z]+\s+)?")
+_CLASSES = frozenset(_organs.ORGANS)
+_expand = lru_cache(maxsize=4096)(_organs.expand)
+_side_of = lru_cache(maxsize=4096)(_organs.side_of)
+
+
+def _sided(organ: str, side: str) -> str:
+    """kidney + left -> kidney_left; lung + left -> lung_left; a class stays as it is."""
+    cand = f"{organ}_{side}"
+    return cand if cand in _organs.GROUPS or cand in _CLASSES else organ
+
+
+# What the parser keeps of a sentence: (text, findings, organ_from_heading, organs) of its SentenceResult.
+_Record = Tuple[str, Tuple[OrganFinding, ...], bool, Tuple[str, ...]]
+
+
+class SentenceParser:
+    """Turns sentences into OrganFindings with one vocabulary (built once per dictionary).
+
+    ``cache`` holds the results of sentences already seen (ctglip_sdk.reports.parser fills it).
+    """
+
+    def __init__(self, vocab: Vocab) -> None:
+        self.v = vocab
+        self.entries = vocab.entries
+        self.cache: Dict[Tuple[str, Tuple[str, ...], Tuple[str, ...]], Tuple[Any, ...]] = {}
+        self._places: Dict[Tuple[str, str, Optional[str]], Tuple[str, ...]] = {}  # memo of _place
+
+    def _fit(self, info: Info, organ: str) -> Tuple[str, ...]:
+        """The keys of phrase ``info`` that ``organ`` can carry (memoised on the phrase)."""
+        hit = info.fits.get(organ)
+        if hit is None:
+            compat = self.v.compatible
+            hit = info.fits[organ] = tuple(k for k, o in info.key_organs if compat(organ, o))
+        return hit
+
+    # ------------------------------------------------------------------ organ resolution
+    @staticmethod
+    def _distance(low: str, fa: int, fb: int, ma: int, mb: int) -> int:
+        if mb <= fa:
+            gap, after = low[mb:fa], 0
+        elif ma >= fb:
+            gap, after = low[fb:ma], 5
+        else:
+            return 0
+        if len(gap) < 2:  # the boundary words have two letters at least: only a lone comma counts
+            return len(gap) + after + (25 if gap == "," else 0)
+        return len(gap) + 25 * len(_GAP_BOUNDARY.findall(gap)) + after
+
+    def _run(self, low: str, mentions: List[Tuple[int, int, str]], j: int) -> List[int]:
+        """Indices of the coordinated organ list around mention j ("hepatic and renal", "liver, spleen and ...")."""
+        if len(mentions) == 1:
+            return [0]
+        lo = hi = j
+        while lo > 0 and _COORD.fullmatch(low, mentions[lo - 1][1], mentions[lo][0]):
+            lo -= 1
+        while hi + 1 < len(mentions) and _COORD.fullmatch(low, mentions[hi][1], mentions[hi + 1][0]):
+            hi += 1
+        return list(range(lo, hi + 1))
+
+    def _resolve(self, low: str, tok: Tuple[int, int, Info], mentions: List[Tuple[int, int, str]],
+                 heading: Tuple[str, ...], implied: Sequence[Tuple[int, int, str]] = (),
+                 context: Sequence[str] = (), claimed: Optional[Dict[int, int]] = None
+                 ) -> Tuple[List[Tuple[str, Tuple[str, ...]]], List[int], Optional[Tuple[int, int]]]:
+        """(organ, keys) pairs a finding phrase refers to, the mentions it used, and the finding it borrowed from.
+
+        Order: the nearest compatible organ in the sentence (with its coordinated list), a finding named with
+        its organ in the sentence, the heading, the previous sentence, and the organ a synonym names itself.
+        """
+        a, b, info = tok
+        fitted = info.fits
+        fits = self._fit
+        distance = self._distance
+        best, best_d, adj, adj_d = -1, 1 << 30, -1, 1 << 30
+        for j, (ma, mb, organ) in enumerate(mentions):
+            if claimed:
+                owner = claimed.get(j)
+                if owner is not None and owner != a and mb <= a and _AND.search(low, mb, a):
+                    continue  # the location of an earlier finding ("nodule in the lingula and ... atelectasis")
+            if mb <= a:  # _distance, inline: the loop runs for every finding and organ of a sentence
+                gap = low[mb:a]
+                d = len(gap) + (25 * len(_GAP_BOUNDARY.findall(gap)) if len(gap) > 1 else 25 if gap == "," else 0)
+            elif ma >= b:
+                gap = low[b:ma]
+                d = len(gap) + 5 + (25 * len(_GAP_BOUNDARY.findall(gap)) if len(gap) > 1 else 25 if gap == "," else 0)
+            else:
+                d = 0
+            keys = fitted.get(organ)
+            if keys is None:
+                keys = fits(info, organ)
+            if keys:
+                if d < best_d:
+                    best, best_d = j, d
+            elif mb <= a and d < adj_d:
+                gap = low[mb:a]
+                if "," not in gap and len(_WORD.findall(gap)) <= 1 and not _COORD.fullmatch(gap):
+                    adj, adj_d = j, d
+            elif ma >= b and d < adj_d and not info.syn and _LOCATION.fullmatch(low, b, ma):
+                adj, adj_d = j, d  # "stone at the left UVJ": located in an organ the finding does not fit
+        if adj >= 0 and adj_d < best_d:
+            # "pericardial effusion", "ureteric stone": the phrase belongs to the organ right before it, unless
+            # that organ is listed with a fitting one ("renal or ureteral calculi").
+            run = [j for j in self._run(low, mentions, adj) if fits(info, mentions[j][2])]
+            if not run:
+                return [], [], None
+            best = run[-1]
+        if best >= 0 and info.implied and mentions[best][0] >= b and _GAP_BOUNDARY.search(low, b, mentions[best][0]):
+            best = -1  # a synonym names its organ; an organ in a following clause does not refine it
+        if best >= 0:
+            out, used = [], []
+            for j in self._run(low, mentions, best):
+                keys = fits(info, mentions[j][2])
+                if keys:
+                    out.append((mentions[j][2], keys))
+                    used.append(j)
+            return out, used, None
+        if implied and not info.syn:
+            # "Hepatic hemangioma vs. cyst": a finding named with its organ gives the organ to a bare descriptor.
+            near = min(((distance(low, a, b, ma, mb), ma, mb, organ) for ma, mb, organ in implied
+                        if ma != a and fits(info, organ)), default=None)
+            if near is not None:
+                return [(near[3], fits(info, near[3]))], [], (near[1], near[2])
+        out = []
+        for organ in heading:
+            keys = fitted.get(organ)
+            if keys is None:
+                keys = fits(info, organ)
+            if keys:
+                out.append((organ, keys))
+        if out:
+            return out, [], None
+        if not info.syn:
+            for organ in context:  # "There is a lesion in the liver. It is likely a hemangioma."
+                keys = fits(info, organ)
+                if keys:
+                    return [(organ, keys)], [], None
+            return [], [], None
+        korg = dict(info.key_organs)
+        compat = self.v.compatible
+        by_organ: Dict[str, Tuple[str, ...]] = {}
+        for k in info.syn:
+            by_organ[korg[k]] = by_organ.get(korg[k], ()) + (k,)
+        out, used = list(by_organ.items()), []
+        head = info.head
+        last = max((j for j, m in enumerate(mentions) if m[1] <= a), default=-1)
+        if head is not None and last >= 0 and _COORD.fullmatch(low, mentions[last][1], a):
+            # "hepatic and renal cysts": the head noun of the synonym also serves the listed organs
+            for j in self._run(low, mentions, last):
+                keys = tuple(k for k in head.desc if compat(mentions[j][2], self.entries[k].organ))
+                if keys:
+                    out.append((mentions[j][2], keys))
+                    used.append(j)
+        return out, used, None
+
+    @staticmethod
+    def _side(low: str, toks: Sequence[Tuple[int, int, Info]], lo_i: int, hi_i: int) -> Optional[str]:
+        """A side word right before the phrase/organ ("left renal cyst") or shortly after ("... on the right")."""
+        for i in range(hi_i, lo_i - 1, -1):  # "nodule at the right lung base", "bibasilar atelectasis"
+            if toks[i][2].side:
+                return toks[i][2].side
+        anchor = toks[lo_i][0]
+        for i in range(lo_i - 1, -1, -1):
+            a, b, info = toks[i]
+            if "," in low[b:anchor] or anchor - b > 30:
+                break
+            if info.side:
+                return info.side
+            if info.keys or info.organ or info.trigger == TERMINATE:
+                break
+        anchor = toks[hi_i][1]
+        for i in range(hi_i + 1, len(toks)):
+            a, b, info = toks[i]
+            if info.keys and not info.side and _COORD.fullmatch(low, anchor, a):
+                anchor = b  # "no hydronephrosis or nephrolithiasis bilaterally": the side ends the list
+                continue
+            if "," in low[anchor:a] or a - anchor > 25:
+                break
+            if info.side:
+                return info.side
+            if info.keys or info.organ or info.trigger == TERMINATE:
+                break
+        return None
+
+    def _place(self, organ: str, key: str, side: Optional[str]) -> Tuple[str, ...]:
+        """Final organ names for a finding on ``organ`` given a side (``both`` gives two)."""
+        k = (organ, key, side)
+        hit = self._places.get(k)
+        if hit is None:
+            hit = self._places[k] = tuple(self._place_uncached(organ, key, side))
+        return hit
+
+    def _place_uncached(self, organ: str, key: str, side: Optional[str]) -> List[str]:
+        entry = self.entries[key]
+        own = _side_of(organ)
+        sides = [own] if own else (["left", "right"] if side == "both" else [side] if side else [])
+        if not sides:
+            return [organ]
+        out = []
+        for s in sides:
+            if organ in _CLASSES:
+                out.append(organ)  # a lobe or a sided class is already as precise as it gets
+            elif s in entry.sites:
+                out.append(entry.sites[s])
+            else:
+                out.append(_sided(organ, s))
+        return list(dict.fromkeys(out))
+
+    # ------------------------------------------------------------------ sentences
+    def sentence(self, text: str, low: str, sent: Sentence, toks: Sequence[Tuple[int, int, Info]],
+                 context: Sequence[str] = ()) -> _Record:
+        """Findings of one sentence; ``context`` holds the organs of the previous sentence under the same heading.
+
+        Returns ``(text, findings, organ_from_heading, organs)`` of its SentenceResult (built only by ``analyse``).
+        """
+        start, end, s_heading, heading_organs, _section = sent
+        raw = text[start:end]  # normalise_space(raw), inline
+        if raw.isprintable() and "  " not in raw and raw[:1] != " " and raw[-1:] != " ":
+            s_text = raw
+        else:
+            s_text = " ".join(raw.split())
+        if not toks:  # nothing matched ("Recommend follow-up."): no statement, though it sits under its heading
+            return s_text, (), bool(heading_organs), heading_organs
+        question = "?" in s_text
+        for t in toks:
+            if t[2].trigger is not None:
+                scopes = cue_scopes(toks, low, start)
+                break
+        else:  # no cue in the sentence (about half of them): nothing is in scope
+            scopes = [_NO_SCOPE] * len(toks)
+        status_of = STATUS_Q if question else STATUS  # scope -> (status, weak)
+        mentions: List[Tuple[int, int, str]] = []
+        mention_tok: List[int] = []
+        implied: List[Tuple[int, int, str]] = []
+        finding_toks: List[int] = []
+        generic: List[Tuple[Status, Tuple[int, int]]] = []
+        normal_span: Optional[Tuple[int, int]] = None
+        sided = False  # without a side word in the sentence every finding is unsided
+        for i, (a, b, info) in enumerate(toks):
+            if info.side:
+                sided = True
+            if info.mention:
+                mentions.append((a, b, info.mention))
+                mention_tok.append(i)
+            elif info.implied:
+                implied.append((a, b, info.implied))
+            if info.keys:
+                finding_toks.append(i)
+            elif info.generic:
+                generic.append((status_of[scopes[i]][0], (a, b)))
+            if info.normal and normal_span is None and "neg" not in scopes[i]:
+                normal_span = (a, b)
+        claimed: Dict[int, int] = {}
+        if mentions and finding_toks:
+            for j, ti in enumerate(mention_tok):
+                if ti > 0 and toks[ti - 1][2].keys and _LOCATION.fullmatch(low, toks[ti - 1][1], toks[ti][0]):
+                    claimed[j] = toks[ti - 1][0]
+        specific: Dict[Tuple[str, str], List[Any]] = {}
+        umbrellas: List[Tuple[str, Tuple[str, ...], Status, Tuple[int, int]]] = []
+        # where each finding landed, for descriptors that borrow the organ of another finding named with its organ
+        placed_at: Optional[Dict[Tuple[int, int], List[str]]] = {} if implied and len(finding_toks) > 1 else None
+        places = self._places
+        for i in finding_toks:
+            a, b, info = tok = toks[i]
+            resolved = []
+            if not mentions and (info.syn or not implied):
+                # _resolve's answer when the sentence names no organ: the heading's organs that fit, if any
+                for organ in heading_organs:
+                    keys = info.fits.get(organ)
+                    if keys is None:
+                        keys = self._fit(info, organ)
+                    if keys:
+                        resolved.append((organ, keys))
+            if resolved:
+                used, via = (), None
+            else:
+                resolved, used, via = self._resolve(low, tok, mentions, heading_organs, implied, context, claimed)
+            if not resolved and info.head is not None:
+                resolved, used, via = self._resolve(low, (a, b, info.head), mentions, heading_organs, implied,
+                                                    context, claimed)
+                if resolved:
+                    info = info.head
+            if not resolved:
+                if info.generic:
+                    generic.append((status_of[scopes[i]][0], (a, b)))
+                continue
+            status, weak = status_of[scopes[i]]
+            lo_i = hi_i = i
+            for j in used:
+                ti = mention_tok[j]
+                if ti < lo_i:
+                    lo_i = ti
+                elif ti > hi_i:
+                    hi_i = ti
+            side = self._side(low, toks, lo_i, hi_i) if sided else None
+            span = (a, b)
+            for organ, keys in resolved:
+                # A descriptor that borrowed its organ from a named finding lands where that finding landed.
+                where = placed_at.get(via) if via else None  # type: ignore[union-attr]
+                if len(keys) == 1:
+                    k = keys[0]
+                    st = status
+                    if st is PRESENT and k in info.hedged and k not in info.syn and k not in info.desc:
+                        st = UNCERTAIN
+                    for o in where or places.get((organ, k, side)) or self._place(organ, k, side):
+                        ok = (o, k)
+                        cur = specific.get(ok)  # _merge, inline: most findings take this path
+                        if cur is None or _RANK[st] > _RANK[cur[0]]:
+                            specific[ok] = [st, weak, span]
+                        elif st is cur[0] and cur[1] and not weak:
+                            cur[1] = False
+                        if placed_at is not None:
+                            placed_at.setdefault(span, []).append(o)
+                    continue
+                placed: Dict[str, List[str]] = {}
+                for k in keys:
+                    for o in where or places.get((organ, k, side)) or self._place(organ, k, side):
+                        placed.setdefault(o, []).append(k)
+                        if placed_at is not None:
+                            placed_at.setdefault(span, []).append(o)
+                for o, ks in placed.items():
+                    umbrellas.append((o, tuple(ks), status, span))
+        if len(specific) > 1:
+            self._fold_groups(specific)
+        any_finding = bool(specific) or bool(umbrellas)
+        free: List[Tuple[str, Status, Tuple[int, int]]] = []
+        for organ, keys, status, span in umbrellas:  # findings said of an organ without saying which one
+            hits = [ok for ok in specific if ok[1] in keys]
+            if hits:
+                for ok in hits:  # "lesion ..., likely a cyst": the lesion is stated, so the cyst is present
+                    if status is PRESENT and specific[ok][1]:
+                        specific[ok][0], specific[ok][1] = PRESENT, False
+            elif status is ABSENT:
+                for k in keys:
+                    self._merge(specific, (organ, k), ABSENT, False, span)
+            else:
+                free.append((organ, status, span))
+        findings: List[OrganFinding] = []
+        for (organ, key), (st, _w, span) in specific.items():
+            f = _new(OrganFinding)  # new_finding, inline
+            _f_organ(f, organ)
+            _f_finding(f, key)
+            _f_status(f, st)
+            _f_sentence(f, s_text)
+            _f_span(f, span)
+            findings.append(f)
+        # Statements about whole organs: normal ones, and free text when no dictionary finding was found.
+        targets: List[Tuple[str, Optional[Tuple[int, int]], int]] = []
+        if mentions:
+            for j, m in enumerate(mentions):
+                if m[2] != OTHER:
+                    targets.append((m[2], (m[0], m[1]), mention_tok[j]))
+        else:
+            for o in heading_organs:
+                targets.append((o, None, -1))
+        from_heading = not mentions and not implied and bool(targets)  # "Normal." needs its heading to be read
+        if targets and (normal_span is not None or not any_finding or free):
+            abnormal: set = set()
+            for f in findings:
+                if f.status is not ABSENT:
+                    abnormal.update(_expand(f.organ))
+            for organ, status, span in free:
+                abnormal.update(_expand(organ))
+                findings.append(new_finding(organ, None, status, s_text, span))
+            seen_organs: set = set()
+            for organ, span, ti in targets:
+                if len(targets) > 1:  # one statement per organ named twice ("liver ... the liver")
+                    if organ in seen_organs:
+                        continue
+                    seen_organs.add(organ)
+                if normal_span is not None:
+                    every = _expand(organ)
+                    ev = span or normal_span
+                    if not abnormal or abnormal.isdisjoint(every):
+                        findings.append(new_finding(organ, None, ABSENT, s_text, ev))
+                    else:
+                        for m in every:
+                            if m not in abnormal:
+                                findings.append(new_finding(m, None, ABSENT, s_text, ev))
+                elif not any_finding:
+                    if generic:
+                        status = max([g[0] for g in generic], key=_RANK.__getitem__)
+                        ev = span or generic[0][1]
+                    elif ti >= 0:
+                        status, ev = status_of[scopes[ti]][0], span
+                    else:
+                        status, ev = (UNCERTAIN if question else PRESENT), (start, end)
+                    findings.append(new_finding(organ, None, status, s_text, ev))
+        else:
+            for organ, status, span in free:
+                findings.append(new_finding(organ, None, status, s_text, span))
+        # what the sentence is about: its findings' organs, else the organs it names or sits under
+        if len(findings) > 1:
+            findings.sort(key=_span_start)
+            about = tuple(dict.fromkeys([f.organ for f in findings]))
+        elif findings:
+            about = (findings[0].organ,)
+        elif len(targets) == 1:
+            about = (targets[0][0],)
+        else:
+            about = tuple(dict.fromkeys([t[0] for t in targets]))
+        return s_text, tuple(findings), from_heading, about
+
+    def _fold_groups(self, specific: Dict[Tuple[str, str], List[Any]]) -> None:
+        """Fold "kidney: renal_cyst" into "kidney_right: renal_cyst" said in the same sentence ("cyst in the right
+        kidney, Bosniak II")."""
+        for organ, key in list(specific):
+            members = _expand(organ)
+            if len(members) < 2:
+                continue
+            finer = [(o, k) for (o, k) in specific if k == key and o != organ and set(_expand(o)) <= set(members)]
+            if finer:
+                status, weak, span = specific.pop((organ, key))
+                for ok in finer:
+                    self._merge(specific, ok, status, weak, span)
+
+    @staticmethod
+    def _merge(table: Dict[Tuple[str, str], List[Any]], key: Tuple[str, str], status: Status, weak: bool,
+               span: Tuple[int, int]) -> None:
+        cur = table.get(key)
+        if cur is None:
+            table[key] = [status, weak, span]
+        elif _RANK[status] > _RANK[cur[0]]:
+            table[key] = [status, weak, span]
+        elif status is cur[0] and cur[1] and not weak:
+            cur[1] = False
+
+
+def _span_start(f: OrganFinding) -> int:
+    return f.span[0]
+
+
+def normalise_space(raw: str) -> str:
+    """``" ".join(raw.split())``: the sentence as OrganFinding.sentence shows it (most need no change)."""
+    # printable text has no whitespace but " " (tabs, newlines and Unicode spaces are not printable)
+    if raw.isprintable() and "  " not in raw and raw[:1] != " " and raw[-1:] != " ":
+        return raw
+    return " ".join(raw.split())
