@@ -135,7 +135,7 @@ def add_embeddings(index: "ArchiveIndex", series: Union[SeriesEmbeddings, Iterab
     """
     from sqlalchemy.exc import SQLAlchemyError  # noqa: PLC0415
 
-    from .ingest import STAGES, begin_run, settle_faiss, write_batch  # noqa: PLC0415
+    from .ingest import STAGES, begin_run, end_run, write_batch  # noqa: PLC0415
 
     _check_model(index, config_hash, weights_hash)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -184,13 +184,7 @@ def add_embeddings(index: "ArchiveIndex", series: Union[SeriesEmbeddings, Iterab
                 write()
             status = "ok"
         finally:
-            t0 = time.perf_counter()
-            settle_faiss(index, rechoose=status == "ok")
-            report.timings["faiss"] += time.perf_counter() - t0
-            report.seconds = time.perf_counter() - started
-            summary = report.to_dict()
-            summary.pop("errors")
-            index.store.finish_run(run_id, status, summary)
+            end_run(index, run_id, report, status, started)
     log.info("add_embeddings run %d: %s", run_id, report.summary())
     return report
 

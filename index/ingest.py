@@ -346,15 +346,20 @@ def ingest(index: "ArchiveIndex", archive: Any, workers: int = 2, batch_size: in
                           faiss_flush_seconds)
             status = "ok"
         finally:
-            t0 = time.perf_counter()
-            settle_faiss(index, rechoose=status == "ok")
-            report.timings["faiss"] += time.perf_counter() - t0
-            report.seconds = time.perf_counter() - started
-            summary = report.to_dict()
-            summary.pop("errors")
-            index.store.finish_run(run_id, status, summary)
+            end_run(index, run_id, report, status, started)
     log.info("ingest run %d: %s", run_id, report.summary())
     return report
+
+
+def end_run(index: "ArchiveIndex", run_id: int, report: IngestReport, status: str, started: float) -> None:
+    """Settle FAISS (re-choosing its type after a clean run) and record the run's outcome in SQL."""
+    t0 = time.perf_counter()
+    settle_faiss(index, rechoose=status == "ok")
+    report.timings["faiss"] += time.perf_counter() - t0
+    report.seconds = time.perf_counter() - started
+    summary = report.to_dict()
+    summary.pop("errors")
+    index.store.finish_run(run_id, status, summary)
 
 
 def _run_pipeline(index: "ArchiveIndex", root: Path, model: Any, todo: List[Item], run_id: int,

@@ -89,7 +89,10 @@ def _finding_direction(index: "ArchiveIndex", text: str) -> Optional[Tuple[np.nd
     return unit_rows(d[None, :].astype(np.float32))[0], keys[0]
 
 
-def _query_vector(index: "ArchiveIndex", query: Union[str, np.ndarray], rank: str = "cosine") -> np.ndarray:
+def _query_vector(index: "ArchiveIndex", query: Union[str, np.ndarray],
+                  rank: str = "cosine") -> Tuple[np.ndarray, str]:
+    """The unit query vector and how it ranks: ``"cosine"``, or ``"finding:<key>"`` when ``rank="auto"`` and
+    the text names one finding (see :func:`_finding_direction`); text vectors are cached per (rank, text)."""
     if isinstance(query, str):
         text = query.strip()
         if not text:
@@ -98,11 +101,11 @@ def _query_vector(index: "ArchiveIndex", query: Union[str, np.ndarray], rank: st
         with index._cache_lock:
             cached = index._text_cache.get(key)
         if cached is None:
-            direction = _finding_direction(index, text) if rank == "finding" else None
-            if direction is not None:
-                cached = direction[0]
+            found = _finding_direction(index, text) if rank == "auto" else None
+            if found is not None:
+                cached = (found[0], f"finding:{found[1]}")
             else:
-                cached = unit_rows(np.asarray(_encode_single(index.model, text), np.float32))[0]
+                cached = (unit_rows(np.asarray(_encode_single(index.model, text), np.float32))[0], "cosine")
             with index._cache_lock:
                 index._text_cache[key] = cached
                 while len(index._text_cache) > 512:
@@ -113,7 +116,7 @@ def _query_vector(index: "ArchiveIndex", query: Union[str, np.ndarray], rank: st
         q = q[0]
     if q.shape != (index.dim,) or not np.all(np.isfinite(q)) or not np.any(q):
         raise QueryError(f"a query vector must be finite, non-zero and of shape ({index.dim},), got {q.shape}")
-    return unit_rows(q[None, :])[0]
+    return unit_rows(q[None, :])[0], "cosine"
 
 
 def _filter_select(index: "ArchiveIndex", column: Any, organs: Optional[Sequence[str]],
@@ -220,12 +223,7 @@ def search(index: "ArchiveIndex", query: Union[str, np.ndarray], k: int = 20,
         raise QueryError(f"rank must be 'auto' or 'cosine', got {rank!r}")
     organs = resolve_organs(organ)
     conditions = parse_where(where)
-    ranking = "cosine"
-    if isinstance(query, str) and rank == "auto":
-        found = _finding_direction(index, query.strip()) if query.strip() else None
-        if found is not None:
-            ranking = f"finding:{found[1]}"
-    q = _query_vector(index, query, "finding" if ranking != "cosine" else "cosine")
+    q, ranking = _query_vector(index, query, rank)
     res = _run(index, q, k, organs, conditions)
     res.query = query if isinstance(query, str) else "<vector>"
     res.ranking = ranking

@@ -317,15 +317,19 @@ class Vocab:
         cache = self._surface
         out = []
         for m in self.regex.finditer(lowered, start, len(lowered) if end is None else end):
-            g = m.group()
-            i = cache.get(g)
+            i = cache.get(m.group())
             if i is None:
-                i = self.table.get(phrase_key(g))
-                if len(cache) < 100_000:
-                    cache[g] = i
+                i = self._lookup(m.group())
             if i is not None and not i.ignore:
                 out.append((m.start(), m.end(), i))
         return out
+
+    def _lookup(self, surface: str) -> Optional[Info]:
+        """The entry of a matched surface form, memoised (the cache is bounded: texts can hold endless forms)."""
+        i = self.table.get(phrase_key(surface))
+        if len(self._surface) < 100_000:
+            self._surface[surface] = i
+        return i
 
     def sentence_tokens(self, lowered: str, start: int, end: int) -> Optional[List[Tuple[int, int, Info]]]:
         """The phrases of ``tokens(lowered)`` inside ``lowered[start:end]``, scanning little more than that span.
@@ -357,9 +361,7 @@ class Vocab:
                 g = m.group()
                 i = cache.get(g)
                 if i is None:
-                    i = self.table.get(phrase_key(g))
-                    if len(cache) < 100_000:
-                        cache[g] = i
+                    i = self._lookup(g)
                 if i is not None and not i.ignore:
                     out.append((a, b, i))
             m = search()
