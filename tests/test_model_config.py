@@ -89,3 +89,16 @@ def test_tokenizer_learns_clinical_words_from_the_corpus():
     assert tok.convert_ids_to_tokens(ids[1:-1]) == ["hydronephrosis"]
     with pytest.raises(ConfigError):
         train_tokenizer([], vocab_size=200)
+
+
+def test_tokenizer_training_is_deterministic():
+    # tokenizers' WordPiece trainer numbered "##x" pieces in hash-map order: the same corpus gave 1593, 1594 or
+    # 1595 tokens from call to call, so create(seed=0) gave different text weights (tokenizers#1794).
+    corpus = cg.model.text.default_corpus()
+    vocabs = [train_tokenizer(corpus, vocab_size=4096).get_vocab() for _ in range(6)]
+    assert all(v == vocabs[0] for v in vocabs)
+    small = [train_tokenizer(corpus, vocab_size=600).get_vocab() for _ in range(4)]
+    assert all(v == small[0] for v in small) and len(small[0]) == 600
+    tok = train_tokenizer(corpus, vocab_size=600)
+    assert set(tok.all_special_tokens) == {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}  # "##x" stay ordinary
+    assert tok.tokenize("hepatic") == ["hepatic"] and "##s" in tok.get_vocab()

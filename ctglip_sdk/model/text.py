@@ -38,14 +38,25 @@ def train_tokenizer(corpus_lines: Iterable[str], vocab_size: int = 4096, max_len
 
     if vocab_size < len(_SPECIALS) + 32:
         raise ConfigError(f"vocab_size {vocab_size} is too small for a WordPiece tokenizer (need >= 37)")
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=_SPECIALS, show_progress=False)
+    normalizer, pre = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
     lines = [str(s) for s in corpus_lines if str(s).strip()]
     if not lines:
         raise ConfigError("train_tokenizer needs a non-empty corpus of text lines")
-    tok.train_from_iterator(lines, trainer=trainer)
+    # The trainer numbers "##x" pieces in hash-map order and breaks count ties by id, so the same corpus gave a
+    # different vocabulary on every call (tokenizers#1794), and create(seed=...) gave different weights. Listing
+    # every "##x" piece up front, sorted, fixes their ids; the trainer is then deterministic. They are put back
+    # as ordinary vocabulary below, so they are never matched or skipped as special tokens.
+    words = (w for line in lines for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(line)))
+    chars = {ch for word in words for ch in word[1:]}
+    pinned = _SPECIALS + ["##" + ch for ch in sorted(chars)]
+    trainer = trainers.WordPieceTrainer(vocab_size=max(vocab_size, len(pinned) + 1), special_tokens=pinned,
+                                        show_progress=False)
+    draft = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    draft.normalizer, draft.pre_tokenizer = normalizer, pre
+    draft.train_from_iterator(lines, trainer=trainer)
+    tok = Tokenizer(models.WordPiece(vocab=draft.get_vocab(), unk_token="[UNK]", continuing_subword_prefix="##"))
+    tok.normalizer, tok.pre_tokenizer = normalizer, pre
+    tok.add_special_tokens(_SPECIALS)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
