@@ -193,10 +193,11 @@ def monai_pipeline(root: Path, rows: List[Dict[str, str]], model: Any, cube: int
         boxes = ndimage.find_objects(lab_np)  # every organ's box in one pass
         ids = [i + 1 for i, b in enumerate(boxes) if b is not None]
         hist = None
-        if cfg.hu_histogram:  # the model's per-organ HU histogram, here on the resampled grid
-            from ctglip_sdk.model.preprocess import organ_histograms
+        if cfg.n_stats:  # the model's per-organ stats (HU histogram, descriptors), here on the resampled grid
+            from ctglip_sdk.model.preprocess import organ_stats
 
-            hist = organ_histograms(lab_np, hu[0].numpy(), int(lab_np.max()), cfg.hu_histogram)
+            voxel_ml = float(np.prod(cfg.spacing)) / 1000.0
+            hist = organ_stats(lab_np, hu[0].numpy(), int(lab_np.max()), cfg, voxel_ml)
         crops, masks = [], []
         set_track_meta(False)  # plain tensors for the crops: MetaTensor bookkeeping per crop costs more than them
         for lid in ids:

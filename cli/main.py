@@ -22,6 +22,7 @@ COMMANDS: Dict[str, str] = {
     "doctor": "ctglip_sdk.cli.doctor:doctor_command",
     "train": "ctglip_sdk.cli.train:train_command",
     "eval": "ctglip_sdk.cli.train:eval_command",
+    "calibrate": "ctglip_sdk.cli.train:calibrate_command",
     "ingest": "ctglip_sdk.cli.index_cmds:ingest",
     "search": "ctglip_sdk.cli.index_cmds:search",
     "similar": "ctglip_sdk.cli.index_cmds:similar",

@@ -68,3 +68,37 @@ def eval_command(model: str, archive: str, split: str, val_split: str, val_archi
     click.echo("")
     print_table([{"finding": f, **v} for f, v in sorted(metrics["per_finding"].items())],
                 columns=["finding", "auc", "f1", "n_pos", "n_neg"])
+
+
+@click.command("calibrate")
+@click.option("--model", "model", required=True, help="Model folder or registered name to calibrate.")
+@click.option("--archive", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Archive with held-out studies (not used for training or for testing).")
+@click.option("--split", default="val", show_default=True, help="Split to calibrate on: a name, a list or 'all'.")
+@click.option("--labels", type=click.Choice(["reports", "truth"]), default="reports", show_default=True,
+              help="Where positives come from: the studies' reports, or a synthetic archive's truth.jsonl.")
+@click.option("--min-positives", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Findings with fewer positive organs in the split keep offset 0.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Folder for the calibrated copy of the model (weights unchanged, thresholds in config.json).")
+@click.option("--json", "as_json", is_flag=True, help="Print the chosen offsets as JSON.")
+def calibrate_command(model: str, archive: str, split: str, labels: str, min_positives: int, out: str,
+                      as_json: bool) -> None:
+    """Choose each finding's decision threshold on held-out studies and save it with the model.
+
+    Zero-shot probabilities of the saved model then put each finding's F1-best threshold at 0.5, so
+    `score`, `cohort` and `detect` decide with thresholds that were measured, not a fixed 0.5.
+    """
+    import ctglip_sdk as cg
+    from ctglip_sdk.training import calibrate
+    from ctglip_sdk.training.calibrate import summary_rows
+
+    loaded = cg.load(model)
+    report = calibrate(loaded, archive, split, labels=labels, min_positives=min_positives)
+    loaded.save_pretrained(out)
+    report["model_dir"] = out
+    if as_json:
+        echo_json(report)
+        return
+    print_table(summary_rows(report), columns=["finding", "offset", "f1", "n_pos", "n_neg"])
+    click.echo(f"\ncalibrated {len(report['offsets'])} findings on {report['n_studies']} studies -> {out}")

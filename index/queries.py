@@ -286,6 +286,16 @@ def _prompt_probabilities(index: "ArchiveIndex", vecs: np.ndarray, pos: List[str
     return (1.0 / (1.0 + np.exp(-scale * (vecs @ (p - n))))).astype(np.float32)
 
 
+def _calibration_tag(model: Any) -> str:
+    """``:c<8 hex>`` of the model's per-finding offsets ('' uncalibrated): a recalibrated model rescores."""
+    cal = getattr(model, "calibration", None) or {}
+    if not cal:
+        return ""
+    import hashlib  # noqa: PLC0415
+
+    return ":c" + hashlib.sha256(repr(sorted(cal.items())).encode()).hexdigest()[:8]
+
+
 def _write_scores(index: "ArchiveIndex", ids: np.ndarray, keys: Sequence[str], probs: np.ndarray, mh: str) -> None:
     t = index.store.t.scores
     rows = [{"organ_id": int(i), "finding": k, "probability": float(p), "model_hash": mh}
@@ -363,7 +373,7 @@ def score(index: "ArchiveIndex", findings: Optional[Sequence[str]] = None, promp
     specs = {f"prompt:{k}": _prompt_spec(k, v) for k, v in (prompts or {}).items()}
     if not keys and not specs:
         raise QueryError("nothing to score: pass findings (dictionary keys) and/or prompts")
-    dict_hash = f"{index.model_hash}:{version}"
+    dict_hash = f"{index.model_hash}:{version}{_calibration_tag(index.model)}"
     st = index.store.t.scores
     scored, touched = 0, set()
     with index.writer_lock:

@@ -22,7 +22,7 @@ TINY = {
     # Plain mean pooling and no histogram: the pooling tests below compare against the mean; the mean_max and
     # histogram tests switch them on explicitly.
     "organ_pooling": "mean",
-    "preprocess": {"spacing": [4.0, 4.0, 4.0], "hu_histogram": []},
+    "preprocess": {"spacing": [4.0, 4.0, 4.0], "hu_histogram": [], "organ_descriptors": False},
 }
 
 V1 = label_map("totalseg_v1")
@@ -104,7 +104,7 @@ def test_absent_groups_and_unknown_organs(model, study):
 def test_one_pass_equals_per_organ_on_the_same_grid(study):
     vol, seg = study
     m = cg.create("ctglip-tiny", overrides={**TINY, "preprocess": {"spacing": [4.0, 4.0, 4.0], "crop": "none",
-                                                                   "hu_histogram": []}},
+                                                                   "hu_histogram": [], "organ_descriptors": False}},
                   seed=1)
     together = m.encode_organs(vol, seg, organs=["liver", "spleen", "adrenal_gland_left"])
     for i, name in enumerate(together.names):
@@ -304,7 +304,8 @@ def test_hu_histogram_counts_interior_voxels_and_feeds_the_projection(study):
 
     vol, seg = study
     edges = [-500.0, 0.0, 100.0, 300.0]
-    m = cg.create("ctglip-tiny", overrides={**TINY, "preprocess": {"spacing": [4.0, 4.0, 4.0], "hu_histogram": edges}},
+    m = cg.create("ctglip-tiny", overrides={**TINY, "preprocess": {"spacing": [4.0, 4.0, 4.0], "hu_histogram": edges,
+                                                                   "organ_descriptors": False}},
                   seed=1)
     assert m.vision_proj.in_features == m.vision.out_channels + len(edges) + 1
     prep = m.prepare(vol, seg)
@@ -313,7 +314,7 @@ def test_hu_histogram_counts_interior_voxels_and_feeds_the_projection(study):
     emb = m.encode_organs(vol, seg)
     assert np.allclose(np.linalg.norm(emb.vectors, axis=1), 1, atol=1e-5)
     feats = m.forward_features(prep.image[None])
-    with pytest.raises(InputError, match="HU-histogram"):
+    with pytest.raises(InputError, match="per-organ stats"):
         m.pool_sparse(feats[0], prep.rows, prep.cols, prep.vals, len(prep.names))  # stats are required
     # Different HU inside an organ changes its vector even when the learned features cannot see it.
     hot = Volume(vol.array.copy(), vol.affine)

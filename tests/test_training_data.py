@@ -141,7 +141,8 @@ def test_annotate_report_labels_come_from_the_report_text():
 
 def test_cache_keeps_hu_histograms_and_select_follows_the_organs(archive, tmp_path):
     """A model with hu_histogram: the cache stores the per-organ stats, select() reorders them with the rows."""
-    hist_model = cg.create("ctglip-tiny", overrides={"preprocess": {"hu_histogram": [-100.0, 0.0, 100.0]}}, seed=0)
+    hist_model = cg.create("ctglip-tiny", overrides={"preprocess": {"hu_histogram": [-100.0, 0.0, 100.0],
+                                                                    "organ_descriptors": False}}, seed=0)
     cache = PreprocessCache.for_model(hist_model, tmp_path / "cache")
     rec = read_manifest(archive)[0]
     cache.build(rec.image, rec.mask)
@@ -153,6 +154,6 @@ def test_cache_keeps_hu_histograms_and_select_follows_the_organs(archive, tmp_pa
     pick = [study.names[2], study.names[0]]
     sub = study.select(pick)
     torch.testing.assert_close(sub.stats, study.stats[[2, 0]])
-    # The plain model's cache has no stats, and a different spec hash (never a stale entry).
+    # Another preprocessing spec (the registered one) has a different spec hash (never a stale entry).
     plain = PreprocessCache.for_model(cg.create("ctglip-tiny", seed=0), tmp_path / "cache")
     assert plain.spec_hash != cache.spec_hash

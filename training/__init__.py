@@ -10,10 +10,11 @@ _LAZY = {
     "TrainConfig": ("ctglip_sdk.training.config", "TrainConfig"),
     "train": ("ctglip_sdk.training.api", "train"),
     "evaluate": ("ctglip_sdk.training.evaluate", "evaluate"),
+    "calibrate": ("ctglip_sdk.training.calibrate", "calibrate"),
     "Trainer": ("ctglip_sdk.training.trainer", "Trainer"),
 }
 
-__all__ = ["train", "evaluate", "TrainConfig", "Trainer"]
+__all__ = ["train", "evaluate", "calibrate", "TrainConfig", "Trainer"]
 
 
 def __getattr__(name: str) -> Any:
@@ -31,6 +32,7 @@ def __dir__() -> list:
 
 if TYPE_CHECKING:  # pragma: no cover
     from ctglip_sdk.training.api import train  # noqa: F401
+    from ctglip_sdk.training.calibrate import calibrate  # noqa: F401
     from ctglip_sdk.training.config import TrainConfig  # noqa: F401
     from ctglip_sdk.training.evaluate import evaluate  # noqa: F401
     from ctglip_sdk.training.trainer import Trainer  # noqa: F401

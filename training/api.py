@@ -69,6 +69,17 @@ def _initial_model(cfg: TrainConfig, out: Path, corpus: list, is_main: bool, res
     return cg.load(init_dir)
 
 
+def _calibrate(model: Any, archive: PathLike, cfg: TrainConfig, dictionary: Any, progress: bool) -> Dict[str, Any]:
+    """Per-finding thresholds from the val split's reports, or a note saying why there are none."""
+    from ctglip_sdk.training.calibrate import calibrate
+
+    if not read_manifest(archive, cfg.val_split):
+        return {"skipped": f"no studies in split {cfg.val_split!r}"}
+    report = calibrate(model, archive, cfg.val_split, dictionary=dictionary, progress=progress)
+    log.info("calibrated %d findings on %d %s studies", len(report["offsets"]), report["n_studies"], cfg.val_split)
+    return {k: report[k] for k in ("split", "n_studies", "offsets")}
+
+
 def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = None, *, resume: bool = False,
           progress: bool = True, dictionary: Any = None, **overrides: Any) -> Dict[str, Any]:
     """Train a CT-GLIP model (or the CLIP baseline) on an archive; the result is saved to OUT/model/.
@@ -134,6 +145,8 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
             if cfg.save_name:
                 model.config = model.config.replace(name=cfg.save_name)
                 summary["model"] = model.name
+            if cfg.calibrate:
+                summary["calibration"] = _calibrate(model, archive, cfg, dictionary, progress)
             model.save_pretrained(out / "model")
             (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
             log.info("trained %s for %d steps in %.0f s -> %s", model.name, result.steps, summary["seconds"],

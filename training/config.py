@@ -69,6 +69,9 @@ class TrainConfig:
     cache_dir: Optional[str] = None     # preprocessing cache (None: $CTGLIP_CACHE_DIR or ~/.cache/ctglip)
     train_split: str = "train"
     val_split: str = "val"
+    #: After training, choose each finding's threshold on ``val_split`` (labels from its reports) and save it
+    #: in the model (``ctglip calibrate``); skipped when that split is empty.
+    calibrate: bool = True
     threads: int = 0                    # torch intra-op threads (0: leave torch's default)
     extra: Dict[str, Any] = field(default_factory=dict)  # free-form notes recorded with the run
 

@@ -264,8 +264,8 @@ class ClipObjective(_Base):
             pooled = [torch.cat([f.mean(1), f.amax(1)]) for f in boxes]
         else:
             pooled = [f.mean(1) for f in boxes]
-        if model.config.preprocess.n_hist_bins:
-            # The scan-level histogram: the mean of the study's organ histograms (what the cache holds).
+        if model.config.preprocess.n_stats:
+            # The scan-level stats: the mean of the study's organ histograms (what the cache holds).
             pooled = [model._with_stats(p[None], st["stats"].to(p.device).mean(0, keepdim=True))[0]
                       for p, st in zip(pooled, batch["studies"])]
         image = model.project_vision(torch.stack(pooled))

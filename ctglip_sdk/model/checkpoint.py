@@ -85,6 +85,8 @@ def save_pretrained(model: "CTGlipModel", folder: PathLike) -> Path:
         "weights_sha256": _sha256(out / WEIGHTS),
         "library_versions": library_versions(),
     }
+    if getattr(model, "calibration", None):
+        meta["calibration"] = {k: float(v) for k, v in sorted(model.calibration.items())}
     fd, tmp = tempfile.mkstemp(dir=out, suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=2, sort_keys=True)
@@ -122,6 +124,17 @@ def read_meta(folder: Path) -> Dict[str, Any]:
         if not isinstance(meta.get(key), dict):
             raise CheckpointError(f"config.json lacks the {key!r} object", path=path)
     return meta
+
+
+def _read_calibration(meta: Dict[str, Any], path: Path) -> Dict[str, float]:
+    """The per-finding logit offsets of config.json (empty when the model was never calibrated)."""
+    import math
+
+    raw = meta.get("calibration") or {}
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, (int, float))
+                                            and not isinstance(v, bool) and math.isfinite(v) for k, v in raw.items()):
+        raise CheckpointError("config.json: 'calibration' must map finding keys to finite logit offsets", path=path)
+    return {k: float(v) for k, v in raw.items()}
 
 
 def _strict_load(model: "CTGlipModel", state: Dict[str, torch.Tensor], path: Path) -> None:
@@ -187,6 +200,7 @@ def load_pretrained(folder: PathLike, device: Union[str, torch.device, None] = N
     if expected and _sha256(weights) != expected:
         raise CheckpointError("model.safetensors does not match the checksum in config.json (replaced or "
                               "corrupted after saving)", path=weights)
+    model.calibration = _read_calibration(meta, root / "config.json")
     model._loads += 1
     model.eval()
     if device is not None:

@@ -226,6 +226,9 @@ class PreprocessConfig(_ConfigBase):
     #: HU bin edges of the per-organ histogram (first-order radiomics) fed to the projection beside the pooled
     #: features; empty = off. See docs/model.md, "HU histogram".
     hu_histogram: Tuple[float, ...] = ()
+    #: Per-organ size and focal-contrast descriptors (deviation-from-median volumes, HU percentiles, log
+    #: volume) fed to the projection beside the pooled features. See docs/model.md, "Organ descriptors".
+    organ_descriptors: bool = False
 
     def __post_init__(self) -> None:
         if any(b >= a for a, b in zip(self.hu_histogram[1:], self.hu_histogram[:-1])):
@@ -245,6 +248,13 @@ class PreprocessConfig(_ConfigBase):
     def n_hist_bins(self) -> int:
         """Histogram bins per organ: below the first edge, between edges, above the last (0 when off)."""
         return len(self.hu_histogram) + 1 if self.hu_histogram else 0
+
+    @property
+    def n_stats(self) -> int:
+        """Width of ``PreparedStudy.stats``: histogram bins, then the organ descriptors (0 when both are off)."""
+        from ctglip_sdk.model.preprocess import N_DESCRIPTORS  # noqa: PLC0415 - preprocess imports this module
+
+        return self.n_hist_bins + (N_DESCRIPTORS if self.organ_descriptors else 0)
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,7 @@ class CTGlipModel(nn.Module):
         self.vision = build_vision(config.vision, config.preprocess.in_channels)
         self.text = TextTower(config.text, len(tokenizer), hf_text_config)
         self.vision_proj = _projection(pooled_width(self.vision.out_channels, config.organ_pooling)
-                                       + config.preprocess.n_hist_bins, config.projection)
+                                       + config.preprocess.n_stats, config.projection)
         self.text_proj = _projection(self.text.hidden_size, config.projection)
         #: log of the inverse temperature, as in CLIP; use :meth:`temperature_scale` for the clamped exp.
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
@@ -125,6 +125,9 @@ class CTGlipModel(nn.Module):
         #: On CUDA the towers run under bf16 autocast (pooling, projection and outputs stay float32).
         self.cuda_bf16 = True
         self._loads = 0  # bumped by checkpoint loading; part of weights_version()
+        #: Per-finding logit offsets chosen on held-out studies (``ctglip calibrate``; saved in config.json):
+        #: ``ZeroShotClassifier`` subtracts them so that probability 0.5 is each finding's F1-best threshold.
+        self.calibration: Dict[str, float] = {}
 
     # ----------------------------------------------------------------- identity
     @property
@@ -219,18 +222,21 @@ class CTGlipModel(nn.Module):
         return self._with_stats(pool_sparse(features, rows, cols, vals, n, self.config.organ_pooling), stats)
 
     def _with_stats(self, pooled: torch.Tensor, stats: Optional[torch.Tensor]) -> torch.Tensor:
-        """Append the organs' HU-histogram features (log-scaled fractions) when the model uses them."""
-        bins = self.config.preprocess.n_hist_bins
-        if not bins:
+        """Append the organs' stats (log-scaled HU-histogram fractions, then the organ descriptors as they come)
+        when the model uses them."""
+        pre = self.config.preprocess
+        width, bins = pre.n_stats, pre.n_hist_bins
+        if not width:
             return pooled
-        if stats is None or stats.shape[-1] != bins or stats.shape[:-1] != pooled.shape[:-1]:
+        if stats is None or stats.shape[-1] != width or stats.shape[:-1] != pooled.shape[:-1]:
             got = None if stats is None else tuple(stats.shape)
-            raise InputError(f"this model needs HU-histogram stats of shape {tuple(pooled.shape[:-1]) + (bins,)} "
+            raise InputError(f"this model needs per-organ stats of shape {tuple(pooled.shape[:-1]) + (width,)} "
                              f"(from prepare()/the preprocessing cache), got {got}")
+        stats = stats.to(pooled.device, pooled.dtype)
         # log10 maps the rare bins (a 7 mm stone is ~0.1 % of a kidney) to the same scale as the common ones:
-        # fractions 1e-4 .. 1 -> 0 .. 1.
-        feats = torch.log10(stats.to(pooled.device, pooled.dtype).clamp(0, 1) + 1e-4) / 4.0 + 1.0
-        return torch.cat([pooled, feats], dim=-1)
+        # fractions 1e-4 .. 1 -> 0 .. 1. The descriptors are already scaled to about -2 .. 2.
+        hist = torch.log10(stats[..., :bins].clamp(0, 1) + 1e-4) / 4.0 + 1.0
+        return torch.cat([pooled, hist, stats[..., bins:]], dim=-1)
 
     def project_vision(self, pooled: torch.Tensor) -> torch.Tensor:
         """Pooled features ``[..., C]`` -> unit vectors ``[..., D]``."""

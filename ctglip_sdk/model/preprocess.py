@@ -15,7 +15,8 @@ from ctglip_sdk.errors import GeometryError, InputError, QueryError
 from ctglip_sdk.model.config import PreprocessConfig
 from ctglip_sdk.volume import Segmentation, Volume
 
-__all__ = ["PreparedStudy", "prepare_study", "prepare_volume", "resample_box", "target_shape", "organ_histograms"]
+__all__ = ["PreparedStudy", "prepare_study", "prepare_volume", "resample_box", "target_shape", "organ_histograms",
+           "organ_descriptors", "organ_stats", "N_DESCRIPTORS"]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,8 @@ class PreparedStudy:
     mean_hu: np.ndarray = field(default_factory=lambda: np.zeros(0))
     box: Tuple[int, int, int, int, int, int] = (0, 0, 0, 0, 0, 0)
     spacing: Tuple[float, float, float] = (1.0, 1.0, 1.0)
-    #: ``[N, bins]`` fraction of each organ's interior voxels per HU bin (``hu_histogram``), or None when off.
+    #: ``[N, n_stats]``: fraction of each organ's interior voxels per HU bin (``hu_histogram``), then the
+    #: :func:`organ_descriptors` (``organ_descriptors``); None when both are off.
     stats: Optional[torch.Tensor] = None
 
     def dense_weights(self) -> torch.Tensor:
@@ -107,14 +109,8 @@ def _organ_table(lab: np.ndarray, hu: np.ndarray, n: int):
     return counts[1:], husum[1:], bb[1:]
 
 
-def organ_histograms(lab: np.ndarray, hu: np.ndarray, n: int, edges: Sequence[float]) -> np.ndarray:
-    """``[n, len(edges)+1]`` fraction of each organ's voxels (labels 1..n) per HU bin.
-
-    Only interior voxels count (all six face neighbours carry the same label): boundary voxels mix the organ
-    with its neighbours by partial volume, and a rib or fat at the edge would read as a finding. An organ with
-    no interior voxel (thinner than three voxels) uses all of its voxels.
-    """
-    nb = len(edges) + 1
+def _interior(lab: np.ndarray) -> np.ndarray:
+    """Voxels whose six face neighbours carry the same (non-zero) label."""
     interior = lab > 0
     for ax in range(3):
         for shift in (1, -1):
@@ -124,18 +120,89 @@ def organ_histograms(lab: np.ndarray, hu: np.ndarray, n: int, edges: Sequence[fl
             src[ax], dst[ax] = (slice(shift, None), slice(None, -shift)) if shift > 0 else (slice(None, shift), slice(-shift, None))
             same[tuple(dst)] = lab[tuple(dst)] == lab[tuple(src)]
             interior &= same
-    bins = np.digitize(hu, np.asarray(edges, np.float32))
-    counts = np.zeros((n + 1) * nb, np.float64)
+    return interior
+
+
+def _binned(lab: np.ndarray, bins: np.ndarray, n: int, nb: int, interior: np.ndarray) -> np.ndarray:
+    """``[n, nb]`` voxel counts per organ and bin over interior voxels; an organ with none (thinner than three
+    voxels) counts all of its voxels."""
+    flat = lab.reshape(-1)
     idx = np.flatnonzero(interior)
-    counts += np.bincount(lab.reshape(-1)[idx].astype(np.intp) * nb + bins.reshape(-1)[idx], minlength=(n + 1) * nb)
-    counts = counts.reshape(n + 1, nb)[1:]
+    counts = np.bincount(flat[idx].astype(np.intp) * nb + bins.reshape(-1)[idx], minlength=(n + 1) * nb)
+    counts = counts.reshape(n + 1, nb)[1:].astype(np.float64)
     thin = counts.sum(1) == 0
     if thin.any():
-        flat = lab.reshape(-1)
         nz = np.flatnonzero(flat)
         allc = np.bincount(flat[nz].astype(np.intp) * nb + bins.reshape(-1)[nz], minlength=(n + 1) * nb)
         counts[thin] = allc.reshape(n + 1, nb)[1:][thin]
+    return counts
+
+
+def organ_histograms(lab: np.ndarray, hu: np.ndarray, n: int, edges: Sequence[float],
+                     interior: Optional[np.ndarray] = None) -> np.ndarray:
+    """``[n, len(edges)+1]`` fraction of each organ's voxels (labels 1..n) per HU bin.
+
+    Only interior voxels count (all six face neighbours carry the same label): boundary voxels mix the organ
+    with its neighbours by partial volume, and a rib or fat at the edge would read as a finding. An organ with
+    no interior voxel (thinner than three voxels) uses all of its voxels.
+    """
+    nb = len(edges) + 1
+    interior = _interior(lab) if interior is None else interior
+    counts = _binned(lab, np.digitize(hu, np.asarray(edges, np.float32)), n, nb, interior)
     return (counts / np.maximum(counts.sum(1, keepdims=True), 1)).astype(np.float32)
+
+
+#: HU offsets from the organ's own median that bound the deviation counts of :func:`organ_descriptors`.
+DEVIATION_EDGES = (-150.0, -80.0, -40.0, -20.0, 20.0, 40.0, 80.0, 150.0)
+#: Percentiles of the organ's interior HU reported by :func:`organ_descriptors`.
+PERCENTILES = (0.1, 1.0, 5.0, 50.0, 95.0, 99.0, 99.9)
+#: Width of :func:`organ_descriptors`' output: deviation counts (the central bin left out), percentiles, volume.
+N_DESCRIPTORS = len(DEVIATION_EDGES) + len(PERCENTILES) + 1
+_HU_LO, _HU_STEP, _HU_BINS = -1024.0, 5.0, 820  # -1024 .. 3076 HU in 5 HU steps for the percentiles
+
+
+def organ_descriptors(lab: np.ndarray, hu: np.ndarray, n: int, voxel_ml: float,
+                      interior: Optional[np.ndarray] = None) -> np.ndarray:
+    """``[n, N_DESCRIPTORS]`` size and focal-contrast descriptors of organs 1..n (float32, each about -2..2).
+
+    - deviation counts: log10(1 + ml / 0.1) of interior voxels whose HU differs from the organ's median by each
+      band of :data:`DEVIATION_EDGES` (the central band, normal parenchyma and noise, is left out). Counts are
+      absolute volumes, not fractions, because a lesion is a size in mm whatever organ holds it: a 13 mm cyst
+      is 0.1 % of a liver but 1 ml in any liver.
+    - percentiles :data:`PERCENTILES` of interior HU / 500 (the tails see a stone or a cyst, the median a
+      diffusely low liver), from a 5 HU histogram so one pass serves every organ.
+    - log10 of the organ's whole volume in ml (enlargement, atrophy; pooled features are size-invariant).
+    """
+    interior = _interior(lab) if interior is None else interior
+    hu_bins = np.clip(((hu - _HU_LO) / _HU_STEP).astype(np.int32), 0, _HU_BINS - 1)
+    fine = _binned(lab, hu_bins, n, _HU_BINS, interior)
+    cdf = np.cumsum(fine, axis=1)
+    total = np.maximum(cdf[:, -1:], 1)
+    centres = _HU_LO + (np.arange(_HU_BINS) + 0.5) * _HU_STEP
+    pct = np.stack([centres[np.argmax(cdf >= total * (q / 100.0), axis=1)] for q in PERCENTILES], axis=1)
+    median = pct[:, PERCENTILES.index(50.0)]
+    # Deviation band of every voxel from its own organ's median (a lookup by label), then one count per band.
+    med_of = np.concatenate([[0.0], median]).astype(np.float32)
+    dev = hu - np.take(med_of, lab.astype(np.intp))
+    dev_counts = _binned(lab, np.digitize(dev, np.asarray(DEVIATION_EDGES, np.float32)), n,
+                         len(DEVIATION_EDGES) + 1, interior)
+    dev_counts = np.delete(dev_counts, len(DEVIATION_EDGES) // 2, axis=1)
+    volume = np.bincount(lab.reshape(-1).astype(np.intp), minlength=n + 1)[1:] * voxel_ml
+    return np.concatenate([np.log10(1.0 + dev_counts * voxel_ml / 0.1), pct / 500.0,
+                           np.log10(volume[:, None] + 1e-3) / 2.0], axis=1).astype(np.float32)
+
+
+def organ_stats(lab: np.ndarray, hu: np.ndarray, n: int, cfg: PreprocessConfig, voxel_ml: float) -> Optional[np.ndarray]:
+    """``[n, cfg.n_stats]``: HU-histogram fractions then descriptors, as the config asks (None when neither)."""
+    if not cfg.n_stats:
+        return None
+    interior = _interior(lab)
+    parts = []
+    if cfg.hu_histogram:
+        parts.append(organ_histograms(lab, hu, n, cfg.hu_histogram, interior))
+    if cfg.organ_descriptors:
+        parts.append(organ_descriptors(lab, hu, n, voxel_ml, interior))
+    return np.concatenate(parts, axis=1)
 
 
 def target_shape(shape: Sequence[int], spacing: Sequence[float], cfg: PreprocessConfig):
@@ -303,9 +370,8 @@ def prepare_study(volume: Volume, seg: Segmentation, organs: Optional[Sequence[s
     image, size, eff = resample_box(hu[sl], spacing, cfg, divisor, device)
     grid = tuple(int(s) // stride for s in image.shape[1:])
     rows, cols, vals = _cell_weights(lab_box, len(keep), size, stride, grid)
-    stats = None
-    if cfg.hu_histogram:
-        stats = torch.from_numpy(organ_histograms(lab_box, hu[sl], len(keep), cfg.hu_histogram)).to(device)
+    stats = organ_stats(lab_box, hu[sl], len(keep), cfg, voxel_ml)
+    stats = torch.from_numpy(stats).to(device) if stats is not None else None
     return PreparedStudy(image, grid, names, rows, cols, vals, missing, bboxes, counts[keep] * voxel_ml,
                          husum[keep] / counts[keep], tuple(int(v) for v in (*lo, *hi)), eff, stats)
 
@@ -335,8 +401,7 @@ def prepare_volume(volume: Volume, cfg: PreprocessConfig, stride: int, divisor: 
     image, size, eff = resample_box(hu[sl], spacing, cfg, divisor, device)
     grid = tuple(int(s) // stride for s in image.shape[1:])
     rows, cols, vals = _cell_weights(body, 1, size, stride, grid)
-    stats = None
-    if cfg.hu_histogram:
-        stats = torch.from_numpy(organ_histograms(body, hu[sl], 1, cfg.hu_histogram)).to(device)
+    stats = organ_stats(body, hu[sl], 1, cfg, abs(float(np.linalg.det(volume.affine[:3, :3]))) / 1000.0)
+    stats = torch.from_numpy(stats).to(device) if stats is not None else None
     return PreparedStudy(image, grid, ["body"], rows, cols, vals, box=tuple(int(v) for v in (*lo, *hi)), spacing=eff,
                          stats=stats)

@@ -71,8 +71,11 @@ class ZeroShotClassifier:
         [{'organ': 'liver', 'finding': 'liver_cyst', 'probability': 0.83}]
     """
 
-    def __init__(self, model: Any, dictionary: Any = None, organ_templates: Sequence[str] = ORGAN_TEMPLATES) -> None:
+    def __init__(self, model: Any, dictionary: Any = None, organ_templates: Sequence[str] = ORGAN_TEMPLATES,
+                 calibrated: bool = True) -> None:
         self.model = model
+        #: Apply the model's per-finding calibration (``model.calibration``) when it has one.
+        self.calibrated = calibrated
         self._dictionary = dictionary
         self.organ_templates = tuple(organ_templates)
         self._cache: Dict[str, np.ndarray] = {}
@@ -172,9 +175,21 @@ class ZeroShotClassifier:
                       findings: Optional[Sequence[str]] = None) -> Tuple[np.ndarray, List[str], np.ndarray]:
         """Vectorised scoring: ``(row index, finding key, probability)`` arrays for every applicable pair.
 
-        Each (organ, finding) pair the dictionary allows gets ``sigmoid(s * (v.p - v.n))`` = the 2-way softmax
-        of the organ vector ``v`` against the averaged positive ``p`` and negative ``n`` prompt vectors, ``s``
-        the model's learned logit scale.
+        The probability is ``sigmoid`` of :meth:`detect_logits`.
+        """
+        rows, keys, logits = self.detect_logits(organ_names, vectors, findings)
+        return rows, keys, (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+
+    def detect_logits(self, organ_names: Sequence[str], vectors: np.ndarray,
+                      findings: Optional[Sequence[str]] = None) -> Tuple[np.ndarray, List[str], np.ndarray]:
+        """``(row index, finding key, logit)`` for every applicable pair (logits do not saturate as
+        probabilities do, so calibration and ranking use them).
+
+        Each (organ, finding) pair the dictionary allows gets ``sigmoid(s * (v.p - v.n) - c)`` = the 2-way
+        softmax of the organ vector ``v`` against the averaged positive ``p`` and negative ``n`` prompt vectors,
+        ``s`` the model's learned logit scale, ``c`` the finding's calibration offset (0 when the model has
+        none or the classifier was made with ``calibrated=False``): a calibrated model puts each finding's
+        F1-best threshold on held-out studies at probability 0.5.
         """
         vectors = np.asarray(vectors, np.float32)
         if vectors.ndim != 2 or vectors.shape[0] != len(organ_names):
@@ -193,6 +208,9 @@ class ZeroShotClassifier:
         neg = self._ensembles([n for _, n in prompts])
         scale = float(self.model.temperature_scale().detach().cpu())
         logits = scale * (vectors @ (pos - neg).T)  # [N, K]
+        offsets = getattr(self.model, "calibration", None) or {}
+        if self.calibrated and offsets:
+            logits = logits - np.asarray([offsets.get(k, 0.0) for k in keys], np.float32)
         col = {k: i for i, k in enumerate(keys)}
         applies = np.zeros(logits.shape, bool)
         for o in set(organ_names):
@@ -201,8 +219,7 @@ class ZeroShotClassifier:
                 rows = [i for i, n in enumerate(organ_names) if n == o]
                 applies[np.ix_(rows, cols)] = True
         r, c = np.nonzero(applies)
-        prob = 1.0 / (1.0 + np.exp(-logits[r, c]))
-        return r, [keys[i] for i in c], prob.astype(np.float32)
+        return r, [keys[i] for i in c], logits[r, c].astype(np.float32)
 
     def detect_vectors(self, organ_names: Sequence[str], vectors: np.ndarray,
                        findings: Optional[Sequence[str]] = None) -> List[Detection]:

@@ -1,0 +1,74 @@
+"""Organ descriptors: deviation volumes, HU percentiles and organ volume, computed and fed to the projection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ctglip_sdk as cg
+from ctglip_sdk.model.preprocess import DEVIATION_EDGES, N_DESCRIPTORS, PERCENTILES, organ_descriptors
+from ctglip_sdk.volume import Volume
+from test_model_encode import IDS, TINY, make_phantom
+
+
+def _organ(cyst: bool, stone: bool, size: int = 20, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    lab = np.zeros((size + 4,) * 3, np.uint8)
+    lab[2:-2, 2:-2, 2:-2] = 1
+    hu = rng.normal(60.0, 5.0, lab.shape).astype(np.float32)   # liver-like parenchyma with noise
+    if cyst:
+        hu[6:10, 6:10, 6:10] = 5.0                             # 64 voxels of water inside
+    if stone:
+        hu[14, 14, 14] = 700.0                                 # one calcified voxel
+    return lab, hu
+
+
+def test_deviation_volumes_are_absolute_and_centred_on_the_organ_median():
+    voxel_ml = 0.027  # 3 mm voxels
+    plain = organ_descriptors(*_organ(False, False), 1, voxel_ml)[0]
+    lesion = organ_descriptors(*_organ(True, True), 1, voxel_ml)[0]
+    assert plain.shape == lesion.shape == (N_DESCRIPTORS,)
+    dev_bands = len(DEVIATION_EDGES)
+    # The cyst (-55 HU from the median) lands in the -80..-40 band: 64 voxels = 1.728 ml -> log10(1 + 17.28).
+    band = list(DEVIATION_EDGES).index(-80.0) + 1  # bins: <-150, -150..-80, -80..-40, ...
+    np.testing.assert_allclose(lesion[band], np.log10(1 + 64 * voxel_ml / 0.1), rtol=1e-5)
+    assert plain[band] == 0.0
+    # The stone: +640 HU, the top band; one voxel.
+    np.testing.assert_allclose(lesion[dev_bands - 1], np.log10(1 + voxel_ml / 0.1), rtol=1e-5)
+    # Percentiles: the median stays at the parenchyma (5 HU bins), the 0.1 % tail sees the cyst.
+    pct = lesion[dev_bands:dev_bands + len(PERCENTILES)] * 500.0
+    assert abs(pct[PERCENTILES.index(50.0)] - 60.0) <= 5.0 and pct[0] < 15.0
+    # Volume: the whole organ (20^3 voxels), whatever is inside it.
+    np.testing.assert_allclose(lesion[-1], np.log10(20 ** 3 * voxel_ml + 1e-3) / 2.0, rtol=1e-5)
+    assert plain[-1] == lesion[-1]
+
+
+def test_a_diffusely_darker_organ_moves_the_median_not_the_deviation_volumes():
+    lab, hu = _organ(False, False)
+    base = organ_descriptors(lab, hu, 1, 0.027)[0]
+    dark = organ_descriptors(lab, hu - 40.0, 1, 0.027)[0]  # steatosis-like: every voxel 40 HU lower
+    dev_bands = len(DEVIATION_EDGES)
+    np.testing.assert_allclose(dark[:dev_bands], base[:dev_bands], atol=0.35)  # noise moves a few voxels
+    med = PERCENTILES.index(50.0) + dev_bands
+    assert (base[med] - dark[med]) * 500.0 == pytest.approx(40.0, abs=5.0)
+
+
+def test_model_with_descriptors_sizes_its_projection_and_sees_a_lesion():
+    vol, seg = make_phantom()
+    edges = [-500.0, 0.0, 100.0]
+    m = cg.create("ctglip-tiny", overrides={**TINY, "preprocess": {"spacing": [4.0, 4.0, 4.0], "hu_histogram": edges,
+                                                                   "organ_descriptors": True}}, seed=2)
+    assert m.config.preprocess.n_stats == len(edges) + 1 + N_DESCRIPTORS
+    assert m.vision_proj.in_features == m.vision.out_channels + m.config.preprocess.n_stats
+    prep = m.prepare(vol, seg)
+    assert tuple(prep.stats.shape) == (len(prep.names), m.config.preprocess.n_stats)
+    emb = m.encode_organs(vol, seg)
+    hot = Volume(vol.array.copy(), vol.affine)
+    liver = np.argwhere(seg.array == IDS["liver"])
+    cx, cy, cz = liver[len(liver) // 2]
+    hot.array[cx - 1:cx + 2, cy - 1:cy + 2, cz:cz + 1] = 5.0  # a small water-density focus in the liver
+    other = m.encode_organs(hot, seg)
+    i = emb.names.index("liver")
+    assert float(emb.vectors[i] @ other.vectors[i]) < 0.99999
+    changed = (m.prepare(hot, seg).stats != prep.stats).any(1).numpy()
+    assert changed[i] and changed.sum() == 1  # only the liver's own stats see the focus

@@ -1,0 +1,124 @@
+"""Per-finding calibration: choose each finding's decision threshold on held-out studies, store it in the model."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any, Dict, List, Sequence, Tuple, Union
+
+import numpy as np
+
+from ctglip_sdk.errors import ConfigError, InputError
+from ctglip_sdk.training.data import annotate_report, archive_seed, read_truth
+from ctglip_sdk.training.evaluate import SplitEmbeddings, encode_split, read_splits
+from ctglip_sdk.training.metrics import best_f1_threshold
+
+__all__ = ["calibrate", "calibration_labels", "summary_rows"]
+
+log = logging.getLogger(__name__)
+PathLike = Union[str, "os.PathLike[str]"]
+#: An offset is never set further than this from 0 (logit units): a handful of positives must not be able to
+#: push a finding to "always" or "never".
+MAX_OFFSET = 8.0
+
+
+def calibration_labels(emb: SplitEmbeddings, rows: np.ndarray, keys: Sequence[str], source: str, archive: PathLike,
+                       dictionary: Any) -> np.ndarray:
+    """Label per scored pair: 1 present, 0 absent, -1 unknown (uncertain in the report: left out).
+
+    ``source="reports"`` reads what each study's report says (``ctglip_sdk.reports``, as training does), so
+    any archive with reports can calibrate; ``source="truth"`` reads a synthetic archive's truth.jsonl.
+    """
+    if source == "truth":
+        truth = read_truth(archive)
+        have = {(s, f.get("organ"), f.get("finding")) for s, rec in enumerate(emb.records)
+                for f in truth.get(rec.study_uid, [])}
+        return np.array([(int(emb.study[r]), emb.names[r], k) in have for r, k in zip(rows.tolist(), keys)], np.int8)
+    if source != "reports":
+        raise ConfigError(f"calibration labels come from 'reports' or 'truth', not {source!r}")
+    texts = []
+    for rec in emb.records:
+        try:
+            texts.append(annotate_report(rec.report.read_text(encoding="utf-8"), dictionary))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read the report: {exc}", path=rec.report) from None
+    out = np.zeros(len(keys), np.int8)
+    for i, (r, k) in enumerate(zip(rows.tolist(), keys)):
+        st, organ = texts[int(emb.study[r])], emb.names[r]
+        if k in st.present.get(organ, ()):
+            out[i] = 1
+        elif k in st.uncertain.get(organ, ()) or "_unspecified_abnormality" in st.uncertain.get(organ, ()):
+            out[i] = -1
+    return out
+
+
+def calibrate(model: Any, archive: PathLike, split: str = "val", *, labels: str = "reports", min_positives: int = 3,
+              dictionary: Any = None, progress: bool = False) -> Dict[str, Any]:
+    """Set ``model.calibration`` from one split of an archive and return what was chosen.
+
+    For every finding with at least ``min_positives`` positive organs in the split, the offset is the logit
+    threshold that maximises F1 there (``ZeroShotClassifier`` subtracts it, so 0.5 becomes that threshold);
+    findings with fewer positives keep offset 0. The split must not be one the model is evaluated on.
+
+    Args:
+        model: a CTGlipModel (changed in place; save it with ``save_pretrained``).
+        archive: archive root with manifest.csv and reports (and truth.jsonl for ``labels="truth"``).
+        split: the held-out split: a name, a comma-separated list or "all" (a separate calibration archive).
+        labels: "reports" (parsed reports, any archive) or "truth" (synthetic truth.jsonl).
+        min_positives: fewer positives than this leave the finding uncalibrated.
+        dictionary: AbnormalityDictionary (default: the built-in one).
+
+    Returns:
+        ``{"archive", "archive_seed", "split", "labels", "n_studies", "offsets", "per_finding"}``; per finding:
+        offset, F1 at it on the split, positives, negatives, or the reason it was left at 0.
+
+    Example:
+        >>> report = calibrate(model, "data/train", split="val")      # doctest: +SKIP
+        >>> model.save_pretrained("models/calibrated")                # doctest: +SKIP
+    """
+    import ctglip_sdk as cg
+    from ctglip_sdk.model.zeroshot import ZeroShotClassifier
+
+    if min_positives < 1:
+        raise ConfigError(f"min_positives must be >= 1, got {min_positives}")
+    dictionary = dictionary if dictionary is not None else cg.AbnormalityDictionary.default()
+    records = read_splits(archive, split)
+    if not records:
+        raise InputError(f"no studies in split {split!r} to calibrate on", path=os.path.join(archive, "manifest.csv"))
+    model.eval()
+    emb = encode_split(model, records, progress)
+    zs = ZeroShotClassifier(model, dictionary, calibrated=False)
+    rows, keys, logit = zs.detect_logits(emb.names, emb.vectors)
+    lab = calibration_labels(emb, rows, keys, labels, archive, dictionary)
+    offsets, per = _offsets(np.asarray(keys), logit, lab, min_positives)
+    model.calibration = offsets
+    return {"archive": os.fspath(archive), "archive_seed": archive_seed(archive), "split": split, "labels": labels,
+            "n_studies": len(records), "offsets": offsets, "per_finding": per}
+
+
+def _offsets(keys: np.ndarray, logit: np.ndarray, lab: np.ndarray,
+             min_positives: int) -> Tuple[Dict[str, float], Dict[str, Dict[str, Any]]]:
+    offsets: Dict[str, float] = {}
+    per: Dict[str, Dict[str, Any]] = {}
+    for key in sorted(set(keys.tolist())):
+        sel = (keys == key) & (lab >= 0)
+        y = lab[sel] == 1
+        n_pos, n_neg = int(y.sum()), int((~y).sum())
+        entry: Dict[str, Any] = {"n_pos": n_pos, "n_neg": n_neg}
+        if n_pos < min_positives or n_neg == 0:
+            entry.update(offset=0.0, reason=f"{n_pos} positives / {n_neg} negatives: left uncalibrated")
+        else:
+            thr, f1 = best_f1_threshold(logit[sel], y)
+            off = float(np.clip(thr, -MAX_OFFSET, MAX_OFFSET)) if math.isfinite(thr) else MAX_OFFSET
+            offsets[key] = off
+            entry.update(offset=offsets[key], f1=round(float(f1), 4))
+        per[key] = entry
+    return offsets, per
+
+
+def summary_rows(report: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """One row per finding for a table: finding, offset, F1, positives, negatives."""
+    return [{"finding": k, "offset": v["offset"], "f1": v.get("f1"), "n_pos": v["n_pos"], "n_neg": v["n_neg"]}
+            for k, v in sorted(report["per_finding"].items())]
+
