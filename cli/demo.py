@@ -32,10 +32,11 @@ def demo_command(out_dir: str, patients: int, seed: int, model: str, preset: str
     click.echo(f"\nIngested {res.archive} into {res.index_dir} with {res.model} "
                f"(synthetic phantoms — not patient data). Timings (s): {res.seconds}")
     for s in res.searches:
-        p = s["precision"]
+        p, n = s["precision"], len(s["hits"])
         click.echo(f"\n\"{s['question']}\" -> text={s['parsed']['text']!r} organ={s['parsed']['organ']} "
-                   f"where={s['parsed']['where'] or {}}  precision@{len(s['hits'])}="
-                   f"{'n/a' if p is None else f'{p:.2f}'} (truth: {s['finding']}; ranked by {s['ranking']})")
+                   f"where={s['parsed']['where'] or {}}  precision@{n}={'n/a' if p is None else f'{p:.2f}'}; "
+                   f"truth ({s['finding']}): {s['relevant']} right answer(s) among {s['candidates']} candidates, "
+                   f"ranked {s['relevant_ranks'] or '-'} (ranked by {s['ranking']})")
         print_table([{"score": h["score"], "organ": h["organ"], "patient": h["patient"][:8], "age": h["age"],
                       "sex": h["sex"], "truth": "correct" if h["correct"] else "wrong"} for h in s["hits"]])
     c = res.cohort

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import os
 import secrets
@@ -23,12 +22,14 @@ from ctglip_sdk.privacy import pseudonymize
 
 from .ann import AnnIndex, choose_factory
 from .lock import RWLock, WriterLock
+from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, REPAIR as _REPAIR, check_model, load_model as _load_model
+from .manifest import model_identity as _model_identity, read_manifest, write_manifest
 from .mirror import Mirror
 from .planner import Planner
 from .results import CohortResult, IngestReport, SearchResults
 from .schema import SCHEMA_VERSION
 from .store import Store, redact_url
-from .vectors import VectorStore, atomic_write
+from .vectors import VectorStore
 
 if TYPE_CHECKING:  # pragma: no cover
     from .embeddings import SeriesEmbeddings
@@ -38,21 +39,8 @@ __all__ = ["ArchiveIndex"]
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
-MANIFEST, FAISS_FILE, VECTOR_FILE = "manifest.json", "vectors.faiss", "vectors.f16"
+FAISS_FILE, VECTOR_FILE = "vectors.faiss", "vectors.f16"
 KEY_FILE, DB_FILE, MODEL_DIR = "pseudonym.key", "index.sqlite", "model"
-FORMAT, FORMAT_VERSION = "ctglip-archive-index", 1
-_REPAIR = "run `ctglip verify --index DIR --repair`"
-
-
-def _model_identity(model: Any) -> Dict[str, Any]:
-    return {"name": str(model.name), "config_hash": str(model.config_hash), "embed_dim": int(model.embed_dim),
-            "weights_hash": str(model.weights_hash()) if hasattr(model, "weights_hash") else None}
-
-
-def _load_model(ref: Union[str, PathLike]) -> Any:
-    import ctglip_sdk as cg  # noqa: PLC0415 - torch is heavy; only the index's model users pay for it
-
-    return cg.load(ref)
 
 
 class ArchiveIndex:
@@ -212,44 +200,10 @@ class ArchiveIndex:
         idx._load_state()
         return idx
 
-    @staticmethod
-    def _read_manifest(root: Path) -> Dict[str, Any]:
-        path = root / MANIFEST
-        if not path.is_file():
-            raise IndexStateError("not an archive index (no manifest.json); create one with ArchiveIndex.create "
-                                  "or `ctglip ingest ARCHIVE --index DIR`", path=root)
-        try:
-            manifest = json.loads(path.read_text("utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise IndexStateError(f"manifest.json is not valid JSON ({exc})", path=path) from None
-        if manifest.get("format") != FORMAT:
-            raise IndexStateError(f"manifest.json is not a ctglip archive index (format {manifest.get('format')!r})",
-                                  path=path)
-        if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
-            raise IndexStateError("the index was written by a newer ctglip-sdk; upgrade ctglip-sdk", path=path)
-        for key in ("index_uid", "model", "dim", "database"):
-            if key not in manifest:
-                raise IndexStateError(f"manifest.json lacks {key!r}; {_REPAIR} cannot rebuild it: recreate the index",
-                                      path=path)
-        return manifest
-
-    @staticmethod
-    def _write_manifest(root: Path, manifest: Mapping[str, Any]) -> None:
-        text = json.dumps(manifest, indent=2, sort_keys=True)
-        atomic_write(root / MANIFEST, lambda p: p.write_text(text, "utf-8"))
-
-    @staticmethod
-    def _check_model(manifest: Mapping[str, Any], model: Any, root: Path) -> None:
-        rec, got = manifest["model"], _model_identity(model)
-        if rec["config_hash"] != got["config_hash"]:
-            raise IndexStateError(
-                f"this index was built with model {rec['name']!r} (config {rec['config_hash'][:12]}); the model "
-                f"given is {got['name']!r} (config {got['config_hash'][:12]}). Vectors of different models are not "
-                "comparable: open without model= (the index loads its own copy) or create a new index", path=root)
-        if rec.get("weights_hash") and got.get("weights_hash") and rec["weights_hash"] != got["weights_hash"]:
-            raise IndexStateError(
-                f"this index was built with other weights of {rec['name']!r} (weights {rec['weights_hash'][:12]}, "
-                f"given {got['weights_hash'][:12]}); open without model= or create a new index", path=root)
+    # manifest.json and the model identity it records live in .manifest; kept as names for callers.
+    _read_manifest = staticmethod(read_manifest)
+    _write_manifest = staticmethod(write_manifest)
+    _check_model = staticmethod(check_model)
 
     def close(self) -> None:
         """Release database connections (the object must not be used afterwards)."""
