@@ -72,3 +72,17 @@ def test_model_with_descriptors_sizes_its_projection_and_sees_a_lesion():
     assert float(emb.vectors[i] @ other.vectors[i]) < 0.99999
     changed = (m.prepare(hot, seg).stats != prep.stats).any(1).numpy()
     assert changed[i] and changed.sum() == 1  # only the liver's own stats see the focus
+
+
+def test_edge_voxels_count_unless_they_touch_bone_or_air_of_another_label():
+    lab, hu = _organ(False, False)
+    hu[lab == 0] = -100.0                         # fat around the organ
+    top = len(DEVIATION_EDGES) - 1                # the +150 HU band
+    rib = hu.copy()
+    rib[1, 8:12, 8:12] = 900.0                    # bone just outside the face x = 2: partial volume at the edge
+    rib[2, 8:12, 8:12] = 400.0
+    assert organ_descriptors(lab, rib, 1, 0.027)[0][top] == 0.0  # not a calcification
+    stone = hu.copy()
+    stone[2, 14, 14] = 900.0                      # a stone on the organ's edge, next to fat
+    np.testing.assert_allclose(organ_descriptors(lab, stone, 1, 0.027)[0][top], np.log10(1 + 0.027 / 0.1),
+                               rtol=1e-5)

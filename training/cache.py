@@ -34,8 +34,13 @@ def default_cache_dir() -> Path:
 
 def preprocess_spec(model: Any) -> Dict[str, Any]:
     """What decides a cached entry's content: the model's preprocessing config and its network geometry."""
-    return {"format": CACHE_FORMAT, "preprocess": model.config.preprocess.to_dict(),
+    from ctglip_sdk.model.preprocess import STATS_VERSION
+
+    spec = {"format": CACHE_FORMAT, "preprocess": model.config.preprocess.to_dict(),
             "feature_stride": int(model.vision.feature_stride), "size_divisor": int(model.vision.size_divisor)}
+    if model.config.preprocess.n_stats:  # the stats are code, not config: a change to them is a new cache
+        spec["stats_version"] = STATS_VERSION
+    return spec
 
 
 def _fingerprint(path: Path) -> Tuple[str, int, int]:

@@ -123,11 +123,34 @@ def _interior(lab: np.ndarray) -> np.ndarray:
     return interior
 
 
-def _binned(lab: np.ndarray, bins: np.ndarray, n: int, nb: int, interior: np.ndarray) -> np.ndarray:
-    """``[n, nb]`` voxel counts per organ and bin over interior voxels; an organ with none (thinner than three
-    voxels) counts all of its voxels."""
+#: HU outside an organ that partial volume must not bring into it: bone/calcified wall above, air/gas below.
+BONE_HU, AIR_HU = 300.0, -500.0
+
+
+def _clear_of_bone_and_air(lab: np.ndarray, hu: np.ndarray) -> np.ndarray:
+    """Organ voxels none of whose six face neighbours is *another* label with bone-like or air HU.
+
+    Looser than :func:`_interior`: a voxel next to fat or another soft-tissue organ stays (a stone in the renal
+    sinus or a calcification under the capsule sits at the mask's edge and must count), while one next to a
+    rib, the spine or gas — which partial volume would turn into a false "calcification" or "cyst" — goes.
+    """
+    keep = lab > 0
+    bad_hu = (hu > BONE_HU) | (hu < AIR_HU)
+    for ax in range(3):
+        for shift in (1, -1):
+            src = [slice(None)] * 3
+            dst = [slice(None)] * 3
+            src[ax], dst[ax] = (slice(shift, None), slice(None, -shift)) if shift > 0 else (slice(None, shift), slice(-shift, None))
+            src, dst = tuple(src), tuple(dst)
+            keep[dst] &= ~((lab[src] != lab[dst]) & bad_hu[src])
+    return keep
+
+
+def _binned(lab: np.ndarray, bins: np.ndarray, n: int, nb: int, counted: np.ndarray) -> np.ndarray:
+    """``[n, nb]`` voxel counts per organ and bin over the ``counted`` voxels; an organ with none of those (e.g.
+    thinner than three voxels for the interior rule) counts all of its voxels."""
     flat = lab.reshape(-1)
-    idx = np.flatnonzero(interior)
+    idx = np.flatnonzero(counted)
     counts = np.bincount(flat[idx].astype(np.intp) * nb + bins.reshape(-1)[idx], minlength=(n + 1) * nb)
     counts = counts.reshape(n + 1, nb)[1:].astype(np.float64)
     thin = counts.sum(1) == 0
@@ -138,8 +161,7 @@ def _binned(lab: np.ndarray, bins: np.ndarray, n: int, nb: int, interior: np.nda
     return counts
 
 
-def organ_histograms(lab: np.ndarray, hu: np.ndarray, n: int, edges: Sequence[float],
-                     interior: Optional[np.ndarray] = None) -> np.ndarray:
+def organ_histograms(lab: np.ndarray, hu: np.ndarray, n: int, edges: Sequence[float]) -> np.ndarray:
     """``[n, len(edges)+1]`` fraction of each organ's voxels (labels 1..n) per HU bin.
 
     Only interior voxels count (all six face neighbours carry the same label): boundary voxels mix the organ
@@ -147,35 +169,39 @@ def organ_histograms(lab: np.ndarray, hu: np.ndarray, n: int, edges: Sequence[fl
     no interior voxel (thinner than three voxels) uses all of its voxels.
     """
     nb = len(edges) + 1
-    interior = _interior(lab) if interior is None else interior
-    counts = _binned(lab, np.digitize(hu, np.asarray(edges, np.float32)), n, nb, interior)
+    counts = _binned(lab, np.digitize(hu, np.asarray(edges, np.float32)), n, nb, _interior(lab))
     return (counts / np.maximum(counts.sum(1, keepdims=True), 1)).astype(np.float32)
 
 
+#: Bumped whenever what organ_histograms / organ_descriptors compute changes, so that preprocessing caches
+#: built by older code are not reused (2: descriptors count edge voxels unless they touch bone or air).
+STATS_VERSION = 2
 #: HU offsets from the organ's own median that bound the deviation counts of :func:`organ_descriptors`.
 DEVIATION_EDGES = (-150.0, -80.0, -40.0, -20.0, 20.0, 40.0, 80.0, 150.0)
-#: Percentiles of the organ's interior HU reported by :func:`organ_descriptors`.
+#: Percentiles of the organ's HU reported by :func:`organ_descriptors`.
 PERCENTILES = (0.1, 1.0, 5.0, 50.0, 95.0, 99.0, 99.9)
 #: Width of :func:`organ_descriptors`' output: deviation counts (the central bin left out), percentiles, volume.
 N_DESCRIPTORS = len(DEVIATION_EDGES) + len(PERCENTILES) + 1
 _HU_LO, _HU_STEP, _HU_BINS = -1024.0, 5.0, 820  # -1024 .. 3076 HU in 5 HU steps for the percentiles
 
 
-def organ_descriptors(lab: np.ndarray, hu: np.ndarray, n: int, voxel_ml: float,
-                      interior: Optional[np.ndarray] = None) -> np.ndarray:
+def organ_descriptors(lab: np.ndarray, hu: np.ndarray, n: int, voxel_ml: float) -> np.ndarray:
     """``[n, N_DESCRIPTORS]`` size and focal-contrast descriptors of organs 1..n (float32, each about -2..2).
 
-    - deviation counts: log10(1 + ml / 0.1) of interior voxels whose HU differs from the organ's median by each
+    Voxels count unless they touch bone-like or air HU of another label (:func:`_clear_of_bone_and_air`); the
+    histogram's stricter interior rule would drop a stone at the edge of the renal sinus.
+
+    - deviation counts: log10(1 + ml / 0.1) of the voxels whose HU differs from the organ's median by each
       band of :data:`DEVIATION_EDGES` (the central band, normal parenchyma and noise, is left out). Counts are
       absolute volumes, not fractions, because a lesion is a size in mm whatever organ holds it: a 13 mm cyst
       is 0.1 % of a liver but 1 ml in any liver.
-    - percentiles :data:`PERCENTILES` of interior HU / 500 (the tails see a stone or a cyst, the median a
+    - percentiles :data:`PERCENTILES` of those voxels' HU / 500 (the tails see a stone or a cyst, the median a
       diffusely low liver), from a 5 HU histogram so one pass serves every organ.
     - log10 of the organ's whole volume in ml (enlargement, atrophy; pooled features are size-invariant).
     """
-    interior = _interior(lab) if interior is None else interior
+    counted = _clear_of_bone_and_air(lab, hu)
     hu_bins = np.clip(((hu - _HU_LO) / _HU_STEP).astype(np.int32), 0, _HU_BINS - 1)
-    fine = _binned(lab, hu_bins, n, _HU_BINS, interior)
+    fine = _binned(lab, hu_bins, n, _HU_BINS, counted)
     cdf = np.cumsum(fine, axis=1)
     total = np.maximum(cdf[:, -1:], 1)
     centres = _HU_LO + (np.arange(_HU_BINS) + 0.5) * _HU_STEP
@@ -185,7 +211,7 @@ def organ_descriptors(lab: np.ndarray, hu: np.ndarray, n: int, voxel_ml: float,
     med_of = np.concatenate([[0.0], median]).astype(np.float32)
     dev = hu - np.take(med_of, lab.astype(np.intp))
     dev_counts = _binned(lab, np.digitize(dev, np.asarray(DEVIATION_EDGES, np.float32)), n,
-                         len(DEVIATION_EDGES) + 1, interior)
+                         len(DEVIATION_EDGES) + 1, counted)
     dev_counts = np.delete(dev_counts, len(DEVIATION_EDGES) // 2, axis=1)
     volume = np.bincount(lab.reshape(-1).astype(np.intp), minlength=n + 1)[1:] * voxel_ml
     return np.concatenate([np.log10(1.0 + dev_counts * voxel_ml / 0.1), pct / 500.0,
@@ -196,12 +222,11 @@ def organ_stats(lab: np.ndarray, hu: np.ndarray, n: int, cfg: PreprocessConfig, 
     """``[n, cfg.n_stats]``: HU-histogram fractions then descriptors, as the config asks (None when neither)."""
     if not cfg.n_stats:
         return None
-    interior = _interior(lab)
     parts = []
     if cfg.hu_histogram:
-        parts.append(organ_histograms(lab, hu, n, cfg.hu_histogram, interior))
+        parts.append(organ_histograms(lab, hu, n, cfg.hu_histogram))
     if cfg.organ_descriptors:
-        parts.append(organ_descriptors(lab, hu, n, voxel_ml, interior))
+        parts.append(organ_descriptors(lab, hu, n, voxel_ml))
     return np.concatenate(parts, axis=1)
 
 
