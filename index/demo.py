@@ -36,6 +36,32 @@ DEFAULT_QUERIES: Tuple[DemoQuery, ...] = (
 DEFAULT_COHORT = {"all_of": ["hepatic_steatosis"], "none_of": ["splenomegaly"]}
 
 
+def planted_cases(queries: Sequence[DemoQuery], n_patients: int) -> Dict[int, Dict[str, Any]]:
+    """One patient per question who answers it (its finding, and sex/age inside its filters), spread over the
+    archive; every other patient is drawn at random. At 30 patients and ~20 % prevalence a filtered question
+    ("... in women over 60") otherwise often has no right answer to find.
+
+    Example:
+        >>> planted_cases([DemoQuery("fatty liver in women over 60", "hepatic_steatosis")], 30)
+        {0: {'findings': ['hepatic_steatosis'], 'sex': 'F', 'age': 65}}
+    """
+    if n_patients < len(queries):
+        return {}
+    step = n_patients // max(len(queries), 1)
+    out: Dict[int, Dict[str, Any]] = {}
+    for i, q in enumerate(queries):
+        where = parse_query(q.question).where or {}
+        spec: Dict[str, Any] = {"findings": [q.finding]}
+        if where.get("sex") in ("F", "M"):
+            spec["sex"] = where["sex"]
+        age = where.get("age")
+        if isinstance(age, tuple) and len(age) == 2:
+            lo, hi = age
+            spec["age"] = int(lo + 5 if hi is None else (lo + hi) // 2) if lo is not None else int(hi) - 5
+        out[i * step] = spec
+    return out
+
+
 def load_truth(archive: Union[str, Path]) -> Dict[str, Set[Tuple[str, str]]]:
     """``truth.jsonl`` of a synthetic archive -> {study_uid: {(organ class, finding key), ...}}."""
     out: Dict[str, Set[Tuple[str, str]]] = {}
@@ -105,7 +131,7 @@ def run_demo(out_dir: Union[str, Path] = "demo-output", n_patients: int = 30, se
     t = time.perf_counter()
     if not (archive / "manifest.csv").exists():
         cg.synth.generate_archive(archive, n_patients=n_patients, seed=seed, fmt="dicom", preset=preset,
-                                  progress=progress, workers=2)
+                                  cases=planted_cases(queries, n_patients), progress=progress, workers=2)
     seconds["synth"] = time.perf_counter() - t
     truth = load_truth(archive)
     truth_rows = [json.loads(line) for line in (archive / "truth.jsonl").read_text().splitlines() if line.strip()]

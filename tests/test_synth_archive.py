@@ -140,6 +140,27 @@ def test_refuses_to_overwrite_and_validates(tmp_path, archive):
         cg.synth.generate_archive(tmp_path / "x", 1, preset="huge", progress=False)
 
 
+def test_cases_fix_chosen_patients_and_leave_the_others_drawn(tmp_path):
+    plain = tmp_path / "plain"
+    cg.synth.generate_archive(plain, 3, seed=9, preset="small", progress=False)
+    planted = tmp_path / "planted"
+    cg.synth.generate_archive(planted, 3, seed=9, preset="small", progress=False,
+                              cases={1: {"findings": ["hepatic_steatosis"], "sex": "F", "age": 67}})
+    a, b = rows(plain), rows(planted)
+    assert (b[1]["sex"], b[1]["age"]) == ("F", "67")
+    truth = [json.loads(x) for x in (planted / "truth.jsonl").read_text().splitlines()]
+    assert [f["finding"] for f in truth[1]["findings"]] == ["hepatic_steatosis"]
+    labels = cg.reports.labels((planted / b[1]["report"]).read_text())  # the report says what the truth says
+    assert str(labels.get(("liver", "hepatic_steatosis"))) == "present"
+    for i in (0, 2):  # the other patients are the ones the seed gives without cases
+        assert {k: a[i][k] for k in ("age", "sex", "n_findings")} == {k: b[i][k] for k in ("age", "sex", "n_findings")}
+    with pytest.raises(cg.ConfigError, match=r"cases\[1\].*nope"):
+        cg.synth.generate_archive(tmp_path / "x", 3, preset="small", progress=False, cases={1: {"findings": ["nope"]}})
+    with pytest.raises(cg.ConfigError, match="0..2"):
+        cg.synth.generate_archive(tmp_path / "y", 3, preset="small", progress=False, cases={7: {"sex": "F"}})
+    assert not (tmp_path / "x" / "manifest.csv").exists()
+
+
 def test_cli_synth_json(tmp_path):
     from ctglip_sdk.cli.synth import synth_command
 

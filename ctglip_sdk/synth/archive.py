@@ -10,7 +10,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
 import numpy as np
 
@@ -155,9 +155,9 @@ def assign_splits(n: int, seed: int, fractions=(0.7, 0.15, 0.15)) -> List[str]:
 
 
 def _make_study(root: str, seed: int, index: int, preset: str, fmt: str, prevalence: Optional[dict],
-                per_class: bool, split: str) -> tuple:
+                per_class: bool, split: str, case_spec: Optional[dict] = None) -> tuple:
     """Generate, write and drop one study (runs in a worker process); returns its manifest row and truth."""
-    pt = generate_patient(seed, preset, prevalence=prevalence, index=index, archive_seed=seed)
+    pt = generate_patient(seed, preset, prevalence=prevalence, index=index, archive_seed=seed, **(case_spec or {}))
     ident, vol, rootp = pt.identity, pt.volume, Path(root)
     pid = ident.patient_id
     # Files are named by an opaque case number, never the (fake) MRN: paths end up in index rows and query
@@ -188,10 +188,34 @@ def _make_study(root: str, seed: int, index: int, preset: str, fmt: str, prevale
     return index, row, truth
 
 
+_CASE_KEYS = ("findings", "sex", "age", "contrast")
+
+
+def _check_cases(cases: Optional[Mapping[int, Mapping[str, Any]]], n: int, p: Preset) -> Dict[int, dict]:
+    """Validated per-patient overrides of ``generate_archive(cases=...)`` (an error names the patient)."""
+    out: Dict[int, dict] = {}
+    for i, spec in (cases or {}).items():
+        if not isinstance(i, (int, np.integer)) or not 0 <= int(i) < n:
+            raise ConfigError(f"cases: patient index {i!r} is not in 0..{n - 1}")
+        unknown = sorted(set(spec) - set(_CASE_KEYS))
+        if unknown:
+            raise ConfigError(f"cases[{i}]: unknown key(s) {unknown}; use {', '.join(_CASE_KEYS)}")
+        spec = dict(spec)
+        if "findings" in spec:
+            spec["findings"] = list(spec["findings"])
+            try:  # unknown keys fail here, before any file is written
+                sample_findings(np.random.default_rng(0), sample_anatomy(np.random.default_rng(0)), p,
+                                force=spec["findings"])
+            except ConfigError as exc:
+                raise ConfigError(f"cases[{i}]: {exc.reason}") from None
+        out[int(i)] = spec
+    return out
+
+
 def generate_archive(out_dir: Union[str, os.PathLike], n_patients: int, seed: int = 0, fmt: str = "dicom",
                      preset: Union[str, Preset] = "default", prevalence: Optional[Mapping[str, float]] = None,
                      per_class_masks: bool = False, progress: bool = True, workers: int = 1,
-                     overwrite: bool = False) -> ArchiveSummary:
+                     overwrite: bool = False, cases: Optional[Mapping[int, Mapping[str, Any]]] = None) -> ArchiveSummary:
     """Write a synthetic archive: images, masks, reports, ``manifest.csv`` and ``truth.jsonl`` (docs/data.md).
 
     Each patient comes from its own seed (``seed``, patient index), is written, then dropped, so memory does
@@ -208,6 +232,9 @@ def generate_archive(out_dir: Union[str, os.PathLike], n_patients: int, seed: in
         progress: show a tqdm progress bar.
         workers: processes to use (the output does not depend on it).
         overwrite: replace an existing archive's files (images/, masks/, reports/, manifest, truth).
+        cases: patient index -> fixed ``findings`` / ``sex`` / ``age`` / ``contrast`` for that patient (as
+            :func:`generate_patient` takes them), e.g. ``{3: {"findings": ["hepatic_steatosis"], "sex": "F",
+            "age": 67}}``; the other patients are drawn as usual.
 
     Example:
         >>> s = generate_archive("/tmp/arch", 2, seed=1, preset="small", progress=False, overwrite=True)
@@ -223,6 +250,7 @@ def generate_archive(out_dir: Union[str, os.PathLike], n_patients: int, seed: in
     p = get_preset(preset)
     if prevalence:
         sample_findings(np.random.default_rng(0), sample_anatomy(np.random.default_rng(0)), p, prevalence)
+    specs = _check_cases(cases, int(n_patients), p)
     root = Path(out_dir)
     if root.exists() and not root.is_dir():
         raise InputError("output path exists and is not a folder", path=root)
@@ -240,7 +268,7 @@ def generate_archive(out_dir: Union[str, os.PathLike], n_patients: int, seed: in
     t0 = time.perf_counter()
     splits = assign_splits(int(n_patients), int(seed))
     args = [(str(root), int(seed), i, p.name, fmt, dict(prevalence) if prevalence else None, per_class_masks,
-             splits[i]) for i in range(int(n_patients))]
+             splits[i], specs.get(i)) for i in range(int(n_patients))]
     rows: List[Optional[dict]] = [None] * len(args)
     truths: List[Optional[dict]] = [None] * len(args)
     from tqdm.auto import tqdm
