@@ -91,7 +91,7 @@ def calibrate_command(model: str, archive: str, split: str, labels: str, min_pos
     """
     import ctglip_sdk as cg
     from ctglip_sdk.training import calibrate
-    from ctglip_sdk.training.calibrate import summary_rows
+    from ctglip_sdk.training.calibration import summary_rows
 
     loaded = cg.load(model)
     report = calibrate(loaded, archive, split, labels=labels, min_positives=min_positives)

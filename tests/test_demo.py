@@ -12,7 +12,7 @@ from ctglip_sdk.index.demo import DEFAULT_QUERIES, load_truth
 
 def test_demo_runs_offline_and_judges_every_hit(tmp_path):
     out = tmp_path / "demo"
-    res = CliRunner().invoke(cli, ["demo", "--out", str(out), "--patients", "5", "--preset", "small", "--k", "3",
+    res = CliRunner().invoke(cli, ["demo", "--out", str(out), "--patients", "5", "--preset", "small", "-k", "3",
                                    "--no-montage", "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)

@@ -86,3 +86,37 @@ def test_edge_voxels_count_unless_they_touch_bone_or_air_of_another_label():
     stone[2, 14, 14] = 900.0                      # a stone on the organ's edge, next to fat
     np.testing.assert_allclose(organ_descriptors(lab, stone, 1, 0.027)[0][top], np.log10(1 + 0.027 / 0.1),
                                rtol=1e-5)
+
+
+def _neighbours_3d(lab, hu):
+    """Reference for the two edge rules, written plainly on the 3-D arrays (six shifted comparisons)."""
+    interior, clear = lab > 0, lab > 0
+    for ax in range(3):
+        for shift in (1, -1):
+            nlab = np.full(lab.shape, -1, np.int64)  # outside the array: another label, neither bone nor air
+            nhu = np.zeros(lab.shape, np.float32)
+            src, dst = [slice(None)] * 3, [slice(None)] * 3
+            src[ax], dst[ax] = (slice(shift, None), slice(None, -shift)) if shift > 0 else \
+                (slice(None, shift), slice(-shift, None))
+            nlab[tuple(dst)], nhu[tuple(dst)] = lab[tuple(src)], hu[tuple(src)]
+            interior &= nlab == lab
+            clear &= ~((nlab != lab) & ((nhu > 300) | (nhu < -500)))
+    return interior, clear
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_flat_neighbour_rules_match_the_3d_reference(seed):
+    from ctglip_sdk.model.preprocess import _OrganVoxels
+
+    rng = np.random.default_rng(seed)
+    lab = rng.integers(0, 4, (11, 9, 7)).astype(np.uint8)
+    lab[2:9, 2:7, 1:6] = 2                                    # a block with a real interior, touching borders
+    lab[0, :, :] = 3
+    hu = rng.normal(0, 500, lab.shape).astype(np.float32)
+    v = _OrganVoxels(lab, hu)
+    interior, clear = _neighbours_3d(lab, hu)
+    flat = np.flatnonzero(lab)
+    np.testing.assert_array_equal(v.idx, flat)
+    np.testing.assert_array_equal(v.interior, interior.reshape(-1)[flat])
+    np.testing.assert_array_equal(v.clear, clear.reshape(-1)[flat])
+    assert v.interior.any() and not v.interior.all() and not v.clear.all()

@@ -13,7 +13,7 @@ from ctglip_sdk.cli.main import cli
 from ctglip_sdk.errors import CheckpointError
 from ctglip_sdk.model.zeroshot import ZeroShotClassifier
 from ctglip_sdk.training import calibrate
-from ctglip_sdk.training.evaluate import encode_split, read_splits
+from ctglip_sdk.training.evaluation import encode_split, read_splits
 from ctglip_sdk.training.metrics import f1_score
 from test_model_encode import TINY
 
@@ -89,3 +89,13 @@ def test_cli_calibrate_writes_a_calibrated_copy(tmp_path, archive, model):
     res = CliRunner().invoke(cli, ["calibrate", "--model", str(tmp_path / "plain"), "--archive", str(archive),
                                    "--split", "nosuch", "--out", str(tmp_path / "x")])
     assert res.exit_code == 1 and "nosuch" in res.output
+
+
+def test_public_functions_stay_callable_after_their_modules_are_imported():
+    import importlib
+
+    import ctglip_sdk.training as tr
+
+    for name in ("evaluation", "calibration", "api", "trainer"):
+        importlib.import_module(f"ctglip_sdk.training.{name}")
+    assert callable(tr.evaluate) and callable(tr.calibrate) and callable(tr.train)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-# Loaded on first use: `ctglip_sdk.training.config` must stay importable without the model stack.
+# Loaded on first use: `ctglip_sdk.training.config` must stay importable without the model stack. No module is
+# named like a function listed here (evaluate lives in evaluation.py): importing a submodule sets the package
+# attribute of its name, which would then hide the function.
 _LAZY = {
     "TrainConfig": ("ctglip_sdk.training.config", "TrainConfig"),
     "train": ("ctglip_sdk.training.api", "train"),
-    "evaluate": ("ctglip_sdk.training.evaluate", "evaluate"),
-    "calibrate": ("ctglip_sdk.training.calibrate", "calibrate"),
+    "evaluate": ("ctglip_sdk.training.evaluation", "evaluate"),
+    "calibrate": ("ctglip_sdk.training.calibration", "calibrate"),
     "Trainer": ("ctglip_sdk.training.trainer", "Trainer"),
 }
 
@@ -32,7 +34,7 @@ def __dir__() -> list:
 
 if TYPE_CHECKING:  # pragma: no cover
     from ctglip_sdk.training.api import train  # noqa: F401
-    from ctglip_sdk.training.calibrate import calibrate  # noqa: F401
+    from ctglip_sdk.training.calibration import calibrate  # noqa: F401
     from ctglip_sdk.training.config import TrainConfig  # noqa: F401
-    from ctglip_sdk.training.evaluate import evaluate  # noqa: F401
+    from ctglip_sdk.training.evaluation import evaluate  # noqa: F401
     from ctglip_sdk.training.trainer import Trainer  # noqa: F401

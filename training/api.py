@@ -71,7 +71,7 @@ def _initial_model(cfg: TrainConfig, out: Path, corpus: list, is_main: bool, res
 
 def _calibrate(model: Any, archive: PathLike, cfg: TrainConfig, dictionary: Any, progress: bool) -> Dict[str, Any]:
     """Per-finding thresholds from the val split's reports, or a note saying why there are none."""
-    from ctglip_sdk.training.calibrate import calibrate
+    from ctglip_sdk.training.calibration import calibrate
 
     if not read_manifest(archive, cfg.val_split):
         return {"skipped": f"no studies in split {cfg.val_split!r}"}

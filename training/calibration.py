@@ -11,7 +11,7 @@ import numpy as np
 
 from ctglip_sdk.errors import ConfigError, InputError
 from ctglip_sdk.training.data import annotate_report, archive_seed, read_truth
-from ctglip_sdk.training.evaluate import SplitEmbeddings, encode_split, read_splits
+from ctglip_sdk.training.evaluation import SplitEmbeddings, encode_split, read_splits
 from ctglip_sdk.training.metrics import best_f1_threshold
 
 __all__ = ["calibrate", "calibration_labels", "summary_rows"]
