@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 import numpy as np
 
 from ctglip_sdk.errors import ConfigError, InputError
-from ctglip_sdk.training.data import annotate_report, archive_seed, read_truth
+from ctglip_sdk.training.data import UNSPECIFIED, annotate_report, archive_seed, read_truth
 from ctglip_sdk.training.evaluation import SplitEmbeddings, encode_split, read_splits
 from ctglip_sdk.training.metrics import best_f1_threshold
 
@@ -48,7 +48,7 @@ def calibration_labels(emb: SplitEmbeddings, rows: np.ndarray, keys: Sequence[st
         st, organ = texts[int(emb.study[r])], emb.names[r]
         if k in st.present.get(organ, ()):
             out[i] = 1
-        elif k in st.uncertain.get(organ, ()) or "_unspecified_abnormality" in st.uncertain.get(organ, ()):
+        elif k in st.uncertain.get(organ, ()) or UNSPECIFIED in st.uncertain.get(organ, ()):
             out[i] = -1
     return out
 
