@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import os
 import sys
 import time
 from collections import deque
@@ -21,6 +20,7 @@ from ctglip_sdk.errors import ConfigError, CTGlipError, GeometryError, InputErro
 
 from .filters import normalise_sex, to_date
 from .layout import Item, plan_archive, redact
+from .memory import bound_heap_growth
 from .results import IngestReport
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -352,37 +352,6 @@ def ingest(index: "ArchiveIndex", archive: Any, workers: int = 2, batch_size: in
     return report
 
 
-_M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
-_MALLOC_TUNED: List[bool] = []
-
-
-def _bound_heap_growth() -> None:
-    """Fix glibc's mmap threshold at 1 MiB for this process, once (glibc only; no-op elsewhere).
-
-    Each study allocates and frees tens of MB (volume, box, network input) from worker threads. glibc raises
-    its mmap threshold after every large free, so later large arrays come from the heap, whose freed chunks
-    fragment and stay resident: the ingest's resident size grew with the archive (+669 MiB after 10 studies,
-    +1,207 MiB after 60). A fixed threshold keeps such arrays in their own mappings, returned on free (+523 and
-    +644 MiB in the same test). Setting it also stops the dynamic adjustment for the rest of the process; a user
-    who set ``MALLOC_MMAP_THRESHOLD_`` keeps theirs, and ``CTGLIP_KEEP_MALLOC=1`` skips this.
-    """
-    if _MALLOC_TUNED:
-        return
-    _MALLOC_TUNED.append(True)
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") or os.environ.get("CTGLIP_KEEP_MALLOC") == "1":
-        return
-    import ctypes  # noqa: PLC0415
-    import ctypes.util  # noqa: PLC0415
-
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
-        return
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    if mallopt(_M_MMAP_THRESHOLD, 1 << 20) != 1:
-        log.debug("mallopt(M_MMAP_THRESHOLD) refused; heap growth left to glibc's defaults")
-
-
 def end_run(index: "ArchiveIndex", run_id: int, report: IngestReport, status: str, started: float) -> None:
     """Settle FAISS (re-choosing its type after a clean run) and record the run's outcome in SQL."""
     t0 = time.perf_counter()
@@ -400,7 +369,7 @@ def _run_pipeline(index: "ArchiveIndex", root: Path, model: Any, todo: List[Item
     from tqdm import tqdm  # noqa: PLC0415
 
     show = sys.stderr.isatty() if progress is None else progress
-    _bound_heap_growth()
+    bound_heap_growth()
     bar = tqdm(total=len(todo), unit="series", disable=not show, desc="ingest")
     pending: List[_Prepared] = []
     last_flush = time.perf_counter()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ctypes
 
-from ctglip_sdk.index import ingest
+from ctglip_sdk.index import memory
 
 
 def test_mmap_threshold_is_set_once_and_respects_the_users_choice(monkeypatch):
@@ -18,13 +18,13 @@ def test_mmap_threshold_is_set_once_and_respects_the_users_choice(monkeypatch):
             self.mallopt = mallopt
 
     monkeypatch.setattr(ctypes, "CDLL", FakeLibc)
-    monkeypatch.setattr(ingest, "_MALLOC_TUNED", [])
+    monkeypatch.setattr(memory, "_MALLOC_TUNED", [])
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     monkeypatch.setenv("CTGLIP_KEEP_MALLOC", "1")
-    ingest._bound_heap_growth()
+    memory.bound_heap_growth()
     assert calls == []                                     # the user keeps glibc's defaults
-    monkeypatch.setattr(ingest, "_MALLOC_TUNED", [])
+    monkeypatch.setattr(memory, "_MALLOC_TUNED", [])
     monkeypatch.delenv("CTGLIP_KEEP_MALLOC")
-    ingest._bound_heap_growth()
-    ingest._bound_heap_growth()                            # once per process
+    memory.bound_heap_growth()
+    memory.bound_heap_growth()                            # once per process
     assert calls == [(-3, 1 << 20)]
