@@ -291,8 +291,6 @@ def _calibration_tag(model: Any) -> str:
     cal = getattr(model, "calibration", None) or {}
     if not cal:
         return ""
-    import hashlib  # noqa: PLC0415
-
     return ":c" + hashlib.sha256(repr(sorted(cal.items())).encode()).hexdigest()[:8]
 
 

@@ -86,15 +86,11 @@ def _memory_order(a: np.ndarray) -> np.ndarray:
     """``a`` or its transpose, whichever walks memory in C order (loaders often give Fortran-ordered arrays).
 
     Every per-voxel pass below is symmetric in the axes (look-ups, counts, face neighbours), so it can run on
-    the transpose and skip a full-volume reorder copy.
+    the transpose and skip a full-volume reorder copy. A box cut from a Fortran-ordered volume is neither C- nor
+    F-contiguous but still walks memory fastest along its first axis, hence the stride test.
     """
-    return a.T if (a.flags.f_contiguous and not a.flags.c_contiguous) or _f_like(a) else a
-
-
-def _f_like(a: np.ndarray) -> bool:
-    # A box cut from a Fortran-ordered volume is neither C- nor F-contiguous but still walks memory fastest
-    # along its first axis.
-    return a.ndim == 3 and not a.flags.c_contiguous and abs(a.strides[0]) < abs(a.strides[2])
+    fortran_like = a.ndim == 3 and not a.flags.c_contiguous and abs(a.strides[0]) < abs(a.strides[2])
+    return a.T if fortran_like else a
 
 
 def _relabel(lut: np.ndarray, labels: np.ndarray) -> np.ndarray:
