@@ -142,7 +142,7 @@ def test_annotate_report_labels_come_from_the_report_text():
 def test_cache_keeps_hu_histograms_and_select_follows_the_organs(archive, tmp_path):
     """A model with hu_histogram: the cache stores the per-organ stats, select() reorders them with the rows."""
     hist_model = cg.create("ctglip-tiny", overrides={"preprocess": {"hu_histogram": [-100.0, 0.0, 100.0],
-                                                                    "organ_descriptors": False}}, seed=0)
+                                                                    "organ_descriptors": False, "focal_descriptors": False}}, seed=0)
     cache = PreprocessCache.for_model(hist_model, tmp_path / "cache")
     rec = read_manifest(archive)[0]
     cache.build(rec.image, rec.mask)

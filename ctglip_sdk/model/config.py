@@ -229,6 +229,10 @@ class PreprocessConfig(_ConfigBase):
     #: Per-organ size and focal-contrast descriptors (deviation-from-median volumes, HU percentiles, log
     #: volume) fed to the projection beside the pooled features. See docs/model.md, "Organ descriptors".
     organ_descriptors: bool = False
+    #: Per-organ focal-lesion and shape descriptors (blob filters on the organ's median-removed HU, thickness,
+    #: largest cross-section) fed to the projection after the organ descriptors. See docs/model.md,
+    #: "Focal descriptors". Models saved before it existed load with it off.
+    focal_descriptors: bool = False
 
     def __post_init__(self) -> None:
         if any(b >= a for a, b in zip(self.hu_histogram[1:], self.hu_histogram[:-1])):
@@ -251,10 +255,12 @@ class PreprocessConfig(_ConfigBase):
 
     @property
     def n_stats(self) -> int:
-        """Width of ``PreparedStudy.stats``: histogram bins, then the organ descriptors (0 when both are off)."""
+        """Width of ``PreparedStudy.stats``: histogram bins, organ descriptors, focal descriptors (0 when all off)."""
+        from ctglip_sdk.model.focal import N_FOCAL  # noqa: PLC0415 - keeps config free of numerical imports
         from ctglip_sdk.model.preprocess import N_DESCRIPTORS  # noqa: PLC0415 - preprocess imports this module
 
-        return self.n_hist_bins + (N_DESCRIPTORS if self.organ_descriptors else 0)
+        return (self.n_hist_bins + (N_DESCRIPTORS if self.organ_descriptors else 0)
+                + (N_FOCAL if self.focal_descriptors else 0))
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ctglip_sdk.errors import GeometryError, InputError, QueryError
 from ctglip_sdk.model.config import PreprocessConfig
+from ctglip_sdk.model.focal import focal_descriptors
 from ctglip_sdk.volume import Segmentation, Volume
 
 __all__ = ["PreparedStudy", "prepare_study", "prepare_volume", "resample_box", "target_shape", "organ_histograms",
@@ -199,8 +200,9 @@ def organ_histograms(lab: np.ndarray, hu: np.ndarray, n: int, edges: Sequence[fl
 
 
 #: Bumped whenever what organ_histograms / organ_descriptors compute changes, so that preprocessing caches
-#: built by older code are not reused (2: descriptors count edge voxels unless they touch bone or air).
-STATS_VERSION = 2
+#: built by older code are not reused (2: descriptors count edge voxels unless they touch bone or air;
+#: 3: focal descriptors).
+STATS_VERSION = 3
 #: HU offsets from the organ's own median that bound the deviation counts of :func:`organ_descriptors`.
 DEVIATION_EDGES = (-150.0, -80.0, -40.0, -20.0, 20.0, 40.0, 80.0, 150.0)
 #: Percentiles of the organ's HU reported by :func:`organ_descriptors`.
@@ -246,8 +248,10 @@ def organ_descriptors(lab: np.ndarray, hu: np.ndarray, n: int, voxel_ml: float) 
     return _descriptors(_OrganVoxels(lab, hu), n, voxel_ml)
 
 
-def organ_stats(lab: np.ndarray, hu: np.ndarray, n: int, cfg: PreprocessConfig, voxel_ml: float) -> Optional[np.ndarray]:
-    """``[n, cfg.n_stats]``: HU-histogram fractions then descriptors, as the config asks (None when neither)."""
+def organ_stats(lab: np.ndarray, hu: np.ndarray, n: int, cfg: PreprocessConfig, voxel_ml: float,
+                spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> Optional[np.ndarray]:
+    """``[n, cfg.n_stats]``: HU-histogram fractions, organ descriptors, then focal descriptors (on the grid of
+    ``spacing`` mm), as the config asks (None when all are off)."""
     if not cfg.n_stats:
         return None
     v = _OrganVoxels(lab, hu)
@@ -256,6 +260,8 @@ def organ_stats(lab: np.ndarray, hu: np.ndarray, n: int, cfg: PreprocessConfig, 
         parts.append(_histograms(v, n, cfg.hu_histogram))
     if cfg.organ_descriptors:
         parts.append(_descriptors(v, n, voxel_ml))
+    if cfg.focal_descriptors:
+        parts.append(focal_descriptors(lab, hu, n, spacing))
     return np.concatenate(parts, axis=1)
 
 
@@ -424,7 +430,7 @@ def prepare_study(volume: Volume, seg: Segmentation, organs: Optional[Sequence[s
     image, size, eff = resample_box(hu[sl], spacing, cfg, divisor, device)
     grid = tuple(int(s) // stride for s in image.shape[1:])
     rows, cols, vals = _cell_weights(lab_box, len(keep), size, stride, grid)
-    stats = organ_stats(lab_box, hu[sl], len(keep), cfg, voxel_ml)
+    stats = organ_stats(lab_box, hu[sl], len(keep), cfg, voxel_ml, spacing)
     stats = torch.from_numpy(stats).to(device) if stats is not None else None
     return PreparedStudy(image, grid, names, rows, cols, vals, missing, bboxes, counts[keep] * voxel_ml,
                          husum[keep] / counts[keep], tuple(int(v) for v in (*lo, *hi)), eff, stats)
@@ -455,7 +461,7 @@ def prepare_volume(volume: Volume, cfg: PreprocessConfig, stride: int, divisor: 
     image, size, eff = resample_box(hu[sl], spacing, cfg, divisor, device)
     grid = tuple(int(s) // stride for s in image.shape[1:])
     rows, cols, vals = _cell_weights(body, 1, size, stride, grid)
-    stats = organ_stats(body, hu[sl], 1, cfg, abs(float(np.linalg.det(volume.affine[:3, :3]))) / 1000.0)
+    stats = organ_stats(body, hu[sl], 1, cfg, abs(float(np.linalg.det(volume.affine[:3, :3]))) / 1000.0, spacing)
     stats = torch.from_numpy(stats).to(device) if stats is not None else None
     return PreparedStudy(image, grid, ["body"], rows, cols, vals, box=tuple(int(v) for v in (*lo, *hi)), spacing=eff,
                          stats=stats)

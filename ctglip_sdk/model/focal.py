@@ -1,0 +1,212 @@
+"""Focal-lesion and shape descriptors per organ: blob filters on each organ's median-removed HU, and thickness."""
+
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import numpy as np
+from scipy import ndimage as ndi
+
+__all__ = ["focal_descriptors", "FOCAL_NAMES", "N_FOCAL", "FOCAL_GRID_MM"]
+
+#: Grids finer than this (mm) are block-averaged towards it first: the filters look for 3-15 mm lesions, and a
+#: clinical 0.78 mm grid would cost ~10x the time for the same answer.
+FOCAL_GRID_MM = 2.5
+#: Scale (Gaussian sigma, mm) of the small-lesion filters and of the larger dark-lesion filter.
+SMALL_MM, LARGE_MM = 3.0, 6.0
+#: What each column of :func:`focal_descriptors` holds (docs/model.md, "Focal descriptors").
+FOCAL_NAMES = (
+    "bright_blob",        # max over the interior of -lambda3 * s^2 where all Hessian eigenvalues < 0 (3 mm)
+    "dark_blob",          # max of lambda1 * s^2 where all eigenvalues > 0 (3 mm): cyst, hypodense mass
+    "dark_blob_large",    # the same at 6 mm
+    "laplacian_max",      # max of the scale-normalised Laplacian (dark spots and dark tubes)
+    "laplacian_min",      # min of it (bright spots and bright tubes)
+    "smooth_min",         # min of the organ-masked smoothed residual (3 mm), HU
+    "smooth_max",         # max of it, HU
+    "low_volume",         # ml of the interior whose smoothed residual is < -20 HU
+    "high_volume",        # ml of it > +20 HU
+    "bright_blob_edge",   # bright_blob over every voxel not touching bone or air (a stone at the organ's edge)
+    "thickness",          # largest distance (mm) from inside the organ to another label: an aneurysm's radius
+    "max_section",        # largest axial cross-section (mm^2)
+    "bright_dot",         # max of lambda3^2 / |lambda1| where all eigenvalues < 0 (3 mm): Li et al.'s dot filter,
+    "dark_dot",           # which suppresses vessels more than bright_blob does; and its dark twin
+)
+N_FOCAL = len(FOCAL_NAMES)
+_BONE_HU, _AIR_HU = 300.0, -500.0
+
+
+def _block_reduce(lab: np.ndarray, hu: np.ndarray, spacing: Sequence[float]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Block-average HU (labels: the block's centre voxel) by integer factors that bring spacing near FOCAL_GRID_MM."""
+    k = [max(1, min(int(FOCAL_GRID_MM // s), n)) for s, n in zip(spacing, hu.shape)]
+    sp = np.asarray(spacing, np.float64) * k
+    if k == [1, 1, 1]:
+        return lab, np.asarray(hu, np.float32), sp
+    n = [d // f for d, f in zip(hu.shape, k)]
+    h = np.asarray(hu[: n[0] * k[0], : n[1] * k[1], : n[2] * k[2]], np.float32)
+    h = h.reshape(n[0], k[0], n[1], k[1], n[2], k[2]).mean(axis=(1, 3, 5), dtype=np.float32)
+    lb = lab[k[0] // 2: n[0] * k[0]: k[0], k[1] // 2: n[1] * k[1]: k[1], k[2] // 2: n[2] * k[2]: k[2]]
+    return np.ascontiguousarray(lb), h, sp
+
+
+def _medians(lab_v: np.ndarray, hu_v: np.ndarray, n: int) -> np.ndarray:
+    """Median HU of each label 0..n over the given voxels (0 for an absent label), by one sort."""
+    order = np.lexsort((hu_v, lab_v))
+    counts = np.bincount(lab_v, minlength=n + 1)
+    start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    out = np.zeros(n + 1, np.float32)
+    has = counts > 0
+    out[has] = hu_v[order][start[has] + (counts[has] - 1) // 2]
+    return out
+
+
+def _hessian_eigs(smooth: np.ndarray, idx: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """Eigenvalues (ascending, HU/mm^2) of the Hessian of ``smooth`` at flat indices ``idx``, by central differences
+    (the image is already Gaussian-smoothed, so differences of neighbours are its derivatives)."""
+    flat = smooth.reshape(-1)
+    shape = smooth.shape
+    strides = np.array([shape[1] * shape[2], shape[2], 1])
+    coord = np.stack(np.unravel_index(idx, shape), 1)
+    # Clamp steps at the array faces (one-sided there; the box has a margin, so this is rare).
+    up = [np.where(coord[:, a] < shape[a] - 1, strides[a], 0) for a in range(3)]
+    dn = [np.where(coord[:, a] > 0, strides[a], 0) for a in range(3)]
+    c = flat[idx].astype(np.float64)
+    d = [(flat[idx + up[a]] - 2 * c + flat[idx - dn[a]]) / spacing[a] ** 2 for a in range(3)]
+    o = {}
+    for a in range(3):
+        for b in range(a + 1, 3):
+            o[a, b] = (flat[idx + up[a] + up[b]] - flat[idx + up[a] - dn[b]] - flat[idx - dn[a] + up[b]]
+                       + flat[idx - dn[a] - dn[b]]) / (4.0 * spacing[a] * spacing[b])
+    return _sym3_eigvals(d[0], d[1], d[2], o[0, 1], o[0, 2], o[1, 2])
+
+
+def _sym3_eigvals(a11, a22, a33, a12, a13, a23) -> np.ndarray:
+    """Ascending eigenvalues ``[n, 3]`` of symmetric 3x3 matrices given by their six entries, in closed form
+    (the trigonometric solution of the characteristic cubic): ~10x faster than batched ``eigvalsh``."""
+    q = (a11 + a22 + a33) / 3.0
+    p1 = a12 ** 2 + a13 ** 2 + a23 ** 2
+    b11, b22, b33 = a11 - q, a22 - q, a33 - q
+    p = np.sqrt((b11 ** 2 + b22 ** 2 + b33 ** 2 + 2.0 * p1) / 6.0)
+    safe = np.where(p > 0, p, 1.0)
+    det = (b11 * (b22 * b33 - a23 ** 2) - a12 * (a12 * b33 - a23 * a13) + a13 * (a12 * a23 - b22 * a13))
+    r = np.clip(det / (2.0 * safe ** 3), -1.0, 1.0)
+    phi = np.arccos(r) / 3.0
+    hi = q + 2.0 * p * np.cos(phi)
+    lo = q + 2.0 * p * np.cos(phi + 2.0 * np.pi / 3.0)
+    return np.stack([lo, 3.0 * q - hi - lo, hi], axis=1).astype(np.float32)
+
+
+def _gauss(img: np.ndarray, mm: float, sp: np.ndarray) -> np.ndarray:
+    return ndi.gaussian_filter(img, mm / sp, mode="constant", truncate=3.0)
+
+
+def _filter_organ(row: np.ndarray, organ: np.ndarray, interior: np.ndarray, clear: np.ndarray, resid: np.ndarray,
+                  sp: np.ndarray, voxel_ml: float) -> None:
+    """Fill one organ's filter columns of ``row`` from its box (arrays cut to the box around it)."""
+    keep = organ & interior
+    r_int = np.where(keep, resid, 0.0).astype(np.float32)
+    w = _gauss(keep.astype(np.float32), SMALL_MM, sp)
+    ok = np.flatnonzero(keep & (w > 0.3))  # not the rim of a thin organ, where the weights vanish
+    if ok.size:
+        s_img = _gauss(r_int, SMALL_MM, sp)
+        ev = _hessian_eigs(s_img, ok, sp) * SMALL_MM ** 2
+        row[0] = max(0.0, float(-ev[:, 2][ev[:, 2] < 0].min(initial=0.0)))
+        row[1] = max(0.0, float(ev[:, 0][ev[:, 0] > 0].max(initial=0.0)))
+        lap = ev.sum(1)
+        row[3], row[4] = max(float(lap.max()), 0.0), min(float(lap.min()), 0.0)
+        # Dot filter (Li, Sone & Doi 2003): lambda_small^2 / |lambda_large| is ~0 for a tube (one eigenvalue
+        # ~0) and |lambda| for a sphere (three equal eigenvalues).
+        bright = ev[:, 2] < 0
+        row[12] = float((ev[bright, 2] ** 2 / np.maximum(-ev[bright, 0], 1e-6)).max(initial=0.0))
+        dark = ev[:, 0] > 0
+        row[13] = float((ev[dark, 0] ** 2 / np.maximum(ev[dark, 2], 1e-6)).max(initial=0.0))
+        norm = s_img.reshape(-1)[ok] / np.maximum(w.reshape(-1)[ok], 1e-3)
+        row[5], row[6] = min(float(norm.min()), 0.0), max(float(norm.max()), 0.0)
+        row[7] = np.count_nonzero(norm < -20.0) * voxel_ml
+        row[8] = np.count_nonzero(norm > 20.0) * voxel_ml
+        ev = _hessian_eigs(_gauss(r_int, LARGE_MM, sp), ok, sp) * LARGE_MM ** 2
+        row[2] = max(0.0, float(ev[:, 0][ev[:, 0] > 0].max(initial=0.0)))
+    edge = organ & clear
+    sel = np.flatnonzero(edge)
+    if sel.size:
+        ev = _hessian_eigs(_gauss(np.where(edge, resid, 0.0).astype(np.float32), SMALL_MM, sp), sel, sp)
+        row[9] = max(0.0, float(-(ev[:, 2] * SMALL_MM ** 2)[ev[:, 2] < 0].min(initial=0.0)))
+
+
+def _signed_log(x: np.ndarray) -> np.ndarray:
+    """HU-valued responses (0 .. ~1000) -> about -2 .. 2, keeping the sign."""
+    return np.sign(x) * np.log10(1.0 + np.abs(x) / 10.0)
+
+
+def focal_descriptors(lab: np.ndarray, hu: np.ndarray, n: int, spacing: Sequence[float]) -> np.ndarray:
+    """``[n, N_FOCAL]`` focal-lesion and shape descriptors of organs 1..n (float32, each about -2..3).
+
+    The image is each organ's HU minus that organ's median (so parenchyma is ~0 whatever its enhancement), kept
+    on *interior* voxels (all six face neighbours carry the same label) so that partial volume with fat or
+    another organ at the edge is not a lesion. That residual is Gaussian-smoothed (noise down by ~5x) and its
+    Hessian read at every interior voxel: a blob (cyst, nodule, calcification) has three eigenvalues of one
+    sign, a vessel two, an edge one, so the smallest-magnitude eigenvalue times sigma^2 (in HU) responds to
+    blobs only. Columns: :data:`FOCAL_NAMES`. Grids finer than :data:`FOCAL_GRID_MM` are block-averaged first.
+    """
+    lab, hu, sp = _block_reduce(lab, hu, spacing)
+    out = np.zeros((n + 1, N_FOCAL), np.float32)
+    shape = lab.shape
+    flat_lab = lab.reshape(-1)
+    flat_hu = hu.reshape(-1)
+    idx = np.flatnonzero(flat_lab)
+    if idx.size == 0:
+        return out[1:]
+    lv = flat_lab[idx].astype(np.intp)
+    hv = flat_hu[idx]
+    # Interior and clear (no bone/air neighbour of another label) voxels, by flat neighbour gathers.
+    interior = np.ones(idx.size, bool)
+    clear = np.ones(idx.size, bool)
+    strides = (shape[1] * shape[2], shape[2], 1)
+    rest = idx
+    for ax in range(3):
+        coord, rest = np.divmod(rest, strides[ax])
+        for step, border in ((1, shape[ax] - 1), (-1, 0)):
+            inside = coord != border
+            nb = np.where(inside, idx + step * strides[ax], idx)
+            other = flat_lab[nb] != flat_lab[idx]
+            interior &= inside & ~other
+            nhu = flat_hu[nb]
+            clear &= ~(inside & other & ((nhu > _BONE_HU) | (nhu < _AIR_HU)))
+    # Medians of the interior; an organ with no interior voxel (thinner than three voxels) uses all of its own.
+    med = np.where(np.bincount(lv[interior], minlength=n + 1) > 0, _medians(lv[interior], hv[interior], n),
+                   _medians(lv, hv, n))
+    resid = hv - med[lv]
+
+    int3 = np.zeros(flat_lab.size, bool)
+    int3[idx[interior]] = True
+    int3 = int3.reshape(shape)
+    clear3 = np.zeros(flat_lab.size, bool)
+    clear3[idx[clear]] = True
+    clear3 = clear3.reshape(shape)
+    resid3 = hu - med[lab.astype(np.intp)]
+    margin = [int(np.ceil(3.0 * LARGE_MM / s)) + 1 for s in sp]
+    voxel_ml = float(np.prod(sp)) / 1000.0
+    # Each organ is filtered alone, in its own box: a lesion in a neighbour must not move this organ's numbers
+    # (an organ's vector does not depend on which other organs were requested).
+    for o, box in enumerate(ndi.find_objects(lab, max_label=n), start=1):
+        if box is None:
+            continue
+        box = tuple(slice(max(b.start - m, 0), min(b.stop + m, d)) for b, m, d in zip(box, margin, shape))
+        _filter_organ(out[o], lab[box] == o, int3[box], clear3[box], resid3[box], sp, voxel_ml)
+    # Thickness: distance from each voxel to the nearest voxel of another label (the boundary is where labels
+    # change, so one transform serves all organs).
+    same = np.zeros(flat_lab.size, bool)
+    same[idx[interior]] = True
+    dist = ndi.distance_transform_edt(same.reshape(shape), sampling=sp).reshape(-1)
+    np.maximum.at(out[:, 10], lv, dist[idx].astype(np.float32))
+    zc = idx % shape[2]
+    sections = np.bincount(lv * shape[2] + zc, minlength=(n + 1) * shape[2]).reshape(n + 1, shape[2])
+    out[:, 11] = sections.max(1) * sp[0] * sp[1]
+    res = out[1:]
+    scaled = np.empty_like(res)
+    scaled[:, :7] = _signed_log(res[:, :7])
+    scaled[:, 7:9] = np.log10(1.0 + res[:, 7:9] / 0.1)
+    scaled[:, 9] = _signed_log(res[:, 9])
+    scaled[:, 10] = np.log10(1.0 + res[:, 10])
+    scaled[:, 11] = np.log10(1.0 + res[:, 11]) / 2.0
+    scaled[:, 12:] = _signed_log(res[:, 12:])
+    return scaled.astype(np.float32)
