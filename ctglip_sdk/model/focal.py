@@ -7,6 +7,8 @@ from typing import Sequence, Tuple
 import numpy as np
 from scipy import ndimage as ndi
 
+from ctglip_sdk.model.voxels import _OrganVoxels
+
 __all__ = ["focal_descriptors", "FOCAL_NAMES", "N_FOCAL", "FOCAL_GRID_MM"]
 
 #: Grids finer than this (mm) are block-averaged towards it first: the filters look for 3-15 mm lesions, and a
@@ -32,7 +34,6 @@ FOCAL_NAMES = (
     "dark_dot",           # which suppresses vessels more than bright_blob does; and its dark twin
 )
 N_FOCAL = len(FOCAL_NAMES)
-_BONE_HU, _AIR_HU = 300.0, -500.0
 
 
 def _block_reduce(lab: np.ndarray, hu: np.ndarray, spacing: Sequence[float]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -149,40 +150,15 @@ def focal_descriptors(lab: np.ndarray, hu: np.ndarray, n: int, spacing: Sequence
     """
     lab, hu, sp = _block_reduce(lab, hu, spacing)
     out = np.zeros((n + 1, N_FOCAL), np.float32)
-    shape = lab.shape
-    flat_lab = lab.reshape(-1)
-    flat_hu = hu.reshape(-1)
-    idx = np.flatnonzero(flat_lab)
-    if idx.size == 0:
+    v = _OrganVoxels(lab, hu)
+    if v.idx.size == 0:
         return out[1:]
-    lv = flat_lab[idx].astype(np.intp)
-    hv = flat_hu[idx]
-    # Interior and clear (no bone/air neighbour of another label) voxels, by flat neighbour gathers.
-    interior = np.ones(idx.size, bool)
-    clear = np.ones(idx.size, bool)
-    strides = (shape[1] * shape[2], shape[2], 1)
-    rest = idx
-    for ax in range(3):
-        coord, rest = np.divmod(rest, strides[ax])
-        for step, border in ((1, shape[ax] - 1), (-1, 0)):
-            inside = coord != border
-            nb = np.where(inside, idx + step * strides[ax], idx)
-            other = flat_lab[nb] != flat_lab[idx]
-            interior &= inside & ~other
-            nhu = flat_hu[nb]
-            clear &= ~(inside & other & ((nhu > _BONE_HU) | (nhu < _AIR_HU)))
     # Medians of the interior; an organ with no interior voxel (thinner than three voxels) uses all of its own.
-    med = np.where(np.bincount(lv[interior], minlength=n + 1) > 0, _medians(lv[interior], hv[interior], n),
-                   _medians(lv, hv, n))
-    resid = hv - med[lv]
-
-    int3 = np.zeros(flat_lab.size, bool)
-    int3[idx[interior]] = True
-    int3 = int3.reshape(shape)
-    clear3 = np.zeros(flat_lab.size, bool)
-    clear3[idx[clear]] = True
-    clear3 = clear3.reshape(shape)
+    med = np.where(np.bincount(v.lab[v.interior], minlength=n + 1) > 0,
+                   _medians(v.lab[v.interior], v.hu[v.interior], n), _medians(v.lab, v.hu, n))
+    int3, clear3 = v.mask(v.interior), v.mask(v.clear)
     resid3 = hu - med[lab.astype(np.intp)]
+    shape = lab.shape
     margin = [int(np.ceil(3.0 * LARGE_MM / s)) + 1 for s in sp]
     voxel_ml = float(np.prod(sp)) / 1000.0
     # Each organ is filtered alone, in its own box: a lesion in a neighbour must not move this organ's numbers
@@ -194,12 +170,12 @@ def focal_descriptors(lab: np.ndarray, hu: np.ndarray, n: int, spacing: Sequence
         _filter_organ(out[o], lab[box] == o, int3[box], clear3[box], resid3[box], sp, voxel_ml)
     # Thickness: distance from each voxel to the nearest voxel of another label (the boundary is where labels
     # change, so one transform serves all organs).
-    same = np.zeros(flat_lab.size, bool)
-    same[idx[interior]] = True
-    dist = ndi.distance_transform_edt(same.reshape(shape), sampling=sp).reshape(-1)
-    np.maximum.at(out[:, 10], lv, dist[idx].astype(np.float32))
-    zc = idx % shape[2]
-    sections = np.bincount(lv * shape[2] + zc, minlength=(n + 1) * shape[2]).reshape(n + 1, shape[2])
+    dist = ndi.distance_transform_edt(int3, sampling=sp)
+    organ_at = lab > 0
+    labels = lab[organ_at].astype(np.intp)
+    np.maximum.at(out[:, 10], labels, dist[organ_at].astype(np.float32))
+    z = np.nonzero(organ_at)[2]
+    sections = np.bincount(labels * shape[2] + z, minlength=(n + 1) * shape[2]).reshape(n + 1, shape[2])
     out[:, 11] = sections.max(1) * sp[0] * sp[1]
     res = out[1:]
     scaled = np.empty_like(res)
