@@ -41,16 +41,9 @@ def _scores(vecs: np.ndarray, q: np.ndarray, rows: Optional[np.ndarray] = None) 
     n = vecs.shape[0] if rows is None else rows.size
     q = np.asarray(q, dtype=vecs.dtype)
     out = np.empty(n, dtype=np.result_type(vecs.dtype, q.dtype))
-    # One reused gather buffer: a fresh 512 KiB block per call is an mmap + page faults + munmap every time.
-    buf = np.empty((min(SCORE_BLOCK, n), vecs.shape[1]), vecs.dtype) if rows is not None else None
     for start in range(0, n, SCORE_BLOCK):
-        stop = min(start + SCORE_BLOCK, n)
-        if rows is None:
-            np.dot(vecs[start:stop], q, out=out[start:stop])
-        else:
-            part = buf[: stop - start]
-            np.take(vecs, rows[start:stop], axis=0, out=part)
-            np.dot(part, q, out=out[start:stop])
+        part = vecs[start:start + SCORE_BLOCK] if rows is None else vecs[rows[start:start + SCORE_BLOCK]]
+        out[start:start + SCORE_BLOCK] = part @ q
     return out
 
 
