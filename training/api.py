@@ -69,6 +69,20 @@ def _initial_model(cfg: TrainConfig, out: Path, corpus: list, is_main: bool, res
     return cg.load(init_dir)
 
 
+def _needs_stats_norm(model: Any) -> bool:
+    """A model with stats whose standardisation is still the identity (a fresh model, not a fine-tune)."""
+    if not model.config.preprocess.n_stats:
+        return False
+    return bool((model.stats_shift == 0).all() and (model.stats_scale == 1).all())
+
+
+def _set_stats_norm(model: Any, records: list, cache: Any) -> None:
+    """Standardise the model's stats columns by their mean and spread over every organ of the training studies."""
+    cols = [model.stats_columns(cache.load(r.image, r.mask).stats) for r in records]
+    model.set_stats_norm(torch.cat(cols))
+    log.info("stats standardised over %d organs of %d studies", sum(len(c) for c in cols), len(records))
+
+
 def _calibrate(model: Any, archive: PathLike, cfg: TrainConfig, dictionary: Any, progress: bool) -> Dict[str, Any]:
     """Per-finding thresholds from the val split's reports, or a note saying why there are none."""
     from ctglip_sdk.training.calibration import calibrate
@@ -127,6 +141,10 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
         built = build_cache(records, cache, workers=cfg.num_workers, progress=progress) if ctx.is_main else 0
         barrier()
         cache_seconds = time.perf_counter() - tc
+        if _needs_stats_norm(model):  # every rank computes the same numbers from the same cache
+            _set_stats_norm(model, records, cache)
+            if ctx.is_main:
+                model.save_pretrained(out / "model_init")  # a resumed run reloads it with the same scaling
         dataset = StudyDataset(records, cache, texts, dictionary, cfg.organs_per_study, cfg.seed,
                                finding_organs=_finding_organs(dictionary), finding_weight=cfg.finding_organ_weight)
         objective = build_objective(model, cfg, dictionary)

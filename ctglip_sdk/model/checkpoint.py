@@ -137,8 +137,16 @@ def _read_calibration(meta: Dict[str, Any], path: Path) -> Dict[str, float]:
     return {k: float(v) for k, v in raw.items()}
 
 
+#: Buffers added after models were first saved; a folder without them loads with their identity values.
+_OPTIONAL = ("stats_shift", "stats_scale")
+
+
 def _strict_load(model: "CTGlipModel", state: Dict[str, torch.Tensor], path: Path) -> None:
     own = model.state_dict()
+    absent = [k for k in _OPTIONAL if k in own and k not in state]
+    if absent:
+        log.info("%s: saved before %s existed; they keep their identity values", path, ", ".join(absent))
+        state = {**state, **{k: own[k] for k in absent}}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     problems: List[str] = []

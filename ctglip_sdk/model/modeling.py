@@ -119,6 +119,12 @@ class CTGlipModel(nn.Module):
         self.vision_proj = _projection(pooled_width(self.vision.out_channels, config.organ_pooling)
                                        + config.preprocess.n_stats, config.projection)
         self.text_proj = _projection(self.text.hidden_size, config.projection)
+        if config.preprocess.n_stats:
+            # Standardisation of the stats columns (after the histogram's log scale), set from the training data by
+            # `set_stats_norm` before training: AdamW moves a weight by ~lr per step, so a column with a spread
+            # of 0.1 around 1.4 (an organ's log thickness) could hardly be used in a 1,000-step budget.
+            self.register_buffer("stats_shift", torch.zeros(config.preprocess.n_stats))
+            self.register_buffer("stats_scale", torch.ones(config.preprocess.n_stats))
         #: log of the inverse temperature, as in CLIP; use :meth:`temperature_scale` for the clamped exp.
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
         self.channels_last = False
@@ -236,7 +242,23 @@ class CTGlipModel(nn.Module):
         # log10 maps the rare bins (a 7 mm stone is ~0.1 % of a kidney) to the same scale as the common ones:
         # fractions 1e-4 .. 1 -> 0 .. 1. The descriptors are already scaled to about -2 .. 2.
         hist = torch.log10(stats[..., :bins].clamp(0, 1) + 1e-4) / 4.0 + 1.0
-        return torch.cat([pooled, hist, stats[..., bins:]], dim=-1)
+        scaled = (torch.cat([hist, stats[..., bins:]], dim=-1) - self.stats_shift) / self.stats_scale
+        return torch.cat([pooled, scaled], dim=-1)
+
+    def stats_columns(self, stats: torch.Tensor) -> torch.Tensor:
+        """The stats as the projection reads them before standardisation: histogram log-scaled, rest as is."""
+        bins = self.config.preprocess.n_hist_bins
+        hist = torch.log10(stats[..., :bins].float().clamp(0, 1) + 1e-4) / 4.0 + 1.0
+        return torch.cat([hist, stats[..., bins:].float()], dim=-1)
+
+    def set_stats_norm(self, columns: torch.Tensor, min_scale: float = 0.05) -> None:
+        """Standardise the stats columns by the mean and spread of ``columns [N, n_stats]`` (from
+        :meth:`stats_columns` over training organs). A column that barely varies keeps ``min_scale`` so that
+        noise in it is not blown up."""
+        columns = columns.double()
+        with torch.no_grad():
+            self.stats_shift.copy_(columns.mean(0).to(self.stats_shift))
+            self.stats_scale.copy_(columns.std(0).clamp_min(min_scale).to(self.stats_scale))
 
     def project_vision(self, pooled: torch.Tensor) -> torch.Tensor:
         """Pooled features ``[..., C]`` -> unit vectors ``[..., D]``."""
