@@ -228,26 +228,23 @@ class CTGlipModel(nn.Module):
         return self._with_stats(pool_sparse(features, rows, cols, vals, n, self.config.organ_pooling), stats)
 
     def _with_stats(self, pooled: torch.Tensor, stats: Optional[torch.Tensor]) -> torch.Tensor:
-        """Append the organs' stats (log-scaled HU-histogram fractions, then the organ descriptors as they come)
+        """Append the organs' stats (:meth:`stats_columns`, standardised by ``stats_shift`` / ``stats_scale``)
         when the model uses them."""
-        pre = self.config.preprocess
-        width, bins = pre.n_stats, pre.n_hist_bins
+        width = self.config.preprocess.n_stats
         if not width:
             return pooled
         if stats is None or stats.shape[-1] != width or stats.shape[:-1] != pooled.shape[:-1]:
             got = None if stats is None else tuple(stats.shape)
             raise InputError(f"this model needs per-organ stats of shape {tuple(pooled.shape[:-1]) + (width,)} "
                              f"(from prepare()/the preprocessing cache), got {got}")
-        stats = stats.to(pooled.device, pooled.dtype)
-        # log10 maps the rare bins (a 7 mm stone is ~0.1 % of a kidney) to the same scale as the common ones:
-        # fractions 1e-4 .. 1 -> 0 .. 1. The descriptors are already scaled to about -2 .. 2.
-        hist = torch.log10(stats[..., :bins].clamp(0, 1) + 1e-4) / 4.0 + 1.0
-        scaled = (torch.cat([hist, stats[..., bins:]], dim=-1) - self.stats_shift) / self.stats_scale
-        return torch.cat([pooled, scaled], dim=-1)
+        scaled = (self.stats_columns(stats.to(pooled.device)) - self.stats_shift) / self.stats_scale
+        return torch.cat([pooled, scaled.to(pooled.dtype)], dim=-1)
 
     def stats_columns(self, stats: torch.Tensor) -> torch.Tensor:
         """The stats as the projection reads them before standardisation: histogram log-scaled, rest as is."""
         bins = self.config.preprocess.n_hist_bins
+        # log10 maps the rare bins (a 7 mm stone is ~0.1 % of a kidney) to the same scale as the common ones:
+        # fractions 1e-4 .. 1 -> 0 .. 1. The descriptors are already scaled to about -2 .. 3.
         hist = torch.log10(stats[..., :bins].float().clamp(0, 1) + 1e-4) / 4.0 + 1.0
         return torch.cat([hist, stats[..., bins:].float()], dim=-1)
 
