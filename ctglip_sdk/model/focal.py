@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -96,6 +96,16 @@ def _sym3_eigvals(a11, a22, a33, a12, a13, a23) -> np.ndarray:
     return np.stack([lo, 3.0 * q - hi - lo, hi], axis=1).astype(np.float32)
 
 
+def _bright(ev: np.ndarray) -> float:
+    """Largest -lambda_max over voxels whose three eigenvalues are negative (a bright blob), else 0."""
+    return max(0.0, float(-ev[:, 2][ev[:, 2] < 0].min(initial=0.0)))
+
+
+def _dark(ev: np.ndarray) -> float:
+    """Largest lambda_min over voxels whose three eigenvalues are positive (a dark blob), else 0."""
+    return max(0.0, float(ev[:, 0][ev[:, 0] > 0].max(initial=0.0)))
+
+
 def _gauss(img: np.ndarray, mm: float, sp: np.ndarray) -> np.ndarray:
     return ndi.gaussian_filter(img, mm / sp, mode="constant", truncate=3.0)
 
@@ -110,8 +120,7 @@ def _filter_organ(row: np.ndarray, organ: np.ndarray, interior: np.ndarray, clea
     if ok.size:
         s_img = _gauss(r_int, SMALL_MM, sp)
         ev = _hessian_eigs(s_img, ok, sp) * SMALL_MM ** 2
-        row[0] = max(0.0, float(-ev[:, 2][ev[:, 2] < 0].min(initial=0.0)))
-        row[1] = max(0.0, float(ev[:, 0][ev[:, 0] > 0].max(initial=0.0)))
+        row[0], row[1] = _bright(ev), _dark(ev)
         lap = ev.sum(1)
         row[3], row[4] = max(float(lap.max()), 0.0), min(float(lap.min()), 0.0)
         # Dot filter (Li, Sone & Doi 2003): lambda_small^2 / |lambda_large| is ~0 for a tube (one eigenvalue
@@ -125,12 +134,12 @@ def _filter_organ(row: np.ndarray, organ: np.ndarray, interior: np.ndarray, clea
         row[7] = np.count_nonzero(norm < -20.0) * voxel_ml
         row[8] = np.count_nonzero(norm > 20.0) * voxel_ml
         ev = _hessian_eigs(_gauss(r_int, LARGE_MM, sp), ok, sp) * LARGE_MM ** 2
-        row[2] = max(0.0, float(ev[:, 0][ev[:, 0] > 0].max(initial=0.0)))
+        row[2] = _dark(ev)
     edge = organ & clear
     sel = np.flatnonzero(edge)
     if sel.size:
         ev = _hessian_eigs(_gauss(np.where(edge, resid, 0.0).astype(np.float32), SMALL_MM, sp), sel, sp)
-        row[9] = max(0.0, float(-(ev[:, 2] * SMALL_MM ** 2)[ev[:, 2] < 0].min(initial=0.0)))
+        row[9] = _bright(ev * SMALL_MM ** 2)
 
 
 def _signed_log(x: np.ndarray) -> np.ndarray:
@@ -138,7 +147,8 @@ def _signed_log(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.log10(1.0 + np.abs(x) / 10.0)
 
 
-def focal_descriptors(lab: np.ndarray, hu: np.ndarray, n: int, spacing: Sequence[float]) -> np.ndarray:
+def focal_descriptors(lab: np.ndarray, hu: np.ndarray, n: int, spacing: Sequence[float],
+                      voxels: Optional[_OrganVoxels] = None) -> np.ndarray:
     """``[n, N_FOCAL]`` focal-lesion and shape descriptors of organs 1..n (float32, each about -2..3).
 
     The image is each organ's HU minus that organ's median (so parenchyma is ~0 whatever its enhancement), kept
@@ -147,10 +157,12 @@ def focal_descriptors(lab: np.ndarray, hu: np.ndarray, n: int, spacing: Sequence
     Hessian read at every interior voxel: a blob (cyst, nodule, calcification) has three eigenvalues of one
     sign, a vessel two, an edge one, so the smallest-magnitude eigenvalue times sigma^2 (in HU) responds to
     blobs only. Columns: :data:`FOCAL_NAMES`. Grids finer than :data:`FOCAL_GRID_MM` are block-averaged first.
+    ``voxels``: the caller's :class:`_OrganVoxels` of these same arrays, reused when no block average is needed.
     """
+    full = lab
     lab, hu, sp = _block_reduce(lab, hu, spacing)
     out = np.zeros((n + 1, N_FOCAL), np.float32)
-    v = _OrganVoxels(lab, hu)
+    v = voxels if voxels is not None and lab is full else _OrganVoxels(lab, hu)
     if v.idx.size == 0:
         return out[1:]
     # Medians of the interior; an organ with no interior voxel (thinner than three voxels) uses all of its own.

@@ -201,7 +201,7 @@ def organ_stats(lab: np.ndarray, hu: np.ndarray, n: int, cfg: PreprocessConfig, 
     if cfg.organ_descriptors:
         parts.append(_descriptors(v, n, voxel_ml))
     if cfg.focal_descriptors:
-        parts.append(focal_descriptors(lab, hu, n, spacing))
+        parts.append(focal_descriptors(lab, hu, n, spacing, voxels=v))  # v is reused unless it block-averages
     return np.concatenate(parts, axis=1)
 
 
