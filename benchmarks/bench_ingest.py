@@ -197,7 +197,7 @@ def monai_pipeline(root: Path, rows: List[Dict[str, str]], model: Any, cube: int
             from ctglip_sdk.model.preprocess import organ_stats
 
             voxel_ml = float(np.prod(cfg.spacing)) / 1000.0
-            hist = organ_stats(lab_np, hu[0].numpy(), int(lab_np.max()), cfg, voxel_ml)
+            hist = organ_stats(lab_np, hu[0].numpy(), int(lab_np.max()), cfg, voxel_ml, tuple(cfg.spacing))
         crops, masks = [], []
         set_track_meta(False)  # plain tensors for the crops: MetaTensor bookkeeping per crop costs more than them
         for lid in ids:

@@ -121,3 +121,46 @@ def test_flat_neighbour_rules_match_the_3d_reference(seed):
     np.testing.assert_array_equal(v.interior, interior.reshape(-1)[flat])
     np.testing.assert_array_equal(v.clear, clear.reshape(-1)[flat])
     assert v.interior.any() and not v.interior.all() and not v.clear.all()
+
+
+def _stats_cfg():
+    from ctglip_sdk.model.config import PreprocessConfig
+    return PreprocessConfig(hu_histogram=[-50.0, 0.0, 30.0, 100.0], organ_descriptors=True, focal_descriptors=True)
+
+
+def test_fine_grids_are_block_averaged_before_every_stat_and_coarse_ones_are_untouched():
+    """0.8 mm voxels are averaged 3 x 3 x 3: the stats equal those of the averaged image given at 2.4 mm."""
+    from ctglip_sdk.model.preprocess import organ_stats
+    rng = np.random.default_rng(3)
+    fine_lab = np.zeros((60, 60, 60), np.uint8)
+    fine_lab[6:54, 6:54, 6:54] = 1
+    fine_lab[21:39, 21:39, 21:39] = 2                      # a second organ inside the box
+    fine_hu = rng.normal(60.0, 15.0, fine_lab.shape).astype(np.float32)
+    fine_hu[fine_lab == 2] += 40.0
+    fine_hu[12:18, 12:18, 12:18] = 0.0                    # a 4.8 mm cyst in organ 1
+    coarse_hu = fine_hu.reshape(20, 3, 20, 3, 20, 3).mean(axis=(1, 3, 5), dtype=np.float32)
+    coarse_lab = fine_lab[1::3, 1::3, 1::3]
+    cfg = _stats_cfg()
+    fine = organ_stats(fine_lab, fine_hu, 2, cfg, 0.8 ** 3 / 1000, (0.8, 0.8, 0.8))
+    coarse = organ_stats(coarse_lab, coarse_hu, 2, cfg, 2.4 ** 3 / 1000, (2.4, 2.4, 2.4))
+    np.testing.assert_allclose(fine, coarse, rtol=1e-4, atol=1e-3)  # 0.8 * 3 != 2.4 exactly in floats
+    # A Fortran-ordered copy (as some loaders give) reads the same.
+    fort = organ_stats(np.asfortranarray(fine_lab), np.asfortranarray(fine_hu), 2, cfg, 0.8 ** 3 / 1000,
+                       (0.8, 0.8, 0.8))
+    np.testing.assert_allclose(fort, fine, rtol=1e-5, atol=1e-5)
+
+
+def test_an_organ_thinner_than_a_block_keeps_its_stats_on_the_full_grid():
+    """Labels are block centres: a one-voxel-thin organ could vanish, so then nothing is block-averaged."""
+    from ctglip_sdk.model.preprocess import organ_stats
+    rng = np.random.default_rng(4)
+    lab = np.zeros((30, 30, 30), np.uint8)
+    lab[3:27, 3:27, 3:27] = 1
+    lab[3:27, 3:27, 26] = 2                               # a plate one voxel thick, off the block centres
+    hu = rng.normal(60.0, 10.0, lab.shape).astype(np.float32)
+    hu[lab == 2] = 200.0
+    cfg = _stats_cfg()
+    got = organ_stats(lab, hu, 2, cfg, 0.001, (1.0, 1.0, 1.0))
+    ref = organ_stats(lab, hu, 2, cfg, 0.001, (2.5, 2.5, 2.5))   # coarse spacing: never averaged
+    assert np.abs(got[1]).sum() > 0                       # the plate has stats, not an empty row
+    np.testing.assert_allclose(got[:, :5], ref[:, :5], rtol=1e-6)  # histogram: same voxels, same fractions

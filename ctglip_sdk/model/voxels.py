@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Sequence, Tuple
+
 import numpy as np
 
-__all__ = ["BONE_HU", "AIR_HU"]
+__all__ = ["BONE_HU", "AIR_HU", "STATS_GRID_MM", "block_reduce"]
+
+#: Grids finer than this (mm) are block-averaged towards it before any organ statistic: the stats look for
+#: 3-15 mm lesions and organ-scale HU, and a clinical 0.78 mm grid would cost ~10x the time for the same answer
+#: (on grids of 2.5 mm or coarser, like the 3 x 3 x 5 mm the bundled model was trained on, this is the identity).
+STATS_GRID_MM = 2.5
 
 
 def _memory_order(a: np.ndarray) -> np.ndarray:
@@ -20,6 +27,27 @@ def _memory_order(a: np.ndarray) -> np.ndarray:
 
 #: HU outside an organ that partial volume must not bring into it: bone/calcified wall above, air/gas below.
 BONE_HU, AIR_HU = 300.0, -500.0
+
+
+def block_reduce(lab: np.ndarray, hu: np.ndarray, spacing: Sequence[float], grid_mm: float = STATS_GRID_MM
+                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Block-average HU by the integer factors that bring ``spacing`` up to about ``grid_mm`` (labels: each
+    block's centre voxel, so a label is never invented at a boundary); returns (labels, HU, new spacing).
+
+    The trailing voxels that do not fill a block are dropped. Float32 HU is returned either way.
+    """
+    k = [max(1, min(int(grid_mm // s), d)) for s, d in zip(spacing, hu.shape)]
+    sp = np.asarray(spacing, np.float64) * k
+    if k == [1, 1, 1]:
+        return lab, np.asarray(hu, np.float32), sp
+    if _memory_order(lab) is not lab:  # work on the C-ordered transposes; no full-volume reorder
+        lb, h, sp_t = block_reduce(lab.T, hu.T, tuple(spacing)[::-1], grid_mm)
+        return lb.T, h.T, sp_t[::-1]
+    n = [d // f for d, f in zip(hu.shape, k)]
+    h = np.asarray(hu[: n[0] * k[0], : n[1] * k[1], : n[2] * k[2]], np.float32)
+    h = h.reshape(n[0], k[0], n[1], k[1], n[2], k[2]).mean(axis=(1, 3, 5), dtype=np.float32)
+    lb = lab[k[0] // 2: n[0] * k[0]: k[0], k[1] // 2: n[1] * k[1]: k[1], k[2] // 2: n[2] * k[2]: k[2]]
+    return np.ascontiguousarray(lb), h, sp
 
 
 class _OrganVoxels:
