@@ -53,7 +53,7 @@ def _hessian_eigs(smooth: np.ndarray, idx: np.ndarray, spacing: np.ndarray) -> n
     shape = smooth.shape
     strides = np.array([shape[1] * shape[2], shape[2], 1])
     coord = np.stack(np.unravel_index(idx, shape), 1)
-    # Clamp steps at the array faces (one-sided there; the box has a margin, so this is rare).
+    # Clamp steps at the array faces (one-sided there; the box has a one-voxel margin, so this is rare).
     up = [np.where(coord[:, a] < shape[a] - 1, strides[a], 0) for a in range(3)]
     dn = [np.where(coord[:, a] > 0, strides[a], 0) for a in range(3)]
     c = flat[idx].astype(np.float64)
@@ -159,7 +159,9 @@ def focal_descriptors(lab: np.ndarray, hu: np.ndarray, n: int, spacing: Sequence
     int3, clear3 = v.mask(v.interior), v.mask(v.clear)
     resid3 = hu - med[lab.astype(np.intp)]
     shape = lab.shape
-    margin = [int(np.ceil(3.0 * LARGE_MM / s)) + 1 for s in sp]
+    # Every filter input is zero outside its organ, so a separable Gaussian (zero padding) gives the same
+    # values inside the organ's box with or without a margin; one voxel keeps the central differences exact.
+    margin = [1, 1, 1]
     voxel_ml = float(np.prod(sp)) / 1000.0
     # Each organ is filtered alone, in its own box: a lesion in a neighbour must not move this organ's numbers
     # (an organ's vector does not depend on which other organs were requested).
