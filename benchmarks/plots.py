@@ -18,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
 STYLE = {  # system -> (label, colour, marker, line style)
     "index vector (e2e)": ("ArchiveIndex.search(vector)", "#1f77b4", "o", "-"),
@@ -155,15 +156,25 @@ def ingest_plots(res: Dict[str, Any], out: Path) -> List[Path]:
     mem = res.get("memory") or {}
     if mem and not mem.get("skipped"):
         ns = sorted(int(k) for k in mem)
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot(ns, [mem[str(n)]["peak_rss_mb"] for n in ns], "o-", label="peak RSS (ingest process)")
-        ax.plot(ns, [mem[str(n)]["rss_after_model_mb"] for n in ns], "s--", label="RSS after imports + model")
-        ax.set_xscale("log")
-        ax.set_xlabel("studies in the archive")
-        ax.set_ylabel("MiB")
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        if all("trace" in mem[str(n)] for n in ns):
+            # Resident size over the run, as growth over the size before it: flat means no accumulation.
+            for n in ns:
+                tr = np.asarray(mem[str(n)]["trace"], dtype=float)
+                ax.plot(tr[:, 0], tr[:, 1], lw=0.8, label=f"{n} studies (retained after: "
+                        f"+{mem[str(n)]['retained_after_ingest_mb']:.0f} MiB)")
+            ax.set_xlabel("fraction of the ingest's wall time")
+            ax.set_ylabel("RSS growth over the start (MiB)")
+            ax.set_title("Ingest resident memory over the run (a spike per encoder batch)", fontsize=9)
+        else:  # JSON from before the trace was recorded
+            ax.plot(ns, [mem[str(n)]["peak_rss_mb"] for n in ns], "o-", label="peak RSS (ingest process)")
+            ax.plot(ns, [mem[str(n)]["rss_after_model_mb"] for n in ns], "s--", label="RSS after imports + model")
+            ax.set_xscale("log")
+            ax.set_xlabel("studies in the archive")
+            ax.set_ylabel("MiB")
+            ax.set_title("Ingest peak memory vs archive size", fontsize=10)
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8)
-        ax.set_title("Ingest peak memory vs archive size", fontsize=10)
         fig.tight_layout()
         p = out / "bench_ingest_memory.png"
         fig.savefig(p, dpi=110)
