@@ -204,7 +204,8 @@ def organ_stats(lab: np.ndarray, hu: np.ndarray, n: int, cfg: PreprocessConfig, 
     lab_r, hu_r, sp_r = block_reduce(lab, hu, spacing)
     if lab_r is not lab:
         # Every organ must keep voxels on the coarse grid (labels are block centres, so one thinner than a
-        # block can fall between them); otherwise all stats stay on the full grid rather than read as empty.
+        # block can fall between them); otherwise the histogram and descriptors stay on the full grid rather
+        # than read as empty (the focal filters always block-average on their own, as they did before).
         if present is None:  # the caller usually knows (a full-box count costs ~1 s on a clinical study)
             present = np.bincount(lab.ravel(order="K"), minlength=n + 1)[1:] > 0
         kept = np.bincount(lab_r.ravel(order="K"), minlength=n + 1)[1:] > 0
