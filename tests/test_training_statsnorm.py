@@ -15,6 +15,10 @@ from ctglip_sdk.cli.main import cli
 from ctglip_sdk.errors import CheckpointError
 from ctglip_sdk.training.cache import PreprocessCache
 from ctglip_sdk.training.data import read_manifest
+from test_model_encode import TINY
+
+#: The small test model with its stats on (histogram + descriptors), as the clamp needs.
+STATS = {**TINY, "preprocess": {**TINY["preprocess"], "hu_histogram": [-100.0, 0.0, 100.0], "organ_descriptors": True}}
 
 
 def _reseal(folder):
@@ -63,3 +67,31 @@ def test_a_model_saved_before_standardisation_loads_with_the_identity(tmp_path):
     _reseal(folder)
     with pytest.raises(CheckpointError, match="unexpected keys"):
         cg.load(folder)
+
+
+def test_standardised_stats_are_clamped_to_stats_clip_and_the_bound_is_validated():
+    """A column that barely varied in training cannot outweigh every other input on an unusual scan."""
+    model = cg.create("ctglip-tiny", overrides=STATS)
+    assert model.config.stats_clip == 5.0                       # on in the registered config
+    width = model.config.preprocess.n_stats
+    pooled = torch.zeros(2, model.config.vision.out_channels)  # TINY pools by the mean
+    with torch.no_grad():
+        model.stats_scale.fill_(0.05)                          # the floor a near-constant column gets
+    base = torch.zeros(2, width)
+    far = base.clone()
+    far[0, -1] = 10.0                                          # 200 "sigma" away from the training mean
+    out = model._with_stats(pooled, far)[:, -width:]
+    assert out[0, -1].item() == pytest.approx(5.0) and out[1, -1].item() == pytest.approx(0.0)
+    # The vector moves with the clamped value only: 10 and 1 (both beyond 5 sigma) give the same embedding.
+    near = base.clone()
+    near[0, -1] = 1.0
+    v_far = model.project_vision(model._with_stats(pooled, far))
+    v_near = model.project_vision(model._with_stats(pooled, near))
+    assert torch.allclose(v_far, v_near)
+    unclamped = cg.create("ctglip-tiny", overrides={**STATS, "stats_clip": None})
+    with torch.no_grad():
+        unclamped.stats_scale.fill_(0.05)
+    assert unclamped._with_stats(pooled, far)[0, -1].item() == pytest.approx(200.0)
+    for bad in (0, -1.0, "5"):
+        with pytest.raises(cg.ConfigError, match="stats_clip"):
+            cg.create("ctglip-tiny", overrides={**TINY, "stats_clip": bad})

@@ -285,8 +285,15 @@ class CTGlipConfig(_ConfigBase):
     #: ``mean_max`` (that mean concatenated with the channel-wise max over the cells mostly inside the organ):
     #: a lesion of a few voxels barely moves an organ's mean, but it does reach its max.
     organ_pooling: Literal["mean", "mean_max"] = "mean"
+    #: Standardised per-organ stats are clamped to +-this many training standard deviations (None: no clamp).
+    #: A stats column that barely varied in training (e.g. the share of bone above 1000 HU on 3 mm scans) can
+    #: read 8 sigma on a finer scan and then outweigh every other input; the clamp keeps the signal's sign and
+    #: bounds its weight. See docs/model.md, "Standardisation of the stats".
+    stats_clip: Optional[float] = None
 
     def __post_init__(self) -> None:
+        if self.stats_clip is not None and not (isinstance(self.stats_clip, (int, float)) and self.stats_clip > 0):
+            raise _fail("stats_clip", f"must be a positive number of standard deviations or null, got {self.stats_clip!r}")
         if self.schema_version != SCHEMA_VERSION:
             raise _fail("schema_version", f"this ctglip-sdk reads schema {SCHEMA_VERSION}, got {self.schema_version}")
         if not self.name or "/" in self.name:

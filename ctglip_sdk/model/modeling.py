@@ -228,8 +228,8 @@ class CTGlipModel(nn.Module):
         return self._with_stats(pool_sparse(features, rows, cols, vals, n, self.config.organ_pooling), stats)
 
     def _with_stats(self, pooled: torch.Tensor, stats: Optional[torch.Tensor]) -> torch.Tensor:
-        """Append the organs' stats (:meth:`stats_columns`, standardised by ``stats_shift`` / ``stats_scale``)
-        when the model uses them."""
+        """Append the organs' stats (:meth:`stats_columns`, standardised by ``stats_shift`` / ``stats_scale``,
+        clamped to ``config.stats_clip``) when the model uses them."""
         width = self.config.preprocess.n_stats
         if not width:
             return pooled
@@ -238,6 +238,9 @@ class CTGlipModel(nn.Module):
             raise InputError(f"this model needs per-organ stats of shape {tuple(pooled.shape[:-1]) + (width,)} "
                              f"(from prepare()/the preprocessing cache), got {got}")
         scaled = (self.stats_columns(stats.to(pooled.device)) - self.stats_shift) / self.stats_scale
+        clip = self.config.stats_clip
+        if clip is not None:
+            scaled = scaled.clamp(-clip, clip)
         return torch.cat([pooled, scaled.to(pooled.dtype)], dim=-1)
 
     def stats_columns(self, stats: torch.Tensor) -> torch.Tensor:
