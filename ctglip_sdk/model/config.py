@@ -293,7 +293,8 @@ class CTGlipConfig(_ConfigBase):
 
     def __post_init__(self) -> None:
         if self.stats_clip is not None and not (isinstance(self.stats_clip, (int, float)) and self.stats_clip > 0):
-            raise _fail("stats_clip", f"must be a positive number of standard deviations or null, got {self.stats_clip!r}")
+            raise _fail("stats_clip", "must be a positive number of standard deviations or null, "
+                                      f"got {self.stats_clip!r}")
         if self.schema_version != SCHEMA_VERSION:
             raise _fail("schema_version", f"this ctglip-sdk reads schema {SCHEMA_VERSION}, got {self.schema_version}")
         if not self.name or "/" in self.name:
