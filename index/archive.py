@@ -18,6 +18,7 @@ import numpy as np
 
 from ctglip_sdk._version import __version__
 from ctglip_sdk.errors import ConfigError, IndexStateError
+from ctglip_sdk.model.voxels import STATS_VERSION
 from ctglip_sdk.privacy import pseudonymize
 
 from .ann import AnnIndex, choose_factory
@@ -138,7 +139,7 @@ class ArchiveIndex:
             manifest = {
                 "format": FORMAT, "format_version": FORMAT_VERSION, "index_uid": uid,
                 "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "sdk_version": __version__, "schema_version": SCHEMA_VERSION,
+                "sdk_version": __version__, "schema_version": SCHEMA_VERSION, "stats_version": STATS_VERSION,
                 "model": ident, "dim": ident["embed_dim"], "metric": "inner_product (unit vectors = cosine)",
                 "factory": factory or "auto", "current_factory": ann.factory, "memory_budget": memory_budget,
                 "database": ({"kind": "sqlite", "path": DB_FILE} if database_url is None

@@ -17,6 +17,7 @@ import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
 from ctglip_sdk.errors import ConfigError, CTGlipError, GeometryError, InputError
+from ctglip_sdk.model.voxels import STATS_VERSION
 
 from .filters import normalise_sex, to_date
 from .layout import Item, plan_archive, redact
@@ -284,6 +285,18 @@ def settle_faiss(index: "ArchiveIndex", rechoose: bool) -> None:
         index._persist_ann()
 
 
+def _warn_stats_version(index: "ArchiveIndex", model: Any) -> None:
+    """Warn when the index's stored vectors came from other organ-stats code than this SDK's (the model's config
+    hash cannot say so: the same model computes slightly different stats after an SDK upgrade)."""
+    recorded = index.manifest.get("stats_version")  # absent in indexes created before it was recorded
+    n_stats = getattr(getattr(getattr(model, "config", None), "preprocess", None), "n_stats", 0)
+    if recorded is not None and int(recorded) != STATS_VERSION and n_stats:
+        log.warning("this index's vectors were computed with organ-stats version %s and this ctglip-sdk computes "
+                    "version %s (docs/model.md, 'Grid of the stats'): new vectors can differ slightly from stored "
+                    "ones of the same model; ingest the archive into a new index to make them uniform",
+                    recorded, STATS_VERSION)
+
+
 def ingest(index: "ArchiveIndex", archive: Any, workers: int = 2, batch_size: int = 8, retry_errors: bool = False,
            progress: Optional[bool] = None, faiss_flush_seconds: float = 60.0) -> IngestReport:
     """Embed every series of ``archive`` that the index does not hold yet.
@@ -316,6 +329,7 @@ def ingest(index: "ArchiveIndex", archive: Any, workers: int = 2, batch_size: in
     if batch_size < 1 or workers < 0:
         raise InputError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
     model = index.model
+    _warn_stats_version(index, model)
     started = time.perf_counter()
     report = IngestReport(run_id=0, archive=str(root), started_at=_dt.datetime.now(_dt.timezone.utc),
                           timings={s: 0.0 for s in STAGES})

@@ -430,3 +430,30 @@ def test_two_indexes_cannot_share_a_table_prefix(tmp_path, db):
     finally:
         first.store.drop_all()
         first.close()
+
+
+def test_ingest_warns_when_the_index_holds_vectors_of_other_stats_code(tmp_path, caplog):
+    """The model's config hash cannot tell an SDK upgrade changed its stats; the manifest's stats_version can."""
+    from ctglip_sdk.model.preprocess import STATS_VERSION
+
+    archive = make_archive(tmp_path / "a", n=2, seed=3)
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    assert read_json(tmp_path / "idx" / "manifest.json")["stats_version"] == STATS_VERSION
+    with caplog.at_level(logging.WARNING, logger="ctglip_sdk"):
+        idx.ingest(archive, workers=0)
+    assert "organ-stats version" not in caplog.text          # same code: silent
+    idx.close()
+    manifest = read_json(tmp_path / "idx" / "manifest.json")
+    manifest["stats_version"] = STATS_VERSION - 1            # as an index built by the previous release
+    (tmp_path / "idx" / "manifest.json").write_text(json.dumps(manifest))
+    idx = ArchiveIndex.open(tmp_path / "idx")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ctglip_sdk"):
+        report = idx.ingest(make_archive(tmp_path / "b", n=1, seed=4), workers=0)
+    assert report.ok == 1                                    # a warning, not a refusal: nothing is lost
+    assert f"organ-stats version {STATS_VERSION - 1}" in caplog.text and "new index" in caplog.text
+    idx.close()
+
+
+def read_json(path):
+    return json.loads(path.read_text())

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from ctglip_sdk.errors import GeometryError, InputError, QueryError
 from ctglip_sdk.model.config import PreprocessConfig
 from ctglip_sdk.model.focal import focal_descriptors
-from ctglip_sdk.model.voxels import AIR_HU, BONE_HU, _memory_order, _OrganVoxels, block_reduce  # noqa: F401
+from ctglip_sdk.model.voxels import (AIR_HU, BONE_HU, STATS_VERSION, _memory_order, _OrganVoxels,  # noqa: F401
+                                     block_reduce)
 from ctglip_sdk.volume import Segmentation, Volume
 
 __all__ = ["PreparedStudy", "prepare_study", "prepare_volume", "resample_box", "target_shape", "organ_histograms",
@@ -139,10 +140,6 @@ def organ_histograms(lab: np.ndarray, hu: np.ndarray, n: int, edges: Sequence[fl
     return _histograms(_OrganVoxels(lab, hu), n, edges)
 
 
-#: Bumped whenever what organ_histograms / organ_descriptors compute changes, so that preprocessing caches
-#: built by older code are not reused (2: descriptors count edge voxels unless they touch bone or air;
-#: 3: focal descriptors; 4: grids finer than 2.5 mm are block-averaged first).
-STATS_VERSION = 4
 #: HU offsets from the organ's own median that bound the deviation counts of :func:`organ_descriptors`.
 DEVIATION_EDGES = (-150.0, -80.0, -40.0, -20.0, 20.0, 40.0, 80.0, 150.0)
 #: Percentiles of the organ's HU reported by :func:`organ_descriptors`.

@@ -6,7 +6,12 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["BONE_HU", "AIR_HU", "STATS_GRID_MM", "block_reduce"]
+__all__ = ["BONE_HU", "AIR_HU", "STATS_GRID_MM", "STATS_VERSION", "block_reduce"]
+
+#: Bumped whenever what the organ stats compute changes, so that preprocessing caches built by older code are
+#: not reused and an index can tell its stored vectors came from other stats (2: descriptors count edge voxels
+#: unless they touch bone or air; 3: focal descriptors; 4: grids finer than 2.5 mm are block-averaged first).
+STATS_VERSION = 4
 
 #: Grids finer than this (mm) are block-averaged towards it before any organ statistic: the stats look for
 #: 3-15 mm lesions and organ-scale HU, and a clinical 0.78 mm grid would cost ~10x the time for the same answer
