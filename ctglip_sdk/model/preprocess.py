@@ -243,11 +243,18 @@ def resample_box(hu_box: np.ndarray, spacing: Sequence[float], cfg: PreprocessCo
     HU windows are applied after. Padding at the far side holds the value of air (the window's low end).
     """
     size, eff = target_shape(hu_box.shape, spacing, cfg)
-    x = torch.from_numpy(np.ascontiguousarray(hu_box, dtype=np.float32)).to(device)[None, None]
     k = [max(1, int(math.floor(s_out / s_in))) for s_out, s_in in zip(eff, spacing)]
-    if any(f > 1 for f in k):
-        mid = [max(o, -(-n // f)) for n, f, o in zip(hu_box.shape, k, size)]
-        x = F.adaptive_avg_pool3d(x, mid)
+    mid = [max(o, -(-n // f)) for n, f, o in zip(hu_box.shape, k, size)]
+    pool = any(f > 1 for f in k)
+    if pool and _memory_order(hu_box) is not hu_box:
+        # A box of a Fortran-ordered volume: pool its transpose (read in memory order, no full-size transposing
+        # copy; the pooling bins are per axis) and transpose the small result back.
+        x = torch.from_numpy(np.ascontiguousarray(hu_box.T, dtype=np.float32)).to(device)[None, None]
+        x = F.adaptive_avg_pool3d(x, mid[::-1]).permute(0, 1, 4, 3, 2).contiguous()
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(hu_box, dtype=np.float32)).to(device)[None, None]
+        if pool:
+            x = F.adaptive_avg_pool3d(x, mid)
     if tuple(x.shape[2:]) != size:
         x = F.interpolate(x, size=size, mode="trilinear", align_corners=False)
     chans = []
