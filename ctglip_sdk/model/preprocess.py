@@ -273,7 +273,16 @@ def _cell_weights(lab_box: np.ndarray, n: int, size: Sequence[int], stride: int,
 
     Input voxel ``i`` belongs to cell ``floor((i + 0.5) * size / n_i / stride)``: its centre mapped onto the
     resampled grid (the same align_corners=False geometry as the image), then to the stride-``s`` cell.
+    Entries come sorted by (cell, organ).
     """
+    if _memory_order(lab_box) is not lab_box:
+        # A box of a Fortran-ordered volume: count on its transpose (memory order, no transposing copies per
+        # chunk), then renumber the cells to this box's axes and restore the (cell, organ) order.
+        r, c, v = _cell_weights(lab_box.T, n, tuple(size)[::-1], stride, tuple(grid)[::-1])
+        ct = c.numpy()
+        col = ((ct % grid[0]) * grid[1] + (ct // grid[0]) % grid[1]) * grid[2] + ct // (grid[0] * grid[1])
+        order = np.lexsort((r.numpy(), col))
+        return r[order], torch.from_numpy(col[order]), v[order]
     cells = [np.minimum(((np.arange(d) + 0.5) * (s / d) / stride).astype(np.int64), g - 1)
              for d, s, g in zip(lab_box.shape, size, grid)]
     per_axis = [np.bincount(c, minlength=g) for c, g in zip(cells, grid)]
