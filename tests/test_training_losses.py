@@ -138,3 +138,40 @@ def test_clip_loss_is_symmetric_infonce():
     assert torch.allclose(clip_loss(img, txt, 7.0), info_nce(img, txt, 7.0, mode="none"))
     assert torch.allclose(clip_loss(img, txt, 7.0), clip_loss(txt, img, 7.0), atol=1e-6)
     assert ClipLoss()(torch.eye(4), torch.eye(4), 100.0) < 1e-3
+
+
+def test_finding_decision_loss_per_finding_balance_weighs_rare_findings_equally():
+    # Finding 0 is common (3 positives), finding 1 rare (1 positive); every pair gets a known BCE.
+    organ = torch.eye(4)
+    pos = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    neg = torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    labels = torch.tensor([[1, 0], [1, 1], [1, 0], [0, -1]])
+    s = 3.0
+    margin = s * (organ @ pos.t() - organ @ neg.t())
+    bce = F.binary_cross_entropy_with_logits(margin, labels.clamp_min(0).float(), reduction="none")
+    got = finding_decision_loss(organ, pos, neg, labels, s, balanced="finding")
+    pos_part = (bce[[0, 1, 2], 0].mean() + bce[1, 1]) / 2          # each finding's positives: one vote each
+    neg_part = (bce[3, 0] + bce[[0, 2], 1].mean()) / 2
+    assert torch.allclose(got, (pos_part + neg_part) / 2, atol=1e-6)
+    # Pooled balance lets the common finding's three positives outvote the rare one: a different number.
+    pooled = finding_decision_loss(organ, pos, neg, labels, s, balanced="pooled")
+    assert not torch.allclose(got, pooled)
+    assert torch.allclose(pooled, finding_decision_loss(organ, pos, neg, labels, s, balanced=True))
+    # The rare finding's one positive pair weighs 1/4 of the loss under "finding", 1/8 under "pooled".
+    assert torch.allclose(pos_part / 2 - bce[[0, 1, 2], 0].mean() / 4, bce[1, 1] / 4, atol=1e-6)
+    # Only negatives in the batch: still a finite loss over them.
+    only_neg = finding_decision_loss(organ, pos, neg, torch.tensor([[0, -1], [0, 0], [-1, 0], [0, -1]]), s,
+                                     balanced="finding")
+    assert torch.isfinite(only_neg) and float(only_neg) > 0
+    with pytest.raises(ValueError, match="balanced"):
+        finding_decision_loss(organ, pos, neg, labels, s, balanced="per-organ")
+
+
+def test_decision_balance_names_agree_between_config_and_losses():
+    from ctglip_sdk.training import config as tc
+    from ctglip_sdk.training.losses import DECISION_BALANCE
+
+    assert tc._DECISION_BALANCE == DECISION_BALANCE
+    assert tc.TrainConfig().decision_balance in DECISION_BALANCE
+    with pytest.raises(Exception, match="decision_balance"):
+        tc.TrainConfig(decision_balance="organ")

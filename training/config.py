@@ -16,6 +16,7 @@ __all__ = ["TrainConfig", "OBJECTIVES"]
 
 OBJECTIVES = ("ctglip", "clip")
 _FN_MODES = ("mask", "multi", "none")
+_DECISION_BALANCE = ("finding", "pooled", "none")  # = losses.DECISION_BALANCE (no torch import here)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -54,6 +55,10 @@ class TrainConfig:
     w_identity: float = 0.5
     #: How organ-text InfoNCE treats equivalent texts: "mask" them out of the negatives, "multi" positives, "none".
     false_negatives: str = "mask"
+    #: How the zero-shot decision loss weighs findings: "finding" (each finding's positives and negatives
+    #: averaged on their own, so rare focal findings count as much as common ones), "pooled" (all positive pairs
+    #: together against all negative pairs: the recipe before 2026-12-02) or "none".
+    decision_balance: str = "pooled"
     #: Organ samples per study: every organ with a finding in the report plus a weighted random sample of the
     #: others (dictionary organs weigh `finding_organ_weight`) up to this count.
     organs_per_study: int = 48
@@ -86,6 +91,9 @@ class TrainConfig:
             setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective={self.objective!r}: expected one of {', '.join(OBJECTIVES)}")
+        if self.decision_balance not in _DECISION_BALANCE:
+            raise ConfigError(f"decision_balance={self.decision_balance!r}: expected one of "
+                              f"{', '.join(_DECISION_BALANCE)}")
         if self.false_negatives not in _FN_MODES:
             raise ConfigError(f"false_negatives={self.false_negatives!r}: expected one of {', '.join(_FN_MODES)}")
         for name in ("max_steps", "batch_size", "grad_accum", "organs_per_study", "phrasings_per_finding",

@@ -240,7 +240,7 @@ class CTGlipObjective(_Base):
         if cfg.w_abnormality > 0:
             l_ab = abnormality_text_loss(organ_g, bank_emb, targets_g, scale)
             pos_ens, neg_ens = bank.ensembles(bank_emb, self.finding_keys)
-            l_dec = finding_decision_loss(organ_g, pos_ens, neg_ens, labels_g, scale)
+            l_dec = finding_decision_loss(organ_g, pos_ens, neg_ens, labels_g, scale, cfg.decision_balance)
             loss = loss + cfg.w_abnormality * (l_ab + l_dec)
             logs["abnormality"] = float(l_ab.detach())
             logs["decision"] = float(l_dec.detach())
