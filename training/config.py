@@ -58,7 +58,7 @@ class TrainConfig:
     #: How the zero-shot decision loss weighs findings: "finding" (each finding's positives and negatives
     #: averaged on their own, so rare focal findings count as much as common ones), "pooled" (all positive pairs
     #: together against all negative pairs: the recipe before 2026-12-02) or "none".
-    decision_balance: str = "pooled"
+    decision_balance: str = "finding"
     #: Organ samples per study: every organ with a finding in the report plus a weighted random sample of the
     #: others (dictionary organs weigh `finding_organ_weight`) up to this count.
     organs_per_study: int = 48
