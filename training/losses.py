@@ -128,7 +128,7 @@ def finding_decision_loss(organ: Tensor, positive: Tensor, negative: Tensor, lab
     known = labels >= 0
     if not bool(known.any()):
         return margin.new_zeros(()) * margin.sum()
-    mode = {True: "pooled", False: "none"}.get(balanced, balanced) if isinstance(balanced, bool) else balanced
+    mode = ("pooled" if balanced else "none") if isinstance(balanced, bool) else balanced
     if mode not in DECISION_BALANCE:
         raise ValueError(f"finding_decision_loss: balanced={balanced!r}: expected a bool or one of "
                          f"{', '.join(DECISION_BALANCE)}")
