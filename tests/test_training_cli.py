@@ -37,6 +37,19 @@ def test_unknown_option_and_missing_archive_are_user_errors(tmp_path, archive):
     assert res.exit_code == 1 and "no-model" in res.output
 
 
+def test_calibration_archive_is_checked_before_training_then_used(tmp_path, archive):
+    res = _train(archive, tmp_path / "o", tmp_path / "c", "--set", f"calibration_archive={tmp_path / 'nowhere'}")
+    assert res.exit_code == 1 and "nowhere" in res.output and "manifest.csv" in res.output
+    assert not (tmp_path / "o" / "checkpoints").exists() and not (tmp_path / "o" / "model").exists()
+    # Thresholds come from every study of the calibration archive, not from the training archive's val split.
+    res = _train(archive, tmp_path / "run", tmp_path / "c", "--set", "max_steps=1",
+                 "--set", f"calibration_archive={archive}")
+    assert res.exit_code == 0, res.output
+    cal = json.loads(res.output)["calibration"]
+    assert cal["split"] == "all" and cal["n_studies"] == 6 and cal["archive"] == str(archive)
+    assert cg.load(tmp_path / "run" / "model").calibration == cal["offsets"]
+
+
 @pytest.mark.slow
 def test_train_resume_and_eval_end_to_end(tmp_path, archive):
     out, cache = tmp_path / "run", tmp_path / "cache"

@@ -84,14 +84,16 @@ def _set_stats_norm(model: Any, records: list, cache: Any) -> None:
 
 
 def _calibrate(model: Any, archive: PathLike, cfg: TrainConfig, dictionary: Any, progress: bool) -> Dict[str, Any]:
-    """Per-finding thresholds from the val split's reports, or a note saying why there are none."""
+    """Per-finding thresholds from the reports of the val split (or of every study of
+    ``cfg.calibration_archive``), or a note saying why there are none."""
     from ctglip_sdk.training.calibration import calibrate
 
-    if not read_manifest(archive, cfg.val_split):
-        return {"skipped": f"no studies in split {cfg.val_split!r}"}
-    report = calibrate(model, archive, cfg.val_split, dictionary=dictionary, progress=progress)
-    log.info("calibrated %d findings on %d %s studies", len(report["offsets"]), report["n_studies"], cfg.val_split)
-    return {k: report[k] for k in ("split", "n_studies", "offsets")}
+    root, split = (cfg.calibration_archive, "all") if cfg.calibration_archive else (archive, cfg.val_split)
+    if not read_manifest(root, None if split == "all" else split):
+        return {"skipped": f"no studies in split {split!r}"}
+    report = calibrate(model, root, split, dictionary=dictionary, progress=progress)
+    log.info("calibrated %d findings on %d %s studies", len(report["offsets"]), report["n_studies"], split)
+    return {"archive": os.fspath(root), **{k: report[k] for k in ("split", "n_studies", "offsets")}}
 
 
 def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = None, *, resume: bool = False,
@@ -129,6 +131,9 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
         if ctx.is_main:
             out.mkdir(parents=True, exist_ok=True)
         dictionary = _dictionary(dictionary)
+        if cfg.calibrate and cfg.calibration_archive and not read_manifest(cfg.calibration_archive):
+            # Checked before training: a typo here must not cost a whole run.
+            raise InputError("calibration archive has no studies", path=cfg.calibration_archive)
         records = read_manifest(archive, cfg.train_split)
         if not records:
             raise InputError(f"no studies in split {cfg.train_split!r}", path=Path(archive) / "manifest.csv")
