@@ -140,6 +140,8 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
         texts = [annotate_report(r.report.read_text(encoding="utf-8"), dictionary) for r in records]
         corpus = [t.report for t in texts]
         model = _initial_model(cfg, out, corpus, ctx.is_main, resume)
+        if cfg.channels_last:  # before the optimizer exists, so its state takes the same memory format
+            model.set_channels_last(True)
         model.train()
         cache = PreprocessCache.for_model(model, Path(cfg.cache_dir) if cfg.cache_dir else None)
         tc = time.perf_counter()

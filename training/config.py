@@ -82,6 +82,9 @@ class TrainConfig:
     #: split: on the bundled model mean F1 went 0.75 -> 0.79-0.80 (docs/training.md, "Calibration").
     calibration_archive: Optional[str] = None
     threads: int = 0                    # torch intra-op threads (0: leave torch's default)
+    #: Run the vision tower in channels_last_3d. Host-dependent: on a 2-core AVX2-only AMD EPYC a ctglip-tiny
+    #: step took 0.85x the time; at inference on an Intel Xeon it made no difference (docs/training.md).
+    channels_last: bool = False
     extra: Dict[str, Any] = field(default_factory=dict)  # free-form notes recorded with the run
 
     def __post_init__(self) -> None:
