@@ -3,6 +3,7 @@
 Baseline: what a loader without the cache does per study (read the scan and mask, resample, window, area
 weights); measured against reading the cached entry, on the same studies in the same run. Then a few
 optimizer steps of each objective (CT-GLIP, CLIP) with `ctglip_sdk.training.train`; medians of per-step times.
+CT-GLIP also runs with `channels_last=true`, printed as a ratio to the same run in the default layout.
 
     python benchmarks/bench_train.py --quick --json-out bench-output/train.json
 """
@@ -67,12 +68,13 @@ def main() -> int:
         t_cached.append(time.perf_counter() - t0)
 
     runs = {}
-    for objective in ("ctglip", "clip"):
+    variants = {"ctglip": {}, "ctglip_channels_last": {"channels_last": True}, "clip": {"objective": "clip"}}
+    for name, options in variants.items():
         cfg = TrainConfig(max_steps=steps, batch_size=batch, log_every=1, checkpoint_every=steps, warmup_steps=1,
-                          objective=objective, cache_dir=str(work / "cache"), threads=args.threads, seed=0)
-        out = work / f"run_{objective}"
+                          cache_dir=str(work / "cache"), threads=args.threads, seed=0, **options)
+        out = work / f"run_{name}"
         summary = train(archive, out, cfg, progress=False)
-        runs[objective] = {"median_step_s": round(_median_step_seconds(out / "metrics.jsonl"), 3),
+        runs[name] = {"median_step_s": round(_median_step_seconds(out / "metrics.jsonl"), 3),
                            "studies_per_step": batch, "train_seconds": summary["train_seconds"]}
 
     result = {
@@ -81,13 +83,16 @@ def main() -> int:
         "cache_read_ms_median": round(1000 * statistics.median(t_cached), 1),
         "cache_speedup": round(statistics.median(t_raw) / max(statistics.median(t_cached), 1e-9), 1),
         "cache_build_s": round(build_s, 2), "runs": runs,
+        "channels_last_step_ratio": round(runs["ctglip_channels_last"]["median_step_s"]
+                                          / max(runs["ctglip"]["median_step_s"], 1e-9), 3),
     }
-    print(f"{'stage':<34} {'value':>10}")
-    print(f"{'load + preprocess / study (ms)':<34} {result['load_and_preprocess_ms_median']:>10}")
-    print(f"{'cached read / study (ms)':<34} {result['cache_read_ms_median']:>10}")
-    print(f"{'cache speed-up (x)':<34} {result['cache_speedup']:>10}")
+    print(f"{'stage':<40} {'value':>10}")
+    print(f"{'load + preprocess / study (ms)':<40} {result['load_and_preprocess_ms_median']:>10}")
+    print(f"{'cached read / study (ms)':<40} {result['cache_read_ms_median']:>10}")
+    print(f"{'cache speed-up (x)':<40} {result['cache_speedup']:>10}")
     for name, r in runs.items():
-        print(f"{name + ' median s/step (' + str(batch) + ' studies)':<34} {r['median_step_s']:>10}")
+        print(f"{name + ' s/step (' + str(batch) + ' studies)':<40} {r['median_step_s']:>10}")
+    print(f"{'channels_last / default step (x)':<40} {result['channels_last_step_ratio']:>10}")
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(result, indent=2))
