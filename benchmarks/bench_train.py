@@ -75,7 +75,7 @@ def main() -> int:
         out = work / f"run_{name}"
         summary = train(archive, out, cfg, progress=False)
         runs[name] = {"median_step_s": round(_median_step_seconds(out / "metrics.jsonl"), 3),
-                           "studies_per_step": batch, "train_seconds": summary["train_seconds"]}
+                      "studies_per_step": batch, "train_seconds": summary["train_seconds"]}
 
     result = {
         "preset": preset, "n_studies": len(records), "threads": args.threads,

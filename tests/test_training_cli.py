@@ -37,7 +37,7 @@ def test_unknown_option_and_missing_archive_are_user_errors(tmp_path, archive):
     assert res.exit_code == 1 and "no-model" in res.output
 
 
-def test_calibration_archive_is_checked_before_training_then_used(tmp_path, archive):
+def test_calibration_archive_is_checked_before_training_then_used(tmp_path, archive, caplog):
     res = _train(archive, tmp_path / "o", tmp_path / "c", "--set", f"calibration_archive={tmp_path / 'nowhere'}")
     assert res.exit_code == 1 and "nowhere" in res.output and "manifest.csv" in res.output
     assert not (tmp_path / "o" / "checkpoints").exists() and not (tmp_path / "o" / "model").exists()
@@ -48,6 +48,8 @@ def test_calibration_archive_is_checked_before_training_then_used(tmp_path, arch
     cal = json.loads(res.output)["calibration"]
     assert cal["split"] == "all" and cal["n_studies"] == 6 and cal["archive"] == str(archive)
     assert cg.load(tmp_path / "run" / "model").calibration == cal["offsets"]
+    # Here the calibration archive is the training archive itself, which the run says.
+    assert "calibration_archive is the training archive" in caplog.text
 
 
 def test_channels_last_gives_the_same_loss_and_a_loadable_model(tmp_path, archive):

@@ -131,9 +131,14 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
         if ctx.is_main:
             out.mkdir(parents=True, exist_ok=True)
         dictionary = _dictionary(dictionary)
-        if cfg.calibrate and cfg.calibration_archive and not read_manifest(cfg.calibration_archive):
+        calib_root = Path(cfg.calibration_archive) if cfg.calibrate and cfg.calibration_archive else None
+        if calib_root is not None:
             # Checked before training: a typo here must not cost a whole run.
-            raise InputError("calibration archive has no studies", path=cfg.calibration_archive)
+            if not read_manifest(calib_root):
+                raise InputError("calibration archive has no studies", path=calib_root)
+            if calib_root.resolve() == Path(archive).resolve():
+                log.warning("calibration_archive is the training archive: thresholds will be chosen on every study "
+                            "of it, training studies included, so F1 on them is optimistic")
         records = read_manifest(archive, cfg.train_split)
         if not records:
             raise InputError(f"no studies in split {cfg.train_split!r}", path=Path(archive) / "manifest.csv")
