@@ -62,12 +62,12 @@ def eval_command(model: str, archive: str, split: str, val_split: str, val_archi
         echo_json(metrics)
         return
     rows = [{"metric": k, "value": metrics[k]} for k in ("model", "archive_seed", "organ_top1", "auc_mean",
-                                                           "auc_min", "f1_mean")]
+                                                           "auc_min", "f1_mean", "f1_mean_model_thresholds")]
     rows += [{"metric": f"retrieval {k}", "value": v} for k, v in metrics["retrieval"].items()]
     print_table(rows)
     click.echo("")
     print_table([{"finding": f, **v} for f, v in sorted(metrics["per_finding"].items())],
-                columns=["finding", "auc", "f1", "n_pos", "n_neg"])
+                columns=["finding", "auc", "f1", "f1_at_model_threshold", "n_pos", "n_neg"])
 
 
 @click.command("calibrate")

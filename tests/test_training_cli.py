@@ -10,7 +10,8 @@ from click.testing import CliRunner
 import ctglip_sdk as cg
 from ctglip_sdk.cli.main import cli
 
-EVAL_KEYS = {"organ_top1", "auc_mean", "auc_min", "f1_mean", "per_finding", "retrieval", "model", "archive_seed"}
+EVAL_KEYS = {"organ_top1", "auc_mean", "auc_min", "f1_mean", "f1_mean_model_thresholds", "per_finding", "retrieval",
+             "model", "archive_seed"}
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +92,7 @@ def test_train_resume_and_eval_end_to_end(tmp_path, archive):
     assert metrics["archive_seed"] == 11 and metrics["model"] == "tiny-test"
     assert 0.0 <= metrics["organ_top1"] <= 1.0
     for v in metrics["per_finding"].values():
-        assert set(v) >= {"auc", "f1", "n_pos", "n_neg"}
+        assert set(v) >= {"auc", "f1", "n_pos", "n_neg", "f1_at_model_threshold"}
     for name in ("metrics.json", "results.md", "roc.png"):
         assert (tmp_path / "eval" / name).is_file()
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["n_studies"] == metrics["n_studies"]

@@ -98,7 +98,9 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
       organs labelled in that study.
     - ``per_finding``: for each finding, ``ZeroShotClassifier`` probabilities on every organ it applies to;
       AUC (Mann-Whitney) and F1 at the threshold that maximises F1 on ``val_split`` (0.5 when that split has
-      no positive). ``auc_mean``/``auc_min``/``f1_mean`` over findings with at least one positive.
+      no positive); ``f1_at_model_threshold`` is F1 at probability 0.5, the decision of the model's own
+      calibration. ``auc_mean``/``auc_min``/``f1_mean``/``f1_mean_model_thresholds`` over findings with at
+      least one positive.
     - ``retrieval``: each positive phrasing of each finding queries the organs of that finding's organ type
       in the split; relevant = organs with the finding in truth. ``r@k`` = share of queries with a relevant
       organ in the top k; ``map`` = mean average precision.
@@ -172,12 +174,16 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
         n_pos = int(t_lab[sel].sum())
         entry = {"auc": auc(t_prob[sel], t_lab[sel]), "f1": f1_score(t_prob[sel], t_lab[sel], thr) if n_pos else
                  float("nan"), "n_pos": n_pos, "n_neg": int((~t_lab[sel]).sum()), "threshold": float(thr),
-                 "threshold_from": source}
+                 "threshold_from": source,
+                 # The decision the model ships with (its calibration puts its own threshold at 0.5): what
+                 # `score` and `cohort` call present.
+                 "f1_at_model_threshold": f1_score(t_prob[sel], t_lab[sel], 0.5) if n_pos else float("nan")}
         per[key] = entry
         if n_pos and entry["n_neg"]:
             curves[key] = roc_curve(t_prob[sel], t_lab[sel])[:2]
     aucs = [v["auc"] for v in per.values() if math.isfinite(v["auc"])]
     f1s = [v["f1"] for v in per.values() if math.isfinite(v["f1"])]
+    f1s_model = [v["f1_at_model_threshold"] for v in per.values() if math.isfinite(v["f1_at_model_threshold"])]
 
     retrieval = _retrieval(model, dictionary, test, truth)
     metrics = {
@@ -189,6 +195,7 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
         "auc_mean": float(np.mean(aucs)) if aucs else float("nan"),
         "auc_min": float(np.min(aucs)) if aucs else float("nan"),
         "f1_mean": float(np.mean(f1s)) if f1s else float("nan"),
+        "f1_mean_model_thresholds": float(np.mean(f1s_model)) if f1s_model else float("nan"),
         "per_finding": per, "retrieval": retrieval, "seconds": round(time.perf_counter() - t0, 1),
     }
     metrics = _nan_to_none(metrics)
@@ -238,15 +245,17 @@ def markdown_table(metrics: Dict[str, Any]) -> str:
     r = metrics["retrieval"]
     lines = [f"# Evaluation of {metrics['model']} on {metrics['split']} "
              f"(archive seed {metrics['archive_seed']}, {metrics['n_studies']} studies, {metrics['n_organs']} organs)",
-             "", "| organ top-1 | organ top-1 (within study) | mean AUC | min AUC | mean F1 | R@1 | R@5 | R@10 | mAP |",
-             "|---|---|---|---|---|---|---|---|---|",
+             "", "| organ top-1 | organ top-1 (within study) | mean AUC | min AUC | mean F1 | mean F1 at the model's "
+             "thresholds | R@1 | R@5 | R@10 | mAP |",
+             "|---|---|---|---|---|---|---|---|---|---|",
              "| " + " | ".join(_fmt(metrics[k]) for k in ("organ_top1", "organ_top1_within_study", "auc_mean",
-                                                          "auc_min", "f1_mean"))
+                                                          "auc_min", "f1_mean", "f1_mean_model_thresholds"))
              + " | " + " | ".join(_fmt(r.get(k)) for k in ("r@1", "r@5", "r@10", "map")) + " |",
-             "", "| finding | AUC | F1 | threshold | positives | negatives |", "|---|---|---|---|---|---|"]
+             "", "| finding | AUC | F1 | threshold | F1 at 0.5 (model's threshold) | positives | negatives |",
+             "|---|---|---|---|---|---|---|"]
     for key, v in sorted(metrics["per_finding"].items()):
-        lines.append(f"| {key} | {_fmt(v['auc'])} | {_fmt(v['f1'])} | {_fmt(v['threshold'])} | {v['n_pos']} | "
-                     f"{v['n_neg']} |")
+        lines.append(f"| {key} | {_fmt(v['auc'])} | {_fmt(v['f1'])} | {_fmt(v['threshold'])} | "
+                     f"{_fmt(v['f1_at_model_threshold'])} | {v['n_pos']} | {v['n_neg']} |")
     return "\n".join(lines) + "\n"
 
 
