@@ -53,6 +53,17 @@ def test_calibration_archive_is_checked_before_training_then_used(tmp_path, arch
     assert "calibration_archive is the training archive" in caplog.text
 
 
+def test_train_split_all_reads_every_study_and_warns_of_overlap_with_val(tmp_path, archive, caplog):
+    res = _train(archive, tmp_path / "o", tmp_path / "c", "--set", "max_steps=1", "--set", "train_split=all")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["n_train"] == 6
+    # Calibrating on the val split of the same archive would choose thresholds on trained-on studies.
+    assert "overlaps val_split" in caplog.text
+    res = _train(archive, tmp_path / "o2", tmp_path / "c", "--set", "max_steps=1", "--set", "train_split=nosuch")
+    assert res.exit_code == 1 and "nosuch" in res.output
+
+
 def test_channels_last_gives_the_same_loss_and_a_loadable_model(tmp_path, archive):
     losses = []
     for flag in ("false", "true"):

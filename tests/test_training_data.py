@@ -34,6 +34,10 @@ def test_manifest_truth_and_seed(archive, tmp_path):
     assert len(rows) == 3 and all(r.image.is_file() and r.mask.is_file() and r.report.is_file() for r in rows)
     assert {r.split for r in rows} == {"train", "val", "test"}
     assert [r.split for r in read_manifest(archive, "val")] == ["val"]
+    # Lists and "all" select as eval/calibrate do, in manifest order.
+    assert [r.split for r in read_manifest(archive, "train, test")] == [r.split for r in rows if r.split != "val"]
+    assert [r.study_uid for r in read_manifest(archive, "all")] == [r.study_uid for r in rows]
+    assert read_manifest(archive, "nosuchsplit") == []
     truth = read_truth(archive)
     assert set(truth) == {r.study_uid for r in rows}
     assert archive_seed(archive) == 5 and archive_seed(tmp_path) is None

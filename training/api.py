@@ -143,6 +143,11 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
         records = read_manifest(archive, cfg.train_split)
         if not records:
             raise InputError(f"no studies in split {cfg.train_split!r}", path=Path(archive) / "manifest.csv")
+        if cfg.calibrate and calib_root is None:
+            seen = {r.study_uid for r in records}
+            if any(r.study_uid in seen for r in read_manifest(archive, cfg.val_split)):
+                log.warning("train_split %r overlaps val_split %r: thresholds will be chosen on training studies; "
+                            "set calibration_archive to a separate archive", cfg.train_split, cfg.val_split)
         texts = [annotate_report(r.report.read_text(encoding="utf-8"), dictionary) for r in records]
         corpus = [t.report for t in texts]
         model = _initial_model(cfg, out, corpus, ctx.is_main, resume)

@@ -72,7 +72,7 @@ class TrainConfig:
     bf16: bool = True                   # bf16 autocast, applied on CUDA only
     device: str = "auto"                # "auto" | "cpu" | "cuda" | "cuda:N"
     cache_dir: Optional[str] = None     # preprocessing cache (None: $CTGLIP_CACHE_DIR or ~/.cache/ctglip)
-    train_split: str = "train"
+    train_split: str = "train"          # a split, a list ("train,val") or "all" (e.g. with calibration_archive)
     val_split: str = "val"
     #: After training, choose each finding's threshold on ``val_split`` (labels from its reports) and save it
     #: in the model (``ctglip calibrate``); skipped when that split is empty.

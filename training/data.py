@@ -37,7 +37,9 @@ class StudyRecord:
 
 
 def read_manifest(root: Any, split: Optional[str] = None) -> List[StudyRecord]:
-    """Rows of ROOT/manifest.csv (optionally one split), every path confined to ROOT.
+    """Rows of ROOT/manifest.csv, every path confined to ROOT.
+
+    ``split`` selects rows: ``None`` or ``"all"`` every row, a name one split, ``"train,val"`` several.
 
     Example:
         >>> len(read_manifest("archive/", split="train"))  # doctest: +SKIP
@@ -55,9 +57,11 @@ def read_manifest(root: Any, split: Optional[str] = None) -> List[StudyRecord]:
         if missing:
             raise InputError(f"manifest lacks column(s) {', '.join(missing)}", path=manifest)
         rows = list(reader)
+    # "all" and comma lists are the syntax eval/calibrate accept too, so one spelling works everywhere.
+    wanted = None if split is None or split == "all" else {s.strip() for s in split.split(",") if s.strip()}
     out = []
     for r in rows:
-        if split is not None and r["split"] != split:
+        if wanted is not None and r["split"] not in wanted:
             continue
         out.append(StudyRecord(r["study_uid"], resolve_within(root, r["image"]), resolve_within(root, r["mask"]),
                                resolve_within(root, r["report"]), r["split"]))

@@ -82,10 +82,7 @@ def read_splits(archive: PathLike, split: Optional[str]) -> List[StudyRecord]:
     """Records of one split, of several ("train,test") or of every study ("all")."""
     if split is None:
         return []
-    if split == "all":
-        return read_manifest(archive)
-    wanted = [s.strip() for s in split.split(",") if s.strip()]
-    return [r for r in read_manifest(archive) if r.split in wanted]
+    return read_manifest(archive, split)
 
 
 def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Optional[str] = "val",
