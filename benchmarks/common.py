@@ -12,6 +12,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -355,6 +356,16 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: Op
     text = "\n".join(lines)
     print(text, flush=True)
     return text
+
+
+def run_command(cmd: List[str]) -> str:
+    """Run a CLI step as a subprocess (what a user would type), echo it, and stop the script if it fails."""
+    print("$", " ".join(cmd), flush=True)
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        sys.stderr.write(res.stderr[-4000:])
+        raise SystemExit(f"command failed ({res.returncode}): {' '.join(cmd)}")
+    return res.stdout
 
 
 def write_json(path: Optional[str], payload: Mapping[str, Any]) -> None:

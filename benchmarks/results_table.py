@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import run_command  # noqa: E402
+
 
 def tiny_vit_config(cnn_config: str = "ctglip-tiny") -> Dict[str, object]:
     """The tiny ViT: ctglip-tiny's text tower, preprocessing and organ pooling with a 3-D ViT image tower.
@@ -52,15 +55,6 @@ VARIANTS: Dict[str, tuple] = {
 }
 
 
-def _run(cmd: List[str]) -> str:
-    print("$", " ".join(cmd), flush=True)
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        sys.stderr.write(res.stderr[-4000:])
-        raise SystemExit(f"command failed ({res.returncode}): {' '.join(cmd)}")
-    return res.stdout
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train-archive", required=True)
@@ -88,7 +82,7 @@ def main() -> int:
         if not (Path(path) / "manifest.csv").is_file():
             if not args.make_archives:
                 raise SystemExit(f"{path}: no archive (pass --make-archives to generate it)")
-            _run(exe + ["synth", path, "--patients", str(n), "--seed", str(seed), "--format", "nifti",
+            run_command(exe + ["synth", path, "--patients", str(n), "--seed", str(seed), "--format", "nifti",
                         "--preset", "default"])
     vit_cfg = out / "ctglip-tiny-vit.json"
     vit_cfg.write_text(json.dumps(tiny_vit_config(args.cnn_config), indent=2) + "\n")
@@ -102,13 +96,13 @@ def main() -> int:
         if not (run_dir / "model" / "model.safetensors").is_file():
             sets = [f"objective={objective}", f"max_steps={steps}", f"threads={args.threads}", "seed=0", *extra]
             t0 = time.perf_counter()
-            _run(exe + ["train", "--archive", args.train_archive, "--model",
+            run_command(exe + ["train", "--archive", args.train_archive, "--model",
                         args.cnn_config if tower == "cnn" else str(vit_cfg), "--out", str(run_dir), "--json",
                         "--no-progress", "--resume"] + [a for s in sets for a in ("--set", s)])
             (run_dir / "wall_seconds.txt").write_text(f"{time.perf_counter() - t0:.0f}\n")
         if not eval_file.is_file():
             eval_file.parent.mkdir(parents=True, exist_ok=True)
-            text = _run(exe + ["eval", "--model", str(run_dir / "model"), "--archive", args.heldout_archive,
+            text = run_command(exe + ["eval", "--model", str(run_dir / "model"), "--archive", args.heldout_archive,
                                "--split", args.split, "--val-archive", args.train_archive, "--val-split", "val",
                                "--out", str(out / "evals" / name), "--json"])
             eval_file.write_text(text)

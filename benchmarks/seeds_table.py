@@ -14,29 +14,20 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fmt, print_table, write_json  # noqa: E402
+from common import fmt, print_table, run_command, write_json  # noqa: E402
 
 BARS = {"organ_top1": 0.95, "auc_mean": 0.95, "auc_min": 0.85, "f1_mean": 0.80}
-
-
-def _run(cmd: List[str]) -> None:
-    print("$", " ".join(cmd), flush=True)
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        sys.stderr.write(res.stderr[-4000:])
-        raise SystemExit(f"command failed ({res.returncode}): {' '.join(cmd)}")
 
 
 def _archive(out: Path, seed: int, patients: int, preset: str, workers: int) -> Path:
     root = out / f"archive_{seed}"
     if not (root / "manifest.csv").is_file():
-        _run([sys.executable, "-m", "ctglip_sdk.cli.main", "synth", str(root), "--patients", str(patients),
+        run_command([sys.executable, "-m", "ctglip_sdk.cli.main", "synth", str(root), "--patients", str(patients),
               "--seed", str(seed), "--format", "nifti", "--preset", preset, "--workers", str(workers), "--json"])
     return root
 
@@ -44,7 +35,7 @@ def _archive(out: Path, seed: int, patients: int, preset: str, workers: int) -> 
 def _evaluate(model: str, archive: Path, out: Path, calib: str, calib_split: str) -> Dict[str, Any]:
     metrics = out / "metrics.json"
     if not metrics.is_file():
-        _run([sys.executable, "-m", "ctglip_sdk.cli.main", "eval", "--model", model, "--archive", str(archive),
+        run_command([sys.executable, "-m", "ctglip_sdk.cli.main", "eval", "--model", model, "--archive", str(archive),
               "--split", "all", "--val-archive", calib, "--val-split", calib_split, "--out", str(out), "--json"])
     return json.loads(metrics.read_text())
 
