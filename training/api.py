@@ -87,10 +87,9 @@ def _calibrate(model: Any, archive: PathLike, cfg: TrainConfig, dictionary: Any,
     """Per-finding thresholds from the reports of the val split (or of every study of
     ``cfg.calibration_archive``), or a note saying why there are none."""
     from ctglip_sdk.training.calibration import calibrate
-    from ctglip_sdk.training.evaluation import read_splits
 
     root, split = (cfg.calibration_archive, "all") if cfg.calibration_archive else (archive, cfg.val_split)
-    if not read_splits(root, split):  # the split names calibrate() itself accepts ("all", lists)
+    if not read_manifest(root, split):  # same split syntax as calibrate() ("all", lists)
         return {"skipped": f"no studies in split {split!r}"}
     report = calibrate(model, root, split, dictionary=dictionary, progress=progress)
     log.info("calibrated %d findings on %d %s studies", len(report["offsets"]), report["n_studies"], split)
