@@ -36,3 +36,42 @@ def test_f1_at_the_model_threshold_is_the_calibrated_decision(archive):
     assert m["f1_mean_model_thresholds"] == pytest.approx(sum(scored) / len(scored))
     assert all(v["f1_at_model_threshold"] is None for v in m["per_finding"].values() if not v["n_pos"])
     assert "F1 at 0.5 (model's threshold)" in markdown_table(m) and math.isfinite(m["f1_mean_model_thresholds"])
+
+
+def test_auc_by_size_splits_the_positives_of_focal_findings_by_lesion_size(archive):
+    import json
+
+    import numpy as np
+
+    from ctglip_sdk.training.evaluation import auc_by_size
+    from ctglip_sdk.training.metrics import auc
+
+    model = cg.create("ctglip-tiny", overrides=TINY, seed=0)
+    m = evaluate(model, archive, split="all", val_split=None)
+    # What truth.jsonl says: positives per (finding, organ) of focal lesions, by their largest size.
+    focal = {}
+    for line in (archive / "truth.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        for f in rec["findings"]:
+            if f.get("center_ras_mm") is not None and f.get("size_mm") is not None:
+                k = (rec["study_uid"], f["organ"], f["finding"])
+                focal[k] = max(focal.get(k, 0.0), f["size_mm"])
+    sized = {k: v for k, v in m["per_finding"].items() if "auc_by_size" in v}
+    assert sized, "the archive has focal lesions"
+    for key, entry in m["per_finding"].items():
+        sizes = [s for (_, _, f), s in focal.items() if f == key]
+        if not sizes:
+            assert "auc_by_size" not in entry
+            continue
+        bins = entry["auc_by_size"]
+        assert sum(b["n_pos"] for b in bins.values()) == len(sizes) == entry["n_pos"]
+        assert all(0.0 <= b["auc"] <= 1.0 for b in bins.values())
+    assert "by lesion size" in markdown_table(m)
+    # The bins themselves: each is the AUC of that bin's positives against all negatives.
+    prob = np.array([0.9, 0.7, 0.2, 0.8, 0.3, 0.1])
+    lab = np.array([1, 1, 1, 0, 0, 0], bool)
+    size = np.array([25.0, 8.0, 4.0, np.nan, np.nan, np.nan])
+    got = auc_by_size(prob, lab, size)
+    assert list(got) == ["<6 mm", "6-10 mm", ">=20 mm"]
+    assert got["<6 mm"] == {"auc": auc(prob[[2, 3, 4, 5]], lab[[2, 3, 4, 5]]), "n_pos": 1}
+    assert got[">=20 mm"]["auc"] == 1.0 and got["6-10 mm"]["auc"] == pytest.approx(2 / 3)

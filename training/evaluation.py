@@ -19,7 +19,7 @@ from ctglip_sdk.training.data import StudyRecord, archive_seed, read_manifest, r
 from ctglip_sdk.training.metrics import auc, best_f1_threshold, f1_score, retrieval_metrics, roc_curve
 from ctglip_sdk.training.objectives import finding_phrasings
 
-__all__ = ["evaluate", "encode_split", "read_splits", "SplitEmbeddings", "markdown_table"]
+__all__ = ["evaluate", "encode_split", "read_splits", "SplitEmbeddings", "markdown_table", "auc_by_size"]
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
@@ -61,6 +61,51 @@ def _labels(emb: SplitEmbeddings, truth: Dict[str, List[Dict[str, Any]]], rows: 
         for f in truth.get(rec.study_uid, []):
             have.add((s, f.get("organ"), f.get("finding")))
     return np.array([(int(emb.study[r]), emb.names[r], k) in have for r, k in zip(rows.tolist(), keys)], bool)
+
+
+#: Lesion-size bins (mm) of ``auc_by_size``: below 6 mm a lesion is about one voxel of the 3 x 3 x 5 mm default grid.
+SIZE_EDGES_MM = (6.0, 10.0, 20.0)
+
+
+def _focal_sizes(emb: SplitEmbeddings, truth: Dict[str, List[Dict[str, Any]]], rows: np.ndarray,
+                 keys: Sequence[str]) -> np.ndarray:
+    """Largest ``size_mm`` of a focal truth lesion (one with ``center_ras_mm``) of finding `keys[i]` on row i; NaN if none."""
+    size: Dict[Tuple[int, Any, Any], float] = {}
+    for s, rec in enumerate(emb.records):
+        for f in truth.get(rec.study_uid, []):
+            if f.get("center_ras_mm") is None or f.get("size_mm") is None:
+                continue
+            k = (s, f.get("organ"), f.get("finding"))
+            size[k] = max(size.get(k, 0.0), float(f["size_mm"]))
+    return np.array([size.get((int(emb.study[r]), emb.names[r], k), np.nan) for r, k in zip(rows.tolist(), keys)],
+                    np.float64)
+
+
+def _size_bins(edges: Sequence[float] = SIZE_EDGES_MM) -> List[str]:
+    return [f"<{edges[0]:g} mm"] + [f"{a:g}-{b:g} mm" for a, b in zip(edges, edges[1:])] + [f">={edges[-1]:g} mm"]
+
+
+def auc_by_size(prob: np.ndarray, lab: np.ndarray, size: np.ndarray,
+                edges: Sequence[float] = SIZE_EDGES_MM) -> Dict[str, Dict[str, Any]]:
+    """AUC of the positives in each lesion-size bin against every negative: which lesions a model misses.
+
+    Positives without a focal size (diffuse findings) are left out; empty bins are not reported.
+
+    Example:
+        >>> auc_by_size(np.array([.9, .2, .8, .1]), np.array([1, 1, 0, 0], bool), np.array([12., 4., np.nan, np.nan]))
+        {'<6 mm': {'auc': 0.5, 'n_pos': 1}, '10-20 mm': {'auc': 1.0, 'n_pos': 1}}
+    """
+    lo = [0.0, *edges]
+    hi = [*edges, math.inf]
+    names = _size_bins(edges)
+    neg = ~lab
+    out: Dict[str, Dict[str, Any]] = {}
+    for name, a, b in zip(names, lo, hi):
+        pos = lab & (size >= a) & (size < b)
+        if pos.any() and neg.any():
+            sel = pos | neg
+            out[name] = {"auc": auc(prob[sel], lab[sel]), "n_pos": int(pos.sum())}
+    return out
 
 
 def _detections(zs: Any, emb: SplitEmbeddings, truth: Dict[str, List[Dict[str, Any]]]):
@@ -154,7 +199,8 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
     top1_within = float(np.mean(within)) if within else float("nan")
 
     # Abnormality detection.
-    _, t_keys, t_prob, t_lab = _detections(zs, test, truth)
+    t_rows, t_keys, t_prob, t_lab = _detections(zs, test, truth)
+    t_size = _focal_sizes(test, truth, t_rows, t_keys)
     v_keys, v_prob, v_lab = ([], np.zeros(0), np.zeros(0, bool))
     if val is not None and len(val.names):
         _, v_keys, v_prob, v_lab = _detections(zs, val, val_truth)
@@ -175,6 +221,8 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
                  # The decision the model ships with (its calibration puts its own threshold at 0.5): what
                  # `score` and `cohort` call present.
                  "f1_at_model_threshold": f1_score(t_prob[sel], t_lab[sel], 0.5) if n_pos else float("nan")}
+        if np.isfinite(t_size[sel & t_lab]).any():  # focal findings: where the misses are, by lesion size
+            entry["auc_by_size"] = auc_by_size(t_prob[sel], t_lab[sel], t_size[sel])
         per[key] = entry
         if n_pos and entry["n_neg"]:
             curves[key] = roc_curve(t_prob[sel], t_lab[sel])[:2]
@@ -253,6 +301,16 @@ def markdown_table(metrics: Dict[str, Any]) -> str:
     for key, v in sorted(metrics["per_finding"].items()):
         lines.append(f"| {key} | {_fmt(v['auc'])} | {_fmt(v['f1'])} | {_fmt(v['threshold'])} | "
                      f"{_fmt(v['f1_at_model_threshold'])} | {v['n_pos']} | {v['n_neg']} |")
+    sized = {k: v["auc_by_size"] for k, v in sorted(metrics["per_finding"].items()) if v.get("auc_by_size")}
+    if sized:
+        seen = {b for v in sized.values() for b in v}
+        bins = [b for b in _size_bins() if b in seen] + sorted(seen - set(_size_bins()))
+        lines += ["", "AUC of focal findings by lesion size (positives in the bin against every negative; "
+                  "positives in brackets):", "", "| finding | " + " | ".join(bins) + " |",
+                  "|---|" + "---|" * len(bins)]
+        for key, v in sized.items():
+            cells = [f"{_fmt(v[b]['auc'])} ({v[b]['n_pos']})" if b in v else "–" for b in bins]
+            lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
