@@ -1,7 +1,7 @@
 """A model's zero-shot metrics on several fresh synthetic archives (one per seed), with their mean and spread.
 
 One held-out seed can flatter or sink a model by a few hundredths (the weakest findings have 12-40 positives),
-so the bundled model is judged on several. Every archive is made by `ctglip synth` and scored by `ctglip eval`
+so the bundled model is judged on several. Focal findings also get their AUC by lesion size, pooled over seeds. Every archive is made by `ctglip synth` and scored by `ctglip eval`
 (subprocesses: the numbers are what a user reproduces); archives and evaluations already on disk are reused.
 
     python benchmarks/seeds_table.py --model ctglip-tiny-synthetic --calib-archive data/calib --out seeds/
@@ -53,7 +53,25 @@ def summarize(per_seed: Dict[int, Dict[str, Any]]) -> Dict[str, Any]:
     auc = {f: {s: m["per_finding"].get(f, {}).get("auc") for s, m in per_seed.items()} for f in findings}
     # A bar is met "on every seed" only if the worst seed meets it: the reading the issue's bars ask for.
     met = {k: all(float(m[k]) >= b for m in per_seed.values()) for k, b in BARS.items()}
-    return {"aggregate": agg, "per_finding_auc": auc, "bars_met_on_every_seed": met}
+    return {"aggregate": agg, "per_finding_auc": auc, "auc_by_size": pool_auc_by_size(per_seed),
+            "bars_met_on_every_seed": met}
+
+
+def pool_auc_by_size(per_seed: Dict[int, Dict[str, Any]]) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """Each focal finding's per-size AUC over seeds: the mean of the seeds' bin AUCs weighted by their positives.
+
+    (Each seed's bin AUC has its own negatives, so this is a weighted mean, not one AUC of pooled predictions.)
+    """
+    acc: Dict[str, Dict[str, List[float]]] = {}
+    for m in per_seed.values():
+        for f, v in m["per_finding"].items():
+            for b, x in (v.get("auc_by_size") or {}).items():
+                if x.get("auc") is None:
+                    continue
+                slot = acc.setdefault(f, {}).setdefault(b, [0.0, 0])
+                slot[0] += float(x["auc"]) * x["n_pos"]
+                slot[1] += x["n_pos"]
+    return {f: {b: {"auc": a / n, "n_pos": n} for b, (a, n) in bins.items() if n} for f, bins in acc.items()}
 
 
 def main(argv: Sequence[str] = ()) -> Dict[str, Any]:
@@ -97,6 +115,14 @@ def main(argv: Sequence[str] = ()) -> Dict[str, Any]:
         print_table(["finding"] + [str(s) for s in args.seeds],
                     [[f] + [fmt(v.get(s)) for s in args.seeds] for f, v in weak.items()],
                     title="findings below AUC 0.90 on some seed")
+    sized = summary["auc_by_size"]
+    if sized:
+        bins = ["<6 mm", "6-10 mm", "10-20 mm", ">=20 mm"]
+        bins += sorted({b for v in sized.values() for b in v} - set(bins))
+        print_table(["finding"] + bins,
+                    [[f] + [f"{fmt(v[b]['auc'])} ({v[b]['n_pos']})" if b in v else "-" for b in bins]
+                     for f, v in sorted(sized.items())],
+                    title="AUC of focal findings by lesion size, over seeds (positives)")
     print("bars met on every seed:", json.dumps(summary["bars_met_on_every_seed"]))
     payload = {"model": args.model, "seeds": args.seeds, "patients": patients, "calib_archive": args.calib_archive,
                "per_seed": {s: {k: m[k] for k in ("organ_top1", "auc_mean", "auc_min", "f1_mean",
