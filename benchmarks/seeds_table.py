@@ -1,8 +1,9 @@
 """A model's zero-shot metrics on several fresh synthetic archives (one per seed), with their mean and spread.
 
 One held-out seed can flatter or sink a model by a few hundredths (the weakest findings have 12-40 positives),
-so the bundled model is judged on several. Focal findings also get their AUC by lesion size, pooled over seeds. Every archive is made by `ctglip synth` and scored by `ctglip eval`
-(subprocesses: the numbers are what a user reproduces); archives and evaluations already on disk are reused.
+so the bundled model is judged on several. Focal findings also get their AUC by lesion size, pooled over seeds.
+Every archive is made by `ctglip synth` and scored by `ctglip eval` (subprocesses: the numbers are what a user
+reproduces); archives and evaluations already on disk are reused.
 
     python benchmarks/seeds_table.py --model ctglip-tiny-synthetic --calib-archive data/calib --out seeds/
     python benchmarks/seeds_table.py --model runs/x/model --seeds 1001 4242 5150 --patients 150 100 100 \
@@ -117,8 +118,9 @@ def main(argv: Sequence[str] = ()) -> Dict[str, Any]:
                     title="findings below AUC 0.90 on some seed")
     sized = summary["auc_by_size"]
     if sized:
-        bins = ["<6 mm", "6-10 mm", "10-20 mm", ">=20 mm"]
-        bins += sorted({b for v in sized.values() for b in v} - set(bins))
+        from ctglip_sdk.training.evaluation import size_bin_names
+
+        bins = size_bin_names()
         print_table(["finding"] + bins,
                     [[f] + [f"{fmt(v[b]['auc'])} ({v[b]['n_pos']})" if b in v else "-" for b in bins]
                      for f, v in sorted(sized.items())],

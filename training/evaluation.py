@@ -19,7 +19,8 @@ from ctglip_sdk.training.data import StudyRecord, archive_seed, read_manifest, r
 from ctglip_sdk.training.metrics import auc, best_f1_threshold, f1_score, retrieval_metrics, roc_curve
 from ctglip_sdk.training.objectives import finding_phrasings
 
-__all__ = ["evaluate", "encode_split", "read_splits", "SplitEmbeddings", "markdown_table", "auc_by_size"]
+__all__ = ["evaluate", "encode_split", "read_splits", "SplitEmbeddings", "markdown_table", "auc_by_size",
+           "size_bin_names"]
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
@@ -81,7 +82,8 @@ def _focal_sizes(emb: SplitEmbeddings, truth: Dict[str, List[Dict[str, Any]]], r
                     np.float64)
 
 
-def _size_bins(edges: Sequence[float] = SIZE_EDGES_MM) -> List[str]:
+def size_bin_names(edges: Sequence[float] = SIZE_EDGES_MM) -> List[str]:
+    """Names of the ``auc_by_size`` bins, smallest first: ``["<6 mm", "6-10 mm", "10-20 mm", ">=20 mm"]``."""
     return [f"<{edges[0]:g} mm"] + [f"{a:g}-{b:g} mm" for a, b in zip(edges, edges[1:])] + [f">={edges[-1]:g} mm"]
 
 
@@ -97,7 +99,7 @@ def auc_by_size(prob: np.ndarray, lab: np.ndarray, size: np.ndarray,
     """
     lo = [0.0, *edges]
     hi = [*edges, math.inf]
-    names = _size_bins(edges)
+    names = size_bin_names(edges)
     neg = ~lab
     out: Dict[str, Dict[str, Any]] = {}
     for name, a, b in zip(names, lo, hi):
@@ -304,7 +306,7 @@ def markdown_table(metrics: Dict[str, Any]) -> str:
     sized = {k: v["auc_by_size"] for k, v in sorted(metrics["per_finding"].items()) if v.get("auc_by_size")}
     if sized:
         seen = {b for v in sized.values() for b in v}
-        bins = [b for b in _size_bins() if b in seen] + sorted(seen - set(_size_bins()))
+        bins = [b for b in size_bin_names() if b in seen]
         lines += ["", "AUC of focal findings by lesion size (positives in the bin against every negative; "
                   "positives in brackets):", "", "| finding | " + " | ".join(bins) + " |",
                   "|---|" + "---|" * len(bins)]
