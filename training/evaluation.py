@@ -54,13 +54,24 @@ def encode_split(model: Any, records: Sequence[StudyRecord], progress: bool = Fa
     return SplitEmbeddings(np.asarray(study, np.int64), names, matrix, list(records))
 
 
+def _truth_lesions(emb: SplitEmbeddings, truth: Dict[str, List[Dict[str, Any]]]) -> Dict[Tuple[int, Any, Any], float]:
+    """(study index, organ, finding) of every truth finding -> its largest focal ``size_mm`` (NaN when not focal).
+
+    A focal lesion is a truth entry with ``center_ras_mm`` and ``size_mm``; diffuse findings have no size bin.
+    """
+    out: Dict[Tuple[int, Any, Any], float] = {}
+    for s, rec in enumerate(emb.records):
+        for f in truth.get(rec.study_uid, []):
+            focal = f.get("center_ras_mm") is not None and f.get("size_mm") is not None
+            k = (s, f.get("organ"), f.get("finding"))
+            out[k] = float(np.fmax(out.get(k, np.nan), float(f["size_mm"]) if focal else np.nan))
+    return out
+
+
 def _labels(emb: SplitEmbeddings, truth: Dict[str, List[Dict[str, Any]]], rows: np.ndarray,
             keys: Sequence[str]) -> np.ndarray:
     """1 where truth.jsonl has finding `keys[i]` on organ row `rows[i]` of its study."""
-    have = set()
-    for s, rec in enumerate(emb.records):
-        for f in truth.get(rec.study_uid, []):
-            have.add((s, f.get("organ"), f.get("finding")))
+    have = _truth_lesions(emb, truth)
     return np.array([(int(emb.study[r]), emb.names[r], k) in have for r, k in zip(rows.tolist(), keys)], bool)
 
 
@@ -70,14 +81,8 @@ SIZE_EDGES_MM = (6.0, 10.0, 20.0)
 
 def _focal_sizes(emb: SplitEmbeddings, truth: Dict[str, List[Dict[str, Any]]], rows: np.ndarray,
                  keys: Sequence[str]) -> np.ndarray:
-    """Largest ``size_mm`` of a focal truth lesion (one with ``center_ras_mm``) of finding `keys[i]` on row i; NaN if none."""
-    size: Dict[Tuple[int, Any, Any], float] = {}
-    for s, rec in enumerate(emb.records):
-        for f in truth.get(rec.study_uid, []):
-            if f.get("center_ras_mm") is None or f.get("size_mm") is None:
-                continue
-            k = (s, f.get("organ"), f.get("finding"))
-            size[k] = max(size.get(k, 0.0), float(f["size_mm"]))
+    """Largest focal ``size_mm`` of finding `keys[i]` on organ row `rows[i]`; NaN when it has none."""
+    size = _truth_lesions(emb, truth)
     return np.array([size.get((int(emb.study[r]), emb.names[r], k), np.nan) for r, k in zip(rows.tolist(), keys)],
                     np.float64)
 
