@@ -75,3 +75,45 @@ def test_auc_by_size_splits_the_positives_of_focal_findings_by_lesion_size(archi
     assert list(got) == ["<6 mm", "6-10 mm", ">=20 mm"]
     assert got["<6 mm"] == {"auc": auc(prob[[2, 3, 4, 5]], lab[[2, 3, 4, 5]]), "n_pos": 1}
     assert got[">=20 mm"]["auc"] == 1.0 and got["6-10 mm"]["auc"] == pytest.approx(2 / 3)
+
+
+def test_auc_by_contrast_splits_each_finding_by_the_manifests_phase(archive, tmp_path):
+    import csv
+    import shutil
+
+    import numpy as np
+
+    from ctglip_sdk.training.evaluation import auc_by_group
+    from ctglip_sdk.training.metrics import auc
+
+    with open(archive / "manifest.csv", newline="") as fh:
+        phases = {r["contrast"] for r in csv.DictReader(fh)}
+    assert len(phases) == 2, "seed 31 gives both phases; pick another seed if the generator changes"
+    model = cg.create("ctglip-tiny", overrides=TINY, seed=0)
+    m = evaluate(model, archive, split="all", val_split=None)
+    for key, entry in m["per_finding"].items():
+        groups = entry["auc_by_contrast"]
+        assert set(groups) == phases
+        # Every scored organ falls in exactly one phase.
+        assert sum(g["n_pos"] for g in groups.values()) == entry["n_pos"]
+        assert sum(g["n_neg"] for g in groups.values()) == entry["n_neg"]
+    assert "AUC by contrast phase" in markdown_table(m)
+    # An archive whose manifest has no contrast column (a hospital's own) gets no phase breakdown.
+    bare = tmp_path / "bare"
+    shutil.copytree(archive, bare)
+    with open(archive / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    with open(bare / "manifest.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, [c for c in rows[0] if c != "contrast"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    m2 = evaluate(model, bare, split="all", val_split=None)
+    assert not any("auc_by_contrast" in v for v in m2["per_finding"].values())
+    assert "AUC by contrast phase" not in markdown_table(m2)
+    # The function itself: positives and negatives of one group only; a one-sided group has no AUC.
+    prob = np.array([0.9, 0.4, 0.8, 0.3, 0.6, 0.2])
+    lab = np.array([1, 1, 0, 0, 1, 1], bool)
+    got = auc_by_group(prob, lab, ["a", "a", "a", "a", "b", "b"])
+    assert got["a"] == {"auc": auc(prob[:4], lab[:4]), "n_pos": 2, "n_neg": 2}
+    assert math.isnan(got["b"]["auc"]) and got["b"]["n_pos"] == 2 and got["b"]["n_neg"] == 0
+    assert auc_by_group(prob, lab, ["a"] * 6) == {}

@@ -34,6 +34,9 @@ class StudyRecord:
     mask: Path
     report: Path
     split: str
+    #: The manifest's ``contrast`` column (e.g. "none", "portal_venous") or "" when the archive has none:
+    #: evaluation reports AUC per phase, since a lesion's contrast with its organ depends on it.
+    contrast: str = ""
 
 
 def read_manifest(root: Any, split: Optional[str] = None) -> List[StudyRecord]:
@@ -64,7 +67,7 @@ def read_manifest(root: Any, split: Optional[str] = None) -> List[StudyRecord]:
         if wanted is not None and r["split"] not in wanted:
             continue
         out.append(StudyRecord(r["study_uid"], resolve_within(root, r["image"]), resolve_within(root, r["mask"]),
-                               resolve_within(root, r["report"]), r["split"]))
+                               resolve_within(root, r["report"]), r["split"], (r.get("contrast") or "").strip()))
     return out
 
 
