@@ -95,7 +95,10 @@ def _from_mapping(cls: Any, data: Mapping[str, Any], prefix: str) -> Any:
 
 def _to_jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value):
-        return {f.name: _to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        # A field added after models were saved is left out while at its default (metadata "omit_default"), so
+        # those models' canonical JSON, and the config_hash an index stores, do not change with the library.
+        return {f.name: _to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if not (f.metadata.get("omit_default") and getattr(value, f.name) == f.default)}
     if isinstance(value, (tuple, list)):
         return [_to_jsonable(v) for v in value]
     if isinstance(value, dict):
@@ -233,6 +236,10 @@ class PreprocessConfig(_ConfigBase):
     #: largest cross-section) fed to the projection after the organ descriptors. See docs/model.md,
     #: "Focal descriptors". Models saved before it existed load with it off.
     focal_descriptors: bool = False
+    #: Large-lesion and isolation descriptors (6 mm bright blob and dot filter, largest dense ball, brightest
+    #: isolated peak) after the focal descriptors. See docs/model.md, "Extended focal descriptors". Added after
+    #: the bundled model was trained: off, it is not written to the config, so older configs hash the same.
+    focal_extended: bool = field(default=False, metadata={"omit_default": True})
 
     def __post_init__(self) -> None:
         if any(b >= a for a, b in zip(self.hu_histogram[1:], self.hu_histogram[:-1])):
@@ -255,12 +262,14 @@ class PreprocessConfig(_ConfigBase):
 
     @property
     def n_stats(self) -> int:
-        """Width of ``PreparedStudy.stats``: histogram bins, organ descriptors, focal descriptors (0 when all off)."""
+        """Width of ``PreparedStudy.stats``: histogram bins, organ, focal and extended focal descriptors (0: off)."""
         from ctglip_sdk.model.focal import N_FOCAL  # noqa: PLC0415 - keeps config free of numerical imports
         from ctglip_sdk.model.preprocess import N_DESCRIPTORS  # noqa: PLC0415 - preprocess imports this module
 
+        from ctglip_sdk.model.focal_ext import N_EXTENDED  # noqa: PLC0415 - as above
+
         return (self.n_hist_bins + (N_DESCRIPTORS if self.organ_descriptors else 0)
-                + (N_FOCAL if self.focal_descriptors else 0))
+                + (N_FOCAL if self.focal_descriptors else 0) + (N_EXTENDED if self.focal_extended else 0))
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ctglip_sdk.errors import GeometryError, InputError, QueryError
 from ctglip_sdk.model.config import PreprocessConfig
 from ctglip_sdk.model.focal import focal_descriptors
+from ctglip_sdk.model.focal_ext import extended_descriptors
 from ctglip_sdk.model.voxels import (AIR_HU, BONE_HU, STATS_VERSION, _memory_order, _OrganVoxels,  # noqa: F401
                                      block_reduce)
 from ctglip_sdk.volume import Segmentation, Volume
@@ -217,6 +218,8 @@ def organ_stats(lab: np.ndarray, hu: np.ndarray, n: int, cfg: PreprocessConfig, 
         parts.append(_descriptors(v, n, voxel_ml))
     if cfg.focal_descriptors:
         parts.append(focal_descriptors(lab, hu, n, spacing, voxels=v))  # v is reused unless it block-averages
+    if cfg.focal_extended:
+        parts.append(extended_descriptors(lab, hu, n, spacing, voxels=v))
     return np.concatenate(parts, axis=1)
 
 
