@@ -40,3 +40,14 @@ def test_pool_auc_by_size_weights_each_seed_by_its_positives(seeds_table):
     summary = seeds_table.summarize(per_seed)
     assert summary["auc_by_size"] == pooled
     assert summary["bars_met_on_every_seed"]["auc_mean"] and not summary["bars_met_on_every_seed"]["auc_min"]
+
+
+def test_pool_auc_bins_pools_the_contrast_phase_breakdown_the_same_way(seeds_table):
+    per_seed = {1: _metrics(0.95, {}), 2: _metrics(0.96, {})}
+    per_seed[1]["per_finding"]["lung_nodule"]["auc_by_contrast"] = {"none": {"auc": 0.5, "n_pos": 4, "n_neg": 9},
+                                                                   "portal_venous": {"auc": None, "n_pos": 0,
+                                                                                     "n_neg": 12}}
+    per_seed[2]["per_finding"]["lung_nodule"]["auc_by_contrast"] = {"none": {"auc": 0.9, "n_pos": 6, "n_neg": 8}}
+    pooled = seeds_table.summarize(per_seed)["auc_by_contrast"]
+    # A phase with no AUC on a seed (no positives there) adds nothing; the rest is weighted by positives.
+    assert pooled == {"lung_nodule": {"none": {"auc": pytest.approx((0.5 * 4 + 0.9 * 6) / 10), "n_pos": 10}}}
