@@ -111,3 +111,27 @@ def test_the_config_flag_adds_the_columns_and_leaves_older_configs_hash_unchange
                        .read_text())
     assert not model.config.preprocess.focal_extended
     assert saved["config_hash"] == model.config_hash
+
+
+def test_a_cyst_at_the_rim_of_a_thin_organ_is_a_water_ball_fat_partial_volume_is_not():
+    """A pancreas-like slab (24 mm thick, 45 HU unenhanced) in fat, edges blurred by partial volume."""
+    from scipy import ndimage as ndi
+
+    size_mm = (120.0, 60.0, 100.0)
+    shape = tuple(int(round(s / sp)) for s, sp in zip(size_mm, SP))
+    grid = np.meshgrid(*[(np.arange(n) + 0.5) * sp for n, sp in zip(shape, SP)], indexing="ij")
+    c = np.asarray(size_mm) / 2
+    slab = (np.abs(grid[1] - c[1]) <= 12.0) & (np.abs(grid[0] - c[0]) <= 50.0) & (np.abs(grid[2] - c[2]) <= 40.0)
+    truth = np.where(slab, 45.0, -100.0)
+    # Partial volume: the image is the truth blurred by about a voxel, the label is the truth's voxels.
+    plain = ndi.gaussian_filter(truth, 1.2 / np.asarray(SP)) + np.random.default_rng(3).normal(0, 10, shape)
+    cyst_truth = truth.copy()
+    ball = _ball(grid, c + [0, 10, 0], 16.0)          # centred 2 mm inside the slab's edge: it bulges out
+    cyst_truth[ball] = 8.0
+    cyst = ndi.gaussian_filter(cyst_truth, 1.2 / np.asarray(SP)) + np.random.default_rng(3).normal(0, 10, shape)
+    lab = (slab | ball).astype(np.uint8)               # the cyst carries the organ's label, as a mask would
+    d_plain = extended_descriptors(slab.astype(np.uint8), plain.astype(np.float32), 1, SP)[0]
+    d_cyst = extended_descriptors(lab, cyst.astype(np.float32), 1, SP)[0]
+    assert _raw(d_plain, "dense_radius") == 0.0
+    assert 10 ** d_plain[COL["water_radius"]] - 1 <= 3.0 + 1e-4  # a thin layer: one voxel to its edge
+    assert 10 ** d_cyst[COL["water_radius"]] - 1 >= 5.0    # a 16 mm cyst holds a ~6 mm ball

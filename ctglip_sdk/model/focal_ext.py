@@ -1,4 +1,4 @@
-"""Large-lesion and isolation descriptors per organ: bright blobs at 6 mm, the largest dense ball, isolated blobs."""
+"""Large-lesion, isolation and cyst descriptors per organ: 6 mm bright blobs, largest dense and water balls."""
 
 from __future__ import annotations
 
@@ -18,12 +18,16 @@ EXTENDED_NAMES = (
     "bright_dot_large",   # the dot filter at 6 mm
     "dense_radius",       # radius (mm) of the largest ball of voxels > DENSE_HU above the organ's median
     "isolated_bright",    # HU (2 mm smoothed) of the brightest local peak with an empty shell around it
+    "water_radius",       # radius (mm) of the largest ball of water-attenuation voxels darker than the organ: a cyst
 )
 N_EXTENDED = len(EXTENDED_NAMES)
 
 #: Residual (HU above the organ's median) that counts as dense: in lung (~-850 HU) about -450 HU, so a vessel
 #: or a nodule but not partial volume of parenchyma; in a solid organ, calcium or contrast-filled vessels.
 DENSE_HU = 400.0
+#: Water attenuation (HU) and how far below the organ's median a voxel must be to count towards water_radius: a
+#: simple cyst is 0-20 HU whatever the phase, while parenchyma is 40-60 HU unenhanced and ~100 HU enhanced.
+WATER_HU, WATER_BELOW = (-20.0, 30.0), 15.0
 #: Smoothed residual of a peak worth testing (HU).
 PEAK_HU = 150.0
 #: Smoothed residual that counts as "something there" in an isolation shell: half of PEAK_HU, read on the
@@ -75,7 +79,13 @@ def _isolated_peak(organ: np.ndarray, resid: np.ndarray, sp: np.ndarray, shells:
     return float(val[order][isolated].max(initial=0.0))
 
 
-def _organ_row(organ: np.ndarray, interior: np.ndarray, resid: np.ndarray, sp: np.ndarray, shells: list) -> np.ndarray:
+def _ball_radius(mask: np.ndarray, sp: np.ndarray) -> float:
+    """Radius (mm) of the largest ball inside ``mask`` (0 when empty): the distance to the nearest voxel outside."""
+    return float(ndi.distance_transform_edt(np.pad(mask, 1), sampling=sp).max()) if mask.any() else 0.0
+
+
+def _organ_row(organ: np.ndarray, interior: np.ndarray, resid: np.ndarray, hu: np.ndarray, sp: np.ndarray,
+               shells: list) -> np.ndarray:
     row = np.zeros(N_EXTENDED, np.float32)
     keep = organ & interior
     w = _gauss(keep.astype(np.float32), 3.0, sp)
@@ -87,10 +97,11 @@ def _organ_row(organ: np.ndarray, interior: np.ndarray, resid: np.ndarray, sp: n
         row[0] = max(0.0, float((-ev[bright, 2]).max(initial=0.0)))
         row[1] = float((ev[bright, 2] ** 2 / np.maximum(-ev[bright, 0], 1e-6)).max(initial=0.0))
     # Every organ voxel here, not only the interior: a juxtapleural nodule touches the lobe's edge.
-    dense = organ & (resid > DENSE_HU)
-    if dense.any():
-        row[2] = float(ndi.distance_transform_edt(np.pad(dense, 1), sampling=sp).max())
+    row[2] = _ball_radius(organ & (resid > DENSE_HU), sp)
     row[3] = _isolated_peak(organ, resid, sp, shells)
+    # Every organ voxel again: an exophytic cyst bulges out of a thin pancreas and is mostly rim. Fat partial
+    # volume at the rim also passes through water HU, but only as a one-voxel layer, which holds no large ball.
+    row[4] = _ball_radius(organ & (hu > WATER_HU[0]) & (hu < WATER_HU[1]) & (resid < -WATER_BELOW), sp)
     return row
 
 
@@ -102,7 +113,8 @@ def extended_descriptors(lab: np.ndarray, hu: np.ndarray, n: int, spacing: Seque
     each organ alone in its own box, grids finer than 2.5 mm block-averaged first). Columns:
     :data:`EXTENDED_NAMES`. Why: at 3 mm a 20-30 mm nodule is flat inside and its Hessian responds only at its
     rim, weaker than at a vessel junction, and small nodules and junctions look alike to the filter; the 6 mm
-    blob, the radius of the largest dense ball and the isolation test tell them apart (docs/model.md).
+    blob, the radius of the largest dense ball and the isolation test tell them apart; and a cyst at the rim of a
+    thin organ is missed by filters kept off the rim, but not by the largest ball of water (docs/model.md).
     """
     full = lab
     lab, hu, sp = block_reduce(lab, hu, spacing, FOCAL_GRID_MM)
@@ -123,10 +135,11 @@ def extended_descriptors(lab: np.ndarray, hu: np.ndarray, n: int, spacing: Seque
         if box is None:
             continue
         box = tuple(slice(max(b.start - m, 0), min(b.stop + m, d)) for b, m, d in zip(box, pad, lab.shape))
-        out[o] = _organ_row(lab[box] == o, interior[box], resid[box], sp, shells)
+        out[o] = _organ_row(lab[box] == o, interior[box], resid[box], hu[box], sp, shells)
     res = out[1:]
     scaled = np.empty_like(res)
     scaled[:, :2] = _signed_log(res[:, :2])
     scaled[:, 2] = np.log10(1.0 + res[:, 2])
     scaled[:, 3] = _signed_log(res[:, 3])
+    scaled[:, 4] = np.log10(1.0 + res[:, 4])
     return scaled.astype(np.float32)
