@@ -86,12 +86,15 @@ def test_each_organ_is_described_alone_and_an_empty_label_reads_zero():
     two = lab.copy()
     two[(lab > 0) & (grid[0] > c[0])] = 3  # split the lobe in two labels; label 2 absent
     hu2 = hu.copy()
-    hu2[_ball(grid, c + [30, 0, 0], 20.0) & (two == 3)] = 40.0  # a nodule in organ 3 only
+    hu2[two == 3] += 300.0  # another median, so a leak of one organ's residual into the other would show
+    # A 20 mm nodule in organ 3 against the split, and a 10 mm water ball in organ 3 too.
+    hu2[_ball(grid, c + [12, 0, 0], 20.0) & (two == 3)] = 40.0
+    hu2[_ball(grid, c + [8, 30, 0], 10.0) & (two == 3)] = 5.0
     d = extended_descriptors(two, hu2, 3, SP)
     assert d.shape == (3, N_EXTENDED) and d.dtype == np.float32
     assert np.all(d[1] == 0.0)
     alone = extended_descriptors(np.where(two == 1, 1, 0).astype(np.uint8), hu2, 1, SP)[0]
-    np.testing.assert_allclose(d[0], alone, atol=1e-6)  # the nodule next door does not move organ 1
+    np.testing.assert_allclose(d[0], alone, atol=1e-6)  # the lesions next door do not move organ 1
     assert _raw(d[2], "dense_radius") > _raw(d[0], "dense_radius") + 3.0
 
 
@@ -101,16 +104,20 @@ def test_the_config_flag_adds_the_columns_and_leaves_older_configs_hash_unchange
     assert ext.n_stats == base.n_stats + N_EXTENDED
     assert "focal_extended" not in base.to_dict() and ext.to_dict()["focal_extended"] is True
     assert PreprocessConfig.from_dict(ext.to_dict()) == ext
-    # The bundled model was saved before the flag existed: the hash stored beside its weights is still its hash
-    # (an index built with it keeps accepting its vectors).
+    # Every saved model's full config reads back to exactly its JSON, whether or not it names the flag: a model
+    # saved before the flag existed keeps its config_hash, which an index stores.
     import json
     from pathlib import Path
 
-    model = cg.load("ctglip-tiny-synthetic")
-    saved = json.loads((Path(cg.__file__).parent / "model" / "weights" / "ctglip-tiny-synthetic" / "config.json")
-                       .read_text())
-    assert not model.config.preprocess.focal_extended
-    assert saved["config_hash"] == model.config_hash
+    from ctglip_sdk.model.config import CTGlipConfig
+
+    root = Path(cg.__file__).parent / "model"
+    saved = [json.loads(p.read_text())["config"] for p in sorted((root / "weights").glob("*/config.json"))]
+    assert saved
+    old = {k: v for k, v in saved[0]["preprocess"].items() if k != "focal_extended"}
+    assert "focal_extended" not in PreprocessConfig.from_dict(old).to_dict()
+    for d in saved:
+        assert CTGlipConfig.from_dict(d).to_dict() == d
 
 
 def test_a_cyst_at_the_rim_of_a_thin_organ_is_a_water_ball_fat_partial_volume_is_not():

@@ -236,8 +236,8 @@ class PreprocessConfig(_ConfigBase):
     #: largest cross-section) fed to the projection after the organ descriptors. See docs/model.md,
     #: "Focal descriptors". Models saved before it existed load with it off.
     focal_descriptors: bool = False
-    #: Large-lesion and isolation descriptors (6 mm bright blob and dot filter, largest dense ball, brightest
-    #: isolated peak) after the focal descriptors. See docs/model.md, "Extended focal descriptors". Added after
+    #: Large-lesion, isolation and cyst descriptors (6 mm bright blob and dot filter, largest dense ball, brightest
+    #: isolated peak, largest water ball) after the focal descriptors. See docs/model.md, "Extended focal descriptors". Added after
     #: the bundled model was trained: off, it is not written to the config, so older configs hash the same.
     focal_extended: bool = field(default=False, metadata={"omit_default": True})
 

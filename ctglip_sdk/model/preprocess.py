@@ -189,8 +189,8 @@ def organ_descriptors(lab: np.ndarray, hu: np.ndarray, n: int, voxel_ml: float) 
 def organ_stats(lab: np.ndarray, hu: np.ndarray, n: int, cfg: PreprocessConfig, voxel_ml: float,
                 spacing: Sequence[float] = (1.0, 1.0, 1.0), present: Optional[np.ndarray] = None
                 ) -> Optional[np.ndarray]:
-    """``[n, cfg.n_stats]``: HU-histogram fractions, organ descriptors, then focal descriptors (on the grid of
-    ``spacing`` mm), as the config asks (None when all are off).
+    """``[n, cfg.n_stats]``: HU-histogram fractions, organ descriptors, focal descriptors, then extended focal
+    descriptors (on the grid of ``spacing`` mm), as the config asks (None when all are off).
 
     Grids finer than :data:`~ctglip_sdk.model.voxels.STATS_GRID_MM` are block-averaged to about that first (the
     identity on coarser grids), so a 0.78 mm clinical study costs ~1/9 of the voxels and its noise is closer to
