@@ -84,8 +84,15 @@ def _isolated_peak(organ: np.ndarray, resid: np.ndarray, sp: np.ndarray, shells:
 
 
 def _ball_radius(mask: np.ndarray, sp: np.ndarray) -> float:
-    """Radius (mm) of the largest ball inside ``mask`` (0 when empty): the distance to the nearest voxel outside."""
-    return float(ndi.distance_transform_edt(np.pad(mask, 1), sampling=sp).max()) if mask.any() else 0.0
+    """Radius (mm) of the largest ball inside ``mask`` (0 when empty): the distance to the nearest voxel outside.
+
+    The transform runs on the mask's own bounding box plus one empty voxel (the same distances: a voxel outside
+    that box is never nearer than the empty layer around it); the masks are usually a few voxels of a large box.
+    """
+    box = ndi.find_objects(mask.astype(np.uint8))
+    if not box:
+        return 0.0
+    return float(ndi.distance_transform_edt(np.pad(mask[box[0]], 1), sampling=sp).max())
 
 
 def _organ_row(organ: np.ndarray, interior: np.ndarray, resid: np.ndarray, hu: np.ndarray, sp: np.ndarray,

@@ -1,0 +1,69 @@
+"""Per-organ stats cost with and without the extended focal descriptors, on one synthetic study per preset.
+
+Times ``model.prepare`` (resampling plus every organ stat) of ctglip-tiny with ``preprocess.focal_extended`` off
+(the baseline) and on, interleaved so that load from other processes hits both alike, and prints medians and
+the ratio on/off. Usage: python benchmarks/bench_stats.py [--presets default clinical] [--repeats 5] [--json-out P]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+
+import ctglip_sdk as cg
+
+
+def _study(preset: str, seed: int, root: Path):
+    """One generated study of a preset, loaded like a user's files (NIfTI volume and label mask)."""
+    from ctglip_sdk.training.data import read_manifest
+
+    cg.synth.generate_archive(root / preset, n_patients=1, seed=seed, preset=preset, fmt="nifti", progress=False,
+                              overwrite=True)
+    rec = read_manifest(root / preset)[0]
+    vol = cg.load_volume(rec.image)
+    return vol, cg.load_segmentation(rec.mask, like=vol)
+
+
+def main() -> Dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--presets", nargs="+", default=["default", "clinical"])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json-out", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    base = cg.create("ctglip-tiny", seed=0)
+    ext = cg.create("ctglip-tiny", overrides={"preprocess": {"focal_extended": True}}, seed=0)
+    assert ext.config.preprocess.n_stats > base.config.preprocess.n_stats
+    out: Dict[str, Any] = {"threads": args.threads, "repeats": args.repeats, "presets": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for preset in args.presets:
+            vol, seg = _study(preset, args.seed, Path(tmp))
+            times = {"off": [], "on": []}
+            for model in (base, ext):  # warm-up: imports, allocator
+                model.prepare(vol, seg)
+            for _ in range(args.repeats):
+                for name, model in (("off", base), ("on", ext)):
+                    t0 = time.perf_counter()
+                    model.prepare(vol, seg)
+                    times[name].append(time.perf_counter() - t0)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            out["presets"][preset] = {"shape": list(vol.array.shape), "median_s_off": med["off"],
+                                      "median_s_on": med["on"], "ratio_on_off": med["on"] / med["off"]}
+            print(f"{preset:9s} {tuple(vol.array.shape)}: prepare {med['off']:.2f} s -> {med['on']:.2f} s with "
+                  f"focal_extended (x{med['on'] / med['off']:.2f}, medians of {args.repeats})")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main()
