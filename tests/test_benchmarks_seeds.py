@@ -51,3 +51,28 @@ def test_pool_auc_bins_pools_the_contrast_phase_breakdown_the_same_way(seeds_tab
     pooled = seeds_table.summarize(per_seed)["auc_by_contrast"]
     # A phase with no AUC on a seed (no positives there) adds nothing; the rest is weighted by positives.
     assert pooled == {"lung_nodule": {"none": {"auc": pytest.approx((0.5 * 4 + 0.9 * 6) / 10), "n_pos": 10}}}
+
+
+def test_in_process_encodes_the_calibration_archive_once_for_all_seeds(seeds_table, tmp_path, monkeypatch):
+    import ctglip_sdk as cg
+    import ctglip_sdk.training.evaluation as ev
+    from test_model_encode import TINY
+
+    calib = tmp_path / "calib"
+    cg.synth.generate_archive(calib, n_patients=3, seed=5, preset="small", fmt="nifti", progress=False)
+    model_dir = tmp_path / "model"
+    cg.create("ctglip-tiny", overrides=TINY, seed=0).save_pretrained(model_dir)
+    encoded = []
+    real = ev.encode_split
+    monkeypatch.setattr(ev, "encode_split", lambda m, recs, progress=False: encoded.append(len(recs)) or
+                        real(m, recs, progress))
+    out = seeds_table.main(["--model", str(model_dir), "--seeds", "7", "8", "--patients", "2", "--preset", "small",
+                            "--calib-archive", str(calib), "--out", str(tmp_path / "seeds"), "--workers", "1",
+                            "--in-process"])
+    assert encoded == [3, 2, 2]  # calibration once, then each seed's archive
+    assert set(out["per_seed"]) == {7, 8}
+    for seed in (7, 8):
+        m = out["per_seed"][seed]
+        assert 0.0 <= m["organ_top1"] <= 1.0
+        # A run's "model/" folder is named after its run (here the test's tmp folder).
+        assert (tmp_path / "seeds" / f"eval_{tmp_path.name}_{seed}" / "metrics.json").is_file()

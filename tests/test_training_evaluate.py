@@ -117,3 +117,28 @@ def test_auc_by_contrast_splits_each_finding_by_the_manifests_phase(archive, tmp
     assert got["a"] == {"auc": auc(prob[:4], lab[:4]), "n_pos": 2, "n_neg": 2}
     assert math.isnan(got["b"]["auc"]) and got["b"]["n_pos"] == 2 and got["b"]["n_neg"] == 0
     assert auc_by_group(prob, lab, ["a"] * 6) == {}
+
+
+def test_val_embeddings_from_an_earlier_call_give_the_same_metrics_and_in_sample_encodes_once(archive, monkeypatch):
+    import ctglip_sdk.training.evaluation as ev
+    from ctglip_sdk.errors import InputError
+
+    model = cg.create("ctglip-tiny", overrides=TINY, seed=0)
+    calls = []
+    real = ev.encode_split
+    monkeypatch.setattr(ev, "encode_split", lambda m, recs, progress=False: calls.append(len(recs)) or
+                        real(m, recs, progress))
+    # In-sample thresholds (the calibration archive scored with itself): its studies are encoded once.
+    plain = evaluate(model, archive, split="all", val_split="all", val_archive=archive)
+    assert calls == [6]
+    # One calibration encoding reused by a later evaluation: no second encoding, the same numbers.
+    pre = real(model, ev.read_splits(archive, "all"))
+    calls.clear()
+    reused = evaluate(model, archive, split="all", val_split="all", val_archive=archive, val_embeddings=pre)
+    assert calls == [6]
+    drop = ("seconds",)
+    assert {k: v for k, v in reused.items() if k not in drop} == {k: v for k, v in plain.items() if k not in drop}
+    # Embeddings of other studies than the val split are refused, naming the manifest.
+    part = ev.SplitEmbeddings(pre.study[:0], [], pre.vectors[:0], pre.records[:2])
+    with pytest.raises(InputError, match="val_embeddings"):
+        evaluate(model, archive, split="all", val_split="all", val_archive=archive, val_embeddings=part)

@@ -163,7 +163,7 @@ def read_splits(archive: PathLike, split: Optional[str]) -> List[StudyRecord]:
 
 def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Optional[str] = "val",
              out_dir: Optional[PathLike] = None, *, val_archive: Optional[PathLike] = None, dictionary: Any = None,
-             progress: bool = False) -> Dict[str, Any]:
+             progress: bool = False, val_embeddings: Optional[SplitEmbeddings] = None) -> Dict[str, Any]:
     """Zero-shot metrics of a model on one split of an archive, against truth.jsonl.
 
     - ``organ_top1``: each labelled organ's vector classified over the 104 organ names (as
@@ -188,6 +188,9 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
             when every study of a fresh held-out archive is scored).
         out_dir: when given, metrics.json, results.md and roc.png are written there.
         dictionary: AbnormalityDictionary (default: the built-in one).
+        val_embeddings: ``encode_split(model, read_splits(val_archive, val_split))`` from an earlier call, so one
+            calibration archive serving several evaluations is encoded once; it must hold exactly the val
+            split's studies. (The val split is also not encoded again when it is the scored split itself.)
 
     Example:
         >>> m = evaluate("ctglip-tiny-synthetic", "heldout/", out_dir="eval/")  # doctest: +SKIP
@@ -214,7 +217,16 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
                          "chosen on test data", path=Path(archive) / "manifest.csv")
     val_truth = read_truth(val_root) if val_archive is not None else truth
     test = encode_split(model, records, progress)
-    val = encode_split(model, val_records, progress) if val_records else None
+    uids = [r.study_uid for r in val_records]
+    if val_embeddings is not None:
+        if [r.study_uid for r in val_embeddings.records] != uids:
+            raise InputError(f"val_embeddings do not hold the studies of val split {val_split!r}",
+                             path=Path(val_root) / "manifest.csv")
+        val = val_embeddings
+    elif val_records and uids == [r.study_uid for r in records] and Path(val_root).resolve() == Path(archive).resolve():
+        val = test  # thresholds chosen on the scored studies themselves (in-sample): encode them once
+    else:
+        val = encode_split(model, val_records, progress) if val_records else None
 
     # Organ recognition.
     probs = zs.identify_vectors(test.vectors) if len(test.names) else np.zeros((0, len(vocab.ORGANS)))
