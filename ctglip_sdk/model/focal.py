@@ -9,7 +9,7 @@ from scipy import ndimage as ndi
 
 from ctglip_sdk.model.voxels import STATS_GRID_MM, _OrganVoxels, block_reduce
 
-__all__ = ["focal_descriptors", "FOCAL_NAMES", "N_FOCAL", "FOCAL_GRID_MM"]
+__all__ = ["focal_descriptors", "organ_medians", "FOCAL_NAMES", "N_FOCAL", "FOCAL_GRID_MM"]
 
 #: Grids finer than this (mm) are block-averaged first (the same grid as every other organ statistic).
 FOCAL_GRID_MM = STATS_GRID_MM
@@ -44,6 +44,16 @@ def _medians(lab_v: np.ndarray, hu_v: np.ndarray, n: int) -> np.ndarray:
     has = counts > 0
     out[has] = hu_v[order][start[has] + (counts[has] - 1) // 2]
     return out
+
+
+def organ_medians(v: _OrganVoxels, n: int) -> np.ndarray:
+    """Median HU of each label 0..n over its interior voxels; an organ with no interior voxel (thinner than three
+    voxels) uses all of its own."""
+    med = _medians(v.lab[v.interior], v.hu[v.interior], n)
+    thin = np.bincount(v.lab[v.interior], minlength=n + 1) == 0
+    if thin[1:].any():  # the second sort only when some organ needs it
+        med = np.where(thin, _medians(v.lab, v.hu, n), med)
+    return med
 
 
 def _hessian_eigs(smooth: np.ndarray, idx: np.ndarray, spacing: np.ndarray) -> np.ndarray:
@@ -151,11 +161,7 @@ def focal_descriptors(lab: np.ndarray, hu: np.ndarray, n: int, spacing: Sequence
     v = voxels if voxels is not None and lab is full else _OrganVoxels(lab, hu)
     if v.idx.size == 0:
         return out[1:]
-    # Medians of the interior; an organ with no interior voxel (thinner than three voxels) uses all of its own.
-    med = _medians(v.lab[v.interior], v.hu[v.interior], n)
-    thin = np.bincount(v.lab[v.interior], minlength=n + 1) == 0
-    if thin[1:].any():  # the second sort only when some organ needs it
-        med = np.where(thin, _medians(v.lab, v.hu, n), med)
+    med = organ_medians(v, n)
     int3, clear3 = v.mask(v.interior), v.mask(v.clear)
     resid3 = hu - med[lab.astype(np.intp)]
     shape = lab.shape

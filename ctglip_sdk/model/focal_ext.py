@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from ctglip_sdk.model.focal import LARGE_MM, FOCAL_GRID_MM, _gauss, _hessian_eigs, _medians, _signed_log
+from ctglip_sdk.model.focal import FOCAL_GRID_MM, LARGE_MM, _gauss, _hessian_eigs, _signed_log, organ_medians
 from ctglip_sdk.model.voxels import _OrganVoxels, block_reduce
 
 __all__ = ["extended_descriptors", "EXTENDED_NAMES", "N_EXTENDED"]
@@ -134,10 +134,7 @@ def extended_descriptors(lab: np.ndarray, hu: np.ndarray, n: int, spacing: Seque
     v = voxels if voxels is not None and lab is full else _OrganVoxels(lab, hu)
     if v.idx.size == 0:
         return out[1:]
-    med = _medians(v.lab[v.interior], v.hu[v.interior], n)
-    thin = np.bincount(v.lab[v.interior], minlength=n + 1) == 0
-    if thin[1:].any():
-        med = np.where(thin, _medians(v.lab, v.hu, n), med)
+    med = organ_medians(v, n)
     interior = v.mask(v.interior)
     resid = hu - med[lab.astype(np.intp)]
     shells = _shell_offsets(sp)
