@@ -131,11 +131,12 @@ def test_val_embeddings_from_an_earlier_call_give_the_same_metrics_and_in_sample
     # In-sample thresholds (the calibration archive scored with itself): its studies are encoded once.
     plain = evaluate(model, archive, split="all", val_split="all", val_archive=archive)
     assert calls == [6]
-    # One calibration encoding reused by a later evaluation: no second encoding, the same numbers.
+    # One calibration encoding reused by a later evaluation (here of the same studies, so nothing is encoded
+    # again), the same numbers.
     pre = real(model, ev.read_splits(archive, "all"))
     calls.clear()
     reused = evaluate(model, archive, split="all", val_split="all", val_archive=archive, val_embeddings=pre)
-    assert calls == [6]
+    assert calls == []
     drop = ("seconds",)
     assert {k: v for k, v in reused.items() if k not in drop} == {k: v for k, v in plain.items() if k not in drop}
     # Embeddings of other studies than the val split are refused, naming the manifest.

@@ -216,14 +216,18 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
         raise InputError(f"val split {val_split!r} overlaps the scored split {split!r}: thresholds would be "
                          "chosen on test data", path=Path(archive) / "manifest.csv")
     val_truth = read_truth(val_root) if val_archive is not None else truth
-    test = encode_split(model, records, progress)
     uids = [r.study_uid for r in val_records]
+    same_studies = uids == [r.study_uid for r in records] and Path(val_root).resolve() == Path(archive).resolve()
+    if val_embeddings is not None and same_studies:
+        test = val_embeddings  # scored with in-sample thresholds from an earlier encoding of these studies
+    else:
+        test = encode_split(model, records, progress)
     if val_embeddings is not None:
         if [r.study_uid for r in val_embeddings.records] != uids:
             raise InputError(f"val_embeddings do not hold the studies of val split {val_split!r}",
                              path=Path(val_root) / "manifest.csv")
         val = val_embeddings
-    elif val_records and uids == [r.study_uid for r in records] and Path(val_root).resolve() == Path(archive).resolve():
+    elif val_records and same_studies:
         val = test  # thresholds chosen on the scored studies themselves (in-sample): encode them once
     else:
         val = encode_split(model, val_records, progress) if val_records else None
