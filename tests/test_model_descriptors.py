@@ -58,7 +58,8 @@ def test_model_with_descriptors_sizes_its_projection_and_sees_a_lesion():
     edges = [-500.0, 0.0, 100.0]
     m = cg.create("ctglip-tiny", overrides={**TINY, "preprocess": {"spacing": [4.0, 4.0, 4.0], "hu_histogram": edges,
                                                                    "organ_descriptors": True,
-                                                                   "focal_descriptors": False}}, seed=2)
+                                                                   "focal_descriptors": False,
+                                                                   "focal_extended": False}}, seed=2)
     assert m.config.preprocess.n_stats == len(edges) + 1 + N_DESCRIPTORS
     assert m.vision_proj.in_features == m.vision.out_channels + m.config.preprocess.n_stats
     prep = m.prepare(vol, seg)

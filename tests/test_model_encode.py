@@ -22,7 +22,8 @@ TINY = {
     # Plain mean pooling and no histogram: the pooling tests below compare against the mean; the mean_max and
     # histogram tests switch them on explicitly.
     "organ_pooling": "mean",
-    "preprocess": {"spacing": [4.0, 4.0, 4.0], "hu_histogram": [], "organ_descriptors": False, "focal_descriptors": False},
+    "preprocess": {"spacing": [4.0, 4.0, 4.0], "hu_histogram": [], "organ_descriptors": False,
+                   "focal_descriptors": False, "focal_extended": False},
 }
 
 V1 = label_map("totalseg_v1")
@@ -104,7 +105,8 @@ def test_absent_groups_and_unknown_organs(model, study):
 def test_one_pass_equals_per_organ_on_the_same_grid(study):
     vol, seg = study
     m = cg.create("ctglip-tiny", overrides={**TINY, "preprocess": {"spacing": [4.0, 4.0, 4.0], "crop": "none",
-                                                                   "hu_histogram": [], "organ_descriptors": False, "focal_descriptors": False}},
+                                                                   "hu_histogram": [], "organ_descriptors": False,
+                                                                   "focal_descriptors": False, "focal_extended": False}},
                   seed=1)
     together = m.encode_organs(vol, seg, organs=["liver", "spleen", "adrenal_gland_left"])
     for i, name in enumerate(together.names):
@@ -311,7 +313,8 @@ def test_hu_histogram_counts_interior_voxels_and_feeds_the_projection(study):
     vol, seg = study
     edges = [-500.0, 0.0, 100.0, 300.0]
     m = cg.create("ctglip-tiny", overrides={**TINY, "preprocess": {"spacing": [4.0, 4.0, 4.0], "hu_histogram": edges,
-                                                                   "organ_descriptors": False, "focal_descriptors": False}},
+                                                                   "organ_descriptors": False, "focal_descriptors": False,
+                                                                   "focal_extended": False}},
                   seed=1)
     assert m.vision_proj.in_features == m.vision.out_channels + len(edges) + 1
     prep = m.prepare(vol, seg)

@@ -112,7 +112,8 @@ def test_closed_form_eigenvalues_match_lapack():
 
 
 def test_a_model_with_focal_descriptors_feeds_them_to_its_projection():
-    """The registered ctglip-tiny turns them on: prepare() appends N_FOCAL columns and a focus moves the liver's."""
+    """The registered ctglip-tiny turns them on (and the extended ones): prepare() appends their columns and a focus
+    moves the liver's."""
     import ctglip_sdk as cg
     from ctglip_sdk.volume import Volume
     from test_model_encode import IDS, TINY, make_phantom
@@ -120,10 +121,11 @@ def test_a_model_with_focal_descriptors_feeds_them_to_its_projection():
     vol, seg = make_phantom()
     m = cg.create("ctglip-tiny", overrides={**TINY, "preprocess": {"spacing": [4.0, 4.0, 4.0], "hu_histogram": [],
                                                                    "organ_descriptors": True}}, seed=2)
-    assert m.config.preprocess.focal_descriptors
+    assert m.config.preprocess.focal_descriptors and m.config.preprocess.focal_extended
+    from ctglip_sdk.model.focal_ext import N_EXTENDED
     from ctglip_sdk.model.preprocess import N_DESCRIPTORS
 
-    assert m.config.preprocess.n_stats == N_DESCRIPTORS + N_FOCAL
+    assert m.config.preprocess.n_stats == N_DESCRIPTORS + N_FOCAL + N_EXTENDED
     assert m.vision_proj.in_features == m.vision.out_channels + m.config.preprocess.n_stats
     prep = m.prepare(vol, seg)
     hot = Volume(vol.array.copy(), vol.affine)
