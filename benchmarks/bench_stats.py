@@ -40,7 +40,7 @@ def main() -> Dict[str, Any]:
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    base = cg.create("ctglip-tiny", seed=0)
+    base = cg.create("ctglip-tiny", overrides={"preprocess": {"focal_extended": False}}, seed=0)
     ext = cg.create("ctglip-tiny", overrides={"preprocess": {"focal_extended": True}}, seed=0)
     assert ext.config.preprocess.n_stats > base.config.preprocess.n_stats
     out: Dict[str, Any] = {"threads": args.threads, "repeats": args.repeats, "presets": {}}
