@@ -271,7 +271,7 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
                  "f1_at_model_threshold": f1_score(t_prob[sel], t_lab[sel], 0.5) if n_pos else float("nan")}
         if np.isfinite(t_size[sel & t_lab]).any():  # focal findings: where the misses are, by lesion size
             entry["auc_by_size"] = auc_by_size(t_prob[sel], t_lab[sel], t_size[sel])
-        by_phase = auc_by_group(t_prob[sel], t_lab[sel], t_phase[sel])
+        by_phase = auc_by_group(t_prob[sel], t_lab[sel], t_phase[sel]) if n_pos else {}
         if by_phase:
             entry["auc_by_contrast"] = by_phase
         per[key] = entry
@@ -336,6 +336,17 @@ def _fmt(v: Any) -> str:
     return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def _bins_table(rows: Dict[str, Dict[str, Dict[str, Any]]], bins: List[str], caption: str) -> List[str]:
+    """Markdown lines of a finding x bin table of ``{auc, n_pos}`` cells (none when ``rows`` is empty)."""
+    if not rows:
+        return []
+    lines = ["", caption, "", "| finding | " + " | ".join(bins) + " |", "|---|" + "---|" * len(bins)]
+    for key, v in rows.items():
+        cells = [f"{_fmt(v[b]['auc'])} ({v[b]['n_pos']})" if b in v else "–" for b in bins]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown_table(metrics: Dict[str, Any]) -> str:
     """The evaluation as Markdown: a summary table and one row per finding."""
     r = metrics["retrieval"]
@@ -353,24 +364,14 @@ def markdown_table(metrics: Dict[str, Any]) -> str:
         lines.append(f"| {key} | {_fmt(v['auc'])} | {_fmt(v['f1'])} | {_fmt(v['threshold'])} | "
                      f"{_fmt(v['f1_at_model_threshold'])} | {v['n_pos']} | {v['n_neg']} |")
     sized = {k: v["auc_by_size"] for k, v in sorted(metrics["per_finding"].items()) if v.get("auc_by_size")}
-    if sized:
-        seen = {b for v in sized.values() for b in v}
-        bins = [b for b in size_bin_names() if b in seen]
-        lines += ["", "AUC of focal findings by lesion size (positives in the bin against every negative; "
-                  "positives in brackets):", "", "| finding | " + " | ".join(bins) + " |",
-                  "|---|" + "---|" * len(bins)]
-        for key, v in sized.items():
-            cells = [f"{_fmt(v[b]['auc'])} ({v[b]['n_pos']})" if b in v else "–" for b in bins]
-            lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    seen = {b for v in sized.values() for b in v}
+    lines += _bins_table(sized, [b for b in size_bin_names() if b in seen],
+                         "AUC of focal findings by lesion size (positives in the bin against every negative; "
+                         "positives in brackets):")
     phased = {k: v["auc_by_contrast"] for k, v in sorted(metrics["per_finding"].items()) if v.get("auc_by_contrast")}
-    if phased:
-        groups = sorted({g for v in phased.values() for g in v})
-        lines += ["", "AUC by contrast phase (the manifest's `contrast` column; positives and negatives of that "
-                  "phase; positives in brackets):", "", "| finding | " + " | ".join(groups) + " |",
-                  "|---|" + "---|" * len(groups)]
-        for key, v in phased.items():
-            cells = [f"{_fmt(v[g]['auc'])} ({v[g]['n_pos']})" if g in v else "–" for g in groups]
-            lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    lines += _bins_table(phased, sorted({g for v in phased.values() for g in v}),
+                         "AUC by contrast phase (the manifest's `contrast` column; positives and negatives of that "
+                         "phase; positives in brackets):")
     return "\n".join(lines) + "\n"
 
 
