@@ -237,8 +237,9 @@ class PreprocessConfig(_ConfigBase):
     #: "Focal descriptors". Models saved before it existed load with it off.
     focal_descriptors: bool = False
     #: Large-lesion, isolation and cyst descriptors (6 mm bright blob and dot filter, largest dense ball, brightest
-    #: isolated peak, largest water ball) after the focal descriptors. See docs/model.md, "Extended focal descriptors". Added after
-    #: the bundled model was trained: off, it is not written to the config, so older configs hash the same.
+    #: isolated peak, largest water ball) after the focal descriptors. See docs/model.md, "Extended focal
+    #: descriptors". Added after v7 was saved: while off it is not written to the config, so such configs hash
+    #: the same as before it existed.
     focal_extended: bool = field(default=False, metadata={"omit_default": True})
 
     def __post_init__(self) -> None:
@@ -264,9 +265,8 @@ class PreprocessConfig(_ConfigBase):
     def n_stats(self) -> int:
         """Width of ``PreparedStudy.stats``: histogram bins, organ, focal and extended focal descriptors (0: off)."""
         from ctglip_sdk.model.focal import N_FOCAL  # noqa: PLC0415 - keeps config free of numerical imports
-        from ctglip_sdk.model.preprocess import N_DESCRIPTORS  # noqa: PLC0415 - preprocess imports this module
-
         from ctglip_sdk.model.focal_ext import N_EXTENDED  # noqa: PLC0415 - as above
+        from ctglip_sdk.model.preprocess import N_DESCRIPTORS  # noqa: PLC0415 - preprocess imports this module
 
         return (self.n_hist_bins + (N_DESCRIPTORS if self.organ_descriptors else 0)
                 + (N_FOCAL if self.focal_descriptors else 0) + (N_EXTENDED if self.focal_extended else 0))
