@@ -44,12 +44,13 @@ class _InProcess:
 
         self.model = cg.load(model)
         self.model.eval()
+        self.calib, self.calib_split = calib, calib_split
         self.val = encode_split(self.model, read_splits(calib, calib_split))
 
-    def __call__(self, archive: Path, out: Path, calib: str, calib_split: str) -> None:
+    def __call__(self, archive: Path, out: Path) -> None:
         from ctglip_sdk.training.evaluation import evaluate
 
-        evaluate(self.model, archive, split="all", val_split=calib_split, val_archive=calib, out_dir=out,
+        evaluate(self.model, archive, split="all", val_split=self.calib_split, val_archive=self.calib, out_dir=out,
                  val_embeddings=self.val)
 
 
@@ -58,7 +59,7 @@ def _evaluate(model: str, archive: Path, out: Path, calib: str, calib_split: str
     metrics = out / "metrics.json"
     if not metrics.is_file():
         if in_process is not None:
-            in_process(archive, out, calib, calib_split)
+            in_process(archive, out)
         else:
             run_command([sys.executable, "-m", "ctglip_sdk.cli.main", "eval", "--model", model, "--archive",
                          str(archive), "--split", "all", "--val-archive", calib, "--val-split", calib_split, "--out",
@@ -104,6 +105,13 @@ def pool_auc_bins(per_seed: Dict[int, Dict[str, Any]], field: str) -> Dict[str, 
 def pool_auc_by_size(per_seed: Dict[int, Dict[str, Any]]) -> Dict[str, Dict[str, Dict[str, float]]]:
     """Each focal finding's per-size AUC over seeds, weighted by positives (:func:`pool_auc_bins`)."""
     return pool_auc_bins(per_seed, "auc_by_size")
+
+
+def _print_bins(rows: Dict[str, Dict[str, Dict[str, float]]], bins: List[str], title: str) -> None:
+    """A finding x bin table of pooled ``{auc, n_pos}`` cells (nothing when ``rows`` is empty)."""
+    if rows:
+        print_table(["finding"] + bins, [[f] + [f"{fmt(v[b]['auc'])} ({v[b]['n_pos']})" if b in v else "-"
+                                                for b in bins] for f, v in sorted(rows.items())], title=title)
 
 
 def main(argv: Sequence[str] = ()) -> Dict[str, Any]:
@@ -152,22 +160,13 @@ def main(argv: Sequence[str] = ()) -> Dict[str, Any]:
         print_table(["finding"] + [str(s) for s in args.seeds],
                     [[f] + [fmt(v.get(s)) for s in args.seeds] for f, v in weak.items()],
                     title="findings below AUC 0.90 on some seed")
-    sized = summary["auc_by_size"]
-    if sized:
-        from ctglip_sdk.training.evaluation import size_bin_names
+    from ctglip_sdk.training.evaluation import size_bin_names
 
-        bins = size_bin_names()
-        print_table(["finding"] + bins,
-                    [[f] + [f"{fmt(v[b]['auc'])} ({v[b]['n_pos']})" if b in v else "-" for b in bins]
-                     for f, v in sorted(sized.items())],
-                    title="AUC of focal findings by lesion size, over seeds (positives)")
+    _print_bins(summary["auc_by_size"], size_bin_names(),
+                "AUC of focal findings by lesion size, over seeds (positives)")
     phased = {f: v for f, v in summary["auc_by_contrast"].items() if f in weak}
-    if phased:
-        groups = sorted({g for v in phased.values() for g in v})
-        print_table(["finding"] + groups,
-                    [[f] + [f"{fmt(v[g]['auc'])} ({v[g]['n_pos']})" if g in v else "-" for g in groups]
-                     for f, v in sorted(phased.items())],
-                    title="AUC by contrast phase of the findings above, over seeds (positives)")
+    _print_bins(phased, sorted({g for v in phased.values() for g in v}),
+                "AUC by contrast phase of the findings above, over seeds (positives)")
     print("bars met on every seed:", json.dumps(summary["bars_met_on_every_seed"]))
     payload = {"model": args.model, "seeds": args.seeds, "patients": patients, "calib_archive": args.calib_archive,
                "per_seed": {s: {k: m[k] for k in ("organ_top1", "auc_mean", "auc_min", "f1_mean",
