@@ -18,6 +18,7 @@ from ctglip_sdk.training.config import TrainConfig
 from ctglip_sdk.training.data import StudyDataset, annotate_report, build_cache, collate_studies, read_manifest
 from ctglip_sdk.training.distributed import barrier, init_distributed
 from ctglip_sdk.training.objectives import build_objective
+from ctglip_sdk.training.readout import run_readout
 from ctglip_sdk.training.trainer import Trainer, default_param_groups
 
 __all__ = ["train"]
@@ -176,6 +177,8 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
                    "n_train": len(records), "resumed_from": result.resumed_from, "world_size": ctx.world_size,
                    "config": cfg.to_dict()}
         if ctx.is_main:
+            if cfg.readout_epochs:
+                summary["readout"] = run_readout(model, records, cache, texts, cfg, dictionary, progress)
             model.eval()
             if cfg.save_name:
                 model.config = model.config.replace(name=cfg.save_name)

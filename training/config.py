@@ -65,6 +65,11 @@ class TrainConfig:
     finding_organ_weight: float = 3.0
     #: Positive phrasings drawn per finding into each batch's text bank (phrasings vary across steps).
     phrasings_per_finding: int = 2
+    #: Readout stage after the last step: refit only the vision projection for this many passes over every
+    #: training organ's frozen pooled features, with the zero-shot decision and organ identity losses against
+    #: the inference prompts (0: off; docs/training.md, "Readout stage"). Needs objective "ctglip".
+    readout_epochs: int = 0
+    readout_lr: float = 3e-4
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -116,6 +121,13 @@ class TrainConfig:
         for name in ("weight_decay", "grad_clip", "w_organ_text", "w_abnormality", "w_identity"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be >= 0")
+        if self.readout_epochs < 0:
+            raise ConfigError(f"readout_epochs={self.readout_epochs}: must be >= 0")
+        if self.readout_epochs and self.objective != "ctglip":
+            raise ConfigError(f"readout_epochs={self.readout_epochs}: the readout stage needs objective 'ctglip' "
+                              f"(organ embeddings), not {self.objective!r}")
+        if not self.readout_lr > 0:
+            raise ConfigError(f"readout_lr={self.readout_lr}: must be > 0")
         if not self.finding_organ_weight > 0:
             raise ConfigError(f"finding_organ_weight={self.finding_organ_weight}: must be > 0")
         if self.save_name is not None and (not self.save_name or "/" in self.save_name):
