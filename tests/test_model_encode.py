@@ -18,7 +18,7 @@ TINY = {
     "vision": {"channels": [8, 16], "feature_stride": 4, "out_channels": 16},
     "text": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "vocab_size": 300,
              "max_length": 32},
-    # Linear projections (ctglip-tiny has a hidden layer since v9): the shape tests below read `vision_proj.in_features`.
+    # Linear projections (ctglip-tiny has a hidden layer since v9): shape tests read `vision_proj.in_features`.
     "projection": {"embed_dim": 16, "hidden": 0},
     # Plain mean pooling and no histogram: the pooling tests below compare against the mean; the mean_max and
     # histogram tests switch them on explicitly.
