@@ -114,7 +114,8 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
 
     Returns:
         Summary dict: out_dir, model_dir, steps, seconds, train_seconds, cache_seconds, last_loss, objective,
-        model, n_train, resumed_from, world_size, config.
+        model, n_train, resumed_from, world_size, config; ``readout`` (organs, first/last loss, seconds) when
+        ``readout_epochs`` is set, ``calibration`` when thresholds were chosen.
 
     Example:
         >>> from ctglip_sdk.training import train, TrainConfig

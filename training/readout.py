@@ -43,12 +43,12 @@ def projection_inputs(model: Any, records: Sequence[StudyRecord], cache: Preproc
     organs: List[str] = []
     present: List[Tuple[str, ...]] = []
     uncertain: List[Tuple[str, ...]] = []
+    dev = model.device
     try:
         for rec, st in zip(tqdm(records, desc="readout inputs", unit="study", disable=not progress), texts):
             study = cache.load(rec.image, rec.mask)
-            feats = model.forward_features(study.image[None].to(model.device, torch.float32))
+            feats = model.forward_features(study.image[None].to(dev, torch.float32))
             gx, gy, gz = study.grid
-            dev = model.device
             rows.append(model.pool_sparse(feats[0, :, :gx, :gy, :gz], study.rows.to(dev), study.cols.to(dev),
                                           study.vals.to(dev), len(study.names),
                                           None if study.stats is None else study.stats.to(dev)).float().cpu())
