@@ -82,7 +82,7 @@ def _finding_direction(index: "ArchiveIndex", text: str) -> Optional[Tuple[np.nd
         return None
     pos, neg = zs.finding_prompts(keys[0])
     # The user's own words join the positive ensemble, so their phrasing still counts.
-    p, n = zs._ensembles([[*pos, text], neg])
+    p, n = zs.prompt_ensembles([[*pos, text], neg])
     d = p - n
     if not np.all(np.isfinite(d)) or float(np.linalg.norm(d)) < 1e-6:
         return None

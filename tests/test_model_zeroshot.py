@@ -101,7 +101,7 @@ def test_identify_organs_gives_a_distribution_over_104_names(model, study):
 def test_identify_uses_the_learned_temperature(model, study):
     zs = cg.ZeroShotClassifier(model)
     emb = model.encode_organs(*study, organs=["liver"])
-    text = zs._ensembles([zs.organ_prompts(o) for o in ORGANS])
+    text = zs.prompt_ensembles([zs.organ_prompts(o) for o in ORGANS])
     scale = float(model.temperature_scale().detach())
     logits = scale * emb.vectors @ text.T
     expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()

@@ -7,7 +7,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -62,17 +61,6 @@ def projection_inputs(model: Any, records: Sequence[StudyRecord], cache: Preproc
     return ReadoutInputs(inputs, organs, present, uncertain)
 
 
-def _ensembles(zs: Any, prompt_lists: Sequence[Sequence[str]]) -> torch.Tensor:
-    """Renormalised mean of each list's unit prompt vectors: the ensembles ``ZeroShotClassifier`` decides with."""
-    emb = zs.embed_prompts([t for lst in prompt_lists for t in lst])
-    out, i = [], 0
-    for lst in prompt_lists:
-        m = emb[i:i + len(lst)].mean(0)
-        out.append(m / max(float(np.linalg.norm(m)), 1e-12))
-        i += len(lst)
-    return torch.from_numpy(np.stack(out).astype(np.float32))
-
-
 def fit_readout(model: Any, data: ReadoutInputs, dictionary: Any, *, epochs: int, lr: float,
                 weight_decay: float = 0.01, w_identity: float = 0.5, batch_size: int = 4096, seed: int = 0,
                 progress: bool = False) -> Dict[str, float]:
@@ -94,9 +82,9 @@ def fit_readout(model: Any, data: ReadoutInputs, dictionary: Any, *, epochs: int
     keys = sorted(e.key for e in zs.dictionary.findings())
     prompts = [zs.finding_prompts(k) for k in keys]
     dev = model.device
-    pos = _ensembles(zs, [p for p, _ in prompts]).to(dev)
-    neg = _ensembles(zs, [n for _, n in prompts]).to(dev)
-    names = _ensembles(zs, [zs.organ_prompts(o) for o in vocab.ORGANS]).to(dev)
+    pos = torch.from_numpy(zs.prompt_ensembles([p for p, _ in prompts])).to(dev)
+    neg = torch.from_numpy(zs.prompt_ensembles([n for _, n in prompts])).to(dev)
+    names = torch.from_numpy(zs.prompt_ensembles([zs.organ_prompts(o) for o in vocab.ORGANS])).to(dev)
     organ_index = {o: i for i, o in enumerate(vocab.ORGANS)}
     applies: Dict[str, set] = {}
     for organ in set(data.organs):

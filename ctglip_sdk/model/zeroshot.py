@@ -110,7 +110,7 @@ class ZeroShotClassifier:
                 self._cache[t] = v
         return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, self.model.embed_dim), np.float32)
 
-    def _ensembles(self, prompt_lists: Sequence[Sequence[str]]) -> np.ndarray:
+    def prompt_ensembles(self, prompt_lists: Sequence[Sequence[str]]) -> np.ndarray:
         """Mean of each list's unit prompt vectors, renormalised (CLIP prompt ensembling) -> ``[K, D]``."""
         flat = [t for lst in prompt_lists for t in lst]
         emb = self.embed_prompts(flat)
@@ -149,7 +149,7 @@ class ZeroShotClassifier:
     # ------------------------------------------------------------------ organs
     def identify_vectors(self, vectors: np.ndarray) -> np.ndarray:
         """Softmax over the 104 organ names for each row of ``vectors`` -> ``[N, 104]`` (rows sum to 1)."""
-        text = self._ensembles([self.organ_prompts(o) for o in vocab.ORGANS])
+        text = self.prompt_ensembles([self.organ_prompts(o) for o in vocab.ORGANS])
         scale = float(self.model.temperature_scale().detach().cpu())
         return _softmax(scale * np.asarray(vectors, np.float32) @ text.T)
 
@@ -204,8 +204,8 @@ class ZeroShotClassifier:
         if not keys or not len(organ_names):
             return np.zeros(0, np.int64), [], np.zeros(0, np.float32)
         prompts = [self.finding_prompts(k) for k in keys]
-        pos = self._ensembles([p for p, _ in prompts])
-        neg = self._ensembles([n for _, n in prompts])
+        pos = self.prompt_ensembles([p for p, _ in prompts])
+        neg = self.prompt_ensembles([n for _, n in prompts])
         scale = float(self.model.temperature_scale().detach().cpu())
         logits = scale * (vectors @ (pos - neg).T)  # [N, K]
         offsets = getattr(self.model, "calibration", None) or {}
