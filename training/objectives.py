@@ -129,6 +129,12 @@ class TextBank:
         return out
 
 
+def decision_labels(finding_keys: Sequence[str], applicable: Sequence[str], present: Sequence[str],
+                    uncertain: Sequence[str]) -> List[int]:
+    """One organ's zero-shot decision labels: 1 present, 0 absent, -1 not applicable or hedged (ignored)."""
+    return [-1 if (k not in applicable or k in uncertain) else int(k in present) for k in finding_keys]
+
+
 def stable_id(value: Any) -> int:
     """A 62-bit id of a value's repr that is the same in every process (python's hash() is salted per process)."""
     return int.from_bytes(hashlib.blake2b(repr(value).encode(), digest_size=8).digest(), "little") >> 2
@@ -222,7 +228,7 @@ class CTGlipObjective(_Base):
         for o, p, u in zip(organs, present, uncertain):
             keys, groups = self.organ_info(o)
             targets.append(bank.targets(keys, groups, p, u))
-            finding_labels.append([(-1 if (k not in keys or k in u) else int(k in p)) for k in self.finding_keys])
+            finding_labels.append(decision_labels(self.finding_keys, keys, p, u))
         targets_t = torch.tensor(targets, dtype=torch.int64, device=dev).reshape(n, m)
         labels_t = torch.tensor(finding_labels, dtype=torch.int64, device=dev).reshape(n, len(self.finding_keys))
         name_t = torch.tensor([self._organ_index.get(o, -1) for o in organs], dtype=torch.int64, device=dev)

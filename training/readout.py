@@ -14,6 +14,7 @@ from ctglip_sdk import organs as vocab
 from ctglip_sdk.training.cache import PreprocessCache
 from ctglip_sdk.training.data import StudyRecord, StudyText
 from ctglip_sdk.training.losses import finding_decision_loss, organ_identity_loss
+from ctglip_sdk.training.objectives import decision_labels
 
 __all__ = ["ReadoutInputs", "projection_inputs", "fit_readout", "run_readout"]
 
@@ -86,14 +87,8 @@ def fit_readout(model: Any, data: ReadoutInputs, dictionary: Any, *, epochs: int
     neg = torch.from_numpy(zs.prompt_ensembles([n for _, n in prompts])).to(dev)
     names = torch.from_numpy(zs.prompt_ensembles([zs.organ_prompts(o) for o in vocab.ORGANS])).to(dev)
     organ_index = {o: i for i, o in enumerate(vocab.ORGANS)}
-    applies: Dict[str, set] = {}
-    for organ in set(data.organs):
-        try:
-            applies[organ] = {e.key for e in zs.dictionary.for_organ(organ)}
-        except Exception:  # noqa: BLE001 - an organ the dictionary does not know has no findings
-            applies[organ] = set()
-    # Same labels as the joint objective: -1 where the finding does not apply or the report hedges.
-    labels = torch.tensor([[-1 if (k not in applies[o] or k in u) else int(k in p) for k in keys]
+    # The joint objective's labels, over the findings the zero-shot classifier scores on each organ.
+    labels = torch.tensor([decision_labels(keys, zs.findings_for(o), p, u)
                            for o, p, u in zip(data.organs, data.present, data.uncertain)],
                           dtype=torch.int64).reshape(len(data.organs), len(keys))
     name_t = torch.tensor([organ_index.get(o, -1) for o in data.organs], dtype=torch.int64)

@@ -163,7 +163,8 @@ class ZeroShotClassifier:
         return [OrganIdentification(r, vocab.ORGANS[b], float(p[b]), p) for r, b, p in zip(emb.names, best, probs)]
 
     # ---------------------------------------------------------------- findings
-    def _keys_for(self, organ: str) -> Tuple[str, ...]:
+    def findings_for(self, organ: str) -> Tuple[str, ...]:
+        """Keys of the dictionary findings scored on ``organ`` (empty for an organ the dictionary does not know)."""
         if organ not in self._organ_keys:
             try:
                 self._organ_keys[organ] = tuple(e.key for e in self.dictionary.for_organ(organ))
@@ -200,7 +201,7 @@ class ZeroShotClassifier:
             unknown = [k for k in wanted if k not in self.dictionary]
             if unknown:
                 raise QueryError(f"unknown finding(s) {unknown}; known: {', '.join(sorted(self.dictionary.keys()))}")
-        keys = sorted({k for o in set(organ_names) for k in self._keys_for(o) if wanted is None or k in wanted})
+        keys = sorted({k for o in set(organ_names) for k in self.findings_for(o) if wanted is None or k in wanted})
         if not keys or not len(organ_names):
             return np.zeros(0, np.int64), [], np.zeros(0, np.float32)
         prompts = [self.finding_prompts(k) for k in keys]
@@ -214,7 +215,7 @@ class ZeroShotClassifier:
         col = {k: i for i, k in enumerate(keys)}
         applies = np.zeros(logits.shape, bool)
         for o in set(organ_names):
-            cols = [col[k] for k in self._keys_for(o) if k in col]
+            cols = [col[k] for k in self.findings_for(o) if k in col]
             if cols:
                 rows = [i for i, n in enumerate(organ_names) if n == o]
                 applies[np.ix_(rows, cols)] = True
@@ -235,7 +236,7 @@ class ZeroShotClassifier:
                findings: Optional[Sequence[str]] = None) -> List[Detection]:
         """Encode the organs the dictionary has findings for (those present) and score them."""
         present = [segmentation.labels[i] for i in sorted(segmentation.labels) if i > 0]
-        organs = [o for o in present if self._keys_for(o)]
+        organs = [o for o in present if self.findings_for(o)]
         if not organs:
             return []
         emb = self.model.encode_organs(volume, segmentation, organs=organs)
