@@ -130,8 +130,8 @@ def test_val_embeddings_from_an_earlier_call_give_the_same_metrics_and_in_sample
     model = cg.create("ctglip-tiny", overrides=TINY, seed=0)
     calls = []
     real = ev.encode_split
-    monkeypatch.setattr(ev, "encode_split", lambda m, recs, progress=False: calls.append(len(recs)) or
-                        real(m, recs, progress))
+    monkeypatch.setattr(ev, "encode_split", lambda m, recs, progress=False, workers=0: calls.append(len(recs)) or
+                        real(m, recs, progress, workers))
     # In-sample thresholds (the calibration archive scored with itself): its studies are encoded once.
     plain = evaluate(model, archive, split="all", val_split="all", val_archive=archive)
     assert calls == [6]

@@ -92,7 +92,7 @@ def _calibrate(model: Any, archive: PathLike, cfg: TrainConfig, dictionary: Any,
     root, split = (cfg.calibration_archive, "all") if cfg.calibration_archive else (archive, cfg.val_split)
     if not read_manifest(root, split):  # same split syntax as calibrate() ("all", lists)
         return {"skipped": f"no studies in split {split!r}"}
-    report = calibrate(model, root, split, dictionary=dictionary, progress=progress)
+    report = calibrate(model, root, split, dictionary=dictionary, progress=progress, workers=cfg.loader_workers)
     log.info("calibrated %d findings on %d %s studies", len(report["offsets"]), report["n_studies"], split)
     return {"archive": os.fspath(root), **{k: report[k] for k in ("split", "n_studies", "offsets")}}
 
@@ -157,7 +157,7 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
         model.train()
         cache = PreprocessCache.for_model(model, Path(cfg.cache_dir) if cfg.cache_dir else None)
         tc = time.perf_counter()
-        built = build_cache(records, cache, workers=cfg.num_workers, progress=progress) if ctx.is_main else 0
+        built = build_cache(records, cache, workers=cfg.loader_workers, progress=progress) if ctx.is_main else 0
         barrier()
         cache_seconds = time.perf_counter() - tc
         if _needs_stats_norm(model):  # every rank computes the same numbers from the same cache

@@ -54,7 +54,7 @@ def calibration_labels(emb: SplitEmbeddings, rows: np.ndarray, keys: Sequence[st
 
 
 def calibrate(model: Any, archive: PathLike, split: str = "val", *, labels: str = "reports", min_positives: int = 3,
-              dictionary: Any = None, progress: bool = False) -> Dict[str, Any]:
+              dictionary: Any = None, progress: bool = False, workers: int = 0) -> Dict[str, Any]:
     """Set ``model.calibration`` from one split of an archive and return what was chosen.
 
     For every finding with at least ``min_positives`` positive organs in the split, the offset is the logit
@@ -68,6 +68,7 @@ def calibrate(model: Any, archive: PathLike, split: str = "val", *, labels: str 
         labels: "reports" (parsed reports, any archive) or "truth" (synthetic truth.jsonl).
         min_positives: fewer positives than this leave the finding uncalibrated.
         dictionary: AbnormalityDictionary (default: the built-in one).
+        workers: threads that read and preprocess studies ahead of the network (same vectors as 0).
 
     Returns:
         ``{"archive", "archive_seed", "split", "labels", "n_studies", "offsets", "per_finding"}``; per finding:
@@ -87,7 +88,7 @@ def calibrate(model: Any, archive: PathLike, split: str = "val", *, labels: str 
     if not records:
         raise InputError(f"no studies in split {split!r} to calibrate on", path=os.path.join(archive, "manifest.csv"))
     model.eval()
-    emb = encode_split(model, records, progress)
+    emb = encode_split(model, records, progress, workers)
     zs = ZeroShotClassifier(model, dictionary, calibrated=False)
     rows, keys, logit = zs.detect_logits(emb.names, emb.vectors)
     lab = calibration_labels(emb, rows, keys, labels, archive, dictionary)

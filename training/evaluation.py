@@ -36,22 +36,60 @@ class SplitEmbeddings:
     records: List[StudyRecord]
 
 
-def encode_split(model: Any, records: Sequence[StudyRecord], progress: bool = False) -> SplitEmbeddings:
-    """Encode every labelled organ of each study with the SDK's inference path (load -> encode_organs)."""
-    import ctglip_sdk as cg
+def encode_split(model: Any, records: Sequence[StudyRecord], progress: bool = False,
+                 workers: int = 0) -> SplitEmbeddings:
+    """Encode every labelled organ of each study with the SDK's inference path (load -> encode_organs).
+
+    ``workers`` threads read and preprocess the next studies while the network runs on the current one (as
+    the index's ingest does); the vectors are the same as with ``workers=0``: each study still goes through
+    ``prepare`` then ``encode_prepared`` alone, which is what ``encode_organs`` does.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
+    if workers < 0:
+        raise InputError(f"workers must be >= 0, got {workers}")
     study, names, vecs = [], [], []
-    for i, rec in enumerate(tqdm(records, desc="encode", unit="study", disable=not progress)):
-        vol = cg.load_volume(rec.image)
-        seg = cg.load_segmentation(rec.mask, like=vol)
-        emb = model.encode_organs(vol, seg)
-        study += [i] * len(emb.names)
-        names += list(emb.names)
+    bar = tqdm(total=len(records), desc="encode", unit="study", disable=not progress)
+
+    def take(i: int, prep: Any) -> None:
+        emb = model.encode_prepared([prep], 1)[0]
+        study.extend([i] * len(emb.names))
+        names.extend(emb.names)
         vecs.append(emb.vectors)
+        bar.update(1)
+
+    try:
+        if workers == 0:
+            for i, rec in enumerate(records):
+                take(i, _prepare_record(model, rec))
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ctglip-encode") as pool:
+                window: List[Any] = []
+                for i, rec in enumerate(records):
+                    window.append(pool.submit(_prepare_record, model, rec))
+                    if len(window) > 2 * workers:  # bounded read-ahead: memory does not grow with the split
+                        take(i - len(window) + 1, window.pop(0).result())
+                for j, fut in enumerate(window, start=len(records) - len(window)):
+                    take(j, fut.result())
+    finally:
+        bar.close()
     dim = int(model.embed_dim)
     matrix = np.concatenate(vecs).astype(np.float32) if vecs else np.zeros((0, dim), np.float32)
     return SplitEmbeddings(np.asarray(study, np.int64), names, matrix, list(records))
+
+
+def _prepare_record(model: Any, rec: StudyRecord) -> Any:
+    """Load one study's image and labels and run the model's preprocessing (the first half of encode_organs)."""
+    import torch
+
+    import ctglip_sdk as cg
+
+    vol = cg.load_volume(rec.image)
+    seg = cg.load_segmentation(rec.mask, like=vol)
+    with torch.inference_mode():
+        return model.prepare(vol, seg)
 
 
 def _truth_lesions(emb: SplitEmbeddings, truth: Dict[str, List[Dict[str, Any]]]) -> Dict[Tuple[int, Any, Any], float]:
@@ -163,7 +201,8 @@ def read_splits(archive: PathLike, split: Optional[str]) -> List[StudyRecord]:
 
 def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Optional[str] = "val",
              out_dir: Optional[PathLike] = None, *, val_archive: Optional[PathLike] = None, dictionary: Any = None,
-             progress: bool = False, val_embeddings: Optional[SplitEmbeddings] = None) -> Dict[str, Any]:
+             progress: bool = False, val_embeddings: Optional[SplitEmbeddings] = None, workers: int = 0
+             ) -> Dict[str, Any]:
     """Zero-shot metrics of a model on one split of an archive, against truth.jsonl.
 
     - ``organ_top1``: each labelled organ's vector classified over the 104 organ names (as
@@ -191,6 +230,7 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
         val_embeddings: ``encode_split(model, read_splits(val_archive, val_split))`` from an earlier call, so one
             calibration archive serving several evaluations is encoded once; it must hold exactly the val
             split's studies. (The val split is also not encoded again when it is the scored split itself.)
+        workers: threads that read and preprocess studies ahead of the network (``encode_split``).
 
     Example:
         >>> m = evaluate("ctglip-tiny-synthetic", "heldout/", out_dir="eval/")  # doctest: +SKIP
@@ -221,7 +261,7 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
     if val_embeddings is not None and same_studies:
         test = val_embeddings  # scored with in-sample thresholds from an earlier encoding of these studies
     else:
-        test = encode_split(model, records, progress)
+        test = encode_split(model, records, progress, workers)
     if val_embeddings is not None:
         if [r.study_uid for r in val_embeddings.records] != uids:
             raise InputError(f"val_embeddings do not hold the studies of val split {val_split!r}",
@@ -230,7 +270,7 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
     elif val_records and same_studies:
         val = test  # thresholds chosen on the scored studies themselves (in-sample): encode them once
     else:
-        val = encode_split(model, val_records, progress) if val_records else None
+        val = encode_split(model, val_records, progress, workers) if val_records else None
 
     # Organ recognition.
     probs = zs.identify_vectors(test.vectors) if len(test.names) else np.zeros((0, len(vocab.ORGANS)))
