@@ -38,24 +38,24 @@ class _InProcess:
     """`--in-process`: one loaded model and one encoding of the calibration archive for every seed (the same
     `evaluate` that `ctglip eval` runs, so the same numbers; ~200 fewer studies to encode per seed)."""
 
-    def __init__(self, model: str, calib: str, calib_split: str) -> None:
+    def __init__(self, model: str, calib: str, calib_split: str, workers: int = 0) -> None:
         import ctglip_sdk as cg
         from ctglip_sdk.training.evaluation import encode_split, read_splits
 
         self.model = cg.load(model)
         self.model.eval()
-        self.calib, self.calib_split = calib, calib_split
-        self.val = encode_split(self.model, read_splits(calib, calib_split))
+        self.calib, self.calib_split, self.workers = calib, calib_split, workers
+        self.val = encode_split(self.model, read_splits(calib, calib_split), workers=workers)
 
     def __call__(self, archive: Path, out: Path) -> None:
         from ctglip_sdk.training.evaluation import evaluate
 
         evaluate(self.model, archive, split="all", val_split=self.calib_split, val_archive=self.calib, out_dir=out,
-                 val_embeddings=self.val)
+                 val_embeddings=self.val, workers=self.workers)
 
 
 def _evaluate(model: str, archive: Path, out: Path, calib: str, calib_split: str,
-              in_process: "_InProcess | None" = None) -> Dict[str, Any]:
+              in_process: "_InProcess | None" = None, workers: int = 0) -> Dict[str, Any]:
     metrics = out / "metrics.json"
     if not metrics.is_file():
         if in_process is not None:
@@ -63,7 +63,7 @@ def _evaluate(model: str, archive: Path, out: Path, calib: str, calib_split: str
         else:
             run_command([sys.executable, "-m", "ctglip_sdk.cli.main", "eval", "--model", model, "--archive",
                          str(archive), "--split", "all", "--val-archive", calib, "--val-split", calib_split, "--out",
-                         str(out), "--json"])
+                         str(out), "--workers", str(workers), "--json"])
     return json.loads(metrics.read_text())
 
 
@@ -124,7 +124,8 @@ def main(argv: Sequence[str] = ()) -> Dict[str, Any]:
     ap.add_argument("--calib-archive", required=True, help="archive whose studies choose the F1 thresholds")
     ap.add_argument("--calib-split", default="all")
     ap.add_argument("--out", default="seeds", help="archives and evaluations are kept here and reused")
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2,
+                    help="synth processes, and threads reading studies ahead of the encoder")
     ap.add_argument("--in-process", action="store_true",
                     help="evaluate in this process, encoding the calibration archive once for all seeds")
     ap.add_argument("--json", dest="json_path", nargs="?", const="-", help="also write JSON (to a file or stdout)")
@@ -143,8 +144,9 @@ def main(argv: Sequence[str] = ()) -> Dict[str, Any]:
         archive = _archive(out, seed, n, args.preset, args.workers)
         dest = out / f"eval_{tag}_{seed}"
         if args.in_process and runner is None and not (dest / "metrics.json").is_file():
-            runner = _InProcess(args.model, args.calib_archive, args.calib_split)
-        per_seed[seed] = _evaluate(args.model, archive, dest, args.calib_archive, args.calib_split, runner)
+            runner = _InProcess(args.model, args.calib_archive, args.calib_split, args.workers)
+        per_seed[seed] = _evaluate(args.model, archive, dest, args.calib_archive, args.calib_split, runner,
+                                   args.workers)
     summary = summarize(per_seed)
     rows = [[seed, m["organ_top1"], m["auc_mean"], m["auc_min"], m["f1_mean"], m.get("f1_mean_model_thresholds"),
              m["retrieval"]["map"]] for seed, m in per_seed.items()]

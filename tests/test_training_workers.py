@@ -90,3 +90,27 @@ def test_train_builds_the_cache_and_calibrates_with_cache_workers(archive, tmp_p
     assert seen == {"cache": 2, "calibration": 2}
     assert summary["cache_built"] == 6 and summary["steps"] == 1
     assert summary["calibration"]["n_studies"] == 6
+
+
+def test_eval_and_calibrate_commands_take_workers(archive, model, tmp_path):
+    from click.testing import CliRunner
+
+    from ctglip_sdk.cli.main import cli
+
+    model.save_pretrained(tmp_path / "m")
+    base = ["eval", "--model", str(tmp_path / "m"), "--archive", str(archive), "--split", "all", "--val-split",
+            "all", "--val-archive", str(archive), "--json"]
+    outs = []
+    for extra in ([], ["--workers", "2"]):
+        res = CliRunner().invoke(cli, base + extra)
+        assert res.exit_code == 0, res.output
+        outs.append(json.loads(res.output))
+    assert outs[0]["per_finding"] == outs[1]["per_finding"] and outs[0]["retrieval"] == outs[1]["retrieval"]
+    res = CliRunner().invoke(cli, ["eval", "--model", str(tmp_path / "m"), "--archive", str(archive),
+                                   "--workers", "-1"])
+    assert res.exit_code != 0 and "--workers" in res.output
+    res = CliRunner().invoke(cli, ["calibrate", "--model", str(tmp_path / "m"), "--archive", str(archive), "--split",
+                                   "all", "--labels", "truth", "--min-positives", "1", "--workers", "2",
+                                   "--out", str(tmp_path / "cal"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["n_studies"] == 6 and (tmp_path / "cal" / "config.json").is_file()
