@@ -75,9 +75,9 @@ class TrainConfig:
     log_every: int = 10
     num_workers: int = 0                # DataLoader worker processes of the training loop
     #: Workers that build the preprocessing cache and read ahead while calibrating (None: ``num_workers``).
-    #: Why apart: on a CPU whose cores all run the training step's threads, loader processes in the loop slow
-    #: it (a 2-core host: 1.73 s/step with 2 workers, 1.49 s with none), while building the cache, which is
-    #: nothing but preprocessing, gains from them (about 2x).
+    #: Why apart: building the cache is pure preprocessing and runs ~2x faster with 2 processes on 2 cores,
+    #: while the loop reads one cached file per study and gains nothing from loader processes on a CPU
+    #: (1.73 s/step with 2, 1.76 with none, the same run otherwise), which only hold more memory.
     cache_workers: Optional[int] = None
     bf16: bool = True                   # bf16 autocast, applied on CUDA only
     device: str = "auto"                # "auto" | "cpu" | "cuda" | "cuda:N"
