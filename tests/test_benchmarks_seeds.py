@@ -64,8 +64,8 @@ def test_in_process_encodes_the_calibration_archive_once_for_all_seeds(seeds_tab
     cg.create("ctglip-tiny", overrides=TINY, seed=0).save_pretrained(model_dir)
     encoded = []
     real = ev.encode_split
-    monkeypatch.setattr(ev, "encode_split", lambda m, recs, progress=False: encoded.append(len(recs)) or
-                        real(m, recs, progress))
+    monkeypatch.setattr(ev, "encode_split", lambda m, recs, progress=False, workers=0: encoded.append(len(recs)) or
+                        real(m, recs, progress, workers))
     out = seeds_table.main(["--model", str(model_dir), "--seeds", "7", "8", "--patients", "2", "--preset", "small",
                             "--calib-archive", str(calib), "--out", str(tmp_path / "seeds"), "--workers", "1",
                             "--in-process"])
