@@ -6,11 +6,11 @@ import datetime as _dt
 import logging
 import sys
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ctglip_sdk.errors import ConfigError, CTGlipError, GeometryError, InputError
 from ctglip_sdk.model.voxels import STATS_VERSION
+from ctglip_sdk.readahead import read_ahead
 
 from .filters import normalise_sex, to_date
 from .layout import Item, plan_archive, redact
@@ -460,28 +461,11 @@ def _run_pipeline(index: "ArchiveIndex", root: Path, model: Any, todo: List[Item
             flush()
 
     try:
-        if workers == 0:
-            for item in todo:
-                fut: "Future[_Prepared]" = Future()
-                try:
-                    fut.set_result(_read_one(index, root, item, model))
-                except Exception as exc:  # noqa: BLE001
-                    fut.set_exception(exc)
+        # Reads, alignment and preprocessing run ahead in threads; the network and SQL stay on this thread.
+        with closing(read_ahead(lambda item: _read_one(index, root, item, model), todo, workers,
+                                "ctglip-ingest")) as ahead:
+            for item, fut in ahead:
                 collect(item, fut)
-        else:
-            window: Deque[Tuple[Item, "Future[_Prepared]"]] = deque()
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ctglip-ingest") as pool:
-                try:
-                    for item in todo:
-                        window.append((item, pool.submit(_read_one, index, root, item, model)))
-                        while len(window) >= 2 * workers:  # bounded read-ahead: memory does not grow with the archive
-                            collect(*window.popleft())
-                    while window:
-                        collect(*window.popleft())
-                except BaseException:
-                    for _item, fut in window:
-                        fut.cancel()
-                    raise
         flush()
     finally:
         bar.close()

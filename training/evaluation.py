@@ -15,6 +15,7 @@ import numpy as np
 
 from ctglip_sdk import organs as vocab
 from ctglip_sdk.errors import InputError
+from ctglip_sdk.readahead import read_ahead
 from ctglip_sdk.training.data import StudyRecord, archive_seed, read_manifest, read_truth
 from ctglip_sdk.training.metrics import auc, best_f1_threshold, f1_score, retrieval_metrics, roc_curve
 from ctglip_sdk.training.objectives import finding_phrasings
@@ -44,37 +45,21 @@ def encode_split(model: Any, records: Sequence[StudyRecord], progress: bool = Fa
     the index's ingest does); the vectors are the same as with ``workers=0``: each study still goes through
     ``prepare`` then ``encode_prepared`` alone, which is what ``encode_organs`` does.
     """
-    from concurrent.futures import ThreadPoolExecutor
+    from contextlib import closing
 
     from tqdm.auto import tqdm
 
     if workers < 0:
         raise InputError(f"workers must be >= 0, got {workers}")
     study, names, vecs = [], [], []
-    bar = tqdm(total=len(records), desc="encode", unit="study", disable=not progress)
-
-    def take(i: int, prep: Any) -> None:
-        emb = model.encode_prepared([prep], 1)[0]
-        study.extend([i] * len(emb.names))
-        names.extend(emb.names)
-        vecs.append(emb.vectors)
-        bar.update(1)
-
-    try:
-        if workers == 0:
-            for i, rec in enumerate(records):
-                take(i, _prepare_record(model, rec))
-        else:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ctglip-encode") as pool:
-                window: List[Any] = []
-                for i, rec in enumerate(records):
-                    window.append(pool.submit(_prepare_record, model, rec))
-                    if len(window) > 2 * workers:  # bounded read-ahead: memory does not grow with the split
-                        take(i - len(window) + 1, window.pop(0).result())
-                for j, fut in enumerate(window, start=len(records) - len(window)):
-                    take(j, fut.result())
-    finally:
-        bar.close()
+    ahead = read_ahead(lambda rec: _prepare_record(model, rec), records, workers, "ctglip-encode")
+    with closing(ahead), tqdm(total=len(records), desc="encode", unit="study", disable=not progress) as bar:
+        for i, (_rec, fut) in enumerate(ahead):
+            emb = model.encode_prepared([fut.result()], 1)[0]
+            study += [i] * len(emb.names)
+            names += list(emb.names)
+            vecs.append(emb.vectors)
+            bar.update(1)
     dim = int(model.embed_dim)
     matrix = np.concatenate(vecs).astype(np.float32) if vecs else np.zeros((0, dim), np.float32)
     return SplitEmbeddings(np.asarray(study, np.int64), names, matrix, list(records))
