@@ -6,6 +6,8 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Deque, Iterable, Iterator, Tuple, TypeVar
 
+from ctglip_sdk.errors import ConfigError
+
 __all__ = ["read_ahead"]
 
 T = TypeVar("T")
@@ -26,8 +28,13 @@ def read_ahead(fn: Callable[[T], R], items: Iterable[T], workers: int, name: str
         >>> [f.result() for _, f in read_ahead(lambda x: x * x, [1, 2, 3], workers=2)]
         [1, 4, 9]
     """
-    if workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
+    if workers < 0:  # checked here, when called, not at the first item: a generator would defer it
+        raise ConfigError(f"workers must be >= 0, got {workers}")
+    return _read_ahead(fn, items, workers, name)
+
+
+def _read_ahead(fn: Callable[[T], R], items: Iterable[T], workers: int, name: str
+                ) -> Iterator[Tuple[T, "Future[R]"]]:
     if workers == 0:
         for item in items:
             fut: "Future[R]" = Future()
