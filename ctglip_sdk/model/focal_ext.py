@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from ctglip_sdk.model.focal import FOCAL_GRID_MM, LARGE_MM, _gauss, _hessian_eigs, _signed_log, organ_medians
-from ctglip_sdk.model.voxels import _OrganVoxels, block_reduce
+from ctglip_sdk.model.focal import StudyResidual, _gauss, _OrganBox, _signed_log, descriptor_columns
+from ctglip_sdk.model.voxels import _OrganVoxels
 
-__all__ = ["extended_descriptors", "EXTENDED_NAMES", "N_EXTENDED"]
+__all__ = ["extended_descriptors", "EXTENDED", "EXTENDED_NAMES", "N_EXTENDED"]
 
 #: What each column of :func:`extended_descriptors` holds (docs/model.md, "Extended focal descriptors").
 EXTENDED_NAMES = (
@@ -37,9 +37,11 @@ SHELL_HU = 75.0
 #: Smoothing (mm) of the peak search, inner radii (mm) and least thickness of the shells tested around each peak
 #: (a shell is at least one voxel thick along every axis: thinner ones fall between the slices of a 5 mm grid).
 PEAK_MM, SHELL_RADII_MM, SHELL_MM = 2.0, (4.0, 7.0, 10.0, 13.0, 16.0), 3.0
-#: Peaks tested per batch: every peak is tested (a lobe has 50-320), in batches that bound the memory of the
-#: [peaks, shell voxels, 3] gather (~9 MB per batch on the finest grid block_reduce leaves).
+#: Peaks tested per batch, brightest first until one is isolated (a lobe has 50-320), in batches that bound the
+#: memory of the [peaks, shell voxels, 3] gather (~9 MB per batch on the finest grid block_reduce leaves).
 PEAK_BATCH = 256
+#: Size of the first batch: the brightest few peaks often settle it (a nodule), so the rest are skipped.
+PEAK_FIRST = 32
 
 
 def _shell_offsets(sp: np.ndarray) -> list:
@@ -64,13 +66,17 @@ def _isolated_peak(organ: np.ndarray, resid: np.ndarray, sp: np.ndarray, shells:
     idx = np.flatnonzero(peak)
     if not idx.size:
         return 0.0
+    # Every peak, not only the brightest: enhanced vessels out-shine a nodule in a contrast study. Brightest
+    # first, so the first batch holding an isolated peak holds the answer (later peaks are all dimmer).
     val = sm.reshape(-1)[idx]
-    # Every peak, not only the brightest: enhanced vessels out-shine a nodule in a contrast study.
+    order = np.argsort(-val, kind="stable")
+    idx, val = idx[order], val[order]
     filled = organ & (sm > SHELL_HU)
     shape = np.asarray(organ.shape)
     best = 0.0
-    for start in range(0, idx.size, PEAK_BATCH):
-        centres = np.stack(np.unravel_index(idx[start:start + PEAK_BATCH], organ.shape), 1)
+    start, size = 0, PEAK_FIRST
+    while start < idx.size and best == 0.0:
+        centres = np.stack(np.unravel_index(idx[start:start + size], organ.shape), 1)
         isolated = np.zeros(len(centres), bool)
         for off in shells:
             q = centres[:, None, :] + off[None, :, :]                     # [peaks, shell voxels, 3]
@@ -79,7 +85,8 @@ def _isolated_peak(organ: np.ndarray, resid: np.ndarray, sp: np.ndarray, shells:
             in_organ = organ[qc[..., 0], qc[..., 1], qc[..., 2]] & inside_box
             hit = filled[qc[..., 0], qc[..., 1], qc[..., 2]] & inside_box
             isolated |= (in_organ.sum(1) >= 0.5 * len(off)) & ~hit.any(1)
-        best = max(best, float(val[start:start + PEAK_BATCH][isolated].max(initial=0.0)))
+        best = max(best, float(val[start:start + size][isolated].max(initial=0.0)))
+        start, size = start + size, PEAK_BATCH
     return best
 
 
@@ -95,15 +102,11 @@ def _ball_radius(mask: np.ndarray, sp: np.ndarray) -> float:
     return float(ndi.distance_transform_edt(np.pad(mask[box[0]], 1), sampling=sp).max())
 
 
-def _organ_row(organ: np.ndarray, interior: np.ndarray, resid: np.ndarray, hu: np.ndarray, sp: np.ndarray,
-               shells: list) -> np.ndarray:
-    row = np.zeros(N_EXTENDED, np.float32)
-    keep = organ & interior
-    w = _gauss(keep.astype(np.float32), 3.0, sp)
-    ok = np.flatnonzero(keep & (w > 0.3))
-    if ok.size:
-        ev = _hessian_eigs(_gauss(np.where(keep, resid, 0.0).astype(np.float32), LARGE_MM, sp), ok, sp)
-        ev *= LARGE_MM ** 2
+def _organ_row(row: np.ndarray, ob: _OrganBox, hu: np.ndarray, shells: list) -> None:
+    """Fill one organ's :data:`EXTENDED_NAMES` columns of ``row`` from its box (``hu`` cut to the same box)."""
+    organ, resid, sp = ob.organ, ob.resid, ob.sp
+    if ob.ok.size:
+        ev = ob.large_eigs  # the 6 mm Hessian the focal family's dark_blob_large reads too
         bright = ev[:, 2] < 0
         row[0] = max(0.0, float((-ev[bright, 2]).max(initial=0.0)))
         row[1] = float((ev[bright, 2] ** 2 / np.maximum(-ev[bright, 0], 1e-6)).max(initial=0.0))
@@ -113,7 +116,34 @@ def _organ_row(organ: np.ndarray, interior: np.ndarray, resid: np.ndarray, hu: n
     # Every organ voxel again: an exophytic cyst bulges out of a thin pancreas and is mostly rim. Fat partial
     # volume at the rim also passes through water HU, but only as a one-voxel layer, which holds no large ball.
     row[4] = _ball_radius(organ & (hu > WATER_HU[0]) & (hu < WATER_HU[1]) & (resid < -WATER_BELOW), sp)
-    return row
+
+
+class _Extended:
+    """The :data:`EXTENDED_NAMES` columns. Same residual and boxes as the focal family (one voxel of margin: every
+    input is zero outside the organ and a shell voxel outside the box counts as outside the organ, so a wider box
+    would give the same numbers at a higher cost)."""
+
+    width = N_EXTENDED
+
+    def start(self, r: StudyResidual, n: int) -> Any:
+        return r.hu, _shell_offsets(r.sp)
+
+    def row(self, out: np.ndarray, ob: _OrganBox, box: tuple, state: Any) -> None:
+        hu, shells = state
+        _organ_row(out, ob, hu[box], shells)
+
+    def finish(self, out: np.ndarray, r: StudyResidual, state: Any) -> np.ndarray:
+        res = out[1:]
+        scaled = np.empty_like(res)
+        scaled[:, :2] = _signed_log(res[:, :2])
+        scaled[:, 2] = np.log10(1.0 + res[:, 2])
+        scaled[:, 3] = _signed_log(res[:, 3])
+        scaled[:, 4] = np.log10(1.0 + res[:, 4])
+        return scaled.astype(np.float32)
+
+
+#: The extended family, for :func:`~ctglip_sdk.model.focal.descriptor_columns`.
+EXTENDED = _Extended()
 
 
 def extended_descriptors(lab: np.ndarray, hu: np.ndarray, n: int, spacing: Sequence[float],
@@ -127,28 +157,4 @@ def extended_descriptors(lab: np.ndarray, hu: np.ndarray, n: int, spacing: Seque
     blob, the radius of the largest dense ball and the isolation test tell them apart; and a cyst at the rim of a
     thin organ is missed by filters kept off the rim, but not by the largest ball of water (docs/model.md).
     """
-    full = lab
-    lab, hu, sp = block_reduce(lab, hu, spacing, FOCAL_GRID_MM)
-    sp = np.asarray(sp, np.float64)
-    out = np.zeros((n + 1, N_EXTENDED), np.float32)
-    v = voxels if voxels is not None and lab is full else _OrganVoxels(lab, hu)
-    if v.idx.size == 0:
-        return out[1:]
-    med = organ_medians(v, n)
-    interior = v.mask(v.interior)
-    resid = hu - med[lab.astype(np.intp)]
-    shells = _shell_offsets(sp)
-    for o, box in enumerate(ndi.find_objects(lab, max_label=n), start=1):
-        if box is None:
-            continue
-        # One voxel of margin, as in focal.py: every input is zero outside the organ and a shell voxel outside the
-        # box counts as outside the organ, so a wider box would give the same numbers at a higher cost.
-        box = tuple(slice(max(b.start - 1, 0), min(b.stop + 1, d)) for b, d in zip(box, lab.shape))
-        out[o] = _organ_row(lab[box] == o, interior[box], resid[box], hu[box], sp, shells)
-    res = out[1:]
-    scaled = np.empty_like(res)
-    scaled[:, :2] = _signed_log(res[:, :2])
-    scaled[:, 2] = np.log10(1.0 + res[:, 2])
-    scaled[:, 3] = _signed_log(res[:, 3])
-    scaled[:, 4] = np.log10(1.0 + res[:, 4])
-    return scaled.astype(np.float32)
+    return descriptor_columns(lab, hu, n, spacing, [EXTENDED], voxels)

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from ctglip_sdk.errors import GeometryError, InputError, QueryError
 from ctglip_sdk.model.config import PreprocessConfig
-from ctglip_sdk.model.focal import focal_descriptors
-from ctglip_sdk.model.focal_ext import extended_descriptors
+from ctglip_sdk.model.focal import FOCAL, descriptor_columns
+from ctglip_sdk.model.focal_ext import EXTENDED
 from ctglip_sdk.model.voxels import (AIR_HU, BONE_HU, STATS_VERSION, _memory_order, _OrganVoxels,  # noqa: F401
                                      block_reduce)
 from ctglip_sdk.volume import Segmentation, Volume
@@ -216,10 +216,10 @@ def organ_stats(lab: np.ndarray, hu: np.ndarray, n: int, cfg: PreprocessConfig, 
         parts.append(_histograms(v, n, cfg.hu_histogram))
     if cfg.organ_descriptors:
         parts.append(_descriptors(v, n, voxel_ml))
-    if cfg.focal_descriptors:
-        parts.append(focal_descriptors(lab, hu, n, spacing, voxels=v))  # v is reused unless it block-averages
-    if cfg.focal_extended:
-        parts.append(extended_descriptors(lab, hu, n, spacing, voxels=v))
+    # Both focal families in one pass over the organs: they share the medians, the residual and the smoothing.
+    families = [f for f, on in ((FOCAL, cfg.focal_descriptors), (EXTENDED, cfg.focal_extended)) if on]
+    if families:
+        parts.append(descriptor_columns(lab, hu, n, spacing, families, voxels=v))  # v reused unless block-averaged
     return np.concatenate(parts, axis=1)
 
 
