@@ -90,6 +90,12 @@ def test_train_builds_the_cache_and_calibrates_with_cache_workers(archive, tmp_p
     assert seen == {"cache": 2, "calibration": 2}
     assert summary["cache_built"] == 6 and summary["steps"] == 1
     assert summary["calibration"]["n_studies"] == 6
+    # The run says where it ran and what memory each stage reached (high-water marks: never falling).
+    peaks = summary["peak_memory"]["stages_mb"]
+    assert list(peaks) == ["cache", "steps", "calibration"]  # TINY has no stats columns: no stats_norm stage
+    assert all(v > 0 for v in peaks.values()) and list(peaks.values()) == sorted(peaks.values())
+    assert summary["peak_memory"]["workers_mb"] > 0  # the two cache-building processes have finished
+    assert summary["host"]["cpu"] and summary["host"]["torch"]
 
 
 def test_eval_and_calibrate_commands_take_workers(archive, model, tmp_path):

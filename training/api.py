@@ -19,6 +19,7 @@ from ctglip_sdk.training.data import StudyDataset, annotate_report, build_cache,
 from ctglip_sdk.training.distributed import barrier, init_distributed
 from ctglip_sdk.training.objectives import build_objective
 from ctglip_sdk.training.readout import run_readout
+from ctglip_sdk.training.runinfo import MemoryLog, host_info
 from ctglip_sdk.training.trainer import Trainer, default_param_groups
 
 __all__ = ["train"]
@@ -114,8 +115,10 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
 
     Returns:
         Summary dict: out_dir, model_dir, steps, seconds, train_seconds, cache_seconds, last_loss, objective,
-        model, n_train, resumed_from, world_size, config; ``readout`` (organs, first/last loss, seconds) when
-        ``readout_epochs`` is set, ``calibration`` when thresholds were chosen.
+        model, n_train, resumed_from, world_size, config, host (CPU, instruction set, versions); ``readout``
+        (organs, first/last loss, seconds) when ``readout_epochs`` is set, ``calibration`` when thresholds were
+        chosen; on rank 0 ``peak_memory`` (peak resident MiB after each stage, of the largest finished worker,
+        and torch's peak GPU allocation on CUDA).
 
     Example:
         >>> from ctglip_sdk.training import train, TrainConfig
@@ -128,6 +131,7 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ctx = init_distributed(cfg.device)
+    memory = MemoryLog(ctx.device)
     out = Path(out_dir)
     try:
         if ctx.is_main:
@@ -160,10 +164,12 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
         built = build_cache(records, cache, workers=cfg.loader_workers, progress=progress) if ctx.is_main else 0
         barrier()
         cache_seconds = time.perf_counter() - tc
+        memory.mark("cache")
         if _needs_stats_norm(model):  # every rank computes the same numbers from the same cache
             _set_stats_norm(model, records, cache)
             if ctx.is_main:
                 model.save_pretrained(out / "model_init")  # a resumed run reloads it with the same scaling
+            memory.mark("stats_norm")
         dataset = StudyDataset(records, cache, texts, dictionary, cfg.organs_per_study, cfg.seed,
                                finding_organs=_finding_organs(dictionary), finding_weight=cfg.finding_organ_weight)
         objective = build_objective(model, cfg, dictionary)
@@ -171,21 +177,25 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
         trainer = Trainer(objective, dataset, cfg, out, collate_fn=collate_studies, param_groups=groups, ctx=ctx,
                           progress=progress)
         result = trainer.fit(resume=resume)
+        memory.mark("steps")
         summary = {"out_dir": str(out), "model_dir": str(out / "model"), "steps": result.steps,
                    "seconds": round(time.perf_counter() - t0, 1), "train_seconds": round(result.seconds, 1),
                    "cache_seconds": round(cache_seconds, 1), "cache_built": built, "cache_dir": str(cache.dir),
                    "last_loss": result.last_loss, "objective": cfg.objective, "model": model.name,
                    "n_train": len(records), "resumed_from": result.resumed_from, "world_size": ctx.world_size,
-                   "config": cfg.to_dict()}
+                   "config": cfg.to_dict(), "host": host_info()}
         if ctx.is_main:
             if cfg.readout_epochs:
                 summary["readout"] = run_readout(model, records, cache, texts, cfg, dictionary, progress)
+                memory.mark("readout")
             model.eval()
             if cfg.save_name:
                 model.config = model.config.replace(name=cfg.save_name)
                 summary["model"] = model.name
             if cfg.calibrate:
                 summary["calibration"] = _calibrate(model, archive, cfg, dictionary, progress)
+                memory.mark("calibration")
+            summary["peak_memory"] = memory.as_dict()
             model.save_pretrained(out / "model")
             (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
             log.info("trained %s for %d steps in %.0f s -> %s", model.name, result.steps, summary["seconds"],
