@@ -9,12 +9,38 @@ import numpy as np
 
 from ctglip_sdk.errors import InputError
 
-__all__ = ["Volume", "Segmentation", "CANONICAL_ORIENTATION"]
+__all__ = ["Volume", "Segmentation", "CANONICAL_ORIENTATION", "label_counts"]
 
 #: Every Volume's array is in closest-canonical RAS+ order (nibabel/MONAI): increasing i, j, k move toward the
 #: patient's Right, Anterior and Superior world axes; the affine maps indices to RAS+ mm (DICOM LPS with x and y
 #: negated). See docs/inputs.md.
 CANONICAL_ORIENTATION = "RAS"
+
+#: Voxels per step of `label_counts`. Why chunks: np.bincount widens its input to int64, so one call on a whole
+#: 512 x 512 x 265 uint8 mask allocated (and page-faulted) 555 MB and took about 2 s; chunks of 4 M voxels,
+#: counting only the labelled ones, take about 0.06 s.
+_COUNT_CHUNK = 1 << 22
+
+
+def label_counts(labels: np.ndarray, minlength: int = 0) -> np.ndarray:
+    """``np.bincount`` of a non-negative integer label array (any shape and memory order), in small chunks.
+
+    Example:
+        >>> label_counts(np.array([[0, 2], [2, 0]], np.uint8)).tolist()
+        [2, 0, 2]
+    """
+    flat = labels.ravel(order="K")
+    out = np.zeros(max(int(minlength), 1), np.int64)
+    for i0 in range(0, flat.size, _COUNT_CHUNK):
+        chunk = flat[i0:i0 + _COUNT_CHUNK]
+        labelled = chunk[chunk != 0]  # most of a CT grid is background: only labelled voxels are widened
+        out[0] += chunk.size - labelled.size
+        if labelled.size:
+            counts = np.bincount(labelled)
+            if counts.size > out.size:
+                out = np.concatenate([out, np.zeros(counts.size - out.size, np.int64)])
+            out[: counts.size] += counts
+    return out
 
 
 @dataclass
@@ -85,7 +111,7 @@ class Segmentation:
 
     def present(self) -> Dict[str, int]:
         """Classes with at least one voxel -> voxel count."""
-        counts = np.bincount(self.array.ravel().astype(np.int64), minlength=max(self.labels, default=0) + 1)
+        counts = label_counts(self.array, minlength=max(self.labels, default=0) + 1)
         return {name: int(counts[i]) for i, name in self.labels.items() if i < len(counts) and counts[i] > 0}
 
     def mask(self, organ: str) -> np.ndarray:

@@ -150,3 +150,30 @@ def test_without_like_and_bad_values(tmp_path):
     bad = save(tmp_path / "float.nii.gz", np.full(SHAPE, 0.5), np.eye(4), dtype=np.float32)
     with pytest.raises(InputError, match="non-integer"):
         load_segmentation(bad)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32])
+@pytest.mark.parametrize("with_background", [True, False])
+def test_ids_present_and_label_counts_match_numpy_across_chunks(monkeypatch, dtype, with_background):
+    from ctglip_sdk import volume
+    from ctglip_sdk.io import segmentation
+
+    monkeypatch.setattr(volume, "_COUNT_CHUNK", 7)  # many chunks, some with no labelled voxel at all
+    rng = np.random.default_rng(3)
+    lab = np.zeros((9, 8, 5), dtype)
+    lab[2:4, 1:3, 1:4] = 5
+    lab[6, 6, 4] = 104 if dtype == np.uint8 else 1000  # one voxel of a high id, in the last chunk
+    lab[lab == 0] = 0 if with_background else rng.integers(1, 4, size=int((lab == 0).sum()))
+    for arr in (lab, np.asfortranarray(lab), lab.transpose(2, 0, 1)):
+        assert segmentation._ids_present(arr) == np.unique(arr).tolist()
+        counts = volume.label_counts(arr, minlength=3)
+        assert np.array_equal(counts, np.bincount(arr.ravel().astype(np.int64), minlength=3))
+
+
+def test_an_unknown_label_id_in_a_nifti_mask_is_named(tmp_path):
+    lab = canonical_labels()
+    lab[0, 0, 0] = 200  # not a TotalSegmentator v1 id
+    path = save(tmp_path / "seg.nii.gz", to_stored(lab), stored_affine())
+    with pytest.raises(InputError, match=r"label ids \[200\] are not in label map") as err:
+        load_segmentation(path)
+    assert "seg.nii.gz" in str(err.value)

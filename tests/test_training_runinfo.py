@@ -20,7 +20,8 @@ def test_host_info_names_the_cpu_its_instruction_set_and_versions():
 
 
 def test_memory_log_marks_the_stage_that_raised_the_peak():
-    # In a fresh interpreter: this test process's own high-water mark is set by whatever ran before it.
+    # In a fresh interpreter: this test process's own high-water mark is set by whatever ran before it. Under a
+    # large test runner this also checks that the child's peak is its own, not inherited across exec.
     code = (
         "import json, numpy as np\n"
         "from ctglip_sdk.training.runinfo import MemoryLog\n"
@@ -36,7 +37,9 @@ def test_memory_log_marks_the_stage_that_raised_the_peak():
     stages = json.loads(out.stdout)["stages_mb"]
     assert list(stages) == ["small", "big", "after"]
     assert stages["big"] - stages["small"] >= 250  # the allocation shows in the stage that made it
-    assert stages["after"] == stages["big"]          # a high-water mark does not fall when memory is freed
+    # A high-water mark does not fall when memory is freed (Linux's RSS counters are per-thread caches, so
+    # readings jitter by a fraction of a MiB).
+    assert stages["after"] >= stages["big"] - 2
 
 
 def test_peak_rss_is_positive_for_this_process():

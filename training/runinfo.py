@@ -40,9 +40,30 @@ def host_info() -> Dict[str, Any]:
     return info
 
 
+def _vm_hwm_mb() -> Optional[float]:
+    """Linux: this process's own peak resident size (``VmHWM``), or None where /proc is missing."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 2 ** 10, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def peak_rss_mb(children: bool = False) -> Optional[float]:
     """High-water mark of the resident set size in MiB: this process, or (``children``) the largest of its
-    finished child processes (DataLoader workers). None where the ``resource`` module is missing (Windows)."""
+    finished child processes (DataLoader workers). None where neither /proc nor ``resource`` exists (Windows).
+
+    Why ``VmHWM`` first: ``getrusage``'s ``ru_maxrss`` survives ``exec``, so a process started by a large
+    parent (a test runner, a notebook) reports the parent's size at the fork as its own peak. A child's
+    figure counts the pages it shares with the parent it was forked from, as any RSS reading does.
+    """
+    if not children:
+        hwm = _vm_hwm_mb()
+        if hwm is not None:
+            return hwm
     try:
         import resource
     except ImportError:

@@ -13,7 +13,7 @@ from ctglip_sdk.errors import ConfigError, InputError
 from ctglip_sdk.io.geometry import DEFAULT_MAX_VOXELS, check_max_voxels, to_canonical
 from ctglip_sdk.io.nifti import is_nifti, open_nifti, read_nifti_array
 from ctglip_sdk.organs import label_map as _label_map
-from ctglip_sdk.volume import Segmentation
+from ctglip_sdk.volume import Segmentation, label_counts
 
 __all__ = ["load_segmentation", "resample_nearest", "AFFINE_ATOL_MM"]
 
@@ -139,11 +139,10 @@ def _read_labels(path: Path, max_voxels: int) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def _ids_present(labels: np.ndarray) -> List[int]:
-    """Distinct label values (a bincount for small integer types: far faster than np.unique on a CT grid)."""
-    flat = labels.ravel(order="K")
+    """Distinct label values (chunked counts for small integer types: far faster than np.unique on a CT grid)."""
     if labels.dtype.itemsize <= 2 and labels.dtype.kind == "u":
-        return np.flatnonzero(np.bincount(flat)).tolist()
-    return np.unique(flat).tolist()
+        return np.flatnonzero(label_counts(labels)).tolist()
+    return np.unique(labels.ravel(order="K")).tolist()
 
 
 def _merge(target: np.ndarray, part: np.ndarray, names: Dict[int, str], where: str) -> None:
