@@ -103,8 +103,12 @@ def set_threads(n: int) -> None:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (MiB; ru_maxrss is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """Peak resident memory of this process so far (MiB): Linux VmHWM, since ru_maxrss survives exec and a
+    child benchmark process would report its parent's size; ru_maxrss (KiB on Linux) elsewhere."""
+    from ctglip_sdk.training.runinfo import peak_rss_mb as own_peak
+
+    peak = own_peak()
+    return float(peak) if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 # ---------------------------------------------------------------------------------------------- timing
