@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -13,21 +9,13 @@ import torch
 import ctglip_sdk as cg
 from ctglip_sdk.reports.dictionary import AbnormalityDictionary
 from ctglip_sdk.training.readout import ReadoutInputs, fit_readout
+from bench_loader import load_benchmark
 from test_training_readout import MLP
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def probe_readout():
-    sys.path.insert(0, str(BENCH))  # the script imports its siblings `common` and `probe_stats`
-    try:
-        spec = importlib.util.spec_from_file_location("probe_readout", BENCH / "probe_readout.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        yield mod
-    finally:
-        sys.path.remove(str(BENCH))
+    yield from load_benchmark("probe_readout")
 
 
 def _table(width: int, n: int, seed: int, signal_col: int) -> dict:

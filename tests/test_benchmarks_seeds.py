@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from bench_loader import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def seeds_table():
-    sys.path.insert(0, str(BENCH))  # seeds_table imports its sibling `common`
-    try:
-        spec = importlib.util.spec_from_file_location("seeds_table", BENCH / "seeds_table.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        yield mod
-    finally:
-        sys.path.remove(str(BENCH))
+    yield from load_benchmark("seeds_table")
 
 
 def _metrics(auc_mean, bins):
