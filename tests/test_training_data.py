@@ -66,6 +66,7 @@ def test_cache_matches_fresh_preprocessing_and_is_reused(archive, model, tmp_pat
     seg = cg.load_segmentation(r.mask, like=vol)
     want = model.prepare(vol, seg)
     assert got.names == want.names and tuple(got.grid) == tuple(want.grid)
+    assert cache.names(r.image, r.mask) == want.names                # read from the entry's header alone
     assert torch.equal(got.rows, want.rows) and torch.equal(got.cols, want.cols) and torch.equal(got.vals, want.vals)
     assert got.image.shape == want.image.shape
     assert float((got.image - want.image).abs().max()) < 1e-3       # float16 storage of a [0, 1] window
@@ -75,6 +76,8 @@ def test_cache_matches_fresh_preprocessing_and_is_reused(archive, model, tmp_pat
     st = os.stat(r.mask)
     os.utime(r.mask, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert cache.key(r.image, r.mask) != key and not cache.has(r.image, r.mask)
+    with pytest.raises(InputError, match="not in the preprocessing cache"):
+        cache.names(r.image, r.mask)
     other = cg.create("ctglip-tiny", overrides={"preprocess": {"spacing": [5.0, 5.0, 5.0]}}, seed=0)
     assert PreprocessCache.for_model(other, tmp_path).dir != cache.dir
 

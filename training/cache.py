@@ -151,12 +151,20 @@ class PreprocessCache:
         os.replace(tmp, target)  # atomic: a killed build leaves a temp file, never a half entry
         return target
 
-    def load(self, image: Path, mask: Path) -> CachedStudy:
-        """Read an entry (InputError when absent: build it first)."""
+    def _entry(self, image: Path, mask: Path) -> Path:
         target = self.path(image, mask)
         if not target.is_file():
             raise InputError("study is not in the preprocessing cache; build it first", path=image)
-        with safe_open(str(target), framework="pt") as fh:
+        return target
+
+    def names(self, image: Path, mask: Path) -> List[str]:
+        """An entry's organ names in row order, from its header alone (no tensor is read)."""
+        with safe_open(str(self._entry(image, mask)), framework="pt") as fh:
+            return json.loads(fh.metadata()["names"])
+
+    def load(self, image: Path, mask: Path) -> CachedStudy:
+        """Read an entry (InputError when absent: build it first)."""
+        with safe_open(str(self._entry(image, mask)), framework="pt") as fh:
             meta = fh.metadata()
             t = {k: fh.get_tensor(k) for k in fh.keys()}
         return CachedStudy(t["image"].float(), tuple(json.loads(meta["grid"])), json.loads(meta["names"]),
