@@ -36,12 +36,12 @@ def organ_table(model: Any, cache: PreprocessCache, root: Path) -> Table:
     truth = read_truth(root)
     rows, organs, labels, phase = [], [], [], []
     for rec in records:
-        study = cache.load(rec.image, rec.mask)
+        names = cache.names(rec.image, rec.mask)  # header and stats only: the images are not needed here
         have = {(f.get("organ"), f.get("finding")) for f in truth.get(rec.study_uid, [])}
-        rows.append(model.stats_columns(study.stats).numpy())
-        organs += list(study.names)
-        labels += [{k for (o, k) in have if o == name} for name in study.names]
-        phase += [rec.contrast] * len(study.names)
+        rows.append(model.stats_columns(cache.stats(rec.image, rec.mask)).numpy())
+        organs += list(names)
+        labels += [{k for (o, k) in have if o == name} for name in names]
+        phase += [rec.contrast] * len(names)
     return np.concatenate(rows), np.asarray(organs), labels, np.asarray(phase)
 
 

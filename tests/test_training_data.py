@@ -67,6 +67,10 @@ def test_cache_matches_fresh_preprocessing_and_is_reused(archive, model, tmp_pat
     want = model.prepare(vol, seg)
     assert got.names == want.names and tuple(got.grid) == tuple(want.grid)
     assert cache.names(r.image, r.mask) == want.names                # read from the entry's header alone
+    assert want.stats is not None and got.stats is not None          # ctglip-tiny has per-organ stats
+    alone = cache.stats(r.image, r.mask)                             # the stats tensor alone, image unread
+    assert torch.equal(alone, got.stats) and alone.shape == (len(want.names), want.stats.shape[-1])
+    assert torch.allclose(alone, want.stats.float(), atol=1e-5)
     assert torch.equal(got.rows, want.rows) and torch.equal(got.cols, want.cols) and torch.equal(got.vals, want.vals)
     assert got.image.shape == want.image.shape
     assert float((got.image - want.image).abs().max()) < 1e-3       # float16 storage of a [0, 1] window
@@ -78,6 +82,8 @@ def test_cache_matches_fresh_preprocessing_and_is_reused(archive, model, tmp_pat
     assert cache.key(r.image, r.mask) != key and not cache.has(r.image, r.mask)
     with pytest.raises(InputError, match="not in the preprocessing cache"):
         cache.names(r.image, r.mask)
+    with pytest.raises(InputError, match="not in the preprocessing cache"):
+        cache.stats(r.image, r.mask)
     other = cg.create("ctglip-tiny", overrides={"preprocess": {"spacing": [5.0, 5.0, 5.0]}}, seed=0)
     assert PreprocessCache.for_model(other, tmp_path).dir != cache.dir
 
