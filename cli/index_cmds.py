@@ -42,12 +42,15 @@ _HIT_COLUMNS = ["score", "crop_id", "organ", "patient", "study_uid", "series_uid
 
 
 def _print_hits(res: Any, as_json: bool) -> None:
+    notes = list(getattr(res, "notes", []))
     if as_json:
         echo_json(res.to_dicts())
     else:
         print_table(res.to_dicts(), _HIT_COLUMNS)
         if getattr(res, "ranking", "cosine") != "cosine":
-            click.echo(f"(ranked by the zero-shot margin of {res.ranking.split(':', 1)[1]})")
+            notes.insert(0, f"ranked by the zero-shot margin of {res.ranking.split(':', 1)[1]}")
+    for note in notes:  # on stderr under --json, so that stdout stays one JSON document
+        click.echo(f"({note})", err=as_json)
 
 
 @click.command("ingest")

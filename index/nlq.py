@@ -17,11 +17,16 @@ _SEX = {
     "F": r"women|woman|females?|female patients?|girls?|ladies",
     "M": r"men|man|males?|male patients?|boys?",
 }
+# A number is an age only when no unit follows it: "kidney stone under 5 mm" and "renal cyst 2-3 cm" are sizes
+# (no SQL filter holds lesion sizes, so they stay in the text for the encoder), and "2.5" is not an age of 5.
+_NOT_SIZE = r"(?![\d.]*\s*(?:mm|cm|ml|cc|hu|%|millimet|centimet|x\b|×))"
+_N = r"(?<![\d.])(\d{1,3})(?![\d.])"
+_YEARS = r"(?:\s*(?:years?|y/?o|yrs?))?\b"
 _AGE_PATTERNS = [
-    (re.compile(r"\b(?:aged|age|ages)?\s*(\d{1,3})\s*(?:-|–|to)\s*(\d{1,3})(?:\s*(?:years?|y/?o|yrs?))?\b"), "range"),
-    (re.compile(r"\b(?:over|older than|above|>=?|at least|aged over)\s*(\d{1,3})(?:\s*(?:years?|y/?o|yrs?))?\b"), "min"),
-    (re.compile(r"\b(?:under|younger than|below|<=?|at most|aged under)\s*(\d{1,3})(?:\s*(?:years?|y/?o|yrs?))?\b"), "max"),
-    (re.compile(r"\b(\d{1,3})\s*\+"), "min"),
+    (re.compile(rf"\b(?:aged|age|ages)?\s*{_N}\s*(?:-|–|to)\s*{_N}{_NOT_SIZE}{_YEARS}"), "range"),
+    (re.compile(rf"\b(?:over|older than|above|>=?|at least|aged over)\s*{_N}{_NOT_SIZE}{_YEARS}"), "min"),
+    (re.compile(rf"\b(?:under|younger than|below|<=?|at most|aged under)\s*{_N}{_NOT_SIZE}{_YEARS}"), "max"),
+    (re.compile(rf"{_N}\s*\+"), "min"),
 ]
 _CONTRAST = [(re.compile(r"\b(non[- ]?contrast|unenhanced|without contrast)\b"), False),
              (re.compile(r"\b(contrast[- ]enhanced|with contrast|portal[- ]venous)\b"), True)]
@@ -42,7 +47,8 @@ class ParsedQuery:
 
 
 def _find_organ(text: str) -> Optional[List[str]]:
-    """Longest synonym phrase in the text (so "right kidney" beats "kidney"), resolved to v1 classes."""
+    """Longest synonym phrase in the text (so "right kidney" beats "kidney"), resolved to v1 classes; else the
+    organ of the one finding the text asks for ("hepatomegaly" -> liver, "AAA" -> aorta)."""
     words = re.findall(r"[a-z]+", text.lower())
     best: Optional[str] = None
     for n in (3, 2, 1):
@@ -53,7 +59,12 @@ def _find_organ(text: str) -> Optional[List[str]]:
                 break
         if best:
             break
-    return organs.lookup(best) if best else None
+    if best:
+        return organs.lookup(best)
+    from ctglip_sdk.reports.query import read_query  # noqa: PLC0415 - the report vocabulary loads on first use
+
+    found = read_query(text)
+    return organs.lookup(found.organ) if found is not None else None
 
 
 def parse_query(question: str, infer_organ: bool = True) -> ParsedQuery:

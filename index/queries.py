@@ -61,38 +61,37 @@ def _encode_single(model: Any, text: str) -> np.ndarray:
         torch.set_num_threads(n)
 
 
-def _finding_direction(index: "ArchiveIndex", text: str) -> Optional[Tuple[np.ndarray, str]]:
-    """The zero-shot decision direction ``p̄ − n̄`` when ``text`` names exactly one dictionary finding as present.
+def _finding_direction(index: "ArchiveIndex", text: str) -> Optional[Tuple[np.ndarray, str, str, str]]:
+    """The zero-shot decision direction ``p̄ − n̄`` when ``text`` asks for one dictionary finding.
 
     Why: every kidney is close to "kidney stone" (the organ words dominate the cosine), so plain similarity
     ranks kidneys, not stones. ``v·(p̄ − n̄)`` is the margin ``ZeroShotClassifier.detect`` thresholds, so the
     hits come in the order of the classifier's confidence, and it is still one inner-product search.
+    Returns (direction, finding key, the organ the text ties it to, the text as read when a typo was corrected).
     """
-    from ctglip_sdk.reports import parse_report  # noqa: PLC0415
+    from ctglip_sdk.reports.query import read_query  # noqa: PLC0415
 
-    try:
-        found = [f for f in parse_report(text) if f.finding and f.status == "present"]
-    except Exception:  # noqa: BLE001 - a query the parser cannot read is searched as plain text
-        return None
-    keys = list(dict.fromkeys(f.finding for f in found))
-    if len(keys) != 1:
-        return None
     zs = _classifier(index)
-    if keys[0] not in zs.dictionary:
+    found = read_query(text, zs.dictionary)
+    if found is None:
         return None
-    pos, neg = zs.finding_prompts(keys[0])
+    pos, neg = zs.finding_prompts(found.finding)
     # The user's own words join the positive ensemble, so their phrasing still counts.
-    p, n = zs.prompt_ensembles([[*pos, text], neg])
+    p, n = zs.prompt_ensembles([[*pos, found.read_as], neg])
     d = p - n
     if not np.all(np.isfinite(d)) or float(np.linalg.norm(d)) < 1e-6:
         return None
-    return unit_rows(d[None, :].astype(np.float32))[0], keys[0]
+    return (unit_rows(d[None, :].astype(np.float32))[0], found.finding, found.organ,
+            found.read_as if found.corrected else None)
 
 
 def _query_vector(index: "ArchiveIndex", query: Union[str, np.ndarray],
-                  rank: str = "cosine") -> Tuple[np.ndarray, str]:
-    """The unit query vector and how it ranks: ``"cosine"``, or ``"finding:<key>"`` when ``rank="auto"`` and
-    the text names one finding (see :func:`_finding_direction`); text vectors are cached per (rank, text)."""
+                  rank: str = "cosine") -> Tuple[np.ndarray, str, Optional[str], Optional[str]]:
+    """The unit query vector, how it ranks, and for a finding the organ it belongs to and the text as read.
+
+    Ranking is ``"cosine"``, or ``"finding:<key>"`` when ``rank="auto"`` and the text asks for one finding (see
+    :func:`_finding_direction`); text vectors are cached per (rank, text).
+    """
     if isinstance(query, str):
         text = query.strip()
         if not text:
@@ -103,9 +102,10 @@ def _query_vector(index: "ArchiveIndex", query: Union[str, np.ndarray],
         if cached is None:
             found = _finding_direction(index, text) if rank == "auto" else None
             if found is not None:
-                cached = (found[0], f"finding:{found[1]}")
+                cached = (found[0], f"finding:{found[1]}", found[2], found[3])
             else:
-                cached = (unit_rows(np.asarray(_encode_single(index.model, text), np.float32))[0], "cosine")
+                cached = (unit_rows(np.asarray(_encode_single(index.model, text), np.float32))[0], "cosine",
+                          None, None)
             with index._cache_lock:
                 index._text_cache[key] = cached
                 while len(index._text_cache) > 512:
@@ -116,7 +116,7 @@ def _query_vector(index: "ArchiveIndex", query: Union[str, np.ndarray],
         q = q[0]
     if q.shape != (index.dim,) or not np.all(np.isfinite(q)) or not np.any(q):
         raise QueryError(f"a query vector must be finite, non-zero and of shape ({index.dim},), got {q.shape}")
-    return unit_rows(q[None, :])[0], "cosine"
+    return unit_rows(q[None, :])[0], "cosine", None, None
 
 
 def _filter_select(index: "ArchiveIndex", column: Any, organs: Optional[Sequence[str]],
@@ -202,10 +202,12 @@ def search(index: "ArchiveIndex", query: Union[str, np.ndarray], k: int = 20,
 
     Args:
         query: free text (encoded with the index's model) or a vector of the index's dimension.
-        rank: for text queries. ``"auto"``: when the text names one dictionary finding as present ("kidney
-            stone", "enlarged spleen"), rank by that finding's zero-shot margin ``v·(p̄ − n̄)`` (positive
-            prompts plus the text, against the negative ones); otherwise, and with ``"cosine"``, by cosine to the
-            text. ``res.ranking`` says which was used (``"finding:<key>"`` or ``"cosine"``).
+        rank: for text queries. ``"auto"``: when the text asks for one dictionary finding ("kidney stone",
+            "enlarged spleen", "suspected gallstones", "HCC", "cholelithasis" read as "cholelithiasis"), rank by
+            that finding's zero-shot margin ``v·(p̄ − n̄)`` (positive prompts plus the text, against the negative
+            ones) over the organs the finding belongs to (within ``organ`` when given); otherwise, and with
+            ``"cosine"``, by cosine to the text. ``res.ranking`` says which was used (``"finding:<key>"`` or
+            ``"cosine"``) and ``res.notes`` how the text was read.
         k: number of hits (1..10000).
         organ: canonical names, synonyms or groups (``"kidney"``, ``["liver", "spleen"]``); None = every organ.
         where: filters on the allowlist of :data:`ctglip_sdk.index.filters.FILTERS` (age and date ranges as
@@ -223,10 +225,28 @@ def search(index: "ArchiveIndex", query: Union[str, np.ndarray], k: int = 20,
         raise QueryError(f"rank must be 'auto' or 'cosine', got {rank!r}")
     organs = resolve_organs(organ)
     conditions = parse_where(where)
-    q, ranking = _query_vector(index, query, rank)
+    q, ranking, finding_organ, read_as = _query_vector(index, query, rank)
+    notes: List[str] = []
+    if finding_organ is not None:
+        # A finding's margin means something only on the organs the finding belongs to: over every organ, ribs
+        # and iliac vessels outscored the livers for "hepatomegaly". So the finding's organs bound the search.
+        own = resolve_organs(finding_organ) or []
+        if organs is None:
+            organs = own
+        elif set(organs) & set(own):
+            organs = [o for o in organs if o in own]
+        else:
+            notes.append(f"{ranking.split(':', 1)[1]} is not a finding of {', '.join(organs)}; ranked by cosine")
+            q, ranking, _, _ = _query_vector(index, query, "cosine")
+        if read_as is not None:
+            notes.append(f"read as {read_as!r}")
+    elif isinstance(query, str) and rank == "auto":
+        notes.append("no single dictionary finding recognised; ranked by cosine similarity to the text "
+                     "(scores are not comparable across queries)")
     res = _run(index, q, k, organs, conditions)
     res.query = query if isinstance(query, str) else "<vector>"
     res.ranking = ranking
+    res.notes = notes
     return res
 
 

@@ -56,6 +56,8 @@ class SearchResults(Sequence[Hit]):
         self.plan = plan
         #: How text hits were ranked: "cosine", or "finding:<key>" (zero-shot margin of that finding).
         self.ranking = "cosine"
+        #: How a text query was read: a corrected spelling, an organ outside the finding's, no finding found.
+        self.notes: List[str] = []
 
     @overload
     def __getitem__(self, i: int) -> Hit: ...
@@ -65,10 +67,14 @@ class SearchResults(Sequence[Hit]):
 
     def __getitem__(self, i: Union[int, slice]) -> Union[Hit, "SearchResults"]:
         if isinstance(i, slice):
-            out = SearchResults(self._hits[i], self.query, self.plan)
-            out.ranking = self.ranking
-            return out
+            return self._subset(self._hits[i])
         return self._hits[i]
+
+    def _subset(self, hits: Sequence[Hit]) -> "SearchResults":
+        """Some of these hits, with this search's query, plan, ranking and notes."""
+        out = SearchResults(hits, self.query, self.plan)
+        out.ranking, out.notes = self.ranking, list(self.notes)
+        return out
 
     def __len__(self) -> int:
         return len(self._hits)
@@ -104,7 +110,7 @@ class SearchResults(Sequence[Hit]):
         groups: Dict[str, List[Hit]] = {}
         for h in self._hits:  # hits are best first, so groups come out ordered by their best hit
             groups.setdefault(getattr(h, attr), []).append(h)
-        return {g: SearchResults(hs, self.query, self.plan) for g, hs in groups.items()}
+        return {g: self._subset(hs) for g, hs in groups.items()}
 
 
 @dataclass

@@ -170,6 +170,29 @@ def test_text_naming_a_finding_ranks_by_its_zero_shot_margin(built):
     assert idx.search("renal cyst and hydronephrosis", k=3).ranking == "cosine"
 
 
+def test_a_finding_query_searches_only_the_organs_of_that_finding(built):
+    """Without organ=, a finding's margin ranked ribs and iliac vessels above livers: the finding bounds the organs."""
+    idx, _ = built
+    kidneys = set(cg.organs.lookup("kidney"))
+    res = idx.search("renal cyst", k=len(idx))
+    assert res.ranking == "finding:renal_cyst" and len(res) > 1 and {h.organ for h in res} <= kidneys
+    assert {h.organ for h in idx.search("left renal cyst", k=len(idx))} == {"kidney_left"}
+    # Case, hedges and typos do not change what is asked for; a corrected spelling is reported.
+    assert idx.search("RENAL CYST", k=3).ranking == "finding:renal_cyst"
+    assert idx.search("suspected renal cyst", k=3).ranking == "finding:renal_cyst"
+    typo = idx.search("hydronephrosiss", k=3)
+    assert typo.ranking == "finding:hydronephrosis" and typo.notes == ["read as 'hydronephrosis'"]
+    assert {h.organ for h in typo} <= kidneys
+    # An explicit organ that cannot carry the finding wins, ranked by cosine, with a note saying so.
+    off = idx.search("renal cyst", k=5, organ="liver")
+    assert off.ranking == "cosine" and {h.organ for h in off} == {"liver"}
+    assert "renal_cyst is not a finding of liver" in off.notes[0]
+    unknown = idx.search("appendicitis", k=3)
+    assert unknown.ranking == "cosine" and "no single dictionary finding" in unknown.notes[0]
+    assert idx.search("appendicitis", k=3, rank="cosine").notes == []  # cosine was asked for: nothing to say
+    assert unknown[:2].notes == unknown.notes and all(g.notes == unknown.notes for g in unknown.group_by().values())
+
+
 def test_similar_and_grouping(built):
     idx, _ = built
     hit = idx.search("spleen", k=1, organ="spleen")[0]
