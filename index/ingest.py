@@ -63,7 +63,7 @@ def _check_mask_grid(mask_path: Path, volume: Any) -> None:
     """A TotalSegmentator mask lies on its image's grid; a different grid means the wrong mask (mask mismatch)."""
     import nibabel as nib  # noqa: PLC0415
 
-    from ctglip_sdk.io.geometry import canonical_shape  # noqa: PLC0415
+    from ctglip_sdk.io.geometry import canonical_affine, canonical_shape, grid_offset_voxels  # noqa: PLC0415
     from ctglip_sdk.io.nifti import is_nifti  # noqa: PLC0415
 
     if not mask_path.exists():
@@ -78,6 +78,15 @@ def _check_mask_grid(mask_path: Path, volume: Any) -> None:
     if tuple(shape) != tuple(volume.shape):
         raise GeometryError(f"mask mismatch: the mask's grid is {tuple(shape)} voxels, the image's {tuple(volume.shape)}",
                             path=mask_path.name)
+    # Same shape is not the same grid: a mask written with another origin, or with an LPS affine read as RAS,
+    # would be resampled onto other voxels and embed the wrong organs. Half a voxel is where nearest-neighbour
+    # lookup starts to move labels, so anything within it is the image's own grid up to rounding.
+    mask_affine = canonical_affine(img.affine, img.shape[:3])
+    off = grid_offset_voxels(mask_affine, shape, volume.affine)
+    if off > 0.5:
+        shift = np.asarray(mask_affine)[:3, 3] - np.asarray(volume.affine)[:3, 3]
+        raise GeometryError(f"mask mismatch: same shape as the image but another grid (corners up to {off:.1f} "
+                            f"voxels apart; origins differ by {np.linalg.norm(shift):.1f} mm)", path=mask_path.name)
 
 
 def _read_one(index: "ArchiveIndex", root: Path, item: Item, model: Any) -> _Prepared:
@@ -87,8 +96,16 @@ def _read_one(index: "ArchiveIndex", root: Path, item: Item, model: Any) -> _Pre
     t: Dict[str, float] = {}
     t0 = time.perf_counter()
     image = resolve_within(root, item.image)
-    volume = load_volume(image, series_uid=item.load_series_uid,
-                         include_identifiers=bool(index.manifest.get("include_identifiers")))
+    keep_ids = bool(index.manifest.get("include_identifiers"))
+    try:
+        volume = load_volume(image, series_uid=item.load_series_uid, include_identifiers=keep_ids)
+    except InputError as exc:
+        # A manifest row names its series (docs/data.md): a folder that also holds a localizer or another
+        # reconstruction is read for that series instead of refused.
+        wanted = item.row.get("series_uid")
+        if item.load_series_uid is not None or wanted not in (getattr(exc, "series", None) or ()):
+            raise
+        volume = load_volume(image, series_uid=wanted, include_identifiers=keep_ids)
     t["read"] = time.perf_counter() - t0
     if not item.mask:
         raise InputError("no segmentation mask for this image (see docs/index.md for the names tried)",

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ctglip_sdk.errors import CTGlipError, InputError
+from ctglip_sdk.io.paths import is_within, resolve_within
 
 __all__ = ["Item", "plan_archive", "fingerprint", "redact", "path_key", "MASK_PATTERNS"]
 
@@ -42,9 +43,28 @@ class Item:
     row: Dict[str, Any] = field(default_factory=dict)
 
 
+def _stat_entry(path: str, name: str, root: Path) -> Tuple[str, int, int]:
+    """(name, size, whole-second mtime) of one file; (name, -1, -1) for a dangling link or a link out of the root.
+
+    Why: one broken symlink used to abort the plan of the whole archive with a raw FileNotFoundError; now that
+    series is recorded when it is read, and fixing the link changes the fingerprint, so it is tried again.
+    """
+    if os.path.islink(path) and not is_within(root, Path(path).resolve()):
+        return name, -1, -1
+    try:
+        st = os.stat(path)
+    except OSError:
+        return name, -1, -1
+    return name, st.st_size, int(st.st_mtime)
+
+
 def fingerprint(root: Path, *rels: Optional[str]) -> str:
-    """Cheap identity of files (sizes and whole-second mtimes, recursively for folders): a change re-ingests."""
+    """Cheap identity of files (sizes and whole-second mtimes, recursively for folders): a change re-ingests.
+
+    Paths must already be confined to ``root`` (``resolve_within``); links are not followed out of it.
+    """
     h = hashlib.sha1()
+    base = root.resolve()
     for rel in rels:
         if not rel:
             continue
@@ -53,11 +73,10 @@ def fingerprint(root: Path, *rels: Optional[str]) -> str:
         if path.is_dir():
             for dirpath, _dirs, files in os.walk(path):
                 for name in sorted(files):
-                    st = os.stat(os.path.join(dirpath, name))
-                    entries.append((os.path.relpath(os.path.join(dirpath, name), path), st.st_size, int(st.st_mtime)))
-        elif path.exists():
-            st = path.stat()
-            entries.append((path.name, st.st_size, int(st.st_mtime)))
+                    full = os.path.join(dirpath, name)
+                    entries.append(_stat_entry(full, os.path.relpath(full, path), base))
+        elif path.exists() or path.is_symlink():
+            entries.append(_stat_entry(str(path), path.name, base))
         h.update(repr((rel, sorted(entries))).encode())
     return h.hexdigest()[:20]
 
@@ -112,6 +131,13 @@ def _from_manifest(root: Path, manifest: Path) -> Tuple[List[Item], List[Tuple[s
                 errors.append((f"manifest-line:{n}", f"series {key} appears twice in manifest.csv; kept the first"))
                 continue
             seen.add(key)
+            try:  # confinement first: nothing outside the root is walked or even stat'ed (docs/security.md)
+                for rel in (image, row.get("mask"), row.get("report")):
+                    if rel:
+                        resolve_within(root, rel)
+            except InputError as exc:
+                errors.append((key, redact(exc, root)))
+                continue
             items.append(Item(key=key, image=image, mask=row.get("mask") or None, report=row.get("report") or None,
                               study_uid=row.get("study_uid") or None,
                               fingerprint=fingerprint(root, image, row.get("mask")), row=row))

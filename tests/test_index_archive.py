@@ -283,6 +283,56 @@ def test_bad_studies_are_recorded_and_skipped(tmp_path, caplog):
     idx.close()
 
 
+def test_a_shifted_mask_a_broken_link_and_escaping_paths_are_recorded_not_fatal(tmp_path):
+    """Same-shape masks on another grid, dangling links and manifest paths out of the root: each series is
+    recorded with its reason, the others are ingested, and nothing outside the root is walked."""
+    archive = make_archive(tmp_path / "a", n=5, seed=6, fmt="dicom")
+    rows = read_manifest(archive)
+    # 0: the right labels written with an origin 40 mm away (same shape, other grid)
+    seg = nib.load(archive / rows[0]["mask"])
+    shifted = AFFINE.copy()
+    shifted[2, 3] += 40.0
+    nib.save(nib.Nifti1Image(np.asarray(seg.dataobj), shifted), archive / rows[0]["mask"])
+    # 1: a dangling symlink among the DICOM files: it used to abort the plan of the whole archive; the reader
+    # ignores it (with a warning) and the series loads from its real files
+    (archive / rows[1]["image"] / "IM9999.dcm").symlink_to(archive / "gone.dcm")
+    # 2, 3: manifest paths that leave the root; the outside folder holds a dangling link too
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.dcm").symlink_to(tmp_path / "nothing")
+    rows[2]["image"] = "../outside"
+    rows[3]["image"] = str(outside)
+    write_manifest(archive, rows)
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    report = idx.ingest(archive, workers=2, batch_size=2)
+    reasons = {e["series"]: e["reason"] for e in report.errors}
+    assert report.ok == 2 and set(reasons) == {rows[i]["series_uid"] for i in (0, 2, 3)}, report.errors
+    assert "mask mismatch" in reasons[rows[0]["series_uid"]] and "40.0 mm" in reasons[rows[0]["series_uid"]]
+    assert "escapes the root" in reasons[rows[2]["series_uid"]]
+    assert "absolute paths are not allowed" in reasons[rows[3]["series_uid"]]
+    assert str(archive) not in json.dumps(report.errors)  # the archive root is redacted from stored reasons
+    # Removing the link changes the series' fingerprint, so the series is read again.
+    (archive / rows[1]["image"] / "IM9999.dcm").unlink()
+    assert idx.ingest(archive).ok == 1
+    idx.close()
+
+
+def test_a_manifest_row_reads_its_own_series_from_a_folder_with_a_localizer(tmp_path):
+    """docs/data.md: the manifest's series_uid tells series in one folder apart (it used to be refused)."""
+    from dicom_factory import unique_hu, write_series
+
+    archive = make_archive(tmp_path / "a", n=2, seed=8, fmt="dicom")
+    rows = read_manifest(archive)
+    write_series(archive / rows[0]["image"], unique_hu((1, 8, 8)), series_uid="1.2.826.0.1.8.99.1", prefix="LOC",
+                 SeriesDescription="Topogram")
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    report = idx.ingest(archive, workers=0)
+    assert report.ok == 2 and report.n_errors == 0, report.errors
+    assert {h.series_uid for h in idx.search(np.ones(idx.dim, np.float32), k=len(idx))} == \
+        {r["series_uid"] for r in rows}
+    idx.close()
+
+
 def test_dicom_and_nifti_archives_give_the_same_vectors(tmp_path):
     nii = make_archive(tmp_path / "nii", n=2, seed=3)
     dcm = make_archive(tmp_path / "dcm", n=2, seed=3, fmt="dicom")

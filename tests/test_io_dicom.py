@@ -251,3 +251,44 @@ def test_legacy_multiframe_with_frame_offsets(tmp_path):
     ds.save_as(str(path))
     a, b = load_volume(tmp_path / "single"), load_volume(path)
     assert np.array_equal(a.array, b.array) and np.allclose(a.affine, b.affine)
+
+
+@pytest.mark.parametrize("tags,message", [
+    ({"RescaleSlope": "0"}, "RescaleSlope '0' is not a usable number"),
+    ({"RescaleIntercept": "abc"}, "RescaleIntercept 'abc' is not a usable number"),
+])
+def test_unusable_rescale_values_are_refused_naming_the_file(tmp_path, tags, message):
+    """A slope of 0 or a non-number used to fall back to 1/0 silently and give wrong HU."""
+    write_series(tmp_path / "s", unique_hu((4, 5, 4)))
+    victim = sorted((tmp_path / "s").iterdir())[1]
+    ds = pydicom.dcmread(victim)
+    for keyword, value in tags.items():  # written as LO: pydicom refuses to write a malformed DS
+        del ds[keyword]
+        ds.add_new(pydicom.datadict.tag_for_keyword(keyword), "LO", value)
+    ds.save_as(victim)
+    with pytest.raises(InputError, match=message) as err:
+        load_volume(tmp_path / "s")
+    assert victim.name in str(err.value)
+
+
+def test_a_ct_without_rescale_intercept_loads_with_a_warning(tmp_path, caplog):
+    write_series(tmp_path / "s", unique_hu((3, 5, 4)), intercepts=0.0)
+    for f in (tmp_path / "s").iterdir():
+        ds = pydicom.dcmread(f)
+        del ds.RescaleIntercept
+        ds.save_as(f)
+    vol = load_volume(tmp_path / "s")
+    assert vol.shape == (4, 5, 3) and "without RescaleIntercept" in caplog.text
+    assert caplog.text.count("without RescaleIntercept") == 1  # once per series, not once per slice
+
+
+def test_a_header_error_keeps_its_own_reason(tmp_path):
+    """InputError is a ValueError: the catch-all for malformed values used to replace every specific reason
+    with "malformed image header"."""
+    write_series(tmp_path / "s", unique_hu((4, 5, 4)))
+    victim = sorted((tmp_path / "s").iterdir())[2]
+    ds = pydicom.dcmread(victim)
+    del ds.ImagePositionPatient
+    ds.save_as(victim)
+    with pytest.raises(InputError, match="no ImagePositionPatient: cannot place the image"):
+        load_volume(tmp_path / "s")

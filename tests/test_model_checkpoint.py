@@ -177,3 +177,23 @@ def test_registered_model_folder_loads_by_name(saved):
     assert torch.equal(loaded.logit_scale, model.logit_scale)
     with pytest.raises(CheckpointError, match="without weights"):
         cg.load("ctglip-vit")
+
+
+def test_a_replaced_tokenizer_or_a_bad_text_config_is_a_checkpoint_error(saved, tmp_path):
+    """The tokenizer decides the text vectors as much as the weights; a text config transformers rejects is
+    reported as the folder's problem, not as a raw transformers exception."""
+    _, folder = saved
+    broken = _copy(folder, tmp_path)
+    vocab = broken / "tokenizer" / "tokenizer.json"
+    vocab.write_text(vocab.read_text().replace('"hepatic"', '"hepatik"', 1))
+    with pytest.raises(CheckpointError, match="tokenizer/ does not match the checksum"):
+        cg.load(broken)
+    for change, message in ((dict(hidden_size=33), "cannot build a 'bert' model"),
+                            (dict(num_hidden_layers="one"), "num_hidden_layers")):
+        bad = tmp_path / f"bad{len(message)}"
+        __import__("shutil").copytree(folder, bad)
+        meta = json.loads((bad / "config.json").read_text())
+        meta["text_model_config"].update(change)
+        (bad / "config.json").write_text(json.dumps(meta))
+        with pytest.raises(CheckpointError, match=message):
+            cg.load(bad)

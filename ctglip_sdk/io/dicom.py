@@ -134,6 +134,26 @@ def _number(value: Any, default: float) -> float:
     return default if result is None else result
 
 
+def _rescale(ds: Any, slope: float, intercept: float, path: str) -> Tuple[float, float]:
+    """(RescaleSlope, RescaleIntercept), the given defaults where absent; a value present but unusable refuses.
+
+    Why: a slope of 0 or "abc" used to become 1.0 silently, and one such slice came out scaled wrong inside an
+    otherwise correct volume. An absent intercept on a CT image (a type 1 element) is logged: stored values
+    then read as HU, which is wrong for the usual unsigned data by 1024 HU (logged once per series by the loader).
+    """
+    out = []
+    for keyword, default in (("RescaleSlope", slope), ("RescaleIntercept", intercept)):
+        raw = ds.get(keyword)
+        if raw in (None, ""):
+            out.append(default)
+            continue
+        value = _float_or(raw, None)
+        if value is None or not np.isfinite(value) or (keyword == "RescaleSlope" and value == 0):
+            raise InputError(f"{keyword} {str(raw)[:20]!r} is not a usable number", path=path)
+        out.append(value)
+    return out[0], out[1]
+
+
 def _spacing(value: Any, path: str) -> Tuple[float, float]:
     row, col = _floats(value, 2, "PixelSpacing", path)
     return float(row), float(col)
@@ -152,6 +172,8 @@ def _frames_of(path: str, ds: Any) -> List[_Frame]:
     """The 2-D frames a header describes, with geometry and rescale per frame."""
     try:
         return _frames_unchecked(path, ds)
+    except InputError:  # already says what is wrong (InputError is a ValueError: let it through unchanged)
+        raise
     except (TypeError, ValueError, AttributeError, KeyError) as exc:  # malformed values in required elements
         raise InputError(f"malformed image header ({type(exc).__name__})", path=path) from None
 
@@ -161,8 +183,7 @@ def _frames_unchecked(path: str, ds: Any) -> List[_Frame]:
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise InputError(f"{int(ds.SamplesPerPixel)} samples per pixel: not a grayscale CT image", path=path)
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    slope = _number(ds.get("RescaleSlope"), 1.0)
-    intercept = _number(ds.get("RescaleIntercept"), 0.0)
+    slope, intercept = _rescale(ds, 1.0, 0.0, path)
     thickness = _float_or(ds.get("SliceThickness"), None)
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame is not None:  # Enhanced CT / MR: geometry and rescale live in functional groups
@@ -181,7 +202,7 @@ def _frames_unchecked(path: str, ds: Any) -> List[_Frame]:
                 _floats(pos.ImagePositionPatient, 3, "ImagePositionPatient", path),
                 _floats(ori.ImageOrientationPatient, 6, "ImageOrientationPatient", path),
                 _spacing(pix.PixelSpacing, path), rows, cols,
-                _number(rescale.get("RescaleSlope"), slope), _number(rescale.get("RescaleIntercept"), intercept),
+                *_rescale(rescale, slope, intercept, path),
                 _float_or(pix.get("SliceThickness"), thickness),
             ))
         return frames
@@ -338,8 +359,11 @@ def _decode(path: str, header: Any) -> np.ndarray:
     except Exception as exc:
         ts = getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", None)
         if ts is not None and getattr(ts, "is_compressed", False):
-            raise InputError(f"cannot decode {ts.name} pixel data ({type(exc).__name__}); a decoder plugin may "
-                             f"be missing: {JPEG_HINT}", path=path) from None
+            # _check_decoder has already refused a syntax with no decoder installed: this one has a decoder
+            # and failed on this file's data.
+            raise InputError(f"cannot decode {ts.name} pixel data ({type(exc).__name__}): corrupt or truncated "
+                             f"compressed data (if other files of this syntax fail too: {JPEG_HINT})",
+                             path=path) from None
         raise InputError(f"cannot decode pixel data ({type(exc).__name__}): truncated or corrupt "
                          "(size does not match Rows x Columns x BitsAllocated)", path=path) from None
 
@@ -444,8 +468,10 @@ def load_dicom(path: PathLike, series_uid: Optional[str] = None, max_voxels: int
                                  f"{_candidates(groups)}", path=where)
             items = groups[series_uid]
         elif len(groups) > 1:
-            raise InputError(f"folder holds {len(groups)} series; pass series_uid= one of:\n{_candidates(groups)}",
+            err = InputError(f"folder holds {len(groups)} series; pass series_uid= one of:\n{_candidates(groups)}",
                              path=where)
+            err.series = sorted(groups)  # type: ignore[attr-defined] - lets a caller that knows the UID choose
+            raise err
         else:
             items = next(iter(groups.values()))
     else:
@@ -467,6 +493,9 @@ def load_dicom(path: PathLike, series_uid: Optional[str] = None, max_voxels: int
     if str(header.get("Modality", "CT")).upper() != "CT":
         log.warning("%s: modality %s is not CT; values are rescaled pixels, not Hounsfield units",
                     where, header.get("Modality"))
+    elif any("RescaleIntercept" not in ds and "PerFrameFunctionalGroupsSequence" not in ds for _, ds in items):
+        log.warning("%s: CT image without RescaleIntercept (a required element); stored values are taken as HU",
+                    where)
     array, affine = _read_pixels(frames, {p: ds for p, ds in items}, affine)
     meta = dicom_meta(header, where, include_identifiers=include_identifiers)
     log.debug("%s: %d slice(s) -> %s", where, len(frames), array.shape)

@@ -98,6 +98,21 @@ def canonical_shape(affine: np.ndarray, shape: Sequence[int]) -> Tuple[int, ...]
     return tuple(out)
 
 
+def canonical_affine(affine: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """The voxel->RAS+ affine that ``to_canonical`` gives an image of ``shape`` (without reading its pixels)."""
+    ornt = canonical_transform(affine)
+    return np.asarray(affine, dtype=np.float64) @ nio.inv_ornt_aff(ornt, tuple(int(s) for s in shape))
+
+
+def grid_offset_voxels(affine: np.ndarray, shape: Sequence[int], other_affine: np.ndarray) -> float:
+    """How far (in voxels of ``other_affine``) the corners of a ``shape`` grid on ``affine`` lie from the same
+    voxel corners on ``other_affine``: 0 for one grid, above 0.5 when nearest-neighbour lookup moves voxels."""
+    lo, hi = [-0.5] * 3, [s - 0.5 for s in shape]
+    corners = np.array([[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    mapped = (np.linalg.inv(np.asarray(other_affine, np.float64)) @ np.asarray(affine, np.float64) @ corners.T).T
+    return float(np.max(np.abs(mapped[:, :3] - corners[:, :3])))
+
+
 def to_canonical(array: np.ndarray, affine: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Reorient a 3-D ``array`` with voxel->RAS+ ``affine`` to closest-canonical RAS+ (nibabel's tools).
 

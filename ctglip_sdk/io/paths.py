@@ -37,6 +37,8 @@ def resolve_within(root: PathLike, relative_path: PathLike) -> Path:
     rel = os.fspath(relative_path)
     if not isinstance(rel, str) or not rel.strip():
         raise InputError("empty path; expected a path relative to the root folder", path=str(root))
+    if "\0" in rel:
+        raise InputError("path holds a NUL character", path=rel.replace("\0", "\\0"))
     if os.path.isabs(rel) or Path(rel).drive or rel.startswith(("/", "\\")):
         raise InputError(f"absolute paths are not allowed here; expected a path relative to {os.fspath(root)}",
                          path=rel)

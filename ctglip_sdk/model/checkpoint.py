@@ -52,6 +52,14 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _folder_sha256(folder: Path) -> str:
+    """One checksum over a folder's files (relative names and contents, in name order)."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(path.relative_to(folder).as_posix().encode() + b"\0" + _sha256(path).encode())
+    return h.hexdigest()
+
+
 def save_pretrained(model: "CTGlipModel", folder: PathLike) -> Path:
     """Write a model folder; files are replaced atomically and config.json (with the weights' checksum) last.
 
@@ -83,6 +91,8 @@ def save_pretrained(model: "CTGlipModel", folder: PathLike) -> Path:
         "config_hash": model.config_hash,
         "text_model_config": model.text.hf_config_dict(),
         "weights_sha256": _sha256(out / WEIGHTS),
+        # The tokenizer decides the text vectors as much as the weights do: a replaced one must not load.
+        "tokenizer_sha256": _folder_sha256(out / "tokenizer"),
         "library_versions": library_versions(),
     }
     if getattr(model, "calibration", None):
@@ -208,6 +218,14 @@ def load_pretrained(folder: PathLike, device: Union[str, torch.device, None] = N
     if expected and _sha256(weights) != expected:
         raise CheckpointError("model.safetensors does not match the checksum in config.json (replaced or "
                               "corrupted after saving)", path=weights)
+    expected = meta.get("tokenizer_sha256")  # absent in folders saved before it was recorded
+    if expected and _folder_sha256(tok_dir) != expected:
+        raise CheckpointError("tokenizer/ does not match the checksum in config.json (replaced or changed after "
+                              "saving)", path=tok_dir)
+    rows = model.text.encoder.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:  # token ids past the embedding table would fail at the first encode_text
+        raise CheckpointError(f"tokenizer/ has {len(tokenizer)} tokens but the text model embeds {rows}: "
+                              "not the tokenizer these weights were trained with", path=tok_dir)
     model.calibration = _read_calibration(meta, root / "config.json")
     model._loads += 1
     model.eval()

@@ -132,7 +132,14 @@ class TextTower(nn.Module):
                 hf = AutoConfig.for_model(model_type, **conf)
             except (KeyError, ValueError) as exc:
                 raise ConfigError(f"unsupported text model type {model_type!r}: {exc}") from None
-            model = AutoModel.from_config(hf)
+            except Exception as exc:  # noqa: BLE001 - transformers' field validators raise their own types
+                raise ConfigError(f"text_model_config is invalid for a {model_type!r} model: "
+                                  f"{type(exc).__name__}: {str(exc).splitlines()[-1].strip()[:200]}") from None
+            try:
+                model = AutoModel.from_config(hf)
+            except Exception as exc:  # noqa: BLE001 - transformers validates settings with several error types
+                raise ConfigError(f"text_model_config cannot build a {model_type!r} model: "
+                                  f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
         elif cfg.pretrained_path:
             folder = _check_local(cfg.pretrained_path)
             try:
