@@ -292,3 +292,20 @@ def test_a_header_error_keeps_its_own_reason(tmp_path):
     ds.save_as(victim)
     with pytest.raises(InputError, match="no ImagePositionPatient: cannot place the image"):
         load_volume(tmp_path / "s")
+
+
+def test_a_slice_without_the_dicom_preamble_is_named_not_silently_dropped(tmp_path):
+    """Such a file is not read as DICOM; dropping it used to shorten the volume without a word."""
+    spec = write_series(tmp_path / "s", unique_hu((5, 5, 4)), shuffle_names=False)
+    last = spec.files[-1]
+    ds = pydicom.dcmread(last)
+    from pydicom.filebase import DicomBytesIO
+
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, True
+    pydicom.filewriter.write_dataset(buf, ds)  # the bare dataset: no preamble, no file meta
+    last.write_bytes(buf.getvalue())
+    (tmp_path / "s" / "notes.txt").write_text("not DICOM at all")  # plain junk is still skipped quietly
+    with pytest.raises(InputError, match="no DICOM preamble") as err:
+        load_volume(tmp_path / "s")
+    assert last.name in str(err.value)

@@ -103,3 +103,16 @@ def test_singular_affine_is_refused(tmp_path):
     with pytest.raises(InputError, match="singular") as err:
         load_volume(path)
     assert "flat.nii" in str(err.value)
+
+
+def test_a_header_without_orientation_codes_warns_and_complex_voxels_are_refused(tmp_path, caplog):
+    img = nib.Nifti1Image(np.zeros((4, 5, 6), np.int16), np.diag([2.0, 2.0, 3.0, 1.0]))
+    img.set_sform(None, code=0)
+    img.set_qform(None, code=0)
+    nib.save(img, tmp_path / "nocodes.nii.gz")
+    vol = load_volume(tmp_path / "nocodes.nii.gz")
+    assert vol.shape == (4, 5, 6) and "no orientation in the NIfTI header" in caplog.text
+    nib.save(nib.Nifti1Image(np.ones((4, 5, 6), np.complex64), np.eye(4)), tmp_path / "complex.nii.gz")
+    with pytest.raises(InputError, match="complex, not a scalar number") as err:
+        load_volume(tmp_path / "complex.nii.gz")
+    assert "complex.nii.gz" in str(err.value)

@@ -420,6 +420,7 @@ def _collect(folder: Path) -> Dict[str, List[Tuple[str, Any]]]:
     files, refused = walk_files(folder)
     groups: Dict[str, List[Tuple[str, Any]]] = defaultdict(list)
     skipped = 0
+    no_preamble: List[Path] = []
     for path in files:
         if path.name.upper() == "DICOMDIR" or path.name.lower().endswith(_NOT_DICOM_SUFFIXES):
             skipped += 1
@@ -427,17 +428,39 @@ def _collect(folder: Path) -> Dict[str, List[Tuple[str, Any]]]:
         ds = try_read_header(path)  # preamble but unparsable is an error, not noise
         if ds is None:
             skipped += 1
+            no_preamble.append(path)
             continue
         if not is_image(ds) and sop_class_name(ds):
             skipped += 1  # a known non-image object (DICOMDIR, SR, RT plan, ...)
             continue
         require_image(ds, path)
         groups[series_label(ds)].append((str(path), ds))
+    for path in no_preamble:
+        # A slice of a found series written without the preamble and file meta would otherwise be dropped as
+        # "not DICOM", and the volume would come out silently shorter (or as "missing slices").
+        if _raw_series_uid(path) in groups:
+            raise InputError("a slice of this series has no DICOM preamble or file meta header; it is not read, "
+                             "so the series would be incomplete (rewrite the file with its file meta, e.g. "
+                             "pydicom.dcmread(path, force=True) then save_as(path, enforce_file_format=True))",
+                             path=path)
     if skipped:
         log.info("%s: skipped %d non-DICOM or non-image file(s)", folder, skipped)
     if refused:
         log.warning("%s: ignored %d symlink(s) that leave the folder", folder, len(refused))
     return groups
+
+
+def _raw_series_uid(path: Path) -> Optional[str]:
+    """SeriesInstanceUID of a file read as a bare dataset (no preamble), or None when it does not parse as one."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(os.fspath(path), force=True, stop_before_pixels=True,
+                             specific_tags=["SeriesInstanceUID"])
+        uid = ds.get("SeriesInstanceUID")
+    except Exception:  # noqa: BLE001 - most such files are not DICOM at all
+        return None
+    return str(uid) if uid else None
 
 
 def _count(ds: Any, keyword: str, default: int, path: str) -> int:

@@ -54,6 +54,17 @@ def open_nifti(path: PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> Tuple[An
     if len(dims) != 3:
         raise InputError(f"{len(shape)}-D image of shape {shape}: expected one 3-D volume "
                          "(split 4-D series into single volumes first)", path=where)
+    stored = np.dtype(img.get_data_dtype())
+    if stored.kind == "c":  # casting to float would drop the imaginary part with only a numpy warning
+        raise InputError(f"voxel type {stored} is complex, not a scalar number", path=where)
+    header = img.header
+    if hasattr(header, "get_sform") and int(header.get_sform(coded=True)[1]) == 0 and \
+            int(header.get_qform(coded=True)[1]) == 0:
+        # nibabel then falls back to an Analyze-style affine (x flipped, origin at the centre): left and right,
+        # and so kidney_left/kidney_right, may be swapped. Worth a warning, not a refusal: masks written the
+        # same way still line up with the image.
+        log.warning("%s: no orientation in the NIfTI header (sform_code and qform_code are 0); the fallback "
+                    "affine is used, so left and right may be mirrored", where)
     affine = check_affine(img.affine, where)
     return img, (dims[0], dims[1], dims[2]), affine
 
