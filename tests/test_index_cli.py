@@ -60,6 +60,18 @@ def test_search_similar_and_filters(env, tmp_path):
     assert table.exit_code == 0 and "kidney" in table.output and "crop_id" in table.output
 
 
+def test_search_prints_how_the_text_was_read(env):
+    """Notes go with the table, and to stderr under --json so that stdout stays one JSON document."""
+    _, index, _, _ = env
+    res = run("search", "hydronephrosiss", "--index", index, "-k", "2", "--json")
+    assert res.exit_code == 0, res.output
+    assert {h["organ"] for h in json.loads(res.stdout)} <= {"kidney_left", "kidney_right"}
+    assert "(read as 'hydronephrosis')" in res.stderr
+    table = run("search", "hydronephrosiss", "--index", index, "-k", "2")
+    assert "(ranked by the zero-shot margin of hydronephrosis)" in table.output
+    assert "(read as 'hydronephrosis')" in table.output
+
+
 def test_user_errors_exit_1_with_one_line(env, tmp_path):
     archive, index, _, _ = env
     for args in (["search", "x", "--index", index, "--where", "ssn=1"],
