@@ -267,3 +267,152 @@ def test_bad_input():
     f = parse_report("Left renal cyst.")[0]
     assert f.to_dict() == {"organ": "kidney_left", "finding": "renal_cyst", "status": "present",
                            "sentence": "Left renal cyst.", "span": [11, 15]}
+
+
+# --- findings described against the comparison exam, hedged exclusions, more negation forms, clause scope,
+# --- normal statements per clause, partial resolution, history sections (sentences written for these tests)
+
+@pytest.mark.parametrize("text,expected", [
+    ("Small right pleural effusion, not seen on the previous CT.",
+     {("lung_lower_lobe_right", "pleural_effusion", "present")}),
+    ("Right renal cyst, not identified on prior imaging.", {("kidney_right", "renal_cyst", "present")}),
+    ("Mild splenomegaly, not present before.", {("spleen", "splenomegaly", "present")}),
+    ("Not previously seen right adrenal nodule.", {("adrenal_gland_right", "adrenal_nodule", "present")}),
+    ("New left adrenal nodule, not visible on the CT of 3/4/2021.",
+     {("adrenal_gland_left", "adrenal_nodule", "present")}),
+    ("Pancreatic cyst, absent on the outside study.", {("pancreas", "pancreatic_cyst", "present")}),
+    # the current exam, and a resolution compared with the prior, still negate
+    ("The left renal stone is not seen on the current examination.", {("kidney_left", "renal_stone", "absent")}),
+    ("The hydronephrosis has resolved compared with the prior study.", {("kidney", "hydronephrosis", "absent")}),
+    ("Gallstones are not seen today.", {("gallbladder", "gallstones", "absent")}),
+])
+def test_not_seen_on_the_prior_exam_means_new(text, expected):
+    assert triples(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Splenomegaly cannot be fully excluded.", {("spleen", "splenomegaly", "uncertain")}),
+    ("An underlying pancreatic mass cannot be completely excluded.", {("pancreas", "pancreatic_mass", "uncertain")}),
+    ("Pneumonia can not be entirely ruled out.", {("lung", "lung_consolidation", "uncertain")}),
+    ("A small hiatal hernia could not be excluded.", {("stomach", "hiatal_hernia", "uncertain")}),
+    ("Early cholecystitis can\u2019t be excluded.", {("gallbladder", "gallbladder_wall_thickening", "uncertain")}),
+    ("Can\u2019t rule out a small right renal calculus.", {("kidney_right", "renal_stone", "uncertain")}),
+    ("We cannot definitively exclude a pancreatic mass.", {("pancreas", "pancreatic_mass", "uncertain")}),
+    ("It is not possible to exclude a renal stone.", {("kidney", "renal_stone", "uncertain")}),
+    ("Unable to rule out right lower lobe pneumonia.", {("lung_lower_lobe_right", "lung_consolidation", "uncertain")}),
+    ("Concern for splenomegaly.", {("spleen", "splenomegaly", "uncertain")}),
+    ("Suspicion for pancreatic adenocarcinoma.", {("pancreas", "pancreatic_mass", "uncertain")}),
+    ("Recommend MRI to evaluate for hepatic metastases.", {("liver", "liver_mass", "uncertain")}),
+    ("Ultrasound to assess for gallstones.", {("gallbladder", "gallstones", "uncertain")}),
+    # a hedge that characterises a negated noun stays negated; a plain exclusion negates
+    ("There is no concern for malignancy in the liver.", {("liver", "liver_mass", "absent")}),
+    ("Findings not suggestive of cholecystitis.", {("gallbladder", "gallbladder_wall_thickening", "absent")}),
+    ("Renal stone excluded.", {("kidney", "renal_stone", "absent")}),
+])
+def test_hedged_exclusions_and_concern_are_uncertain(text, expected):
+    assert triples(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Kidneys w/o stones.", {("kidney", "renal_stone", "absent")}),
+    ("Pancreas: w/o ductal dilatation.", {("pancreas", "pancreatic_duct_dilation", "absent")}),
+    ("Lack of pleural effusion.", {("lung", "pleural_effusion", "absent")}),
+    ("The pleural effusion is not visible.", {("lung", "pleural_effusion", "absent")}),
+    ("Hydronephrosis is no longer evident.", {("kidney", "hydronephrosis", "absent")}),
+    ("The right adrenal nodule is no longer demonstrated.", {("adrenal_gland_right", "adrenal_nodule", "absent")}),
+    ("The hepatic cyst is not clearly visualized on this study.", {("liver", "liver_cyst", "absent")}),
+    ("No features to suggest cholecystitis.", {("gallbladder", "gallbladder_wall_thickening", "absent")}),
+    ("Nothing to indicate a pancreatic mass.", {("pancreas", "pancreatic_mass", "absent")}),
+    ("The heart is not increased in size.", {("heart", "cardiomegaly", "absent")}),
+    # a lesion "not increased in size" is stable, and a missing enhancement is not a normal organ
+    ("The left renal cyst is not increased in size.", {("kidney_left", "renal_cyst", "present")}),
+    ("Lack of enhancement of the left kidney.", {("kidney_left", None, "present")}),
+])
+def test_more_negation_forms(text, expected):
+    assert triples(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("No lymph nodes greater than 1 cm or pleural effusion.", {("lung", "pleural_effusion", "absent")}),
+    ("No renal stones of 3 mm or more and no hydronephrosis.", {("kidney", "renal_stone", "absent"),
+                                                                ("kidney", "hydronephrosis", "absent")}),
+    ("No nodules greater than 4 mm, hilar adenopathy or pleural effusion.",
+     {("lung", "lung_nodule", "absent"), ("lung", "pleural_effusion", "absent")}),
+    ("No hydronephrosis and the right kidney contains a small cyst.",
+     {("kidney", "hydronephrosis", "absent"), ("kidney_right", "renal_cyst", "present")}),
+    ("No pleural effusion and the heart is enlarged.",
+     {("lung", "pleural_effusion", "absent"), ("heart", "cardiomegaly", "present")}),
+    ("The spleen is enlarged and the gallstones are not seen.",
+     {("spleen", "splenomegaly", "present"), ("gallbladder", "gallstones", "absent")}),
+    ("No pancreatic duct dilatation, however the pancreas is atrophic.",
+     {("pancreas", "pancreatic_duct_dilation", "absent"), ("pancreas", "pancreatic_atrophy", "present")}),
+    # one clause with a list of negated nouns, and an existential verb of the list itself
+    ("No gallstones, pleural effusion or hydronephrosis is seen.",
+     {("gallbladder", "gallstones", "absent"), ("lung", "pleural_effusion", "absent"),
+      ("kidney", "hydronephrosis", "absent")}),
+    ("Gallstones and gallbladder wall thickening are not seen.",
+     {("gallbladder", "gallstones", "absent"), ("gallbladder", "gallbladder_wall_thickening", "absent")}),
+    # lines of a list without periods, and a period without a space, end a statement
+    ("Gallbladder: no stones\nmild wall thickening", {("gallbladder", "gallstones", "absent"),
+                                                      ("gallbladder", "gallbladder_wall_thickening", "present")}),
+    ("No splenomegaly.Small hiatal hernia.", {("spleen", "splenomegaly", "absent"),
+                                             ("stomach", "hiatal_hernia", "present")}),
+])
+def test_negation_scope_ends_at_a_new_clause_not_at_a_qualifier(text, expected):
+    assert triples(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("The pancreas is atrophic, but the liver is normal.", {("pancreas", "pancreatic_atrophy", "present"),
+                                                            ("liver", None, "absent")}),
+    ("The adrenal glands are unremarkable, but the pancreas is lobulated.",
+     {("adrenal_gland", None, "absent"), ("pancreas", None, "present")}),
+    ("The kidneys are normal, and the bladder is distended.", {("kidney", None, "absent"),
+                                                               ("urinary_bladder", None, "present")}),
+    ("Normal spleen and kidneys, the stomach is distended.", {("spleen", None, "absent"), ("kidney", None, "absent"),
+                                                             ("stomach", None, "present")}),
+    ("Unremarkable adrenal glands with adrenal thickening on the left.", {("adrenal_gland", None, "present")}),
+    ("No splenic abnormality and the pancreas is lobulated.", {("spleen", None, "absent"),
+                                                               ("pancreas", None, "present")}),
+    # lists of organs with articles, and normal words after "with", stay one clause
+    ("The liver, the spleen and the pancreas are normal.", {("liver", None, "absent"), ("spleen", None, "absent"),
+                                                            ("pancreas", None, "absent")}),
+    ("Kidneys with normal enhancement and no hydronephrosis.", {("kidney", None, "absent"),
+                                                                ("kidney", "hydronephrosis", "absent")}),
+    ("No focal liver lesions and the gallbladder and spleen are unremarkable.",
+     {("liver", "liver_cyst", "absent"), ("liver", "liver_mass", "absent"), ("gallbladder", None, "absent"),
+      ("spleen", None, "absent")}),
+])
+def test_normal_applies_to_the_organs_of_its_clause(text, expected):
+    assert triples(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("The right pleural effusion has partially resolved.", {("lung_lower_lobe_right", "pleural_effusion", "present")}),
+    ("Incompletely resolved right lower lobe pneumonia.", {("lung_lower_lobe_right", "lung_consolidation", "present")}),
+    ("Pleural effusion has almost completely resolved.", {("lung", "pleural_effusion", "present")}),
+    ("Largely resolved hydronephrosis on the right.", {("kidney_right", "hydronephrosis", "present")}),
+    ("The pneumonia has not resolved.", {("lung", "lung_consolidation", "present")}),
+    ("Interval near complete resolution of the left pleural effusion.",
+     {("lung_lower_lobe_left", "pleural_effusion", "present")}),
+    ("Repeat CT to confirm resolution of the right lower lobe pneumonia.",
+     {("lung_lower_lobe_right", "lung_consolidation", "present")}),
+    ("Complete resolution of the left pleural effusion.", {("lung_lower_lobe_left", "pleural_effusion", "absent")}),
+])
+def test_partial_resolution_is_not_absence(text, expected):
+    assert triples(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("PATIENT HX: HCC.\nLiver: Normal.", {("liver", None, "absent")}),
+    ("History/Indication: AAA.\nAorta: Normal caliber.", {("aorta", None, "absent")}),
+    ("Relevant clinical history: renal colic.\nKidneys: No hydronephrosis.", {("kidney", "hydronephrosis", "absent")}),
+    ("Technique and comparison: CT 2019 with hepatic cyst.", set()),
+    ("Clinical: ? splenomegaly.", set()),
+    ("MRI to exclude adrenal adenoma.", {("adrenal_gland", "adrenal_nodule", "uncertain")}),
+    # follow-up of a finding already stated is not a search for it
+    ("Follow-up CT to evaluate for stability of the 5 mm right upper lobe nodule.",
+     {("lung_upper_lobe_right", "lung_nodule", "present")}),
+])
+def test_history_sections_and_recommendations_are_not_findings(text, expected):
+    assert triples(text) == expected

@@ -3,29 +3,77 @@
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Optional, Sequence, Tuple
+from bisect import bisect_right
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from ctglip_sdk.reports.types import ABSENT, PRESENT, UNCERTAIN, Status
 from ctglip_sdk.reports.vocab import (NEG_BOTH, NEG_POST, NEG_PRE, PSEUDO, TERMINATE, UNC_BOTH, UNC_POST, UNC_PRE,
-                                      WEAK_PRE, Info)
+                                      WEAK_PRE, Info, phrase_key)
 
-__all__ = ["cue_scopes", "status_of"]
+__all__ = ["cue_scopes", "clause_break", "clause_starts", "said_normal", "status_of"]
 
 # "\d+" spelt "\d\d*": a leading character set lets the regex engine skip to digits fast
 _MEASURE = re.compile(r"\d\d*(?:\.\d+)?\s*(?:x\s*\d+(?:\.\d+)?\s*)*(?:mm|cm)\b")
+
+# A measurement that qualifies the negated noun ("no nodules over 4 mm or effusion") does not end the negation
+# the way a measurement that starts a new description does ("no hydronephrosis, 4 mm stone").
+_QUALIFIER_BEFORE = re.compile(
+    r"(?:over|above|exceeding|greater than|larger than|bigger than|more than|in excess of|at least|up to|under|"
+    r"below|less than|smaller than|[<>\u2264\u2265]=?)\s*$")
+_QUALIFIER_AFTER = re.compile(r"\s*(?:or|and)\s+(?:more|larger|greater|above|bigger|over)\b")
+# A visibility cue whose scope is the comparison ("not seen on the prior study", "not present previously") says
+# the finding is new, not that it is absent. ("Resolved"/"no longer seen" compared with the prior still negate.)
+_PRIOR = re.compile(
+    r"\s*(?:(?:on|in|at|from|during)\s+)?(?:the\s+|an?\s+|any\s+)?"
+    r"(?:(?:ct|mri?|pet|us|ultrasound|exam|examination|study|scan|imaging)\s+(?:from|of|dated|on|in)\s+)?"
+    r"(?:prior|previous|preceding|earlier|comparison|old|outside|baseline|last|initial|"
+    r"\d{1,4}[/.\-]\d{1,2}(?:[/.\-]\d{2,4})?|(?:19|20)\d\d)\b"
+    r"|\s*(?:previously|before|earlier|then|at that time|in the past)\b")
+# "excluded"/"ruled out" after a denied or hedged "be" ("cannot be entirely excluded", "could not be ruled out",
+# "is not definitively excluded") leaves the finding possible: uncertain, not absent.
+_DENIED = re.compile(
+    r"(?:cannot|can\s*not|can['\u2019]t|could\s+not|couldn['\u2019]t|may\s+not|might\s+not|not)\s+"
+    r"(?:be\s+)?(?:[a-z]+ly\s+)?$")
+# "and" that opens a clause with its own subject and verb ("no gallstones and the spleen is enlarged"): the
+# negation of the first clause does not reach into it. "... and the spleen is seen" is the verb of the negated
+# list itself, not a new clause.
+_VERB_WORDS = r"is|are|was|were|has|have|had|appears?|remains?|measures?|demonstrates?|shows?|contains?|seems?|looks?"
+_VERBS = "(?:" + _VERB_WORDS + ")"
+_SUBJECT_VERB = (
+    r"(?:the|a|an|this|these|there|its|his|her)\s+(?:(?!(?:or|nor)\b)[a-z0-9\-/]+\s+){0,5}?" + _VERBS +
+    r"\b(?!\s+(?:seen|identified|noted|present|demonstrated|visuali[sz]ed|evident|appreciated|detected|observed)\b)")
+_CLAUSE = re.compile(r"and\s+" + _SUBJECT_VERB)
+# Where a clause with its own subject and verb starts after a comma or "and" ("..., the liver is fatty").
+_CLAUSE_START = re.compile(r"(?:,\s*(?:and\s+)?|(?<![a-z])and\s+)" + _SUBJECT_VERB)
+# What makes the text before such a comma or "and" a clause of its own, not the head of a list of subjects ("The
+# liver, the spleen and the pancreas are normal" is one clause).
+_LEFT = re.compile(r"\b(?:" + _VERB_WORDS + r"|no|not|without|normal|unremarkable|negative)\b")
+_CONTRAST = frozenset(phrase_key(p) for p in (
+    "but", "however", "although", "though", "whereas", "while", "yet", "except", "except for", "apart from",
+    "aside from", "other than", "with the exception of"))
+# Uncertainty cues that characterise a noun: after a negation they are part of what is negated ("no lesion
+# suspicious for malignancy", "not suggestive of steatosis").
+_CHARACTERISING = frozenset(phrase_key(p) for p in (
+    "suspicious for", "suspicious of", "suggestive of", "concerning for", "worrisome for", "worrying for",
+    "concern for", "suspicion of", "suspicion for", "suggesting", "suggests", "to suggest", "worrisome of"))
 
 Scope = Tuple[Optional[str], Optional[str]]
 _NO_SCOPE: Scope = (None, None)
 _PRE_SCOPE: Dict[str, Scope] = {k: (k, None) for k in ("neg", "unc", "weak")}  # shared: most scopes are these
 
 
-def cue_scopes(toks: Sequence[Tuple[int, int, Info]], low: str, start: int) -> List[Scope]:
+def cue_scopes(toks: Sequence[Tuple[int, int, Info]], low: str, start: int, end: Optional[int] = None
+               ) -> List[Scope]:
     """Per phrase: the (pre-cue, post-cue) kind in force: "neg", "unc", "weak" or None.
 
     A pre-cue ("no", "possible") reaches forward to the end of the sentence, a terminator ("but", "however",
-    "which", ", the"), another pre-cue, a measurement after a negation ("no hydronephrosis, 4 mm stone") or a
-    pseudo-negation ("stable"). A post-cue ("cannot be excluded", "has resolved") reaches back to the previous
-    terminator, and past a comma only within a list ("X, Y and Z are not seen").
+    "which", ", the"), an "and" that opens a clause with its own subject and verb ("no gallstones and the spleen
+    is enlarged"), another pre-cue, a measurement after a negation that does not qualify the negated noun ("no
+    hydronephrosis, 4 mm stone", not "no nodules over 4 mm or effusion") or a pseudo-negation ("stable",
+    "partially resolved"). A post-cue ("cannot be excluded", "has resolved") reaches back to the previous
+    terminator or clause, and past a comma only within a list ("X, Y and Z are not seen"). A visibility cue about
+    the comparison exam ("not seen on the prior study") negates nothing; a characterising hedge after a negation
+    ("no lesion suspicious for malignancy") keeps the negation.
 
     Example:
         >>> from ctglip_sdk.reports import AbnormalityDictionary
@@ -35,8 +83,12 @@ def cue_scopes(toks: Sequence[Tuple[int, int, Info]], low: str, start: int) -> L
         [None, 'neg', 'neg', None]
     """
     n = len(toks)
+    if end is None:
+        end = len(low)  # the look-ahead of the rules below stays inside the sentence: results depend on it alone
     scopes: List[Scope] = [_NO_SCOPE] * n
     both_seen: List[int] = []  # "resolved"/"absent" tokens with a finding or organ before them
+    prior: List[int] = []  # post-cues about the comparison exam ("not seen on prior"): they negate nothing
+    hedged: List[int] = []  # "excluded" after "cannot be (entirely)": an uncertainty post-cue
     backward = False  # whether any post-cue can apply; without one the backward pass leaves every phrase None
     cur: Optional[str] = None
     seen = False
@@ -44,8 +96,10 @@ def cue_scopes(toks: Sequence[Tuple[int, int, Info]], low: str, start: int) -> L
     for i, (a, b, info) in enumerate(toks):
         if cur is not None:
             # a measurement needs three characters at least ("4mm"): shorter gaps skip the regex
-            if cur == "neg" and a - prev_end > 2 and _MEASURE.search(low, prev_end, a):
+            if cur == "neg" and a - prev_end > 2 and _starts_description(low, prev_end, a, end):
                 cur = None  # "no hydronephrosis, 4 mm stone": a measurement starts a positive description
+            elif a - prev_end > 6 and _new_clause(low, prev_end, a, end):
+                cur, seen = None, False  # "no gallstones and the spleen is enlarged"
             else:
                 scopes[i] = _PRE_SCOPE[cur]
         trig = info.trigger
@@ -53,15 +107,19 @@ def cue_scopes(toks: Sequence[Tuple[int, int, Info]], low: str, start: int) -> L
             if trig == TERMINATE:
                 cur, seen = None, False
             elif trig == NEG_PRE:
-                cur = "neg"
+                if b - a != 3 or low[a:b] != "not" or _PRIOR.match(low, b, end) is None:
+                    cur = "neg"  # but "new nodule not previously seen" is not negated
             elif trig == NEG_BOTH:
-                if seen:
+                if low[b - 6:b] == "absent" and _PRIOR.match(low, b, end) is not None:
+                    prior.append(i)  # "effusion, absent on the prior study"
+                elif seen:
                     both_seen.append(i)
                     backward = True
                 else:
                     cur = "neg"
             elif trig == UNC_PRE:
-                cur = "unc"
+                if cur != "neg" or phrase_key(low[a:b]) not in _CHARACTERISING or "," in low[prev_end:a]:
+                    cur = "unc"  # else "no lesion suspicious for malignancy": the negation goes on
             elif trig == UNC_BOTH:
                 cur = "unc"
                 backward = True
@@ -70,7 +128,15 @@ def cue_scopes(toks: Sequence[Tuple[int, int, Info]], low: str, start: int) -> L
             elif trig == PSEUDO:
                 if cur == "neg":
                     cur = None  # "no hydronephrosis, stable renal cyst"
-            elif trig == NEG_POST or trig == UNC_POST:
+            elif trig == NEG_POST:
+                if (low.startswith("not", a) or low[b - 6:b] == "absent") and _PRIOR.match(low, b, end) is not None:
+                    prior.append(i)  # "new nodule, not seen on prior examination"
+                else:
+                    backward = True
+                    if (low.endswith("excluded", a, b) or low.endswith("ruled out", a, b)) and _DENIED.search(
+                            low, a - 40 if a - 40 > start else start, a):
+                        hedged.append(i)  # "cannot be entirely excluded"
+            elif trig == UNC_POST:
                 backward = True
         if info.keys or info.organ:
             seen = True
@@ -82,15 +148,18 @@ def cue_scopes(toks: Sequence[Tuple[int, int, Info]], low: str, start: int) -> L
     for i in range(n - 1, -1, -1):
         a, b, info = toks[i]
         if cur is not None and i + 1 < n:
-            gap = low[b:toks[i + 1][0]]
+            nxt = toks[i + 1][0]
+            gap = low[b:nxt]
             conj = conj or " and " in gap or " or " in gap
             if covered and not conj and "," in gap:
                 cur = None  # "wall thickening, neoplasm cannot be excluded": the cue covers its own clause
+            elif nxt - b > 6 and _two_clauses(low, start, b, nxt, end):
+                cur = None  # "the spleen is enlarged and the gallstones are not seen"
         trig = info.trigger
-        if trig == TERMINATE:
+        if trig == TERMINATE or (prior and i in prior):
             cur = None
         elif trig == NEG_POST or (trig == NEG_BOTH and i in both_seen) or trig == UNC_POST or trig == UNC_BOTH:
-            cur = "unc" if trig in (UNC_POST, UNC_BOTH) else "neg"
+            cur = "unc" if trig in (UNC_POST, UNC_BOTH) or (hedged and i in hedged) else "neg"
             covered = conj = False
             scopes[i] = (scopes[i][0], cur)
             continue
@@ -99,6 +168,78 @@ def cue_scopes(toks: Sequence[Tuple[int, int, Info]], low: str, start: int) -> L
             if info.keys:
                 covered = True
     return scopes
+
+
+def _starts_description(low: str, a: int, b: int, end: int) -> bool:
+    """Whether a measurement in ``low[a:b]`` starts a new (positive) description rather than qualifying a noun."""
+    m = _MEASURE.search(low, a, b)
+    if m is None:
+        return False
+    s = m.start()
+    if _QUALIFIER_BEFORE.search(low, s - 20 if s - 20 > a else a, s) or _QUALIFIER_AFTER.match(low, m.end(), end):
+        return False  # "no nodules over 4 mm", "no stone of 3 mm or more"
+    return True
+
+
+def _and_at(low: str, a: int, b: int) -> int:
+    """Offset of the word "and" in ``low[a:b]``, or -1."""
+    k = low.find("and", a, b)
+    while k >= 0 and not ((k == 0 or not low[k - 1].isalnum()) and (k + 3 >= len(low) or not low[k + 3].isalnum())):
+        k = low.find("and", k + 1, b)
+    return k
+
+
+def _new_clause(low: str, a: int, b: int, end: int) -> bool:
+    """Whether an "and" in the gap ``low[a:b]`` opens a clause with its own subject and verb."""
+    k = _and_at(low, a, b)
+    return k >= 0 and _CLAUSE.match(low, k, end) is not None
+
+
+def _two_clauses(low: str, start: int, a: int, b: int, end: int) -> bool:
+    """Whether an "and" in the gap ``low[a:b]`` joins two clauses that each have a verb (then a post-cue of the
+    second does not reach into the first; "X and the Y are not seen" is one clause with a list)."""
+    k = _and_at(low, a, b)
+    return k >= 0 and clause_break(low, start, k, end)
+
+
+def clause_break(low: str, start: int, k: int, end: int) -> bool:
+    """Whether the comma or "and" at ``low[k]`` (after spaces) ends a clause of ``low[start:end]`` and starts another
+    with its own subject and verb.
+
+    The text before it (from the previous comma or ``start``) must be a clause too: it has a verb, a negation or
+    a normal term ("The pancreas is normal and the gallbladder is distended"; not "The liver, the spleen and the
+    pancreas are normal").
+    """
+    while k < end and low[k] == " ":
+        k += 1
+    if _CLAUSE_START.match(low, k, end) is None:
+        return False
+    c = low.rfind(",", start, k - 2 if low[k] != "," and k - 2 > start else k)
+    return _LEFT.search(low, c + 1 if c >= start else start, k) is not None
+
+
+def clause_starts(toks: Sequence[Tuple[int, int, Info]], low: str, start: int, end: int) -> List[int]:
+    """Sorted offsets in ``low[start:end]`` where a new clause starts (a contrast word, or a comma or "and" before
+    a subject and its verb): "The spleen is unremarkable, but the liver is cirrhotic" has two clauses."""
+    out = [a for a, b, info in toks if info.trigger == TERMINATE and phrase_key(low[a:b]) in _CONTRAST]
+    if low.find(",", start, end) >= 0 or low.find("and ", start, end) >= 0:
+        for m in _CLAUSE_START.finditer(low, start, end):
+            if clause_break(low, start, m.start(), end):
+                out.append(m.start())
+        out.sort()
+    return out
+
+
+def said_normal(toks: Sequence[Tuple[int, int, Info]], low: str, start: int, end: int,
+                targets: Sequence[Tuple[str, Optional[Tuple[int, int]], int]], normal_at: Sequence[int]
+                ) -> Optional[Set[str]]:
+    """Organs named in a clause of ``low[start:end]`` with a normal term (``normal_at``: where the terms that are
+    not negated start); None when the sentence is one clause. ``targets`` are ``(organ, span or None, token)``."""
+    cuts = clause_starts(toks, low, start, end)
+    if not cuts:
+        return None
+    clauses = {bisect_right(cuts, a) for a in normal_at}
+    return {organ for organ, span, _ti in targets if span is None or bisect_right(cuts, span[0]) in clauses}
 
 
 def status_of(scope: Scope, question: bool) -> Tuple[Status, bool]:

@@ -6,7 +6,7 @@ import re
 from functools import lru_cache
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
-__all__ = ["Sentence", "segment"]
+__all__ = ["Sentence", "segment", "normalise_space"]
 
 
 class Sentence(NamedTuple):
@@ -26,16 +26,24 @@ SKIP_SECTIONS = {
     "reason for examination", "reason for study", "reason for referral", "reason", "technique", "protocol",
     "comparison", "comparisons", "procedure", "examination", "exam", "contrast", "dose", "dlp", "ctdi",
     "ctdivol", "radiation dose", "prior", "priors", "prior studies", "referring physician", "request",
-    "question", "signed", "dictated by", "electronically signed", "scan parameters", "acquisition",
+    "question", "signed", "dictated by", "electronically signed", "scan parameters", "acquisition", "hx",
+    "clinical", "pmh", "presenting complaint", "symptoms", "referral",
 }
 _SKIP_PREFIXES = ("clinical ", "reason for ", "history of ", "indication ")
+# A title with one of these words is about the request or the exam, whatever else it says ("PATIENT HISTORY",
+# "Relevant clinical history", "History and indication").
+_SKIP_WORDS = frozenset({"history", "hx", "indication", "indications", "technique", "comparison", "comparisons"})
+_WORDS = re.compile(r"[a-z]+")
+_TITLE_PARTS = re.compile(r"\s*(?:/|&|,|\band\b|\+)\s*")
 
 _LIST_MARKER = re.compile(
     r"[ \t]*(?:[-*\u2022\u00b7\u2013>]+|\(?\d{1,2}[.)](?!\d)|\(?[a-hA-H]\)|[ivxIVX]{1,4}\))[ \t]+")
 _HEADING = re.compile(r"[ \t]*([A-Za-z][A-Za-z0-9 /&,()'+\-]{0,60}?)[ \t]*:(?=\s|$)")
 _TITLE = re.compile(r"[A-Za-z][A-Za-z0-9 /&,()'+\-]{0,60}")
 # "[.;]+" spelt "[.;][.;]*": a pattern that starts with a character set lets the regex engine skip ahead fast
-_BOUNDARY = re.compile(r"[.;][.;]*(?=\s|$)")
+# A period also ends a sentence when the next one follows without a space ("No hydronephrosis.Small cyst"): a
+# lower-case letter before it and a capitalised word after it (decimals and "e.g." have neither).
+_BOUNDARY = re.compile(r"[.;][.;]*(?:(?=\s|$)|(?<=[a-z]\.)(?=[A-Z][a-z]))")
 _LEAD_CHARS = frozenset("-*\u2022\u00b7>(0123456789 \t\r\n")
 _ONLY_NUMBER = re.compile(r"\s*\(?\d{1,2}[.)]?\s*$")
 _ALNUM = re.compile(r"[A-Za-z0-9]")
@@ -48,6 +56,20 @@ ABBREVIATIONS = {
     "ant", "lat", "prox", "pt", "pts", "img", "ser", "al", "et",
 }
 
+
+# A line that starts in lower case continues the previous one only where that line looks wrapped: long, or
+# ending in a word or mark that cannot end a statement, or the new line starting with one that cannot start it.
+# "Kidneys: no stones" + "mild left hydronephrosis" (a list without periods) are two statements.
+_WRAP_WIDTH = 40
+_OPEN_END = frozenset({"the", "a", "an", "of", "in", "on", "at", "to", "with", "and", "or", "by", "from", "for",
+                       "is", "are", "was", "were", "which", "that", "as", "measuring", "without", "within", "into",
+                       "than", "left", "right", "both", "no", "not", "nor", "but", "its", "their", "this", "these"})
+_OPEN_START = frozenset({"and", "or", "nor", "with", "which", "that", "measuring", "in", "of", "at", "to", "than",
+                         "without", "from", "within", "consistent", "compatible", "likely", "probably", "possibly",
+                         "suggesting", "as", "on", "for", "by", "is", "are", "was", "were", "but", "extending",
+                         "involving", "containing", "demonstrating", "unchanged", "stable", "since", "when",
+                         "where", "while", "although", "however", "abutting", "adjacent", "along", "into"})
+_FIRST_WORD = re.compile(r"[a-z]+")
 
 _SPLIT_CACHE: Dict[str, Tuple[int, List[Tuple[int, int]]]] = {}  # block text -> (offset, sentences)
 _SPLIT_CACHE_SIZE = 50_000
@@ -68,7 +90,11 @@ _WORD_KIND: Dict[str, int] = {}
 @lru_cache(maxsize=4096)
 def _heading_kind(title: str) -> str:
     low = " ".join(title.lower().replace("_", " ").split())
-    if low in SKIP_SECTIONS or low.startswith(_SKIP_PREFIXES):
+    if low in SKIP_SECTIONS or low.startswith(_SKIP_PREFIXES) or not _SKIP_WORDS.isdisjoint(_WORDS.findall(low)):
+        return "skip"
+    # "INDICATION/HISTORY", "Technique and comparison": several section names joined
+    parts = [p for p in _TITLE_PARTS.split(low) if p]
+    if len(parts) > 1 and all(p in SKIP_SECTIONS or p.startswith(_SKIP_PREFIXES) for p in parts):
         return "skip"
     return "heading"
 
@@ -124,6 +150,17 @@ def _trimmed(text: str, s: int, e: int) -> Optional[Tuple[int, int]]:
     if e > s and (text[s] in _ASCII_ALNUM or _ALNUM.search(text, s, e)):
         return s, e
     return None
+
+
+def _wrapped(text: str, prev_start: int, prev_end: int, s: int, e: int) -> bool:
+    """Whether the line ``text[s:e]`` (starting in lower case) continues the line ``text[prev_start:prev_end]``."""
+    if prev_end - prev_start >= _WRAP_WIDTH or text[prev_end - 1] in ",-(/&":
+        return True
+    last = text[prev_start:prev_end].rsplit(None, 1)[-1].lower()
+    if last in _OPEN_END:
+        return True
+    first = _FIRST_WORD.match(text, s, e)
+    return first is not None and first.group() in _OPEN_START
 
 
 def _split(text: str, start: int, end: int) -> List[Tuple[int, int]]:
@@ -195,6 +232,7 @@ def segment(text: str, heading_organs: Callable[[str, Tuple[str, ...]], Tuple[st
     b_organs: Tuple[str, ...] = ()
     b_section: Optional[str] = None
     b_open = False
+    prev_start = 0  # where the last line of the open block starts
     pos = 0
     for line in text.split("\n"):
         line_start = pos
@@ -239,15 +277,26 @@ def segment(text: str, heading_organs: Callable[[str, Tuple[str, ...]], Tuple[st
             if s >= e:
                 continue
             b0, b1, b_heading, b_organs, b_section, b_open = s, e, heading, organs, section, True
+            prev_start = line_start
             continue
         c = text[s]
-        if b0 >= 0 and not item and b_open and (c.islower() or c.isdigit() or c in "(,"):
+        if b0 >= 0 and not item and b_open and (c.islower() or c.isdigit() or c in "(,") and (
+                c not in _ASCII_LETTERS or _wrapped(text, prev_start, b1, s, e)):
             b1 = e  # a line wrapped mid-sentence
         else:
             if b0 >= 0 and b_section != "skip":
                 _emit(out, text, b0, b1, b_heading, b_organs, b_section)
             b0, b1, b_heading, b_organs, b_section = s, e, heading, organs, section
         b_open = text[e - 1] not in ".;:!?"
+        prev_start = line_start
     if b0 >= 0 and b_section != "skip":
         _emit(out, text, b0, b1, b_heading, b_organs, b_section)
     return out
+
+
+def normalise_space(raw: str) -> str:
+    """``" ".join(raw.split())``: the sentence as OrganFinding.sentence shows it (most need no change)."""
+    # printable text has no whitespace but " " (tabs, newlines and Unicode spaces are not printable)
+    if raw.isprintable() and "  " not in raw and raw[:1] != " " and raw[-1:] != " ":
+        return raw
+    return " ".join(raw.split())

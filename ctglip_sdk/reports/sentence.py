@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from functools import lru_cache
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ctglip_sdk import organs as _organs
-from ctglip_sdk.reports.negation import _NO_SCOPE, STATUS, STATUS_Q, cue_scopes
-from ctglip_sdk.reports.segment import Sentence
+from ctglip_sdk.reports.negation import (_NO_SCOPE, STATUS, STATUS_Q, clause_break, clause_starts, cue_scopes,
+                                         said_normal)
+from ctglip_sdk.reports.segment import Sentence, normalise_space  # noqa: F401 - normalise_space re-exported
 from ctglip_sdk.reports.types import (_RANK, ABSENT, PRESENT, UNCERTAIN, OrganFinding, Status, _f_finding,
                                       _f_organ, _f_sentence, _f_span, _f_status, _new, new_finding)
 from ctglip_sdk.reports.vocab import OTHER, TERMINATE, Info, Vocab
@@ -26,6 +28,7 @@ _AND = re.compile(r"a(?<=\ba)nd\b")  # "\band\b"
 # Text between a finding and an organ that makes the organ the finding's location ("nodule in the lingula").
 _LOCATION = re.compile(r"\s*(?:in|at|within|of|involving|from|near|along|arising from)\s+(?:the\s+)?(?:[a-z]+\s+)?")
 _CLASSES = frozenset(_organs.ORGANS)
+_ADJACENT = frozenset((" ", "-"))  # what may lie between an organ adjective and its noun ("splenic cyst")
 _expand = lru_cache(maxsize=4096)(_organs.expand)
 _side_of = lru_cache(maxsize=4096)(_organs.side_of)
 
@@ -51,6 +54,7 @@ class SentenceParser:
         self.entries = vocab.entries
         self.cache: Dict[Tuple[str, Tuple[str, ...], Tuple[str, ...]], Tuple[Any, ...]] = {}
         self._places: Dict[Tuple[str, str, Optional[str]], Tuple[str, ...]] = {}  # memo of _place
+        self._start = self._end = 0  # the sentence being parsed (clause tests look no further)
 
     def _fit(self, info: Info, organ: str) -> Tuple[str, ...]:
         """The keys of phrase ``info`` that ``organ`` can carry (memoised on the phrase)."""
@@ -78,11 +82,18 @@ class SentenceParser:
         if len(mentions) == 1:
             return [0]
         lo = hi = j
-        while lo > 0 and _COORD.fullmatch(low, mentions[lo - 1][1], mentions[lo][0]):
+        while lo > 0 and self._coordinated(low, mentions[lo - 1][1], mentions[lo][0]):
             lo -= 1
-        while hi + 1 < len(mentions) and _COORD.fullmatch(low, mentions[hi][1], mentions[hi + 1][0]):
+        while hi + 1 < len(mentions) and self._coordinated(low, mentions[hi][1], mentions[hi + 1][0]):
             hi += 1
         return list(range(lo, hi + 1))
+
+    def _coordinated(self, low: str, a: int, b: int) -> bool:
+        """Whether the gap ``low[a:b]`` between two organs lists them ("liver and both kidneys"), and not a clause
+        break before the second ("no abnormality in the liver, and the kidneys contain cysts")."""
+        if _COORD.fullmatch(low, a, b) is None:
+            return False
+        return b - a < 6 or not clause_break(low, self._start, a, self._end)  # a break needs ", the" at least
 
     def _resolve(self, low: str, tok: Tuple[int, int, Info], mentions: List[Tuple[int, int, str]],
                  heading: Tuple[str, ...], implied: Sequence[Tuple[int, int, str]] = (),
@@ -239,6 +250,7 @@ class SentenceParser:
         Returns ``(text, findings, organ_from_heading, organs)`` of its SentenceResult (built only by ``analyse``).
         """
         start, end, s_heading, heading_organs, _section = sent
+        self._start, self._end = start, end
         raw = text[start:end]  # normalise_space(raw), inline
         if raw.isprintable() and "  " not in raw and raw[:1] != " " and raw[-1:] != " ":
             s_text = raw
@@ -249,7 +261,7 @@ class SentenceParser:
         question = "?" in s_text
         for t in toks:
             if t[2].trigger is not None:
-                scopes = cue_scopes(toks, low, start)
+                scopes = cue_scopes(toks, low, start, end)
                 break
         else:  # no cue in the sentence (about half of them): nothing is in scope
             scopes = [_NO_SCOPE] * len(toks)
@@ -260,6 +272,7 @@ class SentenceParser:
         finding_toks: List[int] = []
         generic: List[Tuple[Status, Tuple[int, int]]] = []
         normal_span: Optional[Tuple[int, int]] = None
+        normal_at: List[int] = []  # where the normal terms that are not negated start
         sided = False  # without a side word in the sentence every finding is unsided
         for i, (a, b, info) in enumerate(toks):
             if info.side:
@@ -273,8 +286,10 @@ class SentenceParser:
                 finding_toks.append(i)
             elif info.generic:
                 generic.append((status_of[scopes[i]][0], (a, b)))
-            if info.normal and normal_span is None and "neg" not in scopes[i]:
-                normal_span = (a, b)
+            if info.normal and "neg" not in scopes[i]:
+                if normal_span is None:
+                    normal_span = (a, b)
+                normal_at.append(a)
         claimed: Dict[int, int] = {}
         if mentions and finding_toks:
             for j, ti in enumerate(mention_tok):
@@ -360,6 +375,18 @@ class SentenceParser:
                     self._merge(specific, (organ, k), ABSENT, False, span)
             else:
                 free.append((organ, status, span))
+        if generic and mentions and (normal_span is not None or any_finding):
+            # "splenic cyst", "thickening of the adrenal": a word the organ's findings do not cover, said of it
+            carried = {ok[0] for ok in specific}
+            for status, (ga, gb) in generic:
+                if status is not ABSENT:
+                    for ma, mb, organ in mentions:
+                        if organ == OTHER or organ in carried:
+                            continue
+                        if (mb <= ga and ga - mb <= 1 and low[mb:ga] in _ADJACENT) or (
+                                ma >= gb and _LOCATION.fullmatch(low, gb, ma)):
+                            free.append((organ, status, (ga, gb)))
+                            break
         findings: List[OrganFinding] = []
         for (organ, key), (st, _w, span) in specific.items():
             f = _new(OrganFinding)  # new_finding, inline
@@ -388,11 +415,21 @@ class SentenceParser:
                 abnormal.update(_expand(organ))
                 findings.append(new_finding(organ, None, status, s_text, span))
             seen_organs: set = set()
+            cuts: Optional[List[int]] = None
+            # "normal" is said of the organs of its own clause: "The spleen is unremarkable, but the liver is
+            # cirrhotic" says nothing normal of the liver.
+            said = said_normal(toks, low, start, end, targets, normal_at) if (
+                normal_span is not None and mentions) else None
             for organ, span, ti in targets:
                 if len(targets) > 1:  # one statement per organ named twice ("liver ... the liver")
                     if organ in seen_organs:
                         continue
                     seen_organs.add(organ)
+                if said is not None and organ not in said:
+                    if abnormal.isdisjoint(_expand(organ)) and not any(f.organ == organ for f in findings):
+                        # nothing the dictionary knows is said of it: free text, as without the normal clause
+                        findings.append(new_finding(organ, None, status_of[scopes[ti]][0], s_text, span))
+                    continue
                 if normal_span is not None:
                     every = _expand(organ)
                     ev = span or normal_span
@@ -403,9 +440,17 @@ class SentenceParser:
                             if m not in abnormal:
                                 findings.append(new_finding(m, None, ABSENT, s_text, ev))
                 elif not any_finding:
-                    if generic:
-                        status = max([g[0] for g in generic], key=_RANK.__getitem__)
-                        ev = span or generic[0][1]
+                    mine = generic
+                    if generic and span is not None and len(targets) > 1:
+                        # "No splenic abnormality and the liver is cirrhotic": the words of the organ's own clause
+                        if cuts is None:
+                            cuts = clause_starts(toks, low, start, end)
+                        if cuts:
+                            here = bisect_right(cuts, span[0])
+                            mine = [g for g in generic if bisect_right(cuts, g[1][0]) == here]
+                    if mine:
+                        status = max([g[0] for g in mine], key=_RANK.__getitem__)
+                        ev = span or mine[0][1]
                     elif ti >= 0:
                         status, ev = status_of[scopes[ti]][0], span
                     else:
@@ -453,11 +498,3 @@ class SentenceParser:
 
 def _span_start(f: OrganFinding) -> int:
     return f.span[0]
-
-
-def normalise_space(raw: str) -> str:
-    """``" ".join(raw.split())``: the sentence as OrganFinding.sentence shows it (most need no change)."""
-    # printable text has no whitespace but " " (tabs, newlines and Unicode spaces are not printable)
-    if raw.isprintable() and "  " not in raw and raw[:1] != " " and raw[-1:] != " ":
-        return raw
-    return " ".join(raw.split())

@@ -18,6 +18,23 @@ PSEUDO, TERMINATE, NEUTRAL = "pseudo", "terminate", "neutral"
 #: next to it ("ureteric stone") but is never reported.
 OTHER = "~other"
 
+# Partial or awaited resolution: the finding is still there ("partially resolved effusion" is an effusion).
+_PARTIAL_RESOLUTION = (
+    "partially resolved", "partially resolving", "partial resolution", "partial resolution of", "resolving",
+    "incompletely resolved", "not completely resolved", "not fully resolved", "not entirely resolved",
+    "not yet resolved", "not resolved", "has not resolved", "have not resolved", "nearly resolved",
+    "almost resolved", "almost completely resolved", "nearly completely resolved", "largely resolved",
+    "mostly resolved", "near complete resolution", "near complete resolution of", "nearly complete resolution of",
+    "almost complete resolution of", "incomplete resolution of", "interval partial resolution of",
+    "ensure resolution", "ensure resolution of", "confirm resolution", "confirm resolution of",
+    "document resolution", "document resolution of", "assess resolution of", "assess for resolution of",
+    "evaluate for resolution of", "evaluate resolution of", "until resolution of", "to resolution",
+)
+# Follow-up of a stated finding ("to evaluate for stability of the nodule") is not a search for it.
+_FOLLOW_UP = tuple(f"{to}{verb} {what}" for to in ("", "to ") for verb in ("evaluate for", "assess for")
+                   for what in ("stability", "interval change", "change", "growth", "progression", "resolution",
+                                "resolution of"))
+
 # NegEx/pyConText-style cue lists (Chapman et al. 2001; radiology additions). Language rules, not vocabulary,
 # so they live in code; organ and finding vocabulary lives in the dictionary file.
 TRIGGERS: Dict[str, Tuple[str, ...]] = {
@@ -28,7 +45,9 @@ TRIGGERS: Dict[str, Tuple[str, ...]] = {
         "no radiographic evidence of", "no findings of", "no findings to suggest", "negative for", "free of",
         "absence of", "there is no", "there are no", "nor", "neither", "never", "no longer", "resolution of",
         "without evidence of", "without signs of", "without any", "no appreciable", "no measurable",
-        "interval resolution of", "rules out", "ruling out",
+        "interval resolution of", "rules out", "ruling out", "w/o", "lack of", "lack of evidence of",
+        "nothing to suggest", "nothing to indicate", "nothing suspicious for", "no features of",
+        "no features to suggest", "no imaging evidence of", "no convincing", "no convincing evidence of",
     ),
     NEG_POST: (
         "not seen", "not identified", "not demonstrated", "not visualized", "not visualised", "not present",
@@ -36,6 +55,12 @@ TRIGGERS: Dict[str, Tuple[str, ...]] = {
         "is absent", "are absent", "has resolved", "have resolved", "ruled out", "excluded", "is excluded",
         "are excluded", "unlikely", "is unlikely", "no longer seen", "no longer visualized",
         "no longer visualised", "no longer present", "no longer identified", "not apparent",
+        # visibility said in other words, and "no longer <seen>" after the finding ("... is no longer visible")
+        "not visible", "not clearly visible", "no longer visible", "no longer demonstrated", "no longer appreciated",
+        "no longer evident", "no longer apparent", "no longer noted", "no longer detected", "not clearly identified",
+        "not clearly demonstrated", "not clearly visualized", "not clearly visualised", "not definitely seen",
+        "not definitely identified", "not convincingly seen", "not convincingly identified",
+        "not convincingly demonstrated",
     ),
     NEG_BOTH: ("resolved", "absent"),
     UNC_PRE: (
@@ -50,7 +75,13 @@ TRIGGERS: Dict[str, Tuple[str, ...]] = {
         "uncertain", "query", "may reflect", "could reflect",
         "may relate to", "not excluding", "limiting assessment for", "limiting evaluation for",
         "limited assessment for", "limited evaluation for", "limited assessment of", "limited evaluation of",
-        "difficult to assess for", "cannot be assessed for",
+        "difficult to assess for", "cannot be assessed for", "concern for", "raise concern for",
+        "raises concern for", "suspicion of", "suspicion for", "suspicious of", "worrisome of",
+        # recommendations name what is to be looked for, not what was found ("MRI to evaluate for HCC")
+        "evaluate for", "to evaluate for", "assess for", "to assess for", "evaluation for", "to exclude",
+        # "could not / unable to / cannot entirely exclude": the verb says what is not settled (a "not" before it
+        # gives way to it, negation/cue_scopes); "excluded" after a denied "be" is hedged there too
+        "exclude",
     ),
     UNC_POST: (
         "cannot be excluded", "can not be excluded", "can't be excluded", "cannot be ruled out",
@@ -71,9 +102,13 @@ TRIGGERS: Dict[str, Tuple[str, ...]] = {
         "no change", "no changes", "no significant change", "no interval change", "no significant interval change",
         "no substantial change", "no definite change", "no appreciable change", "not only", "no increase",
         "no significant increase", "no interval increase", "without change", "without significant change",
-        "without interval change", "not changed", "not significantly changed", "not increased in size",
+        "without interval change", "not changed", "not significantly changed",
         "unchanged", "stable", "not necessarily", "no further", "gram negative", "not well seen",
         "not clearly seen", "no longer than",
+        *_PARTIAL_RESOLUTION, *_FOLLOW_UP,
+        # a missing normal property is an abnormality, not a negated one ("lack of enhancement of the kidney")
+        "lack of enhancement", "no enhancement", "absent enhancement", "lack of opacification", "no opacification",
+        "lack of perfusion", "absent perfusion",
     ),
     TERMINATE: (
         "but", "however", "although", "though", "which", "whereas", "while", "except", "except for",
@@ -184,6 +219,8 @@ _ALNUM = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")  # what the matcher's
 def _variants(phrase: str, plural: bool) -> List[str]:
     p = " ".join(phrase.lower().split())
     out = {p}
+    if "'" in p:
+        out.add(p.replace("'", "\u2019"))  # word processors type "can’t" with a right single quotation mark
     for brit, amer in _BRIT_AMER:
         for a, b in ((brit, amer), (amer, brit)):
             for q in list(out):
