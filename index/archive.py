@@ -12,7 +12,7 @@ import time
 import uuid
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -62,6 +62,7 @@ class ArchiveIndex:
         self.folder = folder
         self.manifest = manifest
         self.store = store
+        self._repairs_on_open: List[str] = []  # what open(repair=True) deleted; verify(repair=True) reports it
         self.dim = int(manifest["dim"])
         self._model = model
         self.vectors = VectorStore.open(folder / VECTOR_FILE, self.dim)
@@ -197,7 +198,8 @@ class ArchiveIndex:
             from .maintenance import drop_lost_vectors  # noqa: PLC0415
 
             with idx.writer_lock:
-                drop_lost_vectors(idx)
+                # kept so that verify(repair=True) reports them: they delete series, which must never go unsaid
+                idx._repairs_on_open = drop_lost_vectors(idx)
         idx._load_state()
         return idx
 
@@ -452,7 +454,10 @@ class ArchiveIndex:
         """Check SQL ids == FAISS ids ⊆ stored vectors (and more); see :func:`maintenance.verify`."""
         from .maintenance import verify  # noqa: PLC0415
 
-        return verify(self, repair=repair)
+        report = verify(self, repair=repair)
+        done_on_open, self._repairs_on_open = self._repairs_on_open, []
+        report["repaired"] = [*done_on_open, *report.get("repaired", [])]
+        return report
 
     def rebuild(self, factory: Optional[str] = None, target_recall: float = 0.95) -> Dict[str, Any]:
         """Rebuild FAISS from the stored vectors (no re-encoding); see :func:`maintenance.rebuild`."""

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -87,8 +88,28 @@ def path_key(rel: str) -> str:
     return key if len(key) <= 255 else f"path-sha1:{hashlib.sha1(rel.encode()).hexdigest()}"
 
 
-def redact(exc: BaseException, root: Path, item: Optional[Item] = None) -> str:
-    """An error message safe to store and log: archive paths made relative, the patient identifier removed."""
+def _strip_root(text: str, root: Path) -> str:
+    """``text`` with the archive root removed where it starts a path: made relative below it, "." for itself.
+
+    Only as a path prefix (after the start, a space, a quote or "=") and followed by "/" (or, for the absolute
+    form, a path's end): a root named "a" must not turn "cannot read" into "c.nnot re.d". The resolved form goes first because the root as
+    given may be a suffix of it.
+    """
+    bases = sorted({str(root.resolve()).rstrip("/"), str(root).rstrip("/")}, key=len, reverse=True)
+    for base in bases:
+        if not base or base == ".":
+            continue
+        lead = r"(?:(?<=^)|(?<=[\s'\"(=]))"
+        text = re.sub(lead + re.escape(base) + "/", "", text)
+        if os.path.isabs(base):  # a bare relative root ("a") cannot be told from a word
+            text = re.sub(lead + re.escape(base) + r"(?=$|[\s'\")*,;:])", ".", text)
+    return text
+
+
+def redact(exc: BaseException, root: Path, item: Optional[Item] = None,
+           identifier: Optional[str] = None) -> str:
+    """An error message safe to store and log: archive paths made relative, the patient identifier removed
+    (``item``'s manifest patient_id, or ``identifier`` before an item exists)."""
     orig = getattr(exc, "orig", None)
     if isinstance(exc, CTGlipError):
         text = str(exc)
@@ -96,12 +117,10 @@ def redact(exc: BaseException, root: Path, item: Optional[Item] = None) -> str:
         text = f"the database refused the series: {type(orig).__name__}: {str(orig).splitlines()[0] if str(orig) else ''}"
     else:
         text = f"{type(exc).__name__}: {exc}"
-    for base in {str(root.resolve()), str(root)}:
-        text = text.replace(base.rstrip("/") + "/", "").replace(base, ".")
-    if item is not None:
-        ident = str(item.row.get("patient_id") or "").strip()
-        if ident:
-            text = text.replace(ident, "<patient>")
+    text = _strip_root(text, root)
+    ident = str((item.row.get("patient_id") if item is not None else identifier) or "").strip()
+    if ident:
+        text = text.replace(ident, "<patient>")
     return text[:500]
 
 
@@ -136,7 +155,7 @@ def _from_manifest(root: Path, manifest: Path) -> Tuple[List[Item], List[Tuple[s
                     if rel:
                         resolve_within(root, rel)
             except InputError as exc:
-                errors.append((key, redact(exc, root)))
+                errors.append((key, redact(exc, root, identifier=row.get("patient_id"))))
                 continue
             items.append(Item(key=key, image=image, mask=row.get("mask") or None, report=row.get("report") or None,
                               study_uid=row.get("study_uid") or None,

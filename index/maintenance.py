@@ -190,12 +190,23 @@ def _repair_sql(index: "ArchiveIndex", no_vector: np.ndarray, bad_series: List[s
             q = select(t.series.c.series_uid).join(t.organs, t.organs.c.series_id == t.series.c.id) \
                 .where(t.organs.c.id.in_(part)).distinct()
             uids |= set(conn.execute(q).scalars().all())
-        for uid in sorted(uids):
+        gone = sorted(uids)
+        organs = 0
+        for start in range(0, len(gone), 900):
+            q = select(func.count()).select_from(t.organs.join(t.series, t.organs.c.series_id == t.series.c.id)) \
+                .where(t.series.c.series_uid.in_(gone[start:start + 900]))
+            organs += int(conn.execute(q).scalar() or 0)
+        for uid in gone:
             index.store.delete_series(conn, uid)
         index.store.bump_data_version(conn)
-        return len(uids)
-    n = index.store.write(tx)
-    repaired.append(f"removed {n} series with missing vectors or bad counts from SQL; the next ingest re-embeds them")
+        return gone, organs
+    gone, organs = index.store.write(tx)
+    # Destructive: say exactly what went, so that the user knows what the next ingest has to re-embed.
+    shown = ", ".join(gone[:20]) + (f" and {len(gone) - 20} more" if len(gone) > 20 else "")
+    msg = (f"removed {len(gone)} series ({organs} organs, with their scores) with missing vectors or bad counts "
+           f"from SQL; the next ingest re-embeds them: {shown}")
+    log.warning("%s", msg)
+    repaired.append(msg)
 
 
 def rebuild(index: "ArchiveIndex", factory: Optional[str] = None, target_recall: float = 0.95,

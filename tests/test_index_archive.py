@@ -395,6 +395,10 @@ def test_changed_series_is_replaced_and_lost_vectors_repaired(tmp_path):
     fixed = ArchiveIndex.open(tmp_path / "idx", repair=True)
     report = fixed.verify(repair=True)
     assert report["ok"] and report["orphan_vectors"] == 0 and len(fixed) == 10
+    # The deletion the repair made on open is reported, with what the next ingest has to re-embed.
+    removed = [r for r in report["repaired"] if r.startswith("removed 1 series (5 organs")]
+    assert removed and rows[0]["series_uid"] in removed[0], report["repaired"]
+    assert not any(r.startswith("removed") for r in fixed.verify(repair=True)["repaired"])  # said once
     assert fixed.ingest(archive, workers=0).ok == 1 and len(fixed) == 15 and fixed.verify()["ok"]
 
 
