@@ -124,6 +124,8 @@ class CohortResult(Sequence[Dict[str, Any]]):
     level: str
     members: List[Dict[str, Any]]
     conditions: Dict[str, Any] = field(default_factory=dict)
+    #: How conditions were read: a corrected spelling, free text, organs left unscored since the last score().
+    notes: List[str] = field(default_factory=list)
 
     def __getitem__(self, i: Any) -> Any:
         return self.members[i]

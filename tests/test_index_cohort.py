@@ -99,6 +99,22 @@ def test_cohort_where_threshold_and_frames(synth):
             idx.cohort(**bad)
 
 
+def test_conditions_are_read_like_search_texts_and_key_typos_are_refused(synth):
+    """A typo read as free text matched nearly every organ: in none_of it emptied the cohort, in all_of it kept
+    everyone, and nothing said so."""
+    idx = synth[0]
+    plain = idx.cohort(all_of=["hydronephrosis"], level="study")
+    assert plain.notes == []
+    for text in ("HYDRONEPHROSIS", "suspected hydronephrosis"):
+        assert idx.cohort(all_of=[text], level="study").ids == plain.ids
+    typo = idx.cohort(all_of=["hydronephrosiss"], level="study")
+    assert typo.ids == plain.ids and typo.notes == ["read 'hydronephrosiss' as 'hydronephrosis' (hydronephrosis)"]
+    with pytest.raises(QueryError, match="unknown finding key 'renal_cysts'; did you mean renal_cyst"):
+        idx.cohort(none_of=["renal_cysts"])
+    free = idx.cohort(all_of=["a weird purple thing"])
+    assert "names no dictionary finding" in free.notes[0] and "of the organs in scope" in free.notes[0]
+
+
 def test_insert_scores_validates(synth):
     idx = synth[0]
     with pytest.raises(QueryError):
@@ -137,7 +153,13 @@ def test_zero_shot_scoring_is_incremental(tmp_path):
     assert idx.score(findings=["liver_cyst", "renal_cyst"])["scored"] == 0
     manifest.to_csv(root / "manifest.csv", index=False)
     idx.ingest(root, workers=0)
+    # The new study is not scored yet: it is unknown, not "without" the finding (threshold 1: no scored organ
+    # has it), so none_of leaves it out and says why.
+    n_studies = len(manifest)
+    pending = idx.cohort(none_of=["liver_cyst"], threshold=1.0, level="study")
+    assert len(pending) == n_studies - 1 and "1 organ(s) that liver_cyst applies to" in pending.notes[0]
     third = idx.score(findings=["liver_cyst", "renal_cyst"])
+    assert len(idx.cohort(none_of=["liver_cyst"], threshold=1.0, level="study")) == n_studies
     assert 0 < third["scored"] < n_pairs
     scores = pd.read_csv(idx.export(tmp_path / "scores.csv"))
     assert len(scores) == first["scored"] + third["scored"]
