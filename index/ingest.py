@@ -45,6 +45,7 @@ class _Prepared:
     prep: Any = None            # the model's PreparedStudy (preprocessed in the worker)
     raw: Any = None             # (volume, segmentation) when the model has no separate prepare step
     timings: Dict[str, float] = field(default_factory=dict)
+    warnings: List[str] = field(default_factory=list)  # metadata values that could not be read (stored empty)
 
 
 @dataclass
@@ -119,11 +120,12 @@ def _read_one(index: "ArchiveIndex", root: Path, item: Item, model: Any) -> _Pre
     if not seg.array.any():
         raise GeometryError("mask mismatch: no labelled voxel falls inside the image", path=item.mask)
     t["align"] = time.perf_counter() - t0
-    fields = _study_fields(index, root, item, volume.meta)
+    warnings: List[str] = []
+    fields = _study_fields(index, root, item, volume.meta, warnings)
     geometry = {"shape": ",".join(str(s) for s in volume.shape),
                 "spacing": ",".join(f"{s:.4g}" for s in volume.spacing),
                 "affine": ",".join(f"{v:.6g}" for v in np.asarray(volume.affine).ravel()[:12])}
-    out = _Prepared(item, fields, geometry, timings=t)
+    out = _Prepared(item, fields, geometry, timings=t, warnings=warnings)
     t0 = time.perf_counter()
     if hasattr(model, "prepare") and hasattr(model, "encode_prepared"):
         import torch  # noqa: PLC0415 - the model needs it anyway
@@ -138,25 +140,45 @@ def _read_one(index: "ArchiveIndex", root: Path, item: Item, model: Any) -> _Pre
     return out
 
 
-def _study_fields(index: "ArchiveIndex", root: Path, item: Item, meta: Dict[str, Any]) -> Dict[str, Any]:
-    """Patient/study values: the manifest row first, the image header second; identifiers pseudonymised."""
+def _study_fields(index: "ArchiveIndex", root: Path, item: Item, meta: Dict[str, Any],
+                  warnings: Optional[List[str]] = None) -> Dict[str, Any]:
+    """Patient/study values: the manifest row first, the image header second; identifiers pseudonymised.
+
+    A value that cannot be read (age "seventy", date "2020-13-40", sex "X", age 999) is stored empty, and a line
+    naming the column, the source and the value is added to ``warnings``: such a study drops out of every search
+    and cohort filtered on that column, which must not happen unsaid.
+    """
     row = item.row
+    said = warnings if warnings is not None else []
+
+    def unread(column: str, value: Any, why: str) -> None:
+        source = "manifest.csv" if row.get(column) not in (None, "") else "image header"
+        said.append(f"{column} {str(value)[:40]!r} from {source} {why}; stored empty")
+
     ident = row.get("patient_id") or (meta.get("identifiers") or {}).get("PatientID") or meta.get("patient")
     if not ident:
         ident = f"unknown:{item.key}"  # one pseudo-patient per series when nothing identifies the patient
+    sex_raw = row.get("sex") or meta.get("sex")
     try:
-        sex = normalise_sex(row.get("sex") or meta.get("sex"))
+        sex = normalise_sex(sex_raw)
     except CTGlipError:
         sex = None
+        unread("sex", sex_raw, "is not M, F or O")
     age_raw = row.get("age") if row.get("age") not in (None, "") else meta.get("age")
     try:
         age = float(age_raw) if age_raw not in (None, "") else None
     except (TypeError, ValueError):
         age = None
+        unread("age", age_raw, "is not a number")
+    if age is not None and not 0 <= age <= 150:  # the range add_embeddings enforces
+        unread("age", age_raw, "is outside 0-150")
+        age = None
+    date_raw = row.get("study_date") or meta.get("study_date")
     try:
-        date = to_date(row.get("study_date") or meta.get("study_date"))
+        date = to_date(date_raw)
     except CTGlipError:
         date = None
+        unread("study_date", date_raw, "is not a date")
     contrast = row.get("contrast")
     if contrast in (None, ""):
         contrast = meta.get("contrast_agent") or ("none" if meta.get("contrast") is False else None)
@@ -368,7 +390,7 @@ def ingest(index: "ArchiveIndex", archive: Any, workers: int = 2, batch_size: in
             if done.get(item.key) == item.fingerprint:
                 report.skipped += 1
             elif not retry_errors and item.key in failed and failed[item.key][0] == item.fingerprint:
-                report.skipped += 1
+                # counted once, as an error (not also as skipped): ok + skipped + errors == seen
                 report.errors.append({"series": item.key, "reason": f"previous attempt failed: {failed[item.key][1]}"})
             else:
                 todo.append(item)
@@ -472,6 +494,9 @@ def _run_pipeline(index: "ArchiveIndex", root: Path, model: Any, todo: List[Item
             return
         for k, v in prepared.timings.items():
             report.timings[k] += v
+        for w in prepared.warnings:
+            log.warning("series %s: %s", item.key, w)
+            report.warnings.append({"series": item.key, "warning": w})
         pending.append(prepared)
         bar.update(1)
         if len(pending) >= batch_size:

@@ -168,6 +168,8 @@ class IngestReport:
     ok: int = 0
     skipped: int = 0
     errors: List[Dict[str, Any]] = field(default_factory=list)
+    #: ``{"series", "warning"}``: ingested, but a metadata value could not be read and was stored empty.
+    warnings: List[Dict[str, Any]] = field(default_factory=list)
     organs_added: int = 0
     organs_removed: int = 0
     timings: Dict[str, float] = field(default_factory=dict)
@@ -187,8 +189,10 @@ class IngestReport:
     def summary(self) -> str:
         """One human line, e.g. for the CLI."""
         rate = self.ok / self.seconds if self.seconds > 0 else 0.0
+        n_warned = len({w["series"] for w in self.warnings})
+        warned = f", {n_warned} with unreadable metadata" if n_warned else ""
         return (f"{self.seen} series: {self.ok} ingested ({self.organs_added} organs), {self.skipped} skipped, "
-                f"{self.n_errors} failed in {self.seconds:.1f} s ({rate:.2f} series/s)")
+                f"{self.n_errors} failed{warned} in {self.seconds:.1f} s ({rate:.2f} series/s)")
 
     def __str__(self) -> str:
         return self.summary()

@@ -275,7 +275,8 @@ def test_bad_studies_are_recorded_and_skipped(tmp_path, caplog):
     assert "PAT-SECRET" not in text and "PAT-0" not in text and str(tmp_path) not in json.dumps(report.errors)
     assert idx.verify()["ok"] and len(idx) == 2 * 5
     again = idx.ingest(archive)
-    assert again.ok == 0 and again.skipped == 5 and again.n_errors == 3  # failures are not retried by default
+    # failures are not retried by default, and count once, as errors: ok + skipped + errors == seen
+    assert again.ok == 0 and again.skipped == 2 and again.n_errors == 3 and again.seen == 5
     retried = idx.ingest(archive, retry_errors=True)
     assert retried.n_errors == 3 and retried.ok == 0
     items = pd.read_csv(idx.export(tmp_path / "items.csv", what="ingest"))
@@ -330,6 +331,25 @@ def test_a_manifest_row_reads_its_own_series_from_a_folder_with_a_localizer(tmp_
     assert report.ok == 2 and report.n_errors == 0, report.errors
     assert {h.series_uid for h in idx.search(np.ones(idx.dim, np.float32), k=len(idx))} == \
         {r["series_uid"] for r in rows}
+    idx.close()
+
+
+def test_unreadable_manifest_values_are_stored_empty_and_reported(tmp_path):
+    """Such a study drops out of every search filtered on that column: the report and the log say so."""
+    archive = make_archive(tmp_path / "a", n=2, seed=4)
+    rows = read_manifest(archive)
+    rows[0].update(age="seventy", study_date="2020-13-40", sex="X")
+    rows[1].update(age="999")
+    write_manifest(archive, rows)
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    report = idx.ingest(archive, workers=0)
+    assert report.ok == 2 and report.n_errors == 0
+    said = {(w["series"], w["warning"].split(" ")[0]) for w in report.warnings}
+    first, second = rows[0]["series_uid"], rows[1]["series_uid"]
+    assert said == {(first, "age"), (first, "study_date"), (first, "sex"), (second, "age")}, report.warnings
+    assert any("'seventy' from manifest.csv is not a number" in w["warning"] for w in report.warnings)
+    assert "2 failed" not in report.summary() and "0 failed, 2 with unreadable metadata" in report.summary()
+    assert len(idx.search(np.ones(idx.dim, np.float32), k=100, where={"age": (0, 150)})) == 0
     idx.close()
 
 
