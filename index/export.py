@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, List, Tuple
 
@@ -43,9 +46,12 @@ def _export_query(index: "ArchiveIndex", what: str) -> Any:
     raise QueryError(f"export what={what!r}: choose 'scores', 'organs', 'studies' or 'ingest'")
 
 
+_BATCH = 10_000  # rows per streamed batch (and per Parquet row group)
+
+
 def _rows(index: "ArchiveIndex", q: Any) -> Iterator[Tuple[List[str], List[Any]]]:
     with index.store.connect() as conn:
-        result = conn.execution_options(stream_results=True, yield_per=10_000).execute(q)
+        result = conn.execution_options(stream_results=True, yield_per=_BATCH).execute(q)
         cols = list(result.keys())
         for part in result.partitions():
             yield cols, [tuple(r) for r in part]
@@ -68,24 +74,66 @@ def export(index: "ArchiveIndex", path: Any, what: str = "scores") -> Path:
     if suffix not in (".csv", ".parquet", ".jsonl"):
         raise QueryError(f"export to {out.name!r}: use a .csv, .parquet or .jsonl file name")
     out.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".parquet":
-        try:
-            import pyarrow as pa  # noqa: PLC0415
-            import pyarrow.parquet as pq  # noqa: PLC0415
-        except ImportError:
-            raise ConfigError("Parquet export needs pyarrow (`pip install pyarrow`); or export to .csv") from None
-        writer = None
-        for cols, rows in _rows(index, q):
-            table = pa.Table.from_pylist([dict(zip(cols, map(_plain, r))) for r in rows])
-            writer = writer or pq.ParquetWriter(str(out), table.schema)
-            writer.write_table(table)
-        if writer is None:
-            cols = list(q.selected_columns.keys())
-            pq.write_table(pa.table({c: [] for c in cols}), str(out))
+    # Written next to the target and renamed at the end: a failure never leaves a file that opens but holds
+    # only the first rows (a Parquet export that stopped at its second batch used to do exactly that).
+    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        if suffix == ".parquet":
+            _write_parquet(index, q, tmp)
         else:
-            writer.close()
-        return out
-    with open(out, "w", newline="", encoding="utf-8") as fh:
+            _write_text(index, q, tmp, suffix)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out
+
+
+def _arrow_type(sql_type: Any) -> Any:
+    """The Arrow type of a SQL column type: the file's schema comes from the table, not from the first rows."""
+    import pyarrow as pa  # noqa: PLC0415
+
+    py = None
+    try:
+        py = sql_type.python_type
+    except NotImplementedError:
+        pass
+    if py is bool:
+        return pa.bool_()
+    if py is int:
+        return pa.int64()
+    if py is float:
+        return pa.float64()
+    if py is dt.datetime:
+        return pa.timestamp("us")
+    if py is dt.date:
+        return pa.date32()
+    return pa.string()
+
+
+def _write_parquet(index: "ArchiveIndex", q: Any, path: Path) -> None:
+    try:
+        import pyarrow as pa  # noqa: PLC0415
+        import pyarrow.parquet as pq  # noqa: PLC0415
+    except ImportError:
+        raise ConfigError("Parquet export needs pyarrow (`pip install pyarrow`); or export to .csv") from None
+    # One schema for every batch and every run: a column that is empty in the first batch (no failed series yet,
+    # studies without an age) used to get Arrow's null type, and the first later value then broke the export.
+    schema = pa.schema([(c.key, _arrow_type(c.type)) for c in q.selected_columns])
+    with pq.ParquetWriter(str(path), schema) as writer:
+        wrote = False
+        for cols, rows in _rows(index, q):
+            data = {c: [r[i] for r in rows] for i, c in enumerate(cols)}
+            writer.write_table(pa.table(data, schema=schema))
+            wrote = True
+        if not wrote:
+            writer.write_table(schema.empty_table())
+
+
+def _write_text(index: "ArchiveIndex", q: Any, path: Path, suffix: str) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
         header_done = False
         writer_csv = csv.writer(fh)
         for cols, rows in _rows(index, q):
@@ -99,7 +147,6 @@ def export(index: "ArchiveIndex", path: Any, what: str = "scores") -> Path:
                     fh.write(json.dumps(dict(zip(cols, map(_plain, r)))) + "\n")
         if suffix == ".csv" and not header_done:
             writer_csv.writerow(list(q.selected_columns.keys()))
-    return out
 
 
 def _plain(v: Any) -> Any:

@@ -223,6 +223,40 @@ def test_export_formats(built, tmp_path):
         idx.export(tmp_path / "s.xlsx")
 
 
+def test_parquet_export_keeps_one_schema_across_batches_and_never_leaves_a_partial_file(tmp_path, monkeypatch):
+    """A column empty in the first batch (no failed series yet) and filled later broke the export after the
+    first batch and left a file that opened with only those rows."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    from ctglip_sdk.index import export as export_mod
+
+    archive, rows = _bad_archive(tmp_path / "bad")
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    idx.ingest(archive, workers=0)
+    monkeypatch.setattr(export_mod, "_BATCH", 2)  # several batches; the first has no failure reason
+    table = pq.read_table(idx.export(tmp_path / "ingest.parquet", what="ingest"))
+    assert table.num_rows == 5 and table.schema.field("reason").type == "string"
+    assert sum(r is not None for r in table.column("reason").to_pylist()) == 3
+    organs = pq.read_table(idx.export(tmp_path / "organs.parquet", what="organs"))
+    assert organs.num_rows == len(idx) and str(organs.schema.field("study_date").type) == "date32[day]"
+    # A failure part way through leaves no file behind, and never a truncated one.
+    calls = []
+
+    def broken(*a, **k):
+        for i, part in enumerate(real(*a, **k)):
+            calls.append(i)
+            if i == 1:
+                raise RuntimeError("disk full")
+            yield part
+
+    real = export_mod._rows
+    monkeypatch.setattr(export_mod, "_rows", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        idx.export(tmp_path / "half.parquet", what="ingest")
+    assert calls == [0, 1] and not (tmp_path / "half.parquet").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".half")] == []
+    idx.close()
+
+
 def test_model_mismatch_is_refused(built):
     idx, _ = built
     other_weights = tiny_model(seed=1)
