@@ -156,6 +156,9 @@ def parse_where(where: Optional[Mapping[str, Any]]) -> List[Condition]:
             out.append(Condition(key, kind, values=sexes))
         elif kind == "contrast" and isinstance(value, bool):
             out.append(Condition(key, kind, flag=value))
+        elif kind == "contrast" and isinstance(value, str) and _contrast_flag(value) is not None:
+            # "no"/"none"/"native"/"yes"/"true": a yes/no question, not a category that must be stored verbatim
+            out.append(Condition(key, kind, flag=_contrast_flag(value)))
         elif kind in ("category", "contrast"):
             out.append(Condition(key, "category", values=tuple(v.lower() for v in _strings(value, key))))
         else:
@@ -163,11 +166,22 @@ def parse_where(where: Optional[Mapping[str, Any]]) -> List[Condition]:
     return out
 
 
+def _contrast_flag(value: str) -> Optional[bool]:
+    """True for "yes"/"true"/"contrast", False for a no-contrast word (:data:`NO_CONTRAST`), else None (a phase)."""
+    v = value.strip().lower()
+    if v in ("true", "yes", "1", "contrast", "enhanced"):
+        return True
+    if v and v in NO_CONTRAST:
+        return False
+    return None
+
+
 _EXPR_RE = re.compile(r"^\s*([A-Za-z_]+)\s*(>=|<=|==|=|>|<|!=)?\s*(.*?)\s*$")
 
 
 def parse_where_expr(exprs: Sequence[str]) -> Dict[str, Any]:
-    """CLI filters (``age>=60``, ``sex=F``, ``study_date>=2020-01-01``, ``contrast=venous,arterial``) -> where dict.
+    """CLI filters (``age>=60``, ``sex=F``, ``study_date>=2020-01-01``, ``contrast=portal_venous,arterial``,
+    ``contrast=no``) -> where dict.
 
     ``>``/``<`` are treated as inclusive bounds on numbers and dates (ages are whole years in most archives).
 
@@ -195,8 +209,8 @@ def parse_where_expr(exprs: Sequence[str]) -> Dict[str, Any]:
             else:
                 lo = hi = conv(value)
             out[key] = (lo, hi)
-        elif kind == "contrast" and value.lower() in ("true", "yes", "false"):
-            out[key] = value.lower() != "false"
+        elif kind == "contrast" and _contrast_flag(value) is not None:
+            out[key] = _contrast_flag(value)
         else:
             parts = [p for p in value.split(",") if p]
             out[key] = parts[0] if len(parts) == 1 else parts

@@ -98,6 +98,7 @@ WHERES = [
     (None, None), ("liver", None), ("kidney", {"sex": "F"}), (None, {"age": (50, None), "contrast": True}),
     ("spleen", {"study_date": ("2019-03-01", "2020-01-01")}), (None, {"split": ["val", "test"]}),
     ("liver", {"volume_ml": (0, 10_000)}), (None, {"study_uid": "1.2.826.0.1.0.3"}),
+    ("liver", {"contrast": "no"}),  # a no-contrast word is the yes/no question, not a stored category
 ]
 
 
@@ -115,7 +116,8 @@ def test_search_filters_match_brute_force(built, organ, where, tmp_path):
     for key, value in (where or {}).items():
         col = organs[key]
         if key == "contrast":
-            keep &= (~col.fillna("none").str.lower().isin(["none", ""])).to_numpy()
+            without = col.fillna("none").str.lower().isin(["none", ""]).to_numpy()
+            keep &= without if value == "no" else ~without
         elif isinstance(value, tuple):
             lo, hi = value
             keep &= ((col >= lo) if lo is not None else True) & ((col <= hi) if hi is not None else True)

@@ -100,6 +100,10 @@ def test_where_allowlist_and_values():
             parse_where(bad)
     assert parse_where_expr(["age>=60", "age<=80", "sex=F", "contrast=false"]) == \
         {"age": (60.0, 80.0), "sex": "F", "contrast": False}
+    # "no"/"native"/"yes" answer the yes/no question; anything else is a phase stored verbatim
+    assert [parse_where_expr([f"contrast={v}"])["contrast"] for v in ("no", "Native", "yes", "portal_venous")] == \
+        [False, False, True, "portal_venous"]
+    assert parse_where({"contrast": "none"})[0].flag is False
     with pytest.raises(QueryError):
         parse_where_expr(["sex>=F"])
 
