@@ -416,3 +416,95 @@ def test_partial_resolution_is_not_absence(text, expected):
 ])
 def test_history_sections_and_recommendations_are_not_findings(text, expected):
     assert triples(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("The spleen has been surgically removed.", set()),
+    ("The gallbladder and spleen have been removed.", set()),
+    ("Absent gallbladder. Normal pancreas.", {("pancreas", None, "absent")}),
+    ("Gallbladder: not visualized.", set()),
+    ("The left kidney is not visualised, in keeping with previous nephrectomy.", set()),
+    ("History of splenectomy. The liver is unremarkable.", {("liver", None, "absent")}),
+    # an operation removes its organ from the whole report, on the side it names
+    ("Status post splenectomy.\nSpleen: unremarkable.", set()),
+    ("Post-cholecystectomy clips in the gallbladder fossa.\nLiver and biliary tree: Normal.",
+     {("liver", None, "absent")}),
+    ("S/p right nephrectomy.\nKidneys: normal.", {("kidney_left", None, "absent")}),
+    ("Status post left adrenalectomy; the right adrenal gland is normal.", {("adrenal_gland_right", None, "absent")}),
+    # planned and partial operations, and parts of organs, leave the organ
+    ("Cholelithiasis. Recommend cholecystectomy.\nGallbladder: otherwise normal.",
+     {("gallbladder", "gallstones", "present"), ("gallbladder", None, "absent")}),
+    ("Status post partial nephrectomy on the left. Both kidneys otherwise unremarkable.", {("kidney", None, "absent")}),
+    ("Gallbladder: Catheter removed. Normal.", {("gallbladder", None, "absent")}),
+])
+def test_removed_or_missing_organs_are_not_normal(text, expected):
+    assert triples(text) == expected
+
+
+def test_removed_organ_keeps_its_own_text():
+    texts = organ_texts("Status post left nephrectomy.\nKidneys: normal.", organs=["kidney_left", "kidney_right"])
+    assert texts == {"kidney_left": "Status post left nephrectomy.", "kidney_right": "Kidneys: normal."}
+    assert labels("Status post cholecystectomy.\nHepatobiliary: Normal.") == {("liver", None): Status.ABSENT}
+
+
+@pytest.mark.parametrize("text,expected", [
+    # an upper-case line that states a finding or a normal organ is text, not a heading
+    ("FINDINGS:\nSPLENOMEGALY\nNO PLEURAL EFFUSION", {("spleen", "splenomegaly", "present"),
+                                                     ("lung", "pleural_effusion", "absent")}),
+    ("RIGHT ADRENAL NODULE\nKIDNEYS\nNo hydronephrosis.", {("adrenal_gland_right", "adrenal_nodule", "present"),
+                                                          ("kidney", "hydronephrosis", "absent")}),
+    ("UNREMARKABLE SPLEEN", {("spleen", None, "absent")}),
+    ("CT CHEST WITHOUT CONTRAST\nLungs: clear.", {("lung", None, "absent")}),
+    ("BONES/FRACTURES\nNo acute fracture.", {("vertebrae", "vertebral_fracture", "absent")}),
+    # a checklist line: the finding before the colon, the answer after it
+    ("Splenomegaly: none.", {("spleen", "splenomegaly", "absent")}),
+    ("Renal cysts: not seen.", {("kidney", "renal_cyst", "absent")}),
+    ("Adrenal nodule: no", {("adrenal_gland", "adrenal_nodule", "absent")}),
+    ("Gallstones: equivocal.", {("gallbladder", "gallstones", "uncertain")}),
+    ("Hydronephrosis: mild on the right.", {("kidney_right", "hydronephrosis", "present")}),
+    ("KIDNEYS:\nCalculi: none. Hydronephrosis: moderate.",
+     {("kidney", "renal_stone", "absent"), ("kidney", "hydronephrosis", "present")}),
+    ("Spleen: normal\nPancreas: atrophic", {("spleen", None, "absent"), ("pancreas", "pancreatic_atrophy", "present")}),
+])
+def test_upper_case_statements_and_checklist_lines(text, expected):
+    assert triples(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Left and right renal cysts.", {("kidney_left", "renal_cyst", "present"),
+                                     ("kidney_right", "renal_cyst", "present")}),
+    ("Bilat renal calculi.", {("kidney_left", "renal_stone", "present"), ("kidney_right", "renal_stone", "present")}),
+    ("Left greater than right pleural effusions.", {("lung_lower_lobe_left", "pleural_effusion", "present"),
+                                                   ("lung_lower_lobe_right", "pleural_effusion", "present")}),
+    ("Small renal cysts on the left and right.", {("kidney_left", "renal_cyst", "present"),
+                                                 ("kidney_right", "renal_cyst", "present")}),
+    ("Right and left adrenal adenomas.", {("adrenal_gland_left", "adrenal_nodule", "present"),
+                                         ("adrenal_gland_right", "adrenal_nodule", "present")}),
+    ("Calculi in both kidneys.", {("kidney_left", "renal_stone", "present"),
+                                  ("kidney_right", "renal_stone", "present")}),
+    # a whole-organ statement keeps the group, as "both kidneys are normal" does
+    ("Right and left kidneys are unremarkable.", {("kidney", None, "absent")}),
+    ("Right renal cyst and left adrenal nodule.", {("kidney_right", "renal_cyst", "present"),
+                                                  ("adrenal_gland_left", "adrenal_nodule", "present")}),
+])
+def test_two_sides_in_one_phrase(text, expected):
+    assert triples(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Diverticulosis at the splenic flexure.", {("colon", "colonic_diverticulosis", "present")}),
+    ("Hepatic flexure wall thickening.", {("colon", None, "present")}),
+    ("1.5 cm cyst in segment 6.", {("liver", "liver_cyst", "present")}),
+    ("Nodule in segment 6 of the left lower lobe.", {("lung_lower_lobe_left", "lung_nodule", "present")}),
+    ("Lungs: 4 mm nodule in segment 10.", {("lung", "lung_nodule", "present")}),
+    ("Rt renal calculus.", {("kidney_right", "renal_stone", "present")}),
+    ("Lt. adrenal adenoma.", {("adrenal_gland_left", "adrenal_nodule", "present")}),
+    ("Stone in the R kidney.", {("kidney_right", "renal_stone", "present")}),
+    ("L1 compression fracture.", {("vertebrae_L1", "vertebral_fracture", "present")}),
+    ("GB wall thickening with gallstones.", {("gallbladder", "gallbladder_wall_thickening", "present"),
+                                            ("gallbladder", "gallstones", "present")}),
+    ("Scattered hepatic mets.", {("liver", "liver_mass", "present")}),
+    ("No evidence of HSM.", {("liver", "hepatomegaly", "absent"), ("spleen", "splenomegaly", "absent")}),
+])
+def test_flexures_numbered_segments_and_abbreviations(text, expected):
+    assert triples(text) == expected

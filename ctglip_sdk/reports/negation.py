@@ -10,7 +10,7 @@ from ctglip_sdk.reports.types import ABSENT, PRESENT, UNCERTAIN, Status
 from ctglip_sdk.reports.vocab import (NEG_BOTH, NEG_POST, NEG_PRE, PSEUDO, TERMINATE, UNC_BOTH, UNC_POST, UNC_PRE,
                                       WEAK_PRE, Info, phrase_key)
 
-__all__ = ["cue_scopes", "clause_break", "clause_starts", "said_normal", "status_of"]
+__all__ = ["cue_scopes", "clause_break", "clause_starts", "said_normal", "status_of", "checklist_answer"]
 
 # "\d+" spelt "\d\d*": a leading character set lets the regex engine skip to digits fast
 _MEASURE = re.compile(r"\d\d*(?:\.\d+)?\s*(?:x\s*\d+(?:\.\d+)?\s*)*(?:mm|cm)\b")
@@ -56,6 +56,13 @@ _CONTRAST = frozenset(phrase_key(p) for p in (
 _CHARACTERISING = frozenset(phrase_key(p) for p in (
     "suspicious for", "suspicious of", "suggestive of", "concerning for", "worrisome for", "worrying for",
     "concern for", "suspicion of", "suspicion for", "suggesting", "suggests", "to suggest", "worrisome of"))
+
+# The answer of a checklist line ("Gallstones: none.", "Hydronephrosis: no", "Renal calculi: not identified",
+# "Appendicitis: equivocal"): it says whether what the title names is there.
+_ANSWER = re.compile(
+    r":\s*(?:((?:none|no|nil)(?:\s+(?:seen|identified|present|detected|demonstrated))?|negative|absent|"
+    r"not\s+(?:present|seen|identified|detected|demonstrated|visuali[sz]ed))"
+    r"|(possible|possibly|questionable|equivocal|indeterminate|uncertain|\?))\s*[.;!]*\s*$")
 
 Scope = Tuple[Optional[str], Optional[str]]
 _NO_SCOPE: Scope = (None, None)
@@ -168,6 +175,16 @@ def cue_scopes(toks: Sequence[Tuple[int, int, Info]], low: str, start: int, end:
             if info.keys:
                 covered = True
     return scopes
+
+
+def checklist_answer(low: str, start: int, end: int) -> Optional[str]:
+    """"neg" or "unc" when ``low[start:end]`` is a checklist line whose answer after the colon denies or hedges what
+    its title names ("gallstones: none.", "hydronephrosis: no", "appendicitis: equivocal"); None otherwise."""
+    c = low.find(":", start, end)
+    m = _ANSWER.match(low, c, end) if c >= 0 else None
+    if m is None:
+        return None
+    return "neg" if m.group(1) else "unc"
 
 
 def _starts_description(low: str, a: int, b: int, end: int) -> bool:

@@ -7,8 +7,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ctglip_sdk.errors import InputError
 from ctglip_sdk.reports.dictionary import AbnormalityDictionary
+from ctglip_sdk.reports.resection import drop_resected
 from ctglip_sdk.reports.segment import _SPLIT_CACHE, _TITLE_OK, _WORD_KIND, _heading_kind, segment
 from ctglip_sdk.reports.sentence import SentenceParser, _expand, _side_of, normalise_space
+from ctglip_sdk.reports.sides import both_sides_group
 from ctglip_sdk.reports.types import (_RANK, OrganFinding, SentenceResult, Status,  # noqa: F401 - _RANK re-exported
                                       new_finding, new_sentence)
 from ctglip_sdk.reports.vocab import Info, vocab_for
@@ -38,6 +40,7 @@ def clear_caches(dictionary: Optional[AbnormalityDictionary] = None, *, memos: b
         _heading_kind.cache_clear()
         _expand.cache_clear()
         _side_of.cache_clear()
+        both_sides_group.cache_clear()
 
 
 def cache_stats(dictionary: Optional[AbnormalityDictionary] = None) -> Dict[str, int]:
@@ -65,8 +68,9 @@ def _results(text: str, dictionary: Optional[AbnormalityDictionary], sentences: 
     parse = parser.sentence
     entries = vocab.entries
     all_toks: Optional[List[Tuple[int, int, Info]]] = None
+    removed: List[str] = []  # organs the report says were removed
     starts: List[int] = []
-    for sent in segment(text, vocab.heading_organs):
+    for sent in segment(text, vocab.heading_organs, vocab.title_memo):
         start, end, s_heading, s_organs, _section = sent
         if s_heading != heading:
             heading, context = s_heading, ()
@@ -107,14 +111,18 @@ def _results(text: str, dictionary: Optional[AbnormalityDictionary], sentences: 
                 d = start - was
                 found = tuple([new_finding(f.organ, f.finding, f.status, s_text, (f.span[0] + d, f.span[1] + d))
                                for f in found])
-                rec = (s_text, found, rec[2], rec[3])
+                rec = (s_text, found) + rec[2:]
             elif sentences and not text.startswith(raw, start):
                 rec = (normalise_space(text[start:end]),) + rec[1:]
+        if rec[4]:
+            removed.extend(rec[4])
         if sentences:
             out.append(new_sentence(rec[0], (start, end), s_heading, rec[2], found, rec[3]))
         elif found:
             out.extend(found)
         context = following
+    if removed:  # "Status post cholecystectomy": no sentence of the report makes the gallbladder normal
+        return drop_resected(out, removed, sentences)
     return out
 
 

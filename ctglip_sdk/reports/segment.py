@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
+
+from ctglip_sdk.reports.vocab import CHECKLIST as _CHECKLIST
+from ctglip_sdk.reports.vocab import STATEMENT as _STATEMENT
 
 __all__ = ["Sentence", "segment", "normalise_space"]
 
@@ -46,6 +49,7 @@ _TITLE = re.compile(r"[A-Za-z][A-Za-z0-9 /&,()'+\-]{0,60}")
 _BOUNDARY = re.compile(r"[.;][.;]*(?:(?=\s|$)|(?<=[a-z]\.)(?=[A-Z][a-z]))")
 _LEAD_CHARS = frozenset("-*\u2022\u00b7>(0123456789 \t\r\n")
 _ONLY_NUMBER = re.compile(r"\s*\(?\d{1,2}[.)]?\s*$")
+_LOWER_NEXT = re.compile(r"[ \t]+[a-z]")
 _ALNUM = re.compile(r"[A-Za-z0-9]")
 _LEADING = re.compile(r"(?:\s*(?:[-*\u2022\u00b7>]+|\(?\d{1,2}[.)](?!\d))\s+)+|\s+")
 
@@ -53,8 +57,11 @@ _LEADING = re.compile(r"(?:\s*(?:[-*\u2022\u00b7>]+|\(?\d{1,2}[.)](?!\d))\s+)+|\
 ABBREVIATIONS = {
     "approx", "appr", "approximately", "e.g", "eg", "i.e", "ie", "dr", "drs", "vs", "cf", "fig", "figs", "seg",
     "segs", "incl", "ca", "mr", "mrs", "ms", "prof", "max", "diam", "est", "resp", "vol", "ref", "sp", "st",
-    "ant", "lat", "prox", "pt", "pts", "img", "ser", "al", "et",
+    "ant", "lat", "prox", "pt", "pts", "img", "ser", "al", "et", "bilat",
 }
+# Side abbreviations end a sentence ("stone on the rt. No hydronephrosis") unless a lower-case word follows
+# ("Lt. renal cyst").
+_SIDE_ABBREVIATIONS = {"lt", "rt"}
 
 
 # A line that starts in lower case continues the previous one only where that line looks wrapped: long, or
@@ -83,7 +90,8 @@ _ASCII_ALNUM = _ASCII_LETTERS | frozenset("0123456789")
 _STRIP = " \t\r"
 _new_sentence = tuple.__new__  # Sentence(...) without the Python-level __new__ of a NamedTuple
 _TITLE_OK: Dict[str, bool] = {}  # text before a colon -> whether it is a heading's title
-# What a period after a word means, by the word: 0 ends the sentence, 1 never does, 2 not after a lone list number.
+# What a period after a word means, by the word: 0 ends the sentence, 1 never does, 2 not after a lone list number,
+# 3 not before a lower-case word.
 _WORD_KIND: Dict[str, int] = {}
 
 
@@ -106,6 +114,8 @@ def _word_kind(word: str) -> int:
         w = word.lower().lstrip("([").rstrip(")]")
         if w in ABBREVIATIONS or (len(w) >= 2 and w[-2] == "." and w[-1].isalpha()):
             kind = 1  # "approx." / "e.g." / "a.m." spelt out letter by letter
+        elif w in _SIDE_ABBREVIATIONS:
+            kind = 3
         else:
             kind = 2 if w[-1:].isdigit() else 0
         if len(_WORD_KIND) >= 10_000:
@@ -163,6 +173,11 @@ def _wrapped(text: str, prev_start: int, prev_end: int, s: int, e: int) -> bool:
     return first is not None and first.group() in _OPEN_START
 
 
+def _open_end(text: str, s: int, e: int) -> bool:
+    """Whether the line ``text[s:e]`` ends in a mark or word that cannot end a statement ("... OF THE")."""
+    return text[e - 1] in ",-(/&" or text[s:e].rsplit(None, 1)[-1].lower() in _OPEN_END
+
+
 def _split(text: str, start: int, end: int) -> List[Tuple[int, int]]:
     """Sentence offsets inside ``text[start:end]``; periods after abbreviations and list numbers do not split."""
     out: List[Tuple[int, int]] = []
@@ -175,8 +190,9 @@ def _split(text: str, start: int, end: int) -> List[Tuple[int, int]]:
             kind = _WORD_KIND.get(word)
             if kind is None:
                 kind = _word_kind(word)
-            if kind and (kind == 1 or _ONLY_NUMBER.fullmatch(text, cur, j + 1)):
-                continue  # "approx. 3 cm", or "1." opening a numbered item
+            if kind and (kind == 1 or (_ONLY_NUMBER.fullmatch(text, cur, j + 1) if kind == 2 else
+                                       _LOWER_NEXT.match(text, j + 1, end) is not None)):
+                continue  # "approx. 3 cm", "1." opening a numbered item, "Lt. renal cyst"
         stop = m.end()
         if text[cur] in _ASCII_LETTERS:  # _trimmed, inline: nothing to trim before, "." or ";" ends it
             out.append((cur, stop))
@@ -210,12 +226,18 @@ def _emit(out: List[Sentence], text: str, b0: int, b1: int, heading: Optional[st
             out.append(_new_sentence(Sentence, (s + d, e + d, heading, organs, section)))
 
 
-def segment(text: str, heading_organs: Callable[[str, Tuple[str, ...]], Tuple[str, ...]]) -> List[Sentence]:
+def segment(text: str, heading_organs: Callable[[str, Tuple[str, ...]], Tuple[str, ...]],
+            title_says: Optional[Mapping[str, int]] = None) -> List[Sentence]:
     """Split a report into sentences that remember their section and organ heading.
 
     A heading is a short title ending in a colon at the start of a line ("KIDNEYS:", "Liver and biliary tree:
     normal."), or a short upper-case line ("IMPRESSION"). Its organs apply to the sentences that follow until the
     next heading. Lines that wrap mid-sentence are joined; list markers ("1.", "-", "a)") are dropped.
+
+    ``title_says`` (``Vocab.title_memo``: title -> flags) tells what a title states: a title that names a finding
+    before a colon with an answer after it is a checklist line, parsed whole ("Gallstones: none."); an upper-case
+    line that states a finding or a normal organ is text ("CHOLELITHIASIS", "NO ACUTE ABNORMALITY"). Section
+    titles ("FINDINGS", "Indication") are headings whatever they say.
 
     Example:
         >>> text = "SPLEEN: Normal. No focal lesion."
@@ -251,11 +273,17 @@ def segment(text: str, heading_organs: Callable[[str, Tuple[str, ...]], Tuple[st
             s = item.end()
         hm = _heading_at(text, s, e) if ":" in body else None
         title = hm[0] if hm else None
-        if title is None and not item:
+        statement = False  # an upper-case line that states a finding: one statement, not wrapped text
+        if title is not None and title_says is not None and title_says[title] & _CHECKLIST and hm[1] < e and (
+                text[hm[1]:e].strip()) and _heading_kind(title) != "skip":
+            title = hm = None  # "Gallstones: none.": the title is what the line is about, not a heading
+        elif title is None and not item:
             raw = body.rstrip(":")
             if raw.isupper() and len(raw.split()) <= 5 and _UPPER_TITLE.fullmatch(raw):
                 title = raw.strip()
                 hm = None
+                if title_says is not None and title_says[title] & _STATEMENT and _heading_kind(title) != "skip":
+                    title, statement = None, True
         if title is not None:  # six words at most: _heading_at checks, an upper-case title has five at most
             if b0 >= 0 and b_section != "skip":
                 _emit(out, text, b0, b1, b_heading, b_organs, b_section)
@@ -287,7 +315,8 @@ def segment(text: str, heading_organs: Callable[[str, Tuple[str, ...]], Tuple[st
             if b0 >= 0 and b_section != "skip":
                 _emit(out, text, b0, b1, b_heading, b_organs, b_section)
             b0, b1, b_heading, b_organs, b_section = s, e, heading, organs, section
-        b_open = text[e - 1] not in ".;:!?"
+        # an upper-case statement line ends there ("CHOLELITHIASIS" + "2 CM CYST ...") unless its last word is open
+        b_open = text[e - 1] not in ".;:!?" and (not statement or _open_end(text, s, e))
         prev_start = line_start
     if b0 >= 0 and b_section != "skip":
         _emit(out, text, b0, b1, b_heading, b_organs, b_section)

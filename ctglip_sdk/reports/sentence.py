@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
-from functools import lru_cache
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
-from ctglip_sdk import organs as _organs
-from ctglip_sdk.reports.negation import (_NO_SCOPE, STATUS, STATUS_Q, clause_break, clause_starts, cue_scopes,
-                                         said_normal)
+from ctglip_sdk.reports.negation import (_NO_SCOPE, STATUS, STATUS_Q, checklist_answer, clause_break, clause_starts,
+                                         cue_scopes, said_normal)
+from ctglip_sdk.reports.resection import gone_organs
 from ctglip_sdk.reports.segment import Sentence, normalise_space  # noqa: F401 - normalise_space re-exported
+from ctglip_sdk.reports.sides import (_COORD, _expand, _side_of,  # noqa: F401 - _side_of for the parser
+                                     pair_sides, place, side_near)
 from ctglip_sdk.reports.types import (_RANK, ABSENT, PRESENT, UNCERTAIN, OrganFinding, Status, _f_finding,
                                       _f_organ, _f_sentence, _f_span, _f_status, _new, new_finding)
-from ctglip_sdk.reports.vocab import OTHER, TERMINATE, Info, Vocab
+from ctglip_sdk.reports.vocab import OTHER, Info, Vocab
 
 __all__ = ["SentenceParser", "normalise_space"]
 
@@ -22,25 +23,17 @@ __all__ = ["SentenceParser", "normalise_space"]
 # a pattern whose alternatives all start with a literal lets the regex engine skip to those letters fast.
 _GAP_BOUNDARY = re.compile(
     r",|a(?<=\ba)nd\b|w(?<=\bw)(?:ith|hich|hereas|hile)\b|b(?<=\bb)ut\b|h(?<=\bh)owever\b|o(?<=\bo)r\b")
-_COORD = re.compile(r"\s*(?:,\s*(?:and\s+|or\s+)?|(?:and|or|nor|&|/|as well as)\s*)(?:the\s+|both\s+)?$")
 _WORD = re.compile(r"[a-z0-9][a-z0-9]*")  # "[a-z0-9]+", spelt to start with a character set (see above)
 _AND = re.compile(r"a(?<=\ba)nd\b")  # "\band\b"
 # Text between a finding and an organ that makes the organ the finding's location ("nodule in the lingula").
 _LOCATION = re.compile(r"\s*(?:in|at|within|of|involving|from|near|along|arising from)\s+(?:the\s+)?(?:[a-z]+\s+)?")
-_CLASSES = frozenset(_organs.ORGANS)
 _ADJACENT = frozenset((" ", "-"))  # what may lie between an organ adjective and its noun ("splenic cyst")
-_expand = lru_cache(maxsize=4096)(_organs.expand)
-_side_of = lru_cache(maxsize=4096)(_organs.side_of)
 
 
-def _sided(organ: str, side: str) -> str:
-    """kidney + left -> kidney_left; lung + left -> lung_left; a class stays as it is."""
-    cand = f"{organ}_{side}"
-    return cand if cand in _organs.GROUPS or cand in _CLASSES else organ
-
-
-# What the parser keeps of a sentence: (text, findings, organ_from_heading, organs) of its SentenceResult.
-_Record = Tuple[str, Tuple[OrganFinding, ...], bool, Tuple[str, ...]]
+_NOTHING: FrozenSet[str] = frozenset()
+# What the parser keeps of a sentence: (text, findings, organ_from_heading, organs) of its SentenceResult, and the
+# organs it says were removed (for the whole report: resection.drop_resected).
+_Record = Tuple[str, Tuple[OrganFinding, ...], bool, Tuple[str, ...], Tuple[str, ...]]
 
 
 class SentenceParser:
@@ -189,65 +182,22 @@ class SentenceParser:
                     used.append(j)
         return out, used, None
 
-    @staticmethod
-    def _side(low: str, toks: Sequence[Tuple[int, int, Info]], lo_i: int, hi_i: int) -> Optional[str]:
-        """A side word right before the phrase/organ ("left renal cyst") or shortly after ("... on the right")."""
-        for i in range(hi_i, lo_i - 1, -1):  # "nodule at the right lung base", "bibasilar atelectasis"
-            if toks[i][2].side:
-                return toks[i][2].side
-        anchor = toks[lo_i][0]
-        for i in range(lo_i - 1, -1, -1):
-            a, b, info = toks[i]
-            if "," in low[b:anchor] or anchor - b > 30:
-                break
-            if info.side:
-                return info.side
-            if info.keys or info.organ or info.trigger == TERMINATE:
-                break
-        anchor = toks[hi_i][1]
-        for i in range(hi_i + 1, len(toks)):
-            a, b, info = toks[i]
-            if info.keys and not info.side and _COORD.fullmatch(low, anchor, a):
-                anchor = b  # "no hydronephrosis or nephrolithiasis bilaterally": the side ends the list
-                continue
-            if "," in low[anchor:a] or a - anchor > 25:
-                break
-            if info.side:
-                return info.side
-            if info.keys or info.organ or info.trigger == TERMINATE:
-                break
-        return None
-
     def _place(self, organ: str, key: str, side: Optional[str]) -> Tuple[str, ...]:
         """Final organ names for a finding on ``organ`` given a side (``both`` gives two)."""
         k = (organ, key, side)
         hit = self._places.get(k)
         if hit is None:
-            hit = self._places[k] = tuple(self._place_uncached(organ, key, side))
+            hit = self._places[k] = tuple(place(self.entries[key].sites, organ, side))
         return hit
 
-    def _place_uncached(self, organ: str, key: str, side: Optional[str]) -> List[str]:
-        entry = self.entries[key]
-        own = _side_of(organ)
-        sides = [own] if own else (["left", "right"] if side == "both" else [side] if side else [])
-        if not sides:
-            return [organ]
-        out = []
-        for s in sides:
-            if organ in _CLASSES:
-                out.append(organ)  # a lobe or a sided class is already as precise as it gets
-            elif s in entry.sites:
-                out.append(entry.sites[s])
-            else:
-                out.append(_sided(organ, s))
-        return list(dict.fromkeys(out))
-
     # ------------------------------------------------------------------ sentences
-    def sentence(self, text: str, low: str, sent: Sentence, toks: Sequence[Tuple[int, int, Info]],
+    def sentence(self, text: str, low: str, sent: Sentence, toks: List[Tuple[int, int, Info]],
                  context: Sequence[str] = ()) -> _Record:
         """Findings of one sentence; ``context`` holds the organs of the previous sentence under the same heading.
 
-        Returns ``(text, findings, organ_from_heading, organs)`` of its SentenceResult (built only by ``analyse``).
+        Returns ``(text, findings, organ_from_heading, organs)`` of its SentenceResult (built only by ``analyse``)
+        and the organs the sentence says were removed. ``toks`` is the caller's own list: two sides said at once
+        are rewritten in it (sides.pair_sides).
         """
         start, end, s_heading, heading_organs, _section = sent
         self._start, self._end = start, end
@@ -257,7 +207,7 @@ class SentenceParser:
         else:
             s_text = " ".join(raw.split())
         if not toks:  # nothing matched ("Recommend follow-up."): no statement, though it sits under its heading
-            return s_text, (), bool(heading_organs), heading_organs
+            return s_text, (), bool(heading_organs), heading_organs, ()
         question = "?" in s_text
         for t in toks:
             if t[2].trigger is not None:
@@ -265,6 +215,10 @@ class SentenceParser:
                 break
         else:  # no cue in the sentence (about half of them): nothing is in scope
             scopes = [_NO_SCOPE] * len(toks)
+        if ":" in raw:
+            answer = checklist_answer(low, start, end)  # "Gallstones: none." denies what the title names
+            if answer is not None:
+                scopes = [(None, answer)] * len(toks)
         status_of = STATUS_Q if question else STATUS  # scope -> (status, weak)
         mentions: List[Tuple[int, int, str]] = []
         mention_tok: List[int] = []
@@ -274,9 +228,17 @@ class SentenceParser:
         normal_span: Optional[Tuple[int, int]] = None
         normal_at: List[int] = []  # where the normal terms that are not negated start
         sided = False  # without a side word in the sentence every finding is unsided
+        weak: Optional[List[Tuple[int, int, int, str]]] = None  # organs named only if nothing else names one
+        gone_cue = False  # an operation or a word that says an organ is not there
         for i, (a, b, info) in enumerate(toks):
-            if info.side:
-                sided = True
+            if info.flags:  # a side, a numbered segment, an operation or a missing organ (rare: one test for all)
+                if info.side:
+                    sided = True
+                    pair_sides(low, toks, i)  # "right and left renal cysts": both sides
+                if info.weak:
+                    weak = (weak or []) + [(i, a, b, info.organ)]  # type: ignore[list-item]
+                if info.resects or info.missing:
+                    gone_cue = True
             if info.mention:
                 mentions.append((a, b, info.mention))
                 mention_tok.append(i)
@@ -290,6 +252,17 @@ class SentenceParser:
                 if normal_span is None:
                     normal_span = (a, b)
                 normal_at.append(a)
+        if weak and not mentions and (not heading_organs or any(w[3] in heading_organs for w in weak)):
+            for i, a, b, organ in weak:  # "lesion in segment 7": the liver, as nothing else names an organ
+                mentions.append((a, b, organ))
+                mention_tok.append(i)
+        gone: FrozenSet[str] = _NOTHING  # classes the sentence says are not there: no statement about them
+        removed: Tuple[str, ...] = ()  # organs removed by an operation, for the whole report
+        if gone_cue:
+            gone, removed = gone_organs(low, toks, scopes, mentions, mention_tok, heading_organs, start, end,
+                                        lambda j: self._run(low, mentions, j))
+            if all(_bare(t[2]) for t in toks):  # "Status post cholecystectomy." says nothing more
+                return s_text, (), bool(heading_organs), heading_organs or removed, removed
         claimed: Dict[int, int] = {}
         if mentions and finding_toks:
             for j, ti in enumerate(mention_tok):
@@ -332,7 +305,7 @@ class SentenceParser:
                     lo_i = ti
                 elif ti > hi_i:
                     hi_i = ti
-            side = self._side(low, toks, lo_i, hi_i) if sided else None
+            side = side_near(low, toks, lo_i, hi_i) if sided else None
             span = (a, b)
             for organ, keys in resolved:
                 # A descriptor that borrowed its organ from a named finding lands where that finding landed.
@@ -459,6 +432,8 @@ class SentenceParser:
         else:
             for organ, status, span in free:
                 findings.append(new_finding(organ, None, status, s_text, span))
+        if gone:  # "The right kidney is not visualized": not a normal kidney
+            findings = [f for f in findings if f.finding is not None or not gone.issuperset(_expand(f.organ))]
         # what the sentence is about: its findings' organs, else the organs it names or sits under
         if len(findings) > 1:
             findings.sort(key=_span_start)
@@ -469,7 +444,7 @@ class SentenceParser:
             about = (targets[0][0],)
         else:
             about = tuple(dict.fromkeys([t[0] for t in targets]))
-        return s_text, tuple(findings), from_heading, about
+        return s_text, tuple(findings), from_heading, about, removed
 
     def _fold_groups(self, specific: Dict[Tuple[str, str], List[Any]]) -> None:
         """Fold "kidney: renal_cyst" into "kidney_right: renal_cyst" said in the same sentence ("cyst in the right
@@ -498,3 +473,8 @@ class SentenceParser:
 
 def _span_start(f: OrganFinding) -> int:
     return f.span[0]
+
+
+def _bare(info: Info) -> bool:
+    """Whether a phrase only names an operation, a missing organ or a side ("left", "nephrectomy", "removed")."""
+    return not (info.trigger or info.organ or info.keys or info.normal or info.generic or info.heading_organs)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from ctglip_sdk import organs as _organs
+from ctglip_sdk.reports.anatomy import (  # noqa: F401 - the tables are also importable from here, as before
+    EXTRA_ORGANS, HEADING_ORGANS, MISSING, ORGAN_ABBREVIATIONS, OTHER_ANATOMY, PARTIAL_RESECTIONS, RESECTIONS,
+    SIDE_ABBREVIATIONS, SIDE_WORDS, WEAK_ORGANS)
 
 __all__ = ["Info", "Vocab", "vocab_for", "phrase_key"]
 
@@ -122,63 +125,6 @@ TRIGGERS: Dict[str, Tuple[str, ...]] = {
               "correlate with", "correlation with", "filled with", "not to be confused with"),
 }
 
-SIDE_WORDS: Dict[str, str] = {
-    "left": "left", "right": "right", "left sided": "left", "right sided": "right", "bilateral": "both",
-    "bilaterally": "both", "both": "both", "bibasilar": "both", "bibasal": "both", "bilateral lower lobe": "both",
-}
-
-# Organ phrases that the shared organ table lacks and reports use for locations (kept inside this package).
-EXTRA_ORGANS: Dict[str, str] = {
-    "caudate lobe": "liver", "hepatic lobe": "liver", "hepatic dome": "liver", "liver dome": "liver",
-    "intrahepatic": "liver", "hepatic parenchyma": "liver", "hepatic segment": "liver", "right lobe of the liver":
-    "liver", "left lobe of the liver": "liver", "hepatic": "liver", "hepatically": "liver",
-    "renal pelvis": "kidney", "renal pelves": "kidney", "collecting system": "kidney",
-    "collecting systems": "kidney", "calyces": "kidney", "calyx": "kidney", "calyceal": "kidney",
-    "perinephric": "kidney", "perirenal": "kidney", "renal sinus": "kidney", "renal cortex": "kidney",
-    "renal parenchyma": "kidney", "pancreatic duct": "pancreas", "main pancreatic duct": "pancreas",
-    "pancreatic head": "pancreas", "pancreatic body": "pancreas", "pancreatic tail": "pancreas",
-    "uncinate process": "pancreas", "pancreatic parenchyma": "pancreas", "gallbladder fossa": "gallbladder",
-    "gallbladder neck": "gallbladder", "gallbladder wall": "gallbladder", "gallbladder lumen": "gallbladder",
-    "infrarenal aorta": "aorta", "thoracic aorta": "aorta", "aortic arch": "aorta", "aortic wall": "aorta",
-    "aortoiliac": "aorta", "suprarenal aorta": "aorta", "descending aorta": "aorta", "ascending aorta": "aorta",
-    "coronary": "heart", "coronary arteries": "heart", "coronary artery": "heart", "pericardium": "heart",
-    "lung apices": "lung", "lung apex": "lung", "upper lobes": "lung", "lower lobes": "lung", "upper lobe": "lung",
-    "lower lobe": "lung", "pleural space": "lung", "pleural spaces": "lung", "hemithorax": "lung",
-    "haemithorax": "lung", "lung fields": "lung", "pulmonary parenchyma": "lung", "lingular": "lung_upper_lobe_left",
-    "bibasilar": "lung", "bibasal": "lung", "lung bases": "lung", "bases": "lung", "apices": "lung",
-    "sigmoid": "colon", "sigmoid colon": "colon", "caecum": "colon", "cecum": "colon", "rectosigmoid": "colon",
-    "adrenal limb": "adrenal_gland", "adrenal limbs": "adrenal_gland", "bladder wall": "urinary_bladder",
-    "vertebral body": "vertebrae", "vertebral bodies": "vertebrae", "main portal vein": "portal_vein_and_splenic_vein",
-    "portal veins": "portal_vein_and_splenic_vein", "spleen tip": "spleen",
-    # Couinaud liver segments in Roman numerals are as good as naming the liver ("cyst in segment VII").
-    **{f"segment {r}": "liver" for r in ("i", "ii", "iii", "iv", "iva", "ivb", "v", "vi", "vii", "viii")},
-    **{f"segments {r}": "liver" for r in ("ii", "iii", "iv", "v", "vi", "vii", "viii")},
-    "couinaud segment": "liver", "hepatic segments": "liver",
-}
-
-OTHER_ANATOMY = (
-    "ureter", "ureters", "ureteral", "ureteric", "ureterovesical junction", "uvj", "pelviureteric junction", "puj",
-    "bile duct", "bile ducts", "common bile duct", "cbd", "common duct", "lymph node", "lymph nodes", "nodal",
-    "ovary", "ovaries", "ovarian", "adnexa", "adnexal", "uterus", "uterine", "endometrium", "endometrial",
-    "prostate", "prostatic", "seminal vesicles", "thyroid", "appendix", "appendiceal", "mesentery", "mesenteric",
-    "peritoneum", "peritoneal", "retroperitoneum", "retroperitoneal", "omentum", "omental", "chest wall",
-    "abdominal wall", "subcutaneous", "skin", "breast", "breasts", "testis", "testes", "scrotal", "thymus",
-    "axilla", "axillary", "soft tissues", "soft tissue", "renal artery", "renal arteries", "renal vein",
-    "splenic artery", "hepatic artery", "hepatic veins", "hepatic vein", "superior mesenteric artery",
-    "mesenteric artery", "celiac axis", "coeliac axis", "urethra", "vagina", "rectum", "anal canal",
-)
-
-# Heading words that name organs only as section titles ("Vascular:", "Lower chest:").
-HEADING_ORGANS: Dict[str, Tuple[str, ...]] = {
-    "vascular": ("aorta",), "vasculature": ("aorta",), "vessels": ("aorta",), "vascular structures": ("aorta",),
-    "chest": ("lung",), "lower chest": ("lung",), "thorax": ("lung",), "lower thorax": ("lung",),
-    "hepatobiliary": ("liver", "gallbladder"), "biliary": ("gallbladder",),
-    "urinary tract": ("kidney", "urinary_bladder"),
-    "genitourinary": ("kidney", "urinary_bladder"), "bones": ("vertebrae",), "osseous structures": ("vertebrae",),
-    "skeleton": ("vertebrae",), "musculoskeletal": ("vertebrae",), "gastrointestinal": ("bowel",),
-    "gi tract": ("bowel",), "bowel": ("bowel",), "mediastinum": ("heart",), "cardiovascular": ("heart", "aorta"),
-}
-
 _BRIT_AMER = (("oesophag", "esophag"), ("haem", "hem"), ("tumour", "tumor"), ("oedem", "edem"),
               ("characteris", "characteriz"), ("calibre", "caliber"), ("centimetre", "centimeter"),
               ("visualis", "visualiz"), ("favour", "favor"), ("paraoesophag", "paraesophag"), ("ischaem", "ischem"))
@@ -203,6 +149,11 @@ class Info:
     key_organs: Tuple[Tuple[str, str], ...] = ()  # (key, dictionary organ) for every key
     implied: Optional[str] = None  # the organ a synonym names by itself ("nephrolithiasis" -> kidney)
     mention: Optional[str] = None  # organ, when the phrase is an organ mention and not a finding
+    whole: bool = False  # an organ mention that names the organ itself, not a part of it ("pancreatic tail")
+    weak: bool = False  # an organ that counts only when nothing else names one ("segment 7"; not a ``mention``)
+    resects: Optional[str] = None  # the organ an operation removes ("cholecystectomy" -> gallbladder)
+    missing: Optional[str] = None  # "resected"/"unseen": the phrase says the organ next to it is not there
+    flags: bool = False  # side, weak, resects or missing: one test per phrase tells the parser to look closer
     # organ -> the keys of this phrase the organ can carry (filled by the parser as organs come up)
     fits: Dict[str, Tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
 
@@ -213,6 +164,24 @@ def phrase_key(text: str) -> str:
 
 
 _SQUASH = re.compile(r"[\s\-]+")
+_TITLE_PARTS = re.compile(r"\s*(?:/|&|,|\+|\band\b)\s*")
+CHECKLIST, STATEMENT = 1, 2  # flags of Vocab.title_says
+
+
+class _TitleMemo(dict):  # type: ignore[type-arg]
+    """title -> flags, computed on first lookup (bounded: report text can hold endless titles)."""
+
+    def __init__(self, compute: Callable[[str], int]) -> None:
+        super().__init__()
+        self.compute = compute
+
+    def __missing__(self, title: str) -> int:
+        if len(self) >= 10_000:
+            self.clear()
+        hit = self[title] = self.compute(title)
+        return hit
+
+
 _ALNUM = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")  # what the matcher's "(?![a-z0-9])" looks for
 
 
@@ -287,12 +256,30 @@ class Vocab:
             return out
 
         self._phrases: set = set()  # surface forms; several may share one key ("gall stones", "gallstones")
-        for phrase, organ in list(_organs.SYNONYMS.items()) + list(EXTRA_ORGANS.items()):
+        whole = {**_organs.SYNONYMS, **ORGAN_ABBREVIATIONS}  # names of organs, not of parts or places in them
+        for phrase, organ in list(whole.items()) + list(EXTRA_ORGANS.items()):
             for i in info(phrase):
                 i.organ = i.organ or organ
+                i.whole = i.whole or phrase in whole  # not "hepatic lobe", "pancreatic tail", "renal pelvis"
+        for phrase, organ in list(_organs.SYNONYMS.items()) + list(EXTRA_ORGANS.items()):
+            side, _, rest = phrase.partition(" ")
+            if side in SIDE_ABBREVIATIONS and rest:
+                for short in SIDE_ABBREVIATIONS[side]:
+                    if len(short) > 1 or len(rest.split(" ", 1)[0]) >= 4:
+                        for i in info(f"{short} {rest}"):
+                            i.organ = i.organ or organ
+                            i.whole = i.whole or phrase in _organs.SYNONYMS
+        for phrase, organ in WEAK_ORGANS.items():
+            for i in info(phrase):
+                i.organ, i.weak = organ, True
         for phrase in OTHER_ANATOMY:
             for i in info(phrase):
                 i.organ = OTHER
+        for phrase, organ in RESECTIONS.items():
+            # "post-cholecystectomy": a phrase never starts after a hyphen, so the prefix is part of the phrase
+            for form in (phrase, f"post {phrase}", f"post{phrase}"):
+                for i in info(form, plural=True):  # "bilateral nephrectomies"
+                    i.resects = organ
         for phrase, targets in HEADING_ORGANS.items():
             for i in info(phrase):
                 i.heading_organs = targets
@@ -317,7 +304,12 @@ class Vocab:
         for phrase, side in SIDE_WORDS.items():
             for i in info(phrase):
                 i.side = side
-        for phrase in dictionary.ignore_terms:
+        for phrase, kind in MISSING.items():
+            for i in info(phrase):
+                i.missing = kind
+                if phrase == "surgically absent":
+                    i.trigger = NEG_BOTH  # as "absent", which it contains
+        for phrase in list(dictionary.ignore_terms) + list(PARTIAL_RESECTIONS):
             for i in info(phrase, plural=True):
                 i.ignore = True
         entries = {e.key: e for e in dictionary.findings()}
@@ -326,7 +318,8 @@ class Vocab:
             i.key_organs = tuple((k, entries[k].organ) for k in i.keys)
             syn_organs = {entries[k].organ for k in i.syn}
             i.implied = syn_organs.pop() if len(syn_organs) == 1 else None
-            i.mention = i.organ if i.organ and not i.keys else None
+            i.mention = i.organ if i.organ and not i.keys and not i.weak else None
+            i.flags = bool(i.side or i.weak or i.resects or i.missing)
         # The head noun of a phrase ("calcified stone" -> "stone", "renal cysts" -> "cysts") resolves it when the
         # whole phrase does not fit the organ, and serves coordinated organs ("hepatic and renal cysts").
         for surface in self._phrases:
@@ -342,6 +335,9 @@ class Vocab:
         self.entries = {e.key: e for e in dictionary.findings()}
         self._compat: Dict[Tuple[str, str], bool] = {}
         self.heading_cache: Dict[Tuple[str, Tuple[str, ...]], Tuple[str, ...]] = {}
+        # title -> Vocab.title_says flags; segment() reads it as a mapping (a C-level lookup per heading line)
+        self.title_memo = _TitleMemo(self._title_flags)
+        self._title_toks: Dict[str, List[Tuple[int, int, Info]]] = {}
         self.parser = None  # the parser built on this vocabulary (ctglip_sdk.reports.parser)
         self._surface: Dict[str, Optional[Info]] = {}  # matched text -> Info, skips re-normalising
         # Characters no phrase can run through ("." ends "vs.", ":" and ";" are in none): a scan that starts after
@@ -409,6 +405,8 @@ class Vocab:
         self._surface.clear()
         self._compat.clear()
         self.heading_cache.clear()
+        self.title_memo.clear()
+        self._title_toks.clear()
         for info in self.table.values():
             info.fits.clear()
 
@@ -424,6 +422,44 @@ class Vocab:
             self._compat[k] = hit
         return hit
 
+    def title_says(self, title: str) -> int:
+        """What a line's title says, as flags: ``CHECKLIST`` (a title before a colon that names a finding, not an
+        organ or section: "Gallstones: none.", "Renal calculi: 4 mm left") and ``STATEMENT`` (an upper-case line
+        that states a finding or a normal organ: "CHOLELITHIASIS", "NO ACUTE ABNORMALITY").
+
+        A title with a part that only names organs or a section ("Bones/fractures", "Lungs and pleural effusion")
+        is a heading whatever else it says. Memoised in ``title_memo``.
+        """
+        return self.title_memo[title]
+
+    def _title_tokens(self, low: str) -> List[Tuple[int, int, Info]]:
+        """``tokens`` of a lower-cased title, memoised: heading_organs and title_says both read each title."""
+        hit = self._title_toks.get(low)
+        if hit is None:
+            if len(self._title_toks) >= 10_000:
+                self._title_toks.clear()
+            hit = self._title_toks[low] = self.tokens(low)
+        return hit
+
+    def _title_flags(self, title: str) -> int:
+        low = title.lower()
+        toks = self._title_tokens(low)
+        if not any(i.keys or i.normal for _, _, i in toks):
+            return 0  # most titles: organs and section names only
+        keys = normal = pure = False
+        cuts = [m.start() for m in _TITLE_PARTS.finditer(low)] + [len(low)]
+        k = 0
+        for cut in cuts:  # the phrases of each part of "Bones/fractures"
+            part = []
+            while k < len(toks) and toks[k][0] < cut:
+                part.append(toks[k][2])
+                k += 1
+            p_keys = any(i.keys for i in part)
+            p_normal = any(i.normal for i in part)
+            keys, normal = keys or p_keys, normal or p_normal
+            pure = pure or (not p_keys and not p_normal and any(i.organ or i.heading_organs for i in part))
+        return (CHECKLIST if keys and not pure else 0) | (STATEMENT if normal or (keys and not pure) else 0)
+
     def heading_organs(self, heading: str, current: Tuple[str, ...] = ()) -> Tuple[str, ...]:
         """Organs a section heading names ("Liver and biliary tree" -> liver, gallbladder).
 
@@ -434,7 +470,7 @@ class Vocab:
         if hit is None:
             found: Dict[str, None] = {}
             low = heading.lower()
-            toks = self.tokens(low)
+            toks = self._title_tokens(low)
             for _, _, i in toks:
                 for o in i.heading_organs or ((i.organ,) if i.organ and i.organ != OTHER else ()):
                     found.setdefault(o, None)
