@@ -54,7 +54,12 @@ class WriterLock:
             self._depth += 1
             return
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except PermissionError:
+                raise IndexStateError("the index folder is read-only: searching, cohorts and exports work, but "
+                                      "ingest, score, rebuild and repair need write access",
+                                      path=self.path.parent) from None
             while True:
                 try:
                     if fcntl is not None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import os
 import random
+import sqlite3
 import time
+import urllib.parse
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
@@ -50,6 +53,15 @@ def make_engine(url: str) -> Engine:
     """
     try:
         if url.startswith("sqlite"):
+            readonly = _readonly_sqlite_file(url)
+            if readonly is not None:
+                # A published, read-only index: opening it the usual way ran "PRAGMA journal_mode=WAL" and failed
+                # every command, search included. immutable=1 reads without locks or -wal/-shm files.
+                engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(
+                    f"file:{urllib.parse.quote(readonly)}?mode=ro&immutable=1", uri=True, check_same_thread=False))
+                _sqlite_events(engine, readonly=True)
+                log.info("%s is read-only: opened for reading only", os.path.basename(readonly))
+                return engine
             engine = create_engine(url, connect_args={"timeout": _BUSY_MS / 1000})
             _sqlite_events(engine)
         else:
@@ -59,13 +71,38 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-def _sqlite_events(engine: Engine) -> None:
+def _readonly_sqlite_file(url: str) -> Optional[str]:
+    """The database file of a SQLite URL when it exists and cannot be written (file or folder), else None.
+
+    Raises IndexStateError when such a file has a non-empty -wal beside it: reading without it would miss
+    committed rows, and a read-only folder cannot take the checkpoint.
+    """
+    from sqlalchemy.engine import make_url
+
+    try:
+        path = make_url(url).database
+    except Exception:  # noqa: BLE001 - create_engine reports a bad URL itself
+        return None
+    if not path or path == ":memory:" or not os.path.isfile(path):
+        return None
+    if os.access(path, os.W_OK) and os.access(os.path.dirname(os.path.abspath(path)) or ".", os.W_OK):
+        return None
+    wal = path + "-wal"
+    if os.path.exists(wal) and os.path.getsize(wal) > 0:
+        raise IndexStateError("the index is read-only but its write-ahead log was never folded into the database; "
+                              "open it once where it can be written (any command), then publish it read-only",
+                              path=os.path.basename(path))
+    return path
+
+
+def _sqlite_events(engine: Engine, readonly: bool = False) -> None:
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:
         # pysqlite's implicit transactions defer BEGIN and break transactional DDL; take control of BEGIN.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        if not readonly:
+            cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(_BUSY_PRAGMA)
         cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a process crash loses nothing committed
         cur.execute("PRAGMA foreign_keys=ON")
@@ -76,6 +113,23 @@ def _sqlite_events(engine: Engine) -> None:
         # A write transaction takes the write lock up front: a deferred one that later upgrades can fail with
         # SQLITE_BUSY at once (busy_timeout does not apply to the upgrade in WAL mode).
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("ctglip_write") else "BEGIN")
+
+
+def _explain(exc: BaseException, url: str) -> Optional[Exception]:
+    """A one-line error for database failures a user can fix (read-only file, no server, no database, refused
+    login), or None. Only the driver's first line is kept: never the statement or its values."""
+    text = str(getattr(exc, "orig", exc)).strip()
+    first = text.splitlines()[0][:200] if text else type(exc).__name__
+    low = text.lower()
+    if "readonly database" in low or "read-only" in low:
+        return IndexStateError(f"the index database is read-only ({redact_url(url)}): searching, cohorts and "
+                               "exports work, but ingest, score, rebuild and repair need write access")
+    if getattr(exc, "connection_invalidated", False) or any(s in low for s in (
+            "could not connect", "connection refused", "connection failed", "does not exist",
+            "authentication failed", "could not translate host name", "timeout expired", "no password supplied",
+            "unable to open database file")):
+        return ConfigError(f"cannot use database {redact_url(url)!r}: {first}")
+    return None
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -121,6 +175,9 @@ class Store:
                     if _is_transient(exc):
                         raise IndexStateError("the index database stayed busy; another writer holds it "
                                               f"({redact_url(self.url)})") from None
+                    explained = _explain(exc, self.url)
+                    if explained is not None:
+                        raise explained from None
                     raise
                 log.debug("database busy, retrying (attempt %d)", attempt + 1)
                 time.sleep(delay * (1 + random.random()))
@@ -143,8 +200,14 @@ class Store:
 
     # -- schema -----------------------------------------------------------------------------------------
     def exists(self) -> bool:
-        """True when this prefix's tables exist in the database."""
-        return inspect(self.engine).has_table(self.t.meta.name)
+        """True when this prefix's tables exist in the database (the first call that reaches the server)."""
+        try:
+            return inspect(self.engine).has_table(self.t.meta.name)
+        except (OperationalError, DBAPIError) as exc:
+            explained = _explain(exc, self.url)
+            if explained is None:
+                raise
+            raise explained from None
 
     def schema_version(self, conn: Optional[Connection] = None) -> int:
         """Highest applied migration (0 when the tables do not exist)."""

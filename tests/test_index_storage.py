@@ -253,3 +253,42 @@ def test_sqlite_busy_pragma_matches_timeout():
     from ctglip_sdk.index import store
 
     assert store._BUSY_PRAGMA == f"PRAGMA busy_timeout={store._BUSY_MS}"
+
+
+def test_a_read_only_sqlite_index_can_be_searched_but_not_written(tmp_path, monkeypatch):
+    """A published read-only index used to fail every command, search included ("PRAGMA journal_mode=WAL")."""
+    import os
+
+    import numpy as np
+
+    from ctglip_sdk.errors import IndexStateError
+    from ctglip_sdk.index import ArchiveIndex
+    from ctglip_sdk.index import store as store_mod
+    from test_index_common import make_archive, tiny_model
+
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    idx.ingest(make_archive(tmp_path / "a", n=2, seed=1), workers=0)
+    expect = idx.search(np.ones(idx.dim, np.float32), k=3).crop_ids
+    idx.close()
+    db = str(tmp_path / "idx" / "index.sqlite")
+    real_access = os.access
+    # Tests run as root, which file modes do not stop: present the database as unwritable instead.
+    monkeypatch.setattr(store_mod.os, "access", lambda p, mode: False if mode == os.W_OK and
+                        os.path.abspath(p) in (db, os.path.dirname(db)) else real_access(p, mode))
+    ro = ArchiveIndex.open(tmp_path / "idx")
+    assert ro.search(np.ones(ro.dim, np.float32), k=3).crop_ids == expect
+    with pytest.raises(IndexStateError, match="read-only"):
+        ro.score()
+    ro.close()
+
+
+def test_an_unreachable_database_is_one_line_without_the_password(tmp_path):
+    pytest.importorskip("psycopg")
+    from ctglip_sdk.errors import ConfigError
+    from ctglip_sdk.index import ArchiveIndex
+    from test_index_common import tiny_model
+
+    ArchiveIndex.create(tmp_path / "idx", model=tiny_model()).close()
+    with pytest.raises(ConfigError, match=r"cannot use database 'postgresql\+psycopg://u:\*\*\*@127.0.0.1:1/x'") as err:
+        ArchiveIndex.open(tmp_path / "idx", database_url="postgresql+psycopg://u:S3cret@127.0.0.1:1/x")
+    assert "S3cret" not in str(err.value) and "\n" not in str(err.value)
