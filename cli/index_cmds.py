@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, List, Mapping, Optional, Sequence
 
 import click
+from click.core import ParameterSource
 
+from ctglip_sdk.cli.interrupts import sigterm_as_interrupt
 from ctglip_sdk.cli.output import echo_json, print_table
+from ctglip_sdk.cli.search_text import read_search_text
 from ctglip_sdk.errors import CTGlipError
 
-__all__ = ["ingest", "search", "similar", "score", "cohort", "export", "verify", "COMMANDS", "DEFAULT_MODEL"]
+__all__ = ["ingest", "search", "similar", "score", "cohort", "export", "verify", "COMMANDS", "DEFAULT_MODEL",
+           "INGEST_FAILED_EXIT"]
 
 #: Model used when `ctglip ingest` creates an index and no --model is given.
 DEFAULT_MODEL = "ctglip-tiny-synthetic"
+#: Exit status of `ctglip ingest` when series failed in this run (1 is a user error, 2 a usage error).
+INGEST_FAILED_EXIT = 3
+#: Image types the montage can be saved as (matplotlib writes them without extra packages).
+MONTAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
 
 
 def _index_options(func: Callable) -> Callable:
@@ -41,16 +50,97 @@ def _where(exprs: Sequence[str]) -> Optional[dict]:
 _HIT_COLUMNS = ["score", "crop_id", "organ", "patient", "study_uid", "series_uid", "study_date", "age", "sex", "bbox"]
 
 
-def _print_hits(res: Any, as_json: bool) -> None:
-    notes = list(getattr(res, "notes", []))
+def _print_hits(res: Any, as_json: bool, extra_notes: Sequence[str] = ()) -> None:
+    notes = [*extra_notes, *getattr(res, "notes", [])]
+    if getattr(res, "ranking", "cosine") != "cosine":
+        # Also under --json: margins and cosine similarities are not comparable scores, and a pipeline must be
+        # able to tell which one it got.
+        notes.insert(0, f"ranked by the zero-shot margin of {res.ranking.split(':', 1)[1]}")
     if as_json:
         echo_json(res.to_dicts())
     else:
         print_table(res.to_dicts(), _HIT_COLUMNS)
-        if getattr(res, "ranking", "cosine") != "cosine":
-            notes.insert(0, f"ranked by the zero-shot margin of {res.ranking.split(':', 1)[1]}")
     for note in notes:  # on stderr under --json, so that stdout stays one JSON document
         click.echo(f"({note})", err=as_json)
+
+
+def _warn(text: str) -> None:
+    click.echo(f"warning: {text}", err=True)
+
+
+def _failed_this_run(report: Any) -> List[Mapping[str, Any]]:
+    """Series that failed in this run. Series skipped because an earlier run failed on the same files are
+    listed in ``errors`` too (with this prefix), but nothing was tried on them now."""
+    return [e for e in report.errors if not str(e.get("reason", "")).startswith("previous attempt failed")]
+
+
+def _ignored_new_index_options(ctx: click.Context, manifest: Mapping[str, Any], model: Optional[str],
+                               factory: Optional[str], table_prefix: str, include_identifiers: bool) -> List[str]:
+    """Warnings for options that only shape a new index and that differ from what this index recorded."""
+    out: List[str] = []
+    if factory is not None and factory != manifest.get("factory"):
+        out.append(f"--factory {factory} is ignored: this index exists and keeps its FAISS type "
+                   f"({manifest.get('current_factory')}; set at creation, or chosen by size)")
+    if (ctx.get_parameter_source("table_prefix") is not ParameterSource.DEFAULT
+            and table_prefix != manifest.get("table_prefix", "ctglip_")):
+        out.append(f"--table-prefix {table_prefix} is ignored: this index keeps its tables under prefix "
+                   f"{manifest.get('table_prefix', 'ctglip_')!r}")
+    if include_identifiers and not manifest.get("include_identifiers"):
+        out.append("--include-identifiers is ignored: this index was created without identifiers and keeps "
+                   "pseudonyms only; ingest into a new --index to store them")
+    if model is not None and not _same_model(model, manifest["model"]):
+        out.append(f"--model {model} is ignored: this index keeps its recorded model {manifest['model']['name']!r} "
+                   "(vectors of different models are not comparable); ingest into a new --index to use another "
+                   "model")
+    return out
+
+
+def _same_model(ref: str, recorded: Mapping[str, Any]) -> bool:
+    """Whether --model names the index's own model: its recorded name, or a folder holding the same config and
+    weights. A registered name is not loaded: one without weights cannot be, and the index uses its copy."""
+    if ref == recorded.get("name"):
+        return True
+    if not Path(ref).is_dir():
+        return False
+    import ctglip_sdk as cg  # noqa: PLC0415 - torch is heavy
+    from ctglip_sdk.index.manifest import model_identity  # noqa: PLC0415
+
+    try:
+        got = model_identity(cg.load(ref))
+    except CTGlipError:
+        return False
+    return got["config_hash"] == recorded.get("config_hash") and (
+        not recorded.get("weights_hash") or got.get("weights_hash") in (None, recorded["weights_hash"]))
+
+
+def _new_index(index_dir: Path, model: Optional[str], database_url: Optional[str], factory: Optional[str],
+               include_identifiers: bool, table_prefix: str) -> Any:
+    from ctglip_sdk.index import ArchiveIndex
+
+    ref = model or DEFAULT_MODEL
+    try:
+        import ctglip_sdk as cg
+
+        model_obj = cg.load(ref)
+    except CTGlipError as exc:
+        hint = (f"the bundled model {DEFAULT_MODEL!r} is not available in this install" if model is None
+                else f"cannot load model {ref!r}")
+        raise click.ClickException(f"{hint} ({exc}); pass --model NAME_OR_PATH (see `ctglip models`)") from None
+    return ArchiveIndex.create(index_dir, model=model_obj, database_url=database_url, factory=factory,
+                               include_identifiers=include_identifiers, table_prefix=table_prefix)
+
+
+def _check_montage_path(path: Path) -> None:
+    """Refuse a montage path that cannot be written before searching, so that a typo costs one line, not the
+    search and a traceback."""
+    if path.suffix.lower() not in MONTAGE_SUFFIXES:
+        raise click.ClickException(f"{path}: a montage is saved as {', '.join(MONTAGE_SUFFIXES)}; "
+                                   f"got {path.suffix or 'no extension'!r}")
+    folder = path.parent
+    if not folder.is_dir():
+        raise click.ClickException(f"{path}: folder {str(folder)!r} does not exist; create it first")
+    if not os.access(folder, os.W_OK):
+        raise click.ClickException(f"{path}: folder {str(folder)!r} is not writable")
 
 
 @click.command("ingest")
@@ -65,35 +155,47 @@ def _print_hits(res: Any, as_json: bool) -> None:
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1, 1024), help="Studies per batch.")
 @click.option("--retry-errors", is_flag=True, help="Retry series that failed before with unchanged files.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
-def ingest(archive: Path, index_dir: Path, database_url: Optional[str], as_json: bool, model: Optional[str],
-           factory: Optional[str], table_prefix: str, include_identifiers: bool, workers: int, batch_size: int,
-           retry_errors: bool, progress: Optional[bool]) -> None:
-    """Embed ARCHIVE into the index at DIR (created on first use; resumable, idempotent, crash-safe)."""
+@click.pass_context
+def ingest(ctx: click.Context, archive: Path, index_dir: Path, database_url: Optional[str], as_json: bool,
+           model: Optional[str], factory: Optional[str], table_prefix: str, include_identifiers: bool, workers: int,
+           batch_size: int, retry_errors: bool, progress: Optional[bool]) -> None:
+    """Embed ARCHIVE into the index at DIR (created on first use; resumable, idempotent, crash-safe).
+
+    Exit status: 0 when every series was ingested or skipped (unchanged, or failed before with the same files;
+    --retry-errors tries those again); 3 when series failed in this run (each named on stderr, or under
+    "errors" with --json; the other series are ingested); 1 on a user error; 130 on Ctrl-C and 143 on SIGTERM,
+    after which the run is recorded as interrupted and the same command continues it. An archive in which no
+    series is found gives a warning on stderr. On an existing index, --model, --factory, --table-prefix and
+    --include-identifiers are ignored with a warning when they differ from what the index recorded.
+    """
     from ctglip_sdk.index import ArchiveIndex
 
-    if (index_dir / "manifest.json").exists():
-        idx = ArchiveIndex.open(index_dir, model=model, database_url=database_url)
-    else:
-        ref = model or DEFAULT_MODEL
+    # SIGTERM (an orchestrator's stop) stops like Ctrl-C, so the run is recorded as interrupted, not 'running'.
+    with sigterm_as_interrupt():
+        if (index_dir / "manifest.json").exists():
+            idx = ArchiveIndex.open(index_dir, database_url=database_url)
+            for text in _ignored_new_index_options(ctx, idx.manifest, model, factory, table_prefix,
+                                                   include_identifiers):
+                _warn(text)
+        else:
+            idx = _new_index(index_dir, model, database_url, factory, include_identifiers, table_prefix)
         try:
-            import ctglip_sdk as cg
-
-            model_obj = cg.load(ref)
-        except CTGlipError as exc:
-            hint = (f"the bundled model {DEFAULT_MODEL!r} is not available in this install" if model is None
-                    else f"cannot load model {ref!r}")
-            raise click.ClickException(f"{hint} ({exc}); pass --model NAME_OR_PATH (see `ctglip models`)") from None
-        idx = ArchiveIndex.create(index_dir, model=model_obj, database_url=database_url, factory=factory,
-                                  include_identifiers=include_identifiers, table_prefix=table_prefix)
-    with idx:
-        report = idx.ingest(archive, workers=workers, batch_size=batch_size, retry_errors=retry_errors,
-                            progress=progress)
+            with idx:
+                report = idx.ingest(archive, workers=workers, batch_size=batch_size, retry_errors=retry_errors,
+                                    progress=progress)
+        except KeyboardInterrupt as exc:
+            raise type(exc)("ingest stopped; the series written so far are kept and the run is recorded as "
+                            "interrupted: run the same command again to continue") from None
+    if report.seen == 0:
+        _warn(f"no series found in {archive}; see docs/data.md for the archive layouts ingest reads")
     if as_json:
         echo_json(report.to_dict())
-        return
-    click.echo(report.summary())
-    for err in report.errors:
-        click.echo(f"  failed {err['series']}: {err['reason']}", err=True)
+    else:
+        click.echo(report.summary())
+        for err in report.errors:
+            click.echo(f"  failed {err['series']}: {err['reason']}", err=True)
+    if _failed_this_run(report):
+        ctx.exit(INGEST_FAILED_EXIT)
 
 
 @click.command("search")
@@ -101,23 +203,39 @@ def ingest(archive: Path, index_dir: Path, database_url: Optional[str], as_json:
 @_index_options
 @click.option("--organ", "organs", multiple=True, help="Organ name or group (repeatable): liver, kidney, lung…")
 @click.option("--where", "wheres", multiple=True, metavar="EXPR",
-              help="Filter (repeatable): age>=60, sex=F, study_date>=2020-01-01, contrast=venous, split=test.")
+              help="Filter (repeatable): age>=60, sex=F, study_date>=2020-01-01, contrast=portal_venous (or no), split=test.")
+@click.option("--parse", is_flag=True,
+              help="Also read filters from TEXT: sex words, ages (over 60, 40-60, 65+), contrast and the organ "
+                   "named, as in \"fatty liver in women over 60\"; --organ and --where given win. Without it, "
+                   "such words only go to the text encoder, and a note on stderr says so.")
 @click.option("-k", "--k", "k", default=20, show_default=True, type=click.IntRange(1, 10000), help="Hits.")
 @click.option("--montage", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also save a PNG of the hits' organ boxes.")
+              help="Also save a PNG (or .jpg, .pdf, .svg) of the hits' organ boxes; its folder must exist.")
 @click.option("--rank", type=click.Choice(["auto", "cosine"]), default="auto", show_default=True,
               help="auto: a text naming one dictionary finding ranks by that finding's zero-shot margin; "
                    "cosine: plain text similarity.")
 def search(text: str, index_dir: Path, database_url: Optional[str], as_json: bool, organs: Sequence[str],
-           wheres: Sequence[str], k: int, montage: Optional[Path], rank: str) -> None:
-    """Organs matching TEXT (finding margin or cosine similarity with the index's text encoder)."""
+           wheres: Sequence[str], parse: bool, k: int, montage: Optional[Path], rank: str) -> None:
+    """Organs matching TEXT (finding margin or cosine similarity with the index's text encoder).
+
+    Notes on how TEXT was read and ranked follow the table (on stderr under --json).
+    """
+    if montage is not None:
+        _check_montage_path(montage)
+    query = read_search_text(text, organs, _where(wheres), parse)
+    for hint in query.hints:
+        click.echo(f"({hint})", err=True)
     with _open(index_dir, database_url) as idx:
-        res = idx.search(text, k=k, organ=list(organs) or None, where=_where(wheres), rank=rank)
+        res = idx.search(query.text, k=k, organ=query.organ, where=query.where, rank=rank)
+        _print_hits(res, as_json, query.notes)
         if montage is not None and len(res):
             from ctglip_sdk.index.montage import save_montage
 
-            save_montage(idx, res, montage)
-    _print_hits(res, as_json)
+            try:
+                save_montage(idx, res, montage)
+            except (OSError, ValueError, CTGlipError) as exc:  # the hits are printed: only the picture is lost
+                raise click.ClickException(f"{montage}: montage not saved ({exc}); the hits above are "
+                                           "complete") from None
 
 
 @click.command("similar")
@@ -159,6 +277,17 @@ def score(index_dir: Path, database_url: Optional[str], as_json: bool, findings:
                    f"({len(out['findings'])} findings) in {out['seconds']} s")
 
 
+def _cohort_frame(res: Any, level: str, scored: Sequence[str]) -> Any:
+    """Members as a DataFrame with every column a cohort of this query has, even when it has no member: an
+    empty CSV still gets its header (pandas and csv readers fail on a file with none), and the columns do not
+    change with who happens to be a member."""
+    frame = res.to_pandas()
+    cols = ["patient", "studies", *(["study_uid"] if level == "study" else []),
+            *dict.fromkeys(f"p:{c.strip()}" for c in scored)]
+    cols += [c for c in frame.columns if c not in cols]
+    return frame.reindex(columns=cols)
+
+
 @click.command("cohort")
 @_index_options
 @click.option("--all-of", "all_of", multiple=True, metavar="COND", help="Finding key or text every member has.")
@@ -179,7 +308,7 @@ def cohort(index_dir: Path, database_url: Optional[str], as_json: bool, all_of: 
         res = idx.cohort(all_of=all_of, any_of=any_of, none_of=none_of, where=_where(wheres), threshold=threshold,
                          level=level)
     if output is not None:
-        res.to_pandas().to_csv(output, index=False)
+        _cohort_frame(res, level, [*all_of, *any_of]).to_csv(output, index=False)
     if as_json:
         echo_json({"level": level, "n": len(res), "members": res.to_dicts()})
         return

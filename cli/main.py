@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional
 import click
 
 from ctglip_sdk._version import __version__
+from ctglip_sdk.cli.interrupts import exit_code, message
 from ctglip_sdk.errors import CTGlipError
 
 # name -> "module:attribute". Commands load on first use so that `ctglip --help` does not import torch.
@@ -44,7 +45,8 @@ def _available() -> Dict[str, str]:
 
 
 class LazyGroup(click.Group):
-    """A click group that imports each command on demand and maps CTGlipError to exit code 1."""
+    """A click group that imports each command on demand, maps CTGlipError to exit code 1 and interrupts to
+    130 (Ctrl-C) or 143 (SIGTERM)."""
 
     def list_commands(self, ctx: click.Context) -> List[str]:
         return sorted(set(super().list_commands(ctx)) | set(_available()))
@@ -67,6 +69,11 @@ class LazyGroup(click.Group):
                 raise
             # One clear line, no traceback: the message names the file/value and the reason.
             raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt as exc:
+            # click would print "Aborted!" and exit 1, the code of a user error; a pipeline needs to tell the two
+            # apart, so print one line and exit 128 + the signal number, as a shell does.
+            click.echo(message(exc), err=True)
+            raise click.exceptions.Exit(exit_code(exc)) from None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -17,7 +17,11 @@ def _fmt(value: Any) -> str:
 
 
 def print_table(rows: Iterable[Any], columns: Optional[Sequence[str]] = None) -> None:
-    """Print rows (mappings, or plain values) as an aligned text table."""
+    """Print rows (mappings, or plain values) as an aligned text table.
+
+    Without ``columns``, the columns are the union of every row's keys in first-seen order: rows may differ (a
+    cohort member holds evidence only for the conditions it met), and no row's values may go unshown.
+    """
     rows = list(rows)
     if not rows:
         click.echo("(no rows)")
@@ -26,7 +30,7 @@ def print_table(rows: Iterable[Any], columns: Optional[Sequence[str]] = None) ->
         for r in rows:
             click.echo(_fmt(r))
         return
-    cols: List[str] = list(columns or rows[0].keys())
+    cols: List[str] = list(columns) if columns else list(dict.fromkeys(k for r in rows for k in r))
     cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     click.echo("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())

@@ -46,7 +46,8 @@ def train_command(archive: str, model: Optional[str], out: str, config_path: Opt
 @click.option("--split", default="test", show_default=True,
               help="Split to evaluate: a name, a comma-separated list (train,test) or 'all'.")
 @click.option("--val-split", default="val", show_default=True,
-              help="Split on which each finding's decision threshold is chosen.")
+              help="Split on which each finding's decision threshold is chosen; it must hold studies. "
+                   "'none': threshold 0.5 for every finding.")
 @click.option("--val-archive", type=click.Path(exists=True, file_okay=False), default=None,
               help="Take --val-split from this archive (e.g. the training archive) instead.")
 @click.option("--out", "out", type=click.Path(file_okay=False), default=None,
@@ -59,7 +60,9 @@ def eval_command(model: str, archive: str, split: str, val_split: str, val_archi
     """Zero-shot evaluation: organ recognition, abnormality AUC/F1 and text->organ retrieval."""
     from ctglip_sdk.training import evaluate
 
-    metrics = evaluate(model, archive, split=split, val_split=val_split, out_dir=out, val_archive=val_archive,
+    # 'none' is the CLI's spelling of val_split=None (no threshold search), since an empty split is an error.
+    chosen_val = None if val_split.strip().lower() == "none" else val_split
+    metrics = evaluate(model, archive, split=split, val_split=chosen_val, out_dir=out, val_archive=val_archive,
                        workers=workers)
     if as_json:
         echo_json(metrics)

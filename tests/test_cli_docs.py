@@ -41,3 +41,17 @@ def test_command_documented_with_help(name, cmd):
 def test_cli_md_is_generated_from_current_definitions():
     assert DOC.read_text(encoding="utf-8") == docgen.render(), (
         "docs/cli.md is stale: run `python -m ctglip_sdk.cli.docgen > docs/cli.md`")
+
+
+def test_cli_md_shows_zero_defaults_required_options_and_quoted_filters():
+    text = DOC.read_text(encoding="utf-8")
+    # 0 == False: defaults of 0 were dropped although --help shows them.
+    assert "| `--seed` | Archive seed. (default: `0`) |" in text
+    assert text.count("(same results; 2 on 2 cores). (default: `0`)") == 2  # eval and calibrate --workers
+    assert "| `--index` | Index folder. [required] |" in text
+    assert "(e.g. ctglip-tiny-synthetic). [required] |" in text and "| `-h`, `--help` |" in text
+    # Pasted into a shell, an unquoted age>=60 writes a file named "=60".
+    assert '--where "age>=60"' in text and "--where age>=60" not in text
+    # Exit codes, and the later paragraphs of a command's help, are in the reference.
+    assert "3 when series failed in this run" in text and "130 interrupted by Ctrl-C" in text
+    assert "| `--parse` |" in text

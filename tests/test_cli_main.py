@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 
@@ -33,6 +35,31 @@ def test_library_error_becomes_exit_1_without_traceback():
         assert isinstance(res.exception, cg.InputError)
     finally:
         cli.commands.pop("_boom", None)
+
+
+def test_interrupts_exit_128_plus_the_signal_with_one_line():
+    from ctglip_sdk.cli.interrupts import Terminated, sigterm_as_interrupt
+
+    @cli.command("_ctrl_c", hidden=True)
+    def _ctrl_c() -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # Python's own SIGINT handler raises KeyboardInterrupt
+
+    @cli.command("_term", hidden=True)
+    def _term() -> None:
+        with sigterm_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        res = CliRunner().invoke(cli, ["_ctrl_c"])
+        assert res.exit_code == 130 and res.stderr == "Interrupted\n" and "Aborted" not in res.output
+        res = CliRunner().invoke(cli, ["_term"])
+        assert res.exit_code == 143 and res.stderr == "Terminated (SIGTERM)\n"
+        assert signal.getsignal(signal.SIGTERM) is before  # only within the block
+        assert issubclass(Terminated, KeyboardInterrupt)  # so cleanup written for Ctrl-C runs for SIGTERM
+    finally:
+        cli.commands.pop("_ctrl_c", None)
+        cli.commands.pop("_term", None)
 
 
 def test_usage_error_is_exit_2():

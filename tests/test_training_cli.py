@@ -38,6 +38,22 @@ def test_unknown_option_and_missing_archive_are_user_errors(tmp_path, archive):
     assert res.exit_code == 1 and "no-model" in res.output
 
 
+def test_eval_val_split_without_studies_is_an_error_like_split(archive):
+    """A misspelt --val-split used to leave every finding at threshold 0.5 with exit 0."""
+    for flag in ("--split", "--val-split"):
+        res = CliRunner().invoke(cli, ["eval", "--model", "ctglip-tiny-synthetic", "--archive", str(archive),
+                                       flag, "nosuch", "--json"])
+        assert res.exit_code == 1 and "no studies in" in res.stderr and "'nosuch'" in res.stderr, res.output
+        assert res.stdout == "" and "Traceback" not in res.output
+
+
+def test_eval_val_split_none_keeps_the_default_thresholds(archive):
+    res = CliRunner().invoke(cli, ["eval", "--model", "ctglip-tiny-synthetic", "--archive", str(archive), "--split",
+                                   "test", "--val-split", "none", "--json"])
+    assert res.exit_code == 0, res.output
+    assert {v["threshold_from"] for v in json.loads(res.stdout)["per_finding"].values()} == {"default"}
+
+
 def test_calibration_archive_is_checked_before_training_then_used(tmp_path, archive, caplog):
     res = _train(archive, tmp_path / "o", tmp_path / "c", "--set", f"calibration_archive={tmp_path / 'nowhere'}")
     assert res.exit_code == 1 and "nowhere" in res.output and "manifest.csv" in res.output

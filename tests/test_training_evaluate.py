@@ -38,6 +38,14 @@ def test_f1_at_the_model_threshold_is_the_calibrated_decision(archive):
     assert "F1 at 0.5 (model's threshold)" in markdown_table(m) and math.isfinite(m["f1_mean_model_thresholds"])
 
 
+def test_a_val_split_without_studies_is_an_error_not_default_thresholds(archive):
+    from ctglip_sdk.errors import InputError
+
+    model = cg.create("ctglip-tiny", overrides=TINY, seed=0)
+    with pytest.raises(InputError, match="no studies in val split 'nosuch'.*val_split=None"):
+        evaluate(model, archive, split="all", val_split="nosuch", val_archive=archive)
+
+
 def test_auc_by_size_splits_the_positives_of_focal_findings_by_lesion_size(archive):
     import json
 

@@ -206,8 +206,8 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
         model: a CTGlipModel, or a model folder / registered name for ``cg.load``.
         archive: archive root with manifest.csv and truth.jsonl.
         split: the split to score: a name, a comma-separated list ("train,test") or "all".
-        val_split: the split used to choose thresholds (None: 0.5 everywhere); it must not overlap `split`
-            unless `val_archive` is another archive.
+        val_split: the split used to choose thresholds (None: 0.5 everywhere); it must hold studies, and must
+            not overlap `split` unless `val_archive` is another archive.
         val_archive: take `val_split` from this archive instead (e.g. the training archive's unused val split
             when every study of a fresh held-out archive is scored).
         out_dir: when given, metrics.json, results.md and roc.png are written there.
@@ -237,6 +237,11 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
         raise InputError(f"no studies in split {split!r}", path=Path(archive) / "manifest.csv")
     val_root = val_archive if val_archive is not None else archive
     val_records = read_splits(val_root, val_split)
+    if val_split is not None and not val_records:
+        # As for `split`: a misspelt name must not quietly leave every finding at the default 0.5 threshold.
+        raise InputError(f"no studies in val split {val_split!r} to choose thresholds on; name a split that has "
+                         "studies, or pass val_split=None (CLI: --val-split none) to keep 0.5",
+                         path=Path(val_root) / "manifest.csv")
     if val_archive is None and {r.study_uid for r in val_records} & {r.study_uid for r in records}:
         raise InputError(f"val split {val_split!r} overlaps the scored split {split!r}: thresholds would be "
                          "chosen on test data", path=Path(archive) / "manifest.csv")
