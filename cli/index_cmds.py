@@ -310,7 +310,7 @@ def cohort(index_dir: Path, database_url: Optional[str], as_json: bool, all_of: 
     if output is not None:
         _cohort_frame(res, level, [*all_of, *any_of]).to_csv(output, index=False)
     if as_json:
-        echo_json({"level": level, "n": len(res), "members": res.to_dicts()})
+        echo_json({"level": level, "n": len(res), "members": res.to_dicts(), "notes": list(res.notes)})
         return
     rows = [{**{k: v for k, v in m.items() if k not in ("evidence", "studies")}, "studies": len(m["studies"]),
              **{f"p:{k}": v for k, v in m["evidence"].items()}} for m in res]

@@ -113,6 +113,9 @@ def test_export_verify_and_cohort(env, tmp_path):
     assert sc.exit_code == 0, sc.output
     body = json.loads(sc.stdout)
     assert body["n"] == len(body["members"]) >= 1 and (tmp_path / "cohort.csv").exists()
+    assert "names no dictionary finding" in body["notes"][0]  # free text says so, in the JSON too
+    typo = run("cohort", "--index", index, "--none-of", "renal_cysts", "--json")
+    assert typo.exit_code == 1 and "did you mean renal_cyst" in typo.output
 
 
 # -- search: filters in the question, montage paths ---------------------------------------------------------
