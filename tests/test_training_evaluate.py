@@ -155,3 +155,21 @@ def test_val_embeddings_from_an_earlier_call_give_the_same_metrics_and_in_sample
     part = ev.SplitEmbeddings(pre.study[:0], [], pre.vectors[:0], pre.records[:2])
     with pytest.raises(InputError, match="val_embeddings"):
         evaluate(model, archive, split="all", val_split="all", val_archive=archive, val_embeddings=part)
+
+
+def test_an_unreadable_study_is_left_out_and_listed_not_fatal(archive, tmp_path):
+    """Evaluation is a batch job: one corrupt mask used to stop it with exit 1."""
+    import csv
+    import shutil
+
+    copy = tmp_path / "arch"
+    shutil.copytree(archive, copy)
+    rows = list(csv.DictReader(open(copy / "manifest.csv")))
+    victim = copy / rows[0]["mask"]
+    victim.write_bytes(victim.read_bytes()[:300])  # a truncated .nii.gz
+    model = cg.create("ctglip-tiny", overrides=TINY, seed=0)
+    m = evaluate(model, copy, split="all", val_split=None)
+    assert [s["study_uid"] for s in m["skipped_studies"]] == [rows[0]["study_uid"]]
+    assert rows[0]["mask"].split("/")[-1] in m["skipped_studies"][0]["reason"]
+    assert m["n_studies"] == len(rows) - 1 and m["n_organs"] > 0
+    assert "Left out 1 unreadable studies" in markdown_table(m)

@@ -7,14 +7,14 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ctglip_sdk import organs as vocab
-from ctglip_sdk.errors import InputError
+from ctglip_sdk.errors import CTGlipError, InputError
 from ctglip_sdk.readahead import read_ahead
 from ctglip_sdk.training.data import StudyRecord, archive_seed, read_manifest, read_truth
 from ctglip_sdk.training.metrics import auc, best_f1_threshold, f1_score, retrieval_metrics, roc_curve
@@ -35,6 +35,8 @@ class SplitEmbeddings:
     names: List[str]            # [R] organ class names
     vectors: np.ndarray         # [R, D]
     records: List[StudyRecord]
+    #: (study_uid, reason) of studies that could not be read: they have no rows, and the run went on.
+    skipped: List[Tuple[str, str]] = field(default_factory=list)
 
 
 def encode_split(model: Any, records: Sequence[StudyRecord], progress: bool = False,
@@ -52,17 +54,26 @@ def encode_split(model: Any, records: Sequence[StudyRecord], progress: bool = Fa
     if workers < 0:
         raise InputError(f"workers must be >= 0, got {workers}")
     study, names, vecs = [], [], []
+    skipped: List[Tuple[str, str]] = []
     ahead = read_ahead(lambda rec: _prepare_record(model, rec), records, workers, "ctglip-encode")
     with closing(ahead), tqdm(total=len(records), desc="encode", unit="study", disable=not progress) as bar:
-        for i, (_rec, fut) in enumerate(ahead):
-            emb = model.encode_prepared([fut.result()], 1)[0]
+        for i, (rec, fut) in enumerate(ahead):
+            try:
+                prepared = fut.result()
+            except CTGlipError as exc:
+                # One unreadable study must not end an evaluation of hundreds: it is left out and listed.
+                log.warning("study %s left out of the evaluation: %s", rec.study_uid, exc)
+                skipped.append((rec.study_uid, str(exc)))
+                bar.update(1)
+                continue
+            emb = model.encode_prepared([prepared], 1)[0]
             study += [i] * len(emb.names)
             names += list(emb.names)
             vecs.append(emb.vectors)
             bar.update(1)
     dim = int(model.embed_dim)
     matrix = np.concatenate(vecs).astype(np.float32) if vecs else np.zeros((0, dim), np.float32)
-    return SplitEmbeddings(np.asarray(study, np.int64), names, matrix, list(records))
+    return SplitEmbeddings(np.asarray(study, np.int64), names, matrix, list(records), skipped)
 
 
 def _prepare_record(model: Any, rec: StudyRecord) -> Any:
@@ -316,7 +327,8 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
         "model": model.name, "model_config_hash": model.config_hash, "archive": os.fspath(archive),
         "archive_seed": archive_seed(archive), "split": split, "val_split": val_split,
         "val_archive": os.fspath(val_archive) if val_archive is not None else None,
-        "n_studies": len(records), "n_organs": len(test.names),
+        "n_studies": len(records) - len(test.skipped), "n_organs": len(test.names),
+        "skipped_studies": [{"study_uid": u, "reason": r} for u, r in test.skipped],
         "organ_top1": top1, "organ_top1_within_study": top1_within,
         "auc_mean": float(np.mean(aucs)) if aucs else float("nan"),
         "auc_min": float(np.min(aucs)) if aucs else float("nan"),
@@ -388,6 +400,9 @@ def markdown_table(metrics: Dict[str, Any]) -> str:
              "| " + " | ".join(_fmt(metrics[k]) for k in ("organ_top1", "organ_top1_within_study", "auc_mean",
                                                           "auc_min", "f1_mean", "f1_mean_model_thresholds"))
              + " | " + " | ".join(_fmt(r.get(k)) for k in ("r@1", "r@5", "r@10", "map")) + " |",
+             *(["", f"Left out {len(metrics['skipped_studies'])} unreadable studies (`skipped_studies` in the "
+                f"JSON): " + "; ".join(f"{s['study_uid']}: {s['reason']}" for s in metrics["skipped_studies"][:5])]
+               if metrics.get("skipped_studies") else []),
              "", "| finding | AUC | F1 | threshold | F1 at 0.5 (model's threshold) | positives | negatives |",
              "|---|---|---|---|---|---|---|"]
     for key, v in sorted(metrics["per_finding"].items()):
