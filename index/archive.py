@@ -175,7 +175,11 @@ class ArchiveIndex:
         db = manifest["database"]
         if database_url is None:
             if db["kind"] == "sqlite":
-                database_url = f"sqlite:///{(root / db.get('path', DB_FILE)).resolve()}"
+                db_file = (root / db.get("path", DB_FILE)).resolve()
+                if not db_file.is_file():  # connecting would create an empty database in its place
+                    raise IndexStateError(f"the index database {db_file.name} is missing from the folder (deleted or "
+                                          "not copied with it); restore it, or create the index again", path=root)
+                database_url = f"sqlite:///{db_file}"
             elif "***" in db["url"]:
                 raise ConfigError("this index's database URL has a password, which is never stored; pass "
                                   f"database_url= (recorded: {db['url']})", path=root)

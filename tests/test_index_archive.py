@@ -392,13 +392,19 @@ def test_unreadable_manifest_values_are_stored_empty_and_reported(tmp_path):
 def test_dicom_and_nifti_archives_give_the_same_vectors(tmp_path):
     nii = make_archive(tmp_path / "nii", n=2, seed=3)
     dcm = make_archive(tmp_path / "dcm", n=2, seed=3, fmt="dicom")
+    # DICOM stores whole HU (int16): give the NIfTI the same values, so that only the loaders differ. With the
+    # phantom's fractional HU, a voxel rounded across a histogram bin edge moved a stats feature, and whether
+    # that broke the tolerance depended on the random weights of the test model.
+    for row in read_manifest(nii):
+        img = nib.load(nii / row["image"])
+        nib.save(nib.Nifti1Image(np.round(img.get_fdata()).astype(np.float32), img.affine), nii / row["image"])
     a = ArchiveIndex.create(tmp_path / "ia", model=tiny_model())
     b = ArchiveIndex.create(tmp_path / "ib", model=tiny_model())
     a.ingest(nii, workers=0)
     b.ingest(dcm, workers=1)
     va, vb = a.mirror.view(), b.mirror.view()
     assert va.n == vb.n == 10
-    np.testing.assert_allclose(va.vecs, vb.vecs, atol=2e-2)  # int16 DICOM pixels vs float NIfTI, then float16
+    np.testing.assert_allclose(va.vecs, vb.vecs, atol=2e-3)  # the same HU through two loaders, stored as float16
     assert {h.study_date for h in b.search("liver", k=10)} == {h.study_date for h in a.search("liver", k=10)}
 
 

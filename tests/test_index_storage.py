@@ -292,3 +292,15 @@ def test_an_unreachable_database_is_one_line_without_the_password(tmp_path):
     with pytest.raises(ConfigError, match=r"cannot use database 'postgresql\+psycopg://u:\*\*\*@127.0.0.1:1/x'") as err:
         ArchiveIndex.open(tmp_path / "idx", database_url="postgresql+psycopg://u:S3cret@127.0.0.1:1/x")
     assert "S3cret" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_missing_sqlite_file_is_named_and_not_recreated_empty(tmp_path):
+    from ctglip_sdk.errors import IndexStateError
+    from ctglip_sdk.index import ArchiveIndex
+    from test_index_common import tiny_model
+
+    ArchiveIndex.create(tmp_path / "idx", model=tiny_model()).close()
+    (tmp_path / "idx" / "index.sqlite").unlink()
+    with pytest.raises(IndexStateError, match="index.sqlite is missing"):
+        ArchiveIndex.open(tmp_path / "idx")
+    assert not (tmp_path / "idx" / "index.sqlite").exists()
