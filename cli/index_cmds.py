@@ -12,7 +12,7 @@ from click.core import ParameterSource
 from ctglip_sdk.cli.interrupts import sigterm_as_interrupt
 from ctglip_sdk.cli.output import echo_json, print_table
 from ctglip_sdk.cli.search_text import read_search_text
-from ctglip_sdk.errors import CTGlipError
+from ctglip_sdk.errors import CTGlipError, IndexStateError
 
 __all__ = ["ingest", "search", "similar", "score", "cohort", "export", "verify", "COMMANDS", "DEFAULT_MODEL",
            "INGEST_FAILED_EXIT"]
@@ -344,9 +344,14 @@ def verify(index_dir: Path, database_url: Optional[str], as_json: bool, repair: 
     try:
         idx = ArchiveIndex.open(index_dir, database_url=database_url)
     except CTGlipError as exc:
-        if not repair or "verify" not in str(exc):
+        if repair and "verify" in str(exc):
+            idx = ArchiveIndex.open(index_dir, database_url=database_url, repair=True)
+        elif as_json and isinstance(exc, IndexStateError):
+            # verify exists to report problems: a pipeline reading --json gets them as JSON, not only a line
+            echo_json({"ok": False, "problems": [str(exc)], "warnings": [], "repaired": []})
+            raise SystemExit(1)
+        else:
             raise
-        idx = ArchiveIndex.open(index_dir, database_url=database_url, repair=True)
     with idx:
         report = idx.verify(repair=repair)
     if as_json:

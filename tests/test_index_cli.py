@@ -264,3 +264,21 @@ def test_interrupted_ingest_exits_128_plus_the_signal_and_records_the_run(env, t
     again = run(*args, "--json")
     assert again.exit_code == 0 and json.loads(again.stdout)["ok"] == 3
     assert _runs(tmp_path / "idx") == [("interrupted", 1), ("ok", 1)]
+
+
+def test_verify_json_reports_an_index_that_cannot_open(env, tmp_path):
+    """verify exists to report problems: under --json they come as JSON (exit 1), not as an error line only."""
+    import shutil
+
+    _, index, _, _ = env
+    broken = tmp_path / "broken"
+    shutil.copytree(index, broken)
+    vectors = broken / "vectors.f16"
+    with open(vectors, "r+b") as fh:
+        fh.truncate(vectors.stat().st_size // 2)  # lose stored vectors: open() refuses and names the fix
+    res = run("verify", "--index", broken, "--json")
+    assert res.exit_code == 1
+    body = json.loads(res.stdout)
+    assert body["ok"] is False and "--repair" in body["problems"][0]
+    fixed = run("verify", "--index", broken, "--repair", "--json")
+    assert fixed.exit_code == 0 and any(r.startswith("removed") for r in json.loads(fixed.stdout)["repaired"])
