@@ -109,6 +109,21 @@ def _judge_hits(results: Any, finding: str, truth: Dict[str, Set[Tuple[str, str]
     return hits
 
 
+def _warn_if_other_archive(archive: Path, n_patients: int, seed: int, preset: str) -> None:
+    """Re-runs reuse the archive: say so when it was made with other settings than the ones asked for now."""
+    try:
+        made = json.loads((archive / "synth.json").read_text())
+    except (OSError, ValueError):
+        return
+    preset_name = made.get("preset", {}).get("name") if isinstance(made.get("preset"), dict) else made.get("preset")
+    asked = {"seed": seed, "n_patients": n_patients, "preset": preset}
+    had = {"seed": made.get("seed"), "n_patients": made.get("n_patients"), "preset": preset_name}
+    differ = [f"{k} {had[k]} (asked {asked[k]})" for k in asked if had[k] != asked[k]]
+    if differ:
+        log.warning("reusing the archive in %s, made with %s; use another --out (or delete it) for the new "
+                    "settings", archive, ", ".join(differ))
+
+
 def run_demo(out_dir: Union[str, Path] = "demo-output", n_patients: int = 30, seed: int = 2026,
              model: str = "ctglip-tiny-synthetic", preset: str = "default", k: int = 5,
              queries: Sequence[DemoQuery] = DEFAULT_QUERIES, montage: bool = True,
@@ -132,6 +147,8 @@ def run_demo(out_dir: Union[str, Path] = "demo-output", n_patients: int = 30, se
     if not (archive / "manifest.csv").exists():
         cg.synth.generate_archive(archive, n_patients=n_patients, seed=seed, fmt="dicom", preset=preset,
                                   cases=planted_cases(queries, n_patients), progress=progress, workers=2)
+    else:
+        _warn_if_other_archive(archive, n_patients, seed, preset)
     seconds["synth"] = time.perf_counter() - t
     truth = load_truth(archive)
     truth_rows = [json.loads(line) for line in (archive / "truth.jsonl").read_text().splitlines() if line.strip()]

@@ -31,3 +31,15 @@ def test_demo_runs_offline_and_judges_every_hit(tmp_path):
     assert c["true_positives"] <= min(c["found"], c["expected"])
     report = (out / "demo-report.md").read_text()
     assert "synthetic" in report.lower() and all(q.question in report for q in DEFAULT_QUERIES)
+
+
+def test_a_reused_demo_archive_made_with_other_settings_is_warned_about(tmp_path, caplog):
+    import json
+
+    from ctglip_sdk.index.demo import _warn_if_other_archive
+
+    (tmp_path / "synth.json").write_text(json.dumps({"seed": 4711, "n_patients": 4, "preset": {"name": "default"}}))
+    _warn_if_other_archive(tmp_path, 4, 4711, "default")
+    assert "reusing the archive" not in caplog.text
+    _warn_if_other_archive(tmp_path, 5, 999, "default")
+    assert "seed 4711 (asked 999), n_patients 4 (asked 5)" in caplog.text
