@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from sqlalchemy import and_, bindparam, delete, select, true
@@ -61,13 +61,22 @@ def _encode_single(model: Any, text: str) -> np.ndarray:
         torch.set_num_threads(n)
 
 
-def _finding_direction(index: "ArchiveIndex", text: str) -> Optional[Tuple[np.ndarray, str, str, str]]:
+class _QueryVector(NamedTuple):
+    """A unit query vector and how it ranks; for a finding, the organ the text ties it to and, when a typo was
+    corrected, the text as read."""
+
+    vector: np.ndarray
+    ranking: str                   # "cosine" or "finding:<key>"
+    organ: Optional[str] = None
+    read_as: Optional[str] = None
+
+
+def _finding_direction(index: "ArchiveIndex", text: str) -> Optional[_QueryVector]:
     """The zero-shot decision direction ``p̄ − n̄`` when ``text`` asks for one dictionary finding.
 
     Why: every kidney is close to "kidney stone" (the organ words dominate the cosine), so plain similarity
     ranks kidneys, not stones. ``v·(p̄ − n̄)`` is the margin ``ZeroShotClassifier.detect`` thresholds, so the
     hits come in the order of the classifier's confidence, and it is still one inner-product search.
-    Returns (direction, finding key, the organ the text ties it to, the text as read when a typo was corrected).
     """
     from ctglip_sdk.reports.query import read_query  # noqa: PLC0415
 
@@ -81,17 +90,13 @@ def _finding_direction(index: "ArchiveIndex", text: str) -> Optional[Tuple[np.nd
     d = p - n
     if not np.all(np.isfinite(d)) or float(np.linalg.norm(d)) < 1e-6:
         return None
-    return (unit_rows(d[None, :].astype(np.float32))[0], found.finding, found.organ,
-            found.read_as if found.corrected else None)
+    return _QueryVector(unit_rows(d[None, :].astype(np.float32))[0], f"finding:{found.finding}", found.organ,
+                        found.read_as if found.corrected else None)
 
 
-def _query_vector(index: "ArchiveIndex", query: Union[str, np.ndarray],
-                  rank: str = "cosine") -> Tuple[np.ndarray, str, Optional[str], Optional[str]]:
-    """The unit query vector, how it ranks, and for a finding the organ it belongs to and the text as read.
-
-    Ranking is ``"cosine"``, or ``"finding:<key>"`` when ``rank="auto"`` and the text asks for one finding (see
-    :func:`_finding_direction`); text vectors are cached per (rank, text).
-    """
+def _query_vector(index: "ArchiveIndex", query: Union[str, np.ndarray], rank: str = "cosine") -> _QueryVector:
+    """The unit query vector and how it ranks: ``"cosine"``, or ``"finding:<key>"`` when ``rank="auto"`` and the
+    text asks for one finding (see :func:`_finding_direction`); text vectors are cached per (rank, text)."""
     if isinstance(query, str):
         text = query.strip()
         if not text:
@@ -100,12 +105,10 @@ def _query_vector(index: "ArchiveIndex", query: Union[str, np.ndarray],
         with index._cache_lock:
             cached = index._text_cache.get(key)
         if cached is None:
-            found = _finding_direction(index, text) if rank == "auto" else None
-            if found is not None:
-                cached = (found[0], f"finding:{found[1]}", found[2], found[3])
-            else:
-                cached = (unit_rows(np.asarray(_encode_single(index.model, text), np.float32))[0], "cosine",
-                          None, None)
+            cached = _finding_direction(index, text) if rank == "auto" else None
+            if cached is None:
+                cached = _QueryVector(unit_rows(np.asarray(_encode_single(index.model, text), np.float32))[0],
+                                      "cosine")
             with index._cache_lock:
                 index._text_cache[key] = cached
                 while len(index._text_cache) > 512:
@@ -116,7 +119,7 @@ def _query_vector(index: "ArchiveIndex", query: Union[str, np.ndarray],
         q = q[0]
     if q.shape != (index.dim,) or not np.all(np.isfinite(q)) or not np.any(q):
         raise QueryError(f"a query vector must be finite, non-zero and of shape ({index.dim},), got {q.shape}")
-    return unit_rows(q[None, :])[0], "cosine", None, None
+    return _QueryVector(unit_rows(q[None, :])[0], "cosine")
 
 
 def _filter_select(index: "ArchiveIndex", column: Any, organs: Optional[Sequence[str]],
@@ -225,27 +228,27 @@ def search(index: "ArchiveIndex", query: Union[str, np.ndarray], k: int = 20,
         raise QueryError(f"rank must be 'auto' or 'cosine', got {rank!r}")
     organs = resolve_organs(organ)
     conditions = parse_where(where)
-    q, ranking, finding_organ, read_as = _query_vector(index, query, rank)
+    qv = _query_vector(index, query, rank)
     notes: List[str] = []
-    if finding_organ is not None:
+    if qv.organ is not None:
         # A finding's margin means something only on the organs the finding belongs to: over every organ, ribs
         # and iliac vessels outscored the livers for "hepatomegaly". So the finding's organs bound the search.
-        own = resolve_organs(finding_organ) or []
+        own = resolve_organs(qv.organ) or []
         if organs is None:
             organs = own
         elif set(organs) & set(own):
             organs = [o for o in organs if o in own]
         else:
-            notes.append(f"{ranking.split(':', 1)[1]} is not a finding of {', '.join(organs)}; ranked by cosine")
-            q, ranking, _, _ = _query_vector(index, query, "cosine")
-        if read_as is not None:
-            notes.append(f"read as {read_as!r}")
+            notes.append(f"{qv.ranking.split(':', 1)[1]} is not a finding of {', '.join(organs)}; ranked by cosine")
+            qv = _query_vector(index, query, "cosine")
+        if qv.read_as is not None:
+            notes.append(f"read as {qv.read_as!r}")
     elif isinstance(query, str) and rank == "auto":
         notes.append("no single dictionary finding recognised; ranked by cosine similarity to the text "
                      "(scores are not comparable across queries)")
-    res = _run(index, q, k, organs, conditions)
+    res = _run(index, qv.vector, k, organs, conditions)
     res.query = query if isinstance(query, str) else "<vector>"
-    res.ranking = ranking
+    res.ranking = qv.ranking
     res.notes = notes
     return res
 
