@@ -102,6 +102,10 @@ class ArchiveIndex:
         Example:
             >>> idx = ArchiveIndex.create("idx/", model="ctglip-tiny-synthetic")  # doctest: +SKIP
         """
+        if not isinstance(model, (str, os.PathLike)) and not hasattr(model, "encode_organs"):
+            # checked before the folder is made: a wrong argument must not leave an empty index folder behind
+            raise ConfigError(f"model: expected a CTGlipModel, a registered name or a model folder, got "
+                              f"{type(model).__name__}")
         root = Path(folder)
         root.mkdir(parents=True, exist_ok=True)
         if (root / MANIFEST).exists():

@@ -12,7 +12,7 @@ from sqlalchemy import and_, select
 
 from ctglip_sdk.errors import ConfigError, QueryError
 
-from .filters import parse_where
+from .filters import parse_where, text_list
 from .queries import _classifier, _filter_select, _filtered_ids, _prompt_probabilities, _prompt_spec
 from .results import CohortResult
 
@@ -72,12 +72,10 @@ def cohort(index: "ArchiveIndex", all_of: Sequence[str] = (), any_of: Sequence[s
     """
     if level not in ("patient", "study"):
         raise QueryError(f"level must be 'patient' or 'study', got {level!r}")
-    if not 0.0 <= float(threshold) <= 1.0:
-        raise QueryError(f"threshold must lie in [0, 1], got {threshold!r}")
-    groups = {"all_of": list(all_of), "any_of": list(any_of), "none_of": list(none_of)}
-    for name, conds in groups.items():
-        if any(not isinstance(c, str) or not c.strip() for c in conds):
-            raise QueryError(f"{name}: every condition must be a non-empty string")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= float(threshold) <= 1.0:
+        raise QueryError(f"threshold must be a number in [0, 1], got {threshold!r}")
+    groups = {"all_of": text_list(all_of, "all_of"), "any_of": text_list(any_of, "any_of"),
+              "none_of": text_list(none_of, "none_of")}
     if not any(groups.values()):
         raise QueryError("a cohort needs at least one condition (all_of, any_of or none_of)")
     conditions = parse_where(where)

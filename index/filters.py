@@ -16,7 +16,7 @@ from ctglip_sdk.errors import QueryError
 from .schema import Tables
 
 __all__ = ["Condition", "FILTERS", "MIRRORED", "parse_where", "parse_where_expr", "to_sql", "needs_join",
-           "to_date", "normalise_sex", "NO_CONTRAST"]
+           "to_date", "normalise_sex", "NO_CONTRAST", "text_list"]
 
 #: key -> (kind, table, column). kind: "number" and "date" take a value or a (lo, hi) range with None for an
 #: open end (both ends inclusive); "sex" takes M/F/O; "category" takes one string or several (case-insensitive);
@@ -115,6 +115,22 @@ def _range(value: Any, key: str, conv: Any) -> Tuple[Any, Any]:
     if v is None:
         raise QueryError(f"{key}: expected a value or a (lo, hi) range, got {value!r}")
     return v, v
+
+
+def text_list(value: Any, name: str) -> List[str]:
+    """A list argument that also takes one string: None -> [], "x" -> ["x"], a list/tuple/set of non-empty
+    strings as it is; anything else is a QueryError naming the argument.
+
+    Why: ``cohort(all_of="renal_cyst")`` used to run over the letters of the string and return a wrong cohort.
+    """
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple, set, frozenset)) or \
+            not all(isinstance(v, str) and v.strip() for v in value):
+        raise QueryError(f"{name}: expected a string or a list of non-empty strings, got {value!r}")
+    return list(value)
 
 
 def _strings(value: Any, key: str) -> Tuple[str, ...]:

@@ -213,9 +213,15 @@ def _encode(model: Any, batch: List[_Prepared], batch_size: int) -> List[_Encode
         embs = model.encode_prepared([p.prep for p in batch], batch_size=batch_size)
     else:  # a model without a separate preprocessing step: it prepares inside its own batch call
         embs = model.encode_organs_batch([p.raw[0] for p in batch], [p.raw[1] for p in batch], batch_size=batch_size)
-    return [_Encoded(p.item, p.fields, p.geometry, list(e.names), np.asarray(e.vectors, np.float32),
-                     np.asarray(e.bboxes, np.int64), np.asarray(e.volumes_ml, np.float64),
-                     np.asarray(e.mean_hu, np.float64)) for p, e in zip(batch, embs)]
+    out = [_Encoded(p.item, p.fields, p.geometry, list(e.names), np.asarray(e.vectors, np.float32),
+                    np.asarray(e.bboxes, np.int64), np.asarray(e.volumes_ml, np.float64),
+                    np.asarray(e.mean_hu, np.float64)) for p, e in zip(batch, embs)]
+    for e in out:
+        # A NaN vector is invisible to search and broke every later score(); add_embeddings refuses them too.
+        # Raised for the batch, the caller retries study by study and records the one that fails.
+        if not np.all(np.isfinite(e.vectors)):
+            raise InputError("the encoder gave non-finite organ vectors for this study", path=e.item.image)
+    return out
 
 
 def _opt(values: Optional[np.ndarray], j: int) -> Optional[float]:

@@ -14,7 +14,7 @@ from sqlalchemy import and_, bindparam, delete, select, true
 from ctglip_sdk import organs as vocab
 from ctglip_sdk.errors import QueryError
 
-from .filters import Condition, needs_join, parse_where, to_sql
+from .filters import Condition, needs_join, parse_where, text_list, to_sql
 from .results import Hit, SearchResults
 from .vectors import unit_rows
 
@@ -31,7 +31,7 @@ def resolve_organs(organ: Union[str, Sequence[str], None]) -> Optional[List[str]
     """Canonical v1 class names for names, synonyms or groups (``"kidney"`` -> both kidneys); None = all."""
     if organ is None:
         return None
-    names = [organ] if isinstance(organ, str) else list(organ)
+    names = text_list(organ, "organ")
     if not names:
         raise QueryError("organ= is an empty list; pass None for every organ")
     return sorted({o for n in names for o in vocab.lookup(n)})
@@ -262,6 +262,9 @@ def similar(index: "ArchiveIndex", crop_id: int, k: int = 10, same_organ: bool =
         >>> idx.similar(hit.crop_id, k=5).to_pandas()               # doctest: +SKIP
     """
     k = _check_k(k)
+    if isinstance(crop_id, bool) or not isinstance(crop_id, (int, np.integer)):
+        # int() would quietly take 1.5 as crop 1: an id that drifted through a float column picks another organ
+        raise QueryError(f"crop_id must be an integer id of this index, got {crop_id!r}")
     conditions = parse_where(where)
     index._maybe_refresh()
     view = index.mirror.view()
@@ -294,9 +297,9 @@ def _prompt_spec(key: str, spec: Any) -> Tuple[List[str], List[str], Optional[Li
     if not isinstance(spec, Mapping) or not spec.get("positive"):
         raise QueryError(f"prompt {key!r}: give a text, a list of texts, or {{'positive': [...], 'negative': [...], "
                          "'organ': ...}")
-    pos = [spec["positive"]] if isinstance(spec["positive"], str) else list(spec["positive"])
-    neg = spec.get("negative") or [f"no {p}" for p in pos] + ["normal appearance", "unremarkable"]
-    neg = [neg] if isinstance(neg, str) else list(neg)
+    pos = text_list(spec["positive"], f"prompt {key!r} positive")
+    neg = text_list(spec.get("negative") or [f"no {p}" for p in pos] + ["normal appearance", "unremarkable"],
+                    f"prompt {key!r} negative")
     return pos, neg, resolve_organs(spec.get("organ"))
 
 
@@ -343,9 +346,15 @@ def insert_scores(index: "ArchiveIndex", rows: Sequence[Tuple[int, str, float]],
     """
     if not rows:
         return 0
-    ids = np.asarray([int(r[0]) for r in rows], np.int64)
-    probs = np.asarray([float(r[2]) for r in rows], np.float32)
-    if not np.all((probs >= 0) & (probs <= 1)):
+    try:
+        ids = np.asarray([int(r[0]) for r in rows], np.int64)
+        probs = np.asarray([float(r[2]) for r in rows], np.float32)
+        names = [r[1] for r in rows]
+    except (TypeError, ValueError, IndexError):
+        raise QueryError("rows must be (crop_id: int, finding: str, probability: float) tuples") from None
+    if not all(isinstance(f, str) and f.strip() for f in names):
+        raise QueryError("every row needs a finding name (a non-empty string)")
+    if not np.all((probs >= 0) & (probs <= 1)):  # NaN fails this too
         raise QueryError("probabilities must lie in [0, 1]")
     view = index.mirror.view()
     if np.any(view.rows_of(ids) < 0):
@@ -354,7 +363,7 @@ def insert_scores(index: "ArchiveIndex", rows: Sequence[Tuple[int, str, float]],
         if bad.size:
             raise QueryError(f"crop id(s) {bad[:5].tolist()} are not in this index")
     with index.writer_lock:
-        _write_scores(index, ids, [str(r[1]) for r in rows], probs, model_hash or "user")
+        _write_scores(index, ids, [f.strip() for f in names], probs, model_hash or "user")
     return len(rows)
 
 
@@ -382,7 +391,10 @@ def score(index: "ArchiveIndex", findings: Optional[Sequence[str]] = None, promp
     if batch_size < 1:
         raise QueryError(f"batch_size must be >= 1, got {batch_size}")
     zs = _classifier(index)
-    keys = list(dict.fromkeys(findings)) if findings is not None else None
+    keys = list(dict.fromkeys(text_list(findings, "findings"))) if findings is not None else None
+    if prompts is not None and (not isinstance(prompts, Mapping) or
+                                not all(isinstance(k, str) and k.strip() for k in prompts)):
+        raise QueryError("prompts: expected {key: text | [texts] | {'positive': [...], ...}} with non-empty keys")
     version = "0"
     if keys is None or keys:  # prompts alone do not need the abnormality dictionary
         d = zs.dictionary

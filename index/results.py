@@ -155,7 +155,12 @@ class CohortResult(Sequence[Dict[str, Any]]):
             row["studies"] = ";".join(m.get("studies", []))
             row.update({f"p:{k}": v for k, v in m.get("evidence", {}).items()})
             rows.append(row)
-        return pd.DataFrame(rows)
+        # The columns do not depend on who is a member: an empty cohort still has them, so that code which
+        # selects or merges on "patient" works on every result.
+        unit = ["patient", "studies"] if self.level == "patient" else ["study_uid", "patient", "studies"]
+        conds = [f"p:{c}" for g in ("all_of", "any_of") for c in self.conditions.get(g, [])]
+        cols = list(dict.fromkeys(unit + conds + [k for r in rows for k in r]))
+        return pd.DataFrame(rows, columns=cols)
 
 
 @dataclass

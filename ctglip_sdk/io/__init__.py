@@ -66,6 +66,8 @@ def load_volume(path: PathLike, series_uid: Optional[str] = None, max_voxels: in
     """
     from ctglip_sdk.io.dicom import load_dicom  # pydicom is imported only when DICOM is read
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"path: expected a file or folder path, got {type(path).__name__}")
     where = os.fspath(path)
     max_voxels = check_max_voxels(max_voxels)
     if not os.path.exists(where):

@@ -17,6 +17,9 @@ __all__ = ["NIFTI_SUFFIXES", "is_nifti", "open_nifti", "read_nifti_array", "nift
 
 log = logging.getLogger(__name__)
 
+#: What non-finite voxels of a NIfTI volume become: air, as outside the scanned field of view.
+AIR_HU = -1024.0
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -106,6 +109,12 @@ def load_nifti(path: PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
     where = os.fspath(path)
     img, shape, affine = open_nifti(where, max_voxels)
     array, affine = to_canonical(read_nifti_array(img, shape, where), affine)
+    if not np.isfinite(array.sum(dtype=np.float64)):  # one pass, no mask, in the usual case of no NaN at all
+        bad = ~np.isfinite(array)
+        # Resampling and registration tools pad outside the field of view with NaN. One NaN voxel made every
+        # organ vector of the study NaN; as outside-the-scan it is air.
+        log.warning("%s: %d non-finite voxel(s) (NaN/inf) set to %g HU (air)", where, int(bad.sum()), AIR_HU)
+        array = np.where(bad, np.float32(AIR_HU), array).astype(np.float32, copy=False)
     meta = empty_meta(where, "nifti")
     meta["series_description"] = nifti_description(img)
     log.debug("%s: NIfTI %s -> %s", where, shape, array.shape)

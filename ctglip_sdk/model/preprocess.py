@@ -322,7 +322,16 @@ def _cell_weights(lab_box: np.ndarray, n: int, size: Sequence[int], stride: int,
             torch.from_numpy(np.concatenate(vals).astype(np.float32)))
 
 
+def _check_finite(volume: Volume) -> None:
+    """A non-finite voxel makes every organ vector of the study NaN (the network mixes the whole box)."""
+    if not np.isfinite(volume.array.sum(dtype=np.float64)):
+        n = int((~np.isfinite(volume.array)).sum())
+        raise InputError(f"the volume holds {n} non-finite voxel(s) (NaN/inf); fill them first (e.g. -1024 HU for "
+                         "outside the field of view)", path=volume.meta.get("source_path"))
+
+
 def _check_pair(volume: Volume, seg: Segmentation) -> None:
+    _check_finite(volume)
     if seg.array.shape != volume.array.shape:
         raise GeometryError(f"segmentation shape {seg.array.shape} differs from the volume's {volume.array.shape}; "
                             "load it with load_segmentation(path, like=volume)", path=seg.meta.get("source_path"))
@@ -428,6 +437,7 @@ def _body_box(hu: np.ndarray, threshold: float):
 def prepare_volume(volume: Volume, cfg: PreprocessConfig, stride: int, divisor: int,
                    device: torch.device | str = "cpu") -> PreparedStudy:
     """The body box of a volume with one weight row: the area fraction of each cell above the body threshold."""
+    _check_finite(volume)
     hu, _, spacing, _ = _canonical(volume, None, cfg)
     lo, hi = _body_box(hu, cfg.body_threshold_hu) if cfg.crop != "none" else (np.zeros(3, int), np.asarray(hu.shape))
     sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
