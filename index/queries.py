@@ -114,7 +114,10 @@ def _query_vector(index: "ArchiveIndex", query: Union[str, np.ndarray], rank: st
                 while len(index._text_cache) > 512:
                     index._text_cache.popitem(last=False)
         return cached
-    q = np.asarray(query, dtype=np.float32)
+    try:
+        q = np.asarray(query, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise QueryError(f"a query is a text or a vector of the index's dimension, got {type(query).__name__}") from None
     if q.ndim == 2 and q.shape[0] == 1:
         q = q[0]
     if q.shape != (index.dim,) or not np.all(np.isfinite(q)) or not np.any(q):

@@ -88,3 +88,21 @@ def test_nan_voxels_are_air_in_a_file_and_an_error_in_an_array(tmp_path, caplog)
     seg = cg.load_segmentation(archive / read_manifest(archive)[0]["mask"], like=raw)
     with pytest.raises(InputError, match="1 non-finite voxel"):
         tiny_model().encode_organs(raw, seg)
+
+
+def test_model_level_calls_with_the_wrong_types(idx):
+    model = tiny_model()
+    for bad in (None, 5):
+        with pytest.raises(QueryError, match="encode_text takes"):
+            model.encode_text(bad)
+        with pytest.raises(ConfigError, match="expected a registered model name"):
+            cg.load(bad)
+    with pytest.raises(ConfigError, match="needs a CTGlipModel"):
+        cg.ZeroShotClassifier(None)
+    zs = cg.ZeroShotClassifier(model)
+    with pytest.raises(QueryError, match="columns"):
+        zs.detect_vectors(["liver"], np.ones((1, model.embed_dim + 3), np.float32))
+    single = zs.detect_vectors(["liver"], np.ones((1, model.embed_dim), np.float32), findings="liver_cyst")
+    assert [d.finding for d in single] == ["liver_cyst"]
+    with pytest.raises(QueryError, match="a query is a text or a vector"):
+        idx.search(["liver cyst", "b"])

@@ -378,6 +378,8 @@ class CTGlipModel(nn.Module):
             (2, 128)
         """
         single = isinstance(texts, str)
+        if not single and not isinstance(texts, (list, tuple)):
+            raise QueryError(f"encode_text takes a string or a list of strings, got {type(texts).__name__}")
         items = [texts] if single else list(texts)
         if any(not isinstance(t, str) for t in items):
             raise QueryError("encode_text takes a string or a list of strings")

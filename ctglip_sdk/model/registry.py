@@ -193,6 +193,9 @@ def load(path_or_name: PathLike, device: Union[str, "torch.device", None] = None
     """
     from ctglip_sdk.model.checkpoint import load_pretrained
 
+    if not isinstance(path_or_name, (str, os.PathLike)):
+        raise ConfigError(f"load: expected a registered model name or a model folder, got "
+                          f"{type(path_or_name).__name__}")
     key = os.fspath(path_or_name)
     weights = _bundled_weights()
     if key in weights:

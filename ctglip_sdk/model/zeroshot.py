@@ -73,6 +73,8 @@ class ZeroShotClassifier:
 
     def __init__(self, model: Any, dictionary: Any = None, organ_templates: Sequence[str] = ORGAN_TEMPLATES,
                  calibrated: bool = True) -> None:
+        if not hasattr(model, "encode_text"):
+            raise ConfigError(f"ZeroShotClassifier needs a CTGlipModel (cg.load(...)), got {type(model).__name__}")
         self.model = model
         #: Apply the model's per-finding calibration (``model.calibration``) when it has one.
         self.calibrated = calibrated
@@ -192,12 +194,17 @@ class ZeroShotClassifier:
         none or the classifier was made with ``calibrated=False``): a calibrated model puts each finding's
         F1-best threshold on held-out studies at probability 0.5.
         """
+        if organ_names is None or isinstance(organ_names, str):
+            raise QueryError("organ_names: expected a list of organ names, one per vector")
         vectors = np.asarray(vectors, np.float32)
         if vectors.ndim != 2 or vectors.shape[0] != len(organ_names):
             raise QueryError(f"need one vector per organ name: {len(organ_names)} names, vectors {vectors.shape}")
+        dim = int(getattr(self.model, "embed_dim", vectors.shape[1]))
+        if vectors.shape[1] != dim:
+            raise QueryError(f"vectors have {vectors.shape[1]} columns, the model's embeddings {dim}")
         wanted = None
         if findings is not None:
-            wanted = list(dict.fromkeys(findings))
+            wanted = list(dict.fromkeys([findings] if isinstance(findings, str) else findings))
             unknown = [k for k in wanted if k not in self.dictionary]
             if unknown:
                 raise QueryError(f"unknown finding(s) {unknown}; known: {', '.join(sorted(self.dictionary.keys()))}")
