@@ -171,6 +171,8 @@ class ArchiveIndex:
         Example:
             >>> idx = ArchiveIndex.open("idx/")  # doctest: +SKIP
         """
+        if not isinstance(folder, (str, os.PathLike)):
+            raise ConfigError(f"open: expected an index folder path, got {type(folder).__name__}")
         root = Path(folder)
         manifest = cls._read_manifest(root)
         model_obj = _load_model(model) if isinstance(model, (str, os.PathLike)) else model

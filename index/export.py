@@ -68,6 +68,8 @@ def export(index: "ArchiveIndex", path: Any, what: str = "scores") -> Path:
         >>> idx.export("scores.csv")              # doctest: +SKIP
         PosixPath('scores.csv')
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise QueryError(f"export: expected a file path, got {type(path).__name__}")
     out = Path(path)
     q = _export_query(index, what)
     suffix = out.suffix.lower()

@@ -106,3 +106,12 @@ def test_model_level_calls_with_the_wrong_types(idx):
     assert [d.finding for d in single] == ["liver_cyst"]
     with pytest.raises(QueryError, match="a query is a text or a vector"):
         idx.search(["liver cyst", "b"])
+
+
+def test_none_paths_are_clear_errors(idx):
+    with pytest.raises(QueryError, match="expected a file path"):
+        idx.export(None)
+    with pytest.raises(ConfigError, match="expected an archive folder path"):
+        idx.ingest(None)
+    with pytest.raises(ConfigError, match="expected an index folder path"):
+        ArchiveIndex.open(None)

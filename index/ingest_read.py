@@ -1,0 +1,178 @@
+"""Ingest's worker side: read one series, check and align its mask, read its study metadata, preprocess."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+import numpy as np
+
+from ctglip_sdk.errors import CTGlipError, GeometryError, InputError
+
+from .filters import normalise_sex, to_date
+from .layout import Item
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .archive import ArchiveIndex
+
+__all__: List[str] = []  # internal to ingest
+
+
+@dataclass
+class _Prepared:
+    item: Item
+    fields: Dict[str, Any]
+    geometry: Dict[str, Any]
+    prep: Any = None            # the model's PreparedStudy (preprocessed in the worker)
+    raw: Any = None             # (volume, segmentation) when the model has no separate prepare step
+    timings: Dict[str, float] = field(default_factory=dict)
+    warnings: List[str] = field(default_factory=list)  # metadata values that could not be read (stored empty)
+
+
+def _check_mask_grid(mask_path: Path, volume: Any) -> None:
+    """A TotalSegmentator mask lies on its image's grid; a different grid means the wrong mask (mask mismatch)."""
+    import nibabel as nib  # noqa: PLC0415
+
+    from ctglip_sdk.io.geometry import canonical_affine, canonical_shape, grid_offset_voxels  # noqa: PLC0415
+    from ctglip_sdk.io.nifti import is_nifti  # noqa: PLC0415
+
+    if not mask_path.exists():
+        raise InputError("no such file or folder (segmentation mask)", path=mask_path.name)
+    if mask_path.is_dir() or not is_nifti(mask_path):
+        return
+    try:
+        img = nib.load(str(mask_path))
+    except Exception as exc:  # noqa: BLE001 - nibabel raises several kinds for corrupt headers
+        raise InputError(f"unreadable mask ({type(exc).__name__})", path=mask_path.name) from None
+    shape = canonical_shape(img.affine, tuple(int(s) for s in img.shape[:3]))
+    if tuple(shape) != tuple(volume.shape):
+        raise GeometryError(f"mask mismatch: the mask's grid is {tuple(shape)} voxels, the image's {tuple(volume.shape)}",
+                            path=mask_path.name)
+    # Same shape is not the same grid: a mask written with another origin, or with an LPS affine read as RAS,
+    # would be resampled onto other voxels and embed the wrong organs. Half a voxel is where nearest-neighbour
+    # lookup starts to move labels, so anything within it is the image's own grid up to rounding.
+    mask_affine = canonical_affine(img.affine, img.shape[:3])
+    off = grid_offset_voxels(mask_affine, shape, volume.affine)
+    if off > 0.5:
+        shift = np.asarray(mask_affine)[:3, 3] - np.asarray(volume.affine)[:3, 3]
+        raise GeometryError(f"mask mismatch: same shape as the image but another grid (corners up to {off:.1f} "
+                            f"voxels apart; origins differ by {np.linalg.norm(shift):.1f} mm)", path=mask_path.name)
+
+
+def _read_one(index: "ArchiveIndex", root: Path, item: Item, model: Any) -> _Prepared:
+    """Worker: read the image, align the mask, preprocess with the model's spec (no torch forward pass)."""
+    from ctglip_sdk.io import load_segmentation, load_volume, resolve_within  # noqa: PLC0415
+
+    t: Dict[str, float] = {}
+    t0 = time.perf_counter()
+    image = resolve_within(root, item.image)
+    keep_ids = bool(index.manifest.get("include_identifiers"))
+    try:
+        volume = load_volume(image, series_uid=item.load_series_uid, include_identifiers=keep_ids)
+    except InputError as exc:
+        # A manifest row names its series (docs/data.md): a folder that also holds a localizer or another
+        # reconstruction is read for that series instead of refused.
+        wanted = item.row.get("series_uid")
+        if item.load_series_uid is not None or wanted not in (getattr(exc, "series", None) or ()):
+            raise
+        volume = load_volume(image, series_uid=wanted, include_identifiers=keep_ids)
+    t["read"] = time.perf_counter() - t0
+    if not item.mask:
+        raise InputError("no segmentation mask for this image (see docs/index.md for the names tried)",
+                         path=item.image)
+    t0 = time.perf_counter()
+    mask = resolve_within(root, item.mask)
+    if not mask.exists():
+        raise InputError("no such file or folder (segmentation mask)", path=item.mask)
+    _check_mask_grid(mask, volume)
+    seg = load_segmentation(mask, like=volume)
+    if not seg.array.any():
+        raise GeometryError("mask mismatch: no labelled voxel falls inside the image", path=item.mask)
+    t["align"] = time.perf_counter() - t0
+    warnings: List[str] = []
+    fields = _study_fields(index, root, item, volume.meta, warnings)
+    geometry = {"shape": ",".join(str(s) for s in volume.shape),
+                "spacing": ",".join(f"{s:.4g}" for s in volume.spacing),
+                "affine": ",".join(f"{v:.6g}" for v in np.asarray(volume.affine).ravel()[:12])}
+    out = _Prepared(item, fields, geometry, timings=t, warnings=warnings)
+    t0 = time.perf_counter()
+    if hasattr(model, "prepare") and hasattr(model, "encode_prepared"):
+        import torch  # noqa: PLC0415 - the model needs it anyway
+
+        with torch.inference_mode():
+            out.prep = model.prepare(volume, seg)
+        if not out.prep.names:
+            raise GeometryError("mask mismatch: no organ of the mask overlaps the image", path=item.mask)
+    else:
+        out.raw = (volume, seg)
+    t["preprocess"] = time.perf_counter() - t0
+    return out
+
+
+def _study_fields(index: "ArchiveIndex", root: Path, item: Item, meta: Dict[str, Any],
+                  warnings: Optional[List[str]] = None) -> Dict[str, Any]:
+    """Patient/study values: the manifest row first, the image header second; identifiers pseudonymised.
+
+    A value that cannot be read (age "seventy", date "2020-13-40", sex "X", age 999) is stored empty, and a line
+    naming the column, the source and the value is added to ``warnings``: such a study drops out of every search
+    and cohort filtered on that column, which must not happen unsaid.
+    """
+    row = item.row
+    said = warnings if warnings is not None else []
+
+    def unread(column: str, value: Any, why: str) -> None:
+        source = "manifest.csv" if row.get(column) not in (None, "") else "image header"
+        said.append(f"{column} {str(value)[:40]!r} from {source} {why}; stored empty")
+
+    ident = row.get("patient_id") or (meta.get("identifiers") or {}).get("PatientID") or meta.get("patient")
+    if not ident:
+        ident = f"unknown:{item.key}"  # one pseudo-patient per series when nothing identifies the patient
+    sex_raw = row.get("sex") or meta.get("sex")
+    try:
+        sex = normalise_sex(sex_raw)
+    except CTGlipError:
+        sex = None
+        unread("sex", sex_raw, "is not M, F or O")
+    age_raw = row.get("age") if row.get("age") not in (None, "") else meta.get("age")
+    try:
+        age = float(age_raw) if age_raw not in (None, "") else None
+    except (TypeError, ValueError):
+        age = None
+        unread("age", age_raw, "is not a number")
+    if age is not None and not 0 <= age <= 150:  # the range add_embeddings enforces
+        unread("age", age_raw, "is outside 0-150")
+        age = None
+    date_raw = row.get("study_date") or meta.get("study_date")
+    try:
+        date = to_date(date_raw)
+    except CTGlipError:
+        date = None
+        unread("study_date", date_raw, "is not a date")
+    contrast = row.get("contrast")
+    if contrast in (None, ""):
+        contrast = meta.get("contrast_agent") or ("none" if meta.get("contrast") is False else None)
+    birth = row.get("birth_year")
+    return {
+        "patient": index.pseudonym(str(ident)),
+        "identifier": str(ident) if index.manifest.get("include_identifiers") and not str(ident).startswith(
+            "unknown:") else None,
+        "sex": sex,
+        "birth_year": int(birth) if str(birth or "").isdigit() else None,
+        "study_uid": _cut(item.study_uid or meta.get("study_uid") or f"series:{item.key}", 255),
+        "study_date": date,
+        "age": age,
+        # Cut to the column sizes: PostgreSQL refuses longer values, and these are descriptive only.
+        "description": _cut(row.get("description") or meta.get("series_description"), 256),
+        "contrast": _cut(contrast, 32),
+        "body_part": _cut(row.get("body_part") or meta.get("body_part"), 64),
+        "split": _cut(row.get("split"), 16),
+        "report_path": item.report,
+        "archive_root": str(root.resolve()),
+    }
+
+
+def _cut(value: Any, size: int) -> Optional[str]:
+    text = "" if value is None else str(value).strip()
+    return text[:size] or None
