@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 
 from ctglip_sdk import InputError
 from ctglip_sdk.io import SeriesInfo, discover, load_volume, resolve_within
+from ctglip_sdk.io.paths import is_within, require_path, walk_files
 from dicom_factory import unique_hu, write_series
 
 
@@ -110,3 +112,33 @@ def test_resolve_within(tmp_path):
         resolve_within(tmp_path, "")
     with pytest.raises(InputError, match="not a folder"):
         discover(tmp_path / "missing")
+
+
+def test_a_corrupt_gzip_is_listed_from_its_header_and_refused_on_load(tree):
+    root, *_ = tree
+    raw = bytearray((root / "p003" / "ct.nii.gz").read_bytes())
+    raw[-8] ^= 0xFF  # the trailer's CRC-32: the header still reads, the voxels do not check out
+    (root / "p003" / "crc.nii.gz").write_bytes(bytes(raw))
+    (root / "p003" / "cut.nii.gz").write_bytes(bytes(raw[:20]))  # not even a header
+    found = discover(root)
+    assert "p003/crc.nii.gz" in {s.path for s in found}  # listing reads headers only (docs/inputs.md)
+    assert dict(found.unreadable)["p003/cut.nii.gz"] == \
+        "truncated or corrupt gzip stream (it ends before the end-of-stream marker)"
+    with pytest.raises(InputError, match=r"crc\.nii\.gz: corrupt gzip stream \(CRC check failed\)"):
+        load_volume(root / "p003" / "crc.nii.gz")
+
+
+def test_none_and_other_non_paths_are_input_errors(tmp_path):
+    with pytest.raises(InputError, match="root: expected an archive folder path, got NoneType"):
+        discover(None)
+    with pytest.raises(InputError, match="root: expected a folder path, got int"):
+        walk_files(3)
+    with pytest.raises(InputError, match="root: expected a root folder path, got NoneType"):
+        resolve_within(None, "a/x.nii.gz")
+    with pytest.raises(InputError, match="relative_path: expected a path relative to the root folder, got NoneType"):
+        resolve_within(tmp_path, None)
+    with pytest.raises(InputError, match="is_within: expected two resolved Paths, got NoneType and PosixPath"):
+        is_within(None, tmp_path)
+    with pytest.raises(InputError, match="x: expected a file path, got bytes"):
+        require_path(b"ct.nii.gz", "x", "a file path")
+    assert require_path(Path("a") / "b", "x") == os.path.join("a", "b")

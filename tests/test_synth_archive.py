@@ -138,6 +138,10 @@ def test_refuses_to_overwrite_and_validates(tmp_path, archive):
         cg.synth.generate_archive(tmp_path / "x", 0, progress=False)
     with pytest.raises(cg.ConfigError):
         cg.synth.generate_archive(tmp_path / "x", 1, preset="huge", progress=False)
+    for bad in (None, 7):  # was a raw TypeError from pathlib
+        with pytest.raises(cg.ConfigError, match=f"out_dir: expected an output folder path, got {type(bad).__name__}"):
+            cg.synth.generate_archive(bad, 1, preset="small", progress=False)
+    assert not (tmp_path / "x").exists()
 
 
 def test_cases_fix_chosen_patients_and_leave_the_others_drawn(tmp_path):

@@ -15,7 +15,7 @@ from ctglip_sdk.errors import InputError
 from ctglip_sdk.io.dicom import is_image, require_image, series_label, sop_class_name, try_read_header
 from ctglip_sdk.io.geometry import LPS_TO_RAS, canonical_shape
 from ctglip_sdk.io.nifti import is_nifti, nifti_description, open_nifti
-from ctglip_sdk.io.paths import walk_files
+from ctglip_sdk.io.paths import require_path, walk_files
 
 __all__ = ["SeriesInfo", "DiscoveryResult", "discover"]
 
@@ -100,16 +100,19 @@ def discover(root: PathLike, follow_symlinks: bool = False) -> DiscoveryResult:
     DICOM files (recognised by their 'DICM' preamble, whatever their name) are grouped by SeriesInstanceUID;
     ``.nii``/``.nii.gz`` files are listed one by one. Symlinks that resolve outside ``root`` are refused: never
     followed, logged as warnings and listed in ``result.refused``; symlinks inside ``root`` are followed only with
-    ``follow_symlinks=True``. Unreadable candidates are logged and listed in ``result.unreadable``.
+    ``follow_symlinks=True``. Unreadable candidates are logged and listed in ``result.unreadable``. Only headers
+    are read, so damage further into a ``.nii.gz`` (a bad CRC, a truncated stream) shows when it is loaded.
+    A ``root`` that is not a folder, or not a path at all (None), is an InputError.
 
     Example:
         >>> found = discover("archive/")  # doctest: +SKIP
         >>> [(s.kind, s.path, s.shape) for s in found][:1]  # doctest: +SKIP
         [('dicom', 'p001/ct', (512, 512, 120))]
     """
-    base = Path(root)
+    where = require_path(root, "root", "an archive folder path")
+    base = Path(where)
     if not base.is_dir():
-        raise InputError("not a folder", path=os.fspath(root))
+        raise InputError("not a folder", path=where)
     files, refused = walk_files(base, follow_symlinks=follow_symlinks)
     items: List[SeriesInfo] = []
     unreadable: List[Tuple[str, str]] = []

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
+import zlib
 from typing import Any, Optional, Tuple, Union
 
 import numpy as np
@@ -11,6 +13,7 @@ import numpy as np
 from ctglip_sdk.errors import InputError
 from ctglip_sdk.io.geometry import DEFAULT_MAX_VOXELS, check_affine, check_voxel_count, to_canonical
 from ctglip_sdk.io.meta import empty_meta
+from ctglip_sdk.io.paths import require_path
 from ctglip_sdk.volume import Volume
 
 __all__ = ["NIFTI_SUFFIXES", "is_nifti", "open_nifti", "read_nifti_array", "nifti_description", "load_nifti"]
@@ -26,8 +29,44 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def is_nifti(path: PathLike) -> bool:
-    """True when the file name ends in .nii or .nii.gz (case-insensitive)."""
-    return os.fspath(path).lower().endswith(NIFTI_SUFFIXES)
+    """True when the file name ends in .nii or .nii.gz (case-insensitive); a non-path (None) is an InputError."""
+    return require_path(path, "path", "a file path").lower().endswith(NIFTI_SUFFIXES)
+
+
+def _gzip_reason(exc: BaseException, gzipped: bool) -> Optional[str]:
+    """Why reading a ``.nii.gz`` failed, in words, when the gzip layer raised ``exc``; None for other errors.
+
+    The kind of damage is named in words; the checksums and magic bytes in gzip's own messages say nothing to a
+    user and are dropped. No byte of the file's content reaches the message (only gzip's and zlib's wording).
+    """
+    if isinstance(exc, gzip.BadGzipFile):
+        text = str(exc)
+        if text.startswith("CRC check failed"):
+            return "corrupt gzip stream (CRC check failed)"
+        if text.startswith("Incorrect length"):
+            return "corrupt gzip stream (length check failed)"
+        if text.startswith("Not a gzipped file"):
+            return "not a gzip stream, although the name ends in .gz"
+        return f"corrupt gzip stream ({text})"
+    if isinstance(exc, zlib.error):  # 'Error -3 while decompressing data: invalid distance too far back'
+        return f"corrupt gzip stream (invalid deflate data: {str(exc).split(': ', 1)[-1]})"
+    if isinstance(exc, EOFError) and gzipped:
+        return "truncated or corrupt gzip stream (it ends before the end-of-stream marker)"
+    return None
+
+
+def _gzip_header_reason(where: str) -> Optional[str]:
+    """What is wrong with the gzip layer under a ``.nii.gz`` header nibabel could not read, if anything.
+
+    nibabel's type sniffing swallows gzip errors and reports only "cannot work out file type"; reading the
+    header's bytes again (on this error path only, at most a few kB) tells a cut or damaged stream apart.
+    """
+    try:
+        with gzip.open(where, "rb") as stream:
+            stream.read(1 << 12)
+    except Exception as exc:
+        return _gzip_reason(exc, True)
+    return None
 
 
 def open_nifti(path: PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> Tuple[Any, Tuple[int, int, int], np.ndarray]:
@@ -39,15 +78,17 @@ def open_nifti(path: PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> Tuple[An
     """
     import nibabel as nib
 
-    where = os.fspath(path)
+    where = require_path(path, "path", "a NIfTI file path")
     try:
         img = nib.load(where, mmap=False)  # header only; data stay behind a lazy proxy (no memmap later)
         shape = tuple(int(d) for d in img.shape)
     except FileNotFoundError:
         raise InputError("no such file", path=where) from None
     except Exception as exc:  # nibabel raises ImageFileError, HeaderDataError, gzip/zlib errors, ...
-        raise InputError(f"not a readable NIfTI file ({type(exc).__name__}); truncated, corrupt or another format",
-                         path=where) from None
+        gzipped = where.lower().endswith(".gz")
+        reason = _gzip_reason(exc, gzipped) or (_gzip_header_reason(where) if gzipped else None)
+        raise InputError(reason or f"not a readable NIfTI file ({type(exc).__name__}); truncated, corrupt or "
+                         "another format", path=where) from None
     check_voxel_count(shape if shape else (0,), max_voxels, where, what="NIfTI header")
     dims = list(shape)
     while len(dims) > 3 and dims[-1] == 1:
@@ -72,16 +113,57 @@ def open_nifti(path: PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> Tuple[An
     return img, (dims[0], dims[1], dims[2]), affine
 
 
+def _drain_gzip(stream: Any, where: str) -> None:
+    """Read ``stream`` to its end, so that Python's gzip checks the trailer's CRC-32 and length.
+
+    The image data end a few bytes before the gzip trailer, and gzip verifies the trailer only when a read goes
+    past the end of the deflate stream: without this, a flipped bit that still decodes, or a damaged or missing
+    trailer, loads as if nothing were wrong. Only what follows the voxel data is decompressed here (normally
+    nothing), so the file is still decompressed once.
+    """
+    while True:
+        try:
+            if not stream.read(1 << 20):
+                return
+        except gzip.BadGzipFile as exc:
+            # Raised only after the member's CRC and length passed: bytes that are not gzip follow the stream.
+            # gzip(1) calls this 'trailing garbage ignored'; the image itself is intact.
+            if str(exc).startswith("Not a gzipped file"):
+                log.warning("%s: bytes after the end of the gzip stream are ignored", where)
+                return
+            raise
+
+
 def read_nifti_array(img: Any, shape: Tuple[int, int, int], where: str, dtype: Any = np.float32) -> np.ndarray:
-    """Read the voxel data behind ``img`` (scaled by scl_slope/scl_inter) as ``dtype``, reshaped to ``shape``."""
+    """Read the voxel data behind ``img`` (scaled by scl_slope/scl_inter) as ``dtype``, reshaped to ``shape``.
+
+    A ``.nii.gz`` is read through a gzip stream that this function opens and reads to its end, so a failed
+    CRC-32 or length check, a truncated stream and invalid deflate data are all InputError naming the file.
+    """
+    from nibabel.arrayproxy import ArrayProxy
+
+    floating = np.issubdtype(np.dtype(dtype), np.floating)
+    proxy = img.dataobj
+    gzipped = where.lower().endswith(".gz")
     try:
-        if np.issubdtype(np.dtype(dtype), np.floating):
+        if gzipped and isinstance(proxy, ArrayProxy):
+            # nibabel would open its own gzip reader and stop at the last voxel byte, never reaching the trailer.
+            # The same proxy spec over our stream gives the same array, scaling included.
+            with gzip.open(where, "rb") as stream:
+                ours = ArrayProxy(stream, (proxy.shape, proxy.dtype, proxy.offset, proxy.slope, proxy.inter),
+                                  mmap=False, order=proxy.order)
+                data = np.asanyarray(ours, dtype=dtype) if floating else np.asanyarray(ours)
+                _drain_gzip(stream, where)
+        elif floating:
             data = img.get_fdata(dtype=dtype, caching="unchanged")
         else:
-            data = np.asanyarray(img.dataobj)
+            data = np.asanyarray(proxy)
     except Exception as exc:
-        raise InputError(f"cannot read NIfTI voxel data ({type(exc).__name__}); the file is truncated or corrupt",
-                         path=where) from None
+        reason = _gzip_reason(exc, gzipped)
+        if reason is None and isinstance(exc, OSError) and str(exc).startswith("Expected "):
+            reason = "truncated: the voxel data are shorter than the header declares"  # nibabel's short read
+        raise InputError(reason or f"cannot read NIfTI voxel data ({type(exc).__name__}); the file is truncated "
+                         "or corrupt", path=where) from None
     if data.dtype.kind not in "biuf":
         raise InputError(f"voxel type {data.dtype} is not a scalar number", path=where)
     return data.reshape(shape)
@@ -106,7 +188,7 @@ def load_nifti(path: PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
         >>> vol.array.dtype, vol.meta["format"]  # doctest: +SKIP
         (dtype('float32'), 'nifti')
     """
-    where = os.fspath(path)
+    where = require_path(path, "path", "a NIfTI file path")
     img, shape, affine = open_nifti(where, max_voxels)
     array, affine = to_canonical(read_nifti_array(img, shape, where), affine)
     if not np.isfinite(array.sum(dtype=np.float64)):  # one pass, no mask, in the usual case of no NaN at all

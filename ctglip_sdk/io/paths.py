@@ -5,19 +5,40 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import List, Tuple, Union
+from typing import Any, List, Tuple, Type, Union
 
-from ctglip_sdk.errors import InputError
+from ctglip_sdk.errors import CTGlipError, InputError
 
-__all__ = ["resolve_within", "is_within", "walk_files"]
+__all__ = ["resolve_within", "is_within", "walk_files", "require_path"]
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+def require_path(value: Any, name: str, expected: str = "a file or folder path",
+                 error: Type[CTGlipError] = InputError) -> str:
+    """``os.fspath(value)`` for a str or path-like; anything else (None, a number) raises ``error``.
+
+    Without it ``Path(None)`` or ``os.fspath(None)`` raises a bare TypeError from deep inside pathlib. The
+    message has the shape ``load_volume(None)`` and the index use: ``"<name>: expected <expected>, got NoneType"``.
+
+    Example:
+        >>> require_path(None, "root", "an archive folder path")  # doctest: +SKIP
+        Traceback (most recent call last):
+        ctglip_sdk.errors.InputError: root: expected an archive folder path, got NoneType
+    """
+    if not isinstance(value, (str, os.PathLike)):
+        raise error(f"{name}: expected {expected}, got {type(value).__name__}")
+    return os.fspath(value)
+
+
 def is_within(root: Path, path: Path) -> bool:
-    """True when resolved ``path`` is ``root`` or lies below it (both must already be resolved)."""
+    """True when resolved ``path`` is ``root`` or lies below it (both must already be resolved Paths)."""
+    if not isinstance(root, Path) or not isinstance(path, Path):
+        # A str would compare unequal and have no .parents: answer the question that was meant, or say why not.
+        raise InputError(f"is_within: expected two resolved Paths, got {type(root).__name__} and "
+                         f"{type(path).__name__}")
     return path == root or root in path.parents
 
 
@@ -34,7 +55,8 @@ def resolve_within(root: PathLike, relative_path: PathLike) -> Path:
         Traceback (most recent call last):
         ctglip_sdk.errors.InputError: ../etc/passwd: path escapes the root folder /data/archive
     """
-    rel = os.fspath(relative_path)
+    require_path(root, "root", "a root folder path")
+    rel = require_path(relative_path, "relative_path", "a path relative to the root folder")
     if not isinstance(rel, str) or not rel.strip():
         raise InputError("empty path; expected a path relative to the root folder", path=str(root))
     if "\0" in rel:
@@ -56,7 +78,7 @@ def walk_files(root: PathLike, follow_symlinks: bool = False) -> Tuple[List[Path
     relative to ``root``) and logged as warnings. Symlinks that stay inside ``root`` are followed only when
     ``follow_symlinks`` is True (directory loops are cut). Hidden files and folders (``.name``) are skipped.
     """
-    base = Path(root)
+    base = Path(require_path(root, "root", "a folder path"))
     root_resolved = base.resolve()
     files: List[Path] = []
     refused: List[str] = []

@@ -15,6 +15,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 import numpy as np
 
 from ctglip_sdk.errors import ConfigError, InputError
+from ctglip_sdk.io.paths import require_path
 from ctglip_sdk.organs import V1
 from ctglip_sdk.synth.anatomy import sample_anatomy
 from ctglip_sdk.synth.findings import apply_to_anatomy, sample_findings
@@ -241,6 +242,8 @@ def generate_archive(out_dir: Union[str, os.PathLike], n_patients: int, seed: in
         >>> s.n_patients, s.manifest.name
         (2, 'manifest.csv')
     """
+    # Like its other arguments (and ArchiveIndex.ingest's folder), a missing out_dir is a ConfigError.
+    root = Path(require_path(out_dir, "out_dir", "an output folder path", error=ConfigError))
     if fmt not in ("dicom", "nifti"):
         raise ConfigError(f"fmt must be 'dicom' or 'nifti', got {fmt!r}")
     if not isinstance(n_patients, (int, np.integer)) or n_patients < 1:
@@ -251,7 +254,6 @@ def generate_archive(out_dir: Union[str, os.PathLike], n_patients: int, seed: in
     if prevalence:
         sample_findings(np.random.default_rng(0), sample_anatomy(np.random.default_rng(0)), p, prevalence)
     specs = _check_cases(cases, int(n_patients), p)
-    root = Path(out_dir)
     if root.exists() and not root.is_dir():
         raise InputError("output path exists and is not a folder", path=root)
     if (root / "manifest.csv").exists() or (root / "images").exists():
