@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import os
 import sys
 import time
 from concurrent.futures import Future
@@ -21,15 +20,15 @@ from ctglip_sdk.errors import ConfigError, CTGlipError, InputError
 from ctglip_sdk.model.voxels import STATS_VERSION
 from ctglip_sdk.readahead import read_ahead
 
-from .ingest_read import _cut, _Prepared, _read_one  # noqa: F401 - _cut is shared with embeddings.py
-from .layout import Item, plan_archive, redact
+from .ingest_read import ArchivePlan, _cut, _Prepared, _read_one, plan_ingest  # noqa: F401 - _cut: embeddings.py
+from .layout import Item, redact
 from .memory import bound_heap_growth
 from .results import IngestReport
 
 if TYPE_CHECKING:  # pragma: no cover
     from .archive import ArchiveIndex
 
-__all__ = ["ingest", "STAGES"]
+__all__ = ["ingest", "plan_ingest", "ArchivePlan", "STAGES"]
 
 log = logging.getLogger(__name__)
 
@@ -191,13 +190,15 @@ def ingest(index: "ArchiveIndex", archive: Any, workers: int = 2, batch_size: in
     """Embed every series of ``archive`` that the index does not hold yet.
 
     The archive is ``ROOT/manifest.csv`` (docs/data.md) when present, else what ``ctglip_sdk.io.discover``
-    finds, with masks matched by name (docs/index.md). Series already ingested with the same file
+    finds, with masks matched by name (docs/index.md). An archive in which no study is found is refused
+    (InputError) before the index is touched: no run is recorded. Series already ingested with the same file
     fingerprint are skipped, so re-running adds nothing and an interrupted run continues where it stopped;
     a series whose files changed is replaced. A series that fails (unreadable, geometry, mask mismatch) is
     recorded with its reason and skipped; ``retry_errors=True`` tries such series again.
 
     Args:
-        archive: archive root folder.
+        archive: archive root folder, or an :class:`ArchivePlan` of it from :func:`plan_ingest` (which is how an
+            archive that may be empty is accepted: ``plan_ingest(root, allow_empty=True)``).
         workers: threads that read, align and preprocess ahead of the encoder (memory holds at most
             ``2 * workers + batch_size`` prepared studies, whatever the archive's size).
         batch_size: studies per encoder batch and per SQL transaction.
@@ -208,17 +209,19 @@ def ingest(index: "ArchiveIndex", archive: Any, workers: int = 2, batch_size: in
     Returns:
         IngestReport with counts, per-stage timings and the failed series with reasons.
 
+    Raises:
+        InputError: the archive folder does not exist or holds no study (the message names the root as given).
+
     Example:
         >>> report = idx.ingest("archive/", workers=2)  # doctest: +SKIP
         >>> print(report.summary())                    # doctest: +SKIP
     """
-    if not isinstance(archive, (str, os.PathLike)):
-        raise ConfigError(f"ingest: expected an archive folder path, got {type(archive).__name__}")
-    root = Path(archive)
-    if not root.is_dir():
-        raise InputError("archive folder not found", path=root)
     if batch_size < 1 or workers < 0:
         raise InputError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
+    # Planned before the writer lock and begin_run: an archive without studies (a wrong path, an unmounted
+    # share) must leave the index exactly as it was, without even a run row. Planning reads only the archive.
+    plan = plan_ingest(archive)
+    root = plan.root
     model = index.model
     _warn_stats_version(index, model)
     started = time.perf_counter()
@@ -228,10 +231,10 @@ def ingest(index: "ArchiveIndex", archive: Any, workers: int = 2, batch_size: in
         run_id = begin_run(index, str(root))
         report.run_id = run_id
         t0 = time.perf_counter()
-        items, plan_errors = plan_archive(root)
+        items, plan_errors = plan.items, plan.errors
         done = index.store.series_fingerprints()
         failed = index.store.last_errors()
-        report.timings["plan"] = time.perf_counter() - t0
+        report.timings["plan"] = plan.seconds + time.perf_counter() - t0
         todo: List[Item] = []
         outcomes: List[Dict[str, Any]] = []
         for key, reason in plan_errors:

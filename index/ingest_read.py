@@ -1,23 +1,104 @@
-"""Ingest's worker side: read one series, check and align its mask, read its study metadata, preprocess."""
+"""Ingest's read side: plan the archive (refusing one without studies), then, in worker threads, read one
+series, check and align its mask, read its study metadata, preprocess."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ctglip_sdk.errors import CTGlipError, GeometryError, InputError
+from ctglip_sdk.errors import ConfigError, CTGlipError, GeometryError, InputError
 
 from .filters import normalise_sex, to_date
-from .layout import Item
+from .layout import Item, plan_archive
 
 if TYPE_CHECKING:  # pragma: no cover
     from .archive import ArchiveIndex
 
-__all__: List[str] = []  # internal to ingest
+__all__ = ["ArchivePlan", "plan_ingest"]
+
+#: How the "no studies" error describes what ingest reads (the layouts of docs/data.md and docs/index.md).
+LAYOUTS = ("ingest reads ROOT/manifest.csv (one row per series, with an 'image' column of paths relative to ROOT; "
+           "docs/data.md) or, without a manifest, DICOM series (any file names) and NIfTI images (.nii, .nii.gz) "
+           "anywhere below ROOT, each paired with its TotalSegmentator mask by name (docs/index.md, 'Layout')")
+
+
+@dataclass(frozen=True)
+class ArchivePlan:
+    """The series of an archive as ingest will read them, made by :func:`plan_ingest`.
+
+    It is a path-like object (``os.fspath(plan)`` is the archive root as given), so it can be passed to
+    ``ArchiveIndex.ingest`` in place of the folder: the archive is then not listed a second time. A plan is a
+    snapshot of the files; ingest it right away (a file changed since is re-ingested by the next run, as its
+    fingerprint then differs from the recorded one).
+
+    Attributes:
+        archive: the archive root as given.
+        items: the series to ingest, in a stable order.
+        errors: ``(key, reason)`` for entries that cannot be planned (counted as seen, recorded as failed).
+        seconds: time spent planning.
+    """
+
+    archive: str
+    items: Tuple[Item, ...]
+    errors: Tuple[Tuple[str, str], ...]
+    seconds: float = 0.0
+
+    @property
+    def root(self) -> Path:
+        return Path(self.archive)
+
+    def __fspath__(self) -> str:
+        return self.archive
+
+    def __len__(self) -> int:
+        """Series seen: planned ones plus entries that could not be planned."""
+        return len(self.items) + len(self.errors)
+
+
+def plan_ingest(archive: Union[str, "os.PathLike[str]"], allow_empty: bool = False) -> ArchivePlan:
+    """List the series of ``archive`` that ingest would read, without touching any index.
+
+    Why a separate step: an archive in which nothing is found is almost always a mistake (a wrong path, an
+    unmounted share that looks like an empty folder), and it must be refused before an index is created or an
+    existing one records a run. ``ctglip ingest`` plans first, then creates or opens the index.
+
+    Args:
+        archive: archive root folder (an ArchivePlan is returned as is).
+        allow_empty: return an empty plan instead of raising when no series is found (a drop folder that may
+            be empty on some nights); ingesting it records a run with 0 series seen.
+
+    Raises:
+        InputError: the folder does not exist, or no study is found in it (the message names the root as given
+            and the layouts ingest reads).
+
+    Example:
+        >>> plan = plan_ingest("archive/")                          # doctest: +SKIP
+        >>> idx = ArchiveIndex.create("idx/", model="ctglip-tiny-synthetic")  # doctest: +SKIP
+        >>> idx.ingest(plan)                                        # doctest: +SKIP
+    """
+    if isinstance(archive, ArchivePlan):
+        return archive
+    if not isinstance(archive, (str, os.PathLike)):
+        raise ConfigError(f"ingest: expected an archive folder path, got {type(archive).__name__}")
+    given = os.fspath(archive)
+    root = Path(given)
+    if not root.is_dir():
+        raise InputError("archive folder not found", path=given)
+    t0 = time.perf_counter()
+    items, errors = plan_archive(root)
+    plan = ArchivePlan(given, tuple(items), tuple(errors), time.perf_counter() - t0)
+    if not plan and not allow_empty:
+        found = ("its manifest.csv lists no series" if (root / "manifest.csv").is_file() else
+                 "no manifest.csv, and no DICOM CT series or NIfTI image below it (mask files, other modalities "
+                 "and other files are not studies)")
+        raise InputError(f"no studies found: {found}; {LAYOUTS}. Check the path (an unmounted share looks like "
+                         "an empty folder); nothing was ingested", path=given)
+    return plan
 
 
 @dataclass

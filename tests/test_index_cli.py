@@ -210,11 +210,48 @@ def test_ingest_exit_status_says_whether_series_failed_in_this_run(env, tmp_path
     assert run(*args, "--json").exit_code == 0
     again = run(*args, "--retry-errors")
     assert again.exit_code == 3 and "failed" in again.stderr and "1 failed" in again.stdout
+
+
+def test_ingest_of_an_archive_without_studies_creates_no_index_and_says_why(env, tmp_path):
+    """It used to create the index folder (index.sqlite, FAISS files) and exit 0 with a warning."""
+    _, _, model_dir, _ = env
     empty = tmp_path / "empty"
     empty.mkdir()
-    res = run("ingest", empty, "--index", tmp_path / "idx2", "--model", model_dir, "--json")
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "readme.txt").write_text("nothing to see\n")
+    for archive in (f"{empty}/", str(junk)):  # the root as the user typed it, trailing slash included
+        new = tmp_path / "idx"
+        res = run("ingest", archive, "--index", new, "--model", model_dir, "--json")
+        assert res.exit_code == 1, res.output  # a user error, like every other refused input
+        assert not new.exists()  # no index folder, no index.sqlite, no FAISS file
+        body = json.loads(res.stdout)  # --json: one parseable document on stdout, also on an error
+        assert body["type"] == "InputError" and body["path"] == archive
+        assert body["error"].startswith(f"{archive}: no studies found") and "docs/data.md" in body["error"]
+        assert res.stderr.startswith(f"Error: {archive}: no studies found") and "Traceback" not in res.output
+    plain = run("ingest", empty, "--index", tmp_path / "idx", "--model", model_dir)
+    assert plain.exit_code == 1 and plain.stdout == "" and "no studies found" in plain.stderr
+    # --allow-empty: a drop folder that may be empty is accepted; the (new) index records a run of 0 series.
+    res = run("ingest", empty, "--index", tmp_path / "idx", "--model", model_dir, "--json", "--allow-empty")
     assert res.exit_code == 0 and json.loads(res.stdout)["seen"] == 0
-    assert "warning: no series found" in res.stderr
+    assert "warning: no studies found" in res.stderr and _runs(tmp_path / "idx") == [("ok", 1)]
+
+
+def test_ingest_of_an_empty_archive_leaves_an_existing_index_untouched(env, tmp_path):
+    archive, index, _, _ = env
+    empty = tmp_path / "empty"
+    empty.mkdir()
+
+    def files():  # SQLite's -wal/-shm come and go with readers (as _runs): the run rows cover what SQL holds
+        return {p.name: p.read_bytes() for p in index.rglob("*") if p.is_file() and p.suffix not in {
+            ".sqlite-wal", ".sqlite-shm"}}
+
+    before, runs = files(), _runs(index)
+    res = run("ingest", empty, "--index", index, "--json")
+    assert res.exit_code == 1 and json.loads(res.stdout)["path"] == str(empty)
+    assert _runs(index) == runs and files() == before  # no run recorded, no FAISS or vector file rewritten
+    again = run("ingest", archive, "--index", index, "--json")  # nothing new: not an error, every series seen
+    assert again.exit_code == 0 and json.loads(again.stdout)["skipped"] == json.loads(again.stdout)["seen"] > 0
 
 
 def test_ingest_warns_of_new_index_options_on_an_existing_index(env):

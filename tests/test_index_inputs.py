@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import sqlite3
 
 import nibabel as nib
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 
 import ctglip_sdk as cg
 from ctglip_sdk.errors import ConfigError, InputError, QueryError
-from ctglip_sdk.index import ArchiveIndex
+from ctglip_sdk.index import ArchiveIndex, ArchivePlan, plan_ingest
 
 from test_index_common import AFFINE, make_archive, read_manifest, tiny_model
 
@@ -115,3 +117,63 @@ def test_none_paths_are_clear_errors(idx):
         idx.ingest(None)
     with pytest.raises(ConfigError, match="expected an index folder path"):
         ArchiveIndex.open(None)
+
+
+# -- an archive in which nothing is found ----------------------------------------------------------------------
+def _files(folder):
+    """Every file below ``folder`` with its bytes: an index left untouched keeps exactly these."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _no_study_archives(base):
+    """An empty folder; unrelated files, a mask and a header-only manifest (each found, none a study)."""
+    empty = base / "empty"
+    empty.mkdir()
+    junk = base / "junk"
+    (junk / "notes").mkdir(parents=True)
+    (junk / "notes" / "readme.txt").write_text("exported by the PACS bridge\n")
+    (junk / "blob").write_bytes(b"\x00not dicom")
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), AFFINE), junk / "case1_seg.nii.gz")
+    rows = base / "header-only"
+    rows.mkdir()
+    (rows / "manifest.csv").write_text("patient_id,image,mask\n")
+    return {empty: "no manifest.csv", junk: "no manifest.csv", rows: "its manifest.csv lists no series"}
+
+
+def test_an_archive_without_studies_is_refused_and_leaves_an_existing_index_untouched(idx, tmp_path):
+    """Ingesting an empty folder (a wrong path, an unmounted share) used to record a run and rewrite the FAISS
+    file as if all were well; now it is an InputError naming the root as given, raised before any write."""
+    before = _files(idx.folder)
+    for root, why in _no_study_archives(tmp_path).items():
+        given = f"{root}/"  # as typed, with the trailing slash
+        with pytest.raises(InputError) as err:
+            idx.ingest(given, workers=0)
+        text = str(err.value)
+        assert err.value.path == given and text.startswith(f"{given}: no studies found: {why}")
+        assert "manifest.csv" in text and "DICOM" in text and "NIfTI" in text and "docs/data.md" in text
+    assert _files(idx.folder) == before  # no run row, no FAISS or vector file rewritten
+
+
+def test_plan_ingest_refuses_before_an_index_exists_and_allow_empty_records_an_empty_run(tmp_path):
+    """The Python counterpart of `ctglip ingest`: plan first, create the index only when something is found."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="no studies found") as err:
+        plan_ingest(str(empty))
+    assert err.value.path == str(empty)
+    assert not (tmp_path / "idx").exists()  # nothing was created: the check needs no index
+    with pytest.raises(InputError, match="archive folder not found"):
+        plan_ingest(tmp_path / "nope")
+    nothing = plan_ingest(empty, allow_empty=True)
+    assert len(nothing) == 0 and os.fspath(nothing) == str(empty) and plan_ingest(nothing) is nothing
+    index = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    with index:
+        report = index.ingest(nothing, workers=0)  # explicitly accepted: a run of 0 series
+        assert (report.seen, report.ok, report.n_errors) == (0, 0, 0)
+        with sqlite3.connect(tmp_path / "idx" / "index.sqlite") as conn:
+            assert conn.execute("SELECT status FROM ctglip_ingest_runs").fetchall() == [("ok",)]
+        # A plan of a real archive is ingested as is (not listed again) and names the root as given.
+        plan = plan_ingest(make_archive(tmp_path / "a", n=2, seed=13))
+        assert len(plan) == 2 and isinstance(plan, ArchivePlan)
+        report = index.ingest(plan, workers=0)
+        assert report.ok == 2 and report.timings["plan"] >= plan.seconds

@@ -129,7 +129,8 @@ def test_text_tower_from_a_local_folder(tmp_path):
     from transformers import AutoModel
 
     reference = AutoModel.from_pretrained(folder, local_files_only=True)
-    text = {"pretrained_path": str(folder), "frozen": True, "pooling": "cls"}
+    # max_length 40: the folder's BERT has 40 positions (the default 64 is refused, see below).
+    text = {"pretrained_path": str(folder), "frozen": True, "pooling": "cls", "max_length": 40}
     model = cg.create("ctglip-tiny", overrides={**TINY, "text": text}, seed=0)
     emb = reference.embeddings.word_embeddings.weight
     assert torch.equal(model.text.encoder.embeddings.word_embeddings.weight, emb)
@@ -197,3 +198,64 @@ def test_a_replaced_tokenizer_or_a_bad_text_config_is_a_checkpoint_error(saved, 
         (bad / "config.json").write_text(json.dumps(meta))
         with pytest.raises(CheckpointError, match=message):
             cg.load(bad)
+
+
+# -- text.max_length against the text model's position table ---------------------------------------------------
+def test_a_max_length_longer_than_the_position_table_is_refused_at_load(saved, tmp_path):
+    """It loaded, then failed at the first long text deep inside torch ("expanded size ... must match")."""
+    _, folder = saved
+    broken = _copy(folder, tmp_path)
+    meta = json.loads((broken / "config.json").read_text())
+    positions = meta["text_model_config"]["max_position_embeddings"]
+    assert meta["config"]["text"]["max_length"] == positions  # the saved one fits exactly and loads (above)
+    # Refused even though this tokenizer would cut texts at its own model_max_length: the config must say what
+    # the model reads (docs/model.md), and a replaced tokenizer would not cut.
+    meta["config"]["text"]["max_length"] = positions + 1
+    (broken / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError) as err:
+        cg.load(broken)
+    text = str(err.value)
+    assert err.value.path == str(broken) and text.startswith(f"{broken}: config.json: ")
+    assert f"text.max_length {positions + 1} exceeds" in text and f"max_position_embeddings {positions}" in text
+
+
+def _roberta_folder(tmp_path: Path, positions: int) -> Path:
+    from transformers import RobertaConfig, RobertaModel
+
+    tok = train_tokenizer(["the liver is normal", "simple renal cyst"] * 5, vocab_size=120)
+    model = RobertaModel(RobertaConfig(vocab_size=len(tok), hidden_size=24, num_hidden_layers=1,
+                                       num_attention_heads=2, intermediate_size=48, pad_token_id=1,
+                                       max_position_embeddings=positions), add_pooling_layer=False)
+    folder = tmp_path / "tiny-roberta"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_a_max_length_longer_than_the_position_table_is_refused_when_built(tmp_path):
+    """A model built from a config (a local text folder, or a text_model_config dict) is checked too."""
+    from ctglip_sdk.model.modeling import CTGlipModel
+    from ctglip_sdk.model.text import max_text_tokens
+
+    bert = _hf_folder(tmp_path)  # max_position_embeddings 40
+    text = {"pretrained_path": str(bert), "max_length": 41}
+    with pytest.raises(ConfigError, match=rf"text.max_length 41 exceeds the 40 tokens the text model in {bert} "
+                                          r"can embed \(max_position_embeddings 40\)"):
+        cg.create("ctglip-tiny", overrides={**TINY, "text": text})
+    fits = cg.create("ctglip-tiny", overrides={**TINY, "text": {**text, "max_length": 40}}, seed=0)
+    assert max_text_tokens(fits.text.encoder) == 40
+    long_text = " ".join(["simple renal cyst"] * 30)  # more tokens than 40: cut, and encoded without error
+    assert fits.encode_text([long_text]).shape == (1, 16)
+    # RoBERTa numbers positions after its padding index (1, as in roberta-base): 42 rows hold 40 tokens.
+    roberta = _roberta_folder(tmp_path, positions=42)
+    model = cg.create("ctglip-tiny", overrides={**TINY, "text": {"pretrained_path": str(roberta), "max_length": 40}})
+    assert max_text_tokens(model.text.encoder) == 40 and model.encode_text([long_text]).shape == (1, 16)
+    with pytest.raises(ConfigError, match=r"41 exceeds the 40 tokens .* \(max_position_embeddings 42\)"):
+        cg.create("ctglip-tiny", overrides={**TINY, "text": {"pretrained_path": str(roberta), "max_length": 41}})
+    # The text_model_config path that loading uses, called directly.
+    cfg = cg.model.CTGlipConfig.from_dict({**fits.config.to_dict(), "text": {**fits.config.text.to_dict(),
+                                                                            "pretrained_path": None}})
+    hf = {**fits.text.hf_config_dict(), "max_position_embeddings": 16}
+    with pytest.raises(ConfigError, match=r"text.max_length 40 exceeds the 16 tokens the text model "
+                                          r"\(text_model_config\)"):
+        CTGlipModel(cfg, fits.tokenizer, hf_text_config=hf)

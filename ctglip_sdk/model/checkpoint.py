@@ -191,10 +191,11 @@ def load_pretrained(folder: PathLike, device: Union[str, torch.device, None] = N
         raise CheckpointError("model folder does not exist", path=root)
     refuse_pickles(root)  # before opening anything else
     meta = read_meta(root)
+    # Config problems name the model folder, then the file: "<folder>: config.json: <reason>".
     try:
         config = CTGlipConfig.from_dict(meta["config"])
     except ConfigError as exc:
-        raise CheckpointError(f"config.json: {exc.reason}", path=root / "config.json") from None
+        raise CheckpointError(f"config.json: {exc.reason}", path=root) from None
     tok_dir = root / "tokenizer"
     if not tok_dir.is_dir():
         raise CheckpointError("tokenizer/ folder is missing", path=root)
@@ -209,10 +210,10 @@ def load_pretrained(folder: PathLike, device: Union[str, torch.device, None] = N
         state = load_file(os.fspath(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read safetensors (truncated or corrupt file?): {exc}", path=weights) from None
-    try:
+    try:  # also refuses a text.max_length longer than the text model's position table (TextTower)
         model = CTGlipModel(config, tokenizer, hf_text_config=meta["text_model_config"])
     except ConfigError as exc:
-        raise CheckpointError(f"config.json: {exc.reason}", path=root / "config.json") from None
+        raise CheckpointError(f"config.json: {exc.reason}", path=root) from None
     _strict_load(model, state, weights)
     expected = meta.get("weights_sha256")
     if expected and _sha256(weights) != expected:

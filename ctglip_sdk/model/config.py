@@ -174,7 +174,9 @@ class TextConfig(_ConfigBase):
     """Text tower: a local Hugging Face folder (``pretrained_path``) or a small BERT built from this spec.
 
     With ``pretrained_path`` the spec fields (vocab_size, hidden_size, ...) are ignored and the folder's own
-    config is used; nothing is ever fetched from a hub.
+    config is used; nothing is ever fetched from a hub. ``max_length`` (tokens, [CLS]/[SEP] included) must not
+    exceed what that encoder's position table holds: checked when the tower is built (ConfigError), or loaded
+    (CheckpointError), since this dataclass does not read the folder.
     """
 
     pretrained_path: Optional[str] = None

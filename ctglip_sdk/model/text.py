@@ -13,7 +13,7 @@ from torch import nn
 from ctglip_sdk.errors import ConfigError
 from ctglip_sdk.model.config import TextConfig
 
-__all__ = ["TextTower", "train_tokenizer", "default_corpus", "load_tokenizer"]
+__all__ = ["TextTower", "train_tokenizer", "default_corpus", "load_tokenizer", "max_text_tokens"]
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,21 @@ def _check_local(path: str) -> Path:
     return folder
 
 
+def max_text_tokens(encoder: Any) -> Optional[int]:
+    """The longest token sequence (special tokens included) a Hugging Face encoder can embed, or None if it
+    declares no limit.
+
+    Absolute position embeddings have ``max_position_embeddings`` rows; RoBERTa-style models number positions
+    from ``padding_idx + 1``, so two of their rows are never reachable (514 rows, 512 tokens).
+    """
+    rows = getattr(getattr(encoder, "config", None), "max_position_embeddings", None)
+    if not isinstance(rows, int) or isinstance(rows, bool):
+        return None
+    table = getattr(getattr(encoder, "embeddings", None), "position_embeddings", None)
+    pad = getattr(table, "padding_idx", None)
+    return rows - (int(pad) + 1 if isinstance(pad, int) else 0)
+
+
 class TextTower(nn.Module):
     """A Hugging Face encoder plus pooling; ``forward(input_ids, attention_mask) -> [B, hidden]``.
 
@@ -151,6 +166,16 @@ class TextTower(nn.Module):
                             num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
                             max_position_embeddings=max(cfg.max_length, 8))
             model = BertModel(hf, add_pooling_layer=False)
+        limit = max_text_tokens(model)
+        if limit is not None and cfg.max_length > limit:
+            # Texts are cut to text.max_length tokens; longer than the position table, the first long report
+            # fails deep inside torch ("expanded size ... must match", "index out of range"). Refused here, when
+            # the config is built or a folder loaded, with the two numbers (load_pretrained adds the folder).
+            source = f"the text model in {cfg.pretrained_path}" if cfg.pretrained_path and hf_config is None \
+                else "the text model (text_model_config)"
+            raise ConfigError(f"text.max_length {cfg.max_length} exceeds the {limit} tokens {source} can embed "
+                              f"(max_position_embeddings {model.config.max_position_embeddings}); set "
+                              f"text.max_length to {limit} or less")
         if getattr(model, "pooler", None) is not None:
             model.pooler = None  # we pool ourselves (cls/mean); an unused pooler only bloats the checkpoint
         self.encoder = model
