@@ -58,16 +58,19 @@ def train_command(archive: str, model: Optional[str], out: str, config_path: Opt
               help="Write metrics.json, results.md and roc.png here.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Threads that read and preprocess studies ahead of the network (same results; 2 on 2 cores).")
+@click.option("--labels", type=click.Choice(["truth", "reports"]), default="truth", show_default=True,
+              help="Ground truth: a synthetic archive's truth.jsonl, or what each study's report states "
+                   "(archives of your own; uncertain statements are left out).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def eval_command(model: str, archive: str, split: str, val_split: str, val_archive: Optional[str], out: Optional[str],
-                 workers: int, as_json: bool) -> None:
+                 workers: int, labels: str, as_json: bool) -> None:
     """Zero-shot evaluation: organ recognition, abnormality AUC/F1 and text->organ retrieval."""
     from ctglip_sdk.training import evaluate
 
     # 'none' is the CLI's spelling of val_split=None (no threshold search), since an empty split is an error.
     chosen_val = None if val_split.strip().lower() == "none" else val_split
     metrics = evaluate(model, archive, split=split, val_split=chosen_val, out_dir=out, val_archive=val_archive,
-                       workers=workers)
+                       workers=workers, labels=labels)
     if as_json:
         echo_json(metrics)
         return

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ctglip_sdk.errors import CTGlipError, InputError
 from ctglip_sdk.io.paths import is_within, resolve_within
 
-__all__ = ["Item", "plan_archive", "fingerprint", "redact", "path_key", "MASK_PATTERNS"]
+__all__ = ["Item", "plan_archive", "discovered_items", "fingerprint", "redact", "path_key", "MASK_PATTERNS"]
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,10 @@ MASK_PATTERNS = (
     "{stem}_labels.nii.gz", "segmentations/{stem}.nii.gz", "seg/{stem}.nii.gz", "masks/{stem}.nii.gz",
     "{stem}_seg/", "{stem}_segmentations/",
 )
+#: Masks in a folder beside the images' folder (``images/S.nii.gz`` with ``masks/S.nii.gz``: the layout
+#: ``ctglip synth`` writes); tried after :data:`MASK_PATTERNS`, for images below the root only.
+SIBLING_MASKS = ("../masks/{stem}.nii.gz", "../segmentations/{stem}.nii.gz", "../seg/{stem}.nii.gz",
+                 "../masks/{stem}/", "../segmentations/{stem}/")
 SHARED_MASKS = ("segmentations.nii.gz", "segmentation.nii.gz", "seg.nii.gz", "mask.nii.gz", "segmentations/")
 _MASK_DIRS = {"segmentations", "seg", "masks"}
 _MASK_SUFFIXES = ("_seg", ".seg", "_mask", "_segmentation", "_labels", "_segmentations")
@@ -181,33 +185,43 @@ def _find_mask(root: Path, image: str, alone: bool) -> Optional[str]:
     folder = Path(image).parent
     stem = _stem(image)
     candidates = [p.format(stem=stem) for p in MASK_PATTERNS] + (list(SHARED_MASKS) if alone else [])
+    if folder.as_posix() not in ("", "."):  # sibling folders (images/, masks/) exist only below the root
+        candidates += [p.format(stem=stem) for p in SIBLING_MASKS]
     for cand in candidates:
-        rel = (folder / cand.rstrip("/")).as_posix()
+        rel = os.path.normpath((folder / cand.rstrip("/")).as_posix())
         target = root / rel
         if (cand.endswith("/") and target.is_dir()) or (not cand.endswith("/") and target.is_file()):
-            return rel
+            return Path(rel).as_posix()
     return None
 
 
-def _from_discovery(root: Path) -> Tuple[List[Item], List[Tuple[str, str]]]:
+def discovered_items(root: Path) -> Tuple[List[Item], List[Tuple[str, str]], Dict[str, bool]]:
+    """Discovered CT images paired with masks, ``(path, reason)`` for unreadable files, and per image whether
+    it is alone in its folder (shared names such as ``seg.nii.gz`` or ``report.txt`` then belong to it)."""
     from ctglip_sdk.io import discover  # noqa: PLC0415
 
     found = discover(root)
-    errors: List[Tuple[str, str]] = [(f"path:{rel}", reason) for rel, reason in found.unreadable]
+    unreadable: List[Tuple[str, str]] = list(found.unreadable)
     images = [s for s in found if not _is_mask_name(s.path) and (s.modality in (None, "CT"))]
     per_dir: Dict[str, int] = {}
     for s in images:
         per_dir[Path(s.path).parent.as_posix()] = per_dir.get(Path(s.path).parent.as_posix(), 0) + 1
     items: List[Item] = []
+    alone: Dict[str, bool] = {}
     for s in images:
-        alone = per_dir[Path(s.path).parent.as_posix()] == 1
-        mask = _find_mask(root, s.path, alone)
+        alone[s.path] = per_dir[Path(s.path).parent.as_posix()] == 1
+        mask = _find_mask(root, s.path, alone[s.path])
         key = s.series_uid or path_key(s.path)
         several = sum(1 for o in images if o.path == s.path) > 1
         items.append(Item(key=key, image=s.path, mask=mask, report=None, study_uid=s.study_uid,
                           fingerprint=fingerprint(root, s.path, mask),
                           load_series_uid=s.series_uid if several else None))
-    return items, errors
+    return items, unreadable, alone
+
+
+def _from_discovery(root: Path) -> Tuple[List[Item], List[Tuple[str, str]]]:
+    items, unreadable, _ = discovered_items(root)
+    return items, [(f"path:{rel}", reason) for rel, reason in unreadable]
 
 
 def plan_archive(root: Path) -> Tuple[List[Item], List[Tuple[str, str]]]:

@@ -173,3 +173,45 @@ def test_an_unreadable_study_is_left_out_and_listed_not_fatal(archive, tmp_path)
     assert rows[0]["mask"].split("/")[-1] in m["skipped_studies"][0]["reason"]
     assert m["n_studies"] == len(rows) - 1 and m["n_organs"] > 0
     assert "Left out 1 unreadable studies" in markdown_table(m)
+
+
+def test_report_labels_evaluate_an_archive_without_truth(archive, tmp_path):
+    """labels="reports": positives are what the reports state; uncertain statements are neither positive nor
+    negative; truth.jsonl is not needed (an archive of one's own)."""
+    import csv
+    import shutil
+
+    from click.testing import CliRunner
+
+    from ctglip_sdk.cli.main import cli
+
+    own = tmp_path / "own"
+    shutil.copytree(archive, own)
+    (own / "truth.jsonl").unlink()
+    with open(own / "manifest.csv", newline="", encoding="utf-8") as fh:
+        reports = [own / r["report"] for r in csv.DictReader(fh)]
+    normal = "FINDINGS:\nThe liver, pancreas and kidneys are normal.\nIMPRESSION:\nNo acute abnormality.\n"
+    for path in reports:
+        path.write_text(normal)
+    model = cg.create("ctglip-tiny", overrides=TINY, seed=0)
+    base = evaluate(model, own, split="all", val_split=None, labels="reports")
+    assert base["labels"] == "reports" and all(v["n_pos"] == 0 for v in base["per_finding"].values())
+    reports[0].write_text("FINDINGS:\nLiver: simple hepatic cyst.\n")
+    reports[1].write_text("FINDINGS:\nKidneys: possible cyst in the left kidney.\n")
+    reports[2].write_text("FINDINGS:\nThe pancreas is abnormal.\n")
+    m = evaluate(model, own, split="all", val_split=None, labels="reports")
+    per, was = m["per_finding"], base["per_finding"]
+    assert per["liver_cyst"]["n_pos"] == 1 and per["liver_cyst"]["n_neg"] == was["liver_cyst"]["n_neg"] - 1
+    # "possible" is uncertain: that kidney leaves the renal-cyst pairs; an unnamed pancreatic abnormality
+    # leaves every pancreatic finding of that study out.
+    assert per["renal_cyst"]["n_pos"] == 0 and per["renal_cyst"]["n_neg"] == was["renal_cyst"]["n_neg"] - 1
+    for key in ("pancreatic_cyst", "pancreatic_atrophy"):
+        assert per[key]["n_neg"] == was[key]["n_neg"] - 1
+    with pytest.raises(cg.CTGlipError, match="no truth.jsonl"):
+        evaluate(model, own, split="all", val_split=None)
+    model_dir = tmp_path / "m"
+    model.save_pretrained(model_dir)
+    res = CliRunner().invoke(cli, ["eval", "--model", str(model_dir), "--archive", str(own), "--split", "all",
+                                   "--val-split", "none", "--labels", "reports", "--json"])
+    assert res.exit_code == 0, res.output
+    assert '"labels": "reports"' in res.output

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 import numpy as np
 
 from ctglip_sdk.errors import ConfigError, InputError
-from ctglip_sdk.training.data import UNSPECIFIED, annotate_report, archive_seed, read_truth
+from ctglip_sdk.training.data import UNSPECIFIED, archive_seed, read_truth, report_labels
 from ctglip_sdk.training.evaluation import SplitEmbeddings, encode_split, read_splits
 from ctglip_sdk.training.metrics import best_f1_threshold
 
@@ -37,12 +37,7 @@ def calibration_labels(emb: SplitEmbeddings, rows: np.ndarray, keys: Sequence[st
         return np.array([(int(emb.study[r]), emb.names[r], k) in have for r, k in zip(rows.tolist(), keys)], np.int8)
     if source != "reports":
         raise ConfigError(f"calibration labels come from 'reports' or 'truth', not {source!r}")
-    texts = []
-    for rec in emb.records:
-        try:
-            texts.append(annotate_report(rec.report.read_text(encoding="utf-8"), dictionary))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"cannot read the report: {exc}", path=rec.report) from None
+    texts = report_labels(emb.records, dictionary)
     out = np.zeros(len(keys), np.int8)
     for i, (r, k) in enumerate(zip(rows.tolist(), keys)):
         st, organ = texts[int(emb.study[r])], emb.names[r]

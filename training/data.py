@@ -7,7 +7,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from ctglip_sdk import organs as vocab
 from ctglip_sdk.errors import InputError
 from ctglip_sdk.training.cache import CachedStudy, PreprocessCache
 
-__all__ = ["StudyRecord", "StudyText", "UNSPECIFIED", "read_manifest", "read_truth", "archive_seed", "annotate_report",
+__all__ = ["StudyRecord", "StudyText", "UNSPECIFIED", "read_manifest", "read_truth", "archive_seed", "annotate_report", "report_labels", "report_truth",
            "StudyDataset", "collate_studies", "build_cache"]
 
 log = logging.getLogger(__name__)
@@ -63,11 +63,20 @@ def read_manifest(root: Any, split: Optional[str] = None) -> List[StudyRecord]:
     # "all" and comma lists are the syntax eval/calibrate accept too, so one spelling works everywhere.
     wanted = None if split is None or split == "all" else {s.strip() for s in split.split(",") if s.strip()}
     out = []
-    for r in rows:
+    incomplete = []
+    for n, r in enumerate(rows, start=2):
         if wanted is not None and r["split"] not in wanted:
+            continue
+        # `ctglip manifest` writes rows for images it found no mask or report for (ingest can use them);
+        # training and evaluation need all three, so such rows are left out and counted, not read as the root.
+        if not all((r.get(c) or "").strip() for c in ("image", "mask", "report")):
+            incomplete.append(n)
             continue
         out.append(StudyRecord(r["study_uid"], resolve_within(root, r["image"]), resolve_within(root, r["mask"]),
                                resolve_within(root, r["report"]), r["split"], (r.get("contrast") or "").strip()))
+    if incomplete:
+        log.warning("%s: left out %d row(s) without an image, mask or report (lines %s)", manifest,
+                    len(incomplete), ", ".join(map(str, incomplete[:10])) + (" ..." if len(incomplete) > 10 else ""))
     return out
 
 
@@ -142,6 +151,45 @@ def annotate_report(text: str, dictionary: Any = None) -> StudyText:
     texts = dict(reports.organ_texts(text, policy="skip", dictionary=dictionary))
     return StudyText(texts, {k: tuple(sorted(v)) for k, v in present.items() if v},
                      {k: tuple(sorted(v - present.get(k, set()))) for k, v in uncertain.items()}, text)
+
+
+def report_labels(records: Sequence[StudyRecord], dictionary: Any = None) -> List[StudyText]:
+    """:func:`annotate_report` of each record's report, in order: the labels of an archive without truth.jsonl.
+
+    Raises:
+        InputError: a report cannot be read (naming the file).
+    """
+    out = []
+    for rec in records:
+        try:
+            out.append(annotate_report(rec.report.read_text(encoding="utf-8"), dictionary))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read the report: {type(exc).__name__}", path=rec.report) from None
+    return out
+
+
+def report_truth(records: Sequence[StudyRecord], dictionary: Any
+                 ) -> Tuple[Dict[str, List[Dict[str, Any]]], Set[Tuple[str, str, str]]]:
+    """truth.jsonl's shape from the reports: study_uid -> present (organ, finding); plus the uncertain pairs.
+
+    A report's unnamed abnormality of an organ (``UNSPECIFIED``) makes every finding of that organ uncertain.
+    """
+    truth: Dict[str, List[Dict[str, Any]]] = {}
+    unsure: Set[Tuple[str, str, str]] = set()
+    for rec, st in zip(records, report_labels(records, dictionary)):
+        truth[rec.study_uid] = [{"organ": o, "finding": k} for o, keys in st.present.items() for k in keys]
+        for organ, keys in st.uncertain.items():
+            if UNSPECIFIED in keys:
+                keys = tuple(e.key for e in _organ_findings(dictionary, organ))
+            unsure.update((rec.study_uid, organ, k) for k in keys)
+    return truth, unsure
+
+
+def _organ_findings(dictionary: Any, organ: str) -> List[Any]:
+    try:
+        return list(dictionary.for_organ(organ))
+    except Exception:  # noqa: BLE001 - organs the dictionary has no findings for
+        return []
 
 
 def _fallback_text(organ: str, dictionary: Any, rng: np.random.Generator) -> str:

@@ -9,14 +9,14 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
 from ctglip_sdk import organs as vocab
-from ctglip_sdk.errors import CTGlipError, InputError
+from ctglip_sdk.errors import ConfigError, CTGlipError, InputError
 from ctglip_sdk.readahead import read_ahead
-from ctglip_sdk.training.data import StudyRecord, archive_seed, read_manifest, read_truth
+from ctglip_sdk.training.data import StudyRecord, archive_seed, read_manifest, read_truth, report_truth
 from ctglip_sdk.training.metrics import auc, best_f1_threshold, f1_score, retrieval_metrics, roc_curve
 from ctglip_sdk.training.objectives import finding_phrasings
 
@@ -173,9 +173,20 @@ def auc_by_group(prob: np.ndarray, lab: np.ndarray, group: Sequence[str]) -> Dic
     return out
 
 
-def _detections(zs: Any, emb: SplitEmbeddings, truth: Dict[str, List[Dict[str, Any]]]):
+def _sure(emb: SplitEmbeddings, rows: np.ndarray, keys: Sequence[str], unsure: Set[Tuple[str, str, str]]) -> np.ndarray:
+    """False where the report left finding ``keys[i]`` of organ row ``rows[i]`` uncertain."""
+    return np.array([(emb.records[int(emb.study[r])].study_uid, emb.names[r], k) not in unsure
+                     for r, k in zip(rows.tolist(), keys)], bool)
+
+
+def _detections(zs: Any, emb: SplitEmbeddings, truth: Dict[str, List[Dict[str, Any]]],
+                unsure: Set[Tuple[str, str, str]] = frozenset()):
     rows, keys, prob = zs.detect_arrays(emb.names, emb.vectors)
-    return rows, list(keys), np.asarray(prob, np.float64), _labels(emb, truth, rows, keys)
+    keys, prob = list(keys), np.asarray(prob, np.float64)
+    if unsure:  # report labels: an uncertain statement is neither a positive nor a negative
+        keep = _sure(emb, rows, keys, unsure)
+        rows, prob, keys = rows[keep], prob[keep], [k for k, ok in zip(keys, keep) if ok]
+    return rows, keys, prob, _labels(emb, truth, rows, keys)
 
 
 def _nan_to_none(obj: Any) -> Any:
@@ -197,9 +208,9 @@ def read_splits(archive: PathLike, split: Optional[str]) -> List[StudyRecord]:
 
 def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Optional[str] = "val",
              out_dir: Optional[PathLike] = None, *, val_archive: Optional[PathLike] = None, dictionary: Any = None,
-             progress: bool = False, val_embeddings: Optional[SplitEmbeddings] = None, workers: int = 0
-             ) -> Dict[str, Any]:
-    """Zero-shot metrics of a model on one split of an archive, against truth.jsonl.
+             progress: bool = False, val_embeddings: Optional[SplitEmbeddings] = None, workers: int = 0,
+             labels: str = "truth") -> Dict[str, Any]:
+    """Zero-shot metrics of a model on one split of an archive, against truth.jsonl or the reports.
 
     - ``organ_top1``: each labelled organ's vector classified over the 104 organ names (as
       ``ZeroShotClassifier.identify_organs``); ``organ_top1_within_study`` restricts the names to the
@@ -215,7 +226,7 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
 
     Args:
         model: a CTGlipModel, or a model folder / registered name for ``cg.load``.
-        archive: archive root with manifest.csv and truth.jsonl.
+        archive: archive root with manifest.csv and truth.jsonl (or reports, with ``labels="reports"``).
         split: the split to score: a name, a comma-separated list ("train,test") or "all".
         val_split: the split used to choose thresholds (None: 0.5 everywhere); it must hold studies, and must
             not overlap `split` unless `val_archive` is another archive.
@@ -227,6 +238,9 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
             calibration archive serving several evaluations is encoded once; it must hold exactly the val
             split's studies. (The val split is also not encoded again when it is the scored split itself.)
         workers: threads that read and preprocess studies ahead of the network (``encode_split``).
+        labels: ``"truth"`` (a synthetic archive's truth.jsonl) or ``"reports"``: the findings each study's
+            report states (``annotate_report``, as training reads them), for archives of your own. Organ and
+            finding pairs a report leaves uncertain are left out of AUC, F1 and retrieval.
 
     Example:
         >>> m = evaluate("ctglip-tiny-synthetic", "heldout/", out_dir="eval/")  # doctest: +SKIP
@@ -242,7 +256,9 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
     if dictionary is None:
         dictionary = cg.AbnormalityDictionary.default()
     zs = ZeroShotClassifier(model, dictionary)
-    truth = read_truth(archive)
+    if labels not in ("truth", "reports"):
+        raise ConfigError(f"evaluation labels come from 'truth' or 'reports', not {labels!r}")
+    truth = read_truth(archive) if labels == "truth" else {}
     records = read_splits(archive, split)
     if not records:
         raise InputError(f"no studies in split {split!r}", path=Path(archive) / "manifest.csv")
@@ -256,7 +272,11 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
     if val_archive is None and {r.study_uid for r in val_records} & {r.study_uid for r in records}:
         raise InputError(f"val split {val_split!r} overlaps the scored split {split!r}: thresholds would be "
                          "chosen on test data", path=Path(archive) / "manifest.csv")
-    val_truth = read_truth(val_root) if val_archive is not None else truth
+    val_truth = read_truth(val_root) if val_archive is not None and labels == "truth" else truth
+    unsure: Set[Tuple[str, str, str]] = set()
+    if labels == "reports":  # both splits' reports, read once; uncertain pairs are set aside below
+        truth, unsure = report_truth(records + val_records, dictionary)
+        val_truth = truth
     uids = [r.study_uid for r in val_records]
     same_studies = uids == [r.study_uid for r in records] and Path(val_root).resolve() == Path(archive).resolve()
     if val_embeddings is not None and same_studies:
@@ -287,12 +307,12 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
     top1_within = float(np.mean(within)) if within else float("nan")
 
     # Abnormality detection.
-    t_rows, t_keys, t_prob, t_lab = _detections(zs, test, truth)
+    t_rows, t_keys, t_prob, t_lab = _detections(zs, test, truth, unsure)
     t_size = _focal_sizes(test, truth, t_rows, t_keys)
     t_phase = np.array([test.records[int(test.study[r])].contrast for r in t_rows.tolist()], dtype=object)
     v_keys, v_prob, v_lab = ([], np.zeros(0), np.zeros(0, bool))
     if val is not None and len(val.names):
-        _, v_keys, v_prob, v_lab = _detections(zs, val, val_truth)
+        _, v_keys, v_prob, v_lab = _detections(zs, val, val_truth, unsure)
     per: Dict[str, Dict[str, Any]] = {}
     t_keys_a, v_keys_a = np.asarray(t_keys), np.asarray(v_keys)
     curves = {}
@@ -322,10 +342,10 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
     f1s = [v["f1"] for v in per.values() if math.isfinite(v["f1"])]
     f1s_model = [v["f1_at_model_threshold"] for v in per.values() if math.isfinite(v["f1_at_model_threshold"])]
 
-    retrieval = _retrieval(model, dictionary, test, truth)
+    retrieval = _retrieval(model, dictionary, test, truth, unsure)
     metrics = {
         "model": model.name, "model_config_hash": model.config_hash, "archive": os.fspath(archive),
-        "archive_seed": archive_seed(archive), "split": split, "val_split": val_split,
+        "archive_seed": archive_seed(archive), "labels": labels, "split": split, "val_split": val_split,
         "val_archive": os.fspath(val_archive) if val_archive is not None else None,
         "n_studies": len(records) - len(test.skipped), "n_organs": len(test.names),
         "skipped_studies": [{"study_uid": u, "reason": r} for u, r in test.skipped],
@@ -342,8 +362,8 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
     return metrics
 
 
-def _retrieval(model: Any, dictionary: Any, emb: SplitEmbeddings,
-               truth: Dict[str, List[Dict[str, Any]]]) -> Dict[str, float]:
+def _retrieval(model: Any, dictionary: Any, emb: SplitEmbeddings, truth: Dict[str, List[Dict[str, Any]]],
+               unsure: Set[Tuple[str, str, str]] = frozenset()) -> Dict[str, float]:
     queries: List[Tuple[np.ndarray, np.ndarray]] = []
     keys_of: Dict[str, set] = {}
     for n in set(emb.names):
@@ -353,6 +373,8 @@ def _retrieval(model: Any, dictionary: Any, emb: SplitEmbeddings,
             keys_of[n] = set()
     for entry in sorted(dictionary.findings(), key=lambda e: e.key):
         cand = np.flatnonzero([entry.key in keys_of[n] for n in emb.names]).astype(np.int64)
+        if unsure and cand.size:
+            cand = cand[_sure(emb, cand, [entry.key] * cand.size, unsure)]
         if not cand.size:
             continue
         relevant = _labels(emb, truth, cand, [entry.key] * cand.size)

@@ -1,0 +1,219 @@
+"""write_archive_manifest: ROOT/manifest.csv from discovered images, masks and reports, for train and eval."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from ctglip_sdk.errors import ConfigError, CTGlipError, InputError
+from ctglip_sdk.io.paths import require_path
+
+from .layout import Item, discovered_items, path_key, redact
+
+__all__ = ["write_archive_manifest", "ManifestSummary", "REPORT_PATTERNS", "MANIFEST_COLUMNS"]
+
+log = logging.getLogger(__name__)
+
+#: Columns written, in order: the ones training and evaluation require (docs/data.md) plus what ingest reads.
+MANIFEST_COLUMNS = ("patient_id", "study_uid", "series_uid", "image", "mask", "report", "split", "age", "sex",
+                    "study_date", "contrast", "body_part", "description")
+
+#: Where the report of an image ``<dir>/<stem>.nii.gz`` or DICOM folder ``<dir>/<stem>/`` is looked for (first
+#: match wins), relative to ``<dir>``; ``../reports/{stem}.txt`` is the sibling-folder layout (images/, masks/,
+#: reports/). ``report.txt`` applies only when ``<dir>`` holds one image, as for shared mask names.
+REPORT_PATTERNS = ("{stem}.txt", "{stem}_report.txt", "{stem}.report.txt", "reports/{stem}.txt",
+                   "report/{stem}.txt", "{stem}/report.txt", "../reports/{stem}.txt")
+SHARED_REPORTS = ("report.txt",)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass
+class ManifestSummary:
+    """What :func:`write_archive_manifest` wrote. Lists hold paths relative to the root, never patient identifiers."""
+
+    path: str
+    rows: int
+    patients: int
+    splits: Dict[str, int]
+    missing_mask: List[str] = field(default_factory=list)
+    missing_report: List[str] = field(default_factory=list)
+    unreadable: List[Tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def trainable(self) -> int:
+        """Rows with an image, a mask and a report: what ``ctglip train`` can use."""
+        return self.rows - len(set(self.missing_mask) | set(self.missing_report))
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["trainable"] = self.trainable
+        d["unreadable"] = [{"path": p, "reason": r} for p, r in self.unreadable]
+        return d
+
+
+def _find_report(root: Path, image: str, alone: bool) -> Optional[str]:
+    folder = Path(image).parent
+    stem = Path(image).name
+    for suffix in (".nii.gz", ".nii"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+    candidates = [p.format(stem=stem) for p in REPORT_PATTERNS] + (list(SHARED_REPORTS) if alone else [])
+    root_resolved = root.resolve()
+    for cand in candidates:
+        rel = os.path.normpath((folder / cand).as_posix())
+        if rel.startswith(".."):  # the sibling pattern for an image at the root would leave the archive
+            continue
+        target = (root / rel).resolve()
+        if target.is_file() and root_resolved in target.parents:
+            return Path(rel).as_posix()
+    return None
+
+
+def _header_meta(root: Path, item: Item) -> Dict[str, Any]:
+    """Patient and study values from one DICOM header of the series; {} for NIfTI or an unreadable header."""
+    from ctglip_sdk.io.dicom import try_read_header  # noqa: PLC0415 - pydicom loads only when DICOM is met
+    from ctglip_sdk.io.meta import dicom_meta  # noqa: PLC0415
+
+    base = root / item.image
+    files = [base] if base.is_file() else sorted(p for p in base.iterdir() if p.is_file())
+    for path in files:
+        if path.name.lower().endswith((".nii", ".nii.gz", ".txt", ".json")):
+            continue
+        try:
+            ds = try_read_header(path)
+        except InputError:
+            continue
+        if ds is None or (item.key and not item.key.startswith("path:") and
+                          str(ds.get("SeriesInstanceUID", "")).strip() != item.key):
+            continue
+        meta = dicom_meta(ds, item.image, include_identifiers=True)
+        meta["patient_id"] = (meta.pop("identifiers") or {}).get("PatientID")
+        return meta
+    return {}
+
+
+def _split_of(patient: str, seed: int, fractions: Sequence[float]) -> str:
+    """A patient's split from a keyed hash: stable when the archive grows (no patient ever changes split)."""
+    h = hashlib.sha256(f"{seed}:{patient}".encode("utf-8")).digest()
+    u = int.from_bytes(h[:8], "big") / 2.0 ** 64
+    train, val = fractions[0], fractions[0] + fractions[1]
+    return "train" if u < train else "val" if u < val else "test"
+
+
+def _assign_splits(patients: List[str], seed: int, fractions: Sequence[float]) -> Dict[str, str]:
+    out = {p: _split_of(p, seed, fractions) for p in patients}
+    # With few patients a hash can leave val or test empty; a tiny archive still gets one of each (when its
+    # fractions ask for them), taken from train in hash order so the choice is deterministic.
+    if len(patients) >= 3:
+        for name, frac in (("val", fractions[1]), ("test", fractions[2])):
+            if frac > 0 and name not in out.values():
+                pool = sorted((p for p, s in out.items() if s == "train"),
+                              key=lambda p: hashlib.sha256(f"{seed}:{name}:{p}".encode()).hexdigest())
+                if pool:
+                    out[pool[0]] = name
+    return out
+
+
+def _check_fractions(fractions: Sequence[float]) -> Tuple[float, float, float]:
+    try:
+        fr = tuple(float(f) for f in fractions)
+    except (TypeError, ValueError):
+        raise ConfigError(f"split fractions must be three numbers (train, val, test), got {fractions!r}") from None
+    if len(fr) != 3 or any(f < 0 for f in fr) or abs(sum(fr) - 1.0) > 1e-6:
+        raise ConfigError(f"split fractions must be three non-negative numbers summing to 1, got {fractions!r}")
+    return fr  # type: ignore[return-value]
+
+
+def write_archive_manifest(archive: PathLike, *, seed: int = 0, fractions: Sequence[float] = (0.7, 0.15, 0.15),
+                   overwrite: bool = False) -> ManifestSummary:
+    """Write ``ARCHIVE/manifest.csv`` from what discovery finds, so that a hospital archive can be trained on.
+
+    Images are found as ingest finds them without a manifest (``ctglip_sdk.io.discover``; masks paired by name,
+    docs/index.md "Ingest"), and reports by :data:`REPORT_PATTERNS`. Patient, age, sex, date, contrast and body
+    part come from one DICOM header per series; a NIfTI image is its own pseudo-patient with those left empty
+    (fill them in before filtering on them). Splits are assigned per patient from a keyed hash of the patient
+    id and ``seed``, so re-running after the archive grows keeps every earlier patient in its split (an archive
+    of fewer than about 20 patients may have one patient moved from train so that val and test are not empty;
+    that patient can move back as the archive grows).
+
+    ``patient_id`` holds the header's PatientID: the manifest lives beside the DICOM files that already carry
+    it, and ingest pseudonymises it as it pseudonymises headers. Nothing identifying is logged or returned.
+
+    Args:
+        archive: the archive root; every path written is relative to it and confined to it.
+        seed: keys the split hash (another seed gives other splits).
+        fractions: train, val, test shares of patients (summing to 1).
+        overwrite: replace an existing manifest.csv (refused otherwise, so a curated one is never lost).
+
+    Raises:
+        InputError: the root is missing or not a folder, or holds no image at all.
+        ConfigError: bad fractions, or a manifest.csv exists and ``overwrite`` is False.
+
+    Example:
+        >>> s = write_archive_manifest("archive/", seed=0)  # doctest: +SKIP
+        >>> s.rows, s.splits, s.missing_report  # doctest: +SKIP
+        (120, {'train': 85, 'val': 17, 'test': 18}, [])
+    """
+    root = Path(require_path(archive, "archive", "an archive folder path", error=ConfigError))
+    fr = _check_fractions(fractions)
+    if not root.is_dir():
+        raise InputError("not a folder", path=root)
+    out = root / "manifest.csv"
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out} exists; pass overwrite=True (--force) to replace it")
+    items, unreadable, alone = discovered_items(root)
+    if not items:
+        raise InputError("no DICOM series or NIfTI image found (docs/data.md, \"Bringing your own data\")",
+                         path=root)
+    rows: List[Dict[str, Any]] = []
+    missing_mask: List[str] = []
+    missing_report: List[str] = []
+    for item in items:
+        try:
+            meta = _header_meta(root, item) if not item.key.startswith("path:") else {}
+        except (OSError, CTGlipError) as exc:  # one bad series is recorded; the manifest is still written
+            unreadable.append((item.image, redact(exc, root)))
+            meta = {}
+        report = _find_report(root, item.image, alone[item.image])
+        if item.mask is None:
+            missing_mask.append(item.image)
+        if report is None:
+            missing_report.append(item.image)
+        contrast = meta.get("contrast_agent") or ("none" if meta.get("contrast") is False else "")
+        rows.append({
+            "patient_id": meta.get("patient_id") or f"path:{item.image}",
+            "study_uid": item.study_uid or meta.get("study_uid") or path_key(item.image),
+            "series_uid": None if item.key.startswith("path:") else item.key,
+            "image": item.image, "mask": item.mask, "report": report,
+            "age": None if meta.get("age") is None else int(meta["age"]), "sex": meta.get("sex"),
+            "study_date": meta.get("study_date"), "contrast": contrast, "body_part": meta.get("body_part"),
+            "description": meta.get("series_description"),
+        })
+    patients = sorted({r["patient_id"] for r in rows})
+    split = _assign_splits(patients, seed, fr)
+    counts = {"train": 0, "val": 0, "test": 0}
+    for r in rows:
+        r["split"] = split[r["patient_id"]]
+        counts[r["split"]] += 1
+    # Written to a temporary file and renamed: a crash never leaves half a manifest that ingest would trust.
+    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".csv", dir=root)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({k: "" if r.get(k) is None else r[k] for k in MANIFEST_COLUMNS})
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    log.info("wrote %d manifest rows (%d patients) in %s", len(rows), len(patients), root.name)
+    return ManifestSummary(path=str(out), rows=len(rows), patients=len(patients), splits=counts,
+                           missing_mask=missing_mask, missing_report=missing_report, unreadable=unreadable)
