@@ -170,3 +170,46 @@ def test_unreadable_files(tmp_path):
         AbnormalityDictionary.load(broken)
     with pytest.raises(ConfigError, match="expects an AbnormalityDictionary"):
         AbnormalityDictionary.default().merge({"findings": {}})
+
+
+# ---------------------------------------------------------------- the query-only lay copy (reports.lay)
+def test_the_lay_copy_adds_lay_words_only_where_the_clinical_term_is():
+    from ctglip_sdk.reports.lay import lay_dictionary
+    base = AbnormalityDictionary.default()
+    lay = lay_dictionary(base)
+    assert lay is lay_dictionary(base) and lay_dictionary(lay) is lay  # built once, cached
+    assert lay.keys() == base.keys()
+    for key in base:
+        a, b = base[key], lay[key]
+        assert (a.organ, a.name, a.positives, a.negatives, a.extent) == (b.organ, b.name, b.positives, b.negatives,
+                                                                          b.extent)
+        assert set(a.descriptors) <= set(b.descriptors) and set(a.hedged) <= set(b.hedged)
+        assert lay.prompts(key) == base.prompts(key)  # zero-shot prompts are the dictionary's own
+    assert "swollen" in lay["splenomegaly"].descriptors and "swollen" not in base["splenomegaly"].descriptors
+    assert "lump" in lay["liver_mass"].descriptors and "lump" not in lay["liver_cyst"].descriptors  # a lump is solid
+    assert "spot" in lay["liver_mass"].descriptors and "spot" in lay["liver_cyst"].descriptors
+    assert "widened" in lay["aortic_aneurysm"].hedged  # "dilated" is hedged there
+    assert "smoker's lung" in lay["emphysema"].synonyms
+    assert "swollen" not in lay["renal_stone"].descriptors
+    # the report vocabulary is untouched
+    assert base._vocab is None or "swollen" not in base._vocab.table
+
+
+def test_each_lay_word_belongs_to_one_idea():
+    from ctglip_sdk.reports.lay import LAY_TERMS, lay_organs
+    seen = {}
+    for name, term in LAY_TERMS.items():
+        for w in term.words:
+            assert seen.setdefault(w, name) == name, f"{w!r} is listed under {seen[w]} and {name}"
+    organs_ = lay_organs()
+    assert organs_["windpipe"] == "trachea" and organs_["gullet"] == "esophagus" and organs_["livers"] == "liver"
+    assert "voice box" not in organs_  # TotalSegmentator v1 has no larynx
+    assert all(organs.is_known(o) for o in organs_.values())
+
+
+def test_lay_words_map_onto_a_custom_dictionary_s_own_findings():
+    from ctglip_sdk.reports.query import read_query
+    d = AbnormalityDictionary.from_dict(_minimal(descriptors=["cyst", "lesion"]))
+    q = read_query("spot on the spleen", dictionary=d)
+    assert q is not None and q.finding == "splenic_cyst" and q.lay
+    assert read_query("big spleen", dictionary=d) is None  # this dictionary has no splenomegaly

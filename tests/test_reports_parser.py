@@ -508,3 +508,15 @@ def test_two_sides_in_one_phrase(text, expected):
 ])
 def test_flexures_numbered_segments_and_abbreviations(text, expected):
     assert triples(text) == expected
+
+
+def test_lay_words_are_query_only():
+    # Reports use size words of their own ("small right pleural effusion", "effusion (large)"): the lay words that
+    # read_query understands (ctglip_sdk.reports.lay) must not become report vocabulary, or training labels change.
+    from ctglip_sdk.reports.query import read_query
+    text = "Spleen: Swollen. Liver: Big, with a lump. Lungs: Water around the lungs. Small right pleural effusion."
+    before = triples(text)
+    assert read_query("swollen spleen") is not None  # builds the lay vocabulary
+    after = triples(text)
+    assert after == before
+    assert {f for _, f, _ in after} == {None, "pleural_effusion"}  # no splenomegaly, liver mass or atrophy

@@ -50,3 +50,107 @@ def test_a_custom_dictionary_is_read(tmp_path):
     d = AbnormalityDictionary.default()
     q = read_query("renal calculus", dictionary=d)
     assert q is not None and q.finding == "renal_stone"
+
+
+# ---------------------------------------------------------------- lay words (ctglip_sdk.reports.lay)
+# The issue's own phrasings are the fixed examples; the next test takes a few from a held-out list written before
+# the lexicon (docs/reports.md gives the hit rates).
+@pytest.mark.parametrize("text,finding", [
+    ("big liver", "hepatomegaly"),
+    ("swollen spleen", "splenomegaly"),
+    ("big spleen", "splenomegaly"),
+    ("spot on the lung", "lung_nodule"),
+    ("lung spot", "lung_nodule"),
+    ("water around the lungs", "pleural_effusion"),
+    ("fluid in the chest", "pleural_effusion"),
+    ("calcium in the aorta", "aortic_calcification"),
+    ("bulging aorta", "aortic_aneurysm"),
+    ("widened aorta", "aortic_aneurysm"),
+    ("enlarged aorta", "aortic_aneurysm"),
+    ("adrenal lump", "adrenal_nodule"),
+    ("shrunken pancreas", "pancreatic_atrophy"),
+    ("smoker's lung", "emphysema"),
+])
+def test_lay_phrasings_of_the_issue(text, finding):
+    q = read_query(text)
+    assert q is not None and q.finding == finding and q.lay
+
+
+# Held-out phrasings: other words, orders, plurals, articles, a typo.
+@pytest.mark.parametrize("text,finding,organ", [
+    ("heart bigger than it should be", "cardiomegaly", "heart"),   # "normal"-like endings do not read as normal
+    ("kidneys have shrunk", "renal_atrophy", "kidney"),             # after the organ, verb form
+    ("tiny left kidney", "renal_atrophy", "kidney_left"),            # side kept
+    ("lumps in both lungs", "lung_nodule", "lung_left"),             # plural noun, both sides
+    ("growth on the pancreas", "pancreatic_mass", "pancreas"),       # a growth is solid: the mass, not the cyst
+    ("water around the heart", "pericardial_effusion", "heart"),     # the same lay word, another organ's finding
+    ("calcium in the heart arteries", "coronary_calcification", "heart"),  # lay organ name
+    ("cracked backbone", "vertebral_fracture", "vertebrae"),
+    ("blood clot in the portal vein", "portal_vein_thrombosis", "portal_vein_and_splenic_vein"),
+    ("smokers lungs", "emphysema", "lung"),                          # no apostrophe, plural
+    ("swollen livers", "hepatomegaly", "liver"),                     # plural organ name
+    ("swolen spleen", "splenomegaly", "spleen"),                     # typo of a lay word
+])
+def test_held_out_lay_phrasings(text, finding, organ):
+    q = read_query(text)
+    assert q is not None and (q.finding, q.organ) == (finding, organ) and q.lay
+
+
+def test_lay_words_keep_the_status_their_clinical_word_has():
+    # "widened" says what "dilated" says, which is hedged for the aorta and certain for the pancreatic duct
+    assert read_query("widened aorta").status is Status.UNCERTAIN
+    assert read_query("dilated aorta").status is Status.UNCERTAIN
+    assert read_query("widened pancreatic duct").status is Status.PRESENT
+    assert read_query("possible big liver").status is Status.UNCERTAIN
+
+
+@pytest.mark.parametrize("text", [
+    "no big liver", "spleen not swollen", "no lumps in the lungs", "without water on the lungs",  # negated
+    "swollen kidney",           # the dictionary has no enlargement finding of the kidney: nothing to map onto
+    "lump in the gullet",       # a lay organ name with no findings does not lend its lesion to another organ
+    "big belly",                # no organ
+])
+def test_lay_texts_that_ask_for_no_single_finding(text):
+    assert read_query(text) is None
+
+
+@pytest.mark.parametrize("text,candidates", [
+    ("liver spots", "liver_cyst or liver_mass"),
+    ("spot on the liver", "liver_cyst or liver_mass"),
+    ("spot on the kidney", "renal_cyst or renal_mass"),
+    ("shadow on the lung", "lung_nodule or lung_consolidation"),  # a shadow may be an airspace opacity too
+])
+def test_an_ambiguous_lay_word_gives_none_and_a_note(text, candidates, caplog):
+    with caplog.at_level("INFO", logger="ctglip_sdk.reports.query"):
+        assert read_query(text) is None
+    assert f"may mean {candidates}" in caplog.text
+
+
+@pytest.mark.parametrize("text,finding", [
+    ("small renal cyst", "renal_cyst"),      # the size word describes the cyst, not the kidney
+    ("large liver cyst", "liver_cyst"),
+    ("big kidney stone", "renal_stone"),
+    ("enlarged liver", "hepatomegaly"),
+])
+def test_clinical_words_are_read_first(text, finding):
+    q = read_query(text)
+    assert q is not None and q.finding == finding and not q.lay
+
+
+def test_a_lay_word_does_not_replace_the_finding_clinical_words_name():
+    # "lesion" is a cyst or a mass of the pancreas; "small" must not turn the text into pancreatic atrophy
+    assert read_query("small solid pancreatic lesion") is None
+    assert read_query("small enhancing renal lesion, indeterminate") is None
+    # a negated clinical finding is not read again with lay words ("fatty" in "fatty sparing")
+    assert read_query("no hepatic steatosis with focal fatty sparing") is None
+
+
+def test_lay_words_are_not_report_vocabulary():
+    from ctglip_sdk.reports import parse_report
+    report = "Small right pleural effusion. Left pleural effusion (large). The spleen is big. Spot on the lung."
+    before = parse_report(report)
+    for text in ("big spleen", "spot on the lung", "fluid in the chest"):
+        assert read_query(text) is not None
+    after = parse_report(report)
+    assert after == before  # reading queries leaves the report vocabulary and its caches as they were
+    assert [(f.organ, f.finding) for f in after if f.organ in ("spleen", "lung")] == [("spleen", None), ("lung", None)]

@@ -199,6 +199,7 @@ class AbnormalityDictionary:
         self.prompt_templates: Dict[str, Tuple[str, ...]] = {k: tuple(tpl.get(k, ())) for k in ("positive", "negative")}
         self.source = os.fspath(source) if source is not None else None
         self._vocab: Any = None  # parser vocabulary, built on first use (ctglip_sdk.reports.vocab)
+        self._lay: Any = None  # query-only copy that also reads lay words, built on first use (reports.lay)
 
     # ------------------------------------------------------------------ construction
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from ctglip_sdk import organs as _organs
 from ctglip_sdk.reports.anatomy import (  # noqa: F401 - the tables are also importable from here, as before
@@ -244,7 +244,9 @@ def _trie_regex(phrases: Iterable[str]) -> str:
 class Vocab:
     """The compiled matcher and phrase table for one dictionary (build once, reuse for every report)."""
 
-    def __init__(self, dictionary) -> None:  # noqa: ANN001 - AbnormalityDictionary (import cycle)
+    def __init__(self, dictionary, extra_organs: Optional[Mapping[str, str]] = None) -> None:  # noqa: ANN001
+        """``dictionary`` is an AbnormalityDictionary (not imported: cycle). ``extra_organs`` adds whole-organ names
+        for this vocabulary only (lay names that queries use, ctglip_sdk.reports.lay); reports never get them."""
         self.dictionary = dictionary
         table: Dict[str, Info] = {}
 
@@ -256,7 +258,8 @@ class Vocab:
             return out
 
         self._phrases: set = set()  # surface forms; several may share one key ("gall stones", "gallstones")
-        whole = {**_organs.SYNONYMS, **ORGAN_ABBREVIATIONS}  # names of organs, not of parts or places in them
+        # names of organs, not of parts or places in them
+        whole = {**_organs.SYNONYMS, **ORGAN_ABBREVIATIONS, **(extra_organs or {})}
         for phrase, organ in list(whole.items()) + list(EXTRA_ORGANS.items()):
             for i in info(phrase):
                 i.organ = i.organ or organ
