@@ -88,14 +88,35 @@ def reference(tmp_path_factory, archive):
     return _state(idx)
 
 
-def _state(idx):
-    df = pd.read_csv(idx.export(idx.folder / "state.csv", what="organs"))
-    view = idx.mirror.view()
-    rows = view.rows_of(df.crop_id.to_numpy())
-    vecs = np.round(view.vecs[rows], 3)
-    organs = sorted(zip(df.series_uid, df.organ, df.age, df.sex, map(bytes, vecs)))
-    top = [(h.series_uid, h.organ) for h in idx.search("hypodense liver lesion", k=10)]
-    return organs, top, int(idx.ann.ntotal)
+class _State:
+    """What must survive a crash and a resume: organs with their metadata and vectors, a search, the FAISS count.
+
+    Vectors are compared with a tolerance, not bit for bit: a resumed run encodes the remaining studies in
+    other batches than a run from scratch, and batched convolutions differ in the last float bits (by how much
+    depends on the CPU's kernels), which an exact or rounded comparison turns into a flaky failure.
+    """
+
+    def __init__(self, idx) -> None:
+        df = pd.read_csv(idx.export(idx.folder / "state.csv", what="organs"))
+        view = idx.mirror.view()
+        vecs = view.vecs[view.rows_of(df.crop_id.to_numpy())]
+        order = sorted(range(len(df)), key=lambda i: (df.series_uid[i], df.organ[i]))
+        self.organs = [(df.series_uid[i], df.organ[i], df.age[i], df.sex[i]) for i in order]
+        self.vecs = np.asarray(vecs[order], np.float64)
+        self.top = [(h.series_uid, h.organ) for h in idx.search("hypodense liver lesion", k=10)]
+        self.ntotal = int(idx.ann.ntotal)
+
+    def __eq__(self, other) -> bool:
+        return (self.organs == other.organs and self.vecs.shape == other.vecs.shape
+                and bool(np.allclose(self.vecs, other.vecs, atol=1e-4)) and self.top == other.top
+                and self.ntotal == other.ntotal)
+
+    def __repr__(self) -> str:
+        return f"_State({len(self.organs)} organs, ntotal={self.ntotal}, top={self.top[:3]}...)"
+
+
+def _state(idx) -> _State:
+    return _State(idx)
 
 
 def _kill_and_resume(tmp_path, archive, reference, point, nth, delay=None, db="sqlite"):

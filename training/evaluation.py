@@ -275,7 +275,8 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
     val_truth = read_truth(val_root) if val_archive is not None and labels == "truth" else truth
     unsure: Set[Tuple[str, str, str]] = set()
     if labels == "reports":  # both splits' reports, read once; uncertain pairs are set aside below
-        truth, unsure = report_truth(records + val_records, dictionary)
+        both = list({(r.study_uid, str(r.report)): r for r in records + val_records}.values())  # each read once
+        truth, unsure = report_truth(both, dictionary)
         val_truth = truth
     uids = [r.study_uid for r in val_records]
     same_studies = uids == [r.study_uid for r in records] and Path(val_root).resolve() == Path(archive).resolve()
