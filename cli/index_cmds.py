@@ -52,10 +52,11 @@ _HIT_COLUMNS = ["score", "crop_id", "organ", "patient", "study_uid", "series_uid
 
 def _print_hits(res: Any, as_json: bool, extra_notes: Sequence[str] = ()) -> None:
     notes = [*extra_notes, *getattr(res, "notes", [])]
-    if getattr(res, "ranking", "cosine") != "cosine":
+    ranking = getattr(res, "ranking", "cosine")
+    if ranking.startswith("finding:"):
         # Also under --json: margins and cosine similarities are not comparable scores, and a pipeline must be
-        # able to tell which one it got.
-        notes.insert(0, f"ranked by the zero-shot margin of {res.ranking.split(':', 1)[1]}")
+        # able to tell which one it got. (An "absent:" ranking explains itself in the search's own notes.)
+        notes.insert(0, f"ranked by the zero-shot margin of {ranking.split(':', 1)[1]}")
     if as_json:
         echo_json(res.to_dicts())
     else:

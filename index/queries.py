@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from sqlalchemy import and_, bindparam, delete, select, true
@@ -15,6 +15,7 @@ from ctglip_sdk import organs as vocab
 from ctglip_sdk.errors import QueryError
 
 from .filters import Condition, needs_join, parse_where, text_list, to_sql
+from .query_text import _query_vector
 from .results import Hit, SearchResults
 from .vectors import unit_rows
 
@@ -41,88 +42,6 @@ def _check_k(k: int) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= _MAX_K:
         raise QueryError(f"k must be an integer between 1 and {_MAX_K}, got {k!r}")
     return int(k)
-
-
-def _encode_single(model: Any, text: str) -> np.ndarray:
-    """Encode one query sentence with one torch thread.
-
-    For a single short sentence a 2-thread team costs more in synchronisation than it gains (bench_score:
-    74.6 ms p50 with 2 threads vs 12.9 ms with 1). The setting is process-wide, so it is restored at once.
-    """
-    import torch  # noqa: PLC0415 - already loaded by the model
-
-    n = torch.get_num_threads()
-    if n == 1:
-        return model.encode_text([text])
-    torch.set_num_threads(1)
-    try:
-        return model.encode_text([text])
-    finally:
-        torch.set_num_threads(n)
-
-
-class _QueryVector(NamedTuple):
-    """A unit query vector and how it ranks; for a finding, the organ the text ties it to and, when a typo was
-    corrected, the text as read."""
-
-    vector: np.ndarray
-    ranking: str                   # "cosine" or "finding:<key>"
-    organ: Optional[str] = None
-    read_as: Optional[str] = None
-
-
-def _finding_direction(index: "ArchiveIndex", text: str) -> Optional[_QueryVector]:
-    """The zero-shot decision direction ``p̄ − n̄`` when ``text`` asks for one dictionary finding.
-
-    Why: every kidney is close to "kidney stone" (the organ words dominate the cosine), so plain similarity
-    ranks kidneys, not stones. ``v·(p̄ − n̄)`` is the margin ``ZeroShotClassifier.detect`` thresholds, so the
-    hits come in the order of the classifier's confidence, and it is still one inner-product search.
-    """
-    from ctglip_sdk.reports.query import read_query  # noqa: PLC0415
-
-    zs = _classifier(index)
-    found = read_query(text, zs.dictionary)
-    if found is None:
-        return None
-    pos, neg = zs.finding_prompts(found.finding)
-    # The user's own words join the positive ensemble, so their phrasing still counts.
-    p, n = zs.prompt_ensembles([[*pos, found.read_as], neg])
-    d = p - n
-    if not np.all(np.isfinite(d)) or float(np.linalg.norm(d)) < 1e-6:
-        return None
-    return _QueryVector(unit_rows(d[None, :].astype(np.float32))[0], f"finding:{found.finding}", found.organ,
-                        found.read_as if found.corrected else None)
-
-
-def _query_vector(index: "ArchiveIndex", query: Union[str, np.ndarray], rank: str = "cosine") -> _QueryVector:
-    """The unit query vector and how it ranks: ``"cosine"``, or ``"finding:<key>"`` when ``rank="auto"`` and the
-    text asks for one finding (see :func:`_finding_direction`); text vectors are cached per (rank, text)."""
-    if isinstance(query, str):
-        text = query.strip()
-        if not text:
-            raise QueryError("empty query text")
-        key = (rank, text)
-        with index._cache_lock:
-            cached = index._text_cache.get(key)
-        if cached is None:
-            cached = _finding_direction(index, text) if rank == "auto" else None
-            if cached is None:
-                cached = _QueryVector(unit_rows(np.asarray(_encode_single(index.model, text), np.float32))[0],
-                                      "cosine")
-            with index._cache_lock:
-                index._text_cache[key] = cached
-                while len(index._text_cache) > 512:
-                    index._text_cache.popitem(last=False)
-        return cached
-    try:
-        q = np.asarray(query, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise QueryError(f"a query is a text or a vector of the index's dimension, got {type(query).__name__}") from None
-    if q.ndim == 2 and q.shape[0] == 1:
-        q = q[0]
-    if q.shape != (index.dim,) or not np.all(np.isfinite(q)) or not np.any(q):
-        raise QueryError(f"a query vector must be finite, non-zero and of shape ({index.dim},), got {q.shape}")
-    return _QueryVector(unit_rows(q[None, :])[0], "cosine")
 
 
 def _filter_select(index: "ArchiveIndex", column: Any, organs: Optional[Sequence[str]],
@@ -246,9 +165,11 @@ def search(index: "ArchiveIndex", query: Union[str, np.ndarray], k: int = 20,
             qv = _query_vector(index, query, "cosine")
         if qv.read_as is not None:
             notes.append(f"read as {qv.read_as!r}")
+        notes += qv.notes
     elif isinstance(query, str) and rank == "auto":
-        notes.append("no single dictionary finding recognised; ranked by cosine similarity to the text "
-                     "(scores are not comparable across queries)")
+        if qv.scope and organs is None:  # the organs the text names, when it names no single finding
+            organs = resolve_organs(list(qv.scope))
+        notes += qv.notes
     res = _run(index, qv.vector, k, organs, conditions)
     res.query = query if isinstance(query, str) else "<vector>"
     res.ranking = qv.ranking

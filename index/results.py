@@ -54,7 +54,8 @@ class SearchResults(Sequence[Hit]):
         self._hits: List[Hit] = list(hits)
         self.query = query
         self.plan = plan
-        #: How text hits were ranked: "cosine", or "finding:<key>" (zero-shot margin of that finding).
+        #: How text hits were ranked: "cosine", "finding:<key>" (zero-shot margin of that finding), or
+        #: "absent:<key>" (that margin reversed, for a text such as "no gallstones").
         self.ranking = "cosine"
         #: How a text query was read: a corrected spelling, an organ outside the finding's, no finding found.
         self.notes: List[str] = []

@@ -170,6 +170,33 @@ def test_text_naming_a_finding_ranks_by_its_zero_shot_margin(built):
     # A text that names no finding, or two, stays plain cosine.
     assert idx.search("kidney", k=3).ranking == "cosine"
     assert idx.search("renal cyst and hydronephrosis", k=3).ranking == "cosine"
+    assert "several findings (renal_cyst, hydronephrosis)" in idx.search("renal cyst and hydronephrosis", k=3).notes[0]
+
+
+def test_a_negated_finding_ranks_by_the_reversed_margin(built):
+    """'no renal cyst' asks for kidneys without one: the margin reversed, on the finding's organs."""
+    idx, _ = built
+    pos = idx.search("renal cyst", k=50)
+    neg = idx.search("kidneys without renal cyst", k=50)
+    assert neg.ranking == "absent:renal_cyst" and "without renal_cyst" in neg.notes[0]
+    assert set(neg.crop_ids) == set(pos.crop_ids)
+    assert neg.crop_ids == pos.crop_ids[::-1] or neg.crop_ids[0] == pos.crop_ids[-1]
+    assert all(h.organ in ("kidney_left", "kidney_right") for h in neg)
+
+
+def test_texts_without_one_finding_stay_on_the_organs_they_name(built):
+    idx, _ = built
+    # Several findings: cosine, on the organs named, with a note that says so.
+    res = idx.search("hepatomegaly and splenomegaly", k=20)
+    assert res.ranking == "cosine" and {h.organ for h in res} <= {"liver", "spleen"}
+    assert "several findings" in res.notes[0] and "within liver, spleen" in res.notes[0]
+    # A bare organ: cosine on that organ (over every organ, ribs and muscles outranked it).
+    assert {h.organ for h in idx.search("kidney", k=5)} <= {"kidney_left", "kidney_right"}
+    # An explicit organ= still wins; rank="cosine" is plain cosine everywhere.
+    assert {h.organ for h in idx.search("hepatomegaly and splenomegaly", k=5, organ="spleen")} == {"spleen"}
+    # A bilateral finding is searched on both sides, not the first side named.
+    both = idx.search("bilateral renal cysts", k=50)
+    assert both.ranking == "finding:renal_cyst" and {h.organ for h in both} == {"kidney_left", "kidney_right"}
 
 
 def test_a_finding_query_searches_only_the_organs_of_that_finding(built):

@@ -81,7 +81,7 @@ def test_lay_phrasings_of_the_issue(text, finding):
     ("heart bigger than it should be", "cardiomegaly", "heart"),   # "normal"-like endings do not read as normal
     ("kidneys have shrunk", "renal_atrophy", "kidney"),             # after the organ, verb form
     ("tiny left kidney", "renal_atrophy", "kidney_left"),            # side kept
-    ("lumps in both lungs", "lung_nodule", "lung_left"),             # plural noun, both sides
+    ("lumps in both lungs", "lung_nodule", "lung"),             # plural noun, both sides
     ("growth on the pancreas", "pancreatic_mass", "pancreas"),       # a growth is solid: the mass, not the cyst
     ("water around the heart", "pericardial_effusion", "heart"),     # the same lay word, another organ's finding
     ("calcium in the heart arteries", "coronary_calcification", "heart"),  # lay organ name
@@ -154,3 +154,45 @@ def test_lay_words_are_not_report_vocabulary():
     after = parse_report(report)
     assert after == before  # reading queries leaves the report vocabulary and its caches as they were
     assert [(f.organ, f.finding) for f in after if f.organ in ("spleen", "lung")] == [("spleen", None), ("lung", None)]
+
+
+def test_explain_query_says_what_a_text_is_when_it_is_not_one_findings_positives():
+    from ctglip_sdk.reports.query import explain_query
+
+    r = explain_query("liver without steatosis")
+    assert r.finding is None and (r.negated.finding, r.negated.organ) == ("hepatic_steatosis", "liver")
+    assert explain_query("No gallstones.").negated.finding == "gallstones"
+    r = explain_query("spot on the liver")
+    assert r.finding is None and set(r.candidates) == {"liver_cyst", "liver_mass"} and r.organs == ("liver",)
+    r = explain_query("hepatomegaly and splenomegaly")
+    assert r.several == ("hepatomegaly", "splenomegaly") and set(r.organs) == {"liver", "spleen"}
+    r = explain_query("fatty liver and big spleen")  # one clinical finding; the lay one is named, not searched
+    assert r.finding.finding == "hepatic_steatosis" and r.ignored == ("splenomegaly",)
+    assert explain_query("normal liver").organs == ("liver",) and explain_query("normal liver").negated is None
+
+
+@pytest.mark.parametrize("text,finding,organ", [
+    ("bilateral pleural effusions", "pleural_effusion", "lung"),       # both lower lobes -> their group
+    ("B/L renal cysts", "renal_cyst", "kidney"),
+    ("renal stones bilaterally", "renal_stone", "kidney"),
+    ("left renal cyst", "renal_cyst", "kidney_left"),                   # one side stays one side
+])
+def test_a_finding_on_both_sides_is_read_on_both(text, finding, organ):
+    q = read_query(text)
+    assert (q.finding, q.organ) == (finding, organ)
+
+
+@pytest.mark.parametrize("text,finding,read_as", [
+    ("fatty livr", "hepatic_steatosis", "fatty liver"),                # short organ word
+    ("kidny stone", "renal_stone", "kidney stone"),
+    ("aortic anuerysm", "aortic_aneurysm", "aortic aneurysm"),         # two swapped letters
+    ("lugn nodule", "lung_nodule", "lung nodule"),
+])
+def test_short_organ_typos_and_swapped_letters_are_corrected(text, finding, read_as):
+    q = read_query(text)
+    assert q is not None and (q.finding, q.read_as, q.corrected) == (finding, read_as, True)
+
+
+def test_short_words_are_not_corrected_to_findings():
+    assert read_query("mass in the lever") is None      # "lever" is 0.8 from "liver": below the cutoff
+    assert read_query("cast in kidney") is None         # short non-organ words are never corrected ("cyst")

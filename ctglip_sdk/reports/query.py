@@ -6,21 +6,23 @@ import difflib
 import logging
 import re
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, List, Optional, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple
 
+from ctglip_sdk import organs as _organs
 from ctglip_sdk.reports.dictionary import AbnormalityDictionary
 from ctglip_sdk.reports.lay import lay_dictionary
 from ctglip_sdk.reports.parser import parse_report
 from ctglip_sdk.reports.types import OrganFinding, Status
 from ctglip_sdk.reports.vocab import vocab_for
 
-__all__ = ["QueryFinding", "read_query"]
+__all__ = ["QueryFinding", "QueryReading", "read_query", "explain_query"]
 
 # A misspelt word is corrected only to a dictionary word this similar (difflib ratio). 0.88 takes
 # "cholelithasis" -> "cholelithiasis" (0.96) and "effussion" -> "effusion" (0.94), and leaves apart words that
 # merely share a suffix: "appendicitis"/"pancreatitis" 0.50, "transplant"/"transplantation" 0.80.
 _CUTOFF = 0.88
 _MIN_LEN = 6  # short words are too easily one edit from another word ("mass"/"mast", "cyst"/"cast")
+_MIN_SHORT = 4  # ... except against organ names and for swapped letters ("livr" -> "liver", "lugn" -> "lung")
 _WORD = re.compile(r"[a-z]+")
 _WANTED = (Status.PRESENT, Status.UNCERTAIN)
 
@@ -44,6 +46,25 @@ class QueryFinding:
     lay: bool = False
 
 
+@dataclass(frozen=True)
+class QueryReading:
+    """Everything :func:`explain_query` understood of a search text, also when it is not one finding's positives.
+
+    ``finding`` is what :func:`read_query` returns. When it is None: ``negated`` is the one finding the text
+    states as absent ("no gallstones", "liver without steatosis"), ``several`` the findings of a text naming more
+    than one, ``candidates`` the findings an ambiguous lay word may mean ("spot on the liver"), and ``organs`` the
+    organs (or groups) the text names, so that a search can at least stay on them. ``ignored`` lists the other
+    findings of a text read as one finding because only one was in clinical words ("fatty liver and big spleen").
+    """
+
+    finding: Optional[QueryFinding]
+    negated: Optional[QueryFinding] = None
+    several: Tuple[str, ...] = ()
+    candidates: Tuple[str, ...] = ()
+    organs: Tuple[str, ...] = ()
+    ignored: Tuple[str, ...] = ()
+
+
 @dataclass
 class _Spelling:
     """What typo correction needs of one vocabulary (cached on it).
@@ -51,12 +72,15 @@ class _Spelling:
     ``known``: every word of its phrases. ``by_len``: the long words a typo of each length may be corrected to: a
     word of length m reaches the cutoff only against words of length n with 2·min(m, n)/(m + n) ≥ cutoff (difflib's
     real_quick_ratio bound), so only those are compared (same answers, less time). ``memo``: word -> correction
-    ("" for none), as difflib costs ~0.1 ms a word and searchers retype the same words.
+    ("" for none), as difflib costs ~0.1 ms a word and searchers retype the same words. ``organ_words``: the
+    organ-name words a short typo (4-5 letters: "livr", "kidny") may be corrected to; short words are too easily
+    one edit from another word to be corrected to any vocabulary word.
     """
 
     known: FrozenSet[str]
     by_len: Dict[int, List[str]]
     memo: Dict[str, str]
+    organ_words: Tuple[str, ...] = ()
 
 
 def _spelling(dictionary: AbnormalityDictionary) -> _Spelling:
@@ -69,7 +93,9 @@ def _spelling(dictionary: AbnormalityDictionary) -> _Spelling:
         top = max((len(w) for w in long_words), default=0)
         by_len = {m: [w for w in long_words if 2 * min(m, len(w)) >= _CUTOFF * (m + len(w))]
                   for m in range(_MIN_LEN, 2 * top + 1)}
-        cached = _Spelling(known, by_len, {})
+        organ_words = tuple(sorted({w for name in (*_organs.SYNONYMS, *_organs.V1.values())
+                                    for w in _WORD.findall(name.replace("_", " ")) if 4 <= len(w) <= 7} & known))
+        cached = _Spelling(known, by_len, {}, organ_words)
         vocab._query_spelling = cached  # type: ignore[attr-defined]
     return cached
 
@@ -90,7 +116,20 @@ def _one_finding(found: List[OrganFinding], dictionary: AbnormalityDictionary) -
     if len(keys) != 1 or keys[0] not in dictionary:
         return None
     first = wanted[0]
-    return first.finding, first.organ, first.status  # type: ignore[return-value]
+    return first.finding, _covering(f.organ for f in wanted if f.finding == first.finding), first.status
+
+
+def _covering(names: Iterable[Optional[str]]) -> str:
+    """One organ name covering every organ a finding was stated on: the name itself when there is one, else the
+    smallest organ group holding them all ("bilateral effusions" -> both lower lobes -> "lung"; "renal stones
+    bilaterally" -> "kidney"). Why: search keeps to the organs this name resolves to, and taking the first
+    statement's organ searched the left side only."""
+    wanted = list(dict.fromkeys(n for n in names if n))
+    if len(wanted) == 1:
+        return wanted[0]
+    members = set(_organs.canonical_set(wanted))
+    fits = [(len(m), g) for g, m in _organs.GROUPS.items() if members <= set(m)]
+    return min(fits)[1] if fits else wanted[0]
 
 
 def _clinical_keys(text: str, dictionary: AbnormalityDictionary,
@@ -125,17 +164,24 @@ def _candidates(text: str, found: List[OrganFinding], lay: AbnormalityDictionary
 
 
 def _spell_corrected(text: str, dictionary: AbnormalityDictionary) -> str:
-    """``text`` with each long word the vocabulary lacks replaced by its closest vocabulary word, if close."""
+    """``text`` with each word the vocabulary lacks replaced by its closest vocabulary word, if close: any word of
+    6+ letters, an organ name for shorter words, and any word that two swapped letters give."""
     spell = _spelling(dictionary)
     memo = spell.memo
     out: Dict[str, str] = {}
     for w in set(_WORD.findall(text)):
-        if len(w) < _MIN_LEN or w in spell.known:
+        if len(w) < _MIN_SHORT or w in spell.known:
             continue
         fix = memo.get(w)
         if fix is None:
-            close = difflib.get_close_matches(w, spell.by_len.get(len(w), ()), n=1, cutoff=_CUTOFF)
-            fix = close[0] if close else ""
+            # Two swapped letters ("anuerysm", "nodual"... "lugn") are the commonest typo and difflib rates them
+            # below the cutoff for short and mid-length words; any swap that gives a vocabulary word is taken.
+            fix = next((v for v in (w[:i] + w[i + 1] + w[i] + w[i + 2:] for i in range(len(w) - 1))
+                        if v in spell.known), "")
+            if not fix:
+                pool = spell.by_len.get(len(w), ()) if len(w) >= _MIN_LEN else spell.organ_words
+                close = difflib.get_close_matches(w, pool, n=1, cutoff=_CUTOFF)
+                fix = close[0] if close else ""
             if len(memo) >= 10_000:  # bounded: queries can hold endless words
                 memo.clear()
             memo[w] = fix
@@ -189,10 +235,24 @@ def read_query(text: str, dictionary: Optional[AbnormalityDictionary] = None,
         >>> q.finding, q.lay
         ('hepatomegaly', True)
     """
+    return explain_query(text, dictionary, fuzzy).finding
+
+
+def explain_query(text: str, dictionary: Optional[AbnormalityDictionary] = None,
+                  fuzzy: bool = True) -> QueryReading:
+    """:func:`read_query`'s reading of a search text, with what it saw when the text is not one finding's positives.
+
+    Example:
+        >>> r = explain_query("liver without steatosis")
+        >>> r.finding, r.negated.finding, r.organs
+        (None, 'hepatic_steatosis', ('liver',))
+        >>> explain_query("spot on the liver").candidates
+        ('liver_cyst', 'liver_mass')
+    """
     dictionary = dictionary or AbnormalityDictionary.default()
     low = re.sub(r"\s+", " ", text.lower()).strip()
     if not low:
-        return None
+        return QueryReading(None)
     read_as = low
     clinical = _read(low, dictionary)
     hit = _one_finding(clinical, dictionary)
@@ -203,14 +263,29 @@ def read_query(text: str, dictionary: Optional[AbnormalityDictionary] = None,
             clinical = _read(fixed, dictionary)
             hit = _one_finding(clinical, dictionary)
     lay = False
+    found: List[OrganFinding] = []
     if hit is None:
         hit, found = _lay_reading(read_as, clinical, dictionary)
         lay = True
-        if hit is None:
-            maybe = _candidates(read_as, found, lay_dictionary(dictionary)) if found else []
-            if maybe:
-                logger.info("read_query: %r may mean %s; no single finding, so search ranks it by text similarity",
-                            text, " or ".join(maybe))
-            return None
-    return QueryFinding(finding=hit[0], organ=hit[1], status=hit[2], read_as=read_as, corrected=read_as != low,
-                        lay=lay)
+    statements = clinical + found
+    organs = tuple(dict.fromkeys(f.organ for f in statements if f.organ))
+    if hit is not None:
+        ignored: Tuple[str, ...] = ()
+        if not lay and " and " in f" {read_as} ":  # a second finding in lay words is not read; say so
+            extra = [f for f in _read(read_as, lay_dictionary(dictionary)) if f.finding and f.status in _WANTED]
+            ignored = tuple(dict.fromkeys(f.finding for f in extra if f.finding != hit[0]))
+        return QueryReading(QueryFinding(finding=hit[0], organ=hit[1], status=hit[2], read_as=read_as,
+                                         corrected=read_as != low, lay=lay), organs=organs or (hit[1],),
+                            ignored=ignored)
+    maybe = tuple(_candidates(read_as, found, lay_dictionary(dictionary))) if found else ()
+    if maybe:
+        logger.info("read_query: %r may mean %s; no single finding", text, " or ".join(maybe))
+    several = tuple(dict.fromkeys(f.finding for f in statements if f.finding and f.status in _WANTED))
+    negated = None
+    absent = [f for f in statements if f.finding and f.status == Status.ABSENT]
+    if absent and not several and len({f.finding for f in absent}) == 1 and absent[0].finding in dictionary:
+        negated = QueryFinding(finding=absent[0].finding, organ=_covering(f.organ for f in absent),
+                               status=Status.ABSENT, read_as=read_as, corrected=read_as != low,
+                               lay=not any(f.finding for f in clinical))
+    return QueryReading(None, negated=negated, several=several if len(several) > 1 else (), candidates=maybe,
+                        organs=organs)
