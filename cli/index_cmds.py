@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, List, Mapping, Optional, Sequence
 
 import click
 from click.core import ParameterSource
@@ -144,15 +144,6 @@ def _check_montage_path(path: Path) -> None:
         raise click.ClickException(f"{path}: folder {str(folder)!r} is not writable")
 
 
-def _echo_json_error(exc: Union[CTGlipError, click.ClickException]) -> None:
-    """Under --json, a user error also prints one JSON document on stdout, so that a pipeline parsing stdout
-    reads why the command failed (exit status 1; the one-line message still goes to stderr)."""
-    if isinstance(exc, CTGlipError):
-        echo_json({"error": str(exc), "type": type(exc).__name__, "path": exc.path})
-    else:  # e.g. the model of a new index cannot be loaded
-        echo_json({"error": exc.format_message(), "type": type(exc).__name__, "path": None})
-
-
 @click.command("ingest")
 # path_type=None keeps the folder as typed: errors name the root the way the user gave it.
 @click.argument("archive", type=click.Path(exists=True, file_okay=False))
@@ -180,37 +171,31 @@ def ingest(ctx: click.Context, archive: str, index_dir: Path, database_url: Opti
     "errors" with --json; the other series are ingested); 1 on a user error; 130 on Ctrl-C and 143 on SIGTERM,
     after which the run is recorded as interrupted and the same command continues it. An archive in which no
     study is found (a wrong path, an unmounted share) is a user error: no index is created and an existing one
-    is left untouched; --allow-empty accepts it with a warning (exit 0, 0 series seen). Under --json a user
-    error also prints {"error", "type", "path"} on stdout. On an existing index, --model, --factory,
+    is left untouched; --allow-empty accepts it with a warning (exit 0, 0 series seen). On an existing index, --model, --factory,
     --table-prefix and --include-identifiers are ignored with a warning when they differ from what the index
     recorded.
     """
     from ctglip_sdk.index import ArchiveIndex, plan_ingest
 
-    try:
-        # SIGTERM (an orchestrator's stop) stops like Ctrl-C, so the run is recorded as interrupted, not 'running'.
-        with sigterm_as_interrupt():
-            # The archive is planned before the index is created or opened: one without studies must leave
-            # nothing behind. The plan is then ingested as is, so the archive is listed once.
-            plan = plan_ingest(archive, allow_empty=allow_empty)
-            if (index_dir / "manifest.json").exists():
-                idx = ArchiveIndex.open(index_dir, database_url=database_url)
-                for text in _ignored_new_index_options(ctx, idx.manifest, model, factory, table_prefix,
-                                                       include_identifiers):
-                    _warn(text)
-            else:
-                idx = _new_index(index_dir, model, database_url, factory, include_identifiers, table_prefix)
-            try:
-                with idx:
-                    report = idx.ingest(plan, workers=workers, batch_size=batch_size, retry_errors=retry_errors,
-                                        progress=progress)
-            except KeyboardInterrupt as exc:
-                raise type(exc)("ingest stopped; the series written so far are kept and the run is recorded as "
-                                "interrupted: run the same command again to continue") from None
-    except (CTGlipError, click.ClickException) as exc:
-        if as_json:
-            _echo_json_error(exc)
-        raise
+    # SIGTERM (an orchestrator's stop) stops like Ctrl-C, so the run is recorded as interrupted, not 'running'.
+    with sigterm_as_interrupt():
+        # The archive is planned before the index is created or opened: one without studies must leave
+        # nothing behind. The plan is then ingested as is, so the archive is listed once.
+        plan = plan_ingest(archive, allow_empty=allow_empty)
+        if (index_dir / "manifest.json").exists():
+            idx = ArchiveIndex.open(index_dir, database_url=database_url)
+            for text in _ignored_new_index_options(ctx, idx.manifest, model, factory, table_prefix,
+                                                   include_identifiers):
+                _warn(text)
+        else:
+            idx = _new_index(index_dir, model, database_url, factory, include_identifiers, table_prefix)
+        try:
+            with idx:
+                report = idx.ingest(plan, workers=workers, batch_size=batch_size, retry_errors=retry_errors,
+                                    progress=progress)
+        except KeyboardInterrupt as exc:
+            raise type(exc)("ingest stopped; the series written so far are kept and the run is recorded as "
+                            "interrupted: run the same command again to continue") from None
     if report.seen == 0:  # only with --allow-empty
         _warn(f"no studies found in {archive}; see docs/data.md for the archive layouts ingest reads")
     if as_json:

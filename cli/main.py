@@ -45,6 +45,15 @@ def _available() -> Dict[str, str]:
     return out
 
 
+def _echo_error(message: str, kind: str, path: Optional[str]) -> None:
+    """``{"error", "type", "path"}`` on stdout: the failure of a ``--json`` command, for a pipeline to read (unless
+    the command already printed its result there: stdout stays one JSON document)."""
+    from ctglip_sdk.cli.output import PRINTED, echo_json  # noqa: PLC0415
+
+    if not PRINTED["json"]:
+        echo_json({"error": message, "type": kind, "path": None if path is None else str(path)})
+
+
 class LazyGroup(click.Group):
     """A click group that imports each command on demand, maps CTGlipError to exit code 1 and interrupts to
     130 (Ctrl-C) or 143 (SIGTERM)."""
@@ -63,13 +72,26 @@ class LazyGroup(click.Group):
         return getattr(importlib.import_module(module), attr)
 
     def invoke(self, ctx: click.Context) -> Any:
+        # The subcommand's own arguments, read before click consumes them: under --json a pipeline parses stdout,
+        # so a user error is also printed there as one JSON document (the one-line message still goes to stderr).
+        args = [*getattr(ctx, "_protected_args", getattr(ctx, "protected_args", [])), *ctx.args]
+        as_json = "--json" in args
+        from ctglip_sdk.cli.output import PRINTED  # noqa: PLC0415
+
+        PRINTED["json"] = False  # one invocation at a time (tests invoke the group many times in one process)
         try:
             return super().invoke(ctx)
         except CTGlipError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
+            if as_json:
+                _echo_error(str(exc), type(exc).__name__, exc.path)
             # One clear line, no traceback: the message names the file/value and the reason.
             raise click.ClickException(str(exc)) from None
+        except click.ClickException as exc:
+            if as_json and not isinstance(exc, click.UsageError):  # usage errors (exit 2) are the caller's bug
+                _echo_error(exc.format_message(), type(exc).__name__, None)
+            raise
         except KeyboardInterrupt as exc:
             # click would print "Aborted!" and exit 1, the code of a user error; a pipeline needs to tell the two
             # apart, so print one line and exit 128 + the signal number, as a shell does.
@@ -84,6 +106,9 @@ class LazyGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
     """ctglip: CT-GLIP organ embeddings, archive search and zero-shot scoring.
+
+    Exit status: 0 on success, 1 on a user error (one line on stderr; with --json also {"error", "type",
+    "path"} on stdout), 2 on a usage error, 130/143 when interrupted.
 
     Shell completion: eval "$(_CTGLIP_COMPLETE=bash_source ctglip)" (zsh_source, fish_source likewise).
     """

@@ -30,8 +30,8 @@ def manifest_command(archive: str, seed: int, fractions: str, force: bool, as_js
 
     Finds DICOM series and NIfTI images as `ctglip ingest` does, pairs each with its mask and report by name
     (docs/data.md, "Bringing your own data"), reads patient, age, sex, date and contrast from one DICOM header
-    per series, and assigns train/val/test per patient. Images without a mask or a report are listed; they get
-    a row (ingest can use it) but training skips them.
+    per series, and assigns train/val/test per patient. Localizers (scouts) get no row. Images without a mask
+    or a report, or with an empty report, are listed; they keep a row but training skips them.
     """
     from ctglip_sdk.index.archive_manifest import write_archive_manifest
 
@@ -42,8 +42,11 @@ def manifest_command(archive: str, seed: int, fractions: str, force: bool, as_js
     click.echo(f"Wrote {summary.rows} rows ({summary.patients} patients; {summary.trainable} with a mask and a "
                f"report) to {summary.path}")
     click.echo(f"splits (rows): {summary.splits}")
+    if summary.localizers:
+        click.echo(f"left out {len(summary.localizers)} localizer/scout series")
     problems = ([{"image": p, "missing": "mask"} for p in summary.missing_mask] +
                 [{"image": p, "missing": "report"} for p in summary.missing_report] +
+                [{"image": p, "missing": "report text (the file is empty)"} for p in summary.empty_report] +
                 [{"image": p, "missing": f"header: {r}"} for p, r in summary.unreadable])
     if problems:
         print_table(problems[:50])

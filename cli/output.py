@@ -39,9 +39,15 @@ def print_table(rows: Iterable[Any], columns: Optional[Sequence[str]] = None) ->
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
 
 
+#: Set once a command has printed its JSON result: an error after that (a montage that cannot be written once the
+#: hits are out) must not add a second document to stdout.
+PRINTED = {"json": False}
+
+
 def echo_json(obj: Any) -> None:
     """Print an object as JSON (numpy scalars and paths become plain values)."""
     click.echo(json.dumps(obj, indent=2, default=_default))
+    PRINTED["json"] = True
 
 
 def _default(o: Any) -> Any:

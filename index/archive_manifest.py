@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from ctglip_sdk.errors import ConfigError, CTGlipError, InputError
 from ctglip_sdk.io.paths import require_path
 
-from .layout import Item, discovered_items, path_key, redact
+from .layout import Item, discovered_items, path_key, redact, stems
 
 __all__ = ["write_archive_manifest", "ManifestSummary", "REPORT_PATTERNS", "MANIFEST_COLUMNS"]
 
@@ -36,7 +36,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 @dataclass
 class ManifestSummary:
-    """What :func:`write_archive_manifest` wrote. Lists hold paths relative to the root, never patient identifiers."""
+    """What :func:`write_archive_manifest` wrote. Lists hold paths relative to the root, never patient identifiers:
+    ``missing_mask`` images got no row (nothing can use a CT without its organ masks); ``missing_report`` and
+    ``empty_report`` rows can be ingested and searched but not trained on."""
 
     path: str
     rows: int
@@ -44,12 +46,14 @@ class ManifestSummary:
     splits: Dict[str, int]
     missing_mask: List[str] = field(default_factory=list)
     missing_report: List[str] = field(default_factory=list)
+    empty_report: List[str] = field(default_factory=list)
     unreadable: List[Tuple[str, str]] = field(default_factory=list)
+    localizers: List[str] = field(default_factory=list)
 
     @property
     def trainable(self) -> int:
-        """Rows with an image, a mask and a report: what ``ctglip train`` can use."""
-        return self.rows - len(set(self.missing_mask) | set(self.missing_report))
+        """Rows with a non-empty report: what ``ctglip train`` can use (every row has an image and a mask)."""
+        return self.rows - len(set(self.missing_report) | set(self.empty_report))
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
@@ -60,11 +64,8 @@ class ManifestSummary:
 
 def _find_report(root: Path, image: str, alone: bool) -> Optional[str]:
     folder = Path(image).parent
-    stem = Path(image).name
-    for suffix in (".nii.gz", ".nii"):
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-    candidates = [p.format(stem=stem) for p in REPORT_PATTERNS] + (list(SHARED_REPORTS) if alone else [])
+    candidates = [p.format(stem=st) for st in stems(image) for p in REPORT_PATTERNS]
+    candidates += list(SHARED_REPORTS) if alone else []
     root_resolved = root.resolve()
     for cand in candidates:
         rel = os.path.normpath((folder / cand).as_posix())
@@ -93,9 +94,10 @@ def _header_meta(root: Path, item: Item) -> Dict[str, Any]:
         if ds is None or (item.key and not item.key.startswith("path:") and
                           str(ds.get("SeriesInstanceUID", "")).strip() != item.key):
             continue
-        meta = dicom_meta(ds, item.image, include_identifiers=True)
-        meta["patient_id"] = (meta.pop("identifiers") or {}).get("PatientID")
-        return meta
+        # The keyed pseudonym of PatientID, as the loader computes it (docs/security.md), not the raw id: ingest
+        # without a manifest starts from that same value, so an index groups a patient's studies alike with or
+        # without this manifest, and the file holds no raw identifier.
+        return dicom_meta(ds, item.image)
     return {}
 
 
@@ -143,8 +145,9 @@ def write_archive_manifest(archive: PathLike, *, seed: int = 0, fractions: Seque
     of fewer than about 20 patients may have one patient moved from train so that val and test are not empty;
     that patient can move back as the archive grows).
 
-    ``patient_id`` holds the header's PatientID: the manifest lives beside the DICOM files that already carry
-    it, and ingest pseudonymises it as it pseudonymises headers. Nothing identifying is logged or returned.
+    ``patient_id`` holds the keyed pseudonym of the header's PatientID (``$CTGLIP_PSEUDONYM_KEY``; docs/security.md),
+    the value ingest starts from without a manifest, so an index groups studies under the same patients either
+    way; the raw id is never written. Localizers (scouts) get no row. Nothing identifying is logged or returned.
 
     Args:
         archive: the archive root; every path written is relative to it and confined to it.
@@ -164,31 +167,38 @@ def write_archive_manifest(archive: PathLike, *, seed: int = 0, fractions: Seque
     root = Path(require_path(archive, "archive", "an archive folder path", error=ConfigError))
     fr = _check_fractions(fractions)
     if not root.is_dir():
-        raise InputError("not a folder", path=root)
+        raise InputError("not a folder" if root.exists() else "no such folder", path=root)
     out = root / "manifest.csv"
     if out.exists() and not overwrite:
         raise ConfigError(f"{out} exists; pass overwrite=True (--force) to replace it")
-    items, unreadable, alone = discovered_items(root)
+    items, unreadable, alone, localizers = discovered_items(root)
     if not items:
         raise InputError("no DICOM series or NIfTI image found (docs/data.md, \"Bringing your own data\")",
                          path=root)
     rows: List[Dict[str, Any]] = []
     missing_mask: List[str] = []
     missing_report: List[str] = []
+    empty_report: List[str] = []
+    shared = {it.image for it in items if sum(o.image == it.image for o in items) > 1}
     for item in items:
+        # Two series in one folder share a path: the series UID says which one a listed gap is about.
+        name = f"{item.image}#{item.key}" if item.image in shared else item.image
+        if item.mask is None:  # neither ingest nor training can use a CT without its organs: listed, no row
+            missing_mask.append(name)
+            continue
         try:
             meta = _header_meta(root, item) if not item.key.startswith("path:") else {}
         except (OSError, CTGlipError) as exc:  # one bad series is recorded; the manifest is still written
             unreadable.append((item.image, redact(exc, root)))
             meta = {}
         report = _find_report(root, item.image, alone[item.image])
-        if item.mask is None:
-            missing_mask.append(item.image)
         if report is None:
-            missing_report.append(item.image)
+            missing_report.append(name)
+        elif not (root / report).read_bytes().strip():  # says nothing: every organ would be taken as normal
+            empty_report.append(name)
         contrast = meta.get("contrast_agent") or ("none" if meta.get("contrast") is False else "")
         rows.append({
-            "patient_id": meta.get("patient_id") or f"path:{item.image}",
+            "patient_id": meta.get("patient") or f"path:{item.image}",
             "study_uid": item.study_uid or meta.get("study_uid") or path_key(item.image),
             "series_uid": None if item.key.startswith("path:") else item.key,
             "image": item.image, "mask": item.mask, "report": report,
@@ -196,6 +206,9 @@ def write_archive_manifest(archive: PathLike, *, seed: int = 0, fractions: Seque
             "study_date": meta.get("study_date"), "contrast": contrast, "body_part": meta.get("body_part"),
             "description": meta.get("series_description"),
         })
+    if not rows:
+        raise InputError(f"found {len(items)} image(s) but a mask for none of them; masks are paired by name "
+                         "(docs/index.md, \"Layout\"); nothing was written", path=root)
     patients = sorted({r["patient_id"] for r in rows})
     split = _assign_splits(patients, seed, fr)
     counts = {"train": 0, "val": 0, "test": 0}
@@ -216,4 +229,5 @@ def write_archive_manifest(archive: PathLike, *, seed: int = 0, fractions: Seque
         raise
     log.info("wrote %d manifest rows (%d patients) in %s", len(rows), len(patients), root.name)
     return ManifestSummary(path=str(out), rows=len(rows), patients=len(patients), splits=counts,
-                           missing_mask=missing_mask, missing_report=missing_report, unreadable=unreadable)
+                           missing_mask=missing_mask, missing_report=missing_report, empty_report=empty_report,
+                           unreadable=unreadable, localizers=localizers)

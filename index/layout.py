@@ -28,9 +28,12 @@ MASK_PATTERNS = (
 #: Masks in a folder beside the images' folder (``images/S.nii.gz`` with ``masks/S.nii.gz``: the layout
 #: ``ctglip synth`` writes); tried after :data:`MASK_PATTERNS`, for images below the root only.
 SIBLING_MASKS = ("../masks/{stem}.nii.gz", "../segmentations/{stem}.nii.gz", "../seg/{stem}.nii.gz",
+                 "../labels/{stem}.nii.gz", "../labelsTr/{stem}.nii.gz", "../labelsTs/{stem}.nii.gz",
                  "../masks/{stem}/", "../segmentations/{stem}/")
 SHARED_MASKS = ("segmentations.nii.gz", "segmentation.nii.gz", "seg.nii.gz", "mask.nii.gz", "segmentations/")
-_MASK_DIRS = {"segmentations", "seg", "masks"}
+_MASK_DIRS = {"segmentations", "seg", "masks", "labels", "labelstr", "labelsts"}  # nnU-Net/MSD: labelsTr
+# nnU-Net names an image case_0000.nii.gz (channel 0) and its label case.nii.gz: both stems are tried.
+_CHANNEL = re.compile(r"_\d{4}$")
 _MASK_SUFFIXES = ("_seg", ".seg", "_mask", "_segmentation", "_labels", "_segmentations")
 
 
@@ -181,12 +184,22 @@ def _is_mask_name(path: str) -> bool:
         Path(path).name.lower() in {m.rstrip("/") for m in SHARED_MASKS}
 
 
-def _find_mask(root: Path, image: str, alone: bool) -> Optional[str]:
-    folder = Path(image).parent
+def stems(image: str) -> List[str]:
+    """The names an image's mask or report may carry: its stem, and without nnU-Net's ``_0000`` channel suffix."""
     stem = _stem(image)
-    candidates = [p.format(stem=stem) for p in MASK_PATTERNS] + (list(SHARED_MASKS) if alone else [])
+    base = _CHANNEL.sub("", stem)
+    return [stem] if base == stem or not base else [stem, base]
+
+
+def _find_mask(root: Path, image: str, alone: bool, inside: bool = False) -> Optional[str]:
+    folder = Path(image).parent
+    # A DICOM folder that holds one CT series (scouts aside) owns what lies in it: TotalSegmentator's output is
+    # often written there (``-o STUDY/segmentations``).
+    candidates = [f"{_stem(image)}/{m}" for m in SHARED_MASKS] if inside else []
+    candidates += [p.format(stem=st) for st in stems(image) for p in MASK_PATTERNS]
+    candidates += list(SHARED_MASKS) if alone else []
     if folder.as_posix() not in ("", "."):  # sibling folders (images/, masks/) exist only below the root
-        candidates += [p.format(stem=stem) for p in SIBLING_MASKS]
+        candidates += [p.format(stem=st) for st in stems(image) for p in SIBLING_MASKS]
     for cand in candidates:
         rel = os.path.normpath((folder / cand.rstrip("/")).as_posix())
         target = root / rel
@@ -195,14 +208,20 @@ def _find_mask(root: Path, image: str, alone: bool) -> Optional[str]:
     return None
 
 
-def discovered_items(root: Path) -> Tuple[List[Item], List[Tuple[str, str]], Dict[str, bool]]:
-    """Discovered CT images paired with masks, ``(path, reason)`` for unreadable files, and per image whether
-    it is alone in its folder (shared names such as ``seg.nii.gz`` or ``report.txt`` then belong to it)."""
+def discovered_items(root: Path) -> Tuple[List[Item], List[Tuple[str, str]], Dict[str, bool], List[str]]:
+    """Discovered CT images paired with masks, ``(path, reason)`` for unreadable files, per image whether it is
+    alone in its folder (shared names such as ``seg.nii.gz`` or ``report.txt`` then belong to it), and the
+    localizers (scouts) left out: they are not studies, and counted in a folder they would keep the study's
+    own CT from its shared mask and report."""
     from ctglip_sdk.io import discover  # noqa: PLC0415
 
     found = discover(root)
     unreadable: List[Tuple[str, str]] = list(found.unreadable)
-    images = [s for s in found if not _is_mask_name(s.path) and (s.modality in (None, "CT"))]
+    candidates = [s for s in found if not _is_mask_name(s.path) and (s.modality in (None, "CT"))]
+    localizers = [s.path for s in candidates if s.is_localizer]
+    images = [s for s in candidates if not s.is_localizer]
+    if localizers:
+        log.info("left out %d localizer/scout series", len(localizers))
     per_dir: Dict[str, int] = {}
     for s in images:
         per_dir[Path(s.path).parent.as_posix()] = per_dir.get(Path(s.path).parent.as_posix(), 0) + 1
@@ -210,17 +229,18 @@ def discovered_items(root: Path) -> Tuple[List[Item], List[Tuple[str, str]], Dic
     alone: Dict[str, bool] = {}
     for s in images:
         alone[s.path] = per_dir[Path(s.path).parent.as_posix()] == 1
-        mask = _find_mask(root, s.path, alone[s.path])
+        inside = s.kind == "dicom" and (root / s.path).is_dir() and sum(o.path == s.path for o in images) == 1
+        mask = _find_mask(root, s.path, alone[s.path], inside)
         key = s.series_uid or path_key(s.path)
-        several = sum(1 for o in images if o.path == s.path) > 1
+        several = sum(1 for o in found if o.path == s.path) > 1
         items.append(Item(key=key, image=s.path, mask=mask, report=None, study_uid=s.study_uid,
                           fingerprint=fingerprint(root, s.path, mask),
                           load_series_uid=s.series_uid if several else None))
-    return items, unreadable, alone
+    return items, unreadable, alone, localizers
 
 
 def _from_discovery(root: Path) -> Tuple[List[Item], List[Tuple[str, str]]]:
-    items, unreadable, _ = discovered_items(root)
+    items, unreadable, _, _ = discovered_items(root)
     return items, [(f"path:{rel}", reason) for rel, reason in unreadable]
 
 

@@ -14,7 +14,9 @@ from click.testing import CliRunner
 from ctglip_sdk.cli.main import cli
 from ctglip_sdk.errors import ConfigError, InputError
 from ctglip_sdk.index.archive_manifest import write_archive_manifest
+from ctglip_sdk.index import ArchiveIndex
 from ctglip_sdk.index.layout import plan_archive
+from ctglip_sdk.privacy import pseudonymize
 from ctglip_sdk.synth import generate_archive
 from ctglip_sdk.training.data import read_manifest
 
@@ -62,17 +64,19 @@ def test_dicom_site_layout_pairs_files_and_reads_headers(dicom_source, tmp_path)
         want = ref[r["series_uid"]]
         case = r["image"]
         assert (r["mask"], r["report"]) == (f"{case}_seg.nii.gz", f"{case}.txt")
-        # Patient, study and demographics come from the DICOM headers the generator wrote.
-        for col in ("patient_id", "study_uid", "age", "sex", "study_date"):
+        # Study and demographics come from the DICOM headers the generator wrote; the patient is the keyed
+        # pseudonym of the header's PatientID (never the raw id).
+        for col in ("study_uid", "age", "sex", "study_date"):
             assert r[col] == want[col], col
+        assert r["patient_id"] == pseudonymize(want["patient_id"]) != want["patient_id"]
         assert (r["contrast"] == "none") == (want["contrast"] == "none")
         assert r["split"] in ("train", "val", "test")
     # Training reads it: every row resolves inside the root.
     recs = read_manifest(site)
     assert len(recs) == len(rows) and all(rec.report.is_file() and rec.mask.is_file() for rec in recs)
-    # Nothing identifying is returned (the patient id stays in the file beside the headers that hold it).
-    out = json.dumps(summary.to_dict())
-    assert not any(r["patient_id"] in out for r in rows)
+    # Nothing identifying is written or returned.
+    out = json.dumps(summary.to_dict()) + (site / "manifest.csv").read_text()
+    assert not any(r["patient_id"] in out for r in _rows(dicom_source / "manifest.csv"))
 
 
 def test_nifti_sibling_folders_and_ingest_discovery_agree(nifti_source, tmp_path):
@@ -102,11 +106,18 @@ def test_missing_report_and_mask_are_listed_and_training_skips_them(nifti_source
     summary = write_archive_manifest(arch)
     assert summary.missing_report == ["images/case00001.nii.gz"]
     assert summary.missing_mask == ["images/case00002.nii.gz"]
-    assert summary.rows == 5 and summary.trainable == 3
+    # The image without a mask gets no row (neither ingest nor training could use it); the one without a report
+    # keeps its row (ingest can search it) and training leaves it out with a warning.
+    assert summary.rows == 4 and summary.trainable == 3
+    assert "images/case00002.nii.gz" not in (arch / "manifest.csv").read_text()
     with caplog.at_level(logging.WARNING):
         recs = read_manifest(arch)
     assert len(recs) == 3
-    assert "left out 2 row(s)" in caplog.text
+    assert "left out 1 row(s)" in caplog.text
+    for sub in ("masks",):
+        shutil.rmtree(arch / sub)
+    with pytest.raises(InputError, match="a mask for none of them"):
+        write_archive_manifest(arch, overwrite=True)
 
 
 def _copies(arch, names):
@@ -182,3 +193,111 @@ def test_cli_json_and_exit_codes(nifti_source, tmp_path):
     assert again.exit_code == 1 and "--force" in again.output
     bad = runner.invoke(cli, ["manifest", str(arch), "--fractions", "0.7,0.3"])
     assert bad.exit_code == 2
+
+
+def _pacs_layout(src, dst, scout=True):
+    """PATIENT/STUDY/SERIES/ with a scout series beside the axial one, the study's mask and report one level up."""
+    import pydicom
+    import pydicom.uid
+
+    for row in _rows(src / "manifest.csv"):
+        study = dst / row["patient_id"][-4:] / row["study_date"].replace("-", "")
+        shutil.copytree(src / row["image"], study / "AXIAL")
+        shutil.copytree(src / row["mask"].replace(".nii.gz", ""), study / "segmentations") \
+            if (src / row["mask"].replace(".nii.gz", "")).is_dir() else shutil.copy(src / row["mask"], study / "seg.nii.gz")
+        shutil.copy(src / row["report"], study / "report.txt")
+        if scout:  # one slice of the series as a topogram: its own series UID, ImageType LOCALIZER
+            first = sorted((study / "AXIAL").iterdir())[0]
+            ds = pydicom.dcmread(first)
+            ds.SeriesInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[ds.SeriesInstanceUID, "scout"])
+            ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[ds.SOPInstanceUID, "scout"])
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+            (study / "TOPOGRAM").mkdir()
+            ds.save_as(study / "TOPOGRAM" / "IM0001.dcm")
+    return dst
+
+
+def test_pacs_export_with_scouts_pairs_the_study_files_with_the_ct(dicom_source, tmp_path):
+    pacs = _pacs_layout(dicom_source, tmp_path / "pacs")
+    summary = write_archive_manifest(pacs)
+    rows = _rows(pacs / "manifest.csv")
+    assert summary.rows == len(rows) == 5 and summary.trainable == 5 and len(summary.localizers) == 5
+    for r in rows:
+        study = r["image"].rsplit("/", 1)[0]
+        assert r["image"].endswith("/AXIAL") and r["mask"] == f"{study}/seg.nii.gz"
+        assert r["report"] == f"{study}/report.txt"
+    # Ingest discovers the same pairs and leaves the scouts out (before, each scout became a failed series).
+    items, errors = plan_archive(pacs)
+    assert not errors and sorted(it.image for it in items) == sorted(r["image"] for r in rows)
+
+
+def test_a_dicom_folder_owns_the_mask_and_report_inside_it(dicom_source, tmp_path):
+    flat = tmp_path / "flat"
+    for row in _rows(dicom_source / "manifest.csv")[:2]:
+        case = flat / os.path.basename(os.path.dirname(row["image"]))
+        shutil.copytree(dicom_source / row["image"], case)
+        shutil.copy(dicom_source / row["mask"], case / "segmentations.nii.gz")
+        shutil.copy(dicom_source / row["report"], case / "report.txt")
+    write_archive_manifest(flat)
+    for r in _rows(flat / "manifest.csv"):
+        assert (r["mask"], r["report"]) == (f"{r['image']}/segmentations.nii.gz", f"{r['image']}/report.txt")
+
+
+def test_nnunet_names_pair_case_0000_with_its_label(nifti_source, tmp_path):
+    nn = tmp_path / "nn"
+    for sub in ("imagesTr", "labelsTr", "reports"):
+        (nn / sub).mkdir(parents=True)
+    for row in _rows(nifti_source / "manifest.csv"):
+        case = os.path.basename(row["image"])[: -len(".nii.gz")]
+        shutil.copy(nifti_source / row["image"], nn / "imagesTr" / f"{case}_0000.nii.gz")
+        shutil.copy(nifti_source / row["mask"], nn / "labelsTr" / f"{case}.nii.gz")
+        shutil.copy(nifti_source / row["report"], nn / "reports" / f"{case}.txt")
+    summary = write_archive_manifest(nn)
+    rows = _rows(nn / "manifest.csv")
+    # labelsTr/ files are masks, not CT images; each case_0000 finds case's label and report.
+    assert summary.rows == len(rows) == 5 == summary.trainable
+    for r in rows:
+        case = os.path.basename(r["image"])[: -len("_0000.nii.gz")]
+        assert (r["mask"], r["report"]) == (f"labelsTr/{case}.nii.gz", f"reports/{case}.txt")
+
+
+def test_an_empty_report_is_listed_not_trainable(nifti_source, tmp_path):
+    arch = tmp_path / "empty_report"
+    shutil.copytree(nifti_source, arch)
+    (arch / "manifest.csv").unlink()
+    (arch / "reports" / "case00004.txt").write_text("  \n")
+    summary = write_archive_manifest(arch)
+    assert summary.empty_report == ["images/case00004.nii.gz"] and summary.trainable == 4
+
+
+def test_ingest_groups_patients_alike_with_or_without_the_manifest(dicom_source, tmp_path):
+    """The manifest's patient_id is what ingest starts from without a manifest: the same pseudonyms either way."""
+    from test_index_common import tiny_model
+
+    site = _site_layout(dicom_source, tmp_path / "site2")
+    model = tiny_model()
+    without = ArchiveIndex.create(tmp_path / "i1", model=model)
+    without.ingest(site, workers=0)
+    write_archive_manifest(site)
+    with_manifest = ArchiveIndex.create(tmp_path / "i2", model=model)
+    # Same site key for both indexes (each index makes its own), so that equal inputs give equal pseudonyms.
+    shutil.copy(tmp_path / "i1" / "pseudonym.key", tmp_path / "i2" / "pseudonym.key")
+    with_manifest._key = None
+    with_manifest.ingest(site, workers=0)
+    pa = {r["study_uid"]: r["patient"] for r in _rows(without.export(tmp_path / "a.csv", what="studies"))}
+    pb = {r["study_uid"]: r["patient"] for r in _rows(with_manifest.export(tmp_path / "b.csv", what="studies"))}
+    assert pa == pb and len(pa) == 5
+
+
+def test_every_command_prints_its_user_error_as_json_under_json(tmp_path):
+    """A pipeline parsing stdout reads why a --json command failed (exit 1); the message also goes to stderr."""
+    missing = tmp_path / "nowhere"
+    res = CliRunner().invoke(cli, ["manifest", str(missing), "--json"])
+    assert res.exit_code == 1
+    body = json.loads(res.stdout)
+    assert body["type"] == "InputError" and "no such folder" in body["error"] and body["path"] == str(missing)
+    assert "no such folder" in res.stderr
+    plain = CliRunner().invoke(cli, ["manifest", str(missing)])
+    assert plain.exit_code == 1 and plain.stdout == ""
+    usage = CliRunner().invoke(cli, ["manifest", "--json"])  # a usage error stays a usage error
+    assert usage.exit_code == 2 and usage.stdout == ""

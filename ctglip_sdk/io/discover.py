@@ -26,7 +26,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 # Only what discovery needs: pydicom skips the values of every other element.
 _TAGS = [
     "SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID", "Modality", "SeriesDescription", "Rows", "Columns",
-    "NumberOfFrames", "ImageOrientationPatient",
+    "NumberOfFrames", "ImageOrientationPatient", "ImageType",
 ]
 _NOT_DICOM_SUFFIXES = (".json", ".jsonl", ".txt", ".csv", ".md", ".png", ".jpg", ".jpeg", ".xml", ".zip",
                        ".gz", ".py", ".pdf", ".html", ".safetensors", ".faiss", ".db", ".sqlite")
@@ -45,6 +45,7 @@ class SeriesInfo:
         shape: the array shape load_volume returns (RAS+ canonical), from headers only.
         modality: DICOM Modality (None for NIfTI).
         description: SeriesDescription, or the NIfTI header's descrip.
+        image_type: DICOM ImageType values ("ORIGINAL", "PRIMARY", "AXIAL" or "LOCALIZER", ...); () for NIfTI.
     """
 
     kind: str
@@ -55,6 +56,16 @@ class SeriesInfo:
     shape: Tuple[int, ...]
     modality: Optional[str]
     description: Optional[str]
+    image_type: Tuple[str, ...] = ()
+
+    @property
+    def is_localizer(self) -> bool:
+        """A scout/topogram, not a CT volume: ImageType says LOCALIZER, or the image has fewer than 4 slices.
+
+        Why: a PACS export puts the scout beside the axial series; paired with the study's mask and report it
+        would be ingested or trained on as the study (a 1-slice "CT" with a handful of organs).
+        """
+        return "LOCALIZER" in self.image_type or (len(self.shape) == 3 and min(self.shape) < 4)
 
 
 class DiscoveryResult(List[SeriesInfo]):
@@ -75,6 +86,14 @@ def _text(ds: Any, keyword: str) -> Optional[str]:
     value = ds.get(keyword)
     text = str(value).strip() if value is not None else ""
     return text or None
+
+
+def _image_type(ds: Any) -> Tuple[str, ...]:
+    value = ds.get("ImageType")
+    if value is None:
+        return ()
+    values = [value] if isinstance(value, str) else list(value)
+    return tuple(str(v).strip().upper() for v in values if str(v).strip())
 
 
 def _dicom_shape(ds: Any, n_slices: int) -> Tuple[int, ...]:
@@ -145,6 +164,7 @@ def discover(root: PathLike, follow_symlinks: bool = False) -> DiscoveryResult:
         items.append(SeriesInfo(
             "dicom", path, None if uid.startswith("(") else uid, _text(first, "StudyInstanceUID"), len(members),
             _dicom_shape(first, n_slices), _text(first, "Modality"), _text(first, "SeriesDescription"),
+            _image_type(first),
         ))
     items.sort(key=lambda s: (s.path, s.series_uid or ""))
     log.info("%s: found %d series/volumes (%d refused symlinks, %d unreadable)", base, len(items), len(refused),
