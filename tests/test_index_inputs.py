@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -14,7 +15,8 @@ import ctglip_sdk as cg
 from ctglip_sdk.errors import ConfigError, InputError, QueryError
 from ctglip_sdk.index import ArchiveIndex, ArchivePlan, plan_ingest
 
-from test_index_common import AFFINE, make_archive, read_manifest, tiny_model
+from test_index_common import (AFFINE, LABEL, ORGAN_BOXES, make_archive, phantom, read_manifest, tiny_model,
+                               write_manifest)
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +179,80 @@ def test_plan_ingest_refuses_before_an_index_exists_and_allow_empty_records_an_e
         assert len(plan) == 2 and isinstance(plan, ArchivePlan)
         report = index.ingest(plan, workers=0)
         assert report.ok == 2 and report.timings["plan"] >= plan.seconds
+
+
+# -- the mask's grid, for both TotalSegmentator layouts --------------------------------------------------------
+COARSE = AFFINE @ np.diag([2.0, 2.0, 2.0, 1.0])  # twice the spacing (a --fast mask never resampled back)
+SHIFTED = AFFINE.copy()
+SHIFTED[2, 3] += 40.0  # the image's shape and spacing, 8 slices further up
+
+
+def _per_class(folder, seg, grids=None):
+    """TotalSegmentator's default output: ``folder/<class>.nii.gz``, one binary mask per class (nibabel)."""
+    folder.mkdir(parents=True)
+    for name, _box, _hu in ORGAN_BOXES:
+        affine = (grids or {}).get(name, AFFINE)
+        mask = (seg == LABEL[name]).astype(np.uint8)
+        if affine is COARSE:
+            mask = np.ascontiguousarray(mask[::2, ::2, ::2])
+        nib.save(nib.Nifti1Image(mask, affine), folder / f"{name}.nii.gz")
+
+
+def _study(root, name, vol):
+    (root / name).mkdir(parents=True)
+    nib.save(nib.Nifti1Image(vol, AFFINE), root / name / "ct.nii.gz")
+    return root / name
+
+
+def test_a_per_class_mask_folder_on_another_grid_is_a_mask_mismatch_like_a_multilabel_file(tmp_path):
+    """A per-class folder (TotalSegmentator's default layout) on another grid used to be resampled silently,
+    while the same grid in one multi-label file was refused: both are now a mask mismatch, by the same rule, and
+    every reason names the mask's path relative to the archive root and both grids."""
+    rng = np.random.default_rng(21)
+    root = tmp_path / "archive"
+    studies = {name: phantom(rng) for name in ("S001", "S002", "S003", "S004", "S005", "S006")}
+    _per_class(_study(root, "S001", studies["S001"][0]) / "segmentations", studies["S001"][1])  # right grid
+    _per_class(_study(root, "S002", studies["S002"][0]) / "segmentations", studies["S002"][1],
+               {name: COARSE for name, _b, _h in ORGAN_BOXES})
+    _per_class(_study(root, "S003", studies["S003"][0]) / "segmentations", studies["S003"][1],
+               {name: SHIFTED for name, _b, _h in ORGAN_BOXES})
+    _per_class(_study(root, "S004", studies["S004"][0]) / "segmentations", studies["S004"][1], {"spleen": COARSE})
+    vol, seg = studies["S005"]  # the multi-label file (--ml) on the same coarse grid as S002's folder
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(seg[::2, ::2, ::2]), COARSE),
+             _study(root, "S005", vol) / "segmentations.nii.gz")
+    vol, seg = studies["S006"]
+    nib.save(nib.Nifti1Image(seg, AFFINE), _study(root, "S006", vol) / "segmentations.nii.gz")  # right grid
+    plan = plan_ingest(root)
+    assert {i.image: i.mask for i in plan.items}["S002/ct.nii.gz"] == "S002/segmentations"  # found by name
+
+    with ArchiveIndex.create(tmp_path / "idx", model=tiny_model()) as index:
+        report = index.ingest(plan, workers=0)
+        # The folder on the right grid gives the organs the multi-label file gives.
+        organs = index.search(np.ones(index.dim, np.float32), k=len(index)).to_pandas().organ
+        assert sorted(organs) == sorted([name for name, _b, _h in ORGAN_BOXES] * 2)
+    reasons = {e["series"].removeprefix("path:").removesuffix("/ct.nii.gz"): e["reason"] for e in report.errors}
+    assert report.ok == 2 and set(reasons) == {"S002", "S003", "S004", "S005"}, report.errors
+    image = "(40, 40, 24) voxels of 4 x 4 x 5 mm"
+    coarse = "(20, 20, 12) voxels of 8 x 8 x 10 mm"
+    assert reasons["S002"] == f"S002/segmentations/: mask mismatch: the mask's grid is {coarse}, the image's {image}"
+    assert reasons["S005"] == f"S005/segmentations.nii.gz: mask mismatch: the mask's grid is {coarse}, " \
+                              f"the image's {image}"
+    assert reasons["S003"] == ("S003/segmentations/: mask mismatch: same shape as the image but another grid "
+                               "(corners up to 8.0 voxels apart; origins differ by 40.0 mm): the mask's grid is "
+                               f"{image}, the image's {image}")
+    assert reasons["S004"].startswith(f"S004/segmentations/: per-class masks lie on different grids: gallbladder.nii.gz "
+                                      f"is {image}, spleen.nii.gz is {coarse} (1 of 5 files differ")
+    assert str(tmp_path) not in json.dumps(report.errors)
+
+    # A manifest row naming the folder (with or without the trailing slash) is checked the same way, and the
+    # reason names the mask as the row does, never the patient.
+    write_manifest(root, [{"patient_id": f"PAT-SECRET-{n}", "series_uid": f"1.2.826.0.77.{n}",
+                           "image": f"S00{n}/ct.nii.gz", "mask": f"S00{n}/segmentations{slash}"}
+                          for n, slash in ((1, "/"), (2, "/"), (4, ""))])
+    with ArchiveIndex.create(tmp_path / "idx2", model=tiny_model()) as index:
+        report = index.ingest(root, workers=0)
+    reasons = {e["series"]: e["reason"] for e in report.errors}
+    assert report.ok == 1 and set(reasons) == {"1.2.826.0.77.2", "1.2.826.0.77.4"}, report.errors
+    assert reasons["1.2.826.0.77.2"].startswith(f"S002/segmentations/: mask mismatch: the mask's grid is {coarse}")
+    assert reasons["1.2.826.0.77.4"].startswith("S004/segmentations/: per-class masks lie on different grids")
+    assert "SECRET" not in json.dumps(report.errors)

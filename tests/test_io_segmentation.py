@@ -96,6 +96,29 @@ def test_per_class_folder_layout(tmp_path, ct):
     assert set(seg.present()) == {"liver", "spleen", "kidney_left"}
 
 
+def test_per_class_folder_on_another_grid_is_resampled_onto_like(tmp_path, ct):
+    """docs/inputs.md: load_segmentation(..., like=vol) resamples any overlapping grid, for both layouts (training
+    and evaluation rely on it); only ingest refuses a mask on another grid than its image (docs/index.md)."""
+    labels = canonical_labels()
+    coarse_affine = stored_affine(spacing=tuple(2 * s for s in SPACING), shape=(6, 5, 4))
+    coarse = to_stored(labels)[::2, ::2, ::2]  # stored order, every other voxel: twice the spacing
+    multilabel = load_segmentation(save(tmp_path / "coarse.nii.gz", coarse, coarse_affine), like=ct)
+    folder = tmp_path / "coarse"
+    folder.mkdir()
+    for organ_id, name in [(5, "liver"), (1, "spleen"), (3, "kidney_left")]:
+        save(folder / f"{name}.nii.gz", coarse == organ_id, coarse_affine)
+    seg = load_segmentation(folder, like=ct)
+    assert seg.array.shape == ct.shape and np.array_equal(seg.array, multilabel.array)
+    assert set(seg.present()) == {"liver", "spleen", "kidney_left"}
+    # Files on different grids: each grid is resampled onto like=; without like= there is no one grid to return.
+    (folder / "spleen.nii.gz").unlink()
+    save(folder / "liver.nii.gz", to_stored(labels == 5), stored_affine())
+    mixed = load_segmentation(folder, like=ct)
+    assert np.array_equal(mixed.array == 5, labels == 5) and np.array_equal(mixed.array == 3, multilabel.array == 3)
+    with pytest.raises(InputError, match="per-class masks lie on different grids; pass like=volume"):
+        load_segmentation(folder)
+
+
 def test_per_class_folder_unknown_name_and_overlap(tmp_path, ct):
     folder = tmp_path / "masks"
     folder.mkdir()

@@ -167,10 +167,15 @@ def _class_of(path: Path) -> str:
     return name
 
 
+def _per_class_files(folder: Path) -> List[Path]:
+    """The per-class masks of a folder, sorted: its visible ``.nii``/``.nii.gz`` files (ingest checks the same)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_nifti(p))
+
+
 def _read_folder(folder: Path, ids: Dict[str, int], max_voxels: int,
                  like: Optional[Any]) -> Tuple[np.ndarray, np.ndarray]:
     """Combine a folder of per-class binary masks into one label array (on ``like``'s grid when given)."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_nifti(p))
+    files = _per_class_files(folder)
     if not files:
         raise InputError("folder holds no per-class masks (<class>.nii.gz)", path=folder)
     for path in files:
