@@ -74,7 +74,9 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         # The subcommand's own arguments, read before click consumes them: under --json a pipeline parses stdout,
         # so a user error is also printed there as one JSON document (the one-line message still goes to stderr).
-        args = [*getattr(ctx, "_protected_args", getattr(ctx, "protected_args", [])), *ctx.args]
+        # click ≥ 8.2 keeps them in _protected_args (reading protected_args warns); older versions in protected_args.
+        protected = ctx._protected_args if hasattr(ctx, "_protected_args") else getattr(ctx, "protected_args", [])
+        args = [*protected, *ctx.args]
         as_json = "--json" in args
         from ctglip_sdk.cli.output import PRINTED  # noqa: PLC0415
 

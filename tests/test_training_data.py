@@ -55,8 +55,8 @@ def test_manifest_truth_and_seed(archive, tmp_path):
 def test_cache_matches_fresh_preprocessing_and_is_reused(archive, model, tmp_path):
     rows = read_manifest(archive)
     cache = PreprocessCache.for_model(model, tmp_path)
-    assert build_cache(rows, cache, progress=False) == 3
-    assert build_cache(rows, cache, progress=False) == 0          # built once, then reused
+    assert build_cache(rows, cache, progress=False) == (3, [])
+    assert build_cache(rows, cache, progress=False).built == 0    # built once, then reused
     entries = sorted(cache.dir.glob("*.safetensors"))
     assert len(entries) == 3 and json.loads((cache.dir / "spec.json").read_text()) == preprocess_spec(model)
 

@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -15,7 +15,9 @@ from ctglip_sdk import organs as vocab
 from ctglip_sdk.errors import ConfigError, InputError
 from ctglip_sdk.training.cache import PreprocessCache
 from ctglip_sdk.training.config import TrainConfig
-from ctglip_sdk.training.data import StudyDataset, annotate_report, build_cache, collate_studies, read_manifest
+from ctglip_sdk.training.checkpoint import latest_checkpoint
+from ctglip_sdk.training.data import (CacheBuild, StudyDataset, build_cache, collate_studies, is_cached, read_manifest,
+                                      read_reports, shared_patients)
 from ctglip_sdk.training.distributed import barrier, init_distributed
 from ctglip_sdk.training.objectives import build_objective
 from ctglip_sdk.training.readout import run_readout
@@ -93,9 +95,49 @@ def _calibrate(model: Any, archive: PathLike, cfg: TrainConfig, dictionary: Any,
     root, split = (cfg.calibration_archive, "all") if cfg.calibration_archive else (archive, cfg.val_split)
     if not read_manifest(root, split):  # same split syntax as calibrate() ("all", lists)
         return {"skipped": f"no studies in split {split!r}"}
-    report = calibrate(model, root, split, dictionary=dictionary, progress=progress, workers=cfg.loader_workers)
+    try:
+        report = calibrate(model, root, split, dictionary=dictionary, progress=progress, workers=cfg.loader_workers)
+    except InputError as exc:  # e.g. every val report empty: the trained model is still saved, uncalibrated
+        log.warning("no calibration: %s", exc)
+        return {"skipped": str(exc)}
     log.info("calibrated %d findings on %d %s studies", len(report["offsets"]), report["n_studies"], split)
-    return {"archive": os.fspath(root), **{k: report[k] for k in ("split", "n_studies", "offsets")}}
+    return {"archive": os.fspath(root), **{k: report[k] for k in ("split", "n_studies", "offsets", "skipped_studies")}}
+
+
+#: OUT/skipped_studies.json: the studies a run left out, so that a resumed run leaves out the same ones.
+SKIPPED_FILE = "skipped_studies.json"
+
+
+def _kept_out(out: Path, resume: bool) -> Dict[str, str]:
+    """study_uid -> reason of the studies the run being resumed left out (none for a new run).
+
+    A resumed run must see the same studies as the run it continues, or its data position (epoch, batch of a
+    seeded permutation of the dataset) points at other studies and the result is no longer that of an
+    uninterrupted run; a study fixed meanwhile is re-tried by the next new run.
+    """
+    path = out / SKIPPED_FILE
+    if not (resume and path.is_file() and latest_checkpoint(out / "checkpoints") is not None):
+        return {}
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))["skipped_studies"]
+        return {str(r["study_uid"]): str(r["reason"]) for r in rows}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"cannot read the studies the run left out ({type(exc).__name__}); start a new --out "
+                         "folder", path=path) from None
+
+
+def _usable(records: Sequence[Any], texts: Sequence[Any], cache: PreprocessCache, built: CacheBuild,
+            skipped: List[Tuple[str, str]]) -> Tuple[List[Any], List[Any]]:
+    """The records (and texts) whose cache entry exists; the others are added to ``skipped``.
+
+    Every rank decides from the cache itself (rank 0 built it; only rank 0 knows the reasons), so all ranks
+    train on the same studies.
+    """
+    reasons = dict(built.skipped)
+    keep = [is_cached(cache, r) for r in records]
+    skipped += [(r.study_uid, reasons.get(r.study_uid, "could not be preprocessed (see rank 0's log)"))
+                for r, ok in zip(records, keep) if not ok]
+    return [r for r, ok in zip(records, keep) if ok], [t for t, ok in zip(texts, keep) if ok]
 
 
 def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = None, *, resume: bool = False,
@@ -115,7 +157,10 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
 
     Returns:
         Summary dict: out_dir, model_dir, steps, seconds, train_seconds, cache_seconds, last_loss, objective,
-        model, n_train, resumed_from, world_size, config, host (CPU, instruction set, versions); ``readout``
+        model, n_train, ``skipped_studies`` (``[{study_uid, reason}]``: studies left out because their report,
+        image or mask could not be read; the run goes on without them), ``patients_shared`` (other splits
+        that hold patients of the training split: ``{split: patients}``, from the manifest's patient_id),
+        resumed_from, world_size, config, host (CPU, instruction set, versions); ``readout``
         (organs, first/last loss, seconds) when ``readout_epochs`` is set, ``calibration`` when thresholds were
         chosen; on rank 0 ``peak_memory`` (peak resident MiB after each stage, of the largest finished worker,
         and torch's peak GPU allocation on CUDA).
@@ -145,15 +190,26 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
             if calib_root.resolve() == Path(archive).resolve():
                 log.warning("calibration_archive is the training archive: thresholds will be chosen on every study "
                             "of it, training studies included, so F1 on them is optimistic")
+        manifest = Path(archive) / "manifest.csv"
         records = read_manifest(archive, cfg.train_split)
         if not records:
-            raise InputError(f"no studies in split {cfg.train_split!r}", path=Path(archive) / "manifest.csv")
+            raise InputError(f"no studies in split {cfg.train_split!r}", path=manifest)
+        shared = shared_patients(records, archive, f"training split {cfg.train_split!r}",
+                                 {"calibration_archive": read_manifest(calib_root)} if calib_root is not None else None)
         if cfg.calibrate and calib_root is None:
             seen = {r.study_uid for r in records}
             if any(r.study_uid in seen for r in read_manifest(archive, cfg.val_split)):
                 log.warning("train_split %r overlaps val_split %r: thresholds will be chosen on training studies; "
                             "set calibration_archive to a separate archive", cfg.train_split, cfg.val_split)
-        texts = [annotate_report(r.report.read_text(encoding="utf-8"), dictionary) for r in records]
+        kept_out = _kept_out(out, resume)
+        if kept_out:
+            log.info("resuming: %d stud%s the run left out stay%s out, so it goes on with the same studies (a new "
+                     "run re-tries them)", len(kept_out), *(("y", "s") if len(kept_out) == 1 else ("ies", "")))
+        labelled = read_reports([r for r in records if r.study_uid not in kept_out], dictionary, purpose="training")
+        records, texts = labelled.records, labelled.texts
+        skipped = [*kept_out.items(), *labelled.skipped]
+        if not records:
+            raise InputError(f"no study of split {cfg.train_split!r} has a readable, non-empty report", path=manifest)
         corpus = [t.report for t in texts]
         model = _initial_model(cfg, out, corpus, ctx.is_main, resume)
         if cfg.channels_last:  # before the optimizer exists, so its state takes the same memory format
@@ -161,8 +217,17 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
         model.train()
         cache = PreprocessCache.for_model(model, Path(cfg.cache_dir) if cfg.cache_dir else None)
         tc = time.perf_counter()
-        built = build_cache(records, cache, workers=cfg.loader_workers, progress=progress) if ctx.is_main else 0
+        built = (build_cache(records, cache, workers=cfg.loader_workers, progress=progress) if ctx.is_main
+                 else CacheBuild(0, []))
         barrier()
+        records, texts = _usable(records, texts, cache, built, skipped)
+        if not records:
+            uid, reason = skipped[-1]
+            raise InputError(f"none of the studies of split {cfg.train_split!r} could be read ({len(skipped)} left "
+                             f"out, e.g. study {uid}: {reason})", path=manifest)
+        if ctx.is_main:
+            (out / SKIPPED_FILE).write_text(json.dumps({"skipped_studies": [{"study_uid": u, "reason": r}
+                                                                            for u, r in skipped]}, indent=2) + "\n")
         cache_seconds = time.perf_counter() - tc
         memory.mark("cache")
         if _needs_stats_norm(model):  # every rank computes the same numbers from the same cache
@@ -180,9 +245,10 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
         memory.mark("steps")
         summary = {"out_dir": str(out), "model_dir": str(out / "model"), "steps": result.steps,
                    "seconds": round(time.perf_counter() - t0, 1), "train_seconds": round(result.seconds, 1),
-                   "cache_seconds": round(cache_seconds, 1), "cache_built": built, "cache_dir": str(cache.dir),
+                   "cache_seconds": round(cache_seconds, 1), "cache_built": built.built, "cache_dir": str(cache.dir),
                    "last_loss": result.last_loss, "objective": cfg.objective, "model": model.name,
-                   "n_train": len(records), "resumed_from": result.resumed_from, "world_size": ctx.world_size,
+                   "n_train": len(records), "skipped_studies": [{"study_uid": u, "reason": r} for u, r in skipped],
+                   "patients_shared": shared, "resumed_from": result.resumed_from, "world_size": ctx.world_size,
                    "config": cfg.to_dict(), "host": host_info()}
         if ctx.is_main:
             if cfg.readout_epochs:

@@ -44,16 +44,24 @@ def preprocess_spec(model: Any) -> Dict[str, Any]:
 
 
 def _fingerprint(path: Path) -> Tuple[str, int, int]:
-    """(path, total size, newest mtime_ns) of a file or of every file in a DICOM series folder."""
-    if path.is_dir():
-        size, mtime = 0, 0
-        for dirpath, _, files in os.walk(path):
-            for name in files:
-                st = os.stat(os.path.join(dirpath, name))
-                size += st.st_size
-                mtime = max(mtime, st.st_mtime_ns)
-        return str(path.resolve()), size, mtime
-    st = path.stat()
+    """(path, total size, newest mtime_ns) of a file or of every file in a DICOM series folder.
+
+    Raises:
+        InputError: the file (or a file of the folder) is missing or cannot be looked at, naming it; a raw
+            OSError here used to end a whole training run from the cache key alone.
+    """
+    try:
+        if path.is_dir():
+            size, mtime = 0, 0
+            for dirpath, _, files in os.walk(path):
+                for name in files:
+                    st = os.stat(os.path.join(dirpath, name))
+                    size += st.st_size
+                    mtime = max(mtime, st.st_mtime_ns)
+            return str(path.resolve()), size, mtime
+        st = path.stat()
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror or type(exc).__name__}", path=exc.filename or path) from None
     return str(path.resolve()), st.st_size, st.st_mtime_ns
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ctglip_sdk.errors import ConfigError, InputError
-from ctglip_sdk.training.data import UNSPECIFIED, archive_seed, read_truth, report_labels
+from ctglip_sdk.training.data import UNSPECIFIED, StudyText, archive_seed, read_reports, read_truth, report_labels
 from ctglip_sdk.training.evaluation import SplitEmbeddings, encode_split, read_splits
 from ctglip_sdk.training.metrics import best_f1_threshold
 
@@ -24,11 +24,12 @@ MAX_OFFSET = 8.0
 
 
 def calibration_labels(emb: SplitEmbeddings, rows: np.ndarray, keys: Sequence[str], source: str, archive: PathLike,
-                       dictionary: Any) -> np.ndarray:
+                       dictionary: Any, texts: Optional[Sequence[StudyText]] = None) -> np.ndarray:
     """Label per scored pair: 1 present, 0 absent, -1 unknown (uncertain in the report: left out).
 
     ``source="reports"`` reads what each study's report says (``ctglip_sdk.reports``, as training does), so
     any archive with reports can calibrate; ``source="truth"`` reads a synthetic archive's truth.jsonl.
+    ``texts``: the records' reports already annotated (``read_reports``), so that none is read twice.
     """
     if source == "truth":
         truth = read_truth(archive)
@@ -37,7 +38,7 @@ def calibration_labels(emb: SplitEmbeddings, rows: np.ndarray, keys: Sequence[st
         return np.array([(int(emb.study[r]), emb.names[r], k) in have for r, k in zip(rows.tolist(), keys)], np.int8)
     if source != "reports":
         raise ConfigError(f"calibration labels come from 'reports' or 'truth', not {source!r}")
-    texts = report_labels(emb.records, dictionary)
+    texts = texts if texts is not None else report_labels(emb.records, dictionary)
     out = np.zeros(len(keys), np.int8)
     for i, (r, k) in enumerate(zip(rows.tolist(), keys)):
         st, organ = texts[int(emb.study[r])], emb.names[r]
@@ -65,9 +66,14 @@ def calibrate(model: Any, archive: PathLike, split: str = "val", *, labels: str 
         dictionary: AbnormalityDictionary (default: the built-in one).
         workers: threads that read and preprocess studies ahead of the network (same vectors as 0).
 
+    With ``labels="reports"``, studies whose report is empty (it states no label) are left out with one
+    warning, and studies whose report, image or mask cannot be read are left out, each with a warning, and
+    listed in ``skipped_studies``.
+
     Returns:
-        ``{"archive", "archive_seed", "split", "labels", "n_studies", "offsets", "per_finding"}``; per finding:
-        offset, F1 at it on the split, positives, negatives, or the reason it was left at 0.
+        ``{"archive", "archive_seed", "split", "labels", "n_studies", "skipped_studies", "offsets",
+        "per_finding"}``; per finding: offset, F1 at it on the split, positives, negatives, or the reason it was
+        left at 0.
 
     Example:
         >>> report = calibrate(model, "data/train", split="val")      # doctest: +SKIP
@@ -80,17 +86,28 @@ def calibrate(model: Any, archive: PathLike, split: str = "val", *, labels: str 
         raise ConfigError(f"min_positives must be >= 1, got {min_positives}")
     dictionary = dictionary if dictionary is not None else cg.AbnormalityDictionary.default()
     records = read_splits(archive, split)
+    manifest = os.path.join(archive, "manifest.csv")
     if not records:
-        raise InputError(f"no studies in split {split!r} to calibrate on", path=os.path.join(archive, "manifest.csv"))
+        raise InputError(f"no studies in split {split!r} to calibrate on", path=manifest)
+    texts: Optional[List[StudyText]] = None
+    skipped: List[Tuple[str, str]] = []
+    if labels == "reports":  # read before encoding: a study without labels is not worth encoding
+        records, texts, skipped = read_reports(records, dictionary, purpose="calibration")
+        if not records:
+            raise InputError(f"no study of split {split!r} has a readable, non-empty report to calibrate on",
+                             path=manifest)
     model.eval()
     emb = encode_split(model, records, progress, workers)
     zs = ZeroShotClassifier(model, dictionary, calibrated=False)
     rows, keys, logit = zs.detect_logits(emb.names, emb.vectors)
-    lab = calibration_labels(emb, rows, keys, labels, archive, dictionary)
+    lab = calibration_labels(emb, rows, keys, labels, archive, dictionary, texts)
     offsets, per = _offsets(np.asarray(keys), logit, lab, min_positives)
     model.calibration = offsets
+    skipped += emb.skipped
     return {"archive": os.fspath(archive), "archive_seed": archive_seed(archive), "split": split, "labels": labels,
-            "n_studies": len(records), "offsets": offsets, "per_finding": per}
+            "n_studies": len(records) - len(emb.skipped),
+            "skipped_studies": [{"study_uid": u, "reason": r} for u, r in skipped], "offsets": offsets,
+            "per_finding": per}
 
 
 def _offsets(keys: np.ndarray, logit: np.ndarray, lab: np.ndarray,

@@ -7,7 +7,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import torch
@@ -15,11 +15,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ctglip_sdk import organs as vocab
-from ctglip_sdk.errors import InputError
+from ctglip_sdk.errors import CTGlipError, InputError
+from ctglip_sdk.reports.text_file import read_report_text
 from ctglip_sdk.training.cache import CachedStudy, PreprocessCache
 
-__all__ = ["StudyRecord", "StudyText", "UNSPECIFIED", "read_manifest", "read_truth", "archive_seed", "annotate_report", "report_labels", "report_truth",
-           "StudyDataset", "collate_studies", "build_cache"]
+__all__ = ["StudyRecord", "StudyText", "UNSPECIFIED", "read_manifest", "read_truth", "archive_seed", "annotate_report",
+           "report_labels", "report_truth", "read_reports", "ReportTexts", "report_split_labels", "shared_patients",
+           "StudyDataset", "collate_studies", "build_cache", "CacheBuild", "is_cached"]
 
 log = logging.getLogger(__name__)
 _REQUIRED = ("study_uid", "image", "mask", "report", "split")
@@ -37,6 +39,23 @@ class StudyRecord:
     #: The manifest's ``contrast`` column (e.g. "none", "portal_venous") or "" when the archive has none:
     #: evaluation reports AUC per phase, since a lesion's contrast with its organ depends on it.
     contrast: str = ""
+    #: The manifest's ``patient_id`` column ("" when it has none), used only to count patients shared between
+    #: splits; kept out of repr so that a record printed in a log or traceback carries no patient identifier.
+    patient_id: str = field(default="", repr=False)
+
+
+def _manifest_rows(root: Path) -> Tuple[Path, List[Dict[str, str]]]:
+    """(manifest path, its rows) after checking the required columns."""
+    manifest = root / "manifest.csv"
+    if not manifest.is_file():
+        raise InputError("no manifest.csv: not an archive in the documented layout (docs/data.md)", path=root)
+    # utf-8-sig: a manifest saved by Excel starts with a BOM, which would otherwise rename the first column.
+    with open(manifest, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in _REQUIRED if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InputError(f"manifest lacks column(s) {', '.join(missing)}", path=manifest)
+        return manifest, list(reader)
 
 
 def read_manifest(root: Any, split: Optional[str] = None) -> List[StudyRecord]:
@@ -51,15 +70,7 @@ def read_manifest(root: Any, split: Optional[str] = None) -> List[StudyRecord]:
     from ctglip_sdk.io import resolve_within
 
     root = Path(root)
-    manifest = root / "manifest.csv"
-    if not manifest.is_file():
-        raise InputError("no manifest.csv: not an archive in the documented layout (docs/data.md)", path=root)
-    with open(manifest, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in _REQUIRED if c not in (reader.fieldnames or [])]
-        if missing:
-            raise InputError(f"manifest lacks column(s) {', '.join(missing)}", path=manifest)
-        rows = list(reader)
+    manifest, rows = _manifest_rows(root)
     # "all" and comma lists are the syntax eval/calibrate accept too, so one spelling works everywhere.
     wanted = None if split is None or split == "all" else {s.strip() for s in split.split(",") if s.strip()}
     out = []
@@ -73,7 +84,8 @@ def read_manifest(root: Any, split: Optional[str] = None) -> List[StudyRecord]:
             incomplete.append(n)
             continue
         out.append(StudyRecord(r["study_uid"], resolve_within(root, r["image"]), resolve_within(root, r["mask"]),
-                               resolve_within(root, r["report"]), r["split"], (r.get("contrast") or "").strip()))
+                               resolve_within(root, r["report"]), r["split"], (r.get("contrast") or "").strip(),
+                               (r.get("patient_id") or "").strip()))
     if incomplete:
         log.warning("%s: left out %d row(s) without an image, mask or report (lines %s)", manifest,
                     len(incomplete), ", ".join(map(str, incomplete[:10])) + (" ..." if len(incomplete) > 10 else ""))
@@ -156,33 +168,140 @@ def annotate_report(text: str, dictionary: Any = None) -> StudyText:
 def report_labels(records: Sequence[StudyRecord], dictionary: Any = None) -> List[StudyText]:
     """:func:`annotate_report` of each record's report, in order: the labels of an archive without truth.jsonl.
 
+    Reports are read with :func:`ctglip_sdk.reports.read_report_text` (UTF-8, UTF-16 with a BOM, else cp1252).
+
     Raises:
         InputError: a report cannot be read (naming the file).
     """
-    out = []
+    return [annotate_report(read_report_text(rec.report), dictionary) for rec in records]
+
+
+class ReportTexts(NamedTuple):
+    """The studies whose report gives labels, their :class:`StudyText` (same order), and the studies left out
+    because their report could not be read: ``(study_uid, reason)``."""
+
+    records: List[StudyRecord]
+    texts: List[StudyText]
+    skipped: List[Tuple[str, str]]
+
+
+def _uid_list(uids: Sequence[str], limit: int = 20) -> str:
+    return ", ".join(uids[:limit]) + (f" (+{len(uids) - limit} more)" if len(uids) > limit else "")
+
+
+def read_reports(records: Sequence[StudyRecord], dictionary: Any = None, *, purpose: str = "training") -> ReportTexts:
+    """Read and annotate each record's report once; leave out the studies whose report gives no labels.
+
+    An empty (or whitespace-only) report says nothing, yet would count as "every organ normal": such studies
+    are left out with one warning listing them, as rows without a report are (``read_manifest``). A report that
+    cannot be read leaves its study out with a warning naming the file, and is listed in ``skipped``: a run over
+    hundreds of studies goes on. ``purpose`` names the stage in the warnings.
+
+    Example:
+        >>> got = read_reports(read_manifest("archive/", "train"))  # doctest: +SKIP
+        >>> len(got.records), got.skipped                            # doctest: +SKIP
+        (140, [])
+    """
+    keep: List[StudyRecord] = []
+    texts: List[StudyText] = []
+    skipped: List[Tuple[str, str]] = []
+    empty: List[str] = []
     for rec in records:
         try:
-            out.append(annotate_report(rec.report.read_text(encoding="utf-8"), dictionary))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"cannot read the report: {type(exc).__name__}", path=rec.report) from None
-    return out
+            text = read_report_text(rec.report)
+        except InputError as exc:
+            log.warning("study %s left out of %s: %s", rec.study_uid, purpose, exc)
+            skipped.append((rec.study_uid, str(exc)))
+            continue
+        if not text.strip():
+            empty.append(rec.study_uid)
+            continue
+        keep.append(rec)
+        texts.append(annotate_report(text, dictionary))
+    if empty:
+        log.warning("%s: left out %d stud%s whose report is empty (it states no label, yet would read as every "
+                    "organ normal): %s", purpose, len(empty), "y" if len(empty) == 1 else "ies", _uid_list(empty))
+    return ReportTexts(keep, texts, skipped)
 
 
-def report_truth(records: Sequence[StudyRecord], dictionary: Any
+def report_truth(records: Sequence[StudyRecord], dictionary: Any, texts: Optional[Sequence[StudyText]] = None
                  ) -> Tuple[Dict[str, List[Dict[str, Any]]], Set[Tuple[str, str, str]]]:
     """truth.jsonl's shape from the reports: study_uid -> present (organ, finding); plus the uncertain pairs.
 
     A report's unnamed abnormality of an organ (``UNSPECIFIED``) makes every finding of that organ uncertain.
+    ``texts`` are the records' already annotated reports (``read_reports``); without them each is read here.
     """
     truth: Dict[str, List[Dict[str, Any]]] = {}
     unsure: Set[Tuple[str, str, str]] = set()
-    for rec, st in zip(records, report_labels(records, dictionary)):
+    for rec, st in zip(records, texts if texts is not None else report_labels(records, dictionary)):
         truth[rec.study_uid] = [{"organ": o, "finding": k} for o, keys in st.present.items() for k in keys]
         for organ, keys in st.uncertain.items():
             if UNSPECIFIED in keys:
                 keys = tuple(e.key for e in _organ_findings(dictionary, organ))
             unsure.update((rec.study_uid, organ, k) for k in keys)
     return truth, unsure
+
+
+def report_split_labels(records: Sequence[StudyRecord], val_records: Sequence[StudyRecord], dictionary: Any,
+                        split: str, val_split: Optional[str], manifest: Path, val_manifest: Path
+                        ) -> Tuple[List[StudyRecord], List[StudyRecord], Dict[str, List[Dict[str, Any]]],
+                                   Set[Tuple[str, str, str]], List[Tuple[str, str]]]:
+    """Report labels of a scored split and its threshold split (``evaluate(labels="reports")``).
+
+    Each report is read once even when the splits overlap; studies whose report is empty or unreadable are left
+    out of both (``read_reports``). Returns ``(records, val_records, truth, unsure, skipped)``: ``skipped`` lists
+    the scored studies left out for an unreadable report, as ``(study_uid, reason)``.
+
+    Raises:
+        InputError: no scored study (or, with a ``val_split``, no threshold study) has a report with labels.
+    """
+    key = lambda r: (r.study_uid, str(r.report))  # noqa: E731 - the same study read from one report path
+    both = list({key(r): r for r in [*records, *val_records]}.values())
+    got = read_reports(both, dictionary, purpose="evaluation")
+    ok = {key(r) for r in got.records}
+    truth, unsure = report_truth(got.records, dictionary, got.texts)
+    scored = [r for r in records if key(r) in ok]
+    val = [r for r in val_records if key(r) in ok]
+    # As for a misspelt split: metrics on nothing, or thresholds quietly left at 0.5, would mislead.
+    empty = [(name, path) for recs, name, path in ((scored, split, manifest), (val, val_split, val_manifest))
+             if name is not None and not recs]
+    if empty:
+        raise InputError(f"no study of split {empty[0][0]!r} has a readable, non-empty report to take labels from",
+                         path=empty[0][1])
+    uids = {r.study_uid for r in records}
+    return scored, val, truth, unsure, [s for s in got.skipped if s[0] in uids]
+
+
+def shared_patients(scored: Sequence[StudyRecord], archive: Any, what: str,
+                    others: Optional[Dict[str, Iterable[StudyRecord]]] = None) -> Dict[str, int]:
+    """Count the patients of ``scored`` who also have studies in another split (patient leakage); warn once.
+
+    Other splits are the other rows of ARCHIVE's manifest and each group of ``others`` (e.g. a separate
+    calibration or threshold archive); a study in ``scored`` itself never counts, so an in-sample choice is not
+    reported as leakage. Needs the manifest's ``patient_id`` column (else returns ``{}``). The warning and the
+    result carry counts and split names only, never an identifier.
+
+    Returns:
+        ``{other split: patients of scored with a study there}``, only for splits that share patients.
+    """
+    mine = {r.patient_id for r in scored if r.patient_id}
+    if not mine:
+        return {}
+    uids = {r.study_uid for r in scored}
+    groups: Dict[str, Set[str]] = {}
+    for row in _manifest_rows(Path(archive))[1]:
+        pid = (row.get("patient_id") or "").strip()
+        if pid and row["study_uid"] not in uids:
+            groups.setdefault(f"split {row['split']!r}", set()).add(pid)
+    for name, recs in (others or {}).items():
+        groups.setdefault(name, set()).update(r.patient_id for r in recs if r.patient_id and r.study_uid not in uids)
+    shared = {name: len(mine & ids) for name, ids in sorted(groups.items()) if mine & ids}
+    if shared:
+        n = len(mine & set().union(*groups.values()))
+        log.warning("patient leakage: %d of the %d patients of %s also have studies in %s; keep each patient in one "
+                    "split (ctglip manifest splits by patient), or metrics on them are optimistic", n, len(mine),
+                    what, ", ".join(f"{name} ({k} patient{'s' if k != 1 else ''})" for name, k in shared.items()))
+    return shared
 
 
 def _organ_findings(dictionary: Any, organ: str) -> List[Any]:
@@ -270,28 +389,61 @@ def collate_studies(items: List[Dict[str, Any]]) -> Dict[str, Any]:
     return {"image": torch.stack(images), "studies": studies}
 
 
+class CacheBuild(NamedTuple):
+    """What ``build_cache`` did: entries built, and the studies it could not preprocess ``(study_uid, reason)``."""
+
+    built: int
+    skipped: List[Tuple[str, str]]
+
+
+def is_cached(cache: PreprocessCache, record: StudyRecord) -> bool:
+    """True when the study's cache entry exists (False, not an error, when a source file is missing)."""
+    try:
+        return cache.has(record.image, record.mask)
+    except CTGlipError:  # a source file is missing: not cached, and build() will say why
+        return False
+
+
 def build_cache(records: Sequence[StudyRecord], cache: PreprocessCache, workers: int = 0,
-                progress: bool = True) -> int:
-    """Preprocess every study missing from the cache (resumable: present entries are skipped); returns how
-    many were built. Uses `workers` DataLoader processes when > 0."""
-    todo = [r for r in records if not cache.has(r.image, r.mask)]
+                progress: bool = True) -> CacheBuild:
+    """Preprocess every study missing from the cache (resumable: present entries are skipped).
+
+    A study that cannot be read (a truncated DICOM slice, a corrupt or missing image or mask, a mask with no
+    organ on the image's grid) is left out with a warning naming it and the reason, and listed in
+    ``skipped``: preprocessing hundreds of studies is a batch job, as ingest and evaluation are. Nothing
+    about a failure is stored, so a later call re-tries the study (after its files are fixed, their size and
+    mtime give it a new cache key anyway). Uses ``workers`` DataLoader processes when > 0.
+
+    Example:
+        >>> done = build_cache(read_manifest("archive/", "train"), cache)  # doctest: +SKIP
+        >>> done.built, [uid for uid, _ in done.skipped]                    # doctest: +SKIP
+        (139, ['1.2.826.0.1.3680043.8.498.1'])
+    """
+    todo = [r for r in records if not is_cached(cache, r)]
     if not todo:
-        return 0
+        return CacheBuild(0, [])
 
     class _Build(Dataset):
         def __len__(self) -> int:
             return len(todo)
 
-        def __getitem__(self, i: int) -> int:
-            cache.build(todo[i].image, todo[i].mask)
-            return i
+        def __getitem__(self, i: int) -> Tuple[int, Optional[str]]:
+            # Caught here, in the worker: an exception raised in a DataLoader worker ends the whole loader.
+            try:
+                cache.build(todo[i].image, todo[i].mask)
+            except (CTGlipError, OSError) as exc:
+                return i, str(exc)
+            return i, None
 
     from tqdm.auto import tqdm
 
+    skipped: List[Tuple[str, str]] = []
     loader = DataLoader(_Build(), batch_size=None, num_workers=workers)
-    for _ in tqdm(loader, total=len(todo), desc="preprocess", unit="study", disable=not progress):
-        pass
-    return len(todo)
+    for i, reason in tqdm(loader, total=len(todo), desc="preprocess", unit="study", disable=not progress):
+        if reason is not None:
+            log.warning("study %s cannot be preprocessed and is left out: %s", todo[int(i)].study_uid, reason)
+            skipped.append((todo[int(i)].study_uid, reason))
+    return CacheBuild(len(todo) - len(skipped), skipped)
 
 
 def cached_study(cache: PreprocessCache, record: StudyRecord) -> CachedStudy:

@@ -16,7 +16,8 @@ import numpy as np
 from ctglip_sdk import organs as vocab
 from ctglip_sdk.errors import ConfigError, CTGlipError, InputError
 from ctglip_sdk.readahead import read_ahead
-from ctglip_sdk.training.data import StudyRecord, archive_seed, read_manifest, read_truth, report_truth
+from ctglip_sdk.training.data import (StudyRecord, archive_seed, read_manifest, read_truth, report_split_labels,
+                                      shared_patients)
 from ctglip_sdk.training.metrics import auc, best_f1_threshold, f1_score, retrieval_metrics, roc_curve
 from ctglip_sdk.training.objectives import finding_phrasings
 
@@ -239,8 +240,9 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
             split's studies. (The val split is also not encoded again when it is the scored split itself.)
         workers: threads that read and preprocess studies ahead of the network (``encode_split``).
         labels: ``"truth"`` (a synthetic archive's truth.jsonl) or ``"reports"``: the findings each study's
-            report states (``annotate_report``, as training reads them), for archives of your own. Organ and
-            finding pairs a report leaves uncertain are left out of AUC, F1 and retrieval.
+            report states (``read_reports``, as training reads them), for archives of your own. Organ and
+            finding pairs a report leaves uncertain are left out of AUC, F1 and retrieval; studies with an empty
+            report are left out, and those with an unreadable one are listed in ``skipped_studies``.
 
     Example:
         >>> m = evaluate("ctglip-tiny-synthetic", "heldout/", out_dir="eval/")  # doctest: +SKIP
@@ -274,10 +276,15 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
                          "chosen on test data", path=Path(archive) / "manifest.csv")
     val_truth = read_truth(val_root) if val_archive is not None and labels == "truth" else truth
     unsure: Set[Tuple[str, str, str]] = set()
-    if labels == "reports":  # both splits' reports, read once; uncertain pairs are set aside below
-        both = list({(r.study_uid, str(r.report)): r for r in records + val_records}.values())  # each read once
-        truth, unsure = report_truth(both, dictionary)
+    unread: List[Tuple[str, str]] = []
+    if labels == "reports":  # each report read once; empty or unreadable ones leave their study out
+        records, val_records, truth, unsure, unread = report_split_labels(
+            records, val_records, dictionary, split, val_split, Path(archive) / "manifest.csv",
+            Path(val_root) / "manifest.csv")
         val_truth = truth
+    other = val_archive is not None and Path(val_root).resolve() != Path(archive).resolve()  # else in the manifest
+    shared = shared_patients(records, archive, f"scored split {split!r}",
+                             {f"val_archive split {val_split!r}": val_records} if other else None)
     uids = [r.study_uid for r in val_records]
     same_studies = uids == [r.study_uid for r in records] and Path(val_root).resolve() == Path(archive).resolve()
     if val_embeddings is not None and same_studies:
@@ -348,8 +355,8 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
         "model": model.name, "model_config_hash": model.config_hash, "archive": os.fspath(archive),
         "archive_seed": archive_seed(archive), "labels": labels, "split": split, "val_split": val_split,
         "val_archive": os.fspath(val_archive) if val_archive is not None else None,
-        "n_studies": len(records) - len(test.skipped), "n_organs": len(test.names),
-        "skipped_studies": [{"study_uid": u, "reason": r} for u, r in test.skipped],
+        "n_studies": len(records) - len(test.skipped), "n_organs": len(test.names), "patients_shared": shared,
+        "skipped_studies": [{"study_uid": u, "reason": r} for u, r in unread + test.skipped],
         "organ_top1": top1, "organ_top1_within_study": top1_within,
         "auc_mean": float(np.mean(aucs)) if aucs else float("nan"),
         "auc_min": float(np.min(aucs)) if aucs else float("nan"),
