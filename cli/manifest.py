@@ -39,7 +39,7 @@ def manifest_command(archive: str, seed: int, fractions: str, force: bool, as_js
     if as_json:
         echo_json(summary.to_dict())
         return
-    click.echo(f"Wrote {summary.rows} rows ({summary.patients} patients; {summary.trainable} with a mask and a "
+    click.echo(f"Wrote {summary.rows} rows ({summary.patients} patients; {summary.trainable} with a usable "
                f"report) to {summary.path}")
     click.echo(f"splits (rows): {summary.splits}")
     if summary.localizers:
