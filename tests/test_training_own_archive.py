@@ -273,3 +273,12 @@ def test_calibrate_on_reports_leaves_out_empty_reports_and_lists_unreadable_stud
     assert uids == [gone["study_uid"], hospital["broken"]["study_uid"]]
     assert Path(gone["report"]).name in rep["skipped_studies"][0]["reason"]
     assert "calibration: left out 1 study whose report is empty" in caplog.text
+
+
+def test_skipped_reasons_carry_archive_relative_paths(tmp_path):
+    from ctglip_sdk.training.data import relative_reason
+
+    root = tmp_path / "site" / "ward 7"
+    reason = f"{root}/P01/ct: truncated slice {root.resolve()}/P01/ct/IM2.dcm"
+    assert relative_reason(reason, root) == "P01/ct: truncated slice P01/ct/IM2.dcm"
+    assert relative_reason("no organ in the mask", root) == "no organ in the mask"

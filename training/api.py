@@ -17,7 +17,7 @@ from ctglip_sdk.training.cache import PreprocessCache
 from ctglip_sdk.training.config import TrainConfig
 from ctglip_sdk.training.checkpoint import latest_checkpoint
 from ctglip_sdk.training.data import (CacheBuild, StudyDataset, build_cache, collate_studies, is_cached, read_manifest,
-                                      read_reports, shared_patients)
+                                      read_reports, relative_reason, shared_patients)
 from ctglip_sdk.training.distributed import barrier, init_distributed
 from ctglip_sdk.training.objectives import build_objective
 from ctglip_sdk.training.readout import run_readout
@@ -221,6 +221,7 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
                  else CacheBuild(0, []))
         barrier()
         records, texts = _usable(records, texts, cache, built, skipped)
+        skipped = [(u, relative_reason(r, archive)) for u, r in skipped]
         if not records:
             uid, reason = skipped[-1]
             raise InputError(f"none of the studies of split {cfg.train_split!r} could be read ({len(skipped)} left "

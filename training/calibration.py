@@ -10,7 +10,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ctglip_sdk.errors import ConfigError, InputError
-from ctglip_sdk.training.data import UNSPECIFIED, StudyText, archive_seed, read_reports, read_truth, report_labels
+from ctglip_sdk.training.data import (UNSPECIFIED, StudyText, archive_seed, read_reports, read_truth, relative_reason,
+                                      report_labels)
 from ctglip_sdk.training.evaluation import SplitEmbeddings, encode_split, read_splits
 from ctglip_sdk.training.metrics import best_f1_threshold
 
@@ -106,7 +107,8 @@ def calibrate(model: Any, archive: PathLike, split: str = "val", *, labels: str 
     skipped += emb.skipped
     return {"archive": os.fspath(archive), "archive_seed": archive_seed(archive), "split": split, "labels": labels,
             "n_studies": len(records) - len(emb.skipped),
-            "skipped_studies": [{"study_uid": u, "reason": r} for u, r in skipped], "offsets": offsets,
+            "skipped_studies": [{"study_uid": u, "reason": relative_reason(r, archive)} for u, r in skipped],
+            "offsets": offsets,
             "per_finding": per}
 
 

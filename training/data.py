@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
@@ -19,8 +20,8 @@ from ctglip_sdk.errors import CTGlipError, InputError
 from ctglip_sdk.reports.text_file import read_report_text
 from ctglip_sdk.training.cache import CachedStudy, PreprocessCache
 
-__all__ = ["StudyRecord", "StudyText", "UNSPECIFIED", "read_manifest", "read_truth", "archive_seed", "annotate_report",
-           "report_labels", "report_truth", "read_reports", "ReportTexts", "report_split_labels", "shared_patients",
+__all__ = ["StudyRecord", "StudyText", "UNSPECIFIED", "read_manifest", "read_truth", "relative_reason", "archive_seed",
+           "annotate_report", "report_labels", "report_truth", "read_reports", "ReportTexts", "report_split_labels", "shared_patients",
            "StudyDataset", "collate_studies", "build_cache", "CacheBuild", "is_cached"]
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,14 @@ def read_manifest(root: Any, split: Optional[str] = None) -> List[StudyRecord]:
         log.warning("%s: left out %d row(s) without an image, mask or report (lines %s)", manifest,
                     len(incomplete), ", ".join(map(str, incomplete[:10])) + (" ..." if len(incomplete) > 10 else ""))
     return out
+
+
+def relative_reason(reason: str, root: Any) -> str:
+    """A skipped study's reason with the archive root taken off its paths (as ingest records them): a root such as
+    /data/<site>/<name>/ says nothing about the study and should not travel into summaries and logs."""
+    for base in {os.fspath(root), os.fspath(Path(root).resolve())}:
+        reason = reason.replace(base.rstrip(os.sep) + os.sep, "")
+    return reason
 
 
 def read_truth(root: Any) -> Dict[str, List[Dict[str, Any]]]:

@@ -16,8 +16,8 @@ import numpy as np
 from ctglip_sdk import organs as vocab
 from ctglip_sdk.errors import ConfigError, CTGlipError, InputError
 from ctglip_sdk.readahead import read_ahead
-from ctglip_sdk.training.data import (StudyRecord, archive_seed, read_manifest, read_truth, report_split_labels,
-                                      shared_patients)
+from ctglip_sdk.training.data import (StudyRecord, archive_seed, read_manifest, read_truth, relative_reason,
+                                      report_split_labels, shared_patients)
 from ctglip_sdk.training.metrics import auc, best_f1_threshold, f1_score, retrieval_metrics, roc_curve
 from ctglip_sdk.training.objectives import finding_phrasings
 
@@ -356,7 +356,7 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
         "archive_seed": archive_seed(archive), "labels": labels, "split": split, "val_split": val_split,
         "val_archive": os.fspath(val_archive) if val_archive is not None else None,
         "n_studies": len(records) - len(test.skipped), "n_organs": len(test.names), "patients_shared": shared,
-        "skipped_studies": [{"study_uid": u, "reason": r} for u, r in unread + test.skipped],
+        "skipped_studies": [{"study_uid": u, "reason": relative_reason(r, archive)} for u, r in unread + test.skipped],
         "organ_top1": top1, "organ_top1_within_study": top1_within,
         "auc_mean": float(np.mean(aucs)) if aucs else float("nan"),
         "auc_min": float(np.min(aucs)) if aucs else float("nan"),
