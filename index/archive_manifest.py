@@ -7,14 +7,17 @@ import hashlib
 import logging
 import os
 import tempfile
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ctglip_sdk.errors import ConfigError, CTGlipError, InputError
 from ctglip_sdk.io.paths import require_path
+from ctglip_sdk.privacy import KEY_ENV
 
-from .layout import Item, discovered_items, path_key, redact, stems
+from .filters import normalise_sex
+from .layout import Item, _existing, discovered_items, path_key, redact, stems
 
 __all__ = ["write_archive_manifest", "ManifestSummary", "REPORT_PATTERNS", "MANIFEST_COLUMNS"]
 
@@ -49,6 +52,7 @@ class ManifestSummary:
     empty_report: List[str] = field(default_factory=list)
     unreadable: List[Tuple[str, str]] = field(default_factory=list)
     localizers: List[str] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
 
     @property
     def trainable(self) -> int:
@@ -71,10 +75,36 @@ def _find_report(root: Path, image: str, alone: bool) -> Optional[str]:
         rel = os.path.normpath((folder / cand).as_posix())
         if rel.startswith(".."):  # the sibling pattern for an image at the root would leave the archive
             continue
-        target = (root / rel).resolve()
-        if target.is_file() and root_resolved in target.parents:
-            return Path(rel).as_posix()
+        found = _existing(root, rel, folder=False)  # "CT.TXT" beside "CT.NII.GZ" too
+        if found is not None and root_resolved in (root / found).resolve().parents:
+            return found
     return None
+
+
+def _report_text(path: Path) -> str:
+    """The report's text as training reads it (any encoding, byte-order mark dropped), stripped."""
+    from ctglip_sdk.reports import read_report_text  # noqa: PLC0415
+
+    try:
+        return read_report_text(path).strip()
+    except CTGlipError:
+        return ""
+
+
+def _checked(meta: Dict[str, Any], name: str, warnings: List[str]) -> Tuple[Optional[str], Optional[int]]:
+    """Sex and age as ingest would store them: a value ingest refuses (sex "X", age 999) is left empty here too,
+    with a warning, so that the manifest and the index agree."""
+    sex = meta.get("sex")
+    try:
+        sex = normalise_sex(sex)
+    except CTGlipError:
+        warnings.append(f"{name}: sex {str(sex)[:10]!r} from the image header is not M, F or O; left empty")
+        sex = None
+    age = meta.get("age")
+    if age is not None and not 0 <= float(age) <= 150:
+        warnings.append(f"{name}: age {age!r} from the image header is outside 0-150; left empty")
+        age = None
+    return sex, None if age is None else int(age)
 
 
 def _header_meta(root: Path, item: Item) -> Dict[str, Any]:
@@ -111,15 +141,20 @@ def _split_of(patient: str, seed: int, fractions: Sequence[float]) -> str:
 
 def _assign_splits(patients: List[str], seed: int, fractions: Sequence[float]) -> Dict[str, str]:
     out = {p: _split_of(p, seed, fractions) for p in patients}
-    # With few patients a hash can leave val or test empty; a tiny archive still gets one of each (when its
-    # fractions ask for them), taken from train in hash order so the choice is deterministic.
-    if len(patients) >= 3:
-        for name, frac in (("val", fractions[1]), ("test", fractions[2])):
-            if frac > 0 and name not in out.values():
-                pool = sorted((p for p, s in out.items() if s == "train"),
-                              key=lambda p: hashlib.sha256(f"{seed}:{name}:{p}".encode()).hexdigest())
-                if pool:
-                    out[pool[0]] = name
+    # With few patients a hash can leave a split empty (3 patients: train empty for 2 seeds of 10). Each split
+    # the fractions ask for, train first, then gets one patient from the largest split that can spare one, in
+    # hash order so the choice is deterministic. Such a patient may move back as the archive grows.
+    for name, frac in zip(("train", "val", "test"), fractions):
+        if frac <= 0 or name in out.values():
+            continue
+        counts = Counter(out.values())
+        donors = [s for s in counts if counts[s] > 1]
+        if not donors:
+            break
+        donor = max(donors, key=lambda s: (counts[s], s == "train"))
+        pool = sorted((p for p, s in out.items() if s == donor),
+                      key=lambda p: hashlib.sha256(f"{seed}:{name}:{p}".encode()).hexdigest())
+        out[pool[0]] = name
     return out
 
 
@@ -179,6 +214,7 @@ def write_archive_manifest(archive: PathLike, *, seed: int = 0, fractions: Seque
     missing_mask: List[str] = []
     missing_report: List[str] = []
     empty_report: List[str] = []
+    warnings: List[str] = []
     shared = {it.image for it in items if sum(o.image == it.image for o in items) > 1}
     for item in items:
         # Two series in one folder share a path: the series UID says which one a listed gap is about.
@@ -194,18 +230,25 @@ def write_archive_manifest(archive: PathLike, *, seed: int = 0, fractions: Seque
         report = _find_report(root, item.image, alone[item.image])
         if report is None:
             missing_report.append(name)
-        elif not (root / report).read_bytes().strip():  # says nothing: every organ would be taken as normal
+        elif not _report_text(root / report):  # says nothing: every organ would be taken as normal
             empty_report.append(name)
         contrast = meta.get("contrast_agent") or ("none" if meta.get("contrast") is False else "")
+        sex, age = _checked(meta, name, warnings)
         rows.append({
             "patient_id": meta.get("patient") or f"path:{item.image}",
             "study_uid": item.study_uid or meta.get("study_uid") or path_key(item.image),
             "series_uid": None if item.key.startswith("path:") else item.key,
             "image": item.image, "mask": item.mask, "report": report,
-            "age": None if meta.get("age") is None else int(meta["age"]), "sex": meta.get("sex"),
+            "age": age, "sex": sex,
             "study_date": meta.get("study_date"), "contrast": contrast, "body_part": meta.get("body_part"),
             "description": meta.get("series_description"),
         })
+    if rows and any(not r["patient_id"].startswith("path:") for r in rows) and not os.environ.get(KEY_ENV):
+        # The fallback key is public: its pseudonyms of short record numbers can be found by trying them all.
+        warnings.append(f"patient_id holds pseudonyms made with the library's public fallback key; set {KEY_ENV} "
+                        "to a site secret before sharing manifest.csv outside the archive")
+    for text in warnings:
+        log.warning("%s", text)
     if not rows:
         raise InputError(f"found {len(items)} image(s) but a mask for none of them; masks are paired by name "
                          "(docs/index.md, \"Layout\"); nothing was written", path=root)
@@ -230,4 +273,4 @@ def write_archive_manifest(archive: PathLike, *, seed: int = 0, fractions: Seque
     log.info("wrote %d manifest rows (%d patients) in %s", len(rows), len(patients), root.name)
     return ManifestSummary(path=str(out), rows=len(rows), patients=len(patients), splits=counts,
                            missing_mask=missing_mask, missing_report=missing_report, empty_report=empty_report,
-                           unreadable=unreadable, localizers=localizers)
+                           unreadable=unreadable, localizers=localizers, warnings=warnings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import logging
 import os
@@ -179,9 +180,11 @@ def _stem(path: str) -> str:
 
 
 def _is_mask_name(path: str) -> bool:
+    """True for a mask file: in a mask folder (``segmentations/``, ``labelsTr/``, or a per-class folder such as
+    ``S_seg/``), named like one (``S_seg.nii.gz``), or a shared mask name (``seg.nii.gz``)."""
     parts = Path(path).parts
-    return any(p.lower() in _MASK_DIRS for p in parts[:-1]) or _stem(path).lower().endswith(_MASK_SUFFIXES) or \
-        Path(path).name.lower() in {m.rstrip("/") for m in SHARED_MASKS}
+    return any(p.lower() in _MASK_DIRS or p.lower().endswith(_MASK_SUFFIXES) for p in parts[:-1]) or \
+        _stem(path).lower().endswith(_MASK_SUFFIXES) or Path(path).name.lower() in {m.rstrip("/") for m in SHARED_MASKS}
 
 
 def stems(image: str) -> List[str]:
@@ -201,11 +204,31 @@ def _find_mask(root: Path, image: str, alone: bool, inside: bool = False) -> Opt
     if folder.as_posix() not in ("", "."):  # sibling folders (images/, masks/) exist only below the root
         candidates += [p.format(stem=st) for st in stems(image) for p in SIBLING_MASKS]
     for cand in candidates:
-        rel = os.path.normpath((folder / cand.rstrip("/")).as_posix())
-        target = root / rel
-        if (cand.endswith("/") and target.is_dir()) or (not cand.endswith("/") and target.is_file()):
-            return Path(rel).as_posix()
+        rel = _existing(root, os.path.normpath((folder / cand.rstrip("/")).as_posix()), cand.endswith("/"))
+        if rel is not None:
+            return rel
     return None
+
+
+def _existing(root: Path, rel: str, folder: bool) -> Optional[str]:
+    """``rel`` as it is spelt on disk when it exists (as a folder or a file), its last part matched without regard
+    to case: archives written on Windows name a mask ``CT_seg.NII.GZ`` beside ``CT.NII.GZ``."""
+    target = root / rel
+    if target.is_dir() if folder else target.is_file():
+        return Path(rel).as_posix()
+    entry = _listing(str(target.parent)).get(target.name.lower())
+    if entry is not None and ((target.parent / entry).is_dir() if folder else (target.parent / entry).is_file()):
+        return (Path(rel).parent / entry).as_posix()
+    return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _listing(folder: str) -> Dict[str, str]:
+    """Lower-cased name -> name of a folder's entries (cached for one discovery; cleared by discovered_items)."""
+    try:
+        return {e.lower(): e for e in sorted(os.listdir(folder))}
+    except OSError:
+        return {}
 
 
 def discovered_items(root: Path) -> Tuple[List[Item], List[Tuple[str, str]], Dict[str, bool], List[str]]:
@@ -216,6 +239,7 @@ def discovered_items(root: Path) -> Tuple[List[Item], List[Tuple[str, str]], Dic
     from ctglip_sdk.io import discover  # noqa: PLC0415
 
     found = discover(root)
+    _listing.cache_clear()  # folder listings are read fresh for each discovery
     unreadable: List[Tuple[str, str]] = list(found.unreadable)
     candidates = [s for s in found if not _is_mask_name(s.path) and (s.modality in (None, "CT"))]
     localizers = [s.path for s in candidates if s.is_localizer]

@@ -301,3 +301,72 @@ def test_every_command_prints_its_user_error_as_json_under_json(tmp_path):
     assert plain.exit_code == 1 and plain.stdout == ""
     usage = CliRunner().invoke(cli, ["manifest", "--json"])  # a usage error stays a usage error
     assert usage.exit_code == 2 and usage.stdout == ""
+
+
+def _nifti_flat(src, dst, names):
+    """images as dst/<name>.nii.gz (names may use any case), masks and reports by the given name patterns."""
+    dst.mkdir(parents=True)
+    rows = _rows(src / "manifest.csv")
+    for row, (image, mask, report) in zip(rows, names):
+        shutil.copy(src / row["image"], dst / image)
+        if mask.endswith("/"):
+            (dst / mask).mkdir()
+            shutil.copy(src / row["mask"], dst / mask / "liver.nii.gz")
+            shutil.copy(src / row["mask"], dst / mask / "spleen.nii.gz")
+        else:
+            shutil.copy(src / row["mask"], dst / mask)
+        shutil.copy(src / row["report"], dst / report)
+    return dst
+
+
+def test_per_class_folders_named_by_suffix_and_upper_case_names_pair(nifti_source, tmp_path):
+    arch = _nifti_flat(nifti_source, tmp_path / "flat", [
+        ("K0.nii.gz", "K0_seg/", "K0.txt"),                       # per-class folder: its files are not CT images
+        ("K1.nii.gz", "K1_segmentations/", "K1.txt"),
+        ("CT_C.NII.GZ", "CT_C_seg.NII.GZ", "CT_C.TXT"),          # written on Windows
+    ])
+    summary = write_archive_manifest(arch)
+    rows = {r["image"]: r for r in _rows(arch / "manifest.csv")}
+    assert set(rows) == {"K0.nii.gz", "K1.nii.gz", "CT_C.NII.GZ"} and not summary.missing_mask
+    assert (rows["K0.nii.gz"]["mask"], rows["K1.nii.gz"]["mask"]) == ("K0_seg", "K1_segmentations")
+    assert (rows["CT_C.NII.GZ"]["mask"], rows["CT_C.NII.GZ"]["report"]) == ("CT_C_seg.NII.GZ", "CT_C.TXT")
+    items, errors = plan_archive(arch)  # ingest's discovery agrees: three studies, no mask taken for a CT
+    assert not errors and sorted(it.image for it in items) == sorted(rows)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_a_tiny_archive_never_gets_an_empty_train_split(nifti_source, tmp_path, n):
+    arch = tmp_path / f"tiny{n}"
+    shutil.copytree(nifti_source, arch)
+    (arch / "manifest.csv").unlink()
+    for i in range(n, 5):
+        for sub, ext in (("images", ".nii.gz"), ("masks", ".nii.gz"), ("reports", ".txt")):
+            (arch / sub / f"case0000{i}{ext}").unlink()
+    for seed in range(10):
+        write_archive_manifest(arch, seed=seed, overwrite=True)
+        splits = [r["split"] for r in _rows(arch / "manifest.csv")]
+        assert "train" in splits and len(splits) == n
+        if n >= 3:
+            assert {"val", "test"} <= set(splits)
+
+
+def test_header_values_ingest_refuses_are_left_empty_with_a_warning(dicom_source, tmp_path, monkeypatch, caplog):
+    import pydicom
+
+    site = _site_layout(dicom_source, tmp_path / "bad")
+    case = sorted(p for p in site.iterdir() if p.is_dir())[0]
+    for f in case.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.PatientSex, ds.PatientAge = "X", "999Y"
+        ds.save_as(f)
+    (site / f"{sorted(p.name for p in site.iterdir() if p.is_dir())[1]}.txt").write_bytes(b"\xef\xbb\xbf\r\n")
+    monkeypatch.delenv("CTGLIP_PSEUDONYM_KEY", raising=False)
+    with caplog.at_level(logging.WARNING):
+        summary = write_archive_manifest(site)
+    row = next(r for r in _rows(site / "manifest.csv") if r["image"] == case.name)
+    assert row["sex"] == "" and row["age"] == ""
+    assert any("sex 'X'" in w for w in summary.warnings) and any("age 999" in w for w in summary.warnings)
+    assert len(summary.empty_report) == 1  # a byte-order mark and a line break say nothing
+    assert any("public fallback key" in w for w in summary.warnings) and "public fallback key" in caplog.text
+    monkeypatch.setenv("CTGLIP_PSEUDONYM_KEY", "site-secret")
+    assert not any("fallback" in w for w in write_archive_manifest(site, overwrite=True).warnings)

@@ -282,3 +282,13 @@ def test_skipped_reasons_carry_archive_relative_paths(tmp_path):
     reason = f"{root}/P01/ct: truncated slice {root.resolve()}/P01/ct/IM2.dcm"
     assert relative_reason(reason, root) == "P01/ct: truncated slice P01/ct/IM2.dcm"
     assert relative_reason("no organ in the mask", root) == "no organ in the mask"
+    # A relative root only strips its absolute form, never a same-named folder inside another path.
+    import os
+
+    here = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        other = f"{tmp_path}/elsewhere/site/x.dcm: bad"
+        assert relative_reason(f"{tmp_path}/site/a.dcm: bad; {other}", "site") == f"a.dcm: bad; {other}"
+    finally:
+        os.chdir(here)

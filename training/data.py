@@ -49,7 +49,8 @@ def _manifest_rows(root: Path) -> Tuple[Path, List[Dict[str, str]]]:
     """(manifest path, its rows) after checking the required columns."""
     manifest = root / "manifest.csv"
     if not manifest.is_file():
-        raise InputError("no manifest.csv: not an archive in the documented layout (docs/data.md)", path=root)
+        raise InputError("no manifest.csv: not an archive in the documented layout (docs/data.md); for a folder of your "
+                         "own, `ctglip manifest ROOT` writes one", path=root)
     # utf-8-sig: a manifest saved by Excel starts with a BOM, which would otherwise rename the first column.
     with open(manifest, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
@@ -96,7 +97,9 @@ def read_manifest(root: Any, split: Optional[str] = None) -> List[StudyRecord]:
 def relative_reason(reason: str, root: Any) -> str:
     """A skipped study's reason with the archive root taken off its paths (as ingest records them): a root such as
     /data/<site>/<name>/ says nothing about the study and should not travel into summaries and logs."""
-    for base in {os.fspath(root), os.fspath(Path(root).resolve())}:
+    # Only absolute forms of the root, longest first: the paths in reasons are absolute, and a relative root
+    # ("B_mixed") would also match inside another path ("/data/B_mixed/...") and cut it wrongly.
+    for base in sorted({os.path.abspath(root), os.fspath(Path(root).resolve())}, key=len, reverse=True):
         reason = reason.replace(base.rstrip(os.sep) + os.sep, "")
     return reason
 

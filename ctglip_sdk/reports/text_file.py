@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Set, Tuple, Union
+from typing import Optional, Set, Tuple, Union
 
 from ctglip_sdk.errors import InputError
 
@@ -82,6 +82,10 @@ def _decode(path: PathLike, raw: bytes) -> str:
                 raise InputError(f"the report starts with a {codec.upper()} byte-order mark but is not valid "
                                  f"{codec.upper()} ({exc.reason} at byte {exc.start})", path=path) from None
     body = raw[len(codecs.BOM_UTF8):] if raw.startswith(codecs.BOM_UTF8) else raw
+    guessed = _utf16_without_bom(body)
+    if guessed is not None:
+        _warn_once(path, "the report has no byte-order mark but reads as %s (every other byte is NUL)", guessed)
+        return body.decode(guessed)
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -92,3 +96,23 @@ def _decode(path: PathLike, raw: bytes) -> str:
         text, codec = body.decode("latin-1"), "latin-1"
     _warn_once(path, "the report is not UTF-8 (%s); read as %s", first, codec)
     return text
+
+
+def _utf16_without_bom(raw: bytes) -> Optional[str]:
+    """"utf-16-le" / "utf-16-be" when ``raw`` is UTF-16 text written without a byte-order mark, else None.
+
+    Report text is mostly ASCII, which UTF-16 writes as the character and a NUL; UTF-8 and cp1252 text never holds
+    NULs. So when most odd (or even) bytes are NUL and the other half are not, it is UTF-16; read as UTF-8 it
+    would carry a NUL between every letter, parse as nothing, and look like a report with no finding.
+    """
+    if len(raw) < 4 or len(raw) % 2 or b"\x00" not in raw:
+        return None
+    even, odd = raw[0::2], raw[1::2]
+    for zeros, other, codec in ((odd, even, "utf-16-le"), (even, odd, "utf-16-be")):
+        if zeros.count(0) >= 0.9 * len(zeros) and other.count(0) <= 0.1 * len(other):
+            try:
+                raw.decode(codec)
+            except UnicodeDecodeError:
+                return None
+            return codec
+    return None
