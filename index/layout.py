@@ -265,7 +265,18 @@ def discovered_items(root: Path) -> Tuple[List[Item], List[Tuple[str, str]], Dic
 
 def _from_discovery(root: Path) -> Tuple[List[Item], List[Tuple[str, str]]]:
     items, unreadable, _, _ = discovered_items(root)
-    return items, [(f"path:{rel}", reason) for rel, reason in unreadable]
+    # One entry per folder, not per file: 35 truncated slices of one series are one failed series, not 35.
+    by_folder: Dict[str, List[Tuple[str, str]]] = {}
+    for rel, reason in unreadable:
+        by_folder.setdefault(Path(rel).parent.as_posix(), []).append((rel, reason))
+    errors = []
+    for folder, files in by_folder.items():
+        if len(files) == 1:
+            errors.append((f"path:{files[0][0]}", files[0][1]))
+        else:
+            rel, reason = files[0]
+            errors.append((f"path:{folder}/", f"{len(files)} unreadable files, e.g. {Path(rel).name}: {reason}"))
+    return items, errors
 
 
 def plan_archive(root: Path) -> Tuple[List[Item], List[Tuple[str, str]]]:

@@ -370,3 +370,14 @@ def test_header_values_ingest_refuses_are_left_empty_with_a_warning(dicom_source
     assert any("public fallback key" in w for w in summary.warnings) and "public fallback key" in caplog.text
     monkeypatch.setenv("CTGLIP_PSEUDONYM_KEY", "site-secret")
     assert not any("fallback" in w for w in write_archive_manifest(site, overwrite=True).warnings)
+
+
+def test_unreadable_slices_of_one_folder_are_one_planning_error(dicom_source, tmp_path):
+    site = _site_layout(dicom_source, tmp_path / "cut")
+    case = sorted(p for p in site.iterdir() if p.is_dir())[0]
+    for f in sorted(case.iterdir())[:3]:  # three slices cut short: their headers cannot be read
+        f.write_bytes(f.read_bytes()[:200])
+    items, errors = plan_archive(site)
+    assert len(errors) == 1
+    key, reason = errors[0]
+    assert key == f"path:{case.name}/" and reason.startswith("3 unreadable files, e.g. ")
