@@ -112,106 +112,9 @@ class _Prepared:
     warnings: List[str] = field(default_factory=list)  # metadata values that could not be read (stored empty)
 
 
-def _grid_text(shape: Tuple[int, ...], affine: Any) -> str:
-    """``(I, J, K) voxels of a x b x c mm``: how a mismatch error shows a grid (shape and spacing)."""
-    spacing = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
-    return f"{tuple(int(s) for s in shape)} voxels of {' x '.join(f'{s:.4g}' for s in spacing)} mm"
-
-
-def _read_header(path: Path, shown: str) -> Tuple[Tuple[int, ...], np.ndarray]:
-    """Stored 3-D shape and affine of a NIfTI mask, from its header alone (no voxel is read)."""
-    import nibabel as nib  # noqa: PLC0415
-
-    try:
-        img = nib.load(str(path))
-        dims = tuple(int(s) for s in img.shape[:3])
-        return dims + (1,) * (3 - len(dims)), np.asarray(img.affine, dtype=np.float64)  # 2-D: one slice
-    except Exception as exc:  # noqa: BLE001 - nibabel raises several kinds for corrupt headers
-        raise InputError(f"unreadable mask ({type(exc).__name__})", path=shown) from None
-
-
-def _canonical_grid(dims: Tuple[int, ...], affine: np.ndarray, shown: str) -> Tuple[Tuple[int, ...], np.ndarray]:
-    """The RAS+ canonical shape and affine the loader gives a mask stored with ``dims`` and ``affine``."""
-    from ctglip_sdk.io.geometry import canonical_affine, canonical_shape  # noqa: PLC0415
-
-    try:
-        return canonical_shape(affine, dims), canonical_affine(affine, dims)
-    except Exception as exc:  # noqa: BLE001 - a degenerate affine (NaN, singular) has no orientation
-        raise InputError(f"unreadable mask ({type(exc).__name__} on its affine)", path=shown) from None
-
-
-def _folder_grid(folder: Path, shown: str) -> Optional[Tuple[Tuple[int, ...], np.ndarray]]:
-    """The one grid (canonical shape, affine) of a per-class mask folder, from headers only; None when it holds
-    no per-class file (the loader then says so).
-
-    Files on different grids are refused: TotalSegmentator writes every class of a run on one grid, so such a
-    folder mixes masks of different scans or runs. "One grid" is the loader's notion (same shape, affines within
-    AFFINE_ATOL_MM after RAS+ reorientation), so a folder accepted here also loads without ``like=``.
-    """
-    from ctglip_sdk.io.segmentation import AFFINE_ATOL_MM, _per_class_files  # noqa: PLC0415
-
-    files = _per_class_files(folder)
-    if not files:
-        return None
-    stored = _read_header(files[0], f"{shown}{files[0].name}")
-    first = _canonical_grid(*stored, f"{shown}{files[0].name}")
-    others = []
-    for path in files[1:]:
-        dims, affine = _read_header(path, f"{shown}{path.name}")
-        if dims == stored[0] and np.allclose(affine, stored[1], rtol=0, atol=AFFINE_ATOL_MM):
-            continue  # the usual case: the same header, no reorientation to compute
-        grid = _canonical_grid(dims, affine, f"{shown}{path.name}")
-        if grid[0] != first[0] or not np.allclose(grid[1], first[1], rtol=0, atol=AFFINE_ATOL_MM):
-            others.append((path.name, grid))
-    if others:
-        name, grid = others[0]
-        raise GeometryError(f"per-class masks lie on different grids: {files[0].name} is "
-                            f"{_grid_text(*first)}, {name} is {_grid_text(*grid)} ({len(others)} of {len(files)} "
-                            f"files differ from {files[0].name}); every class of one TotalSegmentator run lies on "
-                            "one grid, so the folder mixes masks of different scans or runs", path=shown)
-    return first
-
-
-def _check_mask_grid(mask_path: Path, volume: Any, rel: str) -> None:
-    """A TotalSegmentator mask lies on its image's grid; a different grid means the wrong mask (mask mismatch).
-
-    Both layouts are checked from headers, with one rule: a multi-label file, and a per-class folder (whose files
-    must first share one grid). Errors name ``rel``, the mask's path relative to the archive root (a folder with
-    a trailing ``/``), never an absolute path: many studies hold a ``segmentations.nii.gz``.
-    """
-    from ctglip_sdk.io.geometry import grid_offset_voxels  # noqa: PLC0415
-    from ctglip_sdk.io.nifti import is_nifti  # noqa: PLC0415
-
-    shown = Path(rel).as_posix().rstrip("/")
-    if not mask_path.exists():
-        raise InputError("no such file or folder (segmentation mask)", path=shown)
-    if mask_path.is_dir():
-        shown += "/"
-        found = _folder_grid(mask_path, shown)
-        if found is None:
-            return
-        shape, mask_affine = found
-    elif is_nifti(mask_path):
-        shape, mask_affine = _canonical_grid(*_read_header(mask_path, shown), shown)
-    else:
-        return  # not a mask format: the loader says so
-    grids = (f"the mask's grid is {_grid_text(shape, mask_affine)}, "
-             f"the image's {_grid_text(volume.shape, volume.affine)}")
-    if tuple(shape) != tuple(volume.shape):
-        raise GeometryError(f"mask mismatch: {grids}", path=shown)
-    # Same shape is not the same grid: a mask written with another origin, or with an LPS affine read as RAS,
-    # would be resampled onto other voxels and embed the wrong organs. Half a voxel is where nearest-neighbour
-    # lookup starts to move labels, so anything within it is the image's own grid up to rounding.
-    off = grid_offset_voxels(mask_affine, shape, volume.affine)
-    if off > 0.5:
-        shift = np.asarray(mask_affine)[:3, 3] - np.asarray(volume.affine)[:3, 3]
-        raise GeometryError(f"mask mismatch: same shape as the image but another grid (corners up to {off:.1f} "
-                            f"voxels apart; origins differ by {np.linalg.norm(shift):.1f} mm): {grids}", path=shown)
-
-
 def _read_one(index: "ArchiveIndex", root: Path, item: Item, model: Any) -> _Prepared:
     """Worker: read the image, align the mask, preprocess with the model's spec (no torch forward pass)."""
-    from ctglip_sdk.io import load_segmentation, load_volume, resolve_within  # noqa: PLC0415
+    from ctglip_sdk.io import check_mask_grid, load_segmentation, load_volume, resolve_within  # noqa: PLC0415
 
     t: Dict[str, float] = {}
     t0 = time.perf_counter()
@@ -234,7 +137,8 @@ def _read_one(index: "ArchiveIndex", root: Path, item: Item, model: Any) -> _Pre
     mask = resolve_within(root, item.mask)
     if not mask.exists():
         raise InputError("no such file or folder (segmentation mask)", path=item.mask)
-    _check_mask_grid(mask, volume, item.mask)
+    # TotalSegmentator writes masks on the image's grid: another grid is the wrong mask (ctglip_sdk.io.mask_grid).
+    check_mask_grid(mask, volume, shown=item.mask)
     seg = load_segmentation(mask, like=volume)
     if not seg.array.any():
         raise GeometryError("mask mismatch: no labelled voxel falls inside the image", path=item.mask)

@@ -200,3 +200,72 @@ def test_an_unknown_label_id_in_a_nifti_mask_is_named(tmp_path):
     with pytest.raises(InputError, match=r"label ids \[200\] are not in label map") as err:
         load_segmentation(path)
     assert "seg.nii.gz" in str(err.value)
+
+
+# -- check_mask_grid: is the mask on its image's grid? (headers only) -------------------------------------------
+def test_check_mask_grid_passes_the_images_own_grid_however_it_is_stored(tmp_path, ct):
+    from ctglip_sdk.io import check_mask_grid
+
+    check_mask_grid(save(tmp_path / "same.nii.gz", to_stored(canonical_labels()), stored_affine()), ct)
+    # Stored in RAS+ order with the canonical affine: another header, the same grid.
+    check_mask_grid(save(tmp_path / "ras.nii.gz", canonical_labels(), ct.affine), ct)
+    # A rounding error well within half a voxel is the image's grid.
+    nudged = stored_affine(origin=(-5.0, 3.0, 10.3))  # 0.15 voxels of 2 mm
+    check_mask_grid(save(tmp_path / "nudged.nii.gz", to_stored(canonical_labels()), nudged), ct)
+    folder = tmp_path / "seg"
+    folder.mkdir()
+    for organ_id, name in [(5, "liver"), (1, "spleen")]:
+        save(folder / f"{name}.nii.gz", to_stored(canonical_labels() == organ_id), stored_affine())
+    check_mask_grid(folder, ct)
+    # Not a mask format, or a folder without per-class files: the loader says what is wrong with it.
+    (tmp_path / "empty").mkdir()
+    check_mask_grid(tmp_path / "empty", ct)
+    (tmp_path / "seg.txt").write_text("x")
+    check_mask_grid(tmp_path / "seg.txt", ct)
+
+
+def test_check_mask_grid_refuses_a_shifted_lps_as_ras_or_coarse_mask_naming_both_grids(tmp_path, ct):
+    from ctglip_sdk.errors import GeometryError
+    from ctglip_sdk.io import check_mask_grid
+
+    image = "(12, 10, 8) voxels of 1 x 1.2 x 2 mm"
+    shifted = save(tmp_path / "shifted.nii.gz", to_stored(canonical_labels()), stored_affine(origin=(-5, 3, 50)))
+    with pytest.raises(GeometryError) as err:
+        check_mask_grid(shifted, ct, shown="S1/shifted.nii.gz")
+    assert str(err.value) == ("S1/shifted.nii.gz: mask mismatch: same shape as the image but another grid (corners "
+                              f"up to 20.0 voxels apart; origins differ by 40.0 mm): the mask's grid is {image}, "
+                              f"the image's {image}")
+    # An LPS affine written as if it were RAS: x and y negated, which after reorientation flips the organs.
+    lps = save(tmp_path / "lps.nii.gz", to_stored(canonical_labels()), FLIP_XY @ stored_affine())
+    with pytest.raises(GeometryError, match=r"^.*lps\.nii\.gz: mask mismatch: same shape as the image but another "
+                                            r"grid \(corners up to \d+\.\d voxels apart"):
+        check_mask_grid(lps, ct)
+    # A per-class folder on a coarse grid (TotalSegmentator --fast, never resampled back): the folder is named.
+    coarse_affine = stored_affine(spacing=tuple(2 * s for s in SPACING), shape=(6, 5, 4))
+    folder = tmp_path / "S2" / "segmentations"
+    folder.mkdir(parents=True)
+    for organ_id, name in [(5, "liver"), (1, "spleen")]:
+        save(folder / f"{name}.nii.gz", to_stored(canonical_labels() == organ_id)[::2, ::2, ::2], coarse_affine)
+    with pytest.raises(GeometryError) as err:
+        check_mask_grid(folder, ct, shown="S2/segmentations")
+    assert str(err.value) == ("S2/segmentations/: mask mismatch: the mask's grid is (6, 5, 4) voxels of 2 x 2.4 x "
+                              f"4 mm, the image's {image}")
+    assert err.value.path == "S2/segmentations/"
+    with pytest.raises(GeometryError, match=f"^{folder}/: mask mismatch"):  # default: the path as given
+        check_mask_grid(folder, ct)
+    with pytest.raises(InputError, match="no such file or folder"):
+        check_mask_grid(tmp_path / "gone.nii.gz", ct)
+
+
+def test_load_segmentation_check_grid_refuses_what_it_would_otherwise_resample(tmp_path, ct):
+    """The default resamples any overlapping grid (docs/inputs.md); check_grid=True is the ingest rule."""
+    from ctglip_sdk.errors import GeometryError
+
+    shifted = save(tmp_path / "shifted.nii.gz", to_stored(canonical_labels()), stored_affine(origin=(-5, 3, 14)))
+    assert load_segmentation(shifted, like=ct).array.any()  # two slices off: resampled, silently
+    with pytest.raises(GeometryError, match="shifted.nii.gz: mask mismatch: same shape as the image but another"):
+        load_segmentation(shifted, like=ct, check_grid=True)
+    right = save(tmp_path / "right.nii.gz", to_stored(canonical_labels()), stored_affine())
+    assert np.array_equal(load_segmentation(right, like=ct, check_grid=True).array, canonical_labels())
+    with pytest.raises(ConfigError, match="check_grid=True .* pass like=volume"):
+        load_segmentation(right, check_grid=True)

@@ -292,3 +292,109 @@ def test_skipped_reasons_carry_archive_relative_paths(tmp_path):
         assert relative_reason(f"{tmp_path}/site/a.dcm: bad; {other}", "site") == f"a.dcm: bad; {other}"
     finally:
         os.chdir(here)
+
+
+# ---------------------------------------------------------------------------------------------- the mask's grid
+def _resave(path: Path, affine, data=None, dst: Path = None) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    img = nib.load(str(path))
+    out = np.asarray(img.dataobj) if data is None else data
+    nib.save(nib.Nifti1Image(out, affine), str(dst or path))
+
+
+def _per_class_folder(mask: Path, folder: Path, step: int = 1) -> None:
+    """TotalSegmentator's default layout: one <class>.nii.gz per organ of ``mask``; ``step=2`` writes every other
+    voxel with twice the spacing (a --fast run never resampled back onto the image)."""
+    import nibabel as nib
+    import numpy as np
+
+    from ctglip_sdk.organs import label_map
+
+    img = nib.load(str(mask))
+    lab = np.asarray(img.dataobj)[::step, ::step, ::step]
+    affine = img.affine @ np.diag([step, step, step, 1.0])
+    folder.mkdir()
+    names = label_map("totalseg_v1")
+    for i in np.unique(lab[lab > 0]).tolist():
+        nib.save(nib.Nifti1Image((lab == i).astype(np.uint8), affine), str(folder / f"{names[int(i)]}.nii.gz"))
+
+
+@pytest.fixture(scope="module")
+def misaligned(tmp_path_factory):
+    """A NIfTI archive whose masks ingest refuses as a mask mismatch, in three training studies: one written 40 mm
+    further up, one with its LPS affine read as RAS (organs flipped), one per-class folder on a grid twice as
+    coarse; a fourth training study has a per-class folder on the image's own grid (accepted)."""
+    import numpy as np
+
+    base = tmp_path_factory.mktemp("grid")
+    clean = base / "clean"
+    cg.synth.generate_archive(clean, n_patients=8, seed=5, preset="small", fmt="nifti", progress=False,
+                              overwrite=True)
+    root = base / "a"
+    rows = _copy(clean, root)
+    train = [r for r in rows if r["split"] == "train"]
+    assert len(train) == 6
+    shifted, lps, coarse, folder = train[:4]
+    import nibabel as nib
+
+    affine = nib.load(str(root / shifted["mask"])).affine.copy()
+    affine[2, 3] += 40.0
+    _resave(root / shifted["mask"], affine)
+    _resave(root / lps["mask"], np.diag([-1.0, -1.0, 1.0, 1.0]) @ nib.load(str(root / lps["mask"])).affine)
+    for row, step in ((coarse, 2), (folder, 1)):
+        mask = Path(row["mask"])
+        row["mask"] = (mask.parent / mask.name.removesuffix(".nii.gz")).as_posix()  # masks/case00002 (a folder)
+        _per_class_folder(root / mask, root / row["mask"], step)
+    _write_manifest(root, rows)
+    return {"root": root, "clean": clean, "rows": rows, "shifted": shifted, "lps": lps, "coarse": coarse,
+            "folder": folder}
+
+
+def _check_grid_reasons(skipped, m) -> None:
+    """Each of the three studies is left out with a reason naming its mask (archive-relative) and both grids."""
+    reasons = {s["study_uid"]: s["reason"] for s in skipped}
+    assert set(reasons) == {m[k]["study_uid"] for k in ("shifted", "lps", "coarse")}, skipped
+    image = "(96, 96, 67) voxels of 4 x 4 x 10 mm"
+    assert reasons[m["shifted"]["study_uid"]] == (
+        f"{m['shifted']['mask']}: mask mismatch: same shape as the image but another grid (corners up to 4.0 voxels "
+        f"apart; origins differ by 40.0 mm): the mask's grid is {image}, the image's {image}")
+    assert reasons[m["lps"]["study_uid"]].startswith(
+        f"{m['lps']['mask']}: mask mismatch: same shape as the image but another grid (corners up to ")
+    assert reasons[m["coarse"]["study_uid"]] == (f"{m['coarse']['mask']}/: mask mismatch: the mask's grid is "
+                                                 f"(48, 48, 34) voxels of 8 x 8 x 20 mm, the image's {image}")
+    assert str(m["root"]) not in json.dumps(skipped)
+
+
+@pytest.mark.slow
+def test_train_leaves_out_masks_on_another_grid_as_ingest_does(misaligned, tmp_path):
+    """Training resampled these masks silently onto their images (misaligned organ labels) while ingest refused
+    them; now the cache build refuses them too, and the run goes on without them."""
+    m = misaligned
+    res = _train(m["root"], tmp_path / "run", tmp_path / "cache")
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert summary["n_train"] == 3 and summary["steps"] == 2  # 6 - 3 refused; the right-grid folder is used
+    _check_grid_reasons(summary["skipped_studies"], m)
+    assert json.loads((tmp_path / "run" / "skipped_studies.json").read_text()) == {
+        "skipped_studies": summary["skipped_studies"]}
+    # The archive as generated (every mask on its image's grid) is unaffected: nothing is left out.
+    res = _train(m["clean"], tmp_path / "clean", tmp_path / "cache")
+    assert res.exit_code == 0, res.output
+    clean = json.loads(res.output)
+    assert clean["n_train"] == 6 and clean["skipped_studies"] == []
+
+
+def test_evaluate_and_calibrate_leave_out_masks_on_another_grid(misaligned):
+    m = misaligned
+    model = cg.create("ctglip-tiny", overrides=TINY, seed=0)
+    got = evaluate(model, m["root"], split="all", val_split=None)
+    assert got["n_studies"] == 5 and got["n_organs"] > 0
+    _check_grid_reasons(got["skipped_studies"], m)
+    rep = calibrate(model, m["root"], split="all", labels="truth", min_positives=1)
+    assert rep["n_studies"] == 5
+    _check_grid_reasons(rep["skipped_studies"], m)
+    # The archive as generated is unaffected.
+    clean = evaluate(model, m["clean"], split="all", val_split=None)
+    assert clean["n_studies"] == 8 and clean["skipped_studies"] == []

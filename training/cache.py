@@ -19,8 +19,10 @@ from ctglip_sdk.errors import InputError
 __all__ = ["CachedStudy", "PreprocessCache", "default_cache_dir", "preprocess_spec", "CACHE_FORMAT"]
 
 log = logging.getLogger(__name__)
-#: Bump when the stored layout changes; old entries are then simply not found (new key).
-CACHE_FORMAT = 1
+#: Bump when the stored layout, or which studies may be stored, changes; old entries are then simply not found
+#: (new key). 2: a mask on another grid than its image is refused (check_mask_grid), so an entry a format-1 build
+#: made from such a mask is never read again; the tensors of every other entry are the same as in format 1.
+CACHE_FORMAT = 2
 
 
 def default_cache_dir() -> Path:
@@ -137,7 +139,13 @@ class PreprocessCache:
         return cls(root, preprocess_spec(model))
 
     def build(self, image: Path, mask: Path) -> Path:
-        """Load, preprocess and store one study (no-op when present)."""
+        """Load, preprocess and store one study (no-op when present).
+
+        Raises:
+            GeometryError: the mask is not on the image's grid ("mask mismatch", ``check_mask_grid``): it is
+                refused as ingest refuses it, never resampled onto the image.
+            InputError: an unreadable image or mask, or a mask with no labelled organ.
+        """
         target = self.path(image, mask)
         if target.is_file():
             return target
@@ -145,7 +153,7 @@ class PreprocessCache:
         from ctglip_sdk.model.preprocess import prepare_study
 
         vol = load_volume(image)
-        seg = load_segmentation(mask, like=vol)
+        seg = load_segmentation(mask, like=vol, check_grid=True)
         p = prepare_study(vol, seg, None, self.preprocess, self.stride, self.divisor)
         if not p.names:
             raise InputError("no labelled organ in the mask", path=mask)

@@ -420,11 +420,11 @@ def build_cache(records: Sequence[StudyRecord], cache: PreprocessCache, workers:
                 progress: bool = True) -> CacheBuild:
     """Preprocess every study missing from the cache (resumable: present entries are skipped).
 
-    A study that cannot be read (a truncated DICOM slice, a corrupt or missing image or mask, a mask with no
-    organ on the image's grid) is left out with a warning naming it and the reason, and listed in
-    ``skipped``: preprocessing hundreds of studies is a batch job, as ingest and evaluation are. Nothing
-    about a failure is stored, so a later call re-tries the study (after its files are fixed, their size and
-    mtime give it a new cache key anyway). Uses ``workers`` DataLoader processes when > 0.
+    A study that cannot be read (a truncated DICOM slice, a corrupt or missing image or mask, a mask on another
+    grid than its image's, a mask with no organ on the image's grid) is left out with a warning naming it and
+    the reason, and listed in ``skipped``: preprocessing hundreds of studies is a batch job, as ingest and
+    evaluation are. Nothing about a failure is stored, so a later call re-tries the study (after its files are
+    fixed, their size and mtime give it a new cache key anyway). Uses ``workers`` DataLoader processes when > 0.
 
     Example:
         >>> done = build_cache(read_manifest("archive/", "train"), cache)  # doctest: +SKIP

@@ -84,7 +84,7 @@ def _prepare_record(model: Any, rec: StudyRecord) -> Any:
     import ctglip_sdk as cg
 
     vol = cg.load_volume(rec.image)
-    seg = cg.load_segmentation(rec.mask, like=vol)
+    seg = cg.load_segmentation(rec.mask, like=vol, check_grid=True)  # a mask on another grid: left out, as ingest
     with torch.inference_mode():
         return model.prepare(vol, seg)
 

@@ -9,6 +9,7 @@ from typing import Optional, Union
 from ctglip_sdk.errors import InputError
 from ctglip_sdk.io.discover import DiscoveryResult, SeriesInfo, discover
 from ctglip_sdk.io.geometry import DEFAULT_MAX_VOXELS, check_max_voxels
+from ctglip_sdk.io.mask_grid import check_mask_grid
 from ctglip_sdk.io.nifti import is_nifti, load_nifti
 from ctglip_sdk.io.paths import resolve_within
 from ctglip_sdk.io.segmentation import load_segmentation
@@ -17,6 +18,7 @@ from ctglip_sdk.volume import Segmentation, Volume
 __all__ = [
     "load_volume",
     "load_segmentation",
+    "check_mask_grid",
     "discover",
     "SeriesInfo",
     "DiscoveryResult",

@@ -208,12 +208,14 @@ def _read_folder(folder: Path, ids: Dict[str, int], max_voxels: int,
 
 def load_segmentation(path: PathLike, like: Optional[Any] = None,
                       label_map: Union[str, Mapping[int, str]] = "totalseg_v1",
-                      max_voxels: int = DEFAULT_MAX_VOXELS) -> Segmentation:
+                      max_voxels: int = DEFAULT_MAX_VOXELS, *, check_grid: bool = False) -> Segmentation:
     """Load organ labels: a multi-label NIfTI or a folder of per-class ``<class>.nii.gz`` masks.
 
     These are TotalSegmentator's two output layouts. Labels are resampled with nearest neighbour onto the grid
     of ``like`` (a Volume, or anything with ``.shape`` and ``.affine``), through both affines; when the grids
     agree the labels are copied exactly. Without ``like`` the labels stay on their own grid (RAS+ canonical).
+    Any grid that overlaps ``like``'s is resampled, so a coarse mask loads; ``check_grid=True`` refuses a mask
+    that is not on ``like``'s own grid instead (``check_mask_grid``; ingest, training and evaluation use it).
 
     Args:
         path: multi-label ``.nii``/``.nii.gz`` file, or a folder of per-class masks.
@@ -221,6 +223,8 @@ def load_segmentation(path: PathLike, like: Optional[Any] = None,
         label_map: ``"totalseg_v1"`` (104 classes), ``"totalseg_v2"`` (117) or an ``{id: name}`` dict. Ids of a
             multi-label file are read through it; per-class file names map to its ids.
         max_voxels: header-declared size limit per file (checked before reading).
+        check_grid: first run ``check_mask_grid(path, like)`` (headers only), so that a mask on another grid than
+            ``like``'s is a ``GeometryError`` ("mask mismatch") rather than resampled. Needs ``like``.
 
     Returns:
         Segmentation with ``labels`` = the label map ``{id: name}`` and ``meta`` (source_path, label_map, layout).
@@ -228,6 +232,7 @@ def load_segmentation(path: PathLike, like: Optional[Any] = None,
     Raises:
         InputError: unreadable file, label ids not in the map, an unknown per-class file name, overlapping
             per-class masks, or a mask grid that does not overlap ``like`` at all ("no overlap").
+        GeometryError: with ``check_grid=True``, a mask on another grid than ``like``'s ("mask mismatch").
 
     Example:
         >>> vol = load_volume("ct.nii.gz")  # doctest: +SKIP
@@ -240,8 +245,14 @@ def load_segmentation(path: PathLike, like: Optional[Any] = None,
     map_name, labels_by_id = _resolve_map(label_map)
     if like is not None and not (hasattr(like, "shape") and hasattr(like, "affine")):
         raise ConfigError(f"like= must be a Volume (with .shape and .affine), got {type(like).__name__}")
+    if check_grid and like is None:
+        raise ConfigError("check_grid=True compares the mask with an image: pass like=volume")
     if not os.path.exists(where):
         raise InputError("no such file or folder", path=where)
+    if check_grid:
+        from ctglip_sdk.io.mask_grid import check_mask_grid  # noqa: PLC0415 - it imports this module
+
+        check_mask_grid(where, like)
     if os.path.isdir(where):
         ids = {name: i for i, name in labels_by_id.items()}
         array, affine = _read_folder(Path(where), ids, max_voxels, like)
