@@ -158,8 +158,9 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
     Returns:
         Summary dict: out_dir, model_dir, steps, seconds, train_seconds, cache_seconds, last_loss, objective,
         model, n_train, ``skipped_studies`` (``[{study_uid, reason}]``: studies left out because their report,
-        image or mask could not be read; the run goes on without them), ``patients_shared`` (other splits
-        that hold patients of the training split: ``{split: patients}``, from the manifest's patient_id),
+        image or mask could not be read, or whose mask lies on another grid than its image; the run goes on without
+        them), ``patients_shared`` (other splits that hold patients of the training split: ``{split: patients}``,
+        from the manifest's patient_id),
         resumed_from, world_size, config, host (CPU, instruction set, versions); ``readout``
         (organs, first/last loss, seconds) when ``readout_epochs`` is set, ``calibration`` when thresholds were
         chosen; on rank 0 ``peak_memory`` (peak resident MiB after each stage, of the largest finished worker,

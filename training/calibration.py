@@ -68,8 +68,8 @@ def calibrate(model: Any, archive: PathLike, split: str = "val", *, labels: str 
         workers: threads that read and preprocess studies ahead of the network (same vectors as 0).
 
     With ``labels="reports"``, studies whose report is empty (it states no label) are left out with one
-    warning, and studies whose report, image or mask cannot be read are left out, each with a warning, and
-    listed in ``skipped_studies``.
+    warning, and studies whose report, image or mask cannot be read, or whose mask lies on another grid, are left
+    out, each with a warning, and listed in ``skipped_studies``.
 
     Returns:
         ``{"archive", "archive_seed", "split", "labels", "n_studies", "skipped_studies", "offsets",
