@@ -89,14 +89,45 @@ def default_corpus(dictionary: Any = None) -> List[str]:
     return lines
 
 
+#: Files that carry a tokenizer's vocabulary; without one, AutoTokenizer builds an empty vocabulary from
+#: tokenizer_config.json alone and every word becomes [UNK].
+_VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json + merges.txt", "spiece.model / *.model (SentencePiece)")
+_ENCODER_REQUIRED = "an encoder (BERT-family: BERT, RoBERTa, DeBERTa, ELECTRA, MiniLM ...) with a pad token is required"
+
+
+def _has_vocab_file(folder: Path) -> bool:
+    return ((folder / "tokenizer.json").is_file() or (folder / "vocab.txt").is_file()
+            or ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file())
+            or any(f.is_file() for f in folder.glob("*.model")))
+
+
 def load_tokenizer(folder: str | os.PathLike):
-    """Load a tokenizer from a local folder only (never a hub)."""
+    """Load a tokenizer from a local folder only (never a hub).
+
+    Refused (``ConfigError`` naming the folder): no vocabulary file (see ``_VOCAB_FILES``), a vocabulary of
+    special tokens only, or no pad token (texts are padded to a batch).
+    """
     from transformers import AutoTokenizer
 
+    path = Path(folder)
+    if path.is_dir() and not _has_vocab_file(path):
+        present = sorted(f.name for f in path.iterdir()
+                         if f.is_file() and any(w in f.name for w in ("token", "vocab", "merges", "special")))
+        raise ConfigError(f"no tokenizer vocabulary in {folder}: none of {', '.join(_VOCAB_FILES)} is present"
+                          f" (found {', '.join(present) if present else 'no tokenizer files'}); save the "
+                          "tokenizer with tokenizer.save_pretrained(folder) next to the model", path=folder)
     try:
-        return AutoTokenizer.from_pretrained(os.fspath(folder), local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(os.fspath(folder), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load a tokenizer from {folder}: {exc}", path=folder) from None
+    specials = len(set(tok.all_special_tokens))
+    if len(tok) <= specials:
+        raise ConfigError(f"the tokenizer in {folder} has {len(tok)} tokens, only its {specials} special tokens: "
+                          "its vocabulary file is missing or empty, so every word would become the unknown token",
+                          path=folder)
+    if tok.pad_token is None:
+        raise ConfigError(f"the tokenizer in {folder} has no pad token; {_ENCODER_REQUIRED}", path=folder)
+    return tok
 
 
 def _check_local(path: str) -> Path:
@@ -128,6 +159,82 @@ def max_text_tokens(encoder: Any) -> Optional[int]:
     return rows - (int(pad) + 1 if isinstance(pad, int) else 0)
 
 
+def _stored_dtypes(folder: Path) -> set:
+    """The dtypes of the tensors in the folder's *.safetensors files (headers only); a truncated or corrupt
+    file is a ConfigError naming it (transformers would raise a raw SafetensorError)."""
+    from safetensors import safe_open
+
+    dtypes = set()
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(os.fspath(file), framework="pt") as f:
+                dtypes |= {str(f.get_slice(k).get_dtype()) for k in f.keys()}
+        except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError; the message says which
+            raise ConfigError(f"cannot read the text model weights (truncated or corrupt safetensors file?): "
+                              f"{type(exc).__name__}: {exc}", path=file) from None
+    return dtypes
+
+
+def _is_ignorable_missing(key: str) -> bool:
+    # The pooler is dropped anyway (we pool ourselves); position_ids-like buffers are rebuilt by the model.
+    return "pooler" in key.split(".") or key.endswith(("position_ids", "token_type_ids"))
+
+
+def _load_local(folder: Path, vocab_size: int):
+    """Load a local BERT-family encoder in float32, refusing what transformers would accept silently."""
+    import json
+
+    from transformers import AutoConfig, AutoModel
+
+    dtypes = _stored_dtypes(folder)
+    try:
+        declared = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the text model's config.json: {exc}", path=folder / "config.json") from None
+    try:
+        hf = AutoConfig.from_pretrained(os.fspath(folder), local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"cannot load the text model config: {exc}", path=folder) from None
+    if getattr(hf, "is_encoder_decoder", False) or getattr(hf, "is_decoder", False):
+        raise ConfigError(f"the text model in {folder} is a {hf.model_type!r} "
+                          f"{'encoder-decoder' if hf.is_encoder_decoder else 'decoder'}; {_ENCODER_REQUIRED}",
+                          path=folder)
+    try:
+        # float32 always: a float16/bfloat16 folder ("dtype"/"torch_dtype" in config.json, or half weights)
+        # otherwise loads in half precision, and the saved CT-GLIP folder no longer loads or trains.
+        model, info = AutoModel.from_pretrained(os.fspath(folder), local_files_only=True, use_safetensors=True,
+                                                dtype=torch.float32, output_loading_info=True)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load the text model: {exc}", path=folder) from None
+    except Exception as exc:  # noqa: BLE001 - shape mismatches and the like, raised with various types
+        raise ConfigError(f"cannot load the text model: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:300] if str(exc) else ''}", path=folder) from None
+    table = getattr(getattr(model, "embeddings", None), "word_embeddings", None)
+    if not isinstance(table, nn.Embedding):
+        raise ConfigError(f"the text model in {folder} ({type(model).__name__}, model_type {hf.model_type!r}) "
+                          f"is not a BERT-style encoder; {_ENCODER_REQUIRED}", path=folder)
+    missing = sorted(k for k in info.get("missing_keys", ()) if not _is_ignorable_missing(k))
+    if missing:
+        unexpected = sorted(info.get("unexpected_keys", ()))
+        raise ConfigError(f"the weights in {folder} do not match its {hf.model_type!r} architecture: "
+                          f"{len(missing)} encoder weights are missing (e.g. {', '.join(missing[:4])})"
+                          + (f"; the file has unexpected keys instead (e.g. {', '.join(unexpected[:4])})"
+                             if unexpected else "")
+                          + ". transformers would initialise them randomly; re-save the model with "
+                            "save_pretrained()", path=folder)
+    half = sorted(d for d in dtypes if d.upper() in ("F16", "BF16", "FLOAT16", "BFLOAT16"))
+    stated = declared.get("dtype") or declared.get("torch_dtype")
+    if half or stated not in (None, "float32"):
+        log.info("text model in %s is stored as %s; loaded in float32", folder,
+                 ", ".join(half) if half else stated)
+    rows = table.num_embeddings
+    if vocab_size > rows:
+        raise ConfigError(f"the tokenizer in {folder} has {vocab_size} tokens but the text model embeds only "
+                          f"{rows} (vocab_size): token ids past the table would fail at the first text; use the "
+                          "tokenizer the model was trained with", path=folder)
+    return model
+
+
 class TextTower(nn.Module):
     """A Hugging Face encoder plus pooling; ``forward(input_ids, attention_mask) -> [B, hidden]``.
 
@@ -156,11 +263,7 @@ class TextTower(nn.Module):
                 raise ConfigError(f"text_model_config cannot build a {model_type!r} model: "
                                   f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
         elif cfg.pretrained_path:
-            folder = _check_local(cfg.pretrained_path)
-            try:
-                model = AutoModel.from_pretrained(os.fspath(folder), local_files_only=True, use_safetensors=True)
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"cannot load the text model: {exc}", path=folder) from None
+            model = _load_local(_check_local(cfg.pretrained_path), vocab_size)
         else:
             hf = BertConfig(vocab_size=vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
                             num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
