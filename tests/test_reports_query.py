@@ -90,6 +90,8 @@ def test_lay_phrasings_of_the_issue(text, finding):
     ("smokers lungs", "emphysema", "lung"),                          # no apostrophe, plural
     ("swollen livers", "hepatomegaly", "liver"),                     # plural organ name
     ("swolen spleen", "splenomegaly", "spleen"),                     # typo of a lay word
+    ("hardening of the aorta", "aortic_calcification", "aorta"),     # second review round
+    ("lung damage from smoking", "emphysema", "lung"),
 ])
 def test_held_out_lay_phrasings(text, finding, organ):
     q = read_query(text)

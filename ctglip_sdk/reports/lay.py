@@ -82,7 +82,7 @@ LAY_TERMS: Dict[str, LayTerm] = {
                    "water build up|water buildup|water retention"),
     "calcification": _term("calcification|calcifications",
                            "calcium|calcium deposit|calcium deposits|calcium build up|calcium buildup|calcified|"
-                           "calcium spots|chalky deposits"),
+                           "calcium spots|chalky deposits|hardening|hardened|hardening of"),
     "stone": _term("stone|stones|calculus|calculi", "gravel|pebble|grit"),
     "thrombus": _term("thrombus|thrombosis", "clot|blood clot|clotted|clotting|blocked by a clot"),
     "fracture": _term("fracture|fractures", "broken|break|cracked|crack|crushed|crush|snapped"),
@@ -95,7 +95,8 @@ LAY_TERMS: Dict[str, LayTerm] = {
     # an organ's infection is a synonym of one of its findings in the dictionary (pneumonia is a consolidation)
     "infection": _term("pneumonia|cholecystitis|cystitis", "infection|infected|inflamed"),
     "bullae": _term("bullae|bullous disease|emphysema", "holes|hole|air pockets|air pocket|air holes"),
-    "emphysema": _term("emphysema", "smoker's lung|smoker lung|smokers' lung", names=True),
+    "emphysema": _term("emphysema", "smoker's lung|smoker lung|smokers' lung|smoker's lungs|smokers lungs|"
+                       "lung damage from smoking|smoking damage to the lungs|smoking damaged lungs", names=True),
 }
 #: Lay organ names, read in queries only; an entry counts where the organ table knows the organ (TotalSegmentator
 #: v1 has no larynx, so "voice box" names nothing until it does).
