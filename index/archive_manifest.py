@@ -17,7 +17,7 @@ from ctglip_sdk.io.paths import require_path
 from ctglip_sdk.privacy import KEY_ENV
 
 from .filters import normalise_sex
-from .layout import Item, _existing, discovered_items, path_key, redact, stems
+from .layout import Item, discovered_items, existing_path, path_key, redact, stems
 
 __all__ = ["write_archive_manifest", "ManifestSummary", "REPORT_PATTERNS", "MANIFEST_COLUMNS"]
 
@@ -75,7 +75,7 @@ def _find_report(root: Path, image: str, alone: bool) -> Optional[str]:
         rel = os.path.normpath((folder / cand).as_posix())
         if rel.startswith(".."):  # the sibling pattern for an image at the root would leave the archive
             continue
-        found = _existing(root, rel, folder=False)  # "CT.TXT" beside "CT.NII.GZ" too
+        found = existing_path(root, rel, folder=False)  # "CT.TXT" beside "CT.NII.GZ" too
         if found is not None and root_resolved in (root / found).resolve().parents:
             return found
     return None

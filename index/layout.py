@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ctglip_sdk.errors import CTGlipError, InputError
 from ctglip_sdk.io.paths import is_within, resolve_within
 
-__all__ = ["Item", "plan_archive", "discovered_items", "fingerprint", "redact", "path_key", "MASK_PATTERNS"]
+__all__ = ["Item", "plan_archive", "discovered_items", "existing_path", "fingerprint", "redact", "path_key", "MASK_PATTERNS"]
 
 log = logging.getLogger(__name__)
 
@@ -204,13 +204,13 @@ def _find_mask(root: Path, image: str, alone: bool, inside: bool = False) -> Opt
     if folder.as_posix() not in ("", "."):  # sibling folders (images/, masks/) exist only below the root
         candidates += [p.format(stem=st) for st in stems(image) for p in SIBLING_MASKS]
     for cand in candidates:
-        rel = _existing(root, os.path.normpath((folder / cand.rstrip("/")).as_posix()), cand.endswith("/"))
+        rel = existing_path(root, os.path.normpath((folder / cand.rstrip("/")).as_posix()), cand.endswith("/"))
         if rel is not None:
             return rel
     return None
 
 
-def _existing(root: Path, rel: str, folder: bool) -> Optional[str]:
+def existing_path(root: Path, rel: str, folder: bool) -> Optional[str]:
     """``rel`` as it is spelt on disk when it exists (as a folder or a file), its last part matched without regard
     to case: archives written on Windows name a mask ``CT_seg.NII.GZ`` beside ``CT.NII.GZ``."""
     target = root / rel
