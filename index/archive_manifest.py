@@ -16,7 +16,7 @@ from ctglip_sdk.errors import ConfigError, CTGlipError, InputError
 from ctglip_sdk.io.paths import require_path
 from ctglip_sdk.privacy import KEY_ENV
 
-from .filters import normalise_sex
+from .ingest_read import checked_age, checked_sex, header_contrast
 from .layout import Item, discovered_items, existing_path, path_key, redact, stems
 
 __all__ = ["write_archive_manifest", "ManifestSummary", "REPORT_PATTERNS", "MANIFEST_COLUMNS"]
@@ -94,16 +94,12 @@ def _report_text(path: Path) -> str:
 def _checked(meta: Dict[str, Any], name: str, warnings: List[str]) -> Tuple[Optional[str], Optional[int]]:
     """Sex and age as ingest would store them: a value ingest refuses (sex "X", age 999) is left empty here too,
     with a warning, so that the manifest and the index agree."""
-    sex = meta.get("sex")
-    try:
-        sex = normalise_sex(sex)
-    except CTGlipError:
-        warnings.append(f"{name}: sex {str(sex)[:10]!r} from the image header is not M, F or O; left empty")
-        sex = None
-    age = meta.get("age")
-    if age is not None and not 0 <= float(age) <= 150:
-        warnings.append(f"{name}: age {age!r} from the image header is outside 0-150; left empty")
-        age = None
+    sex, why = checked_sex(meta.get("sex"))
+    if why:
+        warnings.append(f"{name}: sex {str(meta.get('sex'))[:10]!r} from the image header {why}; left empty")
+    age, why = checked_age(meta.get("age"))
+    if why:
+        warnings.append(f"{name}: age {meta.get('age')!r} from the image header {why}; left empty")
     return sex, None if age is None else int(age)
 
 
@@ -232,7 +228,7 @@ def write_archive_manifest(archive: PathLike, *, seed: int = 0, fractions: Seque
             missing_report.append(name)
         elif not _report_text(root / report):  # says nothing: every organ would be taken as normal
             empty_report.append(name)
-        contrast = meta.get("contrast_agent") or ("none" if meta.get("contrast") is False else "")
+        contrast = header_contrast(meta) or ""
         sex, age = _checked(meta, name, warnings)
         rows.append({
             "patient_id": meta.get("patient") or f"path:{item.image}",

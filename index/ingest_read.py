@@ -163,6 +163,30 @@ def _read_one(index: "ArchiveIndex", root: Path, item: Item, model: Any) -> _Pre
     return out
 
 
+def checked_sex(value: Any) -> Tuple[Optional[str], Optional[str]]:
+    """(sex as stored, None) or (None, why it cannot be): 'M'/'F'/'O' from common spellings."""
+    try:
+        return normalise_sex(value), None
+    except CTGlipError:
+        return None, "is not M, F or O"
+
+
+def checked_age(value: Any) -> Tuple[Optional[float], Optional[str]]:
+    """(age as stored, None) or (None, why it cannot be): a number in 0-150, the range add_embeddings enforces."""
+    try:
+        age = float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None, "is not a number"
+    if age is not None and not 0 <= age <= 150:
+        return None, "is outside 0-150"
+    return age, None
+
+
+def header_contrast(meta: Dict[str, Any]) -> Optional[str]:
+    """The contrast column from an image header: the ContrastBolusAgent text, "none" when the header says none."""
+    return meta.get("contrast_agent") or ("none" if meta.get("contrast") is False else None)
+
+
 def _study_fields(index: "ArchiveIndex", root: Path, item: Item, meta: Dict[str, Any],
                   warnings: Optional[List[str]] = None) -> Dict[str, Any]:
     """Patient/study values: the manifest row first, the image header second; identifiers pseudonymised.
@@ -182,20 +206,13 @@ def _study_fields(index: "ArchiveIndex", root: Path, item: Item, meta: Dict[str,
     if not ident:
         ident = f"unknown:{item.key}"  # one pseudo-patient per series when nothing identifies the patient
     sex_raw = row.get("sex") or meta.get("sex")
-    try:
-        sex = normalise_sex(sex_raw)
-    except CTGlipError:
-        sex = None
-        unread("sex", sex_raw, "is not M, F or O")
+    sex, why = checked_sex(sex_raw)
+    if why:
+        unread("sex", sex_raw, why)
     age_raw = row.get("age") if row.get("age") not in (None, "") else meta.get("age")
-    try:
-        age = float(age_raw) if age_raw not in (None, "") else None
-    except (TypeError, ValueError):
-        age = None
-        unread("age", age_raw, "is not a number")
-    if age is not None and not 0 <= age <= 150:  # the range add_embeddings enforces
-        unread("age", age_raw, "is outside 0-150")
-        age = None
+    age, why = checked_age(age_raw)
+    if why:
+        unread("age", age_raw, why)
     date_raw = row.get("study_date") or meta.get("study_date")
     try:
         date = to_date(date_raw)
@@ -204,7 +221,7 @@ def _study_fields(index: "ArchiveIndex", root: Path, item: Item, meta: Dict[str,
         unread("study_date", date_raw, "is not a date")
     contrast = row.get("contrast")
     if contrast in (None, ""):
-        contrast = meta.get("contrast_agent") or ("none" if meta.get("contrast") is False else None)
+        contrast = header_contrast(meta)
     birth = row.get("birth_year")
     return {
         "patient": index.pseudonym(str(ident)),
