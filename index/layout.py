@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ctglip_sdk.errors import CTGlipError, InputError
-from ctglip_sdk.io.paths import is_within, resolve_within
+from ctglip_sdk.io.paths import is_within, resolve_within, strip_root
 
 __all__ = ["Item", "plan_archive", "discovered_items", "existing_path", "fingerprint", "redact", "path_key", "MASK_PATTERNS"]
 
@@ -96,24 +96,6 @@ def path_key(rel: str) -> str:
     return key if len(key) <= 255 else f"path-sha1:{hashlib.sha1(rel.encode()).hexdigest()}"
 
 
-def _strip_root(text: str, root: Path) -> str:
-    """``text`` with the archive root removed where it starts a path: made relative below it, "." for itself.
-
-    Only as a path prefix (after the start, a space, a quote or "=") and followed by "/" (or, for the absolute
-    form, a path's end): a root named "a" must not turn "cannot read" into "c.nnot re.d". The resolved form goes first because the root as
-    given may be a suffix of it.
-    """
-    bases = sorted({str(root.resolve()).rstrip("/"), str(root).rstrip("/")}, key=len, reverse=True)
-    for base in bases:
-        if not base or base == ".":
-            continue
-        lead = r"(?:(?<=^)|(?<=[\s'\"(=]))"
-        text = re.sub(lead + re.escape(base) + "/", "", text)
-        if os.path.isabs(base):  # a bare relative root ("a") cannot be told from a word
-            text = re.sub(lead + re.escape(base) + r"(?=$|[\s'\")*,;:])", ".", text)
-    return text
-
-
 def redact(exc: BaseException, root: Path, item: Optional[Item] = None,
            identifier: Optional[str] = None) -> str:
     """An error message safe to store and log: archive paths made relative, the patient identifier removed
@@ -125,7 +107,7 @@ def redact(exc: BaseException, root: Path, item: Optional[Item] = None,
         text = f"the database refused the series: {type(orig).__name__}: {str(orig).splitlines()[0] if str(orig) else ''}"
     else:
         text = f"{type(exc).__name__}: {exc}"
-    text = _strip_root(text, root)
+    text = strip_root(text, root)
     ident = str((item.row.get("patient_id") if item is not None else identifier) or "").strip()
     if ident:
         text = text.replace(ident, "<patient>")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
@@ -95,13 +94,11 @@ def read_manifest(root: Any, split: Optional[str] = None) -> List[StudyRecord]:
 
 
 def relative_reason(reason: str, root: Any) -> str:
-    """A skipped study's reason with the archive root taken off its paths (as ingest records them): a root such as
-    /data/<site>/<name>/ says nothing about the study and should not travel into summaries and logs."""
-    # Only absolute forms of the root, longest first: the paths in reasons are absolute, and a relative root
-    # ("B_mixed") would also match inside another path ("/data/B_mixed/...") and cut it wrongly.
-    for base in sorted({os.path.abspath(root), os.fspath(Path(root).resolve())}, key=len, reverse=True):
-        reason = reason.replace(base.rstrip(os.sep) + os.sep, "")
-    return reason
+    """A skipped study's reason with the archive root taken off its paths, as ingest records them
+    (:func:`ctglip_sdk.io.paths.strip_root`)."""
+    from ctglip_sdk.io.paths import strip_root
+
+    return strip_root(reason, root)
 
 
 def read_truth(root: Any) -> Dict[str, List[Dict[str, Any]]]:

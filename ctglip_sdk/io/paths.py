@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, List, Tuple, Type, Union
 
 from ctglip_sdk.errors import CTGlipError, InputError
 
-__all__ = ["resolve_within", "is_within", "walk_files", "require_path"]
+__all__ = ["resolve_within", "is_within", "walk_files", "require_path", "strip_root"]
 
 log = logging.getLogger(__name__)
 
@@ -125,3 +126,23 @@ def walk_files(root: PathLike, follow_symlinks: bool = False) -> Tuple[List[Path
     files.sort()
     refused.sort()
     return files, refused
+
+
+def strip_root(text: str, root: PathLike) -> str:
+    """``text`` with the archive root removed where it starts a path: made relative below it, "." for itself.
+
+    Only as a path prefix (after the start, a space, a quote or "=") and followed by "/" (or, for the absolute
+    form, a path's end): a root named "a" must not turn "cannot read" into "c.nnot re.d". The resolved form goes
+    first because the root as given may be a suffix of it. Ingest's recorded reasons and training's skipped
+    studies both use it, so a reason reads the same wherever it is stored.
+    """
+    root = Path(root)
+    bases = sorted({str(root.resolve()).rstrip("/"), str(root).rstrip("/")}, key=len, reverse=True)
+    for base in bases:
+        if not base or base == ".":
+            continue
+        lead = r"(?:(?<=^)|(?<=[\s'\"(=]))"
+        text = re.sub(lead + re.escape(base) + "/", "", text)
+        if os.path.isabs(base):  # a bare relative root ("a") cannot be told from a word
+            text = re.sub(lead + re.escape(base) + r"(?=$|[\s'\")*,;:])", ".", text)
+    return text
