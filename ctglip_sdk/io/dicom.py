@@ -24,6 +24,7 @@ from ctglip_sdk.io.geometry import (
     check_voxel_count,
 )
 from ctglip_sdk.io.dicom_frames import _Frame, _frames_of
+from ctglip_sdk.io.dicom_redact import redact_pydicom_values
 from ctglip_sdk.io.meta import dicom_meta
 from ctglip_sdk.io.paths import walk_files
 from ctglip_sdk.volume import Volume
@@ -52,6 +53,7 @@ def try_read_header(path: PathLike, specific_tags: Optional[Sequence[str]] = Non
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    redact_pydicom_values()  # header values are validated lazily, on access: before any value is read
     try:
         return pydicom.dcmread(os.fspath(path), stop_before_pixels=True, specific_tags=specific_tags)
     except InvalidDicomError:
@@ -215,6 +217,7 @@ def _decode(path: str, header: Any) -> np.ndarray:
     import pydicom
 
     _check_decoder(header, path)
+    redact_pydicom_values()
     try:
         try:
             from pydicom.pixels import pixel_array  # pydicom >= 3: reads only what decoding needs
@@ -321,6 +324,7 @@ def _raw_series_uid(path: Path) -> Optional[str]:
     """SeriesInstanceUID of a file read as a bare dataset (no preamble), or None when it does not parse as one."""
     import pydicom
 
+    redact_pydicom_values()
     try:
         ds = pydicom.dcmread(os.fspath(path), force=True, stop_before_pixels=True,
                              specific_tags=["SeriesInstanceUID"])

@@ -7,6 +7,7 @@ import logging
 import re
 from typing import Any, Dict, Optional
 
+from ctglip_sdk.io.dicom_redact import redact_pydicom_values
 from ctglip_sdk.privacy import pseudonymize
 
 __all__ = ["META_KEYS", "empty_meta", "dicom_meta", "parse_age", "iso_date"]
@@ -98,6 +99,7 @@ def dicom_meta(ds: Any, source_path: str, include_identifiers: bool = False) -> 
     PatientID, PatientBirthDate and AccessionNumber are copied only into ``meta["identifiers"]`` and only when
     ``include_identifiers`` is True.
     """
+    redact_pydicom_values()  # a header handed in by the caller: its values are checked as they are read here
     meta = empty_meta(source_path, "dicom")
     age = parse_age(_text(ds, "PatientAge"))
     if age is None:
