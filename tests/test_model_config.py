@@ -102,3 +102,14 @@ def test_tokenizer_training_is_deterministic():
     tok = train_tokenizer(corpus, vocab_size=600)
     assert set(tok.all_special_tokens) == {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}  # "##x" stay ordinary
     assert tok.tokenize("hepatic") == ["hepatic"] and "##s" in tok.get_vocab()
+
+
+def test_hash_ignores_where_a_local_text_tower_lives():
+    # An index built on one machine must accept the same model whose text tower folder was moved elsewhere.
+    a = CTGlipConfig.from_dict({"name": "m", "text": {"pretrained_path": "/home/alice/models/bert-mini"}})
+    b = CTGlipConfig.from_dict({"name": "m", "text": {"pretrained_path": "/mnt/share/models/bert-mini/"}})
+    c = CTGlipConfig.from_dict({"name": "m", "text": {"pretrained_path": "/home/alice/models/bert-small"}})
+    none = CTGlipConfig.from_dict({"name": "m"})
+    assert a.config_hash == b.config_hash
+    assert a.config_hash != c.config_hash != none.config_hash
+    assert a.text.pretrained_path == "/home/alice/models/bert-mini"  # the config itself is unchanged

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, Literal, Mapping, Optional, Tuple
@@ -326,8 +327,16 @@ class CTGlipConfig(_ConfigBase):
 
     @property
     def config_hash(self) -> str:
-        """sha256 of the canonical JSON; an index stores it to refuse vectors from a different model config."""
-        canon = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """sha256 of the canonical JSON; an index stores it to refuse vectors from a different model config.
+
+        A local text tower counts by its folder's name only: moving the folder (another user, another machine,
+        a mounted share) must not make an index refuse the same model. A config without one hashes as before.
+        """
+        d = self.to_dict()
+        text = d.get("text") or {}
+        if text.get("pretrained_path"):
+            text["pretrained_path"] = os.path.basename(os.path.normpath(str(text["pretrained_path"])))
+        canon = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode("utf-8")).hexdigest()
 
 
