@@ -53,7 +53,7 @@ def try_read_header(path: PathLike, specific_tags: Optional[Sequence[str]] = Non
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    redact_pydicom_values()  # header values are validated lazily, on access: before any value is read
+    redact_pydicom_values()  # before pydicom checks (and may quote) any value it reads or converts
     try:
         return pydicom.dcmread(os.fspath(path), stop_before_pixels=True, specific_tags=specific_tags)
     except InvalidDicomError:
@@ -217,7 +217,6 @@ def _decode(path: str, header: Any) -> np.ndarray:
     import pydicom
 
     _check_decoder(header, path)
-    redact_pydicom_values()
     try:
         try:
             from pydicom.pixels import pixel_array  # pydicom >= 3: reads only what decoding needs
