@@ -156,7 +156,7 @@ def add_embeddings(index: "ArchiveIndex", series: Union[SeriesEmbeddings, Iterab
             outcomes = [{"series_uid": e.item.key, "fingerprint": e.item.fingerprint, "status": "ok", "reason": None,
                          "n_organs": len(e.names)} for e in batch]
             try:
-                added, removed = write_batch(index, run_id, batch, outcomes)
+                added, removed = write_batch(index, run_id, batch, outcomes, report.warnings)
             except SQLAlchemyError as exc:
                 orig = getattr(exc, "orig", exc)
                 raise InputError(f"the database refused the batch of series {batch[0].item.key} .. "

@@ -71,10 +71,13 @@ def _opt(values: Optional[np.ndarray], j: int) -> Optional[float]:
 
 
 def write_batch(index: "ArchiveIndex", run_id: int, encoded: List[_Encoded],
-                outcomes: List[Dict[str, Any]]) -> Tuple[int, int]:
+                outcomes: List[Dict[str, Any]], warnings: Optional[List[Dict[str, str]]] = None) -> Tuple[int, int]:
     """Persist one batch: vectors appended + fsynced, then every SQL row in one transaction, then memory.
 
-    Returns ``(organs added, organs removed)``. The caller holds the writer lock.
+    Returns ``(organs added, organs removed)``. The caller holds the writer lock. ``warnings``, when given,
+    receives ``{"series", "warning"}`` for a series whose header sex disagrees with the sex already stored for
+    its patient (sex is a patient attribute: the stored value is kept, and the disagreement is reported rather
+    than silently dropped).
     """
     from .vectors import unit_rows  # noqa: PLC0415
 
@@ -87,15 +90,20 @@ def write_batch(index: "ArchiveIndex", run_id: int, encoded: List[_Encoded],
     vecs = vecs.astype(np.float16).astype(np.float32)
     index.vectors.append(ids, vecs)  # 1. raw vectors first (fsynced): SQL never references a missing vector
     mirror_rows: List[Tuple[Any, ...]] = []
+    conflicts: List[Dict[str, str]] = []
 
     def tx(conn: Any) -> Tuple[List[int], int]:
         removed: List[int] = []
         rows: List[Dict[str, Any]] = []
         mirror_rows.clear()
+        conflicts.clear()  # a retried transaction reports each disagreement once
         pos = 0
         for e in encoded:
             f = e.fields
             pid, sex = store.ensure_patient(conn, f["patient"], f["identifier"], f["sex"], f["birth_year"])
+            if f["sex"] and sex and f["sex"] != sex:
+                conflicts.append({"series": e.item.key, "warning": f"sex {f['sex']!r} in this series differs from "
+                                  f"{sex!r} stored for its patient; kept {sex!r}"})
             study = {k: f[k] for k in ("study_date", "age", "description", "contrast", "body_part", "split",
                                        "report_path")}
             sid, srow = store.ensure_study(conn, f["study_uid"], pid, study)
@@ -143,6 +151,8 @@ def write_batch(index: "ArchiveIndex", run_id: int, encoded: List[_Encoded],
         index._ann_lock.release_write()
     index._data_version = version
     index._ann_dirty = True
+    if warnings is not None:
+        warnings.extend(conflicts)
     return n, len(removed)
 
 
@@ -288,7 +298,11 @@ def _run_pipeline(index: "ArchiveIndex", root: Path, model: Any, todo: List[Item
 
     def write(encoded: List[_Encoded], extra: List[Dict[str, Any]]) -> None:
         t0 = time.perf_counter()
-        added, removed = write_batch(index, run_id, encoded, extra + [ok_outcome(e) for e in encoded])
+        conflicts: List[Dict[str, str]] = []
+        added, removed = write_batch(index, run_id, encoded, extra + [ok_outcome(e) for e in encoded], conflicts)
+        for w in conflicts:
+            log.warning("series %s: %s", w["series"], w["warning"])
+        report.warnings += conflicts
         report.timings["write"] += time.perf_counter() - t0
         report.organs_added += added
         report.organs_removed += removed

@@ -416,6 +416,24 @@ def test_unreadable_manifest_values_are_stored_empty_and_reported(tmp_path):
     idx.close()
 
 
+def test_a_patients_disagreeing_sex_is_reported_and_the_stored_one_kept(tmp_path):
+    """Sex is stored per patient: a later study that says otherwise is a warning, not a silent overwrite."""
+    archive = make_archive(tmp_path / "a", n=3, seed=6)
+    rows = read_manifest(archive)
+    rows[1].update(patient_id=rows[0]["patient_id"], sex="M" if rows[0]["sex"] == "F" else "F")
+    rows[2].update(patient_id=rows[0]["patient_id"], sex=rows[0]["sex"])  # agrees: no warning
+    write_manifest(archive, rows)
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    report = idx.ingest(archive, workers=0)
+    assert report.ok == 3 and report.n_errors == 0
+    sex_warnings = [w for w in report.warnings if w["warning"].startswith("sex ")]
+    assert [w["series"] for w in sex_warnings] == [rows[1]["series_uid"]], report.warnings
+    assert f"kept '{rows[0]['sex']}'" in sex_warnings[0]["warning"]
+    assert rows[0]["patient_id"] not in json.dumps(report.warnings)  # the patient is not named
+    assert {h.sex for h in idx.search(np.ones(idx.dim, np.float32), k=100)} == {rows[0]["sex"]}
+    idx.close()
+
+
 def test_dicom_and_nifti_archives_give_the_same_vectors(tmp_path):
     nii = make_archive(tmp_path / "nii", n=2, seed=3)
     dcm = make_archive(tmp_path / "dcm", n=2, seed=3, fmt="dicom")
