@@ -92,6 +92,9 @@ def test_lay_phrasings_of_the_issue(text, finding):
     ("swolen spleen", "splenomegaly", "spleen"),                     # typo of a lay word
     ("hardening of the aorta", "aortic_calcification", "aorta"),     # second review round
     ("lung damage from smoking", "emphysema", "lung"),
+    ("right hydro", "hydronephrosis", "kidney_right"),                # shorthand typed into search (session 22)
+    ("Ao calcs", "aortic_calcification", "aorta"),
+    ("liver calc", "liver_calcification", "liver"),
 ])
 def test_held_out_lay_phrasings(text, finding, organ):
     q = read_query(text)
@@ -198,3 +201,11 @@ def test_short_organ_typos_and_swapped_letters_are_corrected(text, finding, read
 def test_short_words_are_not_corrected_to_findings():
     assert read_query("mass in the lever") is None      # "lever" is 0.8 from "liver": below the cutoff
     assert read_query("cast in kidney") is None         # short non-organ words are never corrected ("cyst")
+
+
+def test_shorthand_hydro_negates_like_the_clinical_word():
+    from ctglip_sdk.reports.query import explain_query
+
+    assert read_query("no hydro") is None  # as for "no big liver": no finding to search for
+    r = explain_query("no hydro")
+    assert r.negated is not None and r.negated.finding == "hydronephrosis" and r.negated.status is Status.ABSENT

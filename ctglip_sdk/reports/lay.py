@@ -82,7 +82,9 @@ LAY_TERMS: Dict[str, LayTerm] = {
                    "water build up|water buildup|water retention"),
     "calcification": _term("calcification|calcifications",
                            "calcium|calcium deposit|calcium deposits|calcium build up|calcium buildup|calcified|"
-                           "calcium spots|chalky deposits|hardening|hardened|hardening of"),
+                           "calcium spots|chalky deposits|hardening|hardened|hardening of|calcs|calc"),
+    # radiologists' shorthand typed into search: "R hydro" (reports spell it out, so it stays query-only)
+    "hydro": _term("hydronephrosis", "hydro", names=True),
     "stone": _term("stone|stones|calculus|calculi", "gravel|pebble|grit"),
     "thrombus": _term("thrombus|thrombosis", "clot|blood clot|clotted|clotting|blocked by a clot"),
     "fracture": _term("fracture|fractures", "broken|break|cracked|crack|crushed|crush|snapped"),
@@ -107,7 +109,7 @@ LAY_ORGANS: Dict[str, str] = {
     # "fluid in the chest", "chest infection": as a report heading, "Chest:" already means the lungs
     "chest": "lung", "chest cavity": "lung",
     "heart arteries": "heart", "heart artery": "heart", "arteries of the heart": "heart", "heart vessels": "heart",
-    "heart muscle": "heart_myocardium", "main artery": "aorta", "body's main artery": "aorta",
+    "heart muscle": "heart_myocardium", "main artery": "aorta", "body's main artery": "aorta", "ao": "aorta",
     "backbone": "vertebrae", "back bone": "vertebrae", "spinal column": "vertebrae", "spinal bones": "vertebrae",
     "spine bones": "vertebrae", "vertebral column": "vertebrae",
     "tailbone": "sacrum", "tail bone": "sacrum", "collarbone": "clavicula", "collar bone": "clavicula",
