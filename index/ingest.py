@@ -151,6 +151,8 @@ def write_batch(index: "ArchiveIndex", run_id: int, encoded: List[_Encoded],
         index._ann_lock.release_write()
     index._data_version = version
     index._ann_dirty = True
+    for w in conflicts:
+        log.warning("series %s: %s", w["series"], w["warning"])
     if warnings is not None:
         warnings.extend(conflicts)
     return n, len(removed)
@@ -298,11 +300,8 @@ def _run_pipeline(index: "ArchiveIndex", root: Path, model: Any, todo: List[Item
 
     def write(encoded: List[_Encoded], extra: List[Dict[str, Any]]) -> None:
         t0 = time.perf_counter()
-        conflicts: List[Dict[str, str]] = []
-        added, removed = write_batch(index, run_id, encoded, extra + [ok_outcome(e) for e in encoded], conflicts)
-        for w in conflicts:
-            log.warning("series %s: %s", w["series"], w["warning"])
-        report.warnings += conflicts
+        added, removed = write_batch(index, run_id, encoded, extra + [ok_outcome(e) for e in encoded],
+                                     report.warnings)
         report.timings["write"] += time.perf_counter() - t0
         report.organs_added += added
         report.organs_removed += removed

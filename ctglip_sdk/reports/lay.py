@@ -83,7 +83,7 @@ LAY_TERMS: Dict[str, LayTerm] = {
     "calcification": _term("calcification|calcifications",
                            "calcium|calcium deposit|calcium deposits|calcium build up|calcium buildup|calcified|"
                            "calcium spots|chalky deposits|hardening|hardened|hardening of|calcs|calc"),
-    # radiologists' shorthand typed into search: "R hydro" (reports spell it out, so it stays query-only)
+    # radiologists' shorthand typed into search: "right hydro" (reports spell it out, so it stays query-only)
     "hydro": _term("hydronephrosis", "hydro", names=True),
     "stone": _term("stone|stones|calculus|calculi", "gravel|pebble|grit"),
     "thrombus": _term("thrombus|thrombosis", "clot|blood clot|clotted|clotting|blocked by a clot"),
