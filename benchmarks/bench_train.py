@@ -64,7 +64,7 @@ def main() -> int:
     t_cached = []
     for r in records:
         t0 = time.perf_counter()
-        cache.load(r.image, r.mask)
+        cache.load(r.image, r.mask, r.series)
         t_cached.append(time.perf_counter() - t0)
 
     runs = {}

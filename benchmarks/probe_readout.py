@@ -57,7 +57,7 @@ def archive_table(model: Any, root: Path, dictionary: Any, workers: int) -> Tabl
     phase: List[str] = []
     for rec in records:
         have = {(f.get("organ"), f.get("finding")) for f in truth.get(rec.study_uid, [])}
-        names = cache.names(rec.image, rec.mask)  # the header only; projection_inputs read the tensors
+        names = cache.names(rec.image, rec.mask, rec.series)  # the header only; projection_inputs read the tensors
         found += [{k for (o, k) in have if o == name} for name in names]
         phase += [rec.contrast] * len(names)
     return {"data": data, "truth": found, "phase": np.asarray(phase)}

@@ -36,9 +36,9 @@ def organ_table(model: Any, cache: PreprocessCache, root: Path) -> Table:
     truth = read_truth(root)
     rows, organs, labels, phase = [], [], [], []
     for rec in records:
-        names = cache.names(rec.image, rec.mask)  # header and stats only: the images are not needed here
+        names = cache.names(rec.image, rec.mask, rec.series)  # header and stats only: the images are not needed here
         have = {(f.get("organ"), f.get("finding")) for f in truth.get(rec.study_uid, [])}
-        rows.append(model.stats_columns(cache.stats(rec.image, rec.mask)).numpy())
+        rows.append(model.stats_columns(cache.stats(rec.image, rec.mask, rec.series)).numpy())
         organs += list(names)
         labels += [{k for (o, k) in have if o == name} for name in names]
         phase += [rec.contrast] * len(names)

@@ -114,21 +114,17 @@ class _Prepared:
 
 def _read_one(index: "ArchiveIndex", root: Path, item: Item, model: Any) -> _Prepared:
     """Worker: read the image, align the mask, preprocess with the model's spec (no torch forward pass)."""
-    from ctglip_sdk.io import check_mask_grid, load_segmentation, load_volume, resolve_within  # noqa: PLC0415
+    from ctglip_sdk.io import (check_mask_grid, load_listed_volume, load_segmentation,  # noqa: PLC0415
+                               load_volume, resolve_within)
 
     t: Dict[str, float] = {}
     t0 = time.perf_counter()
     image = resolve_within(root, item.image)
     keep_ids = bool(index.manifest.get("include_identifiers"))
-    try:
+    if item.load_series_uid is not None:  # discovery found several series in this folder and named this one
         volume = load_volume(image, series_uid=item.load_series_uid, include_identifiers=keep_ids)
-    except InputError as exc:
-        # A manifest row names its series (docs/data.md): a folder that also holds a localizer or another
-        # reconstruction is read for that series instead of refused.
-        wanted = item.row.get("series_uid")
-        if item.load_series_uid is not None or wanted not in (getattr(exc, "series", None) or ()):
-            raise
-        volume = load_volume(image, series_uid=wanted, include_identifiers=keep_ids)
+    else:  # a manifest row names its series (docs/data.md): read when its folder also holds a localizer
+        volume = load_listed_volume(image, series_uid=item.row.get("series_uid"), include_identifiers=keep_ids)
     t["read"] = time.perf_counter() - t0
     if not item.mask:
         raise InputError("no segmentation mask for this image (see docs/index.md for the names tried)",

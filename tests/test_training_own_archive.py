@@ -11,7 +11,9 @@ import shutil
 from pathlib import Path
 from typing import Dict, List
 
+import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 import ctglip_sdk as cg
@@ -20,7 +22,8 @@ from ctglip_sdk.errors import InputError
 from ctglip_sdk.reports import read_report_text
 from ctglip_sdk.training import calibrate, evaluate
 from ctglip_sdk.training.cache import PreprocessCache
-from ctglip_sdk.training.data import annotate_report, build_cache, read_manifest, read_reports
+from ctglip_sdk.training.data import annotate_report, build_cache, cached_study, is_cached, read_manifest, read_reports
+from ctglip_sdk.training.evaluation import encode_split
 from test_model_encode import TINY
 
 LATIN1_LINE = "Liver: Läsion im Segment VII, Größe 12 mm; Befund unverändert. Hypodense liver lesion.\n"
@@ -130,7 +133,55 @@ def test_the_cache_build_skips_a_broken_study_and_retries_it_once_fixed(dicom_ar
     shutil.copy2(dicom_archive / victim.relative_to(root), victim)
     again = build_cache(records, cache, progress=False)
     assert again.built == 1 and [u for u, _ in again.skipped] == [rows[2]["study_uid"]]
-    assert cache.has(records[1].image, records[1].mask)
+    assert is_cached(cache, records[1])
+
+
+def _add_reconstruction(folder: Path, shift_hu: float) -> str:
+    """Copy a DICOM series into a second one in the same folder (new UIDs, HU shifted): a second kernel's
+    reconstruction on the same grid, which shares the CT's mask. Returns its SeriesInstanceUID."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    uid = generate_uid()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.RescaleIntercept = float(ds.RescaleIntercept) + shift_hu
+        ds.save_as(f.with_name(f"B{f.name}"))
+    return uid
+
+
+def test_a_folder_holding_two_series_trains_each_manifest_row_on_its_own_series(dicom_archive, tmp_path, caplog):
+    """A manifest row's series_uid picks its series in a folder of several, as ingest does (it used to be
+    skipped with 'folder holds 2 series'); two series sharing one mask get separate cache entries."""
+    rows = _copy(dicom_archive, tmp_path / "a")
+    root = tmp_path / "a"
+    twin = _add_reconstruction(root / rows[0]["image"], shift_hu=100.0)
+    rows.insert(1, {**rows[0], "series_uid": twin, "study_uid": rows[0]["study_uid"] + ".2"})
+    _write_manifest(root, rows)
+    records = read_manifest(root)[:2]
+    assert records[1].series == twin and records[0].image == records[1].image and records[0].mask == records[1].mask
+    model = cg.create("ctglip-tiny", overrides=TINY, seed=0)
+    cache = PreprocessCache.for_model(model, tmp_path / "cache")
+    done = build_cache(records, cache, progress=False)
+    assert done.built == 2 and done.skipped == []
+    ct, kernel_b = cached_study(cache, records[0]), cached_study(cache, records[1])
+    clean_rec = read_manifest(dicom_archive)[0]  # the same study before the second series was added
+    clean_cache = PreprocessCache.for_model(model, tmp_path / "clean")
+    build_cache([clean_rec], clean_cache, progress=False)
+    assert torch.equal(ct.image, cached_study(clean_cache, clean_rec).image)  # the row's own series, not its twin
+    assert not torch.equal(ct.image, kernel_b.image) and ct.names == kernel_b.names
+    # Evaluation reads each row's own series too (it does not go through the cache).
+    emb = encode_split(model, records, workers=0)
+    assert emb.skipped == [] and len(set(emb.study.tolist())) == 2
+    assert not np.allclose(emb.vectors[emb.study == 0], emb.vectors[emb.study == 1])
+    # A row whose series_uid is not in the folder is left out, and the reason names the folder's series.
+    rows[0]["series_uid"] = "1.2.826.0.1.99999.1"
+    _write_manifest(root, rows)
+    stale = read_manifest(root)[:1]
+    got = build_cache(stale, PreprocessCache.for_model(model, tmp_path / "stale"), progress=False)
+    assert got.built == 0 and "folder holds 2 series" in got.skipped[0][1] and twin in got.skipped[0][1]
 
 
 # ---------------------------------------------------------------------------------------------- ctglip train

@@ -82,7 +82,7 @@ def _needs_stats_norm(model: Any) -> bool:
 
 def _set_stats_norm(model: Any, records: list, cache: Any) -> None:
     """Standardise the model's stats columns by their mean and spread over every organ of the training studies."""
-    cols = [model.stats_columns(cache.stats(r.image, r.mask)) for r in records]
+    cols = [model.stats_columns(cache.stats(r.image, r.mask, r.series)) for r in records]
     model.set_stats_norm(torch.cat(cols))
     log.info("stats standardised over %d organs of %d studies", sum(len(c) for c in cols), len(records))
 

@@ -120,39 +120,46 @@ class PreprocessCache:
         if not spec_file.exists():
             spec_file.write_text(canon + "\n")
 
-    def key(self, image: Path, mask: Path) -> str:
-        """Hex key of a (scan, mask) pair under this spec."""
+    def key(self, image: Path, mask: Path, series: Optional[str] = None) -> str:
+        """Hex key of a (scan, mask) pair under this spec; ``series`` names one series of a DICOM folder.
+
+        Why the series enters the key: two reconstructions in one folder (soft tissue and bone kernel) share
+        their grid and so can share a mask, and must not share an entry. NIfTI files and calls without a series
+        keep the key they always had.
+        """
         parts = [self.spec_hash, *map(str, _fingerprint(Path(image))), *map(str, _fingerprint(Path(mask)))]
+        if series:
+            parts.append(f"series={series}")
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
-    def path(self, image: Path, mask: Path) -> Path:
+    def path(self, image: Path, mask: Path, series: Optional[str] = None) -> Path:
         """The entry's file."""
-        return self.dir / f"{self.key(image, mask)}.safetensors"
+        return self.dir / f"{self.key(image, mask, series)}.safetensors"
 
-    def has(self, image: Path, mask: Path) -> bool:
+    def has(self, image: Path, mask: Path, series: Optional[str] = None) -> bool:
         """True when the entry exists (built by this or an earlier run)."""
-        return self.path(image, mask).is_file()
+        return self.path(image, mask, series).is_file()
 
     @classmethod
     def for_model(cls, model: Any, root: Optional[Path] = None) -> "PreprocessCache":
         """The cache matching a model's preprocessing (root: default_cache_dir())."""
         return cls(root, preprocess_spec(model))
 
-    def build(self, image: Path, mask: Path) -> Path:
-        """Load, preprocess and store one study (no-op when present).
+    def build(self, image: Path, mask: Path, series: Optional[str] = None) -> Path:
+        """Load, preprocess and store one study (no-op when present); ``series``: as ``load_listed_volume``.
 
         Raises:
             GeometryError: the mask is not on the image's grid ("mask mismatch", ``check_mask_grid``): it is
                 refused as ingest refuses it, never resampled onto the image.
             InputError: an unreadable image or mask, or a mask with no labelled organ.
         """
-        target = self.path(image, mask)
+        target = self.path(image, mask, series)
         if target.is_file():
             return target
-        from ctglip_sdk.io import load_segmentation, load_volume
+        from ctglip_sdk.io import load_listed_volume, load_segmentation
         from ctglip_sdk.model.preprocess import prepare_study
 
-        vol = load_volume(image)
+        vol = load_listed_volume(image, series)
         seg = load_segmentation(mask, like=vol, check_grid=True)
         p = prepare_study(vol, seg, None, self.preprocess, self.stride, self.divisor)
         if not p.names:
@@ -167,29 +174,29 @@ class PreprocessCache:
         os.replace(tmp, target)  # atomic: a killed build leaves a temp file, never a half entry
         return target
 
-    def _entry(self, image: Path, mask: Path) -> Path:
-        target = self.path(image, mask)
+    def _entry(self, image: Path, mask: Path, series: Optional[str]) -> Path:
+        target = self.path(image, mask, series)
         if not target.is_file():
             raise InputError("study is not in the preprocessing cache; build it first", path=image)
         return target
 
-    def names(self, image: Path, mask: Path) -> List[str]:
+    def names(self, image: Path, mask: Path, series: Optional[str] = None) -> List[str]:
         """An entry's organ names in row order, from its header alone (no tensor is read)."""
-        with safe_open(str(self._entry(image, mask)), framework="pt") as fh:
+        with safe_open(str(self._entry(image, mask, series)), framework="pt") as fh:
             return json.loads(fh.metadata()["names"])
 
-    def stats(self, image: Path, mask: Path) -> Optional[torch.Tensor]:
+    def stats(self, image: Path, mask: Path, series: Optional[str] = None) -> Optional[torch.Tensor]:
         """An entry's ``[organs, n_stats]`` stats alone (None when the spec has none); the image is not read.
 
         Why not ``load(...).stats``: reading 600 images of ~20 MB each only to drop them left glibc's heap
         fragmented by the small tensors kept in between, and the training process's resident size grew by
         ~5 MB per study (3.4 GB for 600) before its first step (docs/training.md, "Memory")."""
-        with safe_open(str(self._entry(image, mask)), framework="pt") as fh:
+        with safe_open(str(self._entry(image, mask, series)), framework="pt") as fh:
             return fh.get_tensor("stats") if "stats" in fh.keys() else None
 
-    def load(self, image: Path, mask: Path) -> CachedStudy:
+    def load(self, image: Path, mask: Path, series: Optional[str] = None) -> CachedStudy:
         """Read an entry (InputError when absent: build it first)."""
-        with safe_open(str(self._entry(image, mask)), framework="pt") as fh:
+        with safe_open(str(self._entry(image, mask, series)), framework="pt") as fh:
             meta = fh.metadata()
             t = {k: fh.get_tensor(k) for k in fh.keys()}
         return CachedStudy(t["image"].float(), tuple(json.loads(meta["grid"])), json.loads(meta["names"]),

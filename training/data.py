@@ -42,6 +42,14 @@ class StudyRecord:
     #: The manifest's ``patient_id`` column ("" when it has none), used only to count patients shared between
     #: splits; kept out of repr so that a record printed in a log or traceback carries no patient identifier.
     patient_id: str = field(default="", repr=False)
+    #: The manifest's ``series_uid`` ("" when it has none): which series to read when the image folder holds
+    #: several (a localizer or a second reconstruction beside the CT); a folder of one series ignores it.
+    series_uid: str = ""
+
+    @property
+    def series(self) -> Optional[str]:
+        """The series to read and key the cache by: ``series_uid`` for a DICOM folder, None otherwise."""
+        return (self.series_uid or None) if self.image.is_dir() else None
 
 
 def _manifest_rows(root: Path) -> Tuple[Path, List[Dict[str, str]]]:
@@ -86,7 +94,7 @@ def read_manifest(root: Any, split: Optional[str] = None) -> List[StudyRecord]:
             continue
         out.append(StudyRecord(r["study_uid"], resolve_within(root, r["image"]), resolve_within(root, r["mask"]),
                                resolve_within(root, r["report"]), r["split"], (r.get("contrast") or "").strip(),
-                               (r.get("patient_id") or "").strip()))
+                               (r.get("patient_id") or "").strip(), (r.get("series_uid") or "").strip()))
     if incomplete:
         log.warning("%s: left out %d row(s) without an image, mask or report (lines %s)", manifest,
                     len(incomplete), ", ".join(map(str, incomplete[:10])) + (" ..." if len(incomplete) > 10 else ""))
@@ -363,7 +371,7 @@ class StudyDataset(Dataset):
     def __getitem__(self, key: Any) -> Dict[str, Any]:
         epoch, i = key if isinstance(key, tuple) else (0, key)
         rec, st = self.records[i], self.texts[i]
-        study = self.cache.load(rec.image, rec.mask)
+        study = self.cache.load(rec.image, rec.mask, rec.series)
         rng = np.random.default_rng([self.seed, 104729, int(epoch), int(i)])
         must = [o for o in study.names if o in st.present or o in st.uncertain]
         rest = [o for o in study.names if o not in set(must)]
@@ -408,7 +416,7 @@ class CacheBuild(NamedTuple):
 def is_cached(cache: PreprocessCache, record: StudyRecord) -> bool:
     """True when the study's cache entry exists (False, not an error, when a source file is missing)."""
     try:
-        return cache.has(record.image, record.mask)
+        return cache.has(record.image, record.mask, record.series)
     except CTGlipError:  # a source file is missing: not cached, and build() will say why
         return False
 
@@ -439,7 +447,7 @@ def build_cache(records: Sequence[StudyRecord], cache: PreprocessCache, workers:
         def __getitem__(self, i: int) -> Tuple[int, Optional[str]]:
             # Caught here, in the worker: an exception raised in a DataLoader worker ends the whole loader.
             try:
-                cache.build(todo[i].image, todo[i].mask)
+                cache.build(todo[i].image, todo[i].mask, todo[i].series)
             except (CTGlipError, OSError) as exc:
                 return i, str(exc)
             return i, None
@@ -457,4 +465,4 @@ def build_cache(records: Sequence[StudyRecord], cache: PreprocessCache, workers:
 
 def cached_study(cache: PreprocessCache, record: StudyRecord) -> CachedStudy:
     """Shortcut: the cached entry of one record."""
-    return cache.load(record.image, record.mask)
+    return cache.load(record.image, record.mask, record.series)

@@ -82,8 +82,9 @@ def _prepare_record(model: Any, rec: StudyRecord) -> Any:
     import torch
 
     import ctglip_sdk as cg
+    from ctglip_sdk.io import load_listed_volume
 
-    vol = cg.load_volume(rec.image)
+    vol = load_listed_volume(rec.image, rec.series)  # the row's series when its folder holds several
     seg = cg.load_segmentation(rec.mask, like=vol, check_grid=True)  # a mask on another grid: left out, as ingest
     with torch.inference_mode():
         return model.prepare(vol, seg)

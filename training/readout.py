@@ -46,7 +46,7 @@ def projection_inputs(model: Any, records: Sequence[StudyRecord], cache: Preproc
     dev = model.device
     try:
         for rec, st in zip(tqdm(records, desc="readout inputs", unit="study", disable=not progress), texts):
-            study = cache.load(rec.image, rec.mask)
+            study = cache.load(rec.image, rec.mask, rec.series)
             feats = model.forward_features(study.image[None].to(dev, torch.float32))
             gx, gy, gz = study.grid
             rows.append(model.pool_sparse(feats[0, :, :gx, :gy, :gz], study.rows.to(dev), study.cols.to(dev),

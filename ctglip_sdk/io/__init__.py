@@ -17,6 +17,7 @@ from ctglip_sdk.volume import Segmentation, Volume
 
 __all__ = [
     "load_volume",
+    "load_listed_volume",
     "load_segmentation",
     "check_mask_grid",
     "discover",
@@ -83,3 +84,26 @@ def load_volume(path: PathLike, series_uid: Optional[str] = None, max_voxels: in
     if where.lower().endswith(_OTHER_FORMATS):
         raise InputError("unsupported format; convert to NIfTI (.nii.gz) or DICOM first", path=where)
     return load_dicom(where, series_uid=series_uid, max_voxels=max_voxels, include_identifiers=include_identifiers)
+
+
+def load_listed_volume(path: PathLike, series_uid: Optional[str] = None, include_identifiers: bool = False) -> Volume:
+    """Load a manifest row's image: the folder's only series, or the row's own ``series_uid`` when it holds several.
+
+    Why not always ``load_volume(path, series_uid=...)``: a manifest's series_uid column is a key users may
+    write by hand (docs/data.md); for a folder with one series it is not checked, so a stale value does not
+    refuse a readable image. Only a folder that holds several series is read for the row's series (a localizer
+    or a second reconstruction beside the CT, which ``load_volume`` refuses without one).
+
+    Raises:
+        InputError / GeometryError: as ``load_volume``; a folder of several series whose list lacks
+            ``series_uid`` is refused with the candidates named.
+
+    Example:
+        >>> vol = load_listed_volume("study/ct/", series_uid="1.2.826.0.1.3680043.8.498.7")  # doctest: +SKIP
+    """
+    try:
+        return load_volume(path, include_identifiers=include_identifiers)
+    except InputError as exc:
+        if not series_uid or series_uid not in (getattr(exc, "series", None) or ()):
+            raise
+    return load_volume(path, series_uid=series_uid, include_identifiers=include_identifiers)
