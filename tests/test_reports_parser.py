@@ -486,6 +486,12 @@ def test_upper_case_statements_and_checklist_lines(text, expected):
     ("Right and left kidneys are unremarkable.", {("kidney", None, "absent")}),
     ("Right renal cyst and left adrenal nodule.", {("kidney_right", "renal_cyst", "present"),
                                                   ("adrenal_gland_left", "adrenal_nodule", "present")}),
+    # lone letters paired, as hospital shorthand writes them
+    ("R and L renal cysts.", {("kidney_left", "renal_cyst", "present"), ("kidney_right", "renal_cyst", "present")}),
+    ("No R or L hydronephrosis.", {("kidney_left", "hydronephrosis", "absent"),
+                                   ("kidney_right", "hydronephrosis", "absent")}),
+    ("R/L pleural effusions.", {("lung_lower_lobe_left", "pleural_effusion", "present"),
+                                ("lung_lower_lobe_right", "pleural_effusion", "present")}),
 ])
 def test_two_sides_in_one_phrase(text, expected):
     assert triples(text) == expected
@@ -520,3 +526,23 @@ def test_lay_words_are_query_only():
     after = triples(text)
     assert after == before
     assert {f for _, f, _ in after} == {None, "pleural_effusion"}  # no splenomegaly, liver mass or atrophy
+
+
+@pytest.mark.parametrize("text,expected", [
+    # a lone side letter before a finding that names its sided organ (no organ word to carry the side)
+    ("R hydronephrosis. No L hydronephrosis.", {("kidney_right", "hydronephrosis", "present"),
+                                                ("kidney_left", "hydronephrosis", "absent")}),
+    ("Mild L hydroureteronephrosis.", {("kidney_left", "hydronephrosis", "present")}),
+    ("Small R hydrothorax.", {("lung_lower_lobe_right", "pleural_effusion", "present")}),
+    ("Non-obstructing L nephrolithiasis.", {("kidney_left", "renal_stone", "present")}),
+    ("R renal cyst.", {("kidney_right", "renal_cyst", "present")}),      # the organ phrase still carries it
+    ("Hepatic steatosis. R hydronephrosis.", {("liver", "hepatic_steatosis", "present"),
+                                              ("kidney_right", "hydronephrosis", "present")}),
+])
+def test_a_side_letter_before_a_finding_that_names_its_organ(text, expected):
+    assert triples(text) == expected
+
+
+def test_a_lone_letter_is_no_side_before_an_unsided_finding():
+    """"r" before a finding of an organ without sides is not a phrase: nothing changes about the finding."""
+    assert triples("Grade r splenomegaly.") == triples("Grade splenomegaly.")

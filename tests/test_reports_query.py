@@ -181,6 +181,10 @@ def test_explain_query_says_what_a_text_is_when_it_is_not_one_findings_positives
     ("B/L renal cysts", "renal_cyst", "kidney"),
     ("renal stones bilaterally", "renal_stone", "kidney"),
     ("left renal cyst", "renal_cyst", "kidney_left"),                   # one side stays one side
+    ("R and L hydro", "hydronephrosis", "kidney"),                      # paired side letters
+    ("R hydro", "hydronephrosis", "kidney_right"),                      # a side letter before shorthand
+    ("L hydronephrosis", "hydronephrosis", "kidney_left"),
+    ("R hydrothorax", "pleural_effusion", "lung_lower_lobe_right"),
 ])
 def test_a_finding_on_both_sides_is_read_on_both(text, finding, organ):
     q = read_query(text)

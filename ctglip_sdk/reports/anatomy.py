@@ -3,16 +3,19 @@ organ, words that say an organ is missing, anatomy outside the 104 classes, and 
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Any, Dict, Iterable, Iterator, Tuple
 
 __all__ = ["SIDE_WORDS", "SIDE_ABBREVIATIONS", "EXTRA_ORGANS", "ORGAN_ABBREVIATIONS", "WEAK_ORGANS", "RESECTIONS",
-           "PARTIAL_RESECTIONS", "MISSING", "OTHER_ANATOMY", "HEADING_ORGANS"]
+           "PARTIAL_RESECTIONS", "MISSING", "OTHER_ANATOMY", "HEADING_ORGANS", "lone_letter_findings"]
 
 SIDE_WORDS: Dict[str, str] = {
     "left": "left", "right": "right", "left sided": "left", "right sided": "right", "bilateral": "both",
     "bilaterally": "both", "both": "both", "bibasilar": "both", "bibasal": "both", "bilateral lower lobe": "both",
     # abbreviations that mean nothing else before an organ or finding in a CT report ("Lt renal calculus")
     "lt": "left", "rt": "right", "bilat": "both", "b/l": "both",
+    # the lone letters are sides only before an organ or a finding (below), or paired ("R and L hydronephrosis")
+    "r and l": "both", "l and r": "both", "r or l": "both", "l or r": "both", "r & l": "both", "l & r": "both",
+    "r/l": "both", "l/r": "both",
 }
 # Organ phrases "left X"/"right X" are also matched as "lt X"/"rt X" and, where X is a word of four letters or
 # more, "l X"/"r X" ("the L kidney", "R renal cyst"): a lone letter is read as a side only before an organ.
@@ -99,3 +102,25 @@ HEADING_ORGANS: Dict[str, Tuple[str, ...]] = {
     "skeleton": ("vertebrae",), "musculoskeletal": ("vertebrae",), "gastrointestinal": ("bowel",),
     "gi tract": ("bowel",), "bowel": ("bowel",), "mediastinum": ("heart",), "cardiovascular": ("heart", "aorta"),
 }
+
+
+def lone_letter_findings(entries: Iterable[Any], organs: Any) -> Iterator[Tuple[str, str, str]]:
+    """``("r hydronephrosis", "right", "hydronephrosis")`` for each synonym of a finding whose organ has two sides.
+
+    Why: "R hydronephrosis" names its side with a lone letter and its organ with the finding word alone, so the
+    organ phrases above ("r kidney") never match it. As for organs, the letter is read as a side only before a
+    word of four letters or more; a synonym that starts with a side word ("left renal cyst") is left alone. The
+    caller drops a phrase whose first two words are already an organ phrase ("r renal" cyst).
+    """
+    for entry in entries:
+        members = organs.expand(entry.organ)
+        if {organs.side_of(m) for m in members} < {"left", "right"}:
+            continue
+        for phrase in entry.synonyms:
+            first = phrase.split(" ", 1)[0]
+            if len(first) < 4 or first in SIDE_WORDS:
+                continue
+            for side, shorts in SIDE_ABBREVIATIONS.items():
+                for short in shorts:
+                    if len(short) == 1:
+                        yield f"{short} {phrase}", side, entry.key

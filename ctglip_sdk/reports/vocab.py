@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from ctglip_sdk import organs as _organs
+from ctglip_sdk.reports.anatomy import lone_letter_findings
 from ctglip_sdk.reports.anatomy import (  # noqa: F401 - the tables are also importable from here, as before
     EXTRA_ORGANS, HEADING_ORGANS, MISSING, ORGAN_ABBREVIATIONS, OTHER_ANATOMY, PARTIAL_RESECTIONS, RESECTIONS,
     SIDE_ABBREVIATIONS, SIDE_WORDS, WEAK_ORGANS)
@@ -292,6 +293,11 @@ class Vocab:
                     for i in info(phrase, plural=True):
                         if entry.key not in getattr(i, kind):
                             setattr(i, kind, getattr(i, kind) + (entry.key,))
+        # "R hydronephrosis": a lone side letter before a finding that names its sided organ (anatomy.py)
+        for surface, side, key in lone_letter_findings(dictionary.findings(), _organs):
+            if table.get(phrase_key(surface.rsplit(" ", 1)[0])) is None:  # "r renal cyst" reads as "r renal" + cyst
+                for i in info(surface, plural=True):
+                    i.side, i.syn = side, i.syn + (key,) if key not in i.syn else i.syn
         for phrase in dictionary.normal_terms:
             for i in info(phrase):
                 i.normal = True
