@@ -24,8 +24,13 @@ def _fractions(value: str) -> tuple:
 @click.option("--fractions", default="0.7,0.15,0.15", show_default=True,
               help="Train,val,test shares of patients.")
 @click.option("--force", is_flag=True, help="Replace an existing manifest.csv.")
+@click.option("--reports-by-accession", is_flag=True,
+              help="Pair a DICOM series without a report by name with the one .txt file under ARCHIVE named by its "
+                   "AccessionNumber (ACC.txt, ACC_report.txt). The number is never printed or stored, but the "
+                   "report column then holds that file name.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def manifest_command(archive: str, seed: int, fractions: str, force: bool, as_json: bool) -> None:
+def manifest_command(archive: str, seed: int, fractions: str, force: bool, reports_by_accession: bool,
+                     as_json: bool) -> None:
     """Write ARCHIVE/manifest.csv so that `ctglip train` and `ctglip eval` can read a folder of your own.
 
     Finds DICOM series and NIfTI images as `ctglip ingest` does, pairs each with its mask and report by name
@@ -35,13 +40,16 @@ def manifest_command(archive: str, seed: int, fractions: str, force: bool, as_js
     """
     from ctglip_sdk.index.archive_manifest import write_archive_manifest
 
-    summary = write_archive_manifest(archive, seed=seed, fractions=_fractions(fractions), overwrite=force)
+    summary = write_archive_manifest(archive, seed=seed, fractions=_fractions(fractions), overwrite=force,
+                                     reports_by_accession=reports_by_accession)
     if as_json:
         echo_json(summary.to_dict())
         return
     click.echo(f"Wrote {summary.rows} rows ({summary.patients} patients; {summary.trainable} with a usable "
                f"report) to {summary.path}")
     click.echo(f"splits (rows): {summary.splits}")
+    if reports_by_accession:
+        click.echo(f"{summary.reports_by_accession} report(s) paired by accession number")
     if summary.localizers:
         click.echo(f"left out {len(summary.localizers)} localizer/scout series")
     problems = ([{"image": p, "missing": "mask"} for p in summary.missing_mask] +

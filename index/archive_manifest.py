@@ -53,6 +53,8 @@ class ManifestSummary:
     unreadable: List[Tuple[str, str]] = field(default_factory=list)
     localizers: List[str] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
+    #: rows whose report was paired by the series' AccessionNumber (``reports_by_accession``): a count only.
+    reports_by_accession: int = 0
 
     @property
     def trainable(self) -> int:
@@ -81,6 +83,37 @@ def _find_report(root: Path, image: str, alone: bool) -> Optional[str]:
     return None
 
 
+def _reports_by_stem(root: Path) -> Dict[str, List[str]]:
+    """Lower-cased report name (``ACC.txt``, ``ACC_report.txt``, ``ACC.report.txt`` -> ``acc``) -> the ``.txt``
+    files under ``root`` so named (paths relative to it). One walk; links are not followed, so nothing outside
+    the root is listed."""
+    out: Dict[str, List[str]] = {}
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            low = name.lower()
+            if not low.endswith(".txt"):
+                continue
+            stem = low[:-4]
+            for suffix in ("_report", ".report"):
+                if stem.endswith(suffix):
+                    stem = stem[: -len(suffix)]
+            rel = (Path(folder) / name).relative_to(root).as_posix()
+            out.setdefault(stem, []).append(rel)
+    return out
+
+
+def _report_by_accession(accession: Optional[str], reports: Dict[str, List[str]], image: str,
+                         warnings: List[str]) -> Optional[str]:
+    """The one report file named by the series' AccessionNumber; None (with a warning naming the image, never
+    the number) when several match."""
+    found = reports.get((accession or "").strip().lower(), []) if (accession or "").strip() else []
+    if len(found) > 1:
+        warnings.append(f"{image}: {len(found)} report files are named by this series' accession number; none "
+                        "was paired (rename one, or fill the report column)")
+    return found[0] if len(found) == 1 else None
+
+
 def _report_text(path: Path) -> str:
     """The report's text as training reads it (any encoding, byte-order mark dropped), stripped."""
     from ctglip_sdk.reports import read_report_text  # noqa: PLC0415
@@ -103,8 +136,10 @@ def _checked(meta: Dict[str, Any], name: str, warnings: List[str]) -> Tuple[Opti
     return sex, None if age is None else int(age)
 
 
-def _header_meta(root: Path, item: Item) -> Dict[str, Any]:
-    """Patient and study values from one DICOM header of the series; {} for NIfTI or an unreadable header."""
+def _header_meta(root: Path, item: Item, accession: bool = False) -> Dict[str, Any]:
+    """Patient and study values from one DICOM header of the series; {} for NIfTI or an unreadable header.
+    With ``accession``, also ``meta["accession"]`` (the AccessionNumber, for report pairing only; the caller
+    drops it before anything is written or returned)."""
     from ctglip_sdk.io.dicom import try_read_header  # noqa: PLC0415 - pydicom loads only when DICOM is met
     from ctglip_sdk.io.meta import dicom_meta  # noqa: PLC0415
 
@@ -123,7 +158,11 @@ def _header_meta(root: Path, item: Item) -> Dict[str, Any]:
         # The keyed pseudonym of PatientID, as the loader computes it (docs/security.md), not the raw id: ingest
         # without a manifest starts from that same value, so an index groups a patient's studies alike with or
         # without this manifest, and the file holds no raw identifier.
-        return dicom_meta(ds, item.image)
+        meta = dicom_meta(ds, item.image, include_identifiers=accession)
+        ids = meta.pop("identifiers", None) or {}  # PatientName, PatientID, birth date: never kept
+        if accession:
+            meta["accession"] = ids.get("AccessionNumber")
+        return meta
     return {}
 
 
@@ -165,7 +204,7 @@ def _check_fractions(fractions: Sequence[float]) -> Tuple[float, float, float]:
 
 
 def write_archive_manifest(archive: PathLike, *, seed: int = 0, fractions: Sequence[float] = (0.7, 0.15, 0.15),
-                   overwrite: bool = False) -> ManifestSummary:
+                           overwrite: bool = False, reports_by_accession: bool = False) -> ManifestSummary:
     """Write ``ARCHIVE/manifest.csv`` from what discovery finds, so that a hospital archive can be trained on.
 
     Images are found as ingest finds them without a manifest (``ctglip_sdk.io.discover``; masks paired by name,
@@ -185,6 +224,10 @@ def write_archive_manifest(archive: PathLike, *, seed: int = 0, fractions: Seque
         seed: keys the split hash (another seed gives other splits).
         fractions: train, val, test shares of patients (summing to 1).
         overwrite: replace an existing manifest.csv (refused otherwise, so a curated one is never lost).
+        reports_by_accession: a DICOM series with no report by name takes the one ``.txt`` file anywhere under
+            the root named by its AccessionNumber (``ACC.txt``, ``ACC_report.txt``), as PACS/RIS exports name
+            them. Off by default: the number is read from the header for this match only and never written,
+            logged or returned, but the report column then holds that file's name, which contains it.
 
     Raises:
         InputError: the root is missing or not a folder, or holds no image at all.
@@ -212,6 +255,8 @@ def write_archive_manifest(archive: PathLike, *, seed: int = 0, fractions: Seque
     empty_report: List[str] = []
     warnings: List[str] = []
     shared = {it.image for it in items if sum(o.image == it.image for o in items) > 1}
+    by_stem = _reports_by_stem(root) if reports_by_accession else {}
+    by_accession = 0
     for item in items:
         # Two series in one folder share a path: the series UID says which one a listed gap is about.
         name = f"{item.image}#{item.key}" if item.image in shared else item.image
@@ -219,11 +264,15 @@ def write_archive_manifest(archive: PathLike, *, seed: int = 0, fractions: Seque
             missing_mask.append(name)
             continue
         try:
-            meta = _header_meta(root, item) if not item.key.startswith("path:") else {}
+            meta = _header_meta(root, item, reports_by_accession) if not item.key.startswith("path:") else {}
         except (OSError, CTGlipError) as exc:  # one bad series is recorded; the manifest is still written
             unreadable.append((item.image, redact(exc, root)))
             meta = {}
+        accession = meta.pop("accession", None)
         report = _find_report(root, item.image, alone[item.image])
+        if report is None and reports_by_accession:
+            report = _report_by_accession(accession, by_stem, name, warnings)
+            by_accession += report is not None
         if report is None:
             missing_report.append(name)
         elif not _report_text(root / report):  # says nothing: every organ would be taken as normal
@@ -269,4 +318,5 @@ def write_archive_manifest(archive: PathLike, *, seed: int = 0, fractions: Seque
     log.info("wrote %d manifest rows (%d patients) in %s", len(rows), len(patients), root.name)
     return ManifestSummary(path=str(out), rows=len(rows), patients=len(patients), splits=counts,
                            missing_mask=missing_mask, missing_report=missing_report, empty_report=empty_report,
-                           unreadable=unreadable, localizers=localizers, warnings=warnings)
+                           unreadable=unreadable, localizers=localizers, warnings=warnings,
+                           reports_by_accession=by_accession)

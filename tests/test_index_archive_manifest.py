@@ -381,3 +381,48 @@ def test_unreadable_slices_of_one_folder_are_one_planning_error(dicom_source, tm
     assert len(errors) == 1
     key, reason = errors[0]
     assert key == f"path:{case.name}/" and reason.startswith("3 unreadable files, e.g. ")
+
+
+def _accession_layout(src, dst):
+    """site/<case>/ (series), site/<case>_seg.nii.gz, and reports exported from the RIS as reports/<ACC>.txt."""
+    import pydicom
+
+    dst.mkdir()
+    (dst / "ris").mkdir()
+    accessions = {}
+    for row in _rows(src / "manifest.csv"):
+        case = os.path.basename(os.path.dirname(row["image"]))
+        shutil.copytree(src / row["image"], dst / case)
+        shutil.copy(src / row["mask"], dst / f"{case}_seg.nii.gz")
+        first = sorted((dst / case).iterdir())[0]
+        acc = str(pydicom.dcmread(first, stop_before_pixels=True).AccessionNumber)
+        shutil.copy(src / row["report"], dst / "ris" / f"{acc}_report.txt")
+        accessions[case] = acc
+    return dst, accessions
+
+
+def test_reports_named_by_accession_number_pair_only_when_asked(dicom_source, tmp_path, caplog):
+    site, accessions = _accession_layout(dicom_source, tmp_path / "site")
+    plain = write_archive_manifest(site)
+    assert len(plain.missing_report) == 5 and plain.reports_by_accession == 0  # off by default
+    with caplog.at_level(logging.DEBUG):
+        summary = write_archive_manifest(site, overwrite=True, reports_by_accession=True)
+    rows = _rows(site / "manifest.csv")
+    assert summary.reports_by_accession == 5 and not summary.missing_report and summary.trainable == 5
+    for r in rows:
+        assert r["report"] == f"ris/{accessions[r['image']]}_report.txt"
+    recs = read_manifest(site)  # training reads the pairs: each report is its own study's text
+    ref = {r["series_uid"]: (dicom_source / r["report"]).read_text() for r in _rows(dicom_source / "manifest.csv")}
+    assert all(rec.report.read_text() == ref[row["series_uid"]] for rec, row in zip(recs, rows))
+    # The number is read for the match only: not in the summary, the log or the CLI output.
+    out = json.dumps(summary.to_dict()) + caplog.text
+    assert not any(acc in out for acc in accessions.values())
+    # Two files named by one accession number: that series is not paired, and the warning names the image only.
+    case, acc = sorted(accessions.items())[0]
+    (site / "other").mkdir()
+    shutil.copy(site / "ris" / f"{acc}_report.txt", site / "other" / f"{acc}.TXT")
+    res = CliRunner().invoke(cli, ["manifest", str(site), "--force", "--reports-by-accession", "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.output)
+    assert got["reports_by_accession"] == 4 and got["missing_report"] == [case]
+    assert any(w.startswith(f"{case}: 2 report files") for w in got["warnings"]) and acc not in res.output
