@@ -546,3 +546,52 @@ def test_a_side_letter_before_a_finding_that_names_its_organ(text, expected):
 def test_a_lone_letter_is_no_side_before_an_unsided_finding():
     """"r" before a finding of an organ without sides is not a phrase: nothing changes about the finding."""
     assert triples("Grade r splenomegaly.") == triples("Grade splenomegaly.")
+
+
+@pytest.mark.parametrize("text,expected", [
+    # "Nil" negates, as British and Australian reports write it
+    ("Nil pleural effusion.", {("lung", "pleural_effusion", "absent")}),
+    ("Nil evidence of hydronephrosis or renal calculi.", {("kidney", "hydronephrosis", "absent"),
+                                                          ("kidney", "renal_stone", "absent")}),
+    ("Gallstones: nil.", {("gallbladder", "gallstones", "absent")}),
+    # "There is no (significant) change in X" says X is there and unchanged
+    ("There is no significant interval change in the known left renal cyst.",
+     {("kidney_left", "renal_cyst", "present")}),
+    ("There has been no change in the right adrenal adenoma.", {("adrenal_gland_right", "adrenal_nodule", "present")}),
+    ("There is no hydronephrosis.", {("kidney", "hydronephrosis", "absent")}),
+    # a post-cue with its own subject after a comma denies that subject
+    ("Moderate right hydronephrosis, cause not identified.", {("kidney_right", "hydronephrosis", "present")}),
+    ("Hepatic steatosis, source of the pain not identified.", {("liver", "hepatic_steatosis", "present")}),
+    ("Renal cysts, stones and hydronephrosis are not seen.", {("kidney", "renal_cyst", "absent"),
+                                                              ("kidney", "renal_stone", "absent"),
+                                                              ("kidney", "hydronephrosis", "absent")}),
+    ("Hydronephrosis, not seen.", {("kidney", "hydronephrosis", "absent")}),
+    # "previously not seen" is a new finding
+    ("Left upper lobe nodule, previously not seen.", {("lung_upper_lobe_left", "lung_nodule", "present")}),
+    # growth of a named lesion is not organ enlargement; growth of the organ is
+    ("Hepatic metastases have increased in size.", {("liver", "liver_mass", "present")}),
+    ("The spleen has increased in size.", {("spleen", "splenomegaly", "present")}),
+])
+def test_hospital_phrasings_of_negation_and_change(text, expected):
+    assert triples(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    # a denied word the dictionary lacks says nothing of the organ's other findings: no normal-organ statement
+    ("No acute pulmonary embolus.", set()),
+    ("No splenic infarct.", set()),
+    ("Bowel: No obstruction.", set()),                   # was (bowel, None, present): a flipped polarity
+    ("The kidneys are not obstructed.", set()),          # was (kidney, None, present)
+    # ... but a denial that goes on to words the vocabulary knows is still a normal statement
+    ("No splenic abnormality.", {("spleen", None, "absent")}),
+    ("Splenic infarct.", {("spleen", None, "present")}),
+    # a "?" before a word queries that word only
+    ("Dilated pancreatic duct with abrupt cut-off - ?underlying mass.",
+     {("pancreas", "pancreatic_duct_dilation", "present"), ("pancreas", "pancreatic_mass", "uncertain")}),
+    ("Is there a liver mass?", {("liver", "liver_mass", "uncertain")}),
+    # sides said inside a finding's own phrase
+    ("Bibasilar atelectasis.", {("lung_left", "atelectasis", "present"), ("lung_right", "atelectasis", "present")}),
+    ("Small left kidney measuring 8.5 cm.", {("kidney_left", "renal_atrophy", "present")}),
+])
+def test_denials_of_unknown_words_queries_and_sides_inside_phrases(text, expected):
+    assert triples(text) == expected

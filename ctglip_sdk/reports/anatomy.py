@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, Iterator, Tuple
 
 __all__ = ["SIDE_WORDS", "SIDE_ABBREVIATIONS", "EXTRA_ORGANS", "ORGAN_ABBREVIATIONS", "WEAK_ORGANS", "RESECTIONS",
-           "PARTIAL_RESECTIONS", "MISSING", "OTHER_ANATOMY", "HEADING_ORGANS", "lone_letter_findings"]
+           "PARTIAL_RESECTIONS", "MISSING", "OTHER_ANATOMY", "HEADING_ORGANS", "sided_finding_phrases"]
 
 SIDE_WORDS: Dict[str, str] = {
     "left": "left", "right": "right", "left sided": "left", "right sided": "right", "bilateral": "both",
@@ -104,13 +104,16 @@ HEADING_ORGANS: Dict[str, Tuple[str, ...]] = {
 }
 
 
-def lone_letter_findings(entries: Iterable[Any], organs: Any) -> Iterator[Tuple[str, str, str]]:
-    """``("r hydronephrosis", "right", "hydronephrosis")`` for each synonym of a finding whose organ has two sides.
+def sided_finding_phrases(entries: Iterable[Any], organs: Any) -> Iterator[Tuple[str, str, str, bool]]:
+    """``(phrase, side, finding key, letter)`` for the sided spellings of each synonym of a finding whose organ has
+    two sides; ``letter`` marks a lone-letter form, which the caller drops when its first two words already
+    are an organ phrase ("r renal" cyst).
 
     Why: "R hydronephrosis" names its side with a lone letter and its organ with the finding word alone, so the
-    organ phrases above ("r kidney") never match it. As for organs, the letter is read as a side only before a
-    word of four letters or more; a synonym that starts with a side word ("left renal cyst") is left alone. The
-    caller drops a phrase whose first two words are already an organ phrase ("r renal" cyst).
+    organ phrases above ("r kidney") never match it; as for organs, the letter is a side only before a word of
+    four letters or more, and a synonym that starts with a side word is left alone. "Small left kidney" puts
+    the side inside a synonym ("small kidney"), which would otherwise not match at all. Synonyms that start
+    with a side word ("bibasilar atelectasis") carry it themselves (the caller sets it).
     """
     for entry in entries:
         members = organs.expand(entry.organ)
@@ -120,7 +123,11 @@ def lone_letter_findings(entries: Iterable[Any], organs: Any) -> Iterator[Tuple[
             first = phrase.split(" ", 1)[0]
             if len(first) < 4 or first in SIDE_WORDS:
                 continue
+            head, _, last = phrase.rpartition(" ")
             for side, shorts in SIDE_ABBREVIATIONS.items():
                 for short in shorts:
                     if len(short) == 1:
-                        yield f"{short} {phrase}", side, entry.key
+                        yield f"{short} {phrase}", side, entry.key, True
+                if head and f"{side} {last}" in organs.SYNONYMS:  # "small kidney" -> "small left kidney"
+                    for word in (side, *shorts[:1]):
+                        yield f"{head} {word} {last}", side, entry.key, False

@@ -29,6 +29,15 @@ _PRIOR = re.compile(
     r"(?:prior|previous|preceding|earlier|comparison|old|outside|baseline|last|initial|"
     r"\d{1,4}[/.\-]\d{1,2}(?:[/.\-]\d{2,4})?|(?:19|20)\d\d)\b"
     r"|\s*(?:previously|before|earlier|then|at that time|in the past)\b")
+# ... and before it: "right lower lobe nodule, previously not seen" is a new nodule.
+_PRIOR_BEFORE = re.compile(r"\b(?:previously|formerly|before|earlier)\s+$")
+# A post-cue with its own subject after a comma ("hydronephrosis, cause not identified", "steatosis, source of
+# pain not identified"): it denies that subject, a word the dictionary does not know, not the finding before
+# the comma. Verbs and adverbs between the comma and the cue are not a subject ("..., is not seen").
+_OWN_SUBJECT = re.compile(
+    r",\s*(?!(?:is|are|was|were|has|have|had|been|being|now|currently|again|also|still|otherwise|and|or|but|"
+    r"previously|however|though|which|if|as|so|then)\b)(?:the\s+|a\s+|an\s+|its\s+)?[a-z][a-z\-]+"
+    r"(?:\s+(?:of|for|in)\s+(?:the\s+|a\s+|an\s+|his\s+|her\s+)?[a-z][a-z\-]+)?\s*$")
 # "excluded"/"ruled out" after a denied or hedged "be" ("cannot be entirely excluded", "could not be ruled out",
 # "is not definitively excluded") leaves the finding possible: uncertain, not absent.
 _DENIED = re.compile(
@@ -136,8 +145,10 @@ def cue_scopes(toks: Sequence[Tuple[int, int, Info]], low: str, start: int, end:
                 if cur == "neg":
                     cur = None  # "no hydronephrosis, stable renal cyst"
             elif trig == NEG_POST:
-                if (low.startswith("not", a) or low[b - 6:b] == "absent") and _PRIOR.match(low, b, end) is not None:
-                    prior.append(i)  # "new nodule, not seen on prior examination"
+                if (low.startswith("not", a) or low[b - 6:b] == "absent") and (
+                        _PRIOR.match(low, b, end) is not None or
+                        _PRIOR_BEFORE.search(low, a - 12 if a - 12 > start else start, a) is not None):
+                    prior.append(i)  # "new nodule, not seen on prior examination", "..., previously not seen"
                 else:
                     backward = True
                     if (low.endswith("excluded", a, b) or low.endswith("ruled out", a, b)) and _DENIED.search(
@@ -160,6 +171,8 @@ def cue_scopes(toks: Sequence[Tuple[int, int, Info]], low: str, start: int, end:
             conj = conj or " and " in gap or " or " in gap
             if covered and not conj and "," in gap:
                 cur = None  # "wall thickening, neoplasm cannot be excluded": the cue covers its own clause
+            elif "," in gap and _OWN_SUBJECT.search(gap) is not None:
+                cur = None  # "hydronephrosis, cause not identified": the cue's subject is "cause"
             elif nxt - b > 6 and _two_clauses(low, start, b, nxt, end):
                 cur = None  # "the spleen is enlarged and the gallstones are not seen"
         trig = info.trigger

@@ -28,6 +28,14 @@ _AND = re.compile(r"a(?<=\ba)nd\b")  # "\band\b"
 # Text between a finding and an organ that makes the organ the finding's location ("nodule in the lingula").
 _LOCATION = re.compile(r"\s*(?:in|at|within|of|involving|from|near|along|arising from)\s+(?:the\s+)?(?:[a-z]+\s+)?")
 _ADJACENT = frozenset((" ", "-"))  # what may lie between an organ adjective and its noun ("splenic cyst")
+# Descriptors of a change in size: after a named lesion they describe it ("liver metastases have increased in
+# size"), not the organ (hepatomegaly).
+_SIZE_CHANGE = frozenset(("increased in size",))
+# An organ adjective before a word the vocabulary does not know ("pulmonary embolus", "splenic infarct").
+_ADJECTIVE_OF = re.compile(r"[ \-]([a-z]{3,})")
+_NEGATING = frozenset(("neg_pre", "neg_post", "neg_both"))
+# A "?" written before a word ("?underlying mass", "? early pneumonia") queries that word, not the sentence.
+_QUERY_PREFIX = re.compile(r"(?:(?<=\s)|(?<=^)|(?<=[(\-]))\?\s?(?=[a-z])")
 
 
 _NOTHING: FrozenSet[str] = frozenset()
@@ -215,6 +223,12 @@ class SentenceParser:
                 break
         else:  # no cue in the sentence (about half of them): nothing is in scope
             scopes = [_NO_SCOPE] * len(toks)
+        if question:
+            q = _QUERY_PREFIX.search(low, start, end)
+            if q is not None and "?" not in low[q.end():end]:
+                # "Dilated duct with abrupt cut-off - ?underlying mass": the "?" queries what follows it only
+                question = False
+                scopes = [sc if t[0] < q.start() else ("unc", sc[1]) for t, sc in zip(toks, scopes)]
         if ":" in raw:
             answer = checklist_answer(low, start, end)  # "Gallstones: none." denies what the title names
             if answer is not None:
@@ -275,6 +289,8 @@ class SentenceParser:
         places = self._places
         for i in finding_toks:
             a, b, info = tok = toks[i]
+            if i and not info.syn and toks[i - 1][2].keys and low[a:b] in _SIZE_CHANGE:
+                continue  # "liver metastases have increased in size": the lesions grew, not the liver
             resolved = []
             if not mentions and (info.syn or not implied):
                 # _resolve's answer when the sentence names no organ: the heading's organs that fit, if any
@@ -426,6 +442,12 @@ class SentenceParser:
                         ev = span or mine[0][1]
                     elif ti >= 0:
                         status, ev = status_of[scopes[ti]][0], span
+                        if status is ABSENT and self._denies_other(low, toks, ti, end):
+                            continue  # "No acute pulmonary embolus": says nothing of the lung's other findings
+                        if status is PRESENT and any(t[2].trigger in _NEGATING for t in toks[ti + 1:]):
+                            continue  # "The kidneys are not obstructed": a denied word the dictionary lacks
+                    elif any(t[2].trigger in _NEGATING for t in toks):
+                        continue  # "Bowel: No obstruction.": something the dictionary lacks is denied
                     else:
                         status, ev = (UNCERTAIN if question else PRESENT), (start, end)
                     findings.append(new_finding(organ, None, status, s_text, ev))
@@ -445,6 +467,17 @@ class SentenceParser:
         else:
             about = tuple(dict.fromkeys([t[0] for t in targets]))
         return s_text, tuple(findings), from_heading, about, removed
+
+    @staticmethod
+    def _denies_other(low: str, toks: Sequence[Tuple[int, int, Info]], ti: int, end: int) -> bool:
+        """Whether the organ mention ``toks[ti]`` is an adjective of a word the vocabulary does not know ("no
+        splenic infarct", "no adrenal haemorrhage") and nothing it knows follows: then a negation denies that
+        word, not every finding of the organ, so the sentence is no statement that the organ is normal."""
+        b = toks[ti][1]
+        if _ADJECTIVE_OF.match(low, b, end) is None or (ti + 1 < len(toks) and toks[ti + 1][0] <= b + 1):
+            return False
+        # "No bowel obstruction or wall thickening" goes on to words the vocabulary knows: still a normal bowel
+        return not any(t[2].keys or t[2].generic for t in toks[ti + 1:])
 
     def _fold_groups(self, specific: Dict[Tuple[str, str], List[Any]]) -> None:
         """Fold "kidney: renal_cyst" into "kidney_right: renal_cyst" said in the same sentence ("cyst in the right

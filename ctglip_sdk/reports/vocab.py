@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from ctglip_sdk import organs as _organs
-from ctglip_sdk.reports.anatomy import lone_letter_findings
+from ctglip_sdk.reports.anatomy import sided_finding_phrases
 from ctglip_sdk.reports.anatomy import (  # noqa: F401 - the tables are also importable from here, as before
     EXTRA_ORGANS, HEADING_ORGANS, MISSING, ORGAN_ABBREVIATIONS, OTHER_ANATOMY, PARTIAL_RESECTIONS, RESECTIONS,
     SIDE_ABBREVIATIONS, SIDE_WORDS, WEAK_ORGANS)
@@ -39,6 +39,10 @@ _FOLLOW_UP = tuple(f"{to}{verb} {what}" for to in ("", "to ") for verb in ("eval
                    for what in ("stability", "interval change", "change", "growth", "progression", "resolution",
                                 "resolution of"))
 
+_NO_CHANGE = ("no change", "no significant change", "no interval change", "no significant interval change",
+              "no substantial change", "no definite change", "no appreciable change", "no increase",
+              "no significant increase", "no interval increase")
+
 # NegEx/pyConText-style cue lists (Chapman et al. 2001; radiology additions). Language rules, not vocabulary,
 # so they live in code; organ and finding vocabulary lives in the dictionary file.
 TRIGGERS: Dict[str, Tuple[str, ...]] = {
@@ -52,6 +56,8 @@ TRIGGERS: Dict[str, Tuple[str, ...]] = {
         "interval resolution of", "rules out", "ruling out", "w/o", "lack of", "lack of evidence of",
         "nothing to suggest", "nothing to indicate", "nothing suspicious for", "no features of",
         "no features to suggest", "no imaging evidence of", "no convincing", "no convincing evidence of",
+        # British and Australian dictation ("Nil pleural effusion.", "Nil evidence of hydronephrosis.")
+        "nil", "nil evidence of", "nil significant", "nil focal", "nil other",
     ),
     NEG_POST: (
         "not seen", "not identified", "not demonstrated", "not visualized", "not visualised", "not present",
@@ -104,7 +110,8 @@ TRIGGERS: Dict[str, Tuple[str, ...]] = {
     ),
     PSEUDO: (
         "no change", "no changes", "no significant change", "no interval change", "no significant interval change",
-        "no substantial change", "no definite change", "no appreciable change", "not only", "no increase",
+        "no substantial change", "no definite change", "no appreciable change", "nil change", "nil significant change",
+        "nil interval change", "not only", "no increase",
         "no significant increase", "no interval increase", "without change", "without significant change",
         "without interval change", "not changed", "not significantly changed",
         "unchanged", "stable", "not necessarily", "no further", "gram negative", "not well seen",
@@ -113,6 +120,10 @@ TRIGGERS: Dict[str, Tuple[str, ...]] = {
         # a missing normal property is an abnormality, not a negated one ("lack of enhancement of the kidney")
         "lack of enhancement", "no enhancement", "absent enhancement", "lack of opacification", "no opacification",
         "lack of perfusion", "absent perfusion",
+        # "There is no significant change in the known renal cysts": the longer "there is no" would otherwise
+        # win the match and negate what is only said to be unchanged
+        *(f"{lead} {c}" for lead in ("there is", "there are", "there has been", "there have been", "there was",
+                                     "there were") for c in _NO_CHANGE),
     ),
     TERMINATE: (
         "but", "however", "although", "though", "which", "whereas", "while", "except", "except for",
@@ -293,11 +304,16 @@ class Vocab:
                     for i in info(phrase, plural=True):
                         if entry.key not in getattr(i, kind):
                             setattr(i, kind, getattr(i, kind) + (entry.key,))
-        # "R hydronephrosis": a lone side letter before a finding that names its sided organ (anatomy.py)
-        for surface, side, key in lone_letter_findings(dictionary.findings(), _organs):
-            if table.get(phrase_key(surface.rsplit(" ", 1)[0])) is None:  # "r renal cyst" reads as "r renal" + cyst
+        # "R hydronephrosis", "small left kidney": sides said inside a finding's own phrase (anatomy.py)
+        for surface, side, key, letter in sided_finding_phrases(dictionary.findings(), _organs):
+            if not letter or table.get(phrase_key(surface.rsplit(" ", 1)[0])) is None:  # "r renal" + "cyst"
                 for i in info(surface, plural=True):
                     i.side, i.syn = side, i.syn + (key,) if key not in i.syn else i.syn
+        for surface in list(self._phrases):  # "bibasilar atelectasis": a synonym that starts with a side word
+            first = next((w for w in SIDE_WORDS if surface.startswith(w + " ")), None)
+            i = table[phrase_key(surface)]
+            if first is not None and (i.syn or i.desc):
+                i.side = SIDE_WORDS[first]
         for phrase in dictionary.normal_terms:
             for i in info(phrase):
                 i.normal = True
