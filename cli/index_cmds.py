@@ -215,8 +215,9 @@ def ingest(ctx: click.Context, archive: str, index_dir: Path, database_url: Opti
 @click.option("--where", "wheres", multiple=True, metavar="EXPR",
               help="Filter (repeatable): age>=60, sex=F, study_date>=2020-01-01, contrast=portal_venous (or no), split=test.")
 @click.option("--parse", is_flag=True,
-              help="Also read filters from TEXT: sex words, ages (over 60, 40-60, 65+), contrast and the organ "
-                   "named, as in \"fatty liver in women over 60\"; --organ and --where given win. Without it, "
+              help="Also read filters from TEXT: sex words, ages (over 60, 40-60 years, > 70, 65+), study dates "
+                   "(in 2021, after 2020), contrast and the organ named, as in \"fatty liver in women over 60\"; "
+                   "--organ and --where given win. Without it, "
                    "such words only go to the text encoder, and a note on stderr says so.")
 @click.option("-k", "--k", "k", default=20, show_default=True, type=click.IntRange(1, 10000), help="Hits.")
 @click.option("--montage", type=click.Path(dir_okay=False, path_type=Path), default=None,

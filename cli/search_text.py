@@ -83,7 +83,7 @@ def read_search_text(text: str, organs: Sequence[str], where: Optional[Dict[str,
             read.append(f"organ {','.join(organ)}")
         if merged:
             read.append(f"filters {', '.join(where_exprs(merged))}")
-        return ReadQuery(parsed.text, organ, merged or None, notes=[f"parsed as {'; '.join(read)}"])
+        return ReadQuery(parsed.text, organ, merged or None, notes=[f"parsed as {'; '.join(read)}", *parsed.notes])
     out = ReadQuery(text, explicit_organ, where)
     try:
         # infer_organ=False: only the filters matter for the hint, and the organ lookup loads report vocabulary.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ctglip_sdk import organs
 from ctglip_sdk.errors import QueryError
@@ -14,41 +14,122 @@ __all__ = ["ParsedQuery", "parse_query"]
 # Demographic words map to the `sex` filter; they are removed from the text sent to the encoder because the
 # image embedding carries no reliable sex signal and the words only add noise to the text vector.
 _SEX = {
-    "F": r"women|woman|females?|female patients?|girls?|ladies",
-    "M": r"men|man|males?|male patients?|boys?",
+    "F": r"women|woman|females?|female patients?|girls?|ladies|lady",
+    "M": r"men|man|males?|male patients?|boys?|gentlemen",
 }
+# Both sexes named together: no sex filter at all ("splenomegaly in men and women over 40").
+_BOTH_SEXES = re.compile(r"\b(?:(?:men|males?|boys?)\s+(?:and|or|&|/)\s+(?:women|females?|girls?)|"
+                         r"(?:women|females?|girls?)\s+(?:and|or|&|/)\s+(?:men|males?|boys?)|"
+                         r"both sexes|either sex|all sexes)\b")
+# A lone capital F or M in the question ("pleural effusion, F, 50-70") is a sex; read on the original case only.
+_SEX_LETTER = re.compile(r"(?<![\w'])([FM])(?![\w'])")
+
 # A number is an age only when no unit follows it: "kidney stone under 5 mm" and "renal cyst 2-3 cm" are sizes
 # (no SQL filter holds lesion sizes, so they stay in the text for the encoder), and "2.5" is not an age of 5.
 _NOT_SIZE = r"(?![\d.]*\s*(?:mm|cm|ml|cc|hu|%|millimet|centimet|x\b|×))"
-_N = r"(?<![\d.])(\d{1,3})(?![\d.])"
-_YEARS = r"(?:\s*(?:years?|y/?o|yrs?))?\b"
-_AGE_PATTERNS = [
-    (re.compile(rf"\b(?:aged|age|ages)?\s*{_N}\s*(?:-|–|to)\s*{_N}{_NOT_SIZE}{_YEARS}"), "range"),
-    (re.compile(rf"\b(?:over|older than|above|>=?|at least|aged over)\s*{_N}{_NOT_SIZE}{_YEARS}"), "min"),
-    (re.compile(rf"\b(?:under|younger than|below|<=?|at most|aged under)\s*{_N}{_NOT_SIZE}{_YEARS}"), "max"),
-    (re.compile(rf"{_N}\s*\+"), "min"),
+# Not after a letter or a digit either: "T11-12" is a vertebra, "L2" a level.
+_N = r"(?<![\w.])(\d{1,3})(?![\d.])"
+_YEARS = r"(?:\s*-?\s*(?:years?|y/?o|yrs?|yo)(?:[\s-]+old)?(?:s)?)"
+_AGE_WORD = r"(?:aged|age|ages|patients?|pts?)"
+_OPEN_MIN = r"(?:over|older than|above|>=?|≥|at least|aged over|greater than|more than)"
+_OPEN_MAX = r"(?:under|younger than|below|<=?|≤|at most|aged under|less than)"
+# Words before a number range that make it a grade, class or level, never an age ("grade 2-3", "Bosniak 2-3").
+_NOT_AGE_BEFORE = re.compile(r"(?:grade|grades|bosniak|class|stage|stages|level|levels|segment|segments|type|"
+                             r"category|li-?rads|pi-?rads|ti-?rads|lung-?rads|score|size|sizes|measuring|"
+                             r"vertebrae?|ribs?)\s*$")
+_ADULT_MIN = 18  # a bare number range ("women 40-60") is an age only from here: "3-4 nodules" is a count
+
+Span = Tuple[int, int]
+AgeRule = Tuple["re.Pattern[str]", Callable[["re.Match[str]"], Tuple[Optional[int], Optional[int]]]]
+
+
+def _g(m: "re.Match[str]", i: int) -> int:
+    return int(m.group(i))
+
+
+_AGE_RULES: List[AgeRule] = [
+    # "between 50 and 70 (years)", "aged 40 to 65", "40-65 years", "ages 40-65"
+    (re.compile(rf"\b(?:(?:{_AGE_WORD}\s+)?between)\s+{_N}\s*(?:and|-|–|to)\s*{_N}{_NOT_SIZE}{_YEARS}?\b"),
+     lambda m: (_g(m, 1), _g(m, 2))),
+    (re.compile(rf"\b{_AGE_WORD}\s*{_N}\s*(?:-|–|to)\s*{_N}{_NOT_SIZE}{_YEARS}?\b"), lambda m: (_g(m, 1), _g(m, 2))),
+    (re.compile(rf"{_N}\s*(?:-|–|to)\s*{_N}{_NOT_SIZE}{_YEARS}?(?!\w)"), lambda m: (_g(m, 1), _g(m, 2))),
+    # "70 years or older", "60 yrs and above", "65 or over", "65+"
+    (re.compile(rf"{_N}{_NOT_SIZE}{_YEARS}?\s*(?:or|and)\s+(?:older|above|over|more)\b(?!\s*\d)"),
+     lambda m: (_g(m, 1), None)),
+    (re.compile(rf"{_N}{_NOT_SIZE}{_YEARS}?\s*(?:or|and)\s+(?:younger|below|under|less)\b(?!\s*\d)"),
+     lambda m: (None, _g(m, 1))),
+    (re.compile(rf"{_N}\s*\+"), lambda m: (_g(m, 1), None)),
+    # "over-65s", "over 50s", "the under-40s"
+    (re.compile(rf"\b(?:over|above)[\s-]*{_N}'?s\b"), lambda m: (_g(m, 1), None)),
+    (re.compile(rf"\b(?:under|below)[\s-]*{_N}'?s\b"), lambda m: (None, _g(m, 1) - 1)),
+    # "in their 60s", "patients in their sixties" is left to the text
+    (re.compile(r"\bin (?:their|his|her) (\d)0'?s\b"), lambda m: (_g(m, 1) * 10, _g(m, 1) * 10 + 9)),
+    # "over 60", "aged >60", "> 70 yo", "≥ 65", "at least 50"
+    (re.compile(rf"(?:\b{_AGE_WORD}\s*)?(?:\b|(?=[<>≥≤])){_OPEN_MIN}\s*{_N}{_NOT_SIZE}{_YEARS}?"),
+     lambda m: (_g(m, 1), None)),
+    (re.compile(rf"(?:\b{_AGE_WORD}\s*)?(?:\b|(?=[<>≥≤])){_OPEN_MAX}\s*{_N}{_NOT_SIZE}{_YEARS}?"),
+     lambda m: (None, _g(m, 1))),
+    # one age: "45-year-old", "aged 55", "55 yo"
+    (re.compile(rf"\baged?\s+{_N}{_NOT_SIZE}{_YEARS}?\b"), lambda m: (_g(m, 1), _g(m, 1))),
+    (re.compile(rf"{_N}{_NOT_SIZE}{_YEARS}\b"), lambda m: (_g(m, 1), _g(m, 1))),
+    # words
+    (re.compile(r"\b(?:elderly|older adults|geriatric)\b"), lambda m: (65, None)),
+    (re.compile(r"\b(?:children|child|paediatric|pediatric|kids)\b"), lambda m: (None, 17)),
+]
+
+_YEAR = r"((?:19|20)\d\d)"
+_DAY = r"((?:19|20)\d\d-\d\d-\d\d)"
+_SCANS = r"(?:(?:scans?|studies|study|exams?|examinations?|imaging|cts?|acquired|performed|done|dated)\s+)?"
+_DATE_RULES: List[Tuple["re.Pattern[str]", Callable[["re.Match[str]"], Tuple[Optional[str], Optional[str]]]]] = [
+    (re.compile(rf"\b{_SCANS}(?:between|from)\s+{_YEAR}\s*(?:and|to|-|–|until|through)\s*{_YEAR}\b"),
+     lambda m: (f"{m.group(1)}-01-01", f"{m.group(2)}-12-31")),
+    (re.compile(rf"\b{_SCANS}(?:between|from)\s+{_DAY}\s*(?:and|to|-|–|until|through)\s*{_DAY}\b"),
+     lambda m: (m.group(1), m.group(2))),
+    (re.compile(rf"(?<![\w-]){_YEAR}\s*(?:-|–|to)\s*{_YEAR}\b"), lambda m: (f"{m.group(1)}-01-01", f"{m.group(2)}-12-31")),
+    (re.compile(rf"\b{_SCANS}(?:since|from)\s+{_DAY}(?:\s+onwards?)?"), lambda m: (m.group(1), None)),
+    (re.compile(rf"\b{_SCANS}(?:since|from)\s+{_YEAR}\s+(?:onwards?|on)\b"), lambda m: (f"{m.group(1)}-01-01", None)),
+    (re.compile(rf"\b{_SCANS}since\s+{_YEAR}\b"), lambda m: (f"{m.group(1)}-01-01", None)),
+    (re.compile(rf"\b{_SCANS}after\s+{_DAY}"), lambda m: (m.group(1), None)),
+    (re.compile(rf"\b{_SCANS}after\s+{_YEAR}\b"), lambda m: (f"{int(m.group(1)) + 1}-01-01", None)),
+    (re.compile(rf"\b{_SCANS}(?:before|prior to)\s+{_DAY}"), lambda m: (None, m.group(1))),
+    (re.compile(rf"\b{_SCANS}(?:before|prior to)\s+{_YEAR}\b"), lambda m: (None, f"{int(m.group(1)) - 1}-12-31")),
+    (re.compile(rf"\b{_SCANS}(?:until|up to|through|by)\s+{_YEAR}\b"), lambda m: (None, f"{m.group(1)}-12-31")),
+    (re.compile(rf"\b{_SCANS}(?:in|during|from|of)\s+{_YEAR}\b"), lambda m: (f"{m.group(1)}-01-01", f"{m.group(1)}-12-31")),
+    (re.compile(rf"\b{_SCANS}(?:on|from|dated)\s+{_DAY}"), lambda m: (m.group(1), m.group(1))),
 ]
 _CONTRAST = [(re.compile(r"\b(non[- ]?contrast|unenhanced|without contrast)\b"), False),
              (re.compile(r"\b(contrast[- ]enhanced|with contrast|portal[- ]venous)\b"), True)]
-_FILLER = re.compile(r"\b(in|of|with|among|for|patients?|subjects?|people|who are|who have|having|and|the)\b")
+# ("and" is kept: it joins two findings, "gallstones and fatty liver"; a dangling one is dropped below)
+_FILLER = re.compile(r"\b(in|of|with|among|for|patients?|pts|subjects?|people|who are|who have|having|the|"
+                     r"on|from|scans?|studies|exams?|yo|y/o)\b")
+_DANGLING = re.compile(r"^(?:(?:and|or|,)\s*)+|(?:\s*(?:and|or|,))+$")
 
 
 @dataclass
 class ParsedQuery:
-    """What :func:`parse_query` understood: ``text`` for the encoder, ``organ`` and ``where`` for filters."""
+    """What :func:`parse_query` understood: ``text`` for the encoder, ``organ`` and ``where`` for filters, and
+    ``notes`` on words it read but could not turn into one filter."""
 
     text: str
     organ: Optional[List[str]] = None
     where: Dict[str, Any] = field(default_factory=dict)
     original: str = ""
+    notes: List[str] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"text": self.text, "organ": self.organ, "where": self.where, "original": self.original}
+        return {"text": self.text, "organ": self.organ, "where": self.where, "original": self.original,
+                "notes": list(self.notes)}
 
 
 def _find_organ(text: str) -> Optional[List[str]]:
     """Longest synonym phrase in the text (so "right kidney" beats "kidney"), resolved to v1 classes; else the
-    organ of the one finding the text asks for ("hepatomegaly" -> liver, "AAA" -> aorta)."""
+    organ of the one finding the text asks for ("hepatomegaly" -> liver, "AAA" -> aorta). A text that names
+    several findings ("gallstones and fatty liver") gets the organs of all of them, as search reads it."""
+    from ctglip_sdk.reports.query import explain_query  # noqa: PLC0415 - the report vocabulary loads on first use
+
+    reading = explain_query(text)
+    if reading.finding is None and (reading.several or reading.negated is None) and len(reading.organs) > 1:
+        return list(dict.fromkeys(c for o in reading.organs for c in organs.lookup(o)))
     words = re.findall(r"[a-z]+", text.lower())
     best: Optional[str] = None
     for n in (3, 2, 1):
@@ -61,57 +142,124 @@ def _find_organ(text: str) -> Optional[List[str]]:
             break
     if best:
         return organs.lookup(best)
-    from ctglip_sdk.reports.query import read_query  # noqa: PLC0415 - the report vocabulary loads on first use
-
-    found = read_query(text)
+    found = reading.finding
     return organs.lookup(found.organ) if found is not None else None
+
+
+def _cut(text: str, span: Span) -> str:
+    return text[:span[0]] + " " + text[span[1]:]
+
+
+def _ages(text: str, notes: List[str]) -> Tuple[str, Optional[Tuple[Optional[int], Optional[int]]]]:
+    """(text without the age phrases, the age range) — None when there is none, or more than one different
+    (then a note says so: "women over 50 and men over 70" is two cohorts)."""
+    found: List[Tuple[Span, Tuple[Optional[int], Optional[int]]]] = []
+    for pattern, value in _AGE_RULES:
+        for m in pattern.finditer(text):
+            if any(m.start() < b and a < m.end() for (a, b), _ in found):
+                continue  # inside a phrase an earlier (more specific) rule took
+            lo, hi = value(m)
+            if (lo is not None and lo > 120) or (hi is not None and hi > 120):
+                continue
+            bare = pattern is _AGE_RULES[2][0]
+            if bare and (_NOT_AGE_BEFORE.search(text, 0, m.start()) or
+                         (lo is not None and lo < _ADULT_MIN and not re.search(_YEARS, m.group(0)))):
+                continue
+            found.append(((m.start(), m.end()), (min(lo, hi), max(lo, hi)) if lo is not None and hi is not None
+                          else (lo, hi)))
+    if not found:
+        return text, None
+    for span, _ in sorted(found, reverse=True):
+        text = _cut(text, span)
+    ranges = list(dict.fromkeys(r for _, r in found))
+    if len(ranges) > 1:
+        notes.append(f"several age conditions ({', '.join(_age_words(r) for r in ranges)}): no age filter applied; "
+                     "search each group on its own")
+        return text, None
+    return text, ranges[0]
+
+
+def _age_words(r: Tuple[Optional[int], Optional[int]]) -> str:
+    lo, hi = r
+    return f"{lo}-{hi}" if lo is not None and hi is not None else f">={lo}" if lo is not None else f"<={hi}"
+
+
+def _dates(text: str) -> Tuple[str, Optional[Tuple[Optional[str], Optional[str]]]]:
+    for pattern, value in _DATE_RULES:
+        m = pattern.search(text)
+        if m:
+            return _cut(text, (m.start(), m.end())), value(m)
+    return text, None
+
+
+def _sex(question: str, text: str, notes: List[str]) -> Tuple[str, Optional[str]]:
+    both = _BOTH_SEXES.search(text)
+    if both:
+        notes.append("both sexes named: no sex filter applied")
+        return _cut(text, (both.start(), both.end())), None
+    hits = {sex: re.search(rf"\b({pattern})\b", text) for sex, pattern in _SEX.items()}
+    named = [sex for sex, m in hits.items() if m]
+    letter = _SEX_LETTER.search(question)
+    if letter and not named:
+        low_at = re.search(rf"(?<![\w']){letter.group(1).lower()}(?![\w'])", text)
+        if low_at:
+            return _cut(text, (low_at.start(), low_at.end())), letter.group(1)
+    if len(named) > 1:
+        text = re.sub(rf"\b(?:{'|'.join(_SEX.values())})\b", " ", text)
+        notes.append("both sexes named: no sex filter applied; search each group on its own")
+        return text, None
+    if named:
+        m = hits[named[0]]
+        return _cut(text, (m.start(), m.end())), named[0]  # type: ignore[union-attr]
+    return text, None
 
 
 def parse_query(question: str, infer_organ: bool = True) -> ParsedQuery:
     """Turn a cohort question into search text, an organ filter and ``where`` filters.
 
-    Understands sex words (women/men/female/male), ages ("over 60", "under 40", "40-60", "65+"), contrast
-    ("non-contrast", "portal venous") and, with ``infer_organ``, the organ named in the text. Everything it
-    does not understand stays in the text, which the model encodes.
+    Understands sex words (women/men/female/male, a lone "F"/"M"; "men and women" is no filter), ages ("over
+    60", "> 70 yo", "≥ 65", "under 40", "40-60 years", "aged 40-65", "between 50 and 70", "65+", "70 years or
+    older", "over-65s", "in their 60s", "45-year-old", "elderly"; bounds inclusive), study dates ("in 2021",
+    "scans from 2019", "after 2020", "before 2019", "since 2018", "between 2018 and 2020", "2019-2021", ISO
+    dates), contrast ("non-contrast", "portal venous") and, with ``infer_organ``, the organ named in the text (the
+    organs of every finding when it names several). A number range is an age only with an age word or a unit
+    of years, or from 18 up, never after "grade", "Bosniak", "segment" and the like ("grade 2-3 hydronephrosis"
+    filters nothing). Everything it does not understand stays in the text, which the model encodes; ``notes``
+    say what it read and did not apply (two sexes or two age groups in one question).
 
     Example:
         >>> q = parse_query("fatty liver in women over 60")
         >>> q.text, q.organ, q.where
         ('fatty liver', ['liver'], {'sex': 'F', 'age': (60, None)})
+        >>> parse_query("liver cysts on scans from 2021").where
+        {'study_date': ('2021-01-01', '2021-12-31')}
     """
     if not isinstance(question, str) or not question.strip():
         raise QueryError("empty query text")
     text = " " + question.strip().lower() + " "
     where: Dict[str, Any] = {}
-    for sex, pattern in _SEX.items():
-        m = re.search(rf"\b({pattern})\b", text)
-        if m:
-            where["sex"] = sex
-            text = text[:m.start()] + " " + text[m.end():]
-            break
-    for pattern, kind in _AGE_PATTERNS:
-        m = pattern.search(text)
-        if not m:
-            continue
-        if kind == "range":
-            lo, hi = sorted((int(m.group(1)), int(m.group(2))))
-            where["age"] = (lo, hi)
-        elif kind == "min":
-            where["age"] = (int(m.group(1)), None)
-        else:
-            where["age"] = (None, int(m.group(1)))
-        text = text[:m.start()] + " " + text[m.end():]
-        break
+    notes: List[str] = []
+    text, dates = _dates(text)  # years first: "2021" is never an age
+    text, sex = _sex(" " + question.strip() + " ", text, notes)
+    text, age = _ages(text, notes)
+    if sex:
+        where["sex"] = sex
+    if age:
+        where["age"] = age
+    if dates:
+        where["study_date"] = dates
     for pattern, value in _CONTRAST:
         m = pattern.search(text)
         if m:
             where["contrast"] = value
-            text = text[:m.start()] + " " + text[m.end():]
+            text = _cut(text, (m.start(), m.end()))
             break
-    if where:
+    if where or notes:
         # Only strip connective words when a filter phrase was removed ("liver cyst in women" -> "liver cyst").
         text = _FILLER.sub(" ", text)
     text = re.sub(r"\s+", " ", text).strip(" ,.;")
+    text = re.sub(r"\s+", " ", _DANGLING.sub("", re.sub(r"(?:\band\s+)+(?=and\b)", "", text))).strip(" ,.;")
     if not text:
         raise QueryError(f"query {question!r} has no finding or organ words left to search for")
-    return ParsedQuery(text=text, organ=_find_organ(text) if infer_organ else None, where=where, original=question)
+    return ParsedQuery(text=text, organ=_find_organ(text) if infer_organ else None, where=where, original=question,
+                       notes=notes)

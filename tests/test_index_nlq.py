@@ -33,6 +33,54 @@ def test_parse_query(question, text, organ, where):
     assert q.original == question
 
 
+@pytest.mark.parametrize("question,text,where", [
+    # grades, classes, counts and levels are not ages (they used to become age filters that emptied the search)
+    ("grade 2-3 hydronephrosis", "grade 2-3 hydronephrosis", {}),
+    ("Bosniak 2-3 renal cysts", "bosniak 2-3 renal cysts", {}),
+    ("3-4 lung nodules", "3-4 lung nodules", {}),
+    ("segment 2-3 liver cyst", "segment 2-3 liver cyst", {}),
+    ("compression fracture T11-12", "compression fracture t11-12", {}),
+    # the age forms people type
+    ("emphysema, pts > 70 yo", "emphysema", {"age": (70, None)}),
+    ("gallstones aged >60", "gallstones", {"age": (60, None)}),
+    ("renal cyst <40", "renal cyst", {"age": (None, 40)}),
+    ("fatty liver ≥ 60", "fatty liver", {"age": (60, None)}),
+    ("lung nodules in over-65s", "lung nodules", {"age": (65, None)}),
+    ("lung nodules in patients between 50 and 70", "lung nodules", {"age": (50, 70)}),
+    ("emphysema 70 years or older", "emphysema", {"age": (70, None)}),
+    ("gallstones 60 yrs and above", "gallstones", {"age": (60, None)}),
+    ("splenomegaly in their 60s", "splenomegaly", {"age": (60, 69)}),
+    ("45-year-old with renal cyst", "renal cyst", {"age": (45, 45)}),
+    ("elderly emphysema", "emphysema", {"age": (65, None)}),
+    ("women 40-60 with gallstones", "gallstones", {"sex": "F", "age": (40, 60)}),
+    ("pleural effusion, F, 50-70", "pleural effusion", {"sex": "F", "age": (50, 70)}),
+    # study dates
+    ("liver cysts on scans from 2021", "liver cysts", {"study_date": ("2021-01-01", "2021-12-31")}),
+    ("pancreatic cysts in studies after 2020", "pancreatic cysts", {"study_date": ("2021-01-01", None)}),
+    ("liver lesions before 2019", "liver lesions", {"study_date": (None, "2018-12-31")}),
+    ("emphysema since 2020", "emphysema", {"study_date": ("2020-01-01", None)}),
+    ("scans between 2018 and 2020 with emphysema", "emphysema", {"study_date": ("2018-01-01", "2020-12-31")}),
+    ("gallstones in women aged 50-60 from 2019-03-01 to 2020-06-30", "gallstones",
+     {"sex": "F", "age": (50, 60), "study_date": ("2019-03-01", "2020-06-30")}),
+])
+def test_ages_dates_and_what_is_not_an_age(question, text, where):
+    q = parse_query(question)
+    assert (q.text, q.where, q.notes) == (text, where, [])
+
+
+def test_both_sexes_or_two_age_groups_filter_nothing_and_say_so():
+    q = parse_query("splenomegaly in men and women over 40")
+    assert q.where == {"age": (40, None)} and q.text == "splenomegaly" and "no sex filter" in q.notes[0]
+    q = parse_query("gallstones in females over 50 and men over 70")
+    assert q.where == {} and q.text == "gallstones" and len(q.notes) == 2 and "several age conditions" in q.notes[1]
+
+
+def test_two_findings_search_the_organs_of_both():
+    q = parse_query("gallstones and fatty liver")
+    assert q.text == "gallstones and fatty liver" and q.organ == ["gallbladder", "liver"]
+    assert parse_query("renal cysts and liver cysts in women").organ == ["kidney_left", "kidney_right", "liver"]
+
+
 def test_unknown_words_leave_the_organ_open():
     assert parse_query("appendicitis").organ is None  # no organ word and no dictionary finding
 
