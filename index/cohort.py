@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import logging
 import re
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import numpy as np
@@ -27,29 +28,89 @@ log = logging.getLogger(__name__)
 _KEY_LIKE = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)+$")
 
 
-def _condition_key(index: "ArchiveIndex", cond: str, keys: Set[str]) -> Tuple[str, Optional[str], Optional[str]]:
-    """How a condition is read: ('key', finding, note) for a dictionary or stored key, or a text that asks for
-    one finding (case, hedges and typos as in search); ('text', None, note) for free text.
+@dataclass
+class _Part:
+    """One condition as the cohort applies it: a stored finding key or free text, in its group, within the
+    filters the condition's own words carry ("... in women over 60")."""
+
+    group: str
+    name: str  # what evidence is reported under
+    kind: str  # "key" or "text"
+    key: Optional[str]
+    text: str
+    where: Dict[str, Any] = field(default_factory=dict)
+
+
+_FLIP = {"all_of": "none_of", "none_of": "all_of"}
+
+
+def _read_condition(index: "ArchiveIndex", cond: str, group: str, keys: Set[str], notes: List[str]) -> List[_Part]:
+    """How one condition is applied: a dictionary or stored key; a text that asks for findings as search reads it
+    (case, hedges, typos; several findings split into one part each, "no X" moved to the other group); or free
+    text. Demographic and date words in the text become that condition's own filters.
 
     A condition shaped like a key ("renal_stones") that is not one is a QueryError with suggestions: read as free
     text it matched nearly every organ, so a typo in none_of emptied the cohort and one in all_of kept everyone.
     """
     if cond in keys:
-        return "key", cond, None
+        return [_Part(group, cond, "key", cond, cond)]
     if _KEY_LIKE.match(cond):
         close = difflib.get_close_matches(cond, sorted(keys), n=3, cutoff=0.6)
         raise QueryError(f"unknown finding key {cond!r}" + (f"; did you mean {', '.join(close)}?" if close else
                                                              f"; known: {', '.join(sorted(keys))}"))
-    from ctglip_sdk.reports.query import read_query  # noqa: PLC0415
+    from ctglip_sdk.reports.query import explain_query  # noqa: PLC0415
+
+    from .nlq import parse_query  # noqa: PLC0415
 
     try:
-        found = read_query(cond, _classifier(index).dictionary)
+        parsed = parse_query(cond, infer_organ=False)
+    except QueryError:
+        raise QueryError(f"{group} condition {cond!r} names only filters; pass them as where=") from None
+    own = dict(parsed.where)
+    notes.extend(f"{cond!r}: {n}" for n in parsed.notes)
+    if own:
+        notes.append(f"read {cond!r} as {parsed.text!r} within " + ", ".join(_shown(k, v) for k, v in own.items()))
+    try:
+        reading = explain_query(parsed.text, _classifier(index).dictionary)
     except ConfigError:  # a model without an abnormality dictionary: every text condition is free text
-        found = None
+        return [_Part(group, cond, "text", None, parsed.text if own else cond, own)]
+    parts: List[_Part] = []
+    found = reading.finding
     if found is not None and found.finding in keys:
-        return "key", found.finding, (f"read {cond!r} as {found.read_as!r} ({found.finding})" if found.corrected
-                                      else None)
-    return "text", None, None
+        parts.append(_Part(group, cond, "key", found.finding, parsed.text, own))
+        if found.corrected:
+            notes.append(f"read {cond!r} as {found.read_as!r} ({found.finding})")
+    elif reading.negated is not None and reading.negated.finding in keys:
+        if group not in _FLIP:
+            raise QueryError(f"any_of condition {cond!r} denies a finding; put {reading.negated.finding!r} in none_of")
+        parts.append(_Part(_FLIP[group], cond, "key", reading.negated.finding, parsed.text, own))
+        notes.append(f"read {cond!r} in {group} as {_FLIP[group]} {reading.negated.finding}")
+    elif reading.several and all(k in keys for k in reading.several):
+        parts.extend(_Part(group, k, "key", k, parsed.text, own) for k in reading.several)
+        notes.append(f"read {cond!r} as {len(reading.several)} {group} conditions: {', '.join(reading.several)}")
+    elif reading.excluded and group == "all_of":
+        pass  # "no kidney stones or hydronephrosis": only what it denies, below
+    elif reading.excluded:
+        raise QueryError(f"{group} condition {cond!r} denies several findings; list them in none_of instead")
+    else:  # free text: as written, unless filter words were taken out of it
+        return [_Part(group, cond, "text", None, parsed.text if own else cond, own)]
+    extra = [k for k in reading.excluded if k in keys]
+    if extra:
+        if group not in _FLIP:
+            raise QueryError(f"any_of condition {cond!r} also denies {', '.join(extra)}; put it in none_of")
+        parts.extend(_Part(_FLIP[group], k, "key", k, parsed.text, own) for k in extra)
+        notes.append(f"read 'no {', '.join(extra)}' in {cond!r} as {_FLIP[group]} {', '.join(extra)}")
+    return parts
+
+
+def _shown(key: str, value: Any) -> str:
+    """One filter as a reader writes it: ``age>=60``, ``study_date 2021-01-01..2021-12-31``, ``sex=F``."""
+    if isinstance(value, tuple):
+        lo, hi = value
+        if lo is not None and hi is not None:
+            return f"{key} {lo}..{hi}"
+        return f"{key}>={lo}" if lo is not None else f"{key}<={hi}"
+    return f"{key}={value}"
 
 
 def cohort(index: "ArchiveIndex", all_of: Sequence[str] = (), any_of: Sequence[str] = (),
@@ -62,9 +123,13 @@ def cohort(index: "ArchiveIndex", all_of: Sequence[str] = (), any_of: Sequence[s
     to but that was never scored for it (ingested after the last ``score()``) is unknown: its unit cannot be a
     member through ``none_of`` (a note says how many; run ``score()``). A condition is a dictionary key
     (``"liver_cyst"``; a key-shaped word that is not one is a QueryError with suggestions), a text that asks for
-    one key as search reads it (``"gallstones"``, ``"suspected HCC"``, ``"cholelithasis"``), or free text, scored
+    findings as search reads it (``"gallstones"``, ``"suspected HCC"``, ``"cholelithasis"``), or free text, scored
     on the fly against every organ vector with the index's text encoder (not stored; a note gives the share of
-    organs it matches). ``result.notes`` says how each condition was read.
+    organs it matches). A text that names several findings is one condition per finding ("gallstones and fatty
+    liver" in all_of: both); one that denies a finding moves it to the other group ("no hydronephrosis" in
+    all_of is none_of hydronephrosis; "fatty liver, no gallstones" is both); sex, age and date words in a text
+    are that condition's own filters, on top of ``where`` ("enlarged spleen in women over 60": an enlarged
+    spleen in a study of a woman aged 60 or more). ``result.notes`` says how each condition was read.
 
     Example:
         >>> idx.score()                                                                        # doctest: +SKIP
@@ -83,8 +148,6 @@ def cohort(index: "ArchiveIndex", all_of: Sequence[str] = (), any_of: Sequence[s
     t = index.store.t
     o = t.organs
     unit_col = o.c.patient_id if level == "patient" else o.c.study_id
-    allowed = _filtered_ids(index, None, conditions) if conditions else None
-    allowed_set = set(allowed.tolist()) if allowed is not None else None
     st = index.store.t.scores
     stored: Set[str] = set(index.store.read(lambda c: c.execute(select(st.c.finding).distinct()).scalars().all()))
     known = set(stored)
@@ -92,43 +155,59 @@ def cohort(index: "ArchiveIndex", all_of: Sequence[str] = (), any_of: Sequence[s
         known |= set(_classifier(index).dictionary.keys())
     except ConfigError:
         pass
-    units_of: Dict[str, Dict[int, float]] = {}
-    unknown_of: Dict[str, Set[int]] = {}  # units with an organ the finding applies to but no score for it
     notes: List[str] = []
-    for cond in dict.fromkeys(c.strip() for cs in groups.values() for c in cs):
-        kind, key, note = _condition_key(index, cond, known)
-        if note:
-            notes.append(note)
-        if kind == "key":
+    parts: List[_Part] = []
+    for group, conds in groups.items():
+        for cond in dict.fromkeys(c.strip() for c in conds):
+            parts.extend(_read_condition(index, cond, group, known, notes))
+    allowed_of: Dict[Tuple[Tuple[str, Any], ...], Optional[np.ndarray]] = {}
+
+    def allowed_for(part: _Part) -> Optional[np.ndarray]:
+        """Organ ids within ``where`` and the part's own filters (None: every organ)."""
+        sig = tuple(sorted((k, repr(v)) for k, v in part.where.items()))
+        if sig not in allowed_of:
+            conds = conditions + parse_where(part.where)
+            allowed_of[sig] = _filtered_ids(index, None, conds) if conds else None
+        return allowed_of[sig]
+
+    units_of: Dict[int, Dict[int, float]] = {}
+    unknown_of: Dict[int, Set[int]] = {}  # units with an organ the finding applies to but no score for it
+    for n, part in enumerate(parts):
+        allowed = allowed_for(part)
+        allowed_set = set(allowed.tolist()) if allowed is not None else None
+        if part.kind == "key":
             q = (select(unit_col.label("unit"), o.c.id, st.c.probability).select_from(st.join(o, o.c.id == st.c.organ_id))
-                 .where(and_(st.c.finding == key, st.c.probability >= float(threshold))))
+                 .where(and_(st.c.finding == part.key, st.c.probability >= float(threshold))))
             hits: Dict[int, float] = {}
             for r in index.store.read(lambda c: c.execute(q).all()):
                 if allowed_set is None or r.id in allowed_set:
                     hits[r.unit] = max(hits.get(r.unit, 0.0), float(r.probability))
-            missing = _unscored(index, str(key), allowed)
+            missing = _unscored(index, str(part.key), allowed)
             if missing.size:
-                unknown_of[cond] = set(_units_of(index, missing, level).values())
-                notes.append(f"{missing.size} organ(s) that {key} applies to have no score for it (ingested since "
+                unknown_of[n] = set(_units_of(index, missing, level).values())
+                notes.append(f"{missing.size} organ(s) that {part.key} applies to have no score for it (ingested since "
                              f"the last score()?): their {'patients' if level == 'patient' else 'studies'} cannot count "
                              "as without it; run score()")
         else:
-            hits, share = _free_text_units(index, cond, level, allowed, float(threshold))
-            notes.append(f"{cond!r} names no dictionary finding: scored as free text against every organ "
+            hits, share = _free_text_units(index, part.text, level, allowed, float(threshold))
+            notes.append(f"{part.text!r} names no dictionary finding: scored as free text against every organ "
                          f"({share:.0%} of the organs in scope reach the threshold)")
-        units_of[cond] = hits
+        units_of[n] = hits
     for note in notes:
         log.warning("cohort: %s", note)
     base_q = _filter_select(index, unit_col, None, conditions).distinct()
     base = set(index.store.read(lambda c: c.execute(base_q).scalars().all()))
     members = set(base)
-    for c in groups["all_of"]:
-        members &= set(units_of[c.strip()])
-    if groups["any_of"]:
-        members &= set().union(*(set(units_of[c.strip()]) for c in groups["any_of"]))
-    for c in groups["none_of"]:
-        members -= set(units_of[c.strip()]) | unknown_of.get(c.strip(), set())
-    return CohortResult(level, _describe_units(index, sorted(members), level, groups, units_of),
+    for n, part in enumerate(parts):
+        if part.group == "all_of":
+            members &= set(units_of[n])
+        elif part.group == "none_of":
+            members -= set(units_of[n]) | unknown_of.get(n, set())
+    anys = [set(units_of[n]) for n, part in enumerate(parts) if part.group == "any_of"]
+    if anys:
+        members &= set().union(*anys)
+    shown = [(part.name, units_of[n]) for n, part in enumerate(parts) if part.group != "none_of"]
+    return CohortResult(level, _describe_units(index, sorted(members), level, shown),
                         {**groups, "threshold": threshold, "where": dict(where or {})}, notes=notes)
 
 
@@ -188,8 +267,8 @@ def _free_text_units(index: "ArchiveIndex", text: str, level: str, allowed: Opti
     return out, share
 
 
-def _describe_units(index: "ArchiveIndex", units: List[int], level: str, groups: Dict[str, List[str]],
-                    units_of: Dict[str, Dict[int, float]]) -> List[Dict[str, Any]]:
+def _describe_units(index: "ArchiveIndex", units: List[int], level: str,
+                    shown: List[Tuple[str, Dict[int, float]]]) -> List[Dict[str, Any]]:
     if not units:
         return []
     t = index.store.t
@@ -201,13 +280,12 @@ def _describe_units(index: "ArchiveIndex", units: List[int], level: str, groups:
     for r in index.store.read(lambda c: c.execute(q).all()):
         m = info.setdefault(r.unit, {"patient": r.pseudonym, "studies": []})
         m["studies"].append(r.study_uid)
-    scored = [c.strip() for c in groups["all_of"] + groups["any_of"]]
     out = []
     for u in units:
         m = dict(info.get(u, {"patient": None, "studies": []}))
         if level == "study":
             m["study_uid"] = m["studies"][0] if m["studies"] else None
-        m["evidence"] = {c: round(units_of[c][u], 4) for c in scored if u in units_of[c]}
+        m["evidence"] = {name: round(hits[u], 4) for name, hits in shown if u in hits}
         out.append(m)
     out.sort(key=lambda m: (m["patient"] or "", m.get("study_uid") or ""))
     return out

@@ -92,6 +92,9 @@ def _from_text(index: "ArchiveIndex", text: str) -> _QueryVector:
                              "(search one finding at a time, or combine them with cohort(all_of=[...]))")
             if absent:
                 notes.append(f"read as organs without {found.finding}: ranked by the lowest {found.finding} margin")
+            if reading.excluded:
+                notes.append(f"the text also says no {', '.join(reading.excluded)}: search does not exclude it "
+                             "(ranked by the first finding only); cohort(none_of=[...]) does")
             return _QueryVector(-d if absent else d, f"{'absent' if absent else 'finding'}:{found.finding}",
                                 found.organ, found.read_as if found.corrected else None, notes=tuple(notes))
     vector = unit_rows(np.asarray(_encode_single(index.model, text), np.float32))[0]
@@ -100,6 +103,9 @@ def _from_text(index: "ArchiveIndex", text: str) -> _QueryVector:
     elif reading.several:
         why = (f"names several findings ({', '.join(reading.several)}); search one at a time, or combine them with "
                "cohort(all_of=[...]);")
+    elif reading.excluded:
+        why = (f"denies several findings ({', '.join(reading.excluded)}); search them one at a time (\"no X\"), or "
+               "use cohort(none_of=[...]);")
     else:
         why = "no single dictionary finding recognised;"
     where = f" within {', '.join(reading.organs)}" if reading.organs else ""

@@ -115,6 +115,31 @@ def test_conditions_are_read_like_search_texts_and_key_typos_are_refused(synth):
     assert "names no dictionary finding" in free.notes[0] and "of the organs in scope" in free.notes[0]
 
 
+def test_text_conditions_split_findings_move_denials_and_carry_their_own_filters(synth):
+    """Cohort texts used to keep everyone ("no hydronephrosis" in all_of), ignore "in women over 60", and read
+    "gallstones and renal cyst" as free text matching nearly every organ."""
+    idx = synth[0]
+    denied = idx.cohort(all_of=["no hydronephrosis"], level="study")
+    assert set(denied.ids) == _expected(synth, "study", none_of=["hydronephrosis"])
+    assert denied.notes == ["read 'no hydronephrosis' in all_of as none_of hydronephrosis"]
+    assert set(idx.cohort(none_of=["no hydronephrosis"], level="study").ids) == \
+        _expected(synth, "study", all_of=["hydronephrosis"])
+    both = idx.cohort(all_of=["gallstones and renal cyst"], level="study")
+    assert set(both.ids) == _expected(synth, "study", all_of=["gallstones", "renal_cyst"])
+    assert all(set(m["evidence"]) == {"gallstones", "renal_cyst"} for m in both)
+    mixed = idx.cohort(all_of=["renal cyst, no liver cyst"], level="study")
+    assert set(mixed.ids) == _expected(synth, "study", all_of=["renal_cyst"], none_of=["liver_cyst"])
+    # the condition's own age words filter that condition, as where= does for all of them
+    aged = idx.cohort(all_of=["renal cyst in patients over 50"], level="study")
+    assert set(aged.ids) == _expected(synth, "study", all_of=["renal_cyst"], age_min=50) != \
+        _expected(synth, "study", all_of=["renal_cyst"])
+    assert aged.notes == ["read 'renal cyst in patients over 50' as 'renal cyst' within age>=50"]
+    with pytest.raises(QueryError, match="names only filters"):
+        idx.cohort(all_of=["women over 60"])
+    with pytest.raises(QueryError, match="put 'hydronephrosis' in none_of"):
+        idx.cohort(any_of=["no hydronephrosis"])
+
+
 def test_insert_scores_validates(synth):
     idx = synth[0]
     with pytest.raises(QueryError):

@@ -63,6 +63,9 @@ class QueryReading:
     candidates: Tuple[str, ...] = ()
     organs: Tuple[str, ...] = ()
     ignored: Tuple[str, ...] = ()
+    #: Findings the text states as absent besides what it asks for ("fatty liver, no gallstones" ->
+    #: ("gallstones",)), or every absent one when it denies several ("no kidney stones or hydronephrosis").
+    excluded: Tuple[str, ...] = ()
 
 
 @dataclass
@@ -269,6 +272,8 @@ def explain_query(text: str, dictionary: Optional[AbnormalityDictionary] = None,
         lay = True
     statements = clinical + found
     organs = tuple(dict.fromkeys(f.organ for f in statements if f.organ))
+    denied = tuple(dict.fromkeys(f.finding for f in statements
+                                 if f.finding and f.status == Status.ABSENT and f.finding in dictionary))
     if hit is not None:
         ignored: Tuple[str, ...] = ()
         if not lay and " and " in f" {read_as} ":  # a second finding in lay words is not read; say so
@@ -276,7 +281,7 @@ def explain_query(text: str, dictionary: Optional[AbnormalityDictionary] = None,
             ignored = tuple(dict.fromkeys(f.finding for f in extra if f.finding != hit[0]))
         return QueryReading(QueryFinding(finding=hit[0], organ=hit[1], status=hit[2], read_as=read_as,
                                          corrected=read_as != low, lay=lay), organs=organs or (hit[1],),
-                            ignored=ignored)
+                            ignored=ignored, excluded=tuple(k for k in denied if k != hit[0]))
     maybe = tuple(_candidates(read_as, found, lay_dictionary(dictionary))) if found else ()
     if maybe:
         logger.info("read_query: %r may mean %s; no single finding", text, " or ".join(maybe))
@@ -288,4 +293,4 @@ def explain_query(text: str, dictionary: Optional[AbnormalityDictionary] = None,
                                status=Status.ABSENT, read_as=read_as, corrected=read_as != low,
                                lay=not any(f.finding for f in clinical))
     return QueryReading(None, negated=negated, several=several if len(several) > 1 else (), candidates=maybe,
-                        organs=organs)
+                        organs=organs, excluded=() if negated is not None else denied)
