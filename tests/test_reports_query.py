@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ctglip_sdk.reports import AbnormalityDictionary, Status
-from ctglip_sdk.reports.query import read_query
+from ctglip_sdk.reports.query import explain_query, read_query
 
 
 @pytest.mark.parametrize("text,finding,organ,read_as", [
@@ -111,7 +111,7 @@ def test_lay_words_keep_the_status_their_clinical_word_has():
 
 @pytest.mark.parametrize("text", [
     "no big liver", "spleen not swollen", "no lumps in the lungs", "without water on the lungs",  # negated
-    "swollen kidney",           # the dictionary has no enlargement finding of the kidney: nothing to map onto
+    "swollen bladder",          # the dictionary has no enlargement finding of the bladder: nothing to map onto
     "lump in the gullet",       # a lay organ name with no findings does not lend its lesion to another organ
     "big belly",                # no organ
 ])
@@ -213,3 +213,25 @@ def test_shorthand_hydro_negates_like_the_clinical_word():
     assert read_query("no hydro") is None  # as for "no big liver": no finding to search for
     r = explain_query("no hydro")
     assert r.negated is not None and r.negated.finding == "hydronephrosis" and r.negated.status is Status.ABSENT
+
+
+@pytest.mark.parametrize("text,finding,organ", [
+    ("lung nods", "lung_nodule", "lung"),                       # shorthand for nodules
+    ("adrenal nod", "adrenal_nodule", "adrenal_gland"),
+    ("dilated PD", "pancreatic_duct_dilation", "pancreas"),     # (main) pancreatic duct in shorthand
+    ("MPD dilatation", "pancreatic_duct_dilation", "pancreas"),
+    ("blocked kidney", "hydronephrosis", "kidney"),             # the lay names of hydronephrosis
+    ("swollen left kidney", "hydronephrosis", "kidney_left"),
+    ("swollen spleen", "splenomegaly", "spleen"),               # "swollen" alone is still size
+])
+def test_search_shorthand_and_lay_names_of_kidney_obstruction(text, finding, organ):
+    q = read_query(text)
+    assert (q.finding, q.organ) == (finding, organ)
+
+
+def test_denied_findings_beside_the_asked_one_are_reported():
+    r = explain_query("fatty liver, no gallstones")
+    assert r.finding.finding == "hepatic_steatosis" and r.excluded == ("gallstones",)
+    r = explain_query("no kidney stones or hydronephrosis")
+    assert r.finding is None and r.negated is None and set(r.excluded) == {"renal_stone", "hydronephrosis"}
+    assert explain_query("no hydronephrosis").excluded == ()  # one denial is `negated`

@@ -85,6 +85,11 @@ LAY_TERMS: Dict[str, LayTerm] = {
                            "calcium spots|chalky deposits|hardening|hardened|hardening of|calcs|calc"),
     # radiologists' shorthand typed into search: "right hydro" (reports spell it out, so it stays query-only)
     "hydro": _term("hydronephrosis", "hydro", names=True),
+    # a kidney that cannot drain swells with urine: the lay names of hydronephrosis ("swollen" alone is size)
+    "blocked kidney": _term("hydronephrosis", "blocked kidney|blocked kidneys|kidney blockage|obstructed kidney|"
+                            "obstructed kidneys|swollen kidney|swollen kidneys|kidney swelling", names=True),
+    # shorthand for nodules in search boxes ("lung nods", "adrenal nod")
+    "nods": _term("nodule|nodules", "nod|nods"),
     "stone": _term("stone|stones|calculus|calculi", "gravel|pebble|grit"),
     "thrombus": _term("thrombus|thrombosis", "clot|blood clot|clotted|clotting|blocked by a clot"),
     "fracture": _term("fracture|fractures", "broken|break|cracked|crack|crushed|crush|snapped"),
@@ -110,6 +115,9 @@ LAY_ORGANS: Dict[str, str] = {
     "chest": "lung", "chest cavity": "lung",
     "heart arteries": "heart", "heart artery": "heart", "arteries of the heart": "heart", "heart vessels": "heart",
     "heart muscle": "heart_myocardium", "main artery": "aorta", "body's main artery": "aorta", "ao": "aorta",
+    # (main) pancreatic duct in shorthand: "dilated PD", "MPD dilatation" (the pancreas, whose duct finding
+    # "dilated" names there)
+    "pd": "pancreas", "mpd": "pancreas",
     "backbone": "vertebrae", "back bone": "vertebrae", "spinal column": "vertebrae", "spinal bones": "vertebrae",
     "spine bones": "vertebrae", "vertebral column": "vertebrae",
     "tailbone": "sacrum", "tail bone": "sacrum", "collarbone": "clavicula", "collar bone": "clavicula",

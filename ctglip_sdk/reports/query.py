@@ -177,7 +177,7 @@ def _spell_corrected(text: str, dictionary: AbnormalityDictionary) -> str:
             continue
         fix = memo.get(w)
         if fix is None:
-            # Two swapped letters ("anuerysm", "nodual"... "lugn") are the commonest typo and difflib rates them
+            # Two swapped letters ("anuerysm", "nodlue", "lugn") are the commonest typo and difflib rates them
             # below the cutoff for short and mid-length words; any swap that gives a vocabulary word is taken.
             fix = next((v for v in (w[:i] + w[i + 1] + w[i] + w[i + 2:] for i in range(len(w) - 1))
                         if v in spell.known), "")
