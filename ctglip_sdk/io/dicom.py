@@ -208,6 +208,21 @@ def _check_decoder(ds: Any, path: str) -> None:
                          f"install one with: {JPEG_HINT}", path=path)
 
 
+def _has_intercept(ds: Any) -> bool:
+    """Whether a header states RescaleIntercept: at the top level, or (Enhanced CT) in the shared or every
+    per-frame Pixel Value Transformation macro. Without it stored values are read as HU: logged by the loader."""
+    if "RescaleIntercept" in ds:
+        return True
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is None:
+        return False
+    shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
+    in_shared = shared is not None and any("RescaleIntercept" in item for item in
+                                           (shared.get("PixelValueTransformationSequence") or []))
+    return in_shared or all(any("RescaleIntercept" in item for item in (fg.get("PixelValueTransformationSequence")
+                                                                        or [])) for fg in per_frame)
+
+
 def _decode(path: str, header: Any) -> np.ndarray:
     """Stored pixel values of one file (frames first for multi-frame), no rescale.
 
@@ -222,11 +237,19 @@ def _decode(path: str, header: Any) -> np.ndarray:
             from pydicom.pixels import pixel_array  # pydicom >= 3: reads only what decoding needs
         except ImportError:  # pragma: no cover - pydicom 2.x
             return pydicom.dcmread(path).pixel_array
+        ts = getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", None)
+        if ts is not None and ts == pydicom.uid.DeflatedExplicitVRLittleEndian:
+            return pydicom.dcmread(path).pixel_array  # the whole dataset is deflated: pixel_array(path) cannot seek
         return pixel_array(path)
     except AttributeError:
         raise InputError("no pixel data: the file is truncated or holds no image", path=path) from None
     except Exception as exc:
         ts = getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", None)
+        if ts is not None and ts == "1.2.840.10008.1.2.4.51" and int(header.get("BitsStored", 8) or 8) > 8:
+            # Pillow decodes 8-bit JPEG Extended only: older CT archives hold 12-bit, which it calls corrupt
+            raise InputError(f"cannot decode 12-bit {ts.name} pixel data with the installed decoder (Pillow reads "
+                             "8-bit JPEG only); install one that reads 12-bit JPEG: pip install pylibjpeg "
+                             "pylibjpeg-libjpeg", path=path) from None
         if ts is not None and getattr(ts, "is_compressed", False):
             # _check_decoder has already refused a syntax with no decoder installed: this one has a decoder
             # and failed on this file's data.
@@ -386,7 +409,7 @@ def load_dicom(path: PathLike, series_uid: Optional[str] = None, max_voxels: int
     if str(header.get("Modality", "CT")).upper() != "CT":
         log.warning("%s: modality %s is not CT; values are rescaled pixels, not Hounsfield units",
                     where, header.get("Modality"))
-    elif any("RescaleIntercept" not in ds and "PerFrameFunctionalGroupsSequence" not in ds for _, ds in items):
+    elif any(not _has_intercept(ds) for _, ds in items):
         log.warning("%s: CT image without RescaleIntercept (a required element); stored values are taken as HU",
                     where)
     array, affine = _read_pixels(frames, {p: ds for p, ds in items}, affine)

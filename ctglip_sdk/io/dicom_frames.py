@@ -61,6 +61,8 @@ def _rescale(ds: Any, slope: float, intercept: float, path: str) -> Tuple[float,
     for keyword, default in (("RescaleSlope", slope), ("RescaleIntercept", intercept)):
         raw = ds.get(keyword)
         if raw in (None, ""):
+            if keyword in ds:  # present but empty: as unusable as "abc" (it used to shift that slice by 1024 HU)
+                raise InputError(f"{keyword} is present but empty", path=path)
             out.append(default)
             continue
         value = _float_or(raw, None)
@@ -135,6 +137,10 @@ def _frames_unchecked(path: str, ds: Any) -> List[_Frame]:
     offsets = ds.get("GridFrameOffsetVector")
     if offsets is not None and len(offsets) == n_frames:
         steps = _floats(offsets, n_frames, "GridFrameOffsetVector", path)
+        # PS3.3 C.8.8.3.2: the vector is relative (first element 0) or, for an axial plane only, absolute (its
+        # first element is the z of ImagePositionPatient); absolute offsets added to that z doubled it.
+        if steps[0] != 0 and abs(abs(normal[2]) - 1) < 1e-6 and abs(steps[0] - position[2]) < 1e-3:
+            steps = (steps - position[2]) * np.sign(normal[2])
     else:
         step = _float_or(ds.get("SpacingBetweenSlices"), None)
         if step is None:

@@ -13,6 +13,7 @@ import numpy as np
 
 from ctglip_sdk.errors import InputError
 from ctglip_sdk.io.dicom import is_image, require_image, series_label, sop_class_name, try_read_header
+from ctglip_sdk.io.dicom_frames import _group_item
 from ctglip_sdk.io.geometry import LPS_TO_RAS, canonical_shape
 from ctglip_sdk.io.nifti import is_nifti, nifti_description, open_nifti
 from ctglip_sdk.io.paths import require_path, walk_files
@@ -27,6 +28,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 _TAGS = [
     "SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID", "Modality", "SeriesDescription", "Rows", "Columns",
     "NumberOfFrames", "ImageOrientationPatient", "ImageType",
+    # Enhanced CT's orientation; the per-frame groups (one item per frame) are left unread, as they can be large
+    "SharedFunctionalGroupsSequence",
 ]
 _NOT_DICOM_SUFFIXES = (".json", ".jsonl", ".txt", ".csv", ".md", ".png", ".jpg", ".jpeg", ".xml", ".zip",
                        ".gz", ".py", ".pdf", ".html", ".safetensors", ".faiss", ".db", ".sqlite")
@@ -100,11 +103,15 @@ def _dicom_shape(ds: Any, n_slices: int) -> Tuple[int, ...]:
     cols, rows = int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0)
     shape = (cols, rows, n_slices)
     try:
-        iop = np.array([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
+        if "ImageOrientationPatient" in ds:
+            raw = ds.ImageOrientationPatient
+        else:  # Enhanced CT keeps it in the shared functional groups (per-frame ones are not read here)
+            raw = _group_item(ds, None, "PlaneOrientationSequence").ImageOrientationPatient  # type: ignore[union-attr]
+        iop = np.array([float(v) for v in raw], dtype=np.float64)
         lps = np.eye(4)
         lps[:3, 0], lps[:3, 1], lps[:3, 2] = iop[:3], iop[3:], np.cross(iop[:3], iop[3:])
         return canonical_shape(LPS_TO_RAS @ lps, shape)
-    except Exception:  # enhanced objects keep orientation in functional groups; report acquisition order then
+    except Exception:  # no readable orientation: report acquisition order (load_volume then refuses it anyway)
         return shape
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from ctglip_sdk.errors import GeometryError, InputError
 from ctglip_sdk.io.geometry import canonical_affine, canonical_shape, grid_offset_voxels
 from ctglip_sdk.io.nifti import is_nifti
+from ctglip_sdk.io.paths import require_path
 from ctglip_sdk.io.segmentation import AFFINE_ATOL_MM, _per_class_files
 
 __all__ = ["check_mask_grid", "MAX_OFFSET_VOXELS"]
@@ -111,7 +112,7 @@ def check_mask_grid(mask_path: PathLike, volume: Any, shown: Optional[str] = Non
         Traceback (most recent call last):
         ctglip_sdk.errors.GeometryError: S002/segmentations/: mask mismatch: the mask's grid is (20, 20, 12) ...
     """
-    path = Path(mask_path)
+    path = Path(require_path(mask_path, "mask_path", "a mask file or folder path"))
     shown = Path(os.fspath(mask_path) if shown is None else shown).as_posix().rstrip("/")
     if not path.exists():
         raise InputError("no such file or folder (segmentation mask)", path=shown)

@@ -101,6 +101,9 @@ def open_nifti(path: PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> Tuple[An
     stored = np.dtype(img.get_data_dtype())
     if stored.kind == "c":  # casting to float would drop the imaginary part with only a numpy warning
         raise InputError(f"voxel type {stored} is complex, not a scalar number", path=where)
+    if stored.kind == "V" or stored.names:  # RGB24/RGBA32: a colour image (numpy failed later with a dtype error)
+        raise InputError(f"voxel type {stored} is a colour (RGB) image, not a CT volume of scalar numbers",
+                         path=where)
     header = img.header
     if hasattr(header, "get_sform") and int(header.get_sform(coded=True)[1]) == 0 and \
             int(header.get_qform(coded=True)[1]) == 0:

@@ -12,6 +12,7 @@ import numpy as np
 from ctglip_sdk.errors import ConfigError, InputError
 from ctglip_sdk.io.geometry import DEFAULT_MAX_VOXELS, check_max_voxels, to_canonical
 from ctglip_sdk.io.nifti import is_nifti, open_nifti, read_nifti_array
+from ctglip_sdk.io.paths import require_path
 from ctglip_sdk.organs import label_map as _label_map
 from ctglip_sdk.volume import Segmentation, label_counts
 
@@ -135,6 +136,8 @@ def _read_labels(path: Path, max_voxels: int) -> Tuple[np.ndarray, np.ndarray]:
     if data.size and (data.min() < 0):
         raise InputError(f"label image holds negative values (min {data.min()})", path=where)
     max_id = int(data.max()) if data.size else 0
+    if max_id > np.iinfo(np.int32).max:  # checked before the cast, which wrapped such ids onto real classes
+        raise InputError(f"label id {max_id} is far beyond any label map (largest id 2147483647)", path=where)
     return to_canonical(data.astype(_label_dtype(max_id)), affine)
 
 
@@ -240,7 +243,7 @@ def load_segmentation(path: PathLike, like: Optional[Any] = None,
         >>> seg.array.shape == vol.shape, seg.present()["liver"] > 0  # doctest: +SKIP
         (True, True)
     """
-    where = os.fspath(path)
+    where = require_path(path, "path", "a mask file or folder path")
     max_voxels = check_max_voxels(max_voxels)
     map_name, labels_by_id = _resolve_map(label_map)
     if like is not None and not (hasattr(like, "shape") and hasattr(like, "affine")):
