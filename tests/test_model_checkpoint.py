@@ -259,3 +259,19 @@ def test_a_max_length_longer_than_the_position_table_is_refused_when_built(tmp_p
     with pytest.raises(ConfigError, match=r"text.max_length 40 exceeds the 16 tokens the text model "
                                           r"\(text_model_config\)"):
         CTGlipModel(cfg, fits.tokenizer, hf_text_config=hf)
+
+
+def test_a_model_with_tied_weights_saves_and_loads_bit_exact(tmp_path):
+    """ctglip-cnn's MONAI DynUNet reaches some blocks twice (skip_layers): safetensors refused the shared memory,
+    so the registered CNN could be neither saved nor trained (review, 2026-12-06)."""
+    import torch
+
+    import ctglip_sdk as cg
+
+    model = cg.create("ctglip-cnn", seed=0)
+    sd = model.state_dict()
+    ptrs = [v.untyped_storage().data_ptr() for v in sd.values() if v.numel()]
+    assert len(ptrs) > len(set(ptrs))  # the architecture does tie tensors: the case this test is about
+    model.save_pretrained(tmp_path / "cnn")
+    again = cg.load(tmp_path / "cnn").state_dict()
+    assert sd.keys() == again.keys() and all(torch.equal(sd[k], again[k]) for k in sd)

@@ -176,3 +176,27 @@ def test_tokenizer_without_pad_token_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"has no pad token; an encoder \(BERT-family.*pad token is required") as e:
         _create(folder)
     assert e.value.path == str(folder)
+
+
+def test_a_folders_own_python_code_never_runs_even_when_answered_yes(tmp_path):
+    """config.json's auto_map names a module in the folder: transformers asks "run the custom code? [y/N]"
+    unless told not to trust remote code, and ran it on "y" (a review found the prompt, 2026-12-06)."""
+    import subprocess
+    import sys
+
+    folder = _bert_folder(tmp_path, "evil")
+    marker = tmp_path / "RAN"
+    conf = json.loads((folder / "config.json").read_text())
+    conf.update(model_type="evil_bert", auto_map={"AutoConfig": "configuration_evil.EvilConfig",
+                                                  "AutoModel": "modeling_evil.EvilModel"})
+    (folder / "config.json").write_text(json.dumps(conf))
+    payload = f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import BertConfig\n"
+    (folder / "configuration_evil.py").write_text(payload + "class EvilConfig(BertConfig):\n    model_type = 'evil_bert'\n")
+    (folder / "modeling_evil.py").write_text(payload + "from transformers import BertModel as EvilModel\n")
+    script = ("import ctglip_sdk as cg, sys\nsys.path.insert(0, 'tests')\nfrom test_model_encode import TINY\n"
+              "try:\n    cg.create('ctglip-tiny', overrides={**TINY, 'text': {'pretrained_path': sys.argv[1]}})\n"
+              "except cg.ConfigError as e:\n    print('CONFIGERROR', e)\n")
+    got = subprocess.run([sys.executable, "-c", script, str(folder)], input="y\ny\ny\n", capture_output=True,
+                         text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert not marker.exists(), got.stdout + got.stderr
+    assert "CONFIGERROR" in got.stdout and "[y/N]" not in got.stdout + got.stderr, got.stdout + got.stderr

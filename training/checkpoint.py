@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ctglip_sdk.errors import CheckpointError
+from ctglip_sdk.model.checkpoint import unshare_tensors
 
 __all__ = ["optimizer_to_flat", "optimizer_from_flat", "rng_to_flat", "rng_from_flat", "save_checkpoint",
            "load_checkpoint", "list_checkpoints", "latest_checkpoint", "CHECKPOINT_SCHEMA"]
@@ -131,7 +132,7 @@ def save_checkpoint(root: Path, step: int, *, model: torch.nn.Module, optimizer:
         shutil.rmtree(tmp)
     tmp.mkdir()
     model_sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(_unshare(model_sd), str(tmp / "model.safetensors"))
+    save_file(unshare_tensors(model_sd), str(tmp / "model.safetensors"))
     opt_tensors, opt_meta = optimizer_to_flat(optimizer)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     rng_meta = {}
@@ -188,17 +189,6 @@ def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: Optional[t
     else:
         log.warning("no RNG state for rank %d in %s: resuming with fresh RNG", rank, path)
     return doc["trainer"]
-
-
-def _unshare(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    # safetensors refuses tensors that share storage (tied embeddings); store an independent copy of each.
-    seen = set()
-    out = {}
-    for k, v in sd.items():
-        ptr = v.untyped_storage().data_ptr() if v.numel() else id(v)
-        out[k] = v.clone() if ptr in seen else v
-        seen.add(ptr)
-    return out
 
 
 def _write_json(path: Path, doc: Dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ from ctglip_sdk.model.config import SCHEMA_VERSION, CTGlipConfig
 if TYPE_CHECKING:  # pragma: no cover
     from ctglip_sdk.model.modeling import CTGlipModel
 
-__all__ = ["save_pretrained", "load_pretrained", "FORMAT", "PICKLE_SUFFIXES", "library_versions"]
+__all__ = ["save_pretrained", "load_pretrained", "FORMAT", "PICKLE_SUFFIXES", "library_versions", "unshare_tensors"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,22 @@ def _folder_sha256(folder: Path) -> str:
     return h.hexdigest()
 
 
+def unshare_tensors(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """A state dict safetensors can write: a tensor whose storage an earlier one already holds becomes a copy.
+
+    Why: safetensors refuses tensors that share memory, and models tie some (MONAI's DynUNet in ``ctglip-cnn``
+    reaches its input and bottleneck blocks again through ``skip_layers``); loading fills each key, so the copies
+    load back into the tied parameters alike.
+    """
+    seen = set()
+    out = {}
+    for k, v in sd.items():
+        ptr = v.untyped_storage().data_ptr() if v.numel() else id(v)
+        out[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    return out
+
+
 def save_pretrained(model: "CTGlipModel", folder: PathLike) -> Path:
     """Write a model folder; files are replaced atomically and config.json (with the weights' checksum) last.
 
@@ -74,7 +90,7 @@ def save_pretrained(model: "CTGlipModel", folder: PathLike) -> Path:
     if stray:
         raise CheckpointError(f"refusing to save next to pickle files {stray}: loading would refuse this folder",
                               path=out)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = unshare_tensors({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
     fd, tmp = tempfile.mkstemp(dir=out, suffix=".tmp")
     os.close(fd)
     try:

@@ -117,7 +117,7 @@ def load_tokenizer(folder: str | os.PathLike):
                           f" (found {', '.join(present) if present else 'no tokenizer files'}); save the "
                           "tokenizer with tokenizer.save_pretrained(folder) next to the model", path=folder)
     try:
-        tok = AutoTokenizer.from_pretrained(os.fspath(folder), local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(os.fspath(folder), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load a tokenizer from {folder}: {exc}", path=folder) from None
     specials = len(set(tok.all_special_tokens))
@@ -192,7 +192,7 @@ def _load_local(folder: Path, vocab_size: int):
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read the text model's config.json: {exc}", path=folder / "config.json") from None
     try:
-        hf = AutoConfig.from_pretrained(os.fspath(folder), local_files_only=True)
+        hf = AutoConfig.from_pretrained(os.fspath(folder), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(f"cannot load the text model config: {exc}", path=folder) from None
     if getattr(hf, "is_encoder_decoder", False) or getattr(hf, "is_decoder", False):
@@ -202,8 +202,11 @@ def _load_local(folder: Path, vocab_size: int):
     try:
         # float32 always: a float16/bfloat16 folder ("dtype"/"torch_dtype" in config.json, or half weights)
         # otherwise loads in half precision, and the saved CT-GLIP folder no longer loads or trains.
+        # trust_remote_code=False: a folder's own Python (config "auto_map") is never run, not even on a "y"
+        # typed at transformers' prompt (docs/security.md)
         model, info = AutoModel.from_pretrained(os.fspath(folder), local_files_only=True, use_safetensors=True,
-                                                dtype=torch.float32, output_loading_info=True)
+                                                trust_remote_code=False, dtype=torch.float32,
+                                                output_loading_info=True)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load the text model: {exc}", path=folder) from None
     except Exception as exc:  # noqa: BLE001 - shape mismatches and the like, raised with various types
