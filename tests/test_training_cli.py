@@ -123,11 +123,50 @@ def test_train_resume_and_eval_end_to_end(tmp_path, archive):
     for name in ("metrics.json", "results.md", "roc.png"):
         assert (tmp_path / "eval" / name).is_file()
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["n_studies"] == metrics["n_studies"]
+    # Rewritten without curves (no finding with both classes), the folder keeps no earlier run's roc.png.
+    from ctglip_sdk.training.evaluation import write_reports
+
+    write_reports(metrics, tmp_path / "eval", {})
+    assert not (tmp_path / "eval" / "roc.png").exists() and (tmp_path / "eval" / "results.md").is_file()
+
+    # A second run into the same folder without --resume is refused (it mixed the two runs' logs and
+    # checkpoints); the run and its files are untouched.
+    before = (out / "metrics.jsonl").read_text()
+    res = _train(archive, out, cache, "--set", "save_name=tiny-test")
+    assert res.exit_code == 1 and "holds a training run" in res.output and "--resume" in res.output
+    assert "\"error\"" in res.output  # still a JSON error under --json
+    assert (out / "metrics.jsonl").read_text() == before
+    # A truncated checkpoint file is a CheckpointError naming it, not a raw safetensors error.
+    newest = sorted((out / "checkpoints").iterdir())[-1] / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])
+    res = _train(archive, out, cache, "--set", "max_steps=4", "--set", "save_name=tiny-test", "--resume")
+    assert res.exit_code == 1 and "model.safetensors" in res.output and "unreadable checkpoint" in res.output
+    assert "Traceback" not in res.output
 
 
-@pytest.mark.slow
-def test_clip_objective_trains(tmp_path, archive):
-    res = _train(archive, tmp_path / "clip", tmp_path / "cache", "--set", "objective=clip")
-    assert res.exit_code == 0, res.output
-    log = [json.loads(line) for line in (tmp_path / "clip" / "metrics.jsonl").read_text().splitlines()]
-    assert "clip" in log[-1] and json.loads(res.output)["objective"] == "clip"
+def test_device_and_seed_are_checked_before_anything_is_written(tmp_path, archive):
+    import torch
+
+    for opt, word in (("device=gpu", "expected auto, cpu, cuda or cuda:N"), ("seed=-5", "seed=-5: must be >= 0")):
+        res = _train(archive, tmp_path / "o", tmp_path / "c", "--set", opt)
+        assert res.exit_code == 1 and word in res.output, res.output
+        assert not (tmp_path / "o" / "model_init").exists()
+    if not torch.cuda.is_available():
+        res = _train(archive, tmp_path / "o", tmp_path / "c", "--set", "device=cuda")
+        assert res.exit_code == 1 and "no CUDA device" in res.output and "Traceback" not in res.output
+        with pytest.raises(cg.ConfigError, match="no CUDA device"):
+            cg.load("ctglip-tiny-synthetic", device="cuda")
+    with pytest.raises(cg.ConfigError, match="not a torch device"):
+        cg.load("ctglip-tiny-synthetic", device="gpu")
+    (tmp_path / "afile").write_text("x")
+    res = _train(archive, tmp_path / "o", tmp_path / "c2", "--set", f"cache_dir={tmp_path / 'afile'}")
+    assert res.exit_code == 1 and "is a file, not a folder" in res.output
+
+
+def test_a_model_config_file_error_names_the_file(tmp_path, archive):
+    bad = tmp_path / "arch.json"
+    bad.write_text(json.dumps({"name": "x", "vision": {"chanels": [8]}}))
+    res = CliRunner().invoke(cli, ["train", "--archive", str(archive), "--model", str(bad), "--out",
+                                   str(tmp_path / "o"), "--json", "--no-progress", "--set", "max_steps=1",
+                                   "--set", f"cache_dir={tmp_path / 'c'}"])
+    assert res.exit_code == 1 and "chanels" in res.output and str(bad) in res.output, res.output

@@ -64,7 +64,11 @@ def _initial_model(cfg: TrainConfig, out: Path, corpus: list, is_main: bool, res
         elif path.is_file() and path.suffix == ".json":  # a model config file: a new architecture
             from ctglip_sdk.model.config import CTGlipConfig
 
-            model = cg.create(CTGlipConfig.from_json(path.read_text()), corpus=corpus, seed=cfg.seed)
+            try:
+                arch = CTGlipConfig.from_json(path.read_text(encoding="utf-8"))
+            except ConfigError as exc:  # name the file: "unknown key vision.chanels" alone does not say where
+                raise ConfigError(exc.reason, path=path) from None
+            model = cg.create(arch, corpus=corpus, seed=cfg.seed)
         else:
             raise ConfigError(f"model={cfg.model!r}: not a registered config ({', '.join(cg.list_models())}), "
                               "a model folder or a model config .json file")
@@ -180,6 +184,10 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
     memory = MemoryLog(ctx.device)
     out = Path(out_dir)
     try:
+        if not resume and (latest_checkpoint(out / "checkpoints") is not None or (out / "metrics.jsonl").is_file()):
+            # A second run into the folder appended to the first's log and its pruning kept the old checkpoints
+            raise ConfigError("this folder holds a training run (checkpoints/ or metrics.jsonl): pass --resume "
+                              "(resume=True) to continue it, or choose another --out", path=out)
         if ctx.is_main:
             out.mkdir(parents=True, exist_ok=True)
         dictionary = _dictionary(dictionary)

@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ctglip_sdk.errors import InputError
+from ctglip_sdk.errors import ConfigError, InputError
 
 __all__ = ["CachedStudy", "PreprocessCache", "default_cache_dir", "preprocess_spec", "CACHE_FORMAT"]
 
@@ -115,7 +115,11 @@ class PreprocessCache:
         canon = json.dumps(spec, sort_keys=True, separators=(",", ":"))
         self.spec_hash = hashlib.sha256(canon.encode()).hexdigest()[:16]
         self.dir = Path(root or default_cache_dir()) / self.spec_hash
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way, a read-only or missing mount: name the option and the folder
+            raise ConfigError(f"cannot create the preprocessing cache folder (cache_dir; {exc.strerror or exc})",
+                              path=self.dir) from None
         spec_file = self.dir / "spec.json"
         if not spec_file.exists():
             spec_file.write_text(canon + "\n")

@@ -164,7 +164,7 @@ def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: Optional[t
         raise CheckpointError(f"state.json is not valid JSON: {exc}", path=path) from None
     if doc.get("schema") != CHECKPOINT_SCHEMA:
         raise CheckpointError(f"checkpoint schema {doc.get('schema')!r}, expected {CHECKPOINT_SCHEMA}", path=path)
-    weights = load_file(str(path / "model.safetensors"))
+    weights = _read(path / "model.safetensors")
     expected = model.state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
@@ -177,7 +177,7 @@ def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: Optional[t
     model.load_state_dict(weights, strict=True)
     if optimizer is not None:
         device = next(model.parameters()).device
-        opt_tensors = {k: v.to(device) for k, v in load_file(str(path / "optimizer.safetensors")).items()}
+        opt_tensors = {k: v.to(device) for k, v in _read(path / "optimizer.safetensors").items()}
         # AdamW keeps `step` on the CPU unless capturable/fused; keep it where a fresh optimizer would.
         opt_tensors = {k: (v.cpu() if k.endswith(".step") else v) for k, v in opt_tensors.items()}
         optimizer_from_flat(optimizer, opt_tensors, doc["optimizer"])
@@ -185,10 +185,23 @@ def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: Optional[t
         scheduler.load_state_dict(doc["scheduler"])
     rng_file = path / f"rng_rank{rank}.safetensors"
     if rng_file.is_file() and str(rank) in doc["rng"]:
-        rng_from_flat(load_file(str(rng_file)), doc["rng"][str(rank)], generators)
+        rng_from_flat(_read(rng_file), doc["rng"][str(rank)], generators)
     else:
         log.warning("no RNG state for rank %d in %s: resuming with fresh RNG", rank, path)
     return doc["trainer"]
+
+
+def _read(file: Path) -> Dict[str, torch.Tensor]:
+    """A checkpoint's safetensors file; a missing, truncated or corrupt one is a CheckpointError naming it (a
+    resume used to end in a raw SafetensorError or FileNotFoundError)."""
+    if not file.is_file():
+        raise CheckpointError("incomplete checkpoint: file missing (the run was stopped while writing it? resume "
+                              "from the previous checkpoint by deleting this folder)", path=file)
+    try:
+        return load_file(str(file))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError and OSError/ValueError
+        raise CheckpointError(f"unreadable checkpoint file ({type(exc).__name__}: {str(exc)[:200]}); delete this "
+                              "checkpoint folder to resume from the previous one", path=file) from None
 
 
 def _write_json(path: Path, doc: Dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -117,9 +118,14 @@ class TrainConfig:
                      "checkpoint_every", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be >= 1")
-        for name in ("warmup_steps", "num_workers", "threads"):
+        for name in ("warmup_steps", "num_workers", "threads", "seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be >= 0")
+        if not re.fullmatch(r"auto|cpu|cuda(?::\d+)?", self.device):
+            # "gpu" used to train on the CPU without a word
+            raise ConfigError(f"device={self.device!r}: expected auto, cpu, cuda or cuda:N")
+        if self.cache_dir is not None and Path(self.cache_dir).exists() and not Path(self.cache_dir).is_dir():
+            raise ConfigError(f"cache_dir={self.cache_dir!r}: is a file, not a folder", path=self.cache_dir)
         if self.cache_workers is not None and self.cache_workers < 0:
             raise ConfigError(f"cache_workers={self.cache_workers}: must be >= 0")
         for name in ("lr", "adam_eps"):

@@ -10,6 +10,8 @@ from typing import Any, List, Tuple
 import torch
 import torch.distributed as dist
 
+from ctglip_sdk.errors import ConfigError
+
 __all__ = ["DistContext", "init_distributed", "gather", "gather_with_grad", "is_distributed", "world_size",
            "rank", "barrier", "all_reduce_mean"]
 
@@ -46,6 +48,9 @@ def init_distributed(device: str = "auto") -> DistContext:
     env_world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r}: this torch build or machine has no CUDA device "
+                          f"(torch {torch.__version__}); use device=cpu or auto")
     if use_cuda:
         dev = torch.device(device if device.startswith("cuda:") else f"cuda:{local_rank}")
         torch.cuda.set_device(dev)

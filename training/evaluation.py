@@ -403,6 +403,8 @@ def write_reports(metrics: Dict[str, Any], out: Path, curves: Dict[str, Tuple[np
     (out / "results.md").write_text(markdown_table(metrics))
     if curves:
         _plot_roc(curves, metrics, out / "roc.png")
+    else:  # no finding has both classes here: an earlier run's curves must not pass for this run's
+        (out / "roc.png").unlink(missing_ok=True)
 
 
 def _fmt(v: Any) -> str:

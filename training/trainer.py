@@ -204,7 +204,9 @@ class Trainer:
     def _resume(self) -> Optional[int]:
         path = latest_checkpoint(self.ckpt_dir)
         if path is None:
-            log.info("no checkpoint under %s: starting from step 0", self.ckpt_dir)
+            log.warning("--resume: no checkpoint under %s, so the run starts from step 0", self.ckpt_dir)
+            if self.ctx.is_main and self.metrics_path.is_file():
+                self.metrics_path.write_text("")  # the stopped run's steps are not this run's
             return None
         saved_cfg = self.out_dir / "train_config.json"
         if saved_cfg.is_file():

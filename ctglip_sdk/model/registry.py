@@ -161,6 +161,7 @@ def create(name_or_config: Union[str, Mapping[str, Any], CTGlipConfig] = "ctglip
     from ctglip_sdk.model.modeling import CTGlipModel
     from ctglip_sdk.model.text import default_corpus, load_tokenizer, train_tokenizer
 
+    device = checked_device(device)
     if isinstance(name_or_config, str):
         cfg = get_config(name_or_config)
     elif isinstance(name_or_config, CTGlipConfig):
@@ -185,6 +186,23 @@ def create(name_or_config: Union[str, Mapping[str, Any], CTGlipConfig] = "ctglip
     return model.to(device) if device is not None else model
 
 
+def checked_device(device: Union[str, "torch.device", None]) -> Union["torch.device", None]:
+    """``device`` as a torch.device, checked before any weight is read: a name torch does not know ("gpu") or
+    CUDA where there is none is a ConfigError (they surfaced as torch's RuntimeError or an AssertionError)."""
+    if device is None:
+        return None
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device={device!r}: not a torch device (expected cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r}: this torch build or machine has no CUDA device "
+                          f"(torch {torch.__version__}); use device='cpu'")
+    return dev
+
+
 def load(path_or_name: PathLike, device: Union[str, "torch.device", None] = None) -> "CTGlipModel":
     """Load weights: a registered name with bundled/registered weights, else a model folder path.
 
@@ -197,6 +215,7 @@ def load(path_or_name: PathLike, device: Union[str, "torch.device", None] = None
         raise ConfigError(f"load: expected a registered model name or a model folder, got "
                           f"{type(path_or_name).__name__}")
     key = os.fspath(path_or_name)
+    device = checked_device(device)
     weights = _bundled_weights()
     if key in weights:
         return load_pretrained(weights[key], device)
