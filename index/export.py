@@ -34,11 +34,13 @@ def _export_query(index: "ArchiveIndex", what: str) -> Any:
                        stu.c.study_date, stu.c.age, p.c.sex, stu.c.contrast, stu.c.body_part, stu.c.split)
                 .select_from(joined).order_by(o.c.id))
     if what == "studies":
+        # Grouped by both primary keys: PostgreSQL wants every selected column grouped or functionally dependent
+        # on a grouped key (grouped by pseudonym alone, patients.sex was neither and the export was refused).
         return (select(p.c.pseudonym.label("patient"), stu.c.study_uid, stu.c.study_date, stu.c.age, p.c.sex,
                        stu.c.description, stu.c.contrast, stu.c.body_part, stu.c.split,
                        func.count(o.c.id).label("n_organs"))
                 .select_from(stu.join(p, p.c.id == stu.c.patient_id).outerjoin(o, o.c.study_id == stu.c.id))
-                .group_by(p.c.pseudonym, stu.c.id).order_by(stu.c.study_uid))
+                .group_by(p.c.id, stu.c.id).order_by(stu.c.study_uid))
     if what == "ingest":
         it, runs = t.ingest_items, t.ingest_runs
         return (select(it.c.run_id, runs.c.started_at, it.c.series_uid, it.c.status, it.c.reason, it.c.n_organs)

@@ -252,8 +252,21 @@ def ingest(index: "ArchiveIndex", archive: Any, workers: int = 2, batch_size: in
         for key, reason in plan_errors:
             report.errors.append({"series": key, "reason": reason})
             outcomes.append({"series_uid": key, "fingerprint": None, "status": "error", "reason": reason})
+        # A series known only by its path ("path:images/case00000.nii.gz": NIfTI, or a manifest without series
+        # UIDs) that another archive folder stored is another archive's series with the same file name, not a new
+        # version of it: replacing it lost the first archive's studies without a word.
+        clash_keys = [i.key for i in items if i.key.startswith("path:") and i.key in done
+                      and done[i.key] != i.fingerprint]
+        here = str(root.resolve())
+        other_root = {k for k, r in index.store.series_roots(clash_keys).items() if r and r != here}
         for item in items:
-            if done.get(item.key) == item.fingerprint:
+            if item.key in other_root:
+                reason = ("a series with this path was ingested from another archive folder; not replaced (index "
+                          "archives whose files share names separately, or give their manifest rows a series_uid)")
+                report.errors.append({"series": item.key, "reason": reason})
+                outcomes.append({"series_uid": item.key, "fingerprint": item.fingerprint, "status": "error",
+                                 "reason": reason})
+            elif done.get(item.key) == item.fingerprint:
                 report.skipped += 1
             elif not retry_errors and item.key in failed and failed[item.key][0] == item.fingerprint:
                 # counted once, as an error (not also as skipped): ok + skipped + errors == seen

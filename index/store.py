@@ -338,6 +338,16 @@ class Store:
         return self.read(lambda c: {r.series_uid: r.fingerprint
                                     for r in c.execute(select(s.c.series_uid, s.c.fingerprint))})
 
+    def series_roots(self, keys: List[str]) -> Dict[str, Optional[str]]:
+        """``{series_uid: archive_root}`` of the given stored series (read in chunks of 900 bound parameters)."""
+        s = self.t.series
+        out: Dict[str, Optional[str]] = {}
+        for start in range(0, len(keys), 900):
+            part = keys[start:start + 900]
+            out.update(self.read(lambda c, part=part: {r.series_uid: r.archive_root for r in c.execute(
+                select(s.c.series_uid, s.c.archive_root).where(s.c.series_uid.in_(part)))}))
+        return out
+
     def last_errors(self) -> Dict[str, Tuple[Optional[str], str]]:
         """``{series_uid: (fingerprint, reason)}`` for series whose latest recorded outcome is an error."""
         it = self.t.ingest_items

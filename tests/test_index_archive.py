@@ -247,6 +247,10 @@ def test_export_formats(built, tmp_path):
     assert len(lines) == 40 and {"crop_id", "organ", "patient", "i0", "volume_ml"} <= set(lines[0])
     with open(idx.export(tmp_path / "ingest.csv", what="ingest")) as fh:
         assert [r["status"] for r in csv.DictReader(fh)].count("ok") == 8
+    # one row per study, on PostgreSQL too (its GROUP BY rules refused this query before 2026-12-06)
+    with open(idx.export(tmp_path / "studies.csv", what="studies")) as fh:
+        studies = list(csv.DictReader(fh))
+    assert len(studies) == 8 and sum(int(r["n_organs"]) for r in studies) == 40 and all(r["sex"] for r in studies)
     try:
         import pyarrow  # noqa: F401
     except ImportError:
