@@ -649,3 +649,25 @@ def test_ingest_warns_when_the_index_holds_vectors_of_other_stats_code(tmp_path,
 
 def read_json(path):
     return json.loads(path.read_text())
+
+
+def test_a_second_archive_with_the_same_file_names_does_not_replace_the_first(tmp_path):
+    """Without series UIDs (NIfTI, no manifest) a series is known by its path: ingesting another archive whose
+    files share those names used to replace the first archive's studies without a word (review, 2026-12-06)."""
+    first = make_archive(tmp_path / "a1", n=3, seed=21)
+    second = make_archive(tmp_path / "a2", n=3, seed=22)  # same file names, other images
+    for root in (first, second):
+        (root / "manifest.csv").unlink()
+    idx = _create(tmp_path / "idx")
+    assert idx.ingest(first, workers=0).ok == 3
+    before = np.sort(idx.search(np.ones(idx.dim, np.float32), k=1000).crop_ids)
+    report = idx.ingest(second, workers=0)
+    assert report.ok == 0 and report.n_errors == 3 and report.organs_removed == 0
+    assert all("another archive folder" in e["reason"] for e in report.errors)
+    assert np.array_equal(np.sort(idx.search(np.ones(idx.dim, np.float32), k=1000).crop_ids), before)
+    # The first archive itself, changed in place, is still re-ingested as before.
+    nib_img = first / "s000" / "ct.nii.gz"
+    os.utime(nib_img, (nib_img.stat().st_atime, nib_img.stat().st_mtime + 10))
+    again = idx.ingest(first, workers=0)
+    assert again.ok == 1 and again.skipped == 2
+    idx.close()
