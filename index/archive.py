@@ -78,6 +78,7 @@ class ArchiveIndex:
         self._last_check = 0.0
         self._next_id = 0
         self._ann_dirty = False
+        self._mirror_stale = False  # a study's values changed in SQL during a write run: reload at its end
         self._text_cache: "OrderedDict[str, np.ndarray]" = OrderedDict()
         self._cache_lock = threading.Lock()
         self._key: Optional[bytes] = None

@@ -106,7 +106,9 @@ def write_batch(index: "ArchiveIndex", run_id: int, encoded: List[_Encoded],
                                   f"{sex!r} stored for its patient; kept {sex!r}"})
             study = {k: f[k] for k in ("study_date", "age", "description", "contrast", "body_part", "split",
                                        "report_path")}
-            sid, srow = store.ensure_study(conn, f["study_uid"], pid, study)
+            sid, srow, changed = store.ensure_study(conn, f["study_uid"], pid, study)
+            if changed:
+                index._mirror_stale = True  # organs of the study's other series changed too: reload at the end
             removed += store.delete_series(conn, e.item.key)
             ser = store.insert_series(conn, {"series_uid": e.item.key, "study_id": sid, "path": e.item.image,
                                              "archive_root": e.fields["archive_root"],
@@ -248,6 +250,7 @@ def ingest(index: "ArchiveIndex", archive: Any, workers: int = 2, batch_size: in
         failed = index.store.last_errors()
         report.timings["plan"] = plan.seconds + time.perf_counter() - t0
         todo: List[Item] = []
+        upgrade: Dict[str, str] = {}
         outcomes: List[Dict[str, Any]] = []
         for key, reason in plan_errors:
             report.errors.append({"series": key, "reason": reason})
@@ -268,12 +271,17 @@ def ingest(index: "ArchiveIndex", archive: Any, workers: int = 2, batch_size: in
                                  "reason": reason})
             elif done.get(item.key) == item.fingerprint:
                 report.skipped += 1
+            elif _legacy_match(done.get(item.key), item.fingerprint):
+                report.skipped += 1  # stored before manifest values entered the fingerprint: same files, so the
+                upgrade[item.key] = item.fingerprint  # same series; its fingerprint now records the row too
             elif not retry_errors and item.key in failed and failed[item.key][0] == item.fingerprint:
                 # counted once, as an error (not also as skipped): ok + skipped + errors == seen
                 report.errors.append({"series": item.key, "reason": f"previous attempt failed: {failed[item.key][1]}"})
             else:
                 todo.append(item)
         report.seen = len(items) + len(plan_errors)
+        if upgrade:
+            index.store.set_fingerprints(upgrade)
         status = "interrupted"
         try:
             _run_pipeline(index, root, model, todo, run_id, report, outcomes, workers, batch_size, progress,
@@ -285,9 +293,20 @@ def ingest(index: "ArchiveIndex", archive: Any, workers: int = 2, batch_size: in
     return report
 
 
+def _legacy_match(stored: Optional[str], now: str) -> bool:
+    """Whether ``stored`` is the files-only fingerprint (before 2026-12-06) of ``now`` (files + manifest row):
+    such a series is unchanged, and is not re-embedded only because the fingerprint gained a part."""
+    return bool(stored) and ":" not in stored and now.startswith(f"{stored}:")  # type: ignore[operator]
+
+
 def end_run(index: "ArchiveIndex", run_id: int, report: IngestReport, status: str, started: float) -> None:
     """Settle FAISS (re-choosing its type after a clean run) and record the run's outcome in SQL."""
     t0 = time.perf_counter()
+    if index._mirror_stale:
+        # A study's values or patient changed (write_batch): the organs of its other series changed in SQL too,
+        # so the in-memory filter columns are re-read, once a run rather than once a batch.
+        index._mirror_stale = False
+        index._load_state()
     settle_faiss(index, rechoose=status == "ok")
     report.timings["faiss"] += time.perf_counter() - t0
     report.seconds = time.perf_counter() - started

@@ -283,14 +283,34 @@ class Store:
         return int(row.id), row.sex or sex
 
     def ensure_study(self, conn: Connection, study_uid: str, patient_id: int,
-                     values: Mapping[str, Any]) -> Tuple[int, Dict[str, Any]]:
-        """Study id and its stored row for a study UID (inserted when new; an existing study is not changed)."""
-        s = self.t.studies
+                     values: Mapping[str, Any]) -> Tuple[int, Dict[str, Any], bool]:
+        """Study id, its stored row and whether an existing row changed, for a study UID.
+
+        A new study is inserted. An existing one takes the patient and every non-empty value of the series being
+        written now, and the organs of its other series follow (patient, age, date, sex): a corrected manifest
+        row or header used to reach the new organs only, which split one study between two patients.
+        """
+        s, o, p = self.t.studies, self.t.organs, self.t.patients
         row = conn.execute(select(s).where(s.c.study_uid == study_uid)).first()
         if row is None:
             conn.execute(s.insert().values(study_uid=study_uid, patient_id=patient_id, **values))
             row = conn.execute(select(s).where(s.c.study_uid == study_uid)).first()
-        return int(row.id), dict(row._mapping)
+            return int(row.id), dict(row._mapping), False
+        old = dict(row._mapping)
+        changes = {k: v for k, v in values.items() if v is not None and old.get(k) != v}
+        if old["patient_id"] != patient_id:
+            changes["patient_id"] = patient_id
+        if not changes:
+            return int(row.id), old, False
+        conn.execute(update(s).where(s.c.id == row.id).values(**changes))
+        new = {**old, **changes}
+        sex = conn.execute(select(p.c.sex).where(p.c.id == new["patient_id"])).scalar()
+        conn.execute(update(o).where(o.c.study_id == row.id).values(
+            patient_id=new["patient_id"], age=new["age"], study_date=new["study_date"], sex=sex))
+        if "patient_id" in changes and conn.execute(
+                select(func.count()).select_from(s).where(s.c.patient_id == old["patient_id"])).scalar() == 0:
+            conn.execute(delete(p).where(p.c.id == old["patient_id"]))  # no study left: not a patient of this index
+        return int(row.id), new, True
 
     def delete_series(self, conn: Connection, series_uid: str) -> List[int]:
         """Delete a series with its organs and scores; returns the organ ids removed."""
@@ -337,6 +357,17 @@ class Store:
         s = self.t.series
         return self.read(lambda c: {r.series_uid: r.fingerprint
                                     for r in c.execute(select(s.c.series_uid, s.c.fingerprint))})
+
+    def set_fingerprints(self, fingerprints: Mapping[str, str]) -> None:
+        """Record new fingerprints of stored series (same files, a fingerprint of another format), in one
+        transaction."""
+        s = self.t.series
+
+        def tx(conn: Connection) -> None:
+            for key, fp in fingerprints.items():
+                conn.execute(update(s).where(s.c.series_uid == key).values(fingerprint=fp))
+
+        self.write(tx)
 
     def series_roots(self, keys: List[str]) -> Dict[str, Optional[str]]:
         """``{series_uid: archive_root}`` of the given stored series (read in chunks of 900 bound parameters)."""

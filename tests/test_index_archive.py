@@ -671,3 +671,37 @@ def test_a_second_archive_with_the_same_file_names_does_not_replace_the_first(tm
     again = idx.ingest(first, workers=0)
     assert again.ok == 1 and again.skipped == 2
     idx.close()
+
+
+def test_manifest_corrections_reach_the_index_and_a_study_stays_with_one_patient(tmp_path):
+    """The fingerprint covered only the image and mask, so a corrected age or split never reached the index;
+    and a series re-ingested under another patient split its study between two (review, 2026-12-06)."""
+    from sqlalchemy import select
+
+    root = make_archive(tmp_path / "a", n=3, seed=23)
+    idx = _create(tmp_path / "idx")
+    assert idx.ingest(root, workers=0).ok == 3
+    rows = read_manifest(root)
+    rows[0].update(age="99", split="test", patient_id="PAT-9999")
+    write_manifest(root, rows)
+    report = idx.ingest(root, workers=0)
+    assert (report.ok, report.skipped) == (1, 2)
+    with open(idx.export(tmp_path / "studies.csv", what="studies")) as fh:
+        studies = {r["study_uid"]: r for r in csv.DictReader(fh)}
+    s0 = studies[rows[0]["study_uid"]]
+    assert (float(s0["age"]), s0["split"], s0["patient"]) == (99.0, "test", idx.pseudonym("PAT-9999"))
+    # organs, filters and patients agree with the study (the mirror was re-read)
+    hits = idx.search(np.ones(idx.dim, np.float32), k=1000, where={"age": (99, 99)})
+    assert len(hits) and {h.study_uid for h in hits} == {rows[0]["study_uid"]}
+    assert {h.patient for h in hits} == {idx.pseudonym("PAT-9999")}
+    t = idx.store.t
+    orphans = idx.store.read(lambda c: c.execute(select(t.patients.c.id).where(
+        ~t.patients.c.id.in_(select(t.studies.c.patient_id)))).all())
+    assert orphans == []
+    # An index written before the row entered the fingerprint re-embeds nothing, and learns the new format.
+    legacy = {k: v.split(":")[0] for k, v in idx.store.series_fingerprints().items()}
+    idx.store.set_fingerprints(legacy)
+    again = idx.ingest(root, workers=0)
+    assert (again.ok, again.skipped) == (0, 3)
+    assert all(":" in v for v in idx.store.series_fingerprints().values())
+    idx.close()

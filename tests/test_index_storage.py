@@ -123,7 +123,7 @@ def _populate(store: Store, n_studies: int, organs_per: int, d: int, seed: int =
             age = None if s % 17 == 0 else float(rng.integers(20, 90))
             date = dt.date(2015, 1, 1) + dt.timedelta(days=int(rng.integers(0, 3000)))
             contrast = ["venous", "none", None, "arterial"][s % 4]
-            sid, srow = store.ensure_study(conn, f"st{s}", pid, {"age": age, "study_date": date, "contrast": contrast,
+            sid, srow, _ = store.ensure_study(conn, f"st{s}", pid, {"age": age, "study_date": date, "contrast": contrast,
                                                                 "body_part": "ABDOMEN", "split": ["train", "test"][s % 2]})
             ser = store.insert_series(conn, {"series_uid": f"se{s}", "study_id": sid, "path": f"s{s}/ct.nii.gz",
                                              "fingerprint": "x", "n_organs": organs_per})
