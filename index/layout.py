@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
 import logging
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ctglip_sdk.errors import CTGlipError, InputError
+from ctglip_sdk.io.manifest_csv import manifest_rows
 from ctglip_sdk.io.paths import is_within, resolve_within, strip_root
 
 __all__ = ["Item", "plan_archive", "discovered_items", "existing_path", "fingerprint", "redact", "path_key", "MASK_PATTERNS"]
@@ -129,34 +129,30 @@ def _from_manifest(root: Path, manifest: Path) -> Tuple[List[Item], List[Tuple[s
     items: List[Item] = []
     errors: List[Tuple[str, str]] = []
     seen: set = set()
-    with open(manifest, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or "image" not in [f.strip().lower() for f in reader.fieldnames]:
-            raise InputError("manifest.csv needs an 'image' column (docs/data.md)", path=manifest)
-        for n, raw in enumerate(reader, start=2):
-            row = _clean(raw)
-            image = row.get("image") or ""
-            if not image:
-                errors.append((f"manifest-line:{n}", "empty 'image' cell"))
-                continue
-            key = row.get("series_uid") or path_key(image)
-            if len(key) > 255:
-                errors.append((f"manifest-line:{n}", "series_uid longer than 255 characters"))
-                continue
-            if key in seen:
-                errors.append((f"manifest-line:{n}", f"series {key} appears twice in manifest.csv; kept the first"))
-                continue
-            seen.add(key)
-            try:  # confinement first: nothing outside the root is walked or even stat'ed (docs/security.md)
-                for rel in (image, row.get("mask"), row.get("report")):
-                    if rel:
-                        resolve_within(root, rel)
-            except InputError as exc:
-                errors.append((key, redact(exc, root, identifier=row.get("patient_id"))))
-                continue
-            items.append(Item(key=key, image=image, mask=row.get("mask") or None, report=row.get("report") or None,
-                              study_uid=row.get("study_uid") or None,
-                              fingerprint=f"{fingerprint(root, image, row.get('mask'))}:{row_hash(row)}", row=row))
+    for n, raw in enumerate(manifest_rows(manifest, required=("image",)), start=2):
+        row = _clean(raw)
+        image = row.get("image") or ""
+        if not image:
+            errors.append((f"manifest-line:{n}", "empty 'image' cell"))
+            continue
+        key = row.get("series_uid") or path_key(image)
+        if len(key) > 255:
+            errors.append((f"manifest-line:{n}", "series_uid longer than 255 characters"))
+            continue
+        if key in seen:
+            errors.append((f"manifest-line:{n}", f"series {key} appears twice in manifest.csv; kept the first"))
+            continue
+        seen.add(key)
+        try:  # confinement first: nothing outside the root is walked or even stat'ed (docs/security.md)
+            for rel in (image, row.get("mask"), row.get("report")):
+                if rel:
+                    resolve_within(root, rel)
+        except InputError as exc:
+            errors.append((key, redact(exc, root, identifier=row.get("patient_id"))))
+            continue
+        items.append(Item(key=key, image=image, mask=row.get("mask") or None, report=row.get("report") or None,
+                          study_uid=row.get("study_uid") or None,
+                          fingerprint=f"{fingerprint(root, image, row.get('mask'))}:{row_hash(row)}", row=row))
     return items, errors
 
 

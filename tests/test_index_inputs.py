@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sqlite3
 
 import nibabel as nib
@@ -256,3 +257,23 @@ def test_a_per_class_mask_folder_on_another_grid_is_a_mask_mismatch_like_a_multi
     assert reasons["1.2.826.0.77.2"].startswith(f"S002/segmentations/: mask mismatch: the mask's grid is {coarse}")
     assert reasons["1.2.826.0.77.4"].startswith("S004/segmentations/: per-class masks lie on different grids")
     assert "SECRET" not in json.dumps(report.errors)
+
+
+@pytest.mark.parametrize("content,reason", [
+    ("study_uid,image,mask,report,split,patient_id\n1.2,s/ct.nii.gz,m,r,train,R\xe9n\xe9\n".encode("latin-1"),
+     "not UTF-8 text (byte 0xe9"),
+    (b"study_uid,image,mask,report,split,note\n1.2,s000/ct.nii.gz,m,r,train,\"" + b"x" * 140_000 + b"\"\n",
+     "not a readable CSV file"),
+    (b"patient_id,series_uid\nP1,1.2.3\n", "lacks column(s)"),
+])
+def test_an_unreadable_manifest_is_an_input_error_naming_it(tmp_path, content, reason):
+    """A latin-1 manifest or a huge field was a raw UnicodeDecodeError / csv.Error with no file name (review,
+    2026-12-06); training reads manifests the same way."""
+    from ctglip_sdk.index.layout import plan_archive
+    from ctglip_sdk.training.data import read_manifest as training_manifest
+
+    (tmp_path / "manifest.csv").write_bytes(content)
+    for call in (lambda: plan_archive(tmp_path), lambda: training_manifest(tmp_path)):
+        with pytest.raises(InputError, match=re.escape(reason)) as err:
+            call()
+        assert "manifest.csv" in str(err.value)

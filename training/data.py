@@ -59,12 +59,9 @@ def _manifest_rows(root: Path) -> Tuple[Path, List[Dict[str, str]]]:
         raise InputError("no manifest.csv: not an archive in the documented layout (docs/data.md); for a folder of your "
                          "own, `ctglip manifest ROOT` writes one", path=root)
     # utf-8-sig: a manifest saved by Excel starts with a BOM, which would otherwise rename the first column.
-    with open(manifest, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in _REQUIRED if c not in (reader.fieldnames or [])]
-        if missing:
-            raise InputError(f"manifest lacks column(s) {', '.join(missing)}", path=manifest)
-        return manifest, list(reader)
+    from ctglip_sdk.io.manifest_csv import manifest_rows
+
+    return manifest, manifest_rows(manifest, required=_REQUIRED)
 
 
 def read_manifest(root: Any, split: Optional[str] = None) -> List[StudyRecord]:
