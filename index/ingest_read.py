@@ -209,6 +209,9 @@ def _study_fields(index: "ArchiveIndex", root: Path, item: Item, meta: Dict[str,
     age, why = checked_age(age_raw)
     if why:
         unread("age", age_raw, why)
+    for column, why in meta.get("unreadable") or ():
+        if row.get(column) in (None, ""):  # the manifest's own value wins over the header's
+            said.append(f"{column} from the image header: {why}; stored empty")
     date_raw = row.get("study_date") or meta.get("study_date")
     try:
         date = to_date(date_raw)

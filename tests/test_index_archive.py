@@ -705,3 +705,22 @@ def test_manifest_corrections_reach_the_index_and_a_study_stays_with_one_patient
     assert (again.ok, again.skipped) == (0, 3)
     assert all(":" in v for v in idx.store.series_fingerprints().values())
     idx.close()
+
+
+def test_malformed_header_age_and_date_are_reported_not_dropped_silently(tmp_path):
+    import pydicom
+
+    root = make_archive(tmp_path / "a", n=2, seed=24, fmt="dicom")
+    (root / "manifest.csv").unlink()
+    for f in (root / "s000" / "ct").iterdir():
+        ds = pydicom.dcmread(f)
+        ds.PatientAge, ds.PatientBirthDate, ds.StudyDate = "0A5Y", "19991399", "20211399"
+        ds.save_as(f)
+    idx = _create(tmp_path / "idx")
+    report = idx.ingest(root, workers=0)
+    assert report.ok == 2
+    said = [w["warning"] for w in report.warnings]
+    assert any(w.startswith("age from the image header: PatientAge is not a DICOM age string") for w in said)
+    assert any(w.startswith("study_date from the image header: StudyDate is not a date") for w in said)
+    assert not any("19991399" in w or "20211399" in w for w in said)  # a birth date is never echoed
+    idx.close()

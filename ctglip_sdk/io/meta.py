@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 #: Keys every Volume.meta produced by ctglip_sdk.io carries (None when unknown).
 META_KEYS = (
     "study_uid", "series_uid", "patient", "age", "sex", "study_date", "body_part", "contrast", "contrast_agent",
-    "kvp", "manufacturer", "modality", "series_description", "source_path", "format",
+    "kvp", "manufacturer", "modality", "series_description", "source_path", "format", "unreadable",
 )
 
 _AGE_RE = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)
@@ -27,7 +27,7 @@ _DAYS_PER = {"D": 1.0, "W": 7.0, "M": 365.25 / 12.0, "Y": 365.25}
 def empty_meta(source_path: str, fmt: str) -> Dict[str, Any]:
     """A meta dict with every key of META_KEYS, all unknown except the source path and format."""
     meta: Dict[str, Any] = {key: None for key in META_KEYS}
-    meta.update(source_path=source_path, format=fmt)
+    meta.update(source_path=source_path, format=fmt, unreadable=[])
     return meta
 
 
@@ -101,9 +101,18 @@ def dicom_meta(ds: Any, source_path: str, include_identifiers: bool = False) -> 
     """
     redact_pydicom_values()  # a header handed in by the caller: its values are checked as they are read here
     meta = empty_meta(source_path, "dicom")
-    age = parse_age(_text(ds, "PatientAge"))
+    raw_age, birth, study = _text(ds, "PatientAge"), _text(ds, "PatientBirthDate"), _text(ds, "StudyDate")
+    age = parse_age(raw_age)
     if age is None:
-        age = _age_from_dates(_text(ds, "PatientBirthDate"), _text(ds, "StudyDate") or _text(ds, "SeriesDate"))
+        age = _age_from_dates(birth, study or _text(ds, "SeriesDate"))
+    # Values present but malformed are named (never echoed: a birth date is an identifier), so that ingest can
+    # say why a column was stored empty instead of dropping it silently.
+    if age is None and raw_age is not None:
+        meta["unreadable"].append(("age", "PatientAge is not a DICOM age string (nnnD/W/M/Y)"))
+    if age is None and birth is not None and _date(birth) is None:
+        meta["unreadable"].append(("age", "PatientBirthDate is not a date"))
+    if study is not None and _date(study) is None:
+        meta["unreadable"].append(("study_date", "StudyDate is not a date"))
     sex = _text(ds, "PatientSex")
     agent = _text(ds, "ContrastBolusAgent")
     meta.update(
