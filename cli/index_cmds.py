@@ -12,7 +12,7 @@ from click.core import ParameterSource
 from ctglip_sdk.cli.interrupts import sigterm_as_interrupt
 from ctglip_sdk.cli.output import echo_json, print_table
 from ctglip_sdk.cli.search_text import read_search_text
-from ctglip_sdk.errors import CTGlipError, IndexStateError
+from ctglip_sdk.errors import CTGlipError, IndexStateError, InputError
 
 __all__ = ["ingest", "search", "similar", "score", "cohort", "export", "verify", "COMMANDS", "DEFAULT_MODEL",
            "INGEST_FAILED_EXIT"]
@@ -146,7 +146,9 @@ def _check_montage_path(path: Path) -> None:
 
 @click.command("ingest")
 # path_type=None keeps the folder as typed: errors name the root the way the user gave it.
-@click.argument("archive", type=click.Path(exists=True, file_okay=False))
+# No exists=True: a wrong path or an unmounted share is a user error the library names (exit 1, JSON under
+# --json), not a usage error.
+@click.argument("archive", type=click.Path())
 @_index_options
 @click.option("--model", default=None, metavar="NAME_OR_PATH",
               help=f"Model for a new index (default {DEFAULT_MODEL}); an existing index keeps its recorded model.")
@@ -319,7 +321,11 @@ def cohort(index_dir: Path, database_url: Optional[str], as_json: bool, all_of: 
         res = idx.cohort(all_of=all_of, any_of=any_of, none_of=none_of, where=_where(wheres), threshold=threshold,
                          level=level)
     if output is not None:
-        _cohort_frame(res, level, [*all_of, *any_of]).to_csv(output, index=False)
+        try:
+            _cohort_frame(res, level, [*all_of, *any_of]).to_csv(output, index=False)
+        except OSError as exc:  # a missing folder or no permission: a user error naming the file
+            raise InputError(f"cannot write the cohort CSV ({exc.strerror or type(exc).__name__})",
+                             path=output) from None
     if as_json:
         echo_json({"level": level, "n": len(res), "members": res.to_dicts(), "notes": list(res.notes)})
         return

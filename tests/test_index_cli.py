@@ -320,3 +320,16 @@ def test_verify_json_reports_an_index_that_cannot_open(env, tmp_path):
     assert body["ok"] is False and "--repair" in body["problems"][0]
     fixed = run("verify", "--index", broken, "--repair", "--json")
     assert fixed.exit_code == 0 and any(r.startswith("removed") for r in json.loads(fixed.stdout)["repaired"])
+
+
+def test_a_wrong_archive_path_and_an_unwritable_cohort_csv_are_json_user_errors(env, tmp_path):
+    """Both were outside the --json contract: click's usage error (exit 2, text only) and a raw pandas OSError
+    traceback (review, 2026-12-06)."""
+    _, index, _, _ = env
+    res = run("ingest", tmp_path / "no-such-archive", "--index", tmp_path / "new-idx", "--json")
+    assert res.exit_code == 1 and json.loads(res.stdout)["type"] == "InputError"
+    assert "no-such-archive" in json.loads(res.stdout)["error"] and not (tmp_path / "new-idx").exists()
+    res = run("cohort", "--index", index, "--all-of", "renal_cyst", "--output", tmp_path / "nodir" / "c.csv",
+              "--json")
+    assert res.exit_code == 1 and "cannot write the cohort CSV" in json.loads(res.stdout)["error"]
+    assert "Traceback" not in res.output
