@@ -261,6 +261,25 @@ class ArchiveIndex:
             self._key = (self.folder / KEY_FILE).read_text().strip().encode()
         return pseudonymize(identifier, key=self._key, length=20)
 
+    def find_patient(self, patient_id: str) -> Optional[str]:
+        """The stored pseudonym of a patient known by their raw PatientID, or None when the index has no such patient.
+
+        Why not ``pseudonym(patient_id)`` alone: ingest keys a patient by what it reads, which is the manifest's
+        ``patient_id``, or for DICOM without one the library pseudonym of the header's PatientID
+        (``ctglip_sdk.privacy.pseudonymize``, under ``$CTGLIP_PSEUDONYM_KEY``, as ``ctglip manifest`` writes it), so
+        the raw id, its library pseudonym and both ingest paths are tried. The id is never stored or logged.
+
+        Example:
+            >>> idx.search("liver", where={"patient": idx.find_patient("PAT-0001")})  # doctest: +SKIP
+        """
+        from sqlalchemy import select  # noqa: PLC0415
+
+        p = self.store.t.patients
+        candidates = [self.pseudonym(patient_id), self.pseudonym(pseudonymize(patient_id))]
+        stored = set(self.store.read(lambda c: c.execute(
+            select(p.c.pseudonym).where(p.c.pseudonym.in_(candidates))).scalars().all()))
+        return next((c for c in candidates if c in stored), None)
+
     # -- in-memory state --------------------------------------------------------------------------------
     def _load_state(self) -> None:
         """Rebuild the mirror from SQL + stored vectors and bring FAISS in step with SQL (it is derived)."""

@@ -287,6 +287,11 @@ def test_ingest_groups_patients_alike_with_or_without_the_manifest(dicom_source,
     pa = {r["study_uid"]: r["patient"] for r in _rows(without.export(tmp_path / "a.csv", what="studies"))}
     pb = {r["study_uid"]: r["patient"] for r in _rows(with_manifest.export(tmp_path / "b.csv", what="studies"))}
     assert pa == pb and len(pa) == 5
+    # find_patient takes the raw PatientID either way (pseudonym(raw) matched nothing read from headers)
+    raw = {r["study_uid"]: r["patient_id"] for r in _rows(dicom_source / "manifest.csv")}
+    for idx, got in ((without, pa), (with_manifest, pb)):
+        assert all(idx.find_patient(raw[uid]) == pseudo for uid, pseudo in got.items())
+        assert idx.find_patient("NOT-A-PATIENT") is None
 
 
 def test_every_command_prints_its_user_error_as_json_under_json(tmp_path):
