@@ -190,7 +190,13 @@ def ingest(ctx: click.Context, archive: str, index_dir: Path, database_url: Opti
                                                    include_identifiers):
                 _warn(text)
         else:
-            idx = _new_index(index_dir, model, database_url, factory, include_identifiers, table_prefix)
+            try:
+                idx = _new_index(index_dir, model, database_url, factory, include_identifiers, table_prefix)
+            except IndexStateError:
+                if not (index_dir / "manifest.json").exists():
+                    raise
+                # another `ctglip ingest` created it while this one waited for the lock: use it, as a later run would
+                idx = ArchiveIndex.open(index_dir, database_url=database_url)
         try:
             with idx:
                 report = idx.ingest(plan, workers=workers, batch_size=batch_size, retry_errors=retry_errors,

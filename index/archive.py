@@ -108,14 +108,39 @@ class ArchiveIndex:
             raise ConfigError(f"model: expected a CTGlipModel, a registered name or a model folder, got "
                               f"{type(model).__name__}")
         root = Path(folder)
-        root.mkdir(parents=True, exist_ok=True)
         if (root / MANIFEST).exists():
-            raise IndexStateError("an index already exists here; open it with ArchiveIndex.open", path=root)
+            raise IndexStateError("an index already exists here; open it with ArchiveIndex.open (or `ctglip ingest "
+                                  "... --index` it)", path=root)
+        # The model and the factory are checked before the folder is made: a wrong argument leaves nothing behind.
         model_obj = _load_model(model) if isinstance(model, (str, os.PathLike)) else model
         ident = _model_identity(model_obj)
         if factory is not None:
-            AnnIndex.build(ident["embed_dim"], factory)  # an invalid factory string fails before anything is written
+            AnnIndex.build(ident["embed_dim"], factory)
+        fresh = not root.exists() or not any(root.iterdir())
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            manifest, store = cls._create_files(root, model_obj, ident, database_url, factory, include_identifiers,
+                                                table_prefix, memory_budget)
+        except BaseException:
+            # An unreachable database or a full disk: a folder this call made holds no index, so it goes (the
+            # manifest, written last, is absent); a folder that held files before is left as it was found.
+            if fresh and not (root / MANIFEST).exists():
+                shutil.rmtree(root, ignore_errors=True)
+            raise
+        log.info("created index %s for model %s (%s)", root, ident["name"], ident["config_hash"][:12])
+        idx = cls(root, manifest, store, model_obj)
+        idx._load_state()
+        return idx
+
+    @classmethod
+    def _create_files(cls, root: Path, model_obj: Any, ident: Dict[str, Any], database_url: Optional[str],
+                      factory: Optional[str], include_identifiers: bool, table_prefix: str,
+                      memory_budget: Any) -> Tuple[Dict[str, Any], Store]:
+        """Key, model copy, schema, vectors, FAISS and (last) the manifest of a new index; returns the manifest
+        and the open store."""
         with WriterLock(root):
+            if (root / MANIFEST).exists():  # another process created it while this one waited for the lock
+                raise IndexStateError("an index already exists here; open it with ArchiveIndex.open", path=root)
             key_path = root / KEY_FILE
             if not key_path.exists():
                 fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -154,10 +179,7 @@ class ArchiveIndex:
             }
             # The manifest is written last: a folder without one is an unfinished create, safe to redo.
             cls._write_manifest(root, manifest)
-        log.info("created index %s for model %s (%s)", root, ident["name"], ident["config_hash"][:12])
-        idx = cls(root, manifest, store, model_obj)
-        idx._load_state()
-        return idx
+        return manifest, store
 
     @classmethod
     def open(cls, folder: PathLike, model: Any = None, database_url: Optional[str] = None,

@@ -334,7 +334,11 @@ class Store:
             conn.execute(self.t.organs.insert(), list(rows))
 
     def start_run(self, archive: str) -> int:
+        """Record a new write run. The caller holds the writer lock, so a run still marked running is a writer
+        that was killed (kill -9, power loss): it is marked crashed first, not left running forever."""
         def fn(conn: Connection) -> int:
+            r = self.t.ingest_runs
+            conn.execute(update(r).where(r.c.status == "running").values(status="crashed"))
             res = conn.execute(self.t.ingest_runs.insert().values(
                 started_at=_dt.datetime.now(_dt.timezone.utc), archive=archive, status="running"))
             return int(res.inserted_primary_key[0])

@@ -277,3 +277,34 @@ def test_an_unreadable_manifest_is_an_input_error_naming_it(tmp_path, content, r
         with pytest.raises(InputError, match=re.escape(reason)) as err:
             call()
         assert "manifest.csv" in str(err.value)
+
+
+def test_a_failed_create_leaves_no_folder_behind(tmp_path):
+    """An invalid factory left an empty index folder, an unreachable database a model copy and a key file
+    (review, 2026-12-06): the next `ctglip ingest` then found a half index."""
+    with pytest.raises(Exception):
+        ArchiveIndex.create(tmp_path / "bad-factory", model=tiny_model(), factory="NotAFactory")
+    assert not (tmp_path / "bad-factory").exists()
+    with pytest.raises(ConfigError):
+        ArchiveIndex.create(tmp_path / "no-db", model=tiny_model(),
+                            database_url="postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=2")
+    assert not (tmp_path / "no-db").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("kept")
+    with pytest.raises(ConfigError):
+        ArchiveIndex.create(tmp_path / "mine", model=tiny_model(),
+                            database_url="postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=2")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "kept"  # a folder that held files is not removed
+
+
+def test_a_run_left_running_by_a_killed_writer_is_marked_crashed(tmp_path):
+    from sqlalchemy import select
+
+    root = make_archive(tmp_path / "a", n=2, seed=25)
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    dead = idx.store.start_run(str(root))  # what a writer killed with -9 leaves behind
+    idx.ingest(root, workers=0)
+    runs = idx.store.t.ingest_runs
+    status = dict(idx.store.read(lambda c: c.execute(select(runs.c.id, runs.c.status)).all()))
+    assert status[dead] == "crashed" and list(status.values()).count("ok") == 1
+    idx.close()
