@@ -282,6 +282,9 @@ def ingest(index: "ArchiveIndex", archive: Any, workers: int = 2, batch_size: in
         report.seen = len(items) + len(plan_errors)
         if upgrade:
             index.store.set_fingerprints(upgrade)
+        unchanged = [i.key for i in items if done.get(i.key) == i.fingerprint or i.key in upgrade]
+        if unchanged:
+            index.store.move_series_root(unchanged, here)  # a moved archive: montages must find its images
         status = "interrupted"
         try:
             _run_pipeline(index, root, model, todo, run_id, report, outcomes, workers, batch_size, progress,

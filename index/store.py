@@ -373,6 +373,19 @@ class Store:
 
         self.write(tx)
 
+    def move_series_root(self, keys: Sequence[str], root: str) -> None:
+        """Record ``root`` as the archive folder of stored series (an archive moved with its files unchanged:
+        montages read their images from there)."""
+        s = self.t.series
+
+        def tx(conn: Connection) -> None:
+            for start in range(0, len(keys), 900):
+                part = list(keys[start:start + 900])
+                conn.execute(update(s).where(s.c.series_uid.in_(part), s.c.archive_root != root)
+                             .values(archive_root=root))
+
+        self.write(tx)
+
     def series_roots(self, keys: List[str]) -> Dict[str, Optional[str]]:
         """``{series_uid: archive_root}`` of the given stored series (read in chunks of 900 bound parameters)."""
         s = self.t.series

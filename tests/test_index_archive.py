@@ -724,3 +724,22 @@ def test_malformed_header_age_and_date_are_reported_not_dropped_silently(tmp_pat
     assert any(w.startswith("study_date from the image header: StudyDate is not a date") for w in said)
     assert not any("19991399" in w or "20211399" in w for w in said)  # a birth date is never echoed
     idx.close()
+
+
+def test_a_moved_archive_is_skipped_and_its_new_folder_recorded(tmp_path):
+    import shutil
+
+    from sqlalchemy import select
+
+    root = make_archive(tmp_path / "a", n=2, seed=26)
+    idx = _create(tmp_path / "idx")
+    idx.ingest(root, workers=0)
+    moved = tmp_path / "moved"
+    shutil.copytree(root, moved)  # copy2 keeps modification times, as cp -a and rsync -a do
+    shutil.rmtree(root)
+    report = idx.ingest(moved, workers=0)
+    assert (report.ok, report.skipped) == (0, 2)
+    s = idx.store.t.series
+    roots = set(idx.store.read(lambda c: c.execute(select(s.c.archive_root)).scalars().all()))
+    assert roots == {str(moved.resolve())}  # montages read the images from where they are now
+    idx.close()
