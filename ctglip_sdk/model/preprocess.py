@@ -399,8 +399,9 @@ def prepare_study(volume: Volume, seg: Segmentation, organs: Optional[Sequence[s
                              torch.zeros(0), missing, bboxes, np.zeros(0), np.zeros(0), spacing=spacing)
     if cfg.crop == "organs":
         margin = [int(math.ceil(cfg.margin_mm / s)) for s in spacing]
-        lo = np.maximum(bb[keep, :3].min(0) - margin, 0)
-        hi = np.minimum(bb[keep, 3:].max(0) + margin, hu.shape)
+        box = bb[keep] if organs is None else _all_organs_box(seg, labels, hu, min_voxels)
+        lo = np.maximum(box[:, :3].min(0) - margin, 0)
+        hi = np.minimum(box[:, 3:].max(0) + margin, hu.shape)
     elif cfg.crop == "body":
         lo, hi = _body_box(hu, cfg.body_threshold_hu)
     else:
@@ -419,6 +420,23 @@ def prepare_study(volume: Volume, seg: Segmentation, organs: Optional[Sequence[s
     stats = torch.from_numpy(stats).to(device) if stats is not None else None
     return PreparedStudy(image, grid, names, rows, cols, vals, missing, bboxes, counts[keep] * voxel_ml,
                          husum[keep] / counts[keep], tuple(int(v) for v in (*lo, *hi)), eff, stats)
+
+
+def _all_organs_box(seg: Segmentation, labels: np.ndarray, hu: np.ndarray, min_voxels: int) -> np.ndarray:
+    """Half-open boxes of every labelled organ (those a request for all would keep).
+
+    Why: the network sees the box of the organs around it, resampled to its input grid; a box around the liver
+    alone is another image, and the liver's vector moved by up to a cosine of 0.4 against a full request (a
+    review, 2026-12-06). A subset request therefore takes the full request's box and pools only what it asked.
+    """
+    ids = seg.ids
+    known = [seg.labels[i] for i in sorted(seg.labels) if i > 0 and seg.labels[i] in ids]
+    lut = np.zeros(int(max(labels.max(initial=0), max(ids.values(), default=0))) + 1,
+                   np.uint8 if len(known) < 255 else np.uint16)
+    for idx, name in enumerate(known, start=1):
+        lut[ids[name]] = idx
+    counts, _husum, bb = _organ_table(_relabel(lut, labels), hu, len(known))
+    return bb[counts >= max(1, min_voxels)]
 
 
 def _body_box(hu: np.ndarray, threshold: float):
