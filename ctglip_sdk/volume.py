@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Mapping, Tuple
 
 import numpy as np
 
@@ -100,9 +100,22 @@ class Segmentation:
     meta: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.affine = np.asarray(self.affine, dtype=np.float64)
-        if self.array.ndim != 3:
-            raise InputError(f"a Segmentation must be 3-D, got shape {self.array.shape}", path=self.meta.get("source_path"))
+        where = (self.meta or {}).get("source_path") if isinstance(self.meta, dict) else None
+        # Volume is (array, affine, meta) and Segmentation (array, labels, affine, meta): a swapped call used to
+        # fail in float() deep inside numpy, so the order is named here.
+        if not isinstance(self.labels, Mapping):
+            raise InputError(f"Segmentation(array, labels, affine, meta): labels must be a {{id: class name}} mapping, "
+                             f"got {type(self.labels).__name__}", path=where)
+        try:
+            self.affine = np.asarray(self.affine, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InputError(f"Segmentation(array, labels, affine, meta): affine must be a 4x4 matrix, got "
+                             f"{type(self.affine).__name__}", path=where) from None
+        if self.affine.shape != (4, 4):
+            raise InputError(f"affine must be 4x4, got {self.affine.shape}", path=where)
+        if not isinstance(self.array, np.ndarray) or self.array.ndim != 3:
+            raise InputError(f"a Segmentation must be a 3-D array, got {getattr(self.array, 'shape', type(self.array))}",
+                             path=where)
 
     @property
     def ids(self) -> Dict[str, int]:

@@ -136,6 +136,31 @@ def test_detect_vectors_scores_applicable_findings(model, study):
         zs.detect_vectors(emb.names, emb.vectors, findings=["not_a_finding"])
 
 
+def test_names_vectors_and_studies_are_checked_like_the_index_checks_them(model, study):
+    """Unknown names gave no row, NaN vectors scored NaN, a wrong width or None failed inside numpy or as an
+    AttributeError (review, 2026-12-06)."""
+    zs = cg.ZeroShotClassifier(model, dictionary=_dictionary())
+    emb = model.encode_organs(*study, organs=["liver"])
+    ref = zs.detect_vectors(["liver"], emb.vectors)
+    for name in ("Liver", "liver"):  # a synonym reads as its class
+        assert zs.detect_vectors([name], emb.vectors) == ref
+    with pytest.raises(QueryError, match="did you mean 'liver'"):
+        zs.detect_vectors(["livr"], emb.vectors)
+    with pytest.raises(QueryError, match="NaN or infinite"):
+        zs.detect_vectors(["liver"], np.full_like(emb.vectors, np.nan))
+    with pytest.raises(QueryError, match="NaN or infinite"):
+        zs.identify_vectors(np.full_like(emb.vectors, np.nan))
+    with pytest.raises(QueryError, match="columns, the model's embeddings"):
+        zs.identify_vectors(np.ones((1, emb.vectors.shape[1] + 1), np.float32))
+    for call in (lambda: zs.detect(None, None), lambda: zs.identify_organs(study[0], None)):
+        with pytest.raises(QueryError, match="expected a Volume and a Segmentation"):
+            call()
+    with pytest.raises(cg.InputError, match="expected a Volume and a Segmentation"):
+        model.encode_organs(None, study[1])
+    with pytest.raises(cg.InputError, match=r"Segmentation\(array, labels, affine, meta\)"):
+        cg.Segmentation(study[1].array, study[1].affine, study[1].labels)  # arguments in Volume's order
+
+
 def test_detect_on_a_study(model, study):
     zs = cg.ZeroShotClassifier(model, dictionary=_dictionary())
     dets = zs.detect(*study, findings=["splenomegaly", "renal_cyst", "aortic_aneurysm"])

@@ -331,6 +331,9 @@ def _check_finite(volume: Volume) -> None:
 
 
 def _check_pair(volume: Volume, seg: Segmentation) -> None:
+    if not isinstance(volume, Volume) or not isinstance(seg, Segmentation):
+        raise InputError(f"expected a Volume and a Segmentation (cg.load_volume, cg.load_segmentation), got "
+                         f"{type(volume).__name__} and {type(seg).__name__}")
     _check_finite(volume)
     if seg.array.shape != volume.array.shape:
         raise GeometryError(f"segmentation shape {seg.array.shape} differs from the volume's {volume.array.shape}; "

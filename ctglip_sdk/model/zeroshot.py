@@ -58,6 +58,13 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def _check_study(volume: Any, segmentation: Any) -> None:
+    """A Volume and a Segmentation, or a QueryError saying what was passed (None gave an AttributeError)."""
+    if not isinstance(volume, Volume) or not isinstance(segmentation, Segmentation):
+        raise QueryError(f"expected a Volume and a Segmentation (cg.load_volume, cg.load_segmentation), got "
+                         f"{type(volume).__name__} and {type(segmentation).__name__}")
+
+
 class ZeroShotClassifier:
     """Zero-shot scoring of organ embeddings against text prompts (prompts are data: the dictionary).
 
@@ -149,14 +156,55 @@ class ZeroShotClassifier:
         return pos, neg or [f"no {entry.name}"]
 
     # ------------------------------------------------------------------ organs
+    def _vectors(self, vectors: Any, n: Optional[int] = None) -> np.ndarray:
+        """``vectors`` as float32 ``[N, embed_dim]``, finite; a QueryError names what is wrong (a NaN row used to
+        score NaN silently, a wrong width failed inside numpy)."""
+        try:
+            arr = np.asarray(vectors, np.float32)
+        except (TypeError, ValueError):
+            raise QueryError(f"vectors: expected an [N, D] array of numbers, got {type(vectors).__name__}") from None
+        if arr.ndim != 2 or (n is not None and arr.shape[0] != n):
+            raise QueryError(f"need one vector per organ name: {n} names, vectors {arr.shape}" if n is not None
+                             else f"vectors: expected an [N, D] array, got shape {arr.shape}")
+        dim = int(getattr(self.model, "embed_dim", arr.shape[1]))
+        if arr.shape[1] != dim:
+            raise QueryError(f"vectors have {arr.shape[1]} columns, the model's embeddings {dim}")
+        bad = ~np.isfinite(arr).all(axis=1)
+        if bad.any():
+            raise QueryError(f"{int(bad.sum())} vector(s) hold NaN or infinite values (rows "
+                             f"{np.flatnonzero(bad)[:5].tolist()}); they cannot be scored")
+        return arr
+
+    @staticmethod
+    def _organ_names(organ_names: Any) -> List[str]:
+        """Organ names as the dictionary knows them: a class or group as is, a synonym ("Liver", "right kidney")
+        as its one class; an unknown name is a QueryError with suggestions (it used to give no row at all)."""
+        if organ_names is None or isinstance(organ_names, str):
+            raise QueryError("organ_names: expected a list of organ names, one per vector")
+        out = []
+        for name in organ_names:
+            if not isinstance(name, str):
+                raise QueryError(f"organ_names: expected strings, got {type(name).__name__}")
+            if vocab.is_known(name):
+                out.append(name)
+                continue
+            found = vocab.lookup(name)  # QueryError with "did you mean" for a name it does not know
+            if len(found) != 1:
+                raise QueryError(f"organ name {name!r} names {len(found)} organs ({', '.join(found[:4])}...); give "
+                                 "one class or group name per vector")
+            out.append(found[0])
+        return out
+
     def identify_vectors(self, vectors: np.ndarray) -> np.ndarray:
         """Softmax over the 104 organ names for each row of ``vectors`` -> ``[N, 104]`` (rows sum to 1)."""
+        arr = self._vectors(vectors)
         text = self.prompt_ensembles([self.organ_prompts(o) for o in vocab.ORGANS])
         scale = float(self.model.temperature_scale().detach().cpu())
-        return _softmax(scale * np.asarray(vectors, np.float32) @ text.T)
+        return _softmax(scale * arr @ text.T)
 
     def identify_organs(self, volume: Volume, segmentation: Segmentation) -> List[OrganIdentification]:
         """For each labelled region of ``segmentation``, the most likely organ name with probabilities."""
+        _check_study(volume, segmentation)
         emb = self.model.encode_organs(volume, segmentation)
         if not emb.names:
             return []
@@ -194,14 +242,8 @@ class ZeroShotClassifier:
         none or the classifier was made with ``calibrated=False``): a calibrated model puts each finding's
         F1-best threshold on held-out studies at probability 0.5.
         """
-        if organ_names is None or isinstance(organ_names, str):
-            raise QueryError("organ_names: expected a list of organ names, one per vector")
-        vectors = np.asarray(vectors, np.float32)
-        if vectors.ndim != 2 or vectors.shape[0] != len(organ_names):
-            raise QueryError(f"need one vector per organ name: {len(organ_names)} names, vectors {vectors.shape}")
-        dim = int(getattr(self.model, "embed_dim", vectors.shape[1]))
-        if vectors.shape[1] != dim:
-            raise QueryError(f"vectors have {vectors.shape[1]} columns, the model's embeddings {dim}")
+        organ_names = self._organ_names(organ_names)
+        vectors = self._vectors(vectors, len(organ_names))
         wanted = None
         if findings is not None:
             wanted = list(dict.fromkeys([findings] if isinstance(findings, str) else findings))
@@ -233,15 +275,20 @@ class ZeroShotClassifier:
                        findings: Optional[Sequence[str]] = None) -> List[Detection]:
         """Detections for precomputed organ vectors (the index scores archives this way).
 
+        Organ names may be classes, groups or synonyms ("right kidney"); an unknown name is a QueryError.
+
         Example:
-            >>> zs.detect_vectors(["liver"], emb.vectors[:1], findings=["liver_cyst"])  # doctest: +SKIP
+            >>> emb = model.encode_organs(vol, seg)                                           # doctest: +SKIP
+            >>> zs.detect_vectors(["liver"], emb.vector("liver")[None], findings=["liver_cyst"])  # doctest: +SKIP
         """
-        rows, keys, prob = self.detect_arrays(organ_names, vectors, findings)
-        return [Detection(organ_names[r], k, float(p)) for r, k, p in zip(rows.tolist(), keys, prob.tolist())]
+        names = self._organ_names(organ_names)
+        rows, keys, prob = self.detect_arrays(names, vectors, findings)
+        return [Detection(names[r], k, float(p)) for r, k, p in zip(rows.tolist(), keys, prob.tolist())]
 
     def detect(self, volume: Volume, segmentation: Segmentation,
                findings: Optional[Sequence[str]] = None) -> List[Detection]:
         """Encode the organs the dictionary has findings for (those present) and score them."""
+        _check_study(volume, segmentation)
         present = [segmentation.labels[i] for i in sorted(segmentation.labels) if i > 0]
         organs = [o for o in present if self.findings_for(o)]
         if not organs:
