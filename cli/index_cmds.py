@@ -328,7 +328,7 @@ def cohort(index_dir: Path, database_url: Optional[str], as_json: bool, all_of: 
                          level=level)
     if output is not None:
         try:
-            _cohort_frame(res, level, [*all_of, *any_of]).to_csv(output, index=False)
+            _cohort_frame(res, level, res.scored or [*all_of, *any_of]).to_csv(output, index=False)
         except OSError as exc:  # a missing folder or no permission: a user error naming the file
             raise InputError(f"cannot write the cohort CSV ({exc.strerror or type(exc).__name__})",
                              path=output) from None

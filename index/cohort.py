@@ -208,7 +208,8 @@ def cohort(index: "ArchiveIndex", all_of: Sequence[str] = (), any_of: Sequence[s
         members &= set().union(*anys)
     shown = [(part.name, units_of[n]) for n, part in enumerate(parts) if part.group != "none_of"]
     return CohortResult(level, _describe_units(index, sorted(members), level, shown),
-                        {**groups, "threshold": threshold, "where": dict(where or {})}, notes=notes)
+                        {**groups, "threshold": threshold, "where": dict(where or {})}, notes=notes,
+                        scored=list(dict.fromkeys(name for name, _ in shown)))
 
 
 def _unscored(index: "ArchiveIndex", key: str, allowed: Optional[np.ndarray]) -> np.ndarray:

@@ -127,6 +127,9 @@ class CohortResult(Sequence[Dict[str, Any]]):
     conditions: Dict[str, Any] = field(default_factory=dict)
     #: How conditions were read: a corrected spelling, free text, organs left unscored since the last score().
     notes: List[str] = field(default_factory=list)
+    #: The names evidence is reported under, in order: each all_of/any_of condition, or the findings a text
+    #: condition was split into ("gallstones and fatty liver" -> gallstones, hepatic_steatosis).
+    scored: List[str] = field(default_factory=list)
 
     def __getitem__(self, i: Any) -> Any:
         return self.members[i]
@@ -159,7 +162,8 @@ class CohortResult(Sequence[Dict[str, Any]]):
         # The columns do not depend on who is a member: an empty cohort still has them, so that code which
         # selects or merges on "patient" works on every result.
         unit = ["patient", "studies"] if self.level == "patient" else ["study_uid", "patient", "studies"]
-        conds = [f"p:{c}" for g in ("all_of", "any_of") for c in self.conditions.get(g, [])]
+        conds = [f"p:{c}" for c in self.scored] if self.scored else \
+            [f"p:{c}" for g in ("all_of", "any_of") for c in self.conditions.get(g, [])]
         cols = list(dict.fromkeys(unit + conds + [k for r in rows for k in r]))
         return pd.DataFrame(rows, columns=cols)
 

@@ -127,6 +127,7 @@ def test_text_conditions_split_findings_move_denials_and_carry_their_own_filters
     both = idx.cohort(all_of=["gallstones and renal cyst"], level="study")
     assert set(both.ids) == _expected(synth, "study", all_of=["gallstones", "renal_cyst"])
     assert all(set(m["evidence"]) == {"gallstones", "renal_cyst"} for m in both)
+    assert [c for c in both.to_pandas().columns if c.startswith("p:")] == ["p:gallstones", "p:renal_cyst"]
     mixed = idx.cohort(all_of=["renal cyst, no liver cyst"], level="study")
     assert set(mixed.ids) == _expected(synth, "study", all_of=["renal_cyst"], none_of=["liver_cyst"])
     # the condition's own age words filter that condition, as where= does for all of them
