@@ -313,7 +313,8 @@ class CTGlipModel(nn.Module):
 
     def encode_organs(self, volume: Volume, segmentation: Segmentation, organs: Optional[Sequence[str]] = None,
                       batch_size: int = 1, min_voxels: int = 1) -> OrganEmbeddings:
-        """Organ vectors of one study from ONE forward pass over the box that holds the requested organs.
+        """Organ vectors of one study from ONE forward pass over the box that holds every labelled organ (the same
+        box whichever organs are requested, so a subset gets the vectors of a full request).
 
         Args:
             volume: the CT volume (HU, RAS canonical).
@@ -341,6 +342,8 @@ class CTGlipModel(nn.Module):
         batch of up to ``batch_size`` (others run one pass each)."""
         if len(volumes) != len(segmentations):
             raise InputError(f"{len(volumes)} volumes but {len(segmentations)} segmentations")
+        if isinstance(min_voxels, bool) or not isinstance(min_voxels, int) or min_voxels < 1:
+            raise InputError(f"min_voxels must be an integer >= 1, got {min_voxels!r}")
         with torch.inference_mode():
             preps = [self.prepare(v, s, organs, min_voxels) for v, s in zip(volumes, segmentations)]
         return self.encode_prepared(preps, batch_size)
