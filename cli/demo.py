@@ -29,8 +29,10 @@ def demo_command(out_dir: str, patients: int, seed: int, model: str, preset: str
     if as_json:
         echo_json(res.to_dict())
         return
-    click.echo(f"\nIngested {res.archive} into {res.index_dir} with {res.model} "
-               f"(synthetic phantoms — not patient data). Timings (s): {res.seconds}")
+    ing = res.ingest
+    done = (f"Ingested {res.archive} into {res.index_dir}" if ing.get("ok") else
+            f"{res.archive} was already in {res.index_dir} ({ing.get('skipped', 0)} series unchanged, none re-read)")
+    click.echo(f"\n{done} with {res.model} (synthetic phantoms — not patient data). Timings (s): {res.seconds}")
     for s in res.searches:
         p, n = s["precision"], len(s["hits"])
         click.echo(f"\n\"{s['question']}\" -> text={s['parsed']['text']!r} organ={s['parsed']['organ']} "

@@ -16,7 +16,8 @@ Every command is a thin layer over the library (see the other pages for the Pyth
 
 - `--json` prints machine-readable output for pipelines; without it, output is an aligned table.
 - Exit codes: 0 success, 1 a user error (one line naming the file or value and the reason; `ctglip --debug ...`
-  shows the traceback), 2 a usage error (unknown option, bad value), 3 `ingest` finished but series failed in
+  shows the traceback), 2 a usage error (unknown option, a value outside the option's choices or range; a bad
+  `--set`/`--where` value is a user error, 1), 3 `ingest` finished but series failed in
   this run, 130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM (`ingest` then records its run as
   interrupted; the same command continues it).
 - `-h`/`--help` after any command shows its options; `[required]` below marks options a command cannot run
@@ -50,6 +51,18 @@ def _default(p: click.Option) -> str:
     return "" if unset else f" (default: `{value}`)"
 
 
+def _values(p: click.Option) -> str:
+    """The values or range --help shows (" (one of `a`, `b`)", " (4 to 10000)"): the reference left them out."""
+    t = p.type
+    if isinstance(t, click.Choice):
+        return " (one of " + ", ".join(f"`{c}`" for c in t.choices) + ")"
+    if isinstance(t, (click.IntRange, click.FloatRange)) and (t.min is not None or t.max is not None):
+        if t.min is not None and t.max is not None:
+            return f" ({t.min} to {t.max})"
+        return f" (≥ {t.min})" if t.min is not None else f" (≤ {t.max})"
+    return ""
+
+
 def _params(cmd: click.Command) -> List[str]:
     rows = []
     for p in cmd.params:
@@ -58,7 +71,7 @@ def _params(cmd: click.Command) -> List[str]:
         elif isinstance(p, click.Option) and not p.hidden:
             names = ", ".join(f"`{o}`" for o in p.opts + p.secondary_opts)
             help_text = (p.help or "").replace("|", "\\|").replace("\n", " ")
-            rows.append(f"| {names} | {help_text}{_default(p)}{' [required]' if p.required else ''} |")
+            rows.append(f"| {names} | {help_text}{_values(p)}{_default(p)}{' [required]' if p.required else ''} |")
     return rows
 
 

@@ -6,7 +6,7 @@ import datetime as _dt
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union, overload
 
-from ctglip_sdk.errors import QueryError
+from ctglip_sdk.errors import ConfigError, QueryError
 
 __all__ = ["Hit", "SearchResults", "CohortResult", "IngestReport"]
 
@@ -97,7 +97,7 @@ class SearchResults(Sequence[Hit]):
 
     def to_pandas(self) -> Any:
         """A pandas DataFrame, one row per hit (pandas is imported only here)."""
-        import pandas as pd  # noqa: PLC0415 - optional dependency, imported lazily
+        pd = _pandas()
 
         cols = [f.name for f in Hit.__dataclass_fields__.values()]  # type: ignore[attr-defined]
         return pd.DataFrame(self.to_dicts(), columns=cols)
@@ -151,7 +151,7 @@ class CohortResult(Sequence[Dict[str, Any]]):
 
     def to_pandas(self) -> Any:
         """A DataFrame with one row per member and one ``p:<condition>`` column per scored condition."""
-        import pandas as pd  # noqa: PLC0415 - optional dependency, imported lazily
+        pd = _pandas()
 
         rows = []
         for m in self.members:
@@ -166,6 +166,15 @@ class CohortResult(Sequence[Dict[str, Any]]):
             [f"p:{c}" for g in ("all_of", "any_of") for c in self.conditions.get(g, [])]
         cols = list(dict.fromkeys(unit + conds + [k for r in rows for k in r]))
         return pd.DataFrame(rows, columns=cols)
+
+
+def _pandas() -> Any:
+    """pandas, an optional dependency (the ``pandas`` extra), or a ConfigError saying how to install it."""
+    try:
+        import pandas as pd  # noqa: PLC0415 - imported lazily: the core install does not need it
+    except ImportError:
+        raise ConfigError("to_pandas() needs pandas: pip install 'ctglip-sdk[pandas]' (or use to_dicts())") from None
+    return pd
 
 
 @dataclass

@@ -170,3 +170,24 @@ def test_a_model_config_file_error_names_the_file(tmp_path, archive):
                                    str(tmp_path / "o"), "--json", "--no-progress", "--set", "max_steps=1",
                                    "--set", f"cache_dir={tmp_path / 'c'}"])
     assert res.exit_code == 1 and "chanels" in res.output and str(bad) in res.output, res.output
+
+
+def test_eval_with_truth_labels_refuses_a_manifest_whose_studies_truth_does_not_know(tmp_path, archive):
+    """`ctglip manifest --force` on a NIfTI archive keys studies by path: eval then matched no truth.jsonl row and
+    printed auc_mean None without a word (review, 2026-12-06)."""
+    import csv
+    import shutil
+
+    root = tmp_path / "a"
+    shutil.copytree(archive, root)
+    with open(root / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        r["study_uid"] = "path:" + r["image"]
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    res = CliRunner().invoke(cli, ["eval", "--model", "ctglip-tiny-synthetic", "--archive", str(root), "--split",
+                                   "all", "--val-split", "none", "--labels", "truth", "--json"])
+    assert res.exit_code == 1 and "has an entry in truth.jsonl" in res.output, res.output

@@ -201,6 +201,19 @@ def _nan_to_none(obj: Any) -> Any:
     return obj
 
 
+def _check_truth_covers(records: Sequence[StudyRecord], truth: Dict[str, Any], root: Path) -> None:
+    """truth.jsonl is matched by study_uid: a manifest rewritten with other UIDs (``ctglip manifest --force`` on a
+    NIfTI archive keys studies by path) used to score nothing and report ``auc_mean: None`` without a word."""
+    missing = [r.study_uid for r in records if r.study_uid not in truth]
+    if len(missing) == len(records):
+        raise InputError(f"none of the {len(records)} studies has an entry in truth.jsonl (matched by study_uid, "
+                         f"e.g. {missing[0][:60]!r}); was manifest.csv rewritten? (--labels reports reads the "
+                         "reports instead)", path=root / "truth.jsonl")
+    if missing:
+        log.warning("%d of %d studies have no entry in truth.jsonl: they count as having no finding",
+                    len(missing), len(records))
+
+
 def read_splits(archive: PathLike, split: Optional[str]) -> List[StudyRecord]:
     """Records of one split, of several ("train,test") or of every study ("all")."""
     if split is None:
@@ -265,6 +278,8 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
     records = read_splits(archive, split)
     if not records:
         raise InputError(f"no studies in split {split!r}", path=Path(archive) / "manifest.csv")
+    if labels == "truth":
+        _check_truth_covers(records, truth, Path(archive))
     val_root = val_archive if val_archive is not None else archive
     val_records = read_splits(val_root, val_split)
     if val_split is not None and not val_records:
