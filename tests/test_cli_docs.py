@@ -47,7 +47,7 @@ def test_cli_md_shows_zero_defaults_required_options_and_quoted_filters():
     text = DOC.read_text(encoding="utf-8")
     # 0 == False: defaults of 0 were dropped although --help shows them.
     assert "| `--seed` | Archive seed. (≥ 0) (default: `0`) |" in text  # the range --help shows, then 0
-    assert text.count("(same results; 2 on 2 cores). (default: `0`)") == 2  # eval and calibrate --workers
+    assert text.count("(same results; 2 on 2 cores). (≥ 0) (default: `0`)") == 2  # eval and calibrate --workers
     assert "| `--index` | Index folder. [required] |" in text
     assert "(e.g. ctglip-tiny-synthetic). [required] |" in text and "| `-h`, `--help` |" in text
     # Pasted into a shell, an unquoted age>=60 writes a file named "=60".
