@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ctglip_sdk import organs
 from ctglip_sdk.errors import QueryError
+
+from .nlq_ages import read_ages
+from .nlq_dates import read_dates
 
 __all__ = ["ParsedQuery", "parse_query"]
 
@@ -24,79 +27,6 @@ _BOTH_SEXES = re.compile(r"\b(?:(?:men|males?|boys?)\s+(?:and|or|&|/)\s+(?:women
 # A lone capital F or M in the question ("pleural effusion, F, 50-70") is a sex; read on the original case only.
 _SEX_LETTER = re.compile(r"(?<![\w'])([FM])(?![\w'])")
 
-# A number is an age only when no unit follows it: "kidney stone under 5 mm" and "renal cyst 2-3 cm" are sizes
-# (no SQL filter holds lesion sizes, so they stay in the text for the encoder), and "2.5" is not an age of 5.
-_NOT_SIZE = r"(?![\d.]*\s*(?:mm|cm|ml|cc|hu|%|millimet|centimet|x\b|×))"
-# Not after a letter or a digit either: "T11-12" is a vertebra, "L2" a level.
-_N = r"(?<![\w.])(\d{1,3})(?![\d.])"
-_YEARS = r"(?:\s*-?\s*(?:years?|y/?o|yrs?|yo)(?:[\s-]+old)?(?:s)?)"
-_AGE_WORD = r"(?:aged|age|ages|patients?|pts?)"
-_OPEN_MIN = r"(?:over|older than|above|>=?|≥|at least|aged over|greater than|more than)"
-_OPEN_MAX = r"(?:under|younger than|below|<=?|≤|at most|aged under|less than)"
-# Words before a number range that make it a grade, class or level, never an age ("grade 2-3", "Bosniak 2-3").
-_NOT_AGE_BEFORE = re.compile(r"(?:grade|grades|bosniak|class|stage|stages|level|levels|segment|segments|type|"
-                             r"category|li-?rads|pi-?rads|ti-?rads|lung-?rads|score|size|sizes|measuring|"
-                             r"vertebrae?|ribs?)\s*$")
-_ADULT_MIN = 18  # a bare number range ("women 40-60") is an age only from here: "3-4 nodules" is a count
-
-Span = Tuple[int, int]
-AgeRule = Tuple["re.Pattern[str]", Callable[["re.Match[str]"], Tuple[Optional[int], Optional[int]]]]
-
-
-def _g(m: "re.Match[str]", i: int) -> int:
-    return int(m.group(i))
-
-
-_AGE_RULES: List[AgeRule] = [
-    # "between 50 and 70 (years)", "aged 40 to 65", "40-65 years", "ages 40-65"
-    (re.compile(rf"\b(?:(?:{_AGE_WORD}\s+)?between)\s+{_N}\s*(?:and|-|–|to)\s*{_N}{_NOT_SIZE}{_YEARS}?\b"),
-     lambda m: (_g(m, 1), _g(m, 2))),
-    (re.compile(rf"\b{_AGE_WORD}\s*{_N}\s*(?:-|–|to)\s*{_N}{_NOT_SIZE}{_YEARS}?\b"), lambda m: (_g(m, 1), _g(m, 2))),
-    (re.compile(rf"{_N}\s*(?:-|–|to)\s*{_N}{_NOT_SIZE}{_YEARS}?(?!\w)"), lambda m: (_g(m, 1), _g(m, 2))),
-    # "70 years or older", "60 yrs and above", "65 or over", "65+"
-    (re.compile(rf"{_N}{_NOT_SIZE}{_YEARS}?\s*(?:or|and)\s+(?:older|above|over|more)\b(?!\s*\d)"),
-     lambda m: (_g(m, 1), None)),
-    (re.compile(rf"{_N}{_NOT_SIZE}{_YEARS}?\s*(?:or|and)\s+(?:younger|below|under|less)\b(?!\s*\d)"),
-     lambda m: (None, _g(m, 1))),
-    (re.compile(rf"{_N}\s*\+"), lambda m: (_g(m, 1), None)),
-    # "over-65s", "over 50s", "the under-40s"
-    (re.compile(rf"\b(?:over|above)[\s-]*{_N}'?s\b"), lambda m: (_g(m, 1), None)),
-    (re.compile(rf"\b(?:under|below)[\s-]*{_N}'?s\b"), lambda m: (None, _g(m, 1) - 1)),
-    # "in their 60s", "patients in their sixties" is left to the text
-    (re.compile(r"\bin (?:their|his|her) (\d)0'?s\b"), lambda m: (_g(m, 1) * 10, _g(m, 1) * 10 + 9)),
-    # "over 60", "aged >60", "> 70 yo", "≥ 65", "at least 50"
-    (re.compile(rf"(?:\b{_AGE_WORD}\s*)?(?:\b|(?=[<>≥≤])){_OPEN_MIN}\s*{_N}{_NOT_SIZE}{_YEARS}?"),
-     lambda m: (_g(m, 1), None)),
-    (re.compile(rf"(?:\b{_AGE_WORD}\s*)?(?:\b|(?=[<>≥≤])){_OPEN_MAX}\s*{_N}{_NOT_SIZE}{_YEARS}?"),
-     lambda m: (None, _g(m, 1))),
-    # one age: "45-year-old", "aged 55", "55 yo"
-    (re.compile(rf"\baged?\s+{_N}{_NOT_SIZE}{_YEARS}?\b"), lambda m: (_g(m, 1), _g(m, 1))),
-    (re.compile(rf"{_N}{_NOT_SIZE}{_YEARS}\b"), lambda m: (_g(m, 1), _g(m, 1))),
-    # words
-    (re.compile(r"\b(?:elderly|older adults|geriatric)\b"), lambda m: (65, None)),
-    (re.compile(r"\b(?:children|child|paediatric|pediatric|kids)\b"), lambda m: (None, 17)),
-]
-
-_YEAR = r"((?:19|20)\d\d)"
-_DAY = r"((?:19|20)\d\d-\d\d-\d\d)"
-_SCANS = r"(?:(?:scans?|studies|study|exams?|examinations?|imaging|cts?|acquired|performed|done|dated)\s+)?"
-_DATE_RULES: List[Tuple["re.Pattern[str]", Callable[["re.Match[str]"], Tuple[Optional[str], Optional[str]]]]] = [
-    (re.compile(rf"\b{_SCANS}(?:between|from)\s+{_YEAR}\s*(?:and|to|-|–|until|through)\s*{_YEAR}\b"),
-     lambda m: (f"{m.group(1)}-01-01", f"{m.group(2)}-12-31")),
-    (re.compile(rf"\b{_SCANS}(?:between|from)\s+{_DAY}\s*(?:and|to|-|–|until|through)\s*{_DAY}\b"),
-     lambda m: (m.group(1), m.group(2))),
-    (re.compile(rf"(?<![\w-]){_YEAR}\s*(?:-|–|to)\s*{_YEAR}\b"), lambda m: (f"{m.group(1)}-01-01", f"{m.group(2)}-12-31")),
-    (re.compile(rf"\b{_SCANS}(?:since|from)\s+{_DAY}(?:\s+onwards?)?"), lambda m: (m.group(1), None)),
-    (re.compile(rf"\b{_SCANS}(?:since|from)\s+{_YEAR}\s+(?:onwards?|on)\b"), lambda m: (f"{m.group(1)}-01-01", None)),
-    (re.compile(rf"\b{_SCANS}since\s+{_YEAR}\b"), lambda m: (f"{m.group(1)}-01-01", None)),
-    (re.compile(rf"\b{_SCANS}after\s+{_DAY}"), lambda m: (m.group(1), None)),
-    (re.compile(rf"\b{_SCANS}after\s+{_YEAR}\b"), lambda m: (f"{int(m.group(1)) + 1}-01-01", None)),
-    (re.compile(rf"\b{_SCANS}(?:before|prior to)\s+{_DAY}"), lambda m: (None, m.group(1))),
-    (re.compile(rf"\b{_SCANS}(?:before|prior to)\s+{_YEAR}\b"), lambda m: (None, f"{int(m.group(1)) - 1}-12-31")),
-    (re.compile(rf"\b{_SCANS}(?:until|up to|through|by)\s+{_YEAR}\b"), lambda m: (None, f"{m.group(1)}-12-31")),
-    (re.compile(rf"\b{_SCANS}(?:in|during|from|of)\s+{_YEAR}\b"), lambda m: (f"{m.group(1)}-01-01", f"{m.group(1)}-12-31")),
-    (re.compile(rf"\b{_SCANS}(?:on|from|dated)\s+{_DAY}"), lambda m: (m.group(1), m.group(1))),
-]
 _CONTRAST = [(re.compile(r"\b(non[- ]?contrast|unenhanced|without contrast)\b"), False),
              (re.compile(r"\b(contrast[- ]enhanced|with contrast|portal[- ]venous)\b"), True)]
 # ("and" is kept: it joins two findings, "gallstones and fatty liver"; a dangling one is dropped below)
@@ -146,50 +76,8 @@ def _find_organ(text: str) -> Optional[List[str]]:
     return organs.lookup(found.organ) if found is not None else None
 
 
-def _cut(text: str, span: Span) -> str:
+def _cut(text: str, span: Tuple[int, int]) -> str:
     return text[:span[0]] + " " + text[span[1]:]
-
-
-def _ages(text: str, notes: List[str]) -> Tuple[str, Optional[Tuple[Optional[int], Optional[int]]]]:
-    """(text without the age phrases, the age range) — None when there is none, or more than one different
-    (then a note says so: "women over 50 and men over 70" is two cohorts)."""
-    found: List[Tuple[Span, Tuple[Optional[int], Optional[int]]]] = []
-    for pattern, value in _AGE_RULES:
-        for m in pattern.finditer(text):
-            if any(m.start() < b and a < m.end() for (a, b), _ in found):
-                continue  # inside a phrase an earlier (more specific) rule took
-            lo, hi = value(m)
-            if (lo is not None and lo > 120) or (hi is not None and hi > 120):
-                continue
-            bare = pattern is _AGE_RULES[2][0]
-            if bare and (_NOT_AGE_BEFORE.search(text, 0, m.start()) or
-                         (lo is not None and lo < _ADULT_MIN and not re.search(_YEARS, m.group(0)))):
-                continue
-            found.append(((m.start(), m.end()), (min(lo, hi), max(lo, hi)) if lo is not None and hi is not None
-                          else (lo, hi)))
-    if not found:
-        return text, None
-    for span, _ in sorted(found, reverse=True):
-        text = _cut(text, span)
-    ranges = list(dict.fromkeys(r for _, r in found))
-    if len(ranges) > 1:
-        notes.append(f"several age conditions ({', '.join(_age_words(r) for r in ranges)}): no age filter applied; "
-                     "search each group on its own")
-        return text, None
-    return text, ranges[0]
-
-
-def _age_words(r: Tuple[Optional[int], Optional[int]]) -> str:
-    lo, hi = r
-    return f"{lo}-{hi}" if lo is not None and hi is not None else f">={lo}" if lo is not None else f"<={hi}"
-
-
-def _dates(text: str) -> Tuple[str, Optional[Tuple[Optional[str], Optional[str]]]]:
-    for pattern, value in _DATE_RULES:
-        m = pattern.search(text)
-        if m:
-            return _cut(text, (m.start(), m.end())), value(m)
-    return text, None
 
 
 def _sex(question: str, text: str, notes: List[str]) -> Tuple[str, Optional[str]]:
@@ -239,9 +127,9 @@ def parse_query(question: str, infer_organ: bool = True) -> ParsedQuery:
     text = " " + question.strip().lower() + " "
     where: Dict[str, Any] = {}
     notes: List[str] = []
-    text, dates = _dates(text)  # years first: "2021" is never an age
+    text, dates = read_dates(text, notes)  # years first: "2021" is never an age
     text, sex = _sex(" " + question.strip() + " ", text, notes)
-    text, age = _ages(text, notes)
+    text, age = read_ages(text, notes)
     if sex:
         where["sex"] = sex
     if age:

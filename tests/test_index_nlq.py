@@ -68,6 +68,39 @@ def test_ages_dates_and_what_is_not_an_age(question, text, where):
     assert (q.text, q.where, q.notes) == (text, where, [])
 
 
+@pytest.mark.parametrize("question,where", [
+    # durations, counts and measures are not ages (they filtered the cohort to age 2, 5, 30 ...)
+    ("lung nodule stable for 2 years", {}),
+    ("renal cyst in women followed up for 5 years", {"sex": "F"}),
+    ("splenomegaly in patients scanned in the last 2 years", {}),
+    ("liver lesion growing over 6 months", {}),
+    ("fatty liver in patients with BMI over 30", {}),
+    ("emphysema in patients with > 30 pack years", {}),
+    ("liver lesions in patients with more than 3 lesions", {}),
+    # more age forms
+    ("renal cyst under the age of 40", {"age": (None, 40)}),
+    ("women who are 45 with gallstones", {"sex": "F", "age": (45, 45)}),
+    ("emphysema M 60s", {"sex": "M", "age": (60, 69)}),
+    ("patients in their sixties with emphysema", {"age": (60, 69)}),
+    ("emphysema over sixty", {"age": (60, None)}),
+    ("splenomegaly 60 plus", {"age": (60, None)}),
+    ("women over 40 and under 60 with gallstones", {"sex": "F", "age": (40, 60)}),  # one group, two bounds
+    ("lung nodules for patients over 60", {"age": (60, None)}),
+    # more date forms
+    ("nodules in CTs in 2018 and 2019", {"study_date": ("2018-01-01", "2019-12-31")}),
+    ("gallstones, studies after March 2020", {"study_date": ("2020-04-01", None)}),
+    ("lung nodules in Feb 2021", {"study_date": ("2021-02-01", "2021-02-28")}),
+    ("kidney stones from 1 Jan 2020", {"study_date": ("2020-01-01", None)}),
+    ("emphysema 2015 onwards", {"study_date": ("2015-01-01", None)}),
+    ("nodules 2019 or later", {"study_date": ("2019-01-01", None)}),
+    ("kidney stone scanned 2020", {"study_date": ("2020-01-01", "2020-12-31")}),
+    ("between 01/2019 and 06/2020 renal cysts", {"study_date": ("2019-01-01", "2020-06-30")}),
+    ("renal cyst 2019-2021", {"study_date": ("2019-01-01", "2021-12-31")}),
+])
+def test_durations_are_not_ages_and_more_age_and_date_forms(question, where):
+    assert parse_query(question).where == where
+
+
 def test_both_sexes_or_two_age_groups_filter_nothing_and_say_so():
     q = parse_query("splenomegaly in men and women over 40")
     assert q.where == {"age": (40, None)} and q.text == "splenomegaly" and "no sex filter" in q.notes[0]

@@ -595,3 +595,17 @@ def test_hospital_phrasings_of_negation_and_change(text, expected):
 ])
 def test_denials_of_unknown_words_queries_and_sides_inside_phrases(text, expected):
     assert triples(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Hepatic steatosis is likely.", {("liver", "hepatic_steatosis", "uncertain")}),     # "likely" after it
+    ("Hydronephrosis is less likely.", {("kidney", "hydronephrosis", "absent")}),
+    ("The right renal calculus has passed.", {("kidney_right", "renal_stone", "absent")}),
+    ("Splenomegaly is likely due to portal hypertension.", {("spleen", "splenomegaly", "present")}),  # the cause
+    ("Mild right and moderate left hydronephrosis.", {("kidney_left", "hydronephrosis", "present"),
+                                                      ("kidney_right", "hydronephrosis", "present")}),
+    ("Large left and small right pleural effusions.", {("lung_lower_lobe_left", "pleural_effusion", "present"),
+                                                       ("lung_lower_lobe_right", "pleural_effusion", "present")}),
+])
+def test_post_position_hedges_passed_stones_and_severities_between_sides(text, expected):
+    assert triples(text) == expected

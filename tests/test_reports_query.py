@@ -235,3 +235,17 @@ def test_denied_findings_beside_the_asked_one_are_reported():
     r = explain_query("no kidney stones or hydronephrosis")
     assert r.finding is None and r.negated is None and set(r.excluded) == {"renal_stone", "hydronephrosis"}
     assert explain_query("no hydronephrosis").excluded == ()  # one denial is `negated`
+
+
+@pytest.mark.parametrize("text,finding,excluded", [
+    # exclusion words other than no/without read as "without" in a query (they asked for the finding instead)
+    ("renal cyst excluding hydronephrosis", "renal_cyst", ("hydronephrosis",)),
+    ("renal cyst except hydronephrosis", "renal_cyst", ("hydronephrosis",)),
+    ("renal cysts minus hydronephrosis", "renal_cyst", ("hydronephrosis",)),
+    ("fatty liver other than those with gallstones", "hepatic_steatosis", ("gallstones",)),
+    ("hydronephrosis not due to stones", "hydronephrosis", ("renal_stone",)),
+    ("no abnormality except a renal cyst", "renal_cyst", ()),   # after a denial, "except" is what is there
+])
+def test_exclusion_words_in_a_query(text, finding, excluded):
+    r = explain_query(text)
+    assert (r.finding.finding, r.excluded) == (finding, excluded)

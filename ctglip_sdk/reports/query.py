@@ -28,6 +28,23 @@ _WANTED = (Status.PRESENT, Status.UNCERTAIN)
 
 logger = logging.getLogger(__name__)
 
+# Words a searcher uses to leave a finding out ("renal cyst excluding hydronephrosis", "fatty liver other than
+# those with gallstones"), read as "without". Query-only: in a report "except"/"other than" introduce what *is*
+# there ("normal kidneys except a small cyst"), so the report vocabulary keeps them as contrast words.
+_EXCLUDING = re.compile(
+    r"\b(?:excluding|exclude|except(?: for)?|minus|sans|but not|and not|other than|not due to|not caused by)"
+    r"\s+(?:(?:those|patients|people|ones|cases|studies)\s+)?(?:(?:who\s+have|with|having)\s+)?")
+# ... unless a denial or a normal word comes first: "no abnormality except a renal cyst", "normal except X".
+_CONTRAST_FIRST = re.compile(r"\b(?:no|nothing|none|normal|unremarkable|negative|without)\b")
+
+
+def _excluding_as_without(low: str) -> str:
+    """``low`` with exclusion words read as "without" (see _EXCLUDING)."""
+    def one(m: "re.Match[str]") -> str:
+        return m.group(0) if _CONTRAST_FIRST.search(low, 0, m.start()) else "without "
+
+    return _EXCLUDING.sub(one, low)
+
 
 @dataclass(frozen=True)
 class QueryFinding:
@@ -253,7 +270,7 @@ def explain_query(text: str, dictionary: Optional[AbnormalityDictionary] = None,
         ('liver_cyst', 'liver_mass')
     """
     dictionary = dictionary or AbnormalityDictionary.default()
-    low = re.sub(r"\s+", " ", text.lower()).strip()
+    low = _excluding_as_without(re.sub(r"\s+", " ", text.lower()).strip())
     if not low:
         return QueryReading(None)
     read_as = low

@@ -15,9 +15,12 @@ _CLASSES = frozenset(_organs.ORGANS)
 # What lies between coordinated organs or findings ("liver and both kidneys", "hydronephrosis or nephrolithiasis").
 _COORD = re.compile(r"\s*(?:,\s*(?:and\s+|or\s+)?|(?:and|or|nor|&|/|as well as)\s*)(?:the\s+|both\s+)?$")
 # Two side words joined into one phrase: "right and left", "left > right", "right greater than left".
+# A severity may stand before the second side ("mild right and moderate left hydronephrosis").
 _SIDE_PAIR = re.compile(
     r"\s*(?:and|or|&|/|,|>|<|=|\+|(?:(?:slightly|much|somewhat|far)\s+)?"
-    r"(?:greater|more|larger|bigger|worse|less|smaller|lesser)\s+than|equal\s+to)\s*(?:the\s+)?$")
+    r"(?:greater|more|larger|bigger|worse|less|smaller|lesser)\s+than|equal\s+to)\s*(?:the\s+)?"
+    r"(?:(?:mild|mildly|moderate|moderately|severe|severely|marked|small|large|trace|tiny|minimal|minor|"
+    r"moderate-to-severe|mild-to-moderate|massive|tense)\s+)?$")
 _BOTH = Info(side="both", flags=True)
 _GROUP_MENTIONS: Dict[str, Info] = {}  # group -> the Info of a mention of it (made once)
 # Memoised organ-table lookups shared by the parser modules (parser.clear_caches empties them).

@@ -71,6 +71,8 @@ TRIGGERS: Dict[str, Tuple[str, ...]] = {
         "not clearly demonstrated", "not clearly visualized", "not clearly visualised", "not definitely seen",
         "not definitely identified", "not convincingly seen", "not convincingly identified",
         "not convincingly demonstrated",
+        # a stone that has passed is gone; "less likely" leans the other way from "likely"
+        "has passed", "have passed", "has since passed", "has been passed", "is less likely", "are less likely",
     ),
     NEG_BOTH: ("resolved", "absent"),
     UNC_PRE: (
@@ -101,6 +103,8 @@ TRIGGERS: Dict[str, Tuple[str, ...]] = {
         "too small to further characterize", "too small to further characterise", "of uncertain significance",
         "not well characterized", "not well characterised",
         "is suspected", "are suspected", "is possible", "are possible", "is questionable", "questioned",
+        # "Hepatic steatosis is likely.": the pre-cue "likely" had nothing after it to reach
+        "is likely", "are likely", "is probable", "are probable", "is favored", "is favoured",
     ),
     UNC_BOTH: ("versus", "vs", "vs."),
     WEAK_PRE: (
@@ -120,6 +124,10 @@ TRIGGERS: Dict[str, Tuple[str, ...]] = {
         # a missing normal property is an abnormality, not a negated one ("lack of enhancement of the kidney")
         "lack of enhancement", "no enhancement", "absent enhancement", "lack of opacification", "no opacification",
         "lack of perfusion", "absent perfusion",
+        # "Splenomegaly is likely due to portal hypertension": the cause is hedged, the finding stated
+        *(f"{v} {h} {c}" for v in ("is", "are") for h in ("likely", "probably", "most likely", "possibly")
+          for c in ("due to", "related to", "secondary to", "from", "caused by", "reactive", "postoperative",
+                    "post-operative", "physiologic", "physiological", "chronic", "benign")),
         # "There is no significant change in the known renal cysts": the longer "there is no" would otherwise
         # win the match and negate what is only said to be unchanged
         *(f"{lead} {c}" for lead in ("there is", "there are", "there has been", "there have been", "there was",
