@@ -6,6 +6,7 @@ import csv
 import hashlib
 import logging
 import os
+import stat
 import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ctglip_sdk.errors import ConfigError, CTGlipError, InputError
-from ctglip_sdk.io.paths import require_path
+from ctglip_sdk.io.paths import is_within, require_path
 from ctglip_sdk.privacy import KEY_ENV
 
 from .ingest_read import checked_age, checked_sex, header_contrast
@@ -85,14 +86,22 @@ def _find_report(root: Path, image: str, alone: bool) -> Optional[str]:
 
 def _reports_by_stem(root: Path) -> Dict[str, List[str]]:
     """Lower-cased report name (``ACC.txt``, ``ACC_report.txt``, ``ACC.report.txt`` -> ``acc``) -> the ``.txt``
-    files under ``root`` so named (paths relative to it). One walk; links are not followed, so nothing outside
-    the root is listed."""
+    files under ``root`` so named (paths relative to it). One walk; folder links are not followed, and a file
+    that is a link out of the root or not a regular file is left out."""
     out: Dict[str, List[str]] = {}
+    base = root.resolve()
     for folder, dirs, files in os.walk(root):
         dirs.sort()
         for name in sorted(files):
             low = name.lower()
             if not low.endswith(".txt"):
+                continue
+            full = Path(folder) / name
+            # A link out of the archive is not a report of it, and a FIFO would block the read (security review)
+            try:
+                if not stat.S_ISREG(full.stat().st_mode) or not is_within(base, full.resolve()):
+                    continue
+            except OSError:
                 continue
             stem = low[:-4]
             for suffix in ("_report", ".report"):
@@ -128,11 +137,11 @@ def _checked(meta: Dict[str, Any], name: str, warnings: List[str]) -> Tuple[Opti
     """Sex and age as ingest would store them: a value ingest refuses (sex "X", age 999) is left empty here too,
     with a warning, so that the manifest and the index agree."""
     sex, why = checked_sex(meta.get("sex"))
-    if why:
-        warnings.append(f"{name}: sex {str(meta.get('sex'))[:10]!r} from the image header {why}; left empty")
+    if why:  # values are not quoted: a header field may hold a name typed into the wrong element
+        warnings.append(f"{name}: sex from the image header {why}; left empty")
     age, why = checked_age(meta.get("age"))
     if why:
-        warnings.append(f"{name}: age {meta.get('age')!r} from the image header {why}; left empty")
+        warnings.append(f"{name}: age from the image header {why}; left empty")
     return sex, None if age is None else int(age)
 
 

@@ -8,7 +8,7 @@ import sys
 import time
 from concurrent.futures import Future
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
@@ -245,7 +245,8 @@ def ingest(index: "ArchiveIndex", archive: Any, workers: int = 2, batch_size: in
         run_id = begin_run(index, str(root))
         report.run_id = run_id
         t0 = time.perf_counter()
-        items, plan_errors = plan.items, plan.errors
+        items = [with_row_hash(index, i) for i in plan.items]
+        plan_errors = plan.errors
         done = index.store.series_fingerprints()
         failed = index.store.last_errors()
         report.timings["plan"] = plan.seconds + time.perf_counter() - t0
@@ -294,6 +295,19 @@ def ingest(index: "ArchiveIndex", archive: Any, workers: int = 2, batch_size: in
             end_run(index, run_id, report, status, started)
     log.info("ingest run %d: %s", run_id, report.summary())
     return report
+
+
+def with_row_hash(index: "ArchiveIndex", item: Item) -> Item:
+    """``item`` whose fingerprint also covers its manifest row: a corrected age, sex, date, split or patient then
+    re-ingests the series (the files alone never saw them, so a manifest correction never reached the index).
+
+    The row's hash is keyed with the index's pseudonym key (HMAC): an unkeyed hash of a row holding a patient_id
+    let anyone with the database recover record numbers by trying them (a security review, 2026-12-06).
+    """
+    if not item.row:
+        return item
+    canon = repr(sorted((k, str(v)) for k, v in item.row.items() if k not in ("image", "mask")))
+    return replace(item, fingerprint=f"{item.fingerprint}:{index.pseudonym(canon)[:16]}")
 
 
 def _legacy_match(stored: Optional[str], now: str) -> bool:

@@ -195,8 +195,10 @@ def _study_fields(index: "ArchiveIndex", root: Path, item: Item, meta: Dict[str,
     said = warnings if warnings is not None else []
 
     def unread(column: str, value: Any, why: str) -> None:
+        # The value is never quoted: a shifted CSV row ("Doe, John" unquoted) puts a name or record number in
+        # the age or sex column, and warnings are printed, logged and kept in the index's run summary.
         source = "manifest.csv" if row.get(column) not in (None, "") else "image header"
-        said.append(f"{column} {str(value)[:40]!r} from {source} {why}; stored empty")
+        said.append(f"{column} from {source} {why}; stored empty")
 
     ident = row.get("patient_id") or (meta.get("identifiers") or {}).get("PatientID") or meta.get("patient")
     if not ident:

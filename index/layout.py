@@ -90,13 +90,6 @@ def fingerprint(root: Path, *rels: Optional[str]) -> str:
     return h.hexdigest()[:20]
 
 
-def row_hash(row: Dict[str, Any]) -> str:
-    """Hash of a manifest row's values: a corrected age, sex, date, split or patient re-ingests the series (the
-    file fingerprint alone never saw them, so a manifest correction never reached the index)."""
-    canon = repr(sorted((k, str(v)) for k, v in row.items() if k not in ("image", "mask")))
-    return hashlib.sha1(canon.encode("utf-8")).hexdigest()[:12]
-
-
 def path_key(rel: str) -> str:
     """The key of a series without a UID: ``path:<relative path>``, hashed when longer than SQL's 255 chars."""
     key = f"path:{rel}"
@@ -152,7 +145,7 @@ def _from_manifest(root: Path, manifest: Path) -> Tuple[List[Item], List[Tuple[s
             continue
         items.append(Item(key=key, image=image, mask=row.get("mask") or None, report=row.get("report") or None,
                           study_uid=row.get("study_uid") or None,
-                          fingerprint=f"{fingerprint(root, image, row.get('mask'))}:{row_hash(row)}", row=row))
+                          fingerprint=fingerprint(root, image, row.get("mask")), row=row))
     return items, errors
 
 

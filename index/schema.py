@@ -26,6 +26,8 @@ def check_prefix(prefix: str) -> str:
     """Validate a table prefix: lower-case letters, digits, underscores (it becomes part of SQL names)."""
     if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix):
         raise ConfigError(f"table prefix {prefix!r} must match {_PREFIX_RE.pattern} (lower-case letters, digits, _)")
+    if prefix.startswith(("sqlite_", "pg_")):  # names the databases keep for themselves
+        raise ConfigError(f"table prefix {prefix!r}: names starting with sqlite_ or pg_ are reserved by the database")
     return prefix
 
 

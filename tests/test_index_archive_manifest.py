@@ -370,7 +370,9 @@ def test_header_values_ingest_refuses_are_left_empty_with_a_warning(dicom_source
         summary = write_archive_manifest(site)
     row = next(r for r in _rows(site / "manifest.csv") if r["image"] == case.name)
     assert row["sex"] == "" and row["age"] == ""
-    assert any("sex 'X'" in w for w in summary.warnings) and any("age 999" in w for w in summary.warnings)
+    assert any("sex from the image header" in w for w in summary.warnings)
+    assert any("age from the image header" in w for w in summary.warnings)
+    assert not any("'X'" in w or "999" in w for w in summary.warnings)  # values are never quoted
     assert len(summary.empty_report) == 1  # a byte-order mark and a line break say nothing
     assert any("public fallback key" in w for w in summary.warnings) and "public fallback key" in caplog.text
     monkeypatch.setenv("CTGLIP_PSEUDONYM_KEY", "site-secret")
@@ -431,3 +433,19 @@ def test_reports_named_by_accession_number_pair_only_when_asked(dicom_source, tm
     got = json.loads(res.output)
     assert got["reports_by_accession"] == 4 and got["missing_report"] == [case]
     assert any(w.startswith(f"{case}: 2 report files") for w in got["warnings"]) and acc not in res.output
+
+
+def test_reports_by_accession_ignore_links_out_of_the_archive_and_fifos(dicom_source, tmp_path):
+    import os as _os
+
+    site, accessions = _accession_layout(dicom_source, tmp_path / "site")
+    case, acc = sorted(accessions.items())[0]
+    outside = tmp_path / "outside.txt"
+    outside.write_text("Liver: hepatic cyst.")
+    (site / "ris" / f"{acc}_report.txt").unlink()
+    (site / "ris" / f"{acc}_report.txt").symlink_to(outside)  # a link out of the archive
+    case2, acc2 = sorted(accessions.items())[1]
+    (site / "ris" / f"{acc2}_report.txt").unlink()
+    _os.mkfifo(site / "ris" / f"{acc2}_report.txt")  # would block a read
+    summary = write_archive_manifest(site, reports_by_accession=True)
+    assert sorted(summary.missing_report) == sorted([case, case2]) and summary.reports_by_accession == 3

@@ -308,3 +308,9 @@ def test_a_run_left_running_by_a_killed_writer_is_marked_crashed(tmp_path):
     status = dict(idx.store.read(lambda c: c.execute(select(runs.c.id, runs.c.status)).all()))
     assert status[dead] == "crashed" and list(status.values()).count("ok") == 1
     idx.close()
+
+
+def test_reserved_table_prefixes_are_refused_before_any_table_is_made(tmp_path):
+    with pytest.raises(ConfigError, match="reserved by the database"):
+        ArchiveIndex.create(tmp_path / "idx", model=tiny_model(), table_prefix="sqlite_")
+    assert not (tmp_path / "idx").exists()

@@ -254,8 +254,8 @@ def test_legacy_multiframe_with_frame_offsets(tmp_path):
 
 
 @pytest.mark.parametrize("tags,message", [
-    ({"RescaleSlope": "0"}, "RescaleSlope '0' is not a usable number"),
-    ({"RescaleIntercept": "abc"}, "RescaleIntercept 'abc' is not a usable number"),
+    ({"RescaleSlope": "0"}, "RescaleSlope is not a usable number"),
+    ({"RescaleIntercept": "abc"}, "RescaleIntercept is not a usable number"),
 ])
 def test_unusable_rescale_values_are_refused_naming_the_file(tmp_path, tags, message):
     """A slope of 0 or a non-number used to fall back to 1/0 silently and give wrong HU."""

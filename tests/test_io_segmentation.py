@@ -269,3 +269,24 @@ def test_load_segmentation_check_grid_refuses_what_it_would_otherwise_resample(t
     assert np.array_equal(load_segmentation(right, like=ct, check_grid=True).array, canonical_labels())
     with pytest.raises(ConfigError, match="check_grid=True .* pass like=volume"):
         load_segmentation(right, check_grid=True)
+
+
+def test_a_per_class_mask_linked_out_of_its_folder_is_refused(tmp_path):
+    """A linked liver mask was read from outside the archive (security review, 2026-12-06)."""
+    import nibabel as nib
+    import numpy as np
+
+    import ctglip_sdk as cg
+
+    folder = tmp_path / "seg"
+    folder.mkdir()
+    mask = np.zeros((6, 6, 6), np.uint8)
+    mask[1:3, 1:3, 1:3] = 1
+    nib.save(nib.Nifti1Image(mask, np.eye(4)), folder / "spleen.nii.gz")
+    (tmp_path / "elsewhere").mkdir()
+    nib.save(nib.Nifti1Image(mask, np.eye(4)), tmp_path / "elsewhere" / "liver.nii.gz")
+    (folder / "liver.nii.gz").symlink_to(tmp_path / "elsewhere" / "liver.nii.gz")
+    like = cg.Volume(np.zeros((6, 6, 6), np.float32), np.eye(4))
+    with pytest.raises(cg.InputError, match="link out of its folder") as err:
+        cg.load_segmentation(folder, like=like)
+    assert "liver.nii.gz" in str(err.value)

@@ -200,3 +200,19 @@ def test_a_folders_own_python_code_never_runs_even_when_answered_yes(tmp_path):
                          text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
     assert not marker.exists(), got.stdout + got.stderr
     assert "CONFIGERROR" in got.stdout and "[y/N]" not in got.stdout + got.stderr, got.stdout + got.stderr
+
+
+def test_report_words_of_one_patient_never_become_tokens():
+    """Trained on raw reports, the saved tokenizer held patients' names, MRNs and the institution as whole tokens
+    (security review, 2026-12-06); a word must now be used by several documents (patients), and no word with
+    four digits is learned."""
+    common = "liver: hypodense lesion in segment seven. kidneys: no hydronephrosis. spleen normal."
+    reports = [f"{common} patient zyxwvqutsr mrn 99887766 referred by dr leakyname" if i == 0 else
+               f"{common} follow-up {i}" for i in range(12)]
+    big = {**TINY, "text": {**TINY["text"], "vocab_size": 3000}}  # room for every whole word of the corpus
+    model = cg.create("ctglip-tiny", overrides=big, corpus=reports, seed=0)
+    vocab = set(model.tokenizer.get_vocab())
+    for secret in ("zyxwvqutsr", "99887766", "leakyname", "mrn"):
+        assert secret not in vocab
+    assert "hydronephrosis" in vocab and "hypodense" in vocab  # shared words are still learned
+    assert len(model.tokenizer.tokenize("zyxwvqutsr")) > 1  # and the name is still read, as pieces

@@ -219,7 +219,12 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
         skipped = [*kept_out.items(), *labelled.skipped]
         if not records:
             raise InputError(f"no study of split {cfg.train_split!r} has a readable, non-empty report", path=manifest)
-        corpus = [t.report for t in texts]
+        # One document per patient: a word must be used for several patients to enter the tokenizer, which is
+        # saved with the model (a patient's name recurs in their own reports only).
+        by_patient: Dict[str, List[str]] = {}
+        for rec, t in zip(records, texts):
+            by_patient.setdefault(rec.patient_id or rec.study_uid, []).append(t.report)
+        corpus = ["\n".join(reports) for reports in by_patient.values()]
         model = _initial_model(cfg, out, corpus, ctx.is_main, resume)
         if cfg.channels_last:  # before the optimizer exists, so its state takes the same memory format
             model.set_channels_last(True)

@@ -67,7 +67,9 @@ def _rescale(ds: Any, slope: float, intercept: float, path: str) -> Tuple[float,
             continue
         value = _float_or(raw, None)
         if value is None or not np.isfinite(value) or (keyword == "RescaleSlope" and value == 0):
-            raise InputError(f"{keyword} {str(raw)[:20]!r} is not a usable number", path=path)
+            # the value is not quoted (docs/security.md: element values are never echoed)
+            raise InputError(f"{keyword} is not a usable number (it must be a finite number; a slope not 0)",
+                             path=path)
         out.append(value)
     return out[0], out[1]
 

@@ -49,9 +49,13 @@ def redact_pydicom_values() -> None:
     blocks restore the warnings filters on exit, so a filter added once could silently disappear. The log
     record itself is kept (redacted), so the fact that a header value was invalid is not lost.
     """
-    logger = logging.getLogger("pydicom")
-    if _FILTER not in logger.filters:
-        logger.addFilter(_FILTER)
+    # A logger's filters do not see records that its children propagate to it ("pydicom.pixels.utils"), so the
+    # filter goes on every pydicom logger that exists by now as well.
+    names = ["pydicom"] + [n for n in list(logging.Logger.manager.loggerDict) if n.startswith("pydicom.")]
+    for name in names:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
     for action, msg, category, module, _lineno in warnings.filters:
         if action == "ignore" and category is UserWarning and msg is not None and msg.pattern == VALUE_WARNINGS \
                 and module is not None and module.pattern == "pydicom":

@@ -12,7 +12,7 @@ import numpy as np
 from ctglip_sdk.errors import ConfigError, InputError
 from ctglip_sdk.io.geometry import DEFAULT_MAX_VOXELS, check_max_voxels, to_canonical
 from ctglip_sdk.io.nifti import is_nifti, open_nifti, read_nifti_array
-from ctglip_sdk.io.paths import require_path
+from ctglip_sdk.io.paths import is_within, require_path
 from ctglip_sdk.organs import label_map as _label_map
 from ctglip_sdk.volume import Segmentation, label_counts
 
@@ -171,8 +171,18 @@ def _class_of(path: Path) -> str:
 
 
 def _per_class_files(folder: Path) -> List[Path]:
-    """The per-class masks of a folder, sorted: its visible ``.nii``/``.nii.gz`` files (ingest checks the same)."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_nifti(p))
+    """The per-class masks of a folder, sorted: its visible ``.nii``/``.nii.gz`` files (ingest checks the same).
+
+    A file that is a link out of the folder is refused: the folder is the mask the caller confined (an archive's
+    ``masks/case/``), and its files must not reach elsewhere (a security review found a linked liver mask read
+    from outside the archive, 2026-12-06).
+    """
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_nifti(p))
+    base = folder.resolve()
+    for p in files:
+        if p.is_symlink() and not is_within(base, p.resolve()):
+            raise InputError("per-class mask is a link out of its folder; copy the file in instead", path=p)
+    return files
 
 
 def _read_folder(folder: Path, ids: Dict[str, int], max_voxels: int,

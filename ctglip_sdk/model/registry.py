@@ -159,7 +159,7 @@ def create(name_or_config: Union[str, Mapping[str, Any], CTGlipConfig] = "ctglip
     import torch
 
     from ctglip_sdk.model.modeling import CTGlipModel
-    from ctglip_sdk.model.text import default_corpus, load_tokenizer, train_tokenizer
+    from ctglip_sdk.model.text import default_corpus, load_tokenizer, shared_words_only, train_tokenizer
 
     device = checked_device(device)
     if isinstance(name_or_config, str):
@@ -176,7 +176,8 @@ def create(name_or_config: Union[str, Mapping[str, Any], CTGlipConfig] = "ctglip
 
             tokenizer = load_tokenizer(_check_local(cfg.text.pretrained_path))
         else:
-            lines = list(corpus or []) + default_corpus(dictionary)
+            # the reports' rare words (names, record numbers) never become tokens (text.shared_words_only)
+            lines = shared_words_only(corpus or []) + default_corpus(dictionary)
             tokenizer = train_tokenizer(lines, cfg.text.vocab_size, cfg.text.max_length)
     with torch.random.fork_rng(devices=[]):
         if seed is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
@@ -20,6 +21,39 @@ log = logging.getLogger(__name__)
 _SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 _TEMPLATES = ("{}", "the {}", "a CT image of the {}", "the {} on CT", "normal {}", "abnormal {}",
               "no abnormality of the {}", "the {} is unremarkable", "lesion in the {}")
+
+
+#: A word of the training reports enters the tokenizer's corpus only when at least this many documents (the
+#: training code passes one document per patient) use it; words with four or more digits never do.
+MIN_DOCS = 3
+
+
+def shared_words_only(documents: Iterable[str], min_docs: int = MIN_DOCS) -> List[str]:
+    """``documents`` with every word that fewer than ``min_docs`` of them use taken out, and every word holding
+    four or more digits (record and accession numbers).
+
+    Why: a WordPiece vocabulary keeps its corpus's frequent whole words, and the tokenizer is saved with the
+    model: trained on raw reports, it held patients' and physicians' names, MRNs and the institution as tokens
+    (a security review, 2026-12-06), in the folder people share. Identifiers are in one patient's reports only,
+    so a word must be common to several documents (patients) to be learned; the rest is still tokenised, as
+    sub-word pieces.
+
+    Example:
+        >>> shared_words_only(["liver cyst Smith", "liver cyst Jones", "liver cyst 12345"], min_docs=3)
+        ['liver cyst', 'liver cyst', 'liver cyst']
+    """
+    from tokenizers import normalizers, pre_tokenizers
+
+    normalizer, pre = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    split = [[w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(str(d)))] for d in documents]
+    df: Dict[str, int] = {}
+    for words in split:
+        for w in set(words):
+            df[w] = df.get(w, 0) + 1
+    return [" ".join(w for w in words if df[w] >= min_docs and not _MANY_DIGITS.search(w)) for words in split]
+
+
+_MANY_DIGITS = re.compile(r"\d{4}")
 
 
 def train_tokenizer(corpus_lines: Iterable[str], vocab_size: int = 4096, max_length: int = 64):
