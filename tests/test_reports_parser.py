@@ -609,3 +609,15 @@ def test_denials_of_unknown_words_queries_and_sides_inside_phrases(text, expecte
 ])
 def test_post_position_hedges_passed_stones_and_severities_between_sides(text, expected):
     assert triples(text) == expected
+
+
+
+@pytest.mark.parametrize("text,expected", [
+    # bile ducts are not the gallbladder: their dilatation says nothing of its stones or wall
+    ("Biliary dilatation.", set()),
+    ("No biliary ductal dilatation.", set()),
+    ("Biliary: Normal.", {("gallbladder", None, "absent")}),   # as a heading it still names the gallbladder
+    ("Gallbladder and biliary tree: cholelithiasis.", {("gallbladder", "gallstones", "present")}),
+])
+def test_biliary_words_are_bile_ducts_in_a_sentence(text, expected):
+    assert triples(text) == expected

@@ -82,7 +82,10 @@ MISSING: Dict[str, str] = {
 
 OTHER_ANATOMY = (
     "ureter", "ureters", "ureteral", "ureteric", "ureterovesical junction", "uvj", "pelviureteric junction", "puj",
-    "bile duct", "bile ducts", "common bile duct", "cbd", "common duct", "lymph node", "lymph nodes", "nodal",
+    "bile duct", "bile ducts", "common bile duct", "cbd", "common duct",
+    # bile ducts in a sentence ("biliary dilatation"); as headings these words still give the gallbladder, below
+    "biliary", "biliary tree", "biliary ducts",
+    "lymph node", "lymph nodes", "nodal",
     "ovary", "ovaries", "ovarian", "adnexa", "adnexal", "uterus", "uterine", "endometrium", "endometrial",
     "prostate", "prostatic", "seminal vesicles", "thyroid", "appendix", "appendiceal", "mesentery", "mesenteric",
     "peritoneum", "peritoneal", "retroperitoneum", "retroperitoneal", "omentum", "omental", "chest wall",
@@ -96,7 +99,8 @@ OTHER_ANATOMY = (
 HEADING_ORGANS: Dict[str, Tuple[str, ...]] = {
     "vascular": ("aorta",), "vasculature": ("aorta",), "vessels": ("aorta",), "vascular structures": ("aorta",),
     "chest": ("lung",), "lower chest": ("lung",), "thorax": ("lung",), "lower thorax": ("lung",),
-    "hepatobiliary": ("liver", "gallbladder"), "biliary": ("gallbladder",),
+    "hepatobiliary": ("liver", "gallbladder"), "biliary": ("gallbladder",), "biliary tree": ("gallbladder",),
+    "biliary system": ("gallbladder",),
     "urinary tract": ("kidney", "urinary_bladder"),
     "genitourinary": ("kidney", "urinary_bladder"), "bones": ("vertebrae",), "osseous structures": ("vertebrae",),
     "skeleton": ("vertebrae",), "musculoskeletal": ("vertebrae",), "gastrointestinal": ("bowel",),
