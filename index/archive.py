@@ -2,28 +2,24 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import os
-import secrets
 import shutil
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ctglip_sdk._version import __version__
 from ctglip_sdk.errors import ConfigError, IndexStateError
-from ctglip_sdk.model.voxels import STATS_VERSION
 from ctglip_sdk.privacy import pseudonymize
 
 from .ann import AnnIndex, choose_factory
+from .create import DB_FILE, FAISS_FILE, KEY_FILE, MODEL_DIR, VECTOR_FILE, create_files
 from .lock import RWLock, WriterLock
-from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, REPAIR as _REPAIR, check_model, load_model as _load_model
+from .manifest import MANIFEST, REPAIR as _REPAIR, check_model, load_model as _load_model
 from .manifest import model_identity as _model_identity, read_manifest, write_manifest
 from .mirror import Mirror
 from .planner import Planner
@@ -40,8 +36,6 @@ __all__ = ["ArchiveIndex"]
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
-FAISS_FILE, VECTOR_FILE = "vectors.faiss", "vectors.f16"
-KEY_FILE, DB_FILE, MODEL_DIR = "pseudonym.key", "index.sqlite", "model"
 
 
 class ArchiveIndex:
@@ -119,8 +113,8 @@ class ArchiveIndex:
         fresh = not root.exists() or not any(root.iterdir())
         root.mkdir(parents=True, exist_ok=True)
         try:
-            manifest, store = cls._create_files(root, model_obj, ident, database_url, factory, include_identifiers,
-                                                table_prefix, memory_budget)
+            manifest, store = create_files(root, model_obj, ident, database_url, factory, include_identifiers,
+                                           table_prefix, memory_budget)
         except BaseException:
             # An unreachable database or a full disk: a folder this call made holds no index, so it goes (the
             # manifest, written last, is absent); a folder that held files before is left as it was found.
@@ -131,55 +125,6 @@ class ArchiveIndex:
         idx = cls(root, manifest, store, model_obj)
         idx._load_state()
         return idx
-
-    @classmethod
-    def _create_files(cls, root: Path, model_obj: Any, ident: Dict[str, Any], database_url: Optional[str],
-                      factory: Optional[str], include_identifiers: bool, table_prefix: str,
-                      memory_budget: Any) -> Tuple[Dict[str, Any], Store]:
-        """Key, model copy, schema, vectors, FAISS and (last) the manifest of a new index; returns the manifest
-        and the open store."""
-        with WriterLock(root):
-            if (root / MANIFEST).exists():  # another process created it while this one waited for the lock
-                raise IndexStateError("an index already exists here; open it with ArchiveIndex.open", path=root)
-            key_path = root / KEY_FILE
-            if not key_path.exists():
-                fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(secrets.token_hex(32))
-            tmp_model = root / f".{MODEL_DIR}.tmp"
-            shutil.rmtree(tmp_model, ignore_errors=True)
-            model_obj.save_pretrained(tmp_model)
-            shutil.rmtree(root / MODEL_DIR, ignore_errors=True)
-            os.replace(tmp_model, root / MODEL_DIR)
-            url = database_url or f"sqlite:///{(root / DB_FILE).resolve()}"
-            store = Store(url, table_prefix)
-            store.init_schema()
-            uid = uuid.uuid4().hex
-            # Tables of this prefix may exist from an unfinished create of this same folder (taken over), never
-            # from another index (refused: its folder would no longer open).
-            owner = store.get_meta("index_folder")
-            if store.get_meta("index_uid") is not None and (owner != str(root.resolve()) or len(store.organ_ids())):
-                raise IndexStateError(f"tables with prefix {table_prefix!r} in {redact_url(url)} already hold "
-                                      "another index; pass another table_prefix", path=root)
-            store.write(lambda c: (store.set_meta(c, "index_uid", uid), store.set_meta(c, "next_organ_id", 1),
-                                   store.set_meta(c, "index_folder", str(root.resolve()))))
-            VectorStore.create(root / VECTOR_FILE, ident["embed_dim"])
-            ann = AnnIndex.build(ident["embed_dim"], factory or "Flat")
-            checksum = ann.save(root / FAISS_FILE)
-            store.record_index_state(0, ann.factory, checksum, ann.params)
-            manifest = {
-                "format": FORMAT, "format_version": FORMAT_VERSION, "index_uid": uid,
-                "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "sdk_version": __version__, "schema_version": SCHEMA_VERSION, "stats_version": STATS_VERSION,
-                "model": ident, "dim": ident["embed_dim"], "metric": "inner_product (unit vectors = cosine)",
-                "factory": factory or "auto", "current_factory": ann.factory, "memory_budget": memory_budget,
-                "database": ({"kind": "sqlite", "path": DB_FILE} if database_url is None
-                             else {"kind": "url", "url": redact_url(database_url)}),
-                "table_prefix": table_prefix, "include_identifiers": bool(include_identifiers),
-            }
-            # The manifest is written last: a folder without one is an unfinished create, safe to redo.
-            cls._write_manifest(root, manifest)
-        return manifest, store
 
     @classmethod
     def open(cls, folder: PathLike, model: Any = None, database_url: Optional[str] = None,

@@ -59,7 +59,7 @@ def verify(index: "ArchiveIndex", repair: bool = False) -> Dict[str, Any]:
 
 
 def _verify(index: "ArchiveIndex", repair: bool) -> Dict[str, Any]:
-    from .archive import FAISS_FILE, MODEL_DIR  # noqa: PLC0415
+    from .create import FAISS_FILE, MODEL_DIR  # noqa: PLC0415
 
     problems: List[str] = []
     warnings: List[str] = []

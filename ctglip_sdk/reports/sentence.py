@@ -12,6 +12,7 @@ from ctglip_sdk.reports.resection import gone_organs
 from ctglip_sdk.reports.segment import Sentence, normalise_space  # noqa: F401 - normalise_space re-exported
 from ctglip_sdk.reports.sides import (_COORD, _expand, _side_of,  # noqa: F401 - _side_of for the parser
                                      pair_sides, place, side_near)
+from ctglip_sdk.reports.statements import bare, denies_other, fold_groups, merge_status, span_start
 from ctglip_sdk.reports.types import (_RANK, ABSENT, PRESENT, UNCERTAIN, OrganFinding, Status, _f_finding,
                                       _f_organ, _f_sentence, _f_span, _f_status, _new, new_finding)
 from ctglip_sdk.reports.vocab import OTHER, Info, Vocab
@@ -31,8 +32,6 @@ _ADJACENT = frozenset((" ", "-"))  # what may lie between an organ adjective and
 # Descriptors of a change in size: after a named lesion they describe it ("liver metastases have increased in
 # size"), not the organ (hepatomegaly).
 _SIZE_CHANGE = frozenset(("increased in size",))
-# An organ adjective before a word the vocabulary does not know ("pulmonary embolus", "splenic infarct").
-_ADJECTIVE_OF = re.compile(r"[ \-]([a-z]{3,})")
 _NEGATING = frozenset(("neg_pre", "neg_post", "neg_both"))
 # A "?" written before a word ("?underlying mass", "? early pneumonia") queries that word, not the sentence.
 _QUERY_PREFIX = re.compile(r"(?:(?<=\s)|(?<=^)|(?<=[(\-]))\?\s?(?=[a-z])")
@@ -275,7 +274,7 @@ class SentenceParser:
         if gone_cue:
             gone, removed = gone_organs(low, toks, scopes, mentions, mention_tok, heading_organs, start, end,
                                         lambda j: self._run(low, mentions, j))
-            if all(_bare(t[2]) for t in toks):  # "Status post cholecystectomy." says nothing more
+            if all(bare(t[2]) for t in toks):  # "Status post cholecystectomy." says nothing more
                 return s_text, (), bool(heading_organs), heading_organs or removed, removed
         claimed: Dict[int, int] = {}
         if mentions and finding_toks:
@@ -333,7 +332,7 @@ class SentenceParser:
                         st = UNCERTAIN
                     for o in where or places.get((organ, k, side)) or self._place(organ, k, side):
                         ok = (o, k)
-                        cur = specific.get(ok)  # _merge, inline: most findings take this path
+                        cur = specific.get(ok)  # merge_status, inline: most findings take this path
                         if cur is None or _RANK[st] > _RANK[cur[0]]:
                             specific[ok] = [st, weak, span]
                         elif st is cur[0] and cur[1] and not weak:
@@ -350,7 +349,7 @@ class SentenceParser:
                 for o, ks in placed.items():
                     umbrellas.append((o, tuple(ks), status, span))
         if len(specific) > 1:
-            self._fold_groups(specific)
+            fold_groups(specific)
         any_finding = bool(specific) or bool(umbrellas)
         free: List[Tuple[str, Status, Tuple[int, int]]] = []
         for organ, keys, status, span in umbrellas:  # findings said of an organ without saying which one
@@ -361,7 +360,7 @@ class SentenceParser:
                         specific[ok][0], specific[ok][1] = PRESENT, False
             elif status is ABSENT:
                 for k in keys:
-                    self._merge(specific, (organ, k), ABSENT, False, span)
+                    merge_status(specific, (organ, k), ABSENT, False, span)
             else:
                 free.append((organ, status, span))
         if generic and mentions and (normal_span is not None or any_finding):
@@ -442,7 +441,7 @@ class SentenceParser:
                         ev = span or mine[0][1]
                     elif ti >= 0:
                         status, ev = status_of[scopes[ti]][0], span
-                        if status is ABSENT and self._denies_other(low, toks, ti, end):
+                        if status is ABSENT and denies_other(low, toks, ti, end):
                             continue  # "No acute pulmonary embolus": says nothing of the lung's other findings
                         if status is PRESENT and any(t[2].trigger in _NEGATING for t in toks[ti + 1:]):
                             continue  # "The kidneys are not obstructed": a denied word the dictionary lacks
@@ -458,7 +457,7 @@ class SentenceParser:
             findings = [f for f in findings if f.finding is not None or not gone.issuperset(_expand(f.organ))]
         # what the sentence is about: its findings' organs, else the organs it names or sits under
         if len(findings) > 1:
-            findings.sort(key=_span_start)
+            findings.sort(key=span_start)
             about = tuple(dict.fromkeys([f.organ for f in findings]))
         elif findings:
             about = (findings[0].organ,)
@@ -467,47 +466,3 @@ class SentenceParser:
         else:
             about = tuple(dict.fromkeys([t[0] for t in targets]))
         return s_text, tuple(findings), from_heading, about, removed
-
-    @staticmethod
-    def _denies_other(low: str, toks: Sequence[Tuple[int, int, Info]], ti: int, end: int) -> bool:
-        """Whether the organ mention ``toks[ti]`` is an adjective of a word the vocabulary does not know ("no
-        splenic infarct", "no adrenal haemorrhage") and nothing it knows follows: then a negation denies that
-        word, not every finding of the organ, so the sentence is no statement that the organ is normal."""
-        b = toks[ti][1]
-        if _ADJECTIVE_OF.match(low, b, end) is None or (ti + 1 < len(toks) and toks[ti + 1][0] <= b + 1):
-            return False
-        # "No bowel obstruction or wall thickening" goes on to words the vocabulary knows: still a normal bowel
-        return not any(t[2].keys or t[2].generic for t in toks[ti + 1:])
-
-    def _fold_groups(self, specific: Dict[Tuple[str, str], List[Any]]) -> None:
-        """Fold "kidney: renal_cyst" into "kidney_right: renal_cyst" said in the same sentence ("cyst in the right
-        kidney, Bosniak II")."""
-        for organ, key in list(specific):
-            members = _expand(organ)
-            if len(members) < 2:
-                continue
-            finer = [(o, k) for (o, k) in specific if k == key and o != organ and set(_expand(o)) <= set(members)]
-            if finer:
-                status, weak, span = specific.pop((organ, key))
-                for ok in finer:
-                    self._merge(specific, ok, status, weak, span)
-
-    @staticmethod
-    def _merge(table: Dict[Tuple[str, str], List[Any]], key: Tuple[str, str], status: Status, weak: bool,
-               span: Tuple[int, int]) -> None:
-        cur = table.get(key)
-        if cur is None:
-            table[key] = [status, weak, span]
-        elif _RANK[status] > _RANK[cur[0]]:
-            table[key] = [status, weak, span]
-        elif status is cur[0] and cur[1] and not weak:
-            cur[1] = False
-
-
-def _span_start(f: OrganFinding) -> int:
-    return f.span[0]
-
-
-def _bare(info: Info) -> bool:
-    """Whether a phrase only names an operation, a missing organ or a side ("left", "nephrectomy", "removed")."""
-    return not (info.trigger or info.organ or info.keys or info.normal or info.generic or info.heading_organs)
