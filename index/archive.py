@@ -110,16 +110,22 @@ class ArchiveIndex:
         ident = _model_identity(model_obj)
         if factory is not None:
             AnnIndex.build(ident["embed_dim"], factory)
-        fresh = not root.exists() or not any(root.iterdir())
+        made = not root.exists()
+        was_empty = not made and root.is_dir() and not any(root.iterdir())
         root.mkdir(parents=True, exist_ok=True)
         try:
             manifest, store = create_files(root, model_obj, ident, database_url, factory, include_identifiers,
                                            table_prefix, memory_budget)
         except BaseException:
-            # An unreachable database or a full disk: a folder this call made holds no index, so it goes (the
-            # manifest, written last, is absent); a folder that held files before is left as it was found.
-            if fresh and not (root / MANIFEST).exists():
-                shutil.rmtree(root, ignore_errors=True)
+            # An unreachable database or a full disk: what this call wrote holds no index (the manifest, written
+            # last, is absent), so it goes: the folder it made, or the contents of an empty one it was given. A
+            # folder that held files before is left as it was found.
+            if not (root / MANIFEST).exists():
+                if made:
+                    shutil.rmtree(root, ignore_errors=True)
+                elif was_empty:
+                    for child in list(root.iterdir()):
+                        shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
             raise
         log.info("created index %s for model %s (%s)", root, ident["name"], ident["config_hash"][:12])
         idx = cls(root, manifest, store, model_obj)

@@ -260,7 +260,7 @@ def ingest(index: "ArchiveIndex", archive: Any, workers: int = 2, batch_size: in
         # UIDs) that another archive folder stored is another archive's series with the same file name, not a new
         # version of it: replacing it lost the first archive's studies without a word.
         clash_keys = [i.key for i in items if i.key.startswith("path:") and i.key in done
-                      and done[i.key] != i.fingerprint]
+                      and done[i.key] != i.fingerprint and not _legacy_match(done[i.key], i.fingerprint)]
         here = str(root.resolve())
         other_root = {k for k, r in index.store.series_roots(clash_keys).items() if r and r != here}
         for item in items:

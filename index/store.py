@@ -138,6 +138,9 @@ def _is_transient(exc: BaseException) -> bool:
                                    "could not serialize", "database table is locked"))
 
 
+_STUDY_LEVEL = frozenset(("age", "study_date", "split", "report_path"))  # what a re-written series may correct
+
+
 class Store:
     """The SQL side of one index: a database URL plus a table prefix.
 
@@ -286,9 +289,10 @@ class Store:
                      values: Mapping[str, Any]) -> Tuple[int, Dict[str, Any], bool]:
         """Study id, its stored row and whether an existing row changed, for a study UID.
 
-        A new study is inserted. An existing one takes the patient and every non-empty value of the series being
-        written now, and the organs of its other series follow (patient, age, date, sex): a corrected manifest
-        row or header used to reach the new organs only, which split one study between two patients.
+        A new study is inserted. An existing one takes the patient and the non-empty study-level values (age,
+        date, split, report) of the series being written now, and the organs of its other series follow (patient,
+        age, date, sex): a corrected manifest row or header used to reach the new organs only, which split one
+        study between two patients.
         """
         s, o, p = self.t.studies, self.t.organs, self.t.patients
         row = conn.execute(select(s).where(s.c.study_uid == study_uid)).first()
@@ -297,7 +301,9 @@ class Store:
             row = conn.execute(select(s).where(s.c.study_uid == study_uid)).first()
             return int(row.id), dict(row._mapping), False
         old = dict(row._mapping)
-        changes = {k: v for k, v in values.items() if v is not None and old.get(k) != v}
+        # Study-level values only: contrast, body part and description differ between the series of one study
+        # (an unenhanced and a venous series), so the first series' stay, as before.
+        changes = {k: v for k, v in values.items() if k in _STUDY_LEVEL and v is not None and old.get(k) != v}
         if old["patient_id"] != patient_id:
             changes["patient_id"] = patient_id
         if not changes:
