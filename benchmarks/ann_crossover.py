@@ -128,7 +128,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json-out", default=None)
+    ap.add_argument("--quick", action="store_true", help="one size of 20,000, 10 queries, 1 round, 30 recall queries")
     args = ap.parse_args()
+    if args.quick:
+        args.sizes, args.queries, args.rounds, args.recall_queries = [20_000], 10, 1, 30
     C.set_threads(args.threads)
     import faiss  # noqa: F401 - version in machine_info
 

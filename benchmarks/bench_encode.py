@@ -9,9 +9,11 @@ Usage: python benchmarks/bench_encode.py [--quick] [--json-out PATH] [--device c
 from __future__ import annotations
 
 import argparse
+import atexit
 import copy
 import csv
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -70,6 +72,7 @@ def synthetic_study():
     try:
         gen = getattr(cg.synth, "generate_archive")
         root = Path(tempfile.mkdtemp(prefix="bench-encode-"))
+        atexit.register(shutil.rmtree, root, True)  # the one-study archive is not left in /tmp
         try:
             gen(root, n_patients=1, seed=0, fmt="nifti", preset="default")
         except TypeError:

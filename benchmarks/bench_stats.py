@@ -38,7 +38,11 @@ def main() -> Dict[str, Any]:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json-out", default=None)
+    ap.add_argument("--quick", action="store_true",
+                    help="the small preset, 2 repeats (benchmarks/run.py passes it; every bench_*.py takes it)")
     args = ap.parse_args()
+    if args.quick:
+        args.presets, args.repeats = ["small"], min(args.repeats, 2)
     torch.set_num_threads(args.threads)
     base = cg.create("ctglip-tiny", overrides={"preprocess": {"focal_extended": False}}, seed=0)
     ext = cg.create("ctglip-tiny", overrides={"preprocess": {"focal_extended": True}}, seed=0)
