@@ -621,3 +621,15 @@ def test_post_position_hedges_passed_stones_and_severities_between_sides(text, e
 ])
 def test_biliary_words_are_bile_ducts_in_a_sentence(text, expected):
     assert triples(text) == expected
+
+
+
+@pytest.mark.parametrize("text,expected", [
+    # a synonym's leading words serve the organs listed after it (only hepatomegaly was read)
+    ("Enlarged liver and spleen.", {("liver", "hepatomegaly", "present"), ("spleen", "splenomegaly", "present")}),
+    ("No enlarged liver or spleen.", {("liver", "hepatomegaly", "absent"), ("spleen", "splenomegaly", "absent")}),
+    ("Enlarged liver and normal spleen.", {("liver", "hepatomegaly", "present"), ("spleen", None, "absent")}),
+    ("Fatty liver and spleen.", {("liver", "hepatic_steatosis", "present")}),  # "fatty" fits no spleen finding
+])
+def test_a_synonyms_leading_words_serve_the_organs_listed_after_it(text, expected):
+    assert triples(text) == expected

@@ -15,7 +15,7 @@ from ctglip_sdk.reports.sides import (_COORD, _expand, _side_of,  # noqa: F401 -
 from ctglip_sdk.reports.statements import bare, denies_other, fold_groups, merge_status, span_start
 from ctglip_sdk.reports.types import (_RANK, ABSENT, PRESENT, UNCERTAIN, OrganFinding, Status, _f_finding,
                                       _f_organ, _f_sentence, _f_span, _f_status, _new, new_finding)
-from ctglip_sdk.reports.vocab import OTHER, Info, Vocab
+from ctglip_sdk.reports.vocab import OTHER, Info, Vocab, phrase_key
 
 __all__ = ["SentenceParser", "normalise_space"]
 
@@ -178,6 +178,16 @@ class SentenceParser:
         for k in info.syn:
             by_organ[korg[k]] = by_organ.get(korg[k], ()) + (k,)
         out, used = list(by_organ.items()), []
+        nxt = next((j for j, m in enumerate(mentions) if m[0] >= b), None)
+        if nxt is not None and " " in low[a:b] and _COORD.fullmatch(low, b, mentions[nxt][0]):
+            # "enlarged liver and spleen": the synonym's leading words ("enlarged") also serve the listed organs
+            lead = self.v.table.get(phrase_key(low[a:b].rsplit(" ", 1)[0]))
+            if lead is not None and lead.keys:
+                for j in self._run(low, mentions, nxt):
+                    keys = fits(lead, mentions[j][2])
+                    if keys:
+                        out.append((mentions[j][2], keys))
+                        used.append(j)
         head = info.head
         last = max((j for j, m in enumerate(mentions) if m[1] <= a), default=-1)
         if head is not None and last >= 0 and _COORD.fullmatch(low, mentions[last][1], a):
