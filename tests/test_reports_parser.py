@@ -633,3 +633,14 @@ def test_biliary_words_are_bile_ducts_in_a_sentence(text, expected):
 ])
 def test_a_synonyms_leading_words_serve_the_organs_listed_after_it(text, expected):
     assert triples(text) == expected
+
+
+
+@pytest.mark.parametrize("text,expected", [
+    # a synonym that names its organ is not taken by an incompatible organ adjective before it (it was lost)
+    ("Small esophageal hiatal hernia.", {("stomach", "hiatal_hernia", "present")}),
+    ("Oesophageal hiatus hernia.", {("stomach", "hiatal_hernia", "present")}),
+    ("Left ureteric calculus.", set()),             # a descriptor still belongs to the organ before it
+])
+def test_an_organ_adjective_does_not_swallow_a_synonym_of_another_organ(text, expected):
+    assert triples(text) == expected

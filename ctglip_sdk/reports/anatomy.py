@@ -41,6 +41,7 @@ EXTRA_ORGANS: Dict[str, str] = {
     "haemithorax": "lung", "lung fields": "lung", "pulmonary parenchyma": "lung", "lingular": "lung_upper_lobe_left",
     "bibasilar": "lung", "bibasal": "lung", "lung bases": "lung", "bases": "lung", "apices": "lung",
     "sigmoid": "colon", "sigmoid colon": "colon", "caecum": "colon", "cecum": "colon", "rectosigmoid": "colon",
+    "esophageal hiatus": "stomach", "oesophageal hiatus": "stomach",
     "adrenal limb": "adrenal_gland", "adrenal limbs": "adrenal_gland", "bladder wall": "urinary_bladder",
     "vertebral body": "vertebrae", "vertebral bodies": "vertebrae", "main portal vein": "portal_vein_and_splenic_vein",
     "portal veins": "portal_vein_and_splenic_vein", "spleen tip": "spleen",

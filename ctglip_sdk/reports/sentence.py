@@ -138,9 +138,11 @@ class SentenceParser:
             # "pericardial effusion", "ureteric stone": the phrase belongs to the organ right before it, unless
             # that organ is listed with a fitting one ("renal or ureteral calculi").
             run = [j for j in self._run(low, mentions, adj) if fits(info, mentions[j][2])]
-            if not run:
+            if run:
+                best = run[-1]
+            elif not info.syn:
                 return [], [], None
-            best = run[-1]
+            # else a synonym that names its own organ ("esophageal hiatal hernia"): the adjective does not take it
         if best >= 0 and info.implied and mentions[best][0] >= b and _GAP_BOUNDARY.search(low, b, mentions[best][0]):
             best = -1  # a synonym names its organ; an organ in a following clause does not refine it
         if best >= 0:
