@@ -73,6 +73,7 @@ class ArchiveIndex:
         self._next_id = 0
         self._ann_dirty = False
         self._mirror_stale = False  # a study's values changed in SQL during a write run: reload at its end
+        self._metadata_version: Any = None  # "metadata_version" in SQL when the mirror was last loaded
         self._text_cache: "OrderedDict[str, np.ndarray]" = OrderedDict()
         self._cache_lock = threading.Lock()
         self._key: Optional[bytes] = None
@@ -110,8 +111,8 @@ class ArchiveIndex:
         ident = _model_identity(model_obj)
         if factory is not None:
             AnnIndex.build(ident["embed_dim"], factory)
-        made = not root.exists()
-        was_empty = not made and root.is_dir() and not any(root.iterdir())
+        made = next((a for a in reversed([root, *root.parents]) if not a.exists()), None)  # topmost folder made
+        was_empty = made is None and root.is_dir() and not any(root.iterdir())
         root.mkdir(parents=True, exist_ok=True)
         try:
             manifest, store = create_files(root, model_obj, ident, database_url, factory, include_identifiers,
@@ -121,8 +122,8 @@ class ArchiveIndex:
             # last, is absent), so it goes: the folder it made, or the contents of an empty one it was given. A
             # folder that held files before is left as it was found.
             if not (root / MANIFEST).exists():
-                if made:
-                    shutil.rmtree(root, ignore_errors=True)
+                if made is not None:
+                    shutil.rmtree(made, ignore_errors=True)
                 elif was_empty:
                     for child in list(root.iterdir()):
                         shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
@@ -259,6 +260,7 @@ class ArchiveIndex:
         with self._state_lock:
             # The version is read first: a write landing in between is picked up again by the next refresh.
             version = self.store.data_version()
+            self._metadata_version = self.store.get_meta("metadata_version")
             rows = self.store.mirror_rows()
             ids = np.asarray([r[0] for r in rows], dtype=np.int64)
             vids, v16 = self.vectors.read(live=ids)
@@ -342,8 +344,9 @@ class ArchiveIndex:
 
             kept = self.store.read(lambda c: c.execute(select(func.count()).select_from(o).where(o.c.id <= top))
                                    .scalar())
-            if int(kept or 0) != view.n:
-                log.info("organs were removed by another process; reloading the index state")
+            if int(kept or 0) != view.n or self.store.get_meta("metadata_version") != self._metadata_version:
+                # removed organs, or stored ones whose age/date/patient another process rewrote
+                log.info("another process removed organs or rewrote their metadata; reloading the index state")
                 self._load_state()
                 return
             rows = [r for r in self.store.mirror_rows() if r[0] > top]

@@ -91,10 +91,14 @@ def write_batch(index: "ArchiveIndex", run_id: int, encoded: List[_Encoded],
     index.vectors.append(ids, vecs)  # 1. raw vectors first (fsynced): SQL never references a missing vector
     mirror_rows: List[Tuple[Any, ...]] = []
     conflicts: List[Dict[str, str]] = []
+    restated = False
 
     def tx(conn: Any) -> Tuple[List[int], int]:
+        nonlocal restated
         removed: List[int] = []
         rows: List[Dict[str, Any]] = []
+        emptied: List[int] = []
+        restated = False
         mirror_rows.clear()
         conflicts.clear()  # a retried transaction reports each disagreement once
         pos = 0
@@ -109,7 +113,11 @@ def write_batch(index: "ArchiveIndex", run_id: int, encoded: List[_Encoded],
             sid, srow, changed = store.ensure_study(conn, f["study_uid"], pid, study)
             if changed:
                 index._mirror_stale = True  # organs of the study's other series changed too: reload at the end
+                restated = True
+            old_study = store.study_of_series(conn, e.item.key)
             removed += store.delete_series(conn, e.item.key)
+            if old_study is not None and old_study != sid:
+                emptied.append(old_study)
             ser = store.insert_series(conn, {"series_uid": e.item.key, "study_id": sid, "path": e.item.image,
                                              "archive_root": e.fields["archive_root"],
                                              "mask_path": e.item.mask, "fingerprint": e.item.fingerprint,
@@ -125,6 +133,11 @@ def write_batch(index: "ArchiveIndex", run_id: int, encoded: List[_Encoded],
                 mirror_rows.append((oid, name, srow["age"], sex, srow["study_date"], srow["contrast"],
                                     srow["body_part"], srow["split"]))
         store.insert_organs(conn, rows)
+        for sid_old in emptied:
+            store.drop_if_empty(conn, sid_old)  # a series moved to another study_uid left its old study empty
+        if restated:
+            # readers in other processes refresh by appending new ids; rewritten metadata makes them reload
+            store.set_meta(conn, "metadata_version", int(store.get_meta("metadata_version", conn) or 0) + 1)
         store.record_items(conn, run_id, outcomes)
         if n:
             store.set_meta(conn, "next_organ_id", int(ids[-1]) + 1)
@@ -259,14 +272,17 @@ def ingest(index: "ArchiveIndex", archive: Any, workers: int = 2, batch_size: in
         # A series known only by its path ("path:images/case00000.nii.gz": NIfTI, or a manifest without series
         # UIDs) that another archive folder stored is another archive's series with the same file name, not a new
         # version of it: replacing it lost the first archive's studies without a word.
+        # (the files part only: a corrected manifest row of the same files is the same series, moved or not)
         clash_keys = [i.key for i in items if i.key.startswith("path:") and i.key in done
-                      and done[i.key] != i.fingerprint and not _legacy_match(done[i.key], i.fingerprint)]
+                      and done[i.key].split(":")[0] != i.fingerprint.split(":")[0]]
         here = str(root.resolve())
         other_root = {k for k, r in index.store.series_roots(clash_keys).items() if r and r != here}
         for item in items:
             if item.key in other_root:
-                reason = ("a series with this path was ingested from another archive folder; not replaced (index "
-                          "archives whose files share names separately, or give their manifest rows a series_uid)")
+                reason = ("a series with this path was ingested from another archive folder with other files; not "
+                          "replaced (index archives whose files share names separately, or give their manifest rows "
+                          "a series_uid; an archive copied to a new folder without its file times needs a new "
+                          "index, or a copy that keeps them: cp -a, rsync -a)")
                 report.errors.append({"series": item.key, "reason": reason})
                 outcomes.append({"series_uid": item.key, "fingerprint": item.fingerprint, "status": "error",
                                  "reason": reason})
@@ -298,8 +314,9 @@ def ingest(index: "ArchiveIndex", archive: Any, workers: int = 2, batch_size: in
 
 
 def with_row_hash(index: "ArchiveIndex", item: Item) -> Item:
-    """``item`` whose fingerprint also covers its manifest row: a corrected age, sex, date, split or patient then
-    re-ingests the series (the files alone never saw them, so a manifest correction never reached the index).
+    """``item`` whose fingerprint also covers its manifest row: a corrected age, date, split, report or patient
+    then re-ingests the series (the files alone never saw them, so a manifest correction never reached the index;
+    sex stays the patient's first, and an emptied cell keeps the stored value).
 
     The row's hash is keyed with the index's pseudonym key (HMAC): an unkeyed hash of a row holding a patient_id
     let anyone with the database recover record numbers by trying them (a security review, 2026-12-06).

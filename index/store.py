@@ -318,6 +318,24 @@ class Store:
             conn.execute(delete(p).where(p.c.id == old["patient_id"]))  # no study left: not a patient of this index
         return int(row.id), new, True
 
+    def study_of_series(self, conn: Connection, series_uid: str) -> Optional[int]:
+        """The study id a stored series belongs to, or None."""
+        s = self.t.series
+        sid = conn.execute(select(s.c.study_id).where(s.c.series_uid == series_uid)).scalar()
+        return None if sid is None else int(sid)
+
+    def drop_if_empty(self, conn: Connection, study_id: int) -> None:
+        """Delete a study that has no series left, then its patient if that was their last study (a series
+        re-ingested under another study_uid left an empty study and its patient behind)."""
+        t = self.t
+        if conn.execute(select(func.count()).select_from(t.series).where(t.series.c.study_id == study_id)).scalar():
+            return
+        pid = conn.execute(select(t.studies.c.patient_id).where(t.studies.c.id == study_id)).scalar()
+        conn.execute(delete(t.studies).where(t.studies.c.id == study_id))
+        if pid is not None and not conn.execute(
+                select(func.count()).select_from(t.studies).where(t.studies.c.patient_id == pid)).scalar():
+            conn.execute(delete(t.patients).where(t.patients.c.id == pid))
+
     def delete_series(self, conn: Connection, series_uid: str) -> List[int]:
         """Delete a series with its organs and scores; returns the organ ids removed."""
         t = self.t

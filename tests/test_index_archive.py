@@ -8,6 +8,7 @@ import logging
 import os
 import stat
 import threading
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -751,3 +752,42 @@ def test_a_moved_archive_is_skipped_and_its_new_folder_recorded(tmp_path):
     roots = set(idx.store.read(lambda c: c.execute(select(s.c.archive_root)).scalars().all()))
     assert roots == {str(moved.resolve())}  # montages read the images from where they are now
     idx.close()
+
+
+def test_a_reader_in_another_process_sees_rewritten_metadata_and_moved_series_leave_no_empty_study(tmp_path):
+    """A search process that was open kept the old age after a re-ingest rewrote a study (it only appended new
+    ids), and a series moved to another study_uid left its old study and patient behind (review, 2026-12-06)."""
+    import subprocess
+    import sys as _sys
+
+    from sqlalchemy import select
+
+    root = make_archive(tmp_path / "a", n=3, seed=27)
+    idx = _create(tmp_path / "idx")
+    idx.ingest(root, workers=0)
+    idx.close()
+    reader = ArchiveIndex.open(tmp_path / "idx")
+    reader.refresh_interval = 0.0
+    rows = read_manifest(root)
+    age0 = float(rows[0]["age"])
+    before = len(reader.search(np.ones(reader.dim, np.float32), k=1000, where={"age": (age0, age0)}))
+    assert before > 0
+    # a second series of study 0 joins with a corrected age: no organ is removed, the first series' are rewritten
+    import shutil
+
+    shutil.copy(root / rows[0]["image"], root / "second.nii.gz")
+    rows.append({**rows[0], "series_uid": rows[0]["series_uid"] + ".2", "image": "second.nii.gz", "age": "12"})
+    write_manifest(root, rows)
+    code = ("import sys; sys.path.insert(0, 'tests'); from ctglip_sdk.index import ArchiveIndex; "
+            f"i = ArchiveIndex.open({str(tmp_path / 'idx')!r}); r = i.ingest({str(root)!r}, workers=0); "
+            "i.close(); assert r.ok == 1, r.errors")
+    subprocess.run([_sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert len(reader.search(np.ones(reader.dim, np.float32), k=1000, where={"age": (12, 12)})) == 2 * before
+    assert len(reader.search(np.ones(reader.dim, np.float32), k=1000, where={"age": (age0, age0)})) == 0
+    rows[1]["study_uid"] = rows[1]["study_uid"] + ".9"  # a series moves to a new study
+    write_manifest(root, rows)
+    subprocess.run([_sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1], timeout=300)
+    t = reader.store.t
+    uids = set(reader.store.read(lambda c: c.execute(select(t.studies.c.study_uid)).scalars().all()))
+    assert uids == {r["study_uid"] for r in rows}  # the emptied study is gone
+    reader.close()
