@@ -51,8 +51,9 @@ class SeriesEmbeddings:
         image, mask, report: file paths relative to ``archive_root`` (montages); optional.
         archive_root: the folder those paths are relative to.
         shape, spacing, affine: the series' canonical grid (voxels, mm, 4 x 4 or 12 values); optional.
-        fingerprint: what identifies this content (default: a hash of the organ names and float16 vectors); a
-            series stored with the same fingerprint is skipped, so adding the same records twice adds nothing.
+        fingerprint: what identifies this content (default: a hash of the organ names and float16 vectors, and
+            a keyed hash of the metadata); a series stored with the same fingerprint is skipped, so adding the
+            same records twice adds nothing, and the same vectors with corrected metadata replace the stored.
 
     Example:
         >>> rec = SeriesEmbeddings("1.2.3.4", ["liver", "spleen"], np.eye(2, 128, dtype=np.float32),
@@ -248,7 +249,10 @@ def _encoded(index: "ArchiveIndex", rec: SeriesEmbeddings, seen: Set[str]) -> "_
     mean_hu = _array(rec.mean_hu, (n,), "mean_hu", bad)
     fields = _study_fields(index, rec, uid, study, bad)
     seen.add(uid)
-    fp = rec.fingerprint or _fingerprint(names, vectors)
+    # The default covers the metadata too (keyed, as ingest's manifest rows): the same vectors added again with a
+    # corrected age or split used to be skipped, and the correction never stored.
+    meta = repr(sorted((k, str(v)) for k, v in fields.items() if k != "archive_root"))
+    fp = rec.fingerprint or f"{_fingerprint(names, vectors)}:{index.pseudonym(meta)[:16]}"
     if not isinstance(fp, str) or len(fp) > 64:
         raise bad("fingerprint must be a string of at most 64 characters")
     item = Item(uid, rec.image or "", rec.mask or None, rec.report or None, study, fp)

@@ -20,7 +20,9 @@ from ctglip_sdk.errors import ConfigError, CTGlipError, InputError
 from ctglip_sdk.model.voxels import STATS_VERSION
 from ctglip_sdk.readahead import read_ahead
 
-from .ingest_read import ArchivePlan, _cut, _Prepared, _read_one, plan_ingest  # noqa: F401 - _cut: embeddings.py
+from .filters import to_date
+from .ingest_read import (ArchivePlan, _cut, _Prepared, _read_one, checked_age,  # noqa: F401 - _cut: embeddings.py
+                          plan_ingest)
 from .layout import Item, redact
 from .memory import bound_heap_growth
 from .results import IngestReport
@@ -276,6 +278,9 @@ def ingest(index: "ArchiveIndex", archive: Any, workers: int = 2, batch_size: in
         clash_keys = [i.key for i in items if i.key.startswith("path:") and i.key in done
                       and done[i.key].split(":")[0] != i.fingerprint.split(":")[0]]
         here = str(root.resolve())
+        # A pre-row-hash fingerprint with the same files: upgraded in place unless the row says something other
+        # than what is stored (a correction made before the upgrade would otherwise never be applied).
+        legacy_changed = _rows_changed(index, [i for i in items if _legacy_match(done.get(i.key), i.fingerprint)])
         other_root = {k for k, r in index.store.series_roots(clash_keys).items() if r and r != here}
         for item in items:
             if item.key in other_root:
@@ -288,9 +293,9 @@ def ingest(index: "ArchiveIndex", archive: Any, workers: int = 2, batch_size: in
                                  "reason": reason})
             elif done.get(item.key) == item.fingerprint:
                 report.skipped += 1
-            elif _legacy_match(done.get(item.key), item.fingerprint):
-                report.skipped += 1  # stored before manifest values entered the fingerprint: same files, so the
-                upgrade[item.key] = item.fingerprint  # same series; its fingerprint now records the row too
+            elif _legacy_match(done.get(item.key), item.fingerprint) and item.key not in legacy_changed:
+                report.skipped += 1  # stored before manifest values entered the fingerprint: same files, same
+                upgrade[item.key] = item.fingerprint  # row values: its fingerprint now records the row too
             elif not retry_errors and item.key in failed and failed[item.key][0] == item.fingerprint:
                 # counted once, as an error (not also as skipped): ok + skipped + errors == seen
                 report.errors.append({"series": item.key, "reason": f"previous attempt failed: {failed[item.key][1]}"})
@@ -325,6 +330,32 @@ def with_row_hash(index: "ArchiveIndex", item: Item) -> Item:
         return item
     canon = repr(sorted((k, str(v)) for k, v in item.row.items() if k not in ("image", "mask")))
     return replace(item, fingerprint=f"{item.fingerprint}:{index.pseudonym(canon)[:16]}")
+
+
+def _rows_changed(index: "ArchiveIndex", items: List[Item]) -> set:
+    """Keys of manifest items whose row's study-level values (age, date, split, report, patient) differ from the
+    stored ones; an empty cell is not compared (the image header gave that value)."""
+    if not items:
+        return set()
+    stored = index.store.series_study_values([i.key for i in items])
+    out = set()
+    for item in items:
+        row, was = item.row, stored.get(item.key)
+        if was is None:
+            continue
+        now: Dict[str, Any] = {"split": row.get("split") or None, "report_path": item.report}
+        if row.get("age") not in (None, ""):
+            now["age"] = checked_age(row.get("age"))[0]
+        if row.get("study_date"):
+            try:
+                now["study_date"] = to_date(row.get("study_date"))
+            except CTGlipError:
+                now["study_date"] = None
+        if row.get("patient_id"):
+            now["patient"] = index.pseudonym(str(row["patient_id"]))
+        if any(v is not None and was.get(k) != v for k, v in now.items()):
+            out.add(item.key)
+    return out
 
 
 def _legacy_match(stored: Optional[str], now: str) -> bool:

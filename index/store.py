@@ -410,6 +410,22 @@ class Store:
 
         self.write(tx)
 
+    def series_study_values(self, keys: List[str]) -> Dict[str, Dict[str, Any]]:
+        """``{series_uid: {age, study_date, split, report_path, patient}}`` of stored series (their study's values
+        and patient pseudonym), read in chunks of 900 bound parameters."""
+        t = self.t
+        q = (select(t.series.c.series_uid, t.studies.c.age, t.studies.c.study_date, t.studies.c.split,
+                    t.studies.c.report_path, t.patients.c.pseudonym)
+             .select_from(t.series.join(t.studies, t.studies.c.id == t.series.c.study_id)
+                          .join(t.patients, t.patients.c.id == t.studies.c.patient_id)))
+        out: Dict[str, Dict[str, Any]] = {}
+        for start in range(0, len(keys), 900):
+            part = keys[start:start + 900]
+            for r in self.read(lambda c, part=part: c.execute(q.where(t.series.c.series_uid.in_(part))).all()):
+                out[r.series_uid] = {"age": r.age, "study_date": r.study_date, "split": r.split,
+                                     "report_path": r.report_path, "patient": r.pseudonym}
+        return out
+
     def series_roots(self, keys: List[str]) -> Dict[str, Optional[str]]:
         """``{series_uid: archive_root}`` of the given stored series (read in chunks of 900 bound parameters)."""
         s = self.t.series

@@ -706,6 +706,14 @@ def test_manifest_corrections_reach_the_index_and_a_study_stays_with_one_patient
     again = idx.ingest(root, workers=0)
     assert (again.ok, again.skipped) == (0, 3)
     assert all(":" in v for v in idx.store.series_fingerprints().values())
+    # ... unless its row was corrected before the upgrade: then that series is re-ingested (and only it)
+    idx.store.set_fingerprints(legacy)
+    rows[1].update(age="77")
+    write_manifest(root, rows)
+    fixed = idx.ingest(root, workers=0)
+    assert (fixed.ok, fixed.skipped) == (1, 2)
+    assert {h.study_uid for h in idx.search(np.ones(idx.dim, np.float32), k=1000, where={"age": (77, 77)})} == \
+        {rows[1]["study_uid"]}
     # The row's part is keyed with the index's own key: another index stores another value for the same row, so
     # the database alone does not let anyone test a guessed patient_id against it (security review).
     other = _create(tmp_path / "idx2")

@@ -98,6 +98,12 @@ def test_add_embeddings_round_trip_idempotent_and_replace(tmp_path, db):
         rep = idx.add_embeddings(recs, config_hash=model.config_hash)
         assert (rep.ok, rep.skipped, rep.organs_added, rep.organs_removed) == (1, 5, 4, 4) and len(idx) == 24
         assert idx.search(recs[0].vectors[0], k=1)[0].crop_id > 24  # new ids; the old ones are never reused
+        # The same vectors with corrected metadata replace the series (they used to be skipped as unchanged).
+        recs[3].age, recs[3].split = 61.0, "train"
+        rep = idx.add_embeddings(recs, config_hash=model.config_hash)
+        assert (rep.ok, rep.skipped) == (1, 5)
+        fixed = idx.search(recs[3].vectors[0], k=50, where={"age": (61, 61), "split": "train"})
+        assert {h.series_uid for h in fixed} == {recs[3].series_uid}
         assert idx.verify()["ok"]
     finally:
         _drop(idx)
