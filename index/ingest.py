@@ -305,7 +305,7 @@ def ingest(index: "ArchiveIndex", archive: Any, workers: int = 2, batch_size: in
         if upgrade:
             index.store.set_fingerprints(upgrade)
         unchanged = [i.key for i in items if done.get(i.key) == i.fingerprint or i.key in upgrade]
-        if unchanged:
+        if unchanged and any(r not in (None, here) for r in index.store.archive_roots()):
             index.store.move_series_root(unchanged, here)  # a moved archive: montages must find its images
         status = "interrupted"
         try:

@@ -397,6 +397,12 @@ class Store:
 
         self.write(tx)
 
+    def archive_roots(self) -> List[Optional[str]]:
+        """The distinct archive folders stored series came from (one query; a nightly re-ingest of an unmoved
+        archive then writes nothing)."""
+        s = self.t.series
+        return list(self.read(lambda c: c.execute(select(s.c.archive_root).distinct()).scalars().all()))
+
     def move_series_root(self, keys: Sequence[str], root: str) -> None:
         """Record ``root`` as the archive folder of stored series (an archive moved with its files unchanged:
         montages read their images from there)."""

@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
@@ -46,7 +47,7 @@ class StudyRecord:
     #: several (a localizer or a second reconstruction beside the CT); a folder of one series ignores it.
     series_uid: str = ""
 
-    @property
+    @cached_property  # read for every cache lookup of every step: the folder is stat'ed once
     def series(self) -> Optional[str]:
         """The series to read and key the cache by: ``series_uid`` for a DICOM folder, None otherwise."""
         return (self.series_uid or None) if self.image.is_dir() else None

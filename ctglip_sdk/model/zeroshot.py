@@ -181,19 +181,21 @@ class ZeroShotClassifier:
         as its one class; an unknown name is a QueryError with suggestions (it used to give no row at all)."""
         if organ_names is None or isinstance(organ_names, str):
             raise QueryError("organ_names: expected a list of organ names, one per vector")
-        out = []
-        for name in organ_names:
-            if not isinstance(name, str):
-                raise QueryError(f"organ_names: expected strings, got {type(name).__name__}")
+        names = list(organ_names)
+        odd = next((n for n in names if not isinstance(n, str)), None)
+        if odd is not None:
+            raise QueryError(f"organ_names: expected strings, got {type(odd).__name__}")
+        canon: Dict[str, str] = {}
+        for name in set(names):  # once per distinct name: index scoring passes one name per organ row
             if vocab.is_known(name):
-                out.append(name)
+                canon[name] = name
                 continue
             found = vocab.lookup(name)  # QueryError with "did you mean" for a name it does not know
             if len(found) != 1:
                 raise QueryError(f"organ name {name!r} names {len(found)} organs ({', '.join(found[:4])}...); give "
                                  "one class or group name per vector")
-            out.append(found[0])
-        return out
+            canon[name] = found[0]
+        return names if all(k == v for k, v in canon.items()) else [canon[n] for n in names]
 
     def identify_vectors(self, vectors: np.ndarray) -> np.ndarray:
         """Softmax over the 104 organ names for each row of ``vectors`` -> ``[N, 104]`` (rows sum to 1)."""
