@@ -93,7 +93,8 @@ class _State:
 
     Vectors are compared with a tolerance, not bit for bit: a resumed run encodes the remaining studies in
     other batches than a run from scratch, and batched convolutions differ in the last float bits (by how much
-    depends on the CPU's kernels), which an exact or rounded comparison turns into a flaky failure.
+    depends on the CPU's kernels), which an exact or rounded comparison turns into a flaky failure. The vectors
+    are stored as float16, so such a difference can become one float16 step (2^-13 for values of 0.125–0.25).
     """
 
     def __init__(self, idx) -> None:
@@ -108,7 +109,7 @@ class _State:
 
     def __eq__(self, other) -> bool:
         return (self.organs == other.organs and self.vecs.shape == other.vecs.shape
-                and bool(np.allclose(self.vecs, other.vecs, atol=1e-4)) and self.top == other.top
+                and bool(np.allclose(self.vecs, other.vecs, rtol=2e-3, atol=1e-4)) and self.top == other.top
                 and self.ntotal == other.ntotal)
 
     def __repr__(self) -> str:

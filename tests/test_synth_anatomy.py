@@ -139,3 +139,62 @@ def test_patients_differ_in_size_shape_and_position():
         return p.volume.affine[:3, :3] @ ijk + p.volume.affine[:3, 3]
     moved = [np.abs(world_centre(a, o) - world_centre(b, o)).max() for o in ("kidney_right", "liver", "spleen")]
     assert max(moved) > 3.0  # mm: organ positions are jittered per patient
+
+
+def _render_plain(seed: int, cc_target: float | None = None, liver_scale: float = 1.06):
+    """Anatomy + rendering without findings (the renderers' own geometry), optionally with a liver span target."""
+    from ctglip_sdk.synth.anatomy import sample_anatomy
+    from ctglip_sdk.synth.phantom import render
+    from ctglip_sdk.synth.presets import get_preset
+
+    a = sample_anatomy(np.random.default_rng(seed))
+    if cc_target is not None:  # what findings.apply_to_anatomy does for hepatomegaly
+        a.organs["liver"].update(cc_target=float(cc_target), scale=liver_scale)
+    return a, render(a, get_preset("small"), np.random.default_rng(seed + 1000), [])
+
+
+@pytest.mark.parametrize("seed", [0, 3, 4, 6])
+def test_descending_aorta_not_overwritten_by_vertebrae(seed):
+    # The spine is painted after the aorta: a descending aorta running through the vertebral bodies lost up to
+    # 20 ml of its lumen to bone labels. It must rest against the bodies (left anterolateral), not in them.
+    _, r = _render_plain(seed)
+    sh = r.shapes["aorta"]
+    tube = np.zeros(r.labels.shape, dtype=bool)
+    tube[sh.sl] = sh.frac() >= 0.5
+    vert = np.isin(r.labels, [ID[n] for n in V1.values() if n.startswith("vertebrae_")])
+    vox_ml = float(np.prod(r.grid.spacing)) / 1000.0
+    assert (tube & vert).sum() == 0, f"{(tube & vert).sum() * vox_ml:.1f} ml of aorta relabelled as vertebrae"
+    # Only the iliac arteries' origin and findings may cover the aorta; here nothing else takes it either.
+    assert (tube & (r.labels != ID["aorta"])).sum() * vox_ml < 0.5
+
+
+def test_descending_aorta_lies_left_anterolateral_to_the_spine():
+    from ctglip_sdk.synth.anatomy import sample_anatomy, vertebral_bodies_near
+    from ctglip_sdk.synth.thorax import aorta_path
+
+    th = np.linspace(-np.pi, np.pi, 2000)
+    for seed in range(10):
+        a = sample_anatomy(np.random.default_rng(seed))
+        pts, rad = aorta_path(a)
+        for p, r in zip(pts[5:], rad[5:]):  # the descending aorta (after root, ascending aorta and arch)
+            if not 40 * a.scale < p[2] < 220 * a.scale:  # about T5 .. T11
+                continue
+            for yc, w, dpt in vertebral_bodies_near(a, float(p[2])):
+                gap = np.hypot(p[0] - w * np.cos(th), p[1] - yc - dpt * np.sin(th)).min()
+                assert (p[0] / w) ** 2 + ((p[1] - yc) / dpt) ** 2 > 1 and gap >= r, (seed, p, gap, r)
+            assert p[0] > 0 and p[1] < float(a.spine_y(p[2])), (seed, p)  # left (LPS +x), in front of the centres
+
+
+@pytest.mark.parametrize("seed,target", [(1, 185.0), (2, 200.0), (5, 205.0), (7, 195.0)])
+def test_hepatomegaly_span_matches_drawn_target(seed, target):
+    # Measured as lesions.measure does (slices holding liver x slice spacing); it overshot by up to 5 cm.
+    _, r = _render_plain(seed, target)
+    ks = np.flatnonzero((r.labels == ID["liver"]).any(axis=(0, 1)))
+    span = (ks.max() - ks.min() + 1) * r.grid.spacing[2]
+    assert abs(span - target) <= 8.0, f"liver span {span:.0f} mm for a {target:.0f} mm target"
+
+
+def test_liver_without_hepatomegaly_is_not_stretched():
+    _, r = _render_plain(4)
+    _, s = _render_plain(4, 60.0, liver_scale=1.0)  # a target shorter than the normal liver leaves it as it is
+    assert np.array_equal(r.labels, s.labels) and np.array_equal(r.hu, s.hu)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -22,11 +22,11 @@ _LIVER_RIGHT = np.array([0.76, 0.64, 0.66])
 _LIVER_LEFT = np.array([0.57, 0.37, 0.38])
 
 
-def _below(cv: Canvas, a: Anatomy, body: BodyModel, sh: Shape | None, margin: float = 3.0) -> Shape | None:
-    """Clip a shape to the abdominal cavity: under the diaphragm and inside the body wall."""
+def _below(cv: Canvas | Grid, a: Anatomy, body: BodyModel, sh: Shape | None, margin: float = 3.0) -> Shape | None:
+    """Clip a shape to the abdominal cavity: under the diaphragm and inside the body wall (on a canvas or grid)."""
     if sh is None:
         return None
-    g = cv.grid
+    g = cv if isinstance(cv, Grid) else cv.grid
     x, y, z = g.points(sh.sl)
     zd = diaphragm_z(a, x, y).astype(np.float32)
     cav = body.cavity_depth(g, sh.sl)
@@ -36,6 +36,69 @@ def _below(cv: Canvas, a: Anatomy, body: BodyModel, sh: Shape | None, margin: fl
     d_cav = (margin - cav) * (sh.h / float(g.spacing[0]))
     d = np.maximum(sh.d, np.maximum(d_dia, d_cav))
     return Shape(sh.sl, d.astype(np.float32), sh.h, sh.extra, sh.width)
+
+
+def _liver_lobes(g: Grid, a: Anatomy, body: BodyModel, zs: float) -> List[Tuple[str, Shape | None]]:
+    """Right and left liver lobes, stretched craniocaudally by ``zs`` (1 = normal) and clipped to the cavity.
+
+    A stretched lobe is moved down by 0.6 of its extra height, so that hepatomegaly grows mostly downwards
+    (the dome stays under the diaphragm) as the enlarged liver does.
+    """
+    lv = a.organs["liver"]
+    k = (lv["volume_ml"] * 1000.0) ** (1 / 3) * lv.get("scale", 1.0)
+    out: List[Tuple[str, Shape | None]] = []
+    for name, c, semi, rot in (("right", lv["center"], _LIVER_RIGHT * k * [1, 1, zs], rotation(10, 0, -15)),
+                               ("left", lv["left"], _LIVER_LEFT * k * [1, 1, zs], rotation(-15, 0, 10))):
+        cz = np.asarray(c) - [0, 0, (zs - 1.0) * semi[2] * 0.6]
+        out.append((name, _below(g, a, body, ellipsoid(g, cz, semi, rot, body.field, lv["amp"]))))
+    return out
+
+
+def _liver_span(lab: np.ndarray, sz: float, lobes: List[Tuple[str, Shape | None]], keep: List[int]) -> float:
+    """Craniocaudal span (mm) the lobes would be labelled over, measured as the truth is: slices x spacing."""
+    ks: List[np.ndarray] = []
+    for _, sh in lobes:
+        if sh is None:
+            continue
+        # Voxels that get the liver label: fraction >= 0.5 where no kept organ (kidney, adrenal) is already.
+        m = (sh.frac() >= 0.5) & ~np.isin(lab[sh.sl], keep)
+        ks.append(np.flatnonzero(m.any(axis=(0, 1))) + sh.sl[2].start)
+    k = np.concatenate(ks) if ks else np.zeros(0, dtype=np.int64)
+    return float((k.max() - k.min() + 1) * sz) if k.size else 0.0
+
+
+def _liver_stretch(cv: Canvas, a: Anatomy, body: BodyModel, keep: List[int], target: float) -> float:
+    """The craniocaudal stretch that makes the rendered liver span ``target`` mm (hepatomegaly).
+
+    Solved on the grid itself rather than from the ellipsoid formula: the lobes are rotated, lumpy (surface
+    field), cut by the diaphragm dome and counted in whole slices, which together put a closed-form stretch
+    up to 5 cm past the target. The span grows monotonically with the stretch, so bisection converges;
+    no random numbers are drawn (other patients' streams are unchanged). A liver already longer than the
+    target is left as it is (zs = 1).
+
+    The search runs on every f-th pixel in plane (pixels of at most 2.5 mm; slices unchanged): a voxel is
+    labelled where its signed distance is <= 0 whatever the voxel size, so the strided grid labels the same
+    points, and on a clinical 512 matrix the search costs a ninth of the time.
+    """
+    g = cv.grid
+    f = max(1, int(2.5 // float(g.spacing[0])))
+    sub = Grid((-(-g.shape[0] // f), -(-g.shape[1] // f), g.shape[2]),
+               (g.spacing[0] * f, g.spacing[1] * f, g.spacing[2]), g.first_lps)
+    lab, sz = cv.lab[::f, ::f, :], float(g.spacing[2])
+    span = _liver_span(lab, sz, _liver_lobes(sub, a, body, 1.0), keep)
+    if span >= target:
+        return 1.0
+    best_zs, best_err = 1.0, target - span
+    lo, hi = 1.0, 3.0
+    for _ in range(8):  # 2 / 2**8 in zs: about 2 mm of liver tip per step at the end, under a slice
+        if best_err == 0.0:
+            break
+        mid = 0.5 * (lo + hi)
+        span = _liver_span(lab, sz, _liver_lobes(sub, a, body, mid), keep)
+        if abs(span - target) < best_err:
+            best_zs, best_err = mid, abs(span - target)
+        lo, hi = (mid, hi) if span < target else (lo, mid)
+    return best_zs
 
 
 def _tex(rng: np.random.Generator, g: Grid, sh: Shape | None, step: float = 9.0) -> np.ndarray:
@@ -171,18 +234,9 @@ def render_abdomen(cv: Canvas, a: Anatomy, body: BodyModel, rng: np.random.Gener
     # --- liver and gallbladder (they yield to the kidneys and adrenals they touch) ------------------------------
     keep = [ID["kidney_left"], ID["kidney_right"], ID["adrenal_gland_left"], ID["adrenal_gland_right"]]
     lv = o["liver"]
-    k = (lv["volume_ml"] * 1000.0) ** (1 / 3) * lv.get("scale", 1.0)
-    zs = 1.0
-    if "cc_target" in lv:  # hepatomegaly: stretch the liver downwards to the target craniocaudal span
-        S = _LIVER_RIGHT[2] * k
-        cz = lv["center"][2]
-        top = min(cz + S, a.diaphragm[0] + a.diaphragm[1] - 3.0)
-        zs = max((cz + 0.6 * S - (top - lv["cc_target"])) / (1.6 * S), 1.0)
+    zs = _liver_stretch(cv, a, body, keep, float(lv["cc_target"])) if "cc_target" in lv else 1.0
     tex_rng = np.random.default_rng(int(brng.integers(2 ** 31)))
-    for name, c, semi, rot in (("right", lv["center"], _LIVER_RIGHT * k * [1, 1, zs], rotation(10, 0, -15)),
-                               ("left", lv["left"], _LIVER_LEFT * k * [1, 1, zs], rotation(-15, 0, 10))):
-        cz = np.asarray(c) - [0, 0, (zs - 1.0) * semi[2] * 0.6]
-        sh = _below(cv, a, body, ellipsoid(g, cz, semi, rot, body.field, lv["amp"]))
+    for name, sh in _liver_lobes(g, a, body, zs):
         if sh is not None:
             cv.paint_shape(sh, h["liver"] + lv.get("delta", 0.0) + 3.0 * _tex(tex_rng, g, sh), ID["liver"], keep=keep)
             shapes[f"liver_{name}"] = sh

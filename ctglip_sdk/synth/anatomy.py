@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 
 from ctglip_sdk.organs import V1
 
-__all__ = ["Anatomy", "sample_anatomy", "ID", "vertebra_levels", "outline", "diaphragm_z"]
+__all__ = ["Anatomy", "sample_anatomy", "ID", "vertebra_levels", "vertebral_body", "vertebral_bodies_near", "outline",
+           "diaphragm_z"]
 
 #: TotalSegmentator v1 class name -> label id.
 ID: Dict[str, int] = {name: i for i, name in V1.items()}
@@ -73,6 +74,33 @@ def vertebra_levels(scale: float) -> Dict[str, Tuple[float, float]]:
         z += (h + 6.0 * scale) / 2.0
         out[f"T{n}"] = (z, h)
         z += (h + 6.0 * scale) / 2.0
+    return out
+
+
+def vertebral_body(name: str, scale: float) -> Tuple[float, float]:
+    """Lateral and AP semi-axes (mm) of a vertebral body: thoracic bodies widen caudally, lumbar ones are broad."""
+    lumbar = name.startswith("L")
+    n = int(name[1:])
+    w = (24.0 if lumbar else 13.0 + 0.8 * n) * scale
+    dpt = (17.0 if lumbar else 11.0 + 0.45 * n) * scale
+    return w, dpt
+
+
+def vertebral_bodies_near(a: Anatomy, z: float) -> List[Tuple[float, float, float]]:
+    """The vertebral bodies whose centres bracket height z, as render_spine paints them: (y centre, lateral and
+    AP semi-axes) in mm, each a z-aligned elliptic cylinder centred at x = 0.
+
+    Both neighbours count, since either body (or the disc between them) may reach z.
+    """
+    names = list(a.levels)
+    zc = np.array([a.levels[n][0] for n in names]) + a.shift[2] * 0.3  # the spine is shifted as render_spine does
+    order = np.argsort(zc)
+    i = int(np.searchsorted(zc[order], z))
+    out = []
+    for j in (i - 1, i):
+        if 0 <= j < len(names):
+            k = int(order[j])
+            out.append((float(a.spine_y(zc[k])), *vertebral_body(names[k], a.scale)))
     return out
 
 

@@ -20,7 +20,7 @@ from ctglip_sdk.organs import V1
 from ctglip_sdk.synth.anatomy import sample_anatomy
 from ctglip_sdk.synth.findings import apply_to_anatomy, sample_findings
 from ctglip_sdk.synth.phantom import render
-from ctglip_sdk.synth.phrasebook import write_report
+from ctglip_sdk.synth.phrasebook import CONTRAST_AGENTS, write_report
 from ctglip_sdk.synth.presets import Preset, get_preset
 from ctglip_sdk.synth.writers import (Identity, make_identity, write_class_masks, write_dicom_series, write_mask,
                                       write_nifti)
@@ -120,8 +120,11 @@ def generate_patient(seed: SeedLike = 0, preset: Union[str, Preset] = "small", *
     r = render(a, p, s_render, plan)
     ident = make_identity(int(archive_seed if archive_seed is not None else (seed if isinstance(seed, int) else 0)),
                           index, a.sex, a.age, s_ident)
+    # The agent comes from the identity stream (drawn after the identity, which it does not change), so the
+    # report's technique line and the DICOM header name the same one.
+    agent = CONTRAST_AGENTS[int(s_ident.integers(len(CONTRAST_AGENTS)))] if a.contrast else None
     stool = a.organs["bowel"]["stool"]
-    rmeta = {"contrast": a.contrast, "slice_mm": p.slice_mm, "gallbladder": bool(a.organs["gallbladder"]["present"]),
+    rmeta = {"contrast": a.contrast, "agent": agent, "slice_mm": p.slice_mm, "gallbladder": bool(a.organs["gallbladder"]["present"]),
              "osteopenia": a.hu["cancellous"] < 110,
              "stool": ("Moderate stool burden throughout the colon." if stool > 0.6 and s_report.random() < 0.4
                        else None)}
@@ -135,7 +138,8 @@ def generate_patient(seed: SeedLike = 0, preset: Union[str, Preset] = "small", *
     vol = Volume(r.hu.astype(np.float32), r.grid.affine, dict(meta))
     seg = Segmentation(r.labels, dict(V1), r.grid.affine, {"source": "synthetic", "label_map": "totalseg_v1"})
     return SyntheticPatient(vol, seg, report, r.findings, ident,
-                            {"age": a.age, "sex": a.sex, "contrast": a.contrast, "preset": p.name,
+                            {"age": a.age, "sex": a.sex, "contrast": a.contrast, "contrast_agent": agent,
+                             "preset": p.name,
                              "cancellous_hu": round(a.hu["cancellous"], 1)})
 
 
@@ -168,7 +172,8 @@ def _make_study(root: str, seed: int, index: int, preset: str, fmt: str, prevale
     if fmt == "dicom":
         image = Path("images") / case / ident.study_uid
         write_dicom_series(rootp / image, hu, vol.affine, ident,
-                           {"contrast": pt.meta["contrast"], "sex": pt.meta["sex"], "age": pt.meta["age"]})
+                           {"contrast": pt.meta["contrast"], "sex": pt.meta["sex"], "age": pt.meta["age"],
+                            "contrast_agent": pt.meta.get("contrast_agent")})
     else:
         image = Path("images") / f"{case}.nii.gz"
         write_nifti(rootp / image, hu, vol.affine)

@@ -6,7 +6,7 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
-from ctglip_sdk.synth.anatomy import ID, Anatomy, outline
+from ctglip_sdk.synth.anatomy import ID, Anatomy, outline, vertebral_body
 from ctglip_sdk.synth.raster import Canvas, Grid, Shape, SmoothField, ellipsoid, profile, rotation, tube
 
 __all__ = ["BodyModel", "cylinder"]
@@ -129,9 +129,7 @@ class BodyModel:
             if z < g.coords(2)[0] - 40 or z > g.coords(2)[-1] + 40:
                 continue
             lumbar = name.startswith("L")
-            n = int(name[1:])
-            w = (24.0 if lumbar else 13.0 + 0.8 * n) * a.scale
-            dpt = (17.0 if lumbar else 11.0 + 0.45 * n) * a.scale
+            w, dpt = vertebral_body(name, a.scale)  # shared with the aorta, which must clear the bodies
             yc = float(a.spine_y(z))
             lab = ID[f"vertebrae_{name}"]
             body = cylinder(g, [0.0, yc, z], [w, dpt], hh / 2)

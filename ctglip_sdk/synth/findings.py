@@ -201,8 +201,13 @@ def apply_to_anatomy(a: Anatomy, plan: List[dict], rng: np.random.Generator) -> 
                 drop = {"mild": (32, 42), "moderate": (43, 58), "severe": (60, 80)}[sev]
                 target = h["spleen"] - rng.uniform(*drop)
             else:  # liver < spleen − 10; < 40 HU moderate
-                target = {"mild": h["spleen"] - rng.uniform(13, 18), "moderate": rng.uniform(22, 34),
-                          "severe": rng.uniform(-5, 18)}[sev]
+                draws = {"mild": rng.uniform(13, 18), "moderate": rng.uniform(22, 34), "severe": rng.uniform(-5, 18)}
+                target = draws[sev]  # all three drawn, as before, so the patient's later draws do not move
+                if sev == "mild":
+                    # Mild means 40–45 HU; a spleen under 51 HU leaves no room below spleen − 10, so it is
+                    # raised (normal spleens are 40–60 HU unenhanced).
+                    target = 40.5 + (draws["mild"] - 13.0) / 5.0 * 4.5
+                    h["spleen"] = max(h["spleen"], target + 10.5 + (draws["mild"] - 13.0) / 5.0 * 4.0)
             o["liver"]["delta"] = float(target - h["liver"])
         elif k == "hepatomegaly":
             o["liver"]["cc_target"] = f["length"]

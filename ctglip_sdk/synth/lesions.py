@@ -18,8 +18,13 @@ __all__ = ["render_findings", "measure", "principal_length", "liver_segment"]
 _DIRS = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1) if (i, j, k) != (0, 0, 0)],
                  dtype=np.float64)
 _DIRS /= np.linalg.norm(_DIRS, axis=1)[:, None]
+_KIDNEY_NEIGHBOURS = ("liver", "spleen", "colon", "small_bowel", "duodenum", "stomach", "pancreas", "gallbladder",
+                      "adrenal_gland_right", "adrenal_gland_left")
 _LOBES = {ID[n]: n for n in ("lung_upper_lobe_left", "lung_lower_lobe_left", "lung_upper_lobe_right",
                              "lung_middle_lobe_right", "lung_lower_lobe_right")}
+
+
+_EMPHYSEMA_HU = -975.0  # emphysematous voxels before noise (< -950 HU, the LAA threshold, after it)
 
 
 def _ras(p: Sequence[float]) -> List[float]:
@@ -149,8 +154,10 @@ def render_findings(cv: Canvas, a: Anatomy, body: BodyModel, shapes: Dict[str, o
                 elif k == "liver_calcification":
                     sh = _blob(cv, p, size, rng.uniform(350, 800), ID["liver"], rng, 0.0, only=[ID["liver"]])
                 else:
-                    val = rng.uniform(45, 70) if a.contrast else h["liver"] + a.organs["liver"].get("delta", 0) - \
-                        rng.uniform(15, 25)
+                    liver = h["liver"] + a.organs["liver"].get("delta", 0)
+                    val = rng.uniform(45, 70) if a.contrast else liver - rng.uniform(15, 25)
+                    if val > liver - 15:  # a steatotic enhanced liver: keep the mass hypoattenuating (15–25 HU under)
+                        val = liver - 15 - (val - 45) / 25 * 10
                     sh = _blob(cv, p, size, val, ID["liver"], rng, 0.15, only=[ID["liver"], 0])
                     if size >= 40:  # central necrosis
                         _blob(cv, p, size * 0.4, rng.uniform(12, 25), ID["liver"], rng, 0.2, only=[ID["liver"]])
@@ -243,6 +250,12 @@ def render_findings(cv: Canvas, a: Anatomy, body: BodyModel, shapes: Dict[str, o
             if sh is not None:
                 m = (sh.frac() >= 0.99) & (sh.frac(f["size"]) <= 0.01)
                 add(_entry(k, "urinary_bladder", size=f["size"], location="diffuse"), (sh.sl, m))
+    # A later finding (a pleural effusion, its atelectasis band) may paint over emphysema: its truth HU and
+    # LAA core are the voxels still emphysematous once everything is painted (before noise, at <= -975 HU).
+    for j, (i, core, kind) in enumerate(cores):
+        if kind.startswith("laa:") and core is not None:
+            sl, m = core
+            cores[j] = (i, (sl, m & (cv.hu[sl] <= _EMPHYSEMA_HU) & (cv.lab[sl] == int(kind[4:]))), kind)
     return cores
 
 
@@ -272,8 +285,9 @@ def _gallstones(cv: Canvas, a: Anatomy, sh: Optional[Shape], f: dict, rng: np.ra
             _blob(cv, p, size * 0.6, rng.uniform(40, 80), ID["gallbladder"], rng, 0.0, only=[ID["gallbladder"]])
         first = first or (p, st)
     if first:
+        # A rim stone's fully covered voxels are its repainted soft core: its peak is on the periphery.
         add(_entry("gallstones", "gallbladder", None, f["size"], "dependent", kind, f["count"] if f["count"] > 1
-                   else None, first[0]), _core(first[1], 0.9), "max")
+                   else None, first[0]), _core(first[1], 0.5 if kind == "rim" else 0.9), "max")
 
 
 def _kidney_focal(cv: Canvas, a: Anatomy, f: dict, rng: np.random.Generator, add) -> None:
@@ -294,7 +308,10 @@ def _kidney_focal(cv: Canvas, a: Anatomy, f: dict, rng: np.random.Generator, add
         u = u / np.linalg.norm(u)
         depth = rng.uniform(0.75, 1.0)
         p = c + rot @ (u * semi * depth)
-        sh = _blob(cv, p, f["size"], rng.uniform(2, 15), lab, rng, 0.03, only=[lab, 0])
+        # An exophytic cyst displaces the fat and the soft organs next to the kidney (as an adrenal nodule does)
+        # rather than being cut off by them, so a 40 mm cyst renders 40 mm; bone and great vessels stay.
+        near = [lab, 0] + [ID[n] for n in _KIDNEY_NEIGHBOURS if n in ID]
+        sh = _blob(cv, p, f["size"], rng.uniform(2, 15), lab, rng, 0.03, only=near)
         kind = "mean"
     loc = _kidney_pole(a, side, p)
     add(_entry(k, f"kidney_{side}", side, f["size"], loc, "Bosniak I" if k == "renal_cyst" else None, center=p),
@@ -329,7 +346,7 @@ def _emphysema(cv: Canvas, a: Anatomy, f: dict, rng: np.random.Generator, add) -
         target = rng.uniform(*rngf)
         thr = np.quantile(fld[m], 1.0 - target)
         em = m & (fld > thr)
-        hu[em] = -975.0 - 10.0 * np.clip(fld[em] - thr, 0, 2)
+        hu[em] = _EMPHYSEMA_HU - 10.0 * np.clip(fld[em] - thr, 0, 2)
         add(_entry("emphysema", name, name.split("_")[-1], location="centrilobular, upper lobe predominant",
                    severity=sev), (sl, em), f"laa:{lid}")
 
@@ -350,14 +367,43 @@ def _effusion(cv: Canvas, a: Anatomy, body: BodyModel, f: dict, add) -> None:
     height = 70.0 + 3.0 * D
     taper = np.clip(1.0 - (z - a.diaphragm[0]) / height, 0.0, 1.0) ** 0.5
     post = np.clip((y - (-10.0)) / 90.0, 0.0, 1.0) ** 0.8
-    depth = D * taper * post
     sxy = float(g.spacing[0])
-    fl = profile(cav - depth, sxy) * (depth > 0.5) * (z > zd - 2)
+    in_lung = np.isin(cv.lab[sl], lobes)
+
+    def crescent(gain: float):
+        depth = gain * D * taper * post
+        return depth, profile(cav - depth, sxy) * (depth > 0.5) * (z > zd - 2)
+
+    # The cavity's curve and the diaphragm leave the fluid thinner than the drawn depth D: raise the crescent
+    # until its measured depth (as in the report) is D, so that truth, report and pixels agree.
+    gain = 1.0
+    for _ in range(4):
+        depth, fl = crescent(gain)
+        got = _axial_depth(fl * in_lung, g)
+        if got <= 0 or abs(got - D) <= 0.5 * sxy:
+            break
+        gain = float(np.clip(gain * D / got, 1.0, 3.0))
     used = cv.paint(sl, fl, a.hu["fluid"] + 3.0, 0, only=lobes)
     band = np.clip(profile(cav - depth - 9.0, sxy) - fl, 0, 1) * 0.75
     cv.paint(sl, band, -250.0, None, only=lobes)
     m = used >= 0.99
-    add(_entry("pleural_effusion", f"lung_lower_lobe_{side}", side, D, "dependent", f["severity"]), (sl, m))
+    size = round(_axial_depth(used, g)) or D
+    add(_entry("pleural_effusion", f"lung_lower_lobe_{side}", side, size, "dependent", f["severity"]), (sl, m))
+
+
+def _axial_depth(frac: np.ndarray, g: Grid) -> float:
+    """Maximal depth (mm) of a fluid layer on an axial image: twice its largest in-plane inscribed radius."""
+    fluid = frac >= 0.5
+    if not fluid.any():
+        return 0.0
+    from scipy import ndimage as ndi
+
+    sx, sy = float(g.spacing[0]), float(g.spacing[1])
+    padded = np.pad(fluid, ((1, 1), (1, 1), (0, 0)))
+    best = max(float(ndi.distance_transform_edt(padded[:, :, k], sampling=(sx, sy)).max())
+               for k in np.flatnonzero(fluid.any(axis=(0, 1))))
+    # The distance runs to the nearest voxel centre outside: half a voxel more than the layer's half depth.
+    return 2.0 * best - 0.5 * min(sx, sy)
 
 
 def _plaques(cv: Canvas, a: Anatomy, shapes: dict, f: dict, rng: np.random.Generator, add) -> None:
@@ -396,17 +442,19 @@ def _aneurysm(cv: Canvas, a: Anatomy, shapes: dict, f: dict, rng: np.random.Gene
     sac = (np.abs(z - an["z"]) < an["length"] / 2) & (R > r0 + 3.0)
     core = None
     if an["thrombus"]:
-        rl = r0 * 1.15
+        rl = r0  # the flow lumen keeps about its normal calibre; the rest of the sac is thrombus
         ecc = np.maximum(R - rl, 0) * 0.7  # the residual lumen lies posteriorly, thrombus in front
         ox, oy = sh.extra["off"][0], sh.extra["off"][1] - ecc
         lumen = profile(np.sqrt(ox ** 2 + oy ** 2) - rl, float(cv.grid.spacing[0]))
         th = np.clip(sh.frac(1.5) - lumen, 0, 1) * sac
-        cv.paint(sh.sl, th, rng.uniform(35, 60), ID["aorta"], only=[ID["aorta"]])
-        core = (sh.sl, th >= 0.99)
+        used = cv.paint(sh.sl, th, rng.uniform(35, 60), ID["aorta"], only=[ID["aorta"]])
+        core = (sh.sl, used >= 0.99)  # voxels another organ kept (only=) were never thrombus
     pts = shapes["aorta_path"][0]
     p = pts[int(np.argmin(np.abs(pts[:, 2] - an["z"])))]  # the centreline at the sac's middle
-    add(_entry("aortic_aneurysm", "aorta", None, f["size"], "infrarenal", "with mural thrombus" if an["thrombus"]
-               else None, center=p), core)
+    # A thrombus thinner than a voxel is not seen, so neither truth nor report mentions it.
+    seen = core is not None and bool(core[1].any())
+    add(_entry("aortic_aneurysm", "aorta", None, f["size"], "infrarenal", "with mural thrombus" if seen
+               else None, center=p), core if seen else None)
 
 
 def measure(r, cores: list) -> None:

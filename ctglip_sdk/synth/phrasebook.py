@@ -31,6 +31,10 @@ def _dims(mm: float, rng: _R) -> str:
     return f"{mm:.0f} x {other:.0f} mm"
 
 
+#: Contrast agents a technique line may name; the DICOM header's ContrastBolusAgent names the same one.
+CONTRAST_AGENTS = ("iohexol 350", "iopamidol 370", "Omnipaque 350")
+
+
 def _pick(rng: _R, options: List[str]) -> str:
     return options[int(rng.integers(len(options)))]
 
@@ -237,6 +241,9 @@ _SECTIONS: Dict[str, tuple] = {
               ["No bowel obstruction or wall thickening.", "Normal caliber bowel loops."]),
     "bones": (["BONES:", "Osseous structures:", "Musculoskeletal:"], [], {}, ["No aggressive osseous lesion."]),
 }
+# Denials whose wording covers other findings too: "No focal hepatic lesion." also denies masses and
+# calcifications, so it is not written when one of them is present.
+_DENIES_ALSO: Dict[str, set] = {"liver_cyst": {"liver_mass", "liver_calcification"}}
 _MINOR = {"heart", "adrenals", "bladder", "vessels", "bowel", "bones"}
 _INDICATIONS = ["Abdominal pain.", "Weight loss.", "Staging.", "Follow-up.", "Fever of unknown origin.",
                 "Shortness of breath and abdominal pain.", "Elevated liver enzymes.", "Hematuria.",
@@ -248,7 +255,7 @@ def write_report(truth: List[dict], meta: dict, rng: _R) -> str:
 
     Args:
         truth: findings rendered in the pixels (truth.jsonl entries).
-        meta: contrast (bool), slice_mm, gallbladder (bool, False after cholecystectomy), osteopenia (bool),
+        meta: contrast (bool), agent (the contrast agent's name, else one is drawn), slice_mm, gallbladder (bool, False after cholecystectomy), osteopenia (bool),
             stool (str or None).
         rng: the report's own generator: phrasing differs between patients, never the facts.
     """
@@ -261,7 +268,8 @@ def write_report(truth: List[dict], meta: dict, rng: _R) -> str:
         f"CT CHEST, ABDOMEN AND PELVIS {'WITH IV CONTRAST' if contrast else 'WITHOUT CONTRAST'}",
         f"CT chest/abdomen/pelvis {'with intravenous contrast' if contrast else 'without contrast'}"])]
     lines.append(("CLINICAL HISTORY: " if upper else "Indication: ") + _pick(rng, _INDICATIONS))
-    agent = _pick(rng, ["iohexol 350", "iopamidol 370", "Omnipaque 350"])
+    drawn = _pick(rng, list(CONTRAST_AGENTS))  # drawn even when given, so the rest of the phrasing stays put
+    agent = meta.get("agent") or drawn
     phase = (f"following intravenous administration of {int(rng.choice([80, 90, 100, 120]))} mL of {agent}, "
              "in the portal venous phase" if contrast else "without intravenous contrast")
     lines.append(("TECHNIQUE: " if upper else "Technique: ") + f"Helical CT from the lung apices to the pubic "
@@ -294,9 +302,11 @@ def write_report(truth: List[dict], meta: dict, rng: _R) -> str:
             sentences.append("Status post cholecystectomy.")
         absent = [k for k in denials if k not in by_key]
         if present:
-            # Alongside abnormal findings, radiologists often still deny the other findings of the organ.
+            # Alongside abnormal findings, radiologists often still deny the other findings of the organ, but
+            # never with a sentence that also denies what was just described ("No focal hepatic lesion."
+            # beside a mass). The draw is made either way so that other reports keep their phrasing.
             for k in absent:
-                if rng.random() < 0.4:
+                if rng.random() < 0.4 and not _DENIES_ALSO.get(k, set()) & set(by_key):
                     sentences.append(_pick(rng, denials[k]))
         elif not sentences:
             if name in _MINOR and rng.random() < 0.12:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Tuple
 
 import numpy as np
 
-from ctglip_sdk.synth.anatomy import ID, Anatomy, diaphragm_z
+from ctglip_sdk.synth.anatomy import ID, Anatomy, diaphragm_z, vertebral_bodies_near
 from ctglip_sdk.synth.body import BodyModel
 from ctglip_sdk.synth.raster import Canvas, SmoothField, ellipsoid, profile, tube
 
@@ -84,12 +84,22 @@ def _airways(cv: Canvas, a: Anatomy, detail: int) -> None:
         br = tube(g, [[5 * s, ty, carina + 3], [sign * 40 * s, ty + 8 * s, carina - 22 * s]], [6.5 * s, 5.5 * s])
         cv.paint_shape(br, h["cartilage"], only=LUNG_IDS + [0])
         cv.paint_shape(br, h["air"], only=LUNG_IDS + [0], offset=1.5)
-    ey = lambda zz: float(a.spine_y(zz)) - 22.0 * s  # noqa: E731 - the esophagus runs in front of the spine
-    pts = [[6 * s, ey(top), top], [8 * s, ey(200 * s), 200 * s], [18 * s, ey(140 * s) - 5, 140 * s],
-           [30 * s, ey(100 * s) - 10, 100 * s], [42 * s, 0.0, 88 * s]]
-    es = tube(g, pts, [7.5 * s] * 5)
+    es = tube(g, *esophagus_path(a, top))
     cv.paint_shape(es, h["bowel_wall"], ID["esophagus"])
     cv.paint_shape(es, h["air"] * 0.5, offset=5.5 * s)
+
+
+def esophagus_path(a: Anatomy, top: float) -> Tuple[List[List[float]], List[float]]:
+    """Centreline and radii of the esophagus from the top of the scan to the gastric cardia.
+
+    It runs near the midline, right of the descending aorta, in the mid thorax, then swings forwards and to the
+    left in front of the aorta to the hiatus, so that the aorta (painted later) covers as little of it as it can.
+    """
+    s = a.scale
+    ey = lambda zz: float(a.spine_y(zz)) - 22.0 * s  # noqa: E731 - the esophagus runs in front of the spine
+    pts = [[6 * s, ey(top), top], [5 * s, ey(200 * s), 200 * s], [1 * s, ey(140 * s) - 4 * s, 140 * s],
+           [28 * s, ey(100 * s) - 18 * s, 100 * s], [42 * s, 0.0, 88 * s]]
+    return pts, [7.5 * s] * 5
 
 
 def _vessel_tree(cv: Canvas, a: Anatomy, rng: np.random.Generator, detail: int) -> None:
@@ -121,9 +131,11 @@ def aorta_path(a: Anatomy) -> tuple:
     rad = [r * 1.35, r * 1.35, r * 1.3, r * 1.2, r * 1.1]
     bif = ao["bifurcation"]
     for z in np.arange(235 * s, bif - 1, -12.0):
-        t = np.clip((250 * s - z) / (250 * s), 0, 1)  # thorax (left para-vertebral) -> abdomen (anterior)
+        # Thorax: left anterolateral to the vertebral bodies; it swings forwards to lie in front of the lumbar
+        # spine in the abdomen (t -> 1). The bodies themselves are cleared below.
+        t = np.clip((250 * s - z) / (250 * s), 0, 1)
         xx = (24 * s) * (1 - t) + ao["x"] * t
-        yy = float(a.spine_y(z)) + (-2 * s) * (1 - t) + (-(17 * s + r + 5)) * t
+        yy = float(a.spine_y(z)) + (_ANTERIOR * s) * (1 - t) + (-(17 * s + r + 5)) * t
         pts.append([xx, yy, float(z)])
         rad.append(r * (1.05 - 0.1 * t))
     an = ao.get("aneurysm")
@@ -131,7 +143,41 @@ def aorta_path(a: Anatomy) -> tuple:
         for i, p in enumerate(pts):
             bump = np.clip(1 - ((p[2] - an["z"]) / (an["length"] / 2)) ** 2, 0, 1) ** 0.7
             rad[i] = max(rad[i], an["diameter"] / 2 * bump + rad[i] * (1 - bump))
-    return np.asarray(pts) + a.shift * [1, 0.5, 0.3], np.asarray(rad)
+    out = np.asarray(pts) + a.shift * [1, 0.5, 0.3]
+    # The spine is painted after the aorta, so any overlap would be relabelled bone: the end of the arch (at T4),
+    # the descending aorta and an aneurysm sac rest against the vertebral bodies instead, as they do in the body.
+    for i in range(len(out)):
+        out[i, :2] = _clear_of_spine(a, out[i], rad[i] + _GAP)
+    return out, np.asarray(rad)
+
+
+#: AP offset (mm, before scaling; negative = anterior) of the upper descending aorta from the vertebral centres.
+_ANTERIOR = -10.0
+#: Clearance (mm) kept between the aortic wall and a vertebral body: the centreline is checked only every
+#: 12 mm and the bodies' centres follow the kyphosis, so a little margin keeps the wall off the bone between.
+_GAP = 1.5
+_THETA = np.linspace(-np.pi, np.pi, 1441)
+
+
+def _clear_of_spine(a: Anatomy, p: np.ndarray, clearance: float) -> np.ndarray:
+    """The (x, y) of centreline point ``p`` moved, if need be, to ``clearance`` mm outside the vertebral bodies
+    at its height, along the normal of the nearest body surface (so the vessel touches the bone, not overlaps)."""
+    x, y = float(p[0]), float(p[1])
+    for _ in range(3):  # the two bodies bracketing p differ slightly; a push out of one may need another
+        moved = False
+        for yc, w, dpt in vertebral_bodies_near(a, float(p[2])):
+            ex, ey = w * np.cos(_THETA), dpt * np.sin(_THETA)  # the body's cross-section, sampled finely
+            dist = np.hypot(x - ex, y - yc - ey)
+            j = int(np.argmin(dist))
+            inside = (x / w) ** 2 + ((y - yc) / dpt) ** 2 < 1.0
+            if inside or dist[j] < clearance - 1e-6:
+                nx, ny = np.cos(_THETA[j]) / w, np.sin(_THETA[j]) / dpt
+                nn = float(np.hypot(nx, ny))
+                x, y = float(ex[j] + clearance * nx / nn), float(yc + ey[j] + clearance * ny / nn)
+                moved = True
+        if not moved:
+            break
+    return np.array([x, y])
 
 
 def render_great_vessels(cv: Canvas, a: Anatomy, body: BodyModel) -> dict:

@@ -112,7 +112,7 @@ def write_dicom_series(folder: Path, hu: np.ndarray, affine: np.ndarray, ident: 
     ds.ConvolutionKernel = "STANDARD"
     ds.PatientPosition = "HFS"
     if meta["contrast"]:
-        ds.ContrastBolusAgent = "IOHEXOL 350"
+        ds.ContrastBolusAgent = str(meta.get("contrast_agent") or "iohexol 350").upper()
         ds.ContrastBolusRoute = "IV"
     ds.StudyInstanceUID = ident.study_uid
     ds.SeriesInstanceUID = ident.series_uid
