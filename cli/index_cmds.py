@@ -393,5 +393,45 @@ def verify(index_dir: Path, database_url: Optional[str], as_json: bool, repair: 
         raise SystemExit(1)
 
 
+@click.command("remove")
+@_index_options
+@click.option("--series", "series", multiple=True, metavar="UID", help="SeriesInstanceUID to remove (repeatable).")
+@click.option("--study", "studies", multiple=True, metavar="UID", help="StudyInstanceUID to remove (repeatable).")
+@click.option("--patients-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Text file of patient identifiers (or stored pseudonyms), one per line: kept off the command "
+                   "line, where shell history and process lists would show them.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def remove(index_dir: Path, database_url: Optional[str], as_json: bool, series: Sequence[str],
+           studies: Sequence[str], patients_file: Optional[Path], yes: bool) -> None:
+    """Delete series, studies or patients from the index: SQL rows, FAISS ids and stored vectors.
+
+    A series still in the archive comes back with the next ingest: remove it there too when it must stay out.
+    """
+    patients: List[str] = []
+    if patients_file is not None:
+        try:
+            patients = [ln.strip() for ln in patients_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read the patients file ({type(exc).__name__})", path=patients_file) from None
+    if not (series or studies or patients):
+        raise click.UsageError("name at least one --series, --study or a --patients-file")
+    if not yes:
+        click.confirm(f"Remove {len(series)} series, {len(studies)} studies and {len(patients)} patients' series "
+                      f"from {index_dir}? This cannot be undone", abort=True, err=True)
+    with _open(index_dir, database_url) as idx:
+        out = idx.remove(series=series, studies=studies, patients=patients)
+    if as_json:
+        echo_json(out)
+        return
+    click.echo(f"removed {out['series']} series, {out['organs']} organs, {out['studies']} studies and "
+               f"{out['patients']} patients; erased {out['vectors_erased']} stored vectors")
+    nf = out["not_found"]
+    for what in ("series", "studies"):
+        if nf[what]:
+            click.echo(f"not in the index ({what}): {', '.join(nf[what])}", err=True)
+    if nf["patients"]:
+        click.echo(f"not in the index: {nf['patients']} patient(s)", err=True)
+
+
 #: The commands of this module, for registration in `ctglip_sdk.cli.main`.
-COMMANDS = [ingest, search, similar, score, cohort, export, verify]
+COMMANDS = [ingest, search, similar, score, cohort, export, verify, remove]

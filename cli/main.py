@@ -31,6 +31,7 @@ COMMANDS: Dict[str, str] = {
     "cohort": "ctglip_sdk.cli.index_cmds:cohort",
     "export": "ctglip_sdk.cli.index_cmds:export",
     "verify": "ctglip_sdk.cli.index_cmds:verify",
+    "remove": "ctglip_sdk.cli.index_cmds:remove",
     "manifest": "ctglip_sdk.cli.manifest:manifest_command",
 }
 

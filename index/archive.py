@@ -450,6 +450,13 @@ class ArchiveIndex:
 
         return insert_scores(self, rows, model_hash=model_hash)
 
+    def remove(self, series: Iterable[str] = (), studies: Iterable[str] = (),
+               patients: Iterable[str] = ()) -> Dict[str, Any]:
+        """Delete series (by UID, study UID or patient) with their organs, scores and vectors; see remove.remove."""
+        from .remove import remove  # noqa: PLC0415
+
+        return remove(self, series=series, studies=studies, patients=patients)
+
     def export(self, path: PathLike, what: str = "scores") -> Path:
         """Write ``scores``, ``organs``, ``studies`` or ``ingest`` as CSV/Parquet/JSONL; see export.export."""
         from .export import export  # noqa: PLC0415

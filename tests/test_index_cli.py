@@ -35,7 +35,7 @@ def run(*args):
 
 
 def test_commands_are_registered_documented_and_take_index_and_json():
-    assert [c.name for c in COMMANDS] == ["ingest", "search", "similar", "score", "cohort", "export", "verify"]
+    assert [c.name for c in COMMANDS] == ["ingest", "search", "similar", "score", "cohort", "export", "verify", "remove"]
     for cmd in COMMANDS:
         opts = {o for p in cmd.params for o in getattr(p, "opts", [])}
         assert {"--index", "--json"} <= opts and cmd.help
