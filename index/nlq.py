@@ -30,7 +30,7 @@ _SEX_LETTER = re.compile(r"(?<![\w'])([FM])(?![\w'])")
 _CONTRAST = [(re.compile(r"\b(non[- ]?contrast|unenhanced|without contrast)\b"), False),
              (re.compile(r"\b(contrast[- ]enhanced|with contrast|portal[- ]venous)\b"), True)]
 # ("and" is kept: it joins two findings, "gallstones and fatty liver"; a dangling one is dropped below)
-_FILLER = re.compile(r"\b(in|of|with|among|for|patients?|pts|subjects?|people|who are|who have|having|the|"
+_FILLER = re.compile(r"\b(in|of|with|among|for|patients?|pts|subjects?|people|who are|who have|having|the|a|an|"
                      r"on|from|scans?|studies|exams?|yo|y/o)\b")
 _DANGLING = re.compile(r"^(?:(?:and|or|,)\s*)+|(?:\s*(?:and|or|,))+$")
 
@@ -80,7 +80,44 @@ def _cut(text: str, span: Tuple[int, int]) -> str:
     return text[:span[0]] + " " + text[span[1]:]
 
 
+# Misspelt sex words ("femle", "womn", "wemen", "mles") are read as the word one edit away. Only against words of
+# five letters or more, from a word of four or more with the same first letter: "men"/"man"/"male" are one edit
+# from too many words ("mean", "mass", "mole"); the stoplist holds the English words one edit from the targets.
+_SEX_WORDS = ("women", "woman", "female", "females", "males", "ladies", "gentlemen")
+_NOT_TYPOS = frozenset({"moles", "mates", "mules", "mares", "malts", "mailes", "woken", "woven", "ladles", "lanies"})
+
+
+_ANY_SEX = "|".join(_SEX.values())
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """Whether ``a`` becomes ``b`` by one insertion, deletion, substitution or swap of neighbouring letters."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]]
+                                  and a[diff[1]] == b[diff[0]])
+    short, long_ = (a, b) if len(a) < len(b) else (b, a)
+    i = next((k for k, (x, y) in enumerate(zip(short, long_)) if x != y), len(short))
+    return short[i:] == long_[i + 1:]
+
+
+def _sex_typos(text: str, notes: List[str]) -> str:
+    def fix(m: "re.Match[str]") -> str:
+        word = m.group(0)
+        if len(word) < 4 or word in _NOT_TYPOS or re.fullmatch(_ANY_SEX, word):
+            return word
+        for target in _SEX_WORDS:
+            if word[0] == target[0] and _one_edit(word, target):
+                notes.append(f"read {word!r} as {target!r}")
+                return target
+        return word
+    return re.sub(r"[a-z]+", fix, text)
+
+
 def _sex(question: str, text: str, notes: List[str]) -> Tuple[str, Optional[str]]:
+    text = _sex_typos(text, notes)
     both = _BOTH_SEXES.search(text)
     if both:
         notes.append("both sexes named: no sex filter applied")

@@ -136,3 +136,24 @@ def test_montage_window_follows_the_organ():
     assert organ_window("lung_upper_lobe_left")[0] < -1000        # lung window shows parenchyma
     assert organ_window("vertebrae_L1")[1] > 900                   # bone window
     assert organ_window("liver") == (-160.0, 240.0)                # soft tissue
+
+
+@pytest.mark.parametrize("question,sex,word", [
+    ("liver cyst in femle patients", "F", "femle"), ("womn over 60 with renal cyst", "F", "womn"),
+    ("emphysema in wemen", "F", "wemen"), ("renal stones in mles", "M", "mles"),
+    ("hydronephrosis fmale", "F", "fmale"), ("liver mass in femlaes", "F", "femlaes"),
+])
+def test_misspelt_sex_words_are_read_and_said(question, sex, word):
+    q = parse_query(question)
+    assert q.where["sex"] == sex and word not in q.text
+    assert any(word in n for n in q.notes)  # the reading is reported, not silent
+
+
+@pytest.mark.parametrize("question", ["mean liver attenuation", "moles of the skin and liver cyst",
+                                      "mass in the liver", "mandible", "liver cyst femail"])
+def test_words_near_sex_words_are_not_read_as_sex(question):
+    assert "sex" not in parse_query(question).where  # "mean"/"mass" are one edit from "men"/"males"; 2 edits stay
+
+
+def test_articles_left_by_a_removed_filter_are_dropped():
+    assert parse_query("mass in the liver of a male").text == "mass liver"
