@@ -410,7 +410,7 @@ def remove(index_dir: Path, database_url: Optional[str], as_json: bool, series: 
     patients: List[str] = []
     if patients_file is not None:
         try:
-            patients = [ln.strip() for ln in patients_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            patients = [ln.strip() for ln in patients_file.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"cannot read the patients file ({type(exc).__name__})", path=patients_file) from None
     if not (series or studies or patients):

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Set
+import re
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Set
 
 import numpy as np
 from sqlalchemy import delete, func, select
 
-from ctglip_sdk.errors import InputError
+from ctglip_sdk.errors import IndexStateError, InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .archive import ArchiveIndex
 
 log = logging.getLogger("ctglip_sdk.index")
 _CHUNK = 900  # bound parameters per IN (...): SQLite's old limit is 999
+_PSEUDONYM = re.compile(r"[0-9a-f]{20}")  # ArchiveIndex.pseudonym: 20 hex digits
 
 
 def remove(index: "ArchiveIndex", series: Iterable[str] = (), studies: Iterable[str] = (),
@@ -49,12 +51,17 @@ def remove(index: "ArchiveIndex", series: Iterable[str] = (), studies: Iterable[
     pseudonyms: Set[str] = set()
     unknown_patients = 0
     for p in patients:
-        found = index.find_patient(p) or _stored_pseudonym(index, p)
+        # A raw identifier is only ever sent to SQL as its keyed pseudonyms (find_patient); a value is looked up
+        # as-is only when it has a pseudonym's form, so unknown MRNs reach neither server logs nor error texts.
+        found = index.find_patient(p) or (_stored_pseudonym(index, p) if _PSEUDONYM.fullmatch(p) else None)
         if found is None:
             unknown_patients += 1
         else:
             pseudonyms.add(found)
     with index.writer_lock:
+        if index.store.data_version() != index._data_version:
+            index._load_state()  # another process wrote since this object last looked (as ingest.begin_run)
+
         def tx(conn: Any) -> Dict[str, Any]:
             found_series = _in(conn, t.series.c.series_uid, select(t.series.c.series_uid), series)
             found_studies = _in(conn, t.studies.c.study_uid, select(t.studies.c.study_uid), studies)
@@ -91,20 +98,31 @@ def remove(index: "ArchiveIndex", series: Iterable[str] = (), studies: Iterable[
         out = index.store.write(tx)
         ids = np.asarray(out.pop("ids"), np.int64)
         versions = out.pop("versions")
-        erased = 0
         if ids.size:
             _drop_from_memory(index, ids)
             index._data_version, index._metadata_version = versions  # this object's state is current
-            index._persist_ann()
-            # The record file is append-only: rewrite it without the removed vectors so they leave the disk.
-            erased = index.vectors.compact(index.store.organ_ids().tolist())
-    out["vectors_erased"] = int(erased)
+        try:
+            if ids.size or index._ann_dirty:
+                index._persist_ann()
+            # The record file is append-only: rewrite it without vectors SQL no longer references, so removed
+            # ones leave the disk. Checked on every call, so a retry finishes a removal a crash interrupted.
+            live = index.store.organ_ids()
+            if index.vectors.n_records != live.size:
+                index.vectors.compact(live.tolist())
+        except OSError as exc:  # a full disk, no permission: SQL has committed, the retry or verify --repair ends it
+            raise IndexStateError(f"the series were removed from SQL but the FAISS or vector file could not be "
+                                  f"rewritten ({exc.strerror or type(exc).__name__}); run remove again or "
+                                  f"'ctglip verify --repair' to erase the leftover vectors", path=index.folder) from None
+        index.store.vacuum_hint()
+    out["vectors_erased"] = int(ids.size)
     log.info("removed %d series (%d organs, %d studies, %d patients) from the index", out["series"], out["organs"],
              out["studies"], out["patients"])
     return out
 
 
-def _names(values: Iterable[str]) -> List[str]:
+def _names(values: Optional[Iterable[str]]) -> List[str]:
+    if values is None:
+        return []
     if isinstance(values, str):  # one UID passed bare, not a list of its characters
         values = [values]
     return [str(v).strip() for v in values if str(v).strip()]

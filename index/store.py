@@ -106,6 +106,9 @@ def _sqlite_events(engine: Engine, readonly: bool = False) -> None:
         cur.execute(_BUSY_PRAGMA)
         cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a process crash loses nothing committed
         cur.execute("PRAGMA foreign_keys=ON")
+        # Deleted rows (a removed patient, a replaced series) are overwritten with zeros, not left in free pages;
+        # many SQLite builds default to off.
+        cur.execute("PRAGMA secure_delete=ON")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -475,6 +478,18 @@ class Store:
         return self.write(fn)
 
     # -- reads used by the index ---------------------------------------------------------------------------
+    def vacuum_hint(self) -> None:
+        """After deletions that must leave the disk: fold SQLite's write-ahead log into the database and truncate
+        it (the deleted rows' old pages sit in the WAL until a checkpoint). PostgreSQL keeps dead rows until its
+        (auto)vacuum; that is the server's business (docs/security.md)."""
+        if self.dialect != "sqlite":
+            return
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        except Exception as exc:  # noqa: BLE001 - a busy reader blocks the truncation: the next checkpoint does it
+            log.info("WAL checkpoint after a removal did not complete (%s)", type(exc).__name__)
+
     def organ_ids(self) -> np.ndarray:
         """Every organ id (sorted int64)."""
         o = self.t.organs

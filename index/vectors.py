@@ -126,10 +126,13 @@ class VectorStore:
         return max(0, (self.path.stat().st_size - _HEADER) // self.dtype.itemsize)
 
     def _records(self) -> np.ndarray:
-        n = self.n_records
-        if n == 0:
-            return np.zeros(0, dtype=self.dtype)
-        return np.memmap(self.path, dtype=self.dtype, mode="r", offset=_HEADER, shape=(n,))
+        # One open file for both the size and the map: a compaction (ArchiveIndex.remove) may replace the path
+        # between a stat and a second open, and a map longer than the new file fails.
+        with open(self.path, "rb") as fh:
+            n = max(0, (os.fstat(fh.fileno()).st_size - _HEADER) // self.dtype.itemsize)
+            if n == 0:
+                return np.zeros(0, dtype=self.dtype)
+            return np.memmap(fh, dtype=self.dtype, mode="r", offset=_HEADER, shape=(n,))
 
     def _records_valid(self) -> np.ndarray:
         """The records up to the first id that does not increase.

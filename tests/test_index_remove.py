@@ -156,3 +156,79 @@ def test_cli_remove_json_and_confirmation(tmp_path, archive):
     assert "PAT-" not in res.output
     none = runner.invoke(cli, ["remove", "--index", str(tmp_path / "c"), "--yes"])
     assert none.exit_code != 0 and "name at least one" in none.output
+
+
+# --- found by a review of remove (2026-12-06) ---
+
+
+def _series_seen(idx):
+    return {h.series_uid for h in idx.search("liver", k=200)}
+
+
+def test_a_writer_object_behind_another_process_reloads_before_removing(tmp_path, archive):
+    a = _built(tmp_path / "i", "sqlite", archive)
+    b = ArchiveIndex.open(tmp_path / "i")
+    b.remove(series=[SERIES[0]])
+    b.ingest(archive, workers=0)  # series 0 comes back under new organ ids
+    b.close()
+    try:
+        a.remove(series=[SERIES[1]])  # a has not refreshed since b wrote
+        assert np.array_equal(np.sort(a.mirror.view().ids), a.store.organ_ids())
+        assert SERIES[0] in _series_seen(a) and SERIES[1] not in _series_seen(a)
+        assert a.verify()["ok"]
+    finally:
+        a.close()
+
+
+@pytest.mark.parametrize("factory", [None, "IVF1,Flat", "HNSW16,Flat"])
+def test_remove_everything_then_open_search_ingest(tmp_path, archive, factory):
+    idx = _built(tmp_path / "e", "sqlite", archive, factory=factory)
+    out = idx.remove(series=SERIES)
+    assert out["series"] == 8 and len(idx) == 0 and idx.ann.ntotal == 0 and idx.vectors.n_records == 0
+    assert len(idx.search("liver", k=5)) == 0
+    idx.close()
+    idx = ArchiveIndex.open(tmp_path / "e")
+    try:
+        assert idx.verify()["ok"] and len(idx.search("liver", k=5)) == 0
+        rep = idx.ingest(archive, workers=0)
+        assert rep.ok == 8 and len(idx) == 40 and idx.ann.ntotal == 40 and idx.verify()["ok"]
+    finally:
+        idx.close()
+
+
+def test_an_interrupted_removal_says_so_and_the_next_call_erases_the_vectors(tmp_path, archive, monkeypatch):
+    from ctglip_sdk.errors import IndexStateError
+
+    idx = _built(tmp_path / "c", "sqlite", archive)
+    try:
+        def full_disk(live):
+            raise OSError(28, "No space left on device")
+        monkeypatch.setattr(idx.vectors, "compact", full_disk)
+        with pytest.raises(IndexStateError, match="run remove again"):
+            idx.remove(series=[SERIES[0]])
+        monkeypatch.undo()
+        assert idx.vectors.n_records == 40 and len(idx) == 35  # SQL committed, the vectors are still there
+        again = idx.remove(series=[SERIES[0]])
+        assert again["series"] == 0 and idx.vectors.n_records == 35 and idx.verify()["ok"]
+    finally:
+        idx.close()
+
+
+def test_removed_vectors_and_identifiers_leave_the_files_and_logs(tmp_path, archive, caplog):
+    idx = _built(tmp_path / "f", "sqlite", archive)
+    try:
+        gone = _rows(idx)
+        gone = gone[gone.series_uid.isin([SERIES[2], SERIES[6]])].crop_id.to_numpy()
+        view = idx.mirror.view()
+        removed_bytes = [view.vecs[view.rows_of(np.array([c]))][0].astype(np.float16).tobytes() for c in gone]
+        with caplog.at_level("DEBUG"):
+            out = idx.remove(patients=["PAT-0002", "MRN-UNKNOWN-77"])
+        assert out["series"] == 2
+        text = " ".join(r.getMessage() for r in caplog.records)
+        assert "PAT-0002" not in text and "MRN-UNKNOWN-77" not in text
+        data = idx.vectors.path.read_bytes()
+        assert not any(b in data for b in removed_bytes)  # erased from the record file, not only unreferenced
+    finally:
+        idx.close()
+    db = (tmp_path / "f" / "index.sqlite").read_bytes()
+    assert SERIES[2].encode() not in db and SERIES[6].encode() not in db  # zeroed pages, WAL folded in
