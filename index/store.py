@@ -106,9 +106,7 @@ def _sqlite_events(engine: Engine, readonly: bool = False) -> None:
         cur.execute(_BUSY_PRAGMA)
         cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a process crash loses nothing committed
         cur.execute("PRAGMA foreign_keys=ON")
-        # Deleted rows (a removed patient, a replaced series) are overwritten with zeros, not left in free pages;
-        # many SQLite builds default to off.
-        cur.execute("PRAGMA secure_delete=ON")
+        cur.execute("PRAGMA secure_delete=ON")  # deleted rows zeroed, not left in free pages (often off by default)
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -479,9 +477,8 @@ class Store:
 
     # -- reads used by the index ---------------------------------------------------------------------------
     def vacuum_hint(self) -> None:
-        """After deletions that must leave the disk: fold SQLite's write-ahead log into the database and truncate
-        it (the deleted rows' old pages sit in the WAL until a checkpoint). PostgreSQL keeps dead rows until its
-        (auto)vacuum; that is the server's business (docs/security.md)."""
+        """Fold SQLite's WAL (which holds deleted rows' old pages) into the database and truncate it; PostgreSQL
+        keeps dead rows until (auto)vacuum, the server's business (docs/security.md)."""
         if self.dialect != "sqlite":
             return
         try:
