@@ -382,6 +382,22 @@ class ArchiveIndex:
             self.manifest["current_factory"] = factory
             self._write_manifest(self.folder, self.manifest)
 
+    def _sync_ann(self, removed: np.ndarray, ids: Optional[np.ndarray] = None,
+                  vecs: Optional[np.ndarray] = None) -> None:
+        """Take ``removed`` out of FAISS and add ``ids``/``vecs``, after the mirror was updated; an index that
+        cannot remove (HNSW) or is not trained is rebuilt from the mirror instead."""
+        self._ann_lock.acquire_write()
+        try:
+            ann = self.ann
+            if ann is None or not ann.is_trained or (removed.size and not ann.remove(removed)):
+                view = self.mirror.view()
+                self.ann = self._build_ann_safe(ann.factory if ann is not None else "Flat", view.ids, view.vecs)
+            elif ids is not None and ids.size:
+                ann.add(ids, vecs)
+        finally:
+            self._ann_lock.release_write()
+        self._ann_dirty = True
+
     def _swap_ann(self, ann: AnnIndex) -> None:
         self._ann_lock.acquire_write()
         try:

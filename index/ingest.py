@@ -156,18 +156,8 @@ def write_batch(index: "ArchiveIndex", run_id: int, encoded: List[_Encoded],
     if removed:
         index.mirror.remove(removed)
     index.mirror.append(mirror_rows, vecs)
-    index._ann_lock.acquire_write()
-    try:
-        ann = index.ann
-        if ann is None or not ann.is_trained or (removed and not ann.remove(np.asarray(removed, np.int64))):
-            view = index.mirror.view()  # HNSW cannot remove: rebuild from the mirror (it holds this batch)
-            index.ann = index._build_ann_safe(ann.factory if ann is not None else "Flat", view.ids, view.vecs)
-        elif n:
-            ann.add(ids, vecs)
-    finally:
-        index._ann_lock.release_write()
+    index._sync_ann(np.asarray(removed, np.int64), ids if n else None, vecs)  # a rebuild uses the mirror
     index._data_version = version
-    index._ann_dirty = True
     for w in conflicts:
         log.warning("series %s: %s", w["series"], w["warning"])
     if warnings is not None:

@@ -99,7 +99,8 @@ def remove(index: "ArchiveIndex", series: Iterable[str] = (), studies: Iterable[
         ids = np.asarray(out.pop("ids"), np.int64)
         versions = out.pop("versions")
         if ids.size:
-            _drop_from_memory(index, ids)
+            index.mirror.remove(ids.tolist())
+            index._sync_ann(ids)
             index._data_version, index._metadata_version = versions  # this object's state is current
         try:
             if ids.size or index._ann_dirty:
@@ -145,16 +146,3 @@ def _in(conn: Any, column: Any, query: Any, values: Iterable[str]) -> Set[str]:
 def _count(conn: Any, table: Any) -> int:
     return int(conn.execute(select(func.count()).select_from(table)).scalar() or 0)
 
-
-def _drop_from_memory(index: "ArchiveIndex", ids: np.ndarray) -> None:
-    """Take the ids out of the mirror and FAISS (HNSW cannot remove: rebuilt from the mirror, as ingest does)."""
-    index.mirror.remove(ids.tolist())
-    index._ann_lock.acquire_write()
-    try:
-        ann = index.ann
-        if ann is None or not ann.is_trained or not ann.remove(ids):
-            view = index.mirror.view()
-            index.ann = index._build_ann_safe(ann.factory if ann is not None else "Flat", view.ids, view.vecs)
-    finally:
-        index._ann_lock.release_write()
-    index._ann_dirty = True
