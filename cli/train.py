@@ -31,8 +31,8 @@ def train_command(archive: str, model: Optional[str], out: str, config_path: Opt
     `torchrun --nproc_per_node=N -m ctglip_sdk.cli.main train ...`.
 
     The preprocessing cache (preprocessed pixels of every training scan) is kept outside OUT, in
-    $CTGLIP_CACHE_DIR or ~/.cache/ctglip/preprocess, and reused by later runs; with patient data, put it where
-    the archive's access rules apply (--set cache_dir=PATH) and delete it when the scans may not be kept.
+    $CTGLIP_CACHE_DIR, else $XDG_CACHE_HOME/ctglip/preprocess, else ~/.cache/ctglip/preprocess, and reused by
+    later runs; with patient data, put it where the archive's access rules apply (--set cache_dir=PATH) and delete it when the scans may not be kept.
     """
     from ctglip_sdk.training import TrainConfig, train
 

@@ -82,7 +82,7 @@ class TrainConfig:
     cache_workers: Optional[int] = None
     bf16: bool = True                   # bf16 autocast, applied on CUDA only
     device: str = "auto"                # "auto" | "cpu" | "cuda" | "cuda:N"
-    cache_dir: Optional[str] = None     # preprocessing cache (None: $CTGLIP_CACHE_DIR or ~/.cache/ctglip)
+    cache_dir: Optional[str] = None     # preprocessing cache (None: $CTGLIP_CACHE_DIR, $XDG_CACHE_HOME/ctglip or ~/.cache/ctglip)
     train_split: str = "train"          # a split, a list ("train,val") or "all" (e.g. with calibration_archive)
     val_split: str = "val"
     #: After training, choose each finding's threshold on ``val_split`` (labels from its reports) and save it
