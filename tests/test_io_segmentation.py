@@ -158,11 +158,17 @@ def test_v2_label_map(tmp_path, ct):
 
 
 def test_no_overlap_is_an_error(tmp_path, ct):
-    far = stored_affine(origin=(500.0, 3.0, 10.0))
-    path = save(tmp_path / "elsewhere.nii.gz", to_stored(canonical_labels()), far)
+    # Another shape (a coarse grid far away): "no overlap". The same shape far away is a mask mismatch, first.
+    far = stored_affine(spacing=tuple(2 * s for s in SPACING), shape=(6, 5, 4), origin=(500.0, 3.0, 10.0))
+    path = save(tmp_path / "elsewhere.nii.gz", to_stored(canonical_labels())[::2, ::2, ::2], far)
     with pytest.raises(InputError, match="no overlap") as err:
         load_segmentation(path, like=ct)
     assert "elsewhere.nii.gz" in str(err.value)
+    from ctglip_sdk.errors import GeometryError
+
+    same_shape = save(tmp_path / "far.nii.gz", to_stored(canonical_labels()), stored_affine(origin=(500.0, 3.0, 10.0)))
+    with pytest.raises(GeometryError, match="far.nii.gz: mask mismatch"):
+        load_segmentation(same_shape, like=ct)
 
 
 def test_without_like_and_bad_values(tmp_path):
@@ -258,13 +264,19 @@ def test_check_mask_grid_refuses_a_shifted_lps_as_ras_or_coarse_mask_naming_both
 
 
 def test_load_segmentation_check_grid_refuses_what_it_would_otherwise_resample(tmp_path, ct):
-    """The default resamples any overlapping grid (docs/inputs.md); check_grid=True is the ingest rule."""
+    """The default resamples an overlapping grid of another shape (docs/inputs.md); check_grid=True is the ingest
+    rule. A same-shape mask two slices off is refused either way (it was resampled silently before 2026-12-07)."""
     from ctglip_sdk.errors import GeometryError
 
     shifted = save(tmp_path / "shifted.nii.gz", to_stored(canonical_labels()), stored_affine(origin=(-5, 3, 14)))
-    assert load_segmentation(shifted, like=ct).array.any()  # two slices off: resampled, silently
-    with pytest.raises(GeometryError, match="shifted.nii.gz: mask mismatch: same shape as the image but another"):
-        load_segmentation(shifted, like=ct, check_grid=True)
+    for check in (False, True):
+        with pytest.raises(GeometryError, match="shifted.nii.gz: mask mismatch: same shape as the image but anoth"):
+            load_segmentation(shifted, like=ct, check_grid=check)
+    coarse = save(tmp_path / "coarse.nii.gz", to_stored(canonical_labels())[::2, ::2, ::2],
+                  stored_affine(spacing=tuple(2 * s for s in SPACING), shape=(6, 5, 4), origin=(-5, 3, 14)))
+    assert load_segmentation(coarse, like=ct).array.any()  # another shape: resampled, as documented
+    with pytest.raises(GeometryError, match="mask mismatch"):
+        load_segmentation(coarse, like=ct, check_grid=True)
     right = save(tmp_path / "right.nii.gz", to_stored(canonical_labels()), stored_affine())
     assert np.array_equal(load_segmentation(right, like=ct, check_grid=True).array, canonical_labels())
     with pytest.raises(ConfigError, match="check_grid=True .* pass like=volume"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -35,6 +36,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Files without a preamble read as bare datasets when a folder holds no DICOM series at all, to say "these are
+#: DICOM without file meta" instead of "no DICOM here" (a few suffice; reading every junk file would be slow).
+_BARE_PROBES = 5
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -155,7 +160,9 @@ def _slice_step(frames: List[_Frame], normal: np.ndarray, where: str) -> np.ndar
             f"{angle:.2f} degrees; correct the tilt (e.g. dcm2niix) before loading", path=where)
     spacing = float(np.median(diffs))
     tol = max(SPACING_RTOL * spacing, SPACING_ATOL_MM)
-    bad = np.flatnonzero(np.abs(diffs - spacing) > tol)
+    # The float margin: positions rounded to 0.01 mm give steps of 0.62 and 0.63 mm for a 0.625 mm series, whose
+    # difference computes as 0.0100000000000051 and would fail a bare "> tol" (a real series was refused).
+    bad = np.flatnonzero(np.abs(diffs - spacing) > tol + 1e-6)
     if bad.size:
         ratios = diffs[bad] / spacing
         gaps = "; ".join(f"{diffs[i]:.4g} mm between slices {i + 1} and {i + 2}" for i in bad[:5])
@@ -327,13 +334,19 @@ def _collect(folder: Path) -> Dict[str, List[Tuple[str, Any]]]:
             continue
         require_image(ds, path)
         groups[series_label(ds)].append((str(path), ds))
-    for path in no_preamble:
+    for i, path in enumerate(no_preamble):
         # A slice of a found series written without the preamble and file meta would otherwise be dropped as
-        # "not DICOM", and the volume would come out silently shorter (or as "missing slices").
-        if _raw_series_uid(path) in groups:
-            raise InputError("a slice of this series has no DICOM preamble or file meta header; it is not read, "
-                             "so the series would be incomplete (rewrite the file with its file meta, e.g. "
-                             "pydicom.dcmread(path, force=True) then save_as(path, enforce_file_format=True))",
+        # "not DICOM", and the volume would come out silently shorter (or as "missing slices"). With no series
+        # found at all, a few such files are enough to tell "bare datasets" from "no DICOM here".
+        if not groups and i >= _BARE_PROBES:
+            break
+        uid = _raw_series_uid(path)
+        if uid is not None and (uid in groups or not groups):
+            raise InputError(("a slice of this series" if groups else "this file is a DICOM dataset but")
+                             + " has no DICOM preamble or file meta header; it is not read"
+                             + (", so the series would be incomplete" if groups else "")
+                             + f" ({len(no_preamble)} such file(s) in the folder; rewrite each with its file meta, "
+                             "e.g. pydicom.dcmread(path, force=True) then save_as(path, enforce_file_format=True))",
                              path=path)
     if skipped:
         log.info("%s: skipped %d non-DICOM or non-image file(s)", folder, skipped)
@@ -348,12 +361,36 @@ def _raw_series_uid(path: Path) -> Optional[str]:
 
     redact_pydicom_values()
     try:
-        ds = pydicom.dcmread(os.fspath(path), force=True, stop_before_pixels=True,
-                             specific_tags=["SeriesInstanceUID"])
-        uid = ds.get("SeriesInstanceUID")
+        # Silenced: read with force, a non-DICOM file's bytes become "values" that pydicom quotes in its warnings
+        # (e.g. "Unknown encoding '<raw bytes>'"), which would print file contents to the user's terminal.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(os.fspath(path), force=True, stop_before_pixels=True,
+                                 specific_tags=["SeriesInstanceUID"])
+            uid = ds.get("SeriesInstanceUID")
     except Exception:  # noqa: BLE001 - most such files are not DICOM at all
         return None
     return str(uid) if uid else None
+
+
+def _unique_instances(items: List[Tuple[str, Any]], where: str) -> List[Tuple[str, Any]]:
+    """One file per SOPInstanceUID (the first by path): a slice exported twice into one folder (a patient CD with a
+    copy, a study sent twice) is the same image, not a second acquisition at the same position."""
+    seen: set = set()
+    out: List[Tuple[str, Any]] = []
+    for p, ds in sorted(items, key=lambda item: item[0]):
+        uid = ds.get("SOPInstanceUID")
+        # The position is part of the key: a faulty anonymiser that wrote one UID into every slice must not
+        # reduce the series to one slice.
+        key = (str(uid), str(ds.get("ImagePositionPatient")), str(ds.get("NumberOfFrames")))
+        if uid and key in seen:
+            continue
+        seen.add(key)
+        out.append((p, ds))
+    if len(out) < len(items):
+        log.info("%s: %d file(s) repeat an instance (same SOPInstanceUID) of another file; read once",
+                 where, len(items) - len(out))
+    return out
 
 
 def _count(ds: Any, keyword: str, default: int, path: str) -> int:
@@ -396,6 +433,7 @@ def load_dicom(path: PathLike, series_uid: Optional[str] = None, max_voxels: int
         if series_uid is not None and series_label(ds) != series_uid:
             raise InputError(f"file belongs to series {series_label(ds)!r}, not {series_uid!r}", path=where)
         items = [(where, ds)]
+    items = _unique_instances(items, where)
     counts = [(_count(ds, "NumberOfFrames", 1, p), _count(ds, "Rows", 0, p), _count(ds, "Columns", 0, p))
               for p, ds in items]
     n_frames = sum(c[0] for c in counts)

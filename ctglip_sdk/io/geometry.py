@@ -12,6 +12,7 @@ from ctglip_sdk.errors import ConfigError, InputError
 
 __all__ = [
     "DEFAULT_MAX_VOXELS",
+    "MAX_OFFSET_VOXELS",
     "SPACING_RTOL",
     "SPACING_ATOL_MM",
     "TILT_TOL_FRACTION",
@@ -102,6 +103,11 @@ def canonical_affine(affine: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """The voxel->RAS+ affine that ``to_canonical`` gives an image of ``shape`` (without reading its pixels)."""
     ornt = canonical_transform(affine)
     return np.asarray(affine, dtype=np.float64) @ nio.inv_ornt_aff(ornt, tuple(int(s) for s in shape))
+
+
+#: Voxel corners of a same-shape mask may lie this far (in the image's voxels) from the image's: half a voxel is
+#: where nearest-neighbour lookup starts to move labels, so anything within it is the image's grid up to rounding.
+MAX_OFFSET_VOXELS = 0.5
 
 
 def grid_offset_voxels(affine: np.ndarray, shape: Sequence[int], other_affine: np.ndarray) -> float:

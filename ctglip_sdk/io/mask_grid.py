@@ -9,7 +9,7 @@ from typing import Any, Optional, Tuple, Union
 import numpy as np
 
 from ctglip_sdk.errors import GeometryError, InputError
-from ctglip_sdk.io.geometry import canonical_affine, canonical_shape, grid_offset_voxels
+from ctglip_sdk.io.geometry import MAX_OFFSET_VOXELS, canonical_affine, canonical_shape, grid_offset_voxels
 from ctglip_sdk.io.nifti import is_nifti
 from ctglip_sdk.io.paths import require_path
 from ctglip_sdk.io.segmentation import AFFINE_ATOL_MM, _per_class_files
@@ -18,9 +18,6 @@ __all__ = ["check_mask_grid", "MAX_OFFSET_VOXELS"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: Voxel corners of a same-shape mask may lie this far (in the image's voxels) from the image's: half a voxel is
-#: where nearest-neighbour lookup starts to move labels, so anything within it is the image's grid up to rounding.
-MAX_OFFSET_VOXELS = 0.5
 
 
 def _grid_text(shape: Tuple[int, ...], affine: Any) -> str:

@@ -9,8 +9,10 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from ctglip_sdk.errors import ConfigError, InputError
-from ctglip_sdk.io.geometry import DEFAULT_MAX_VOXELS, check_max_voxels, to_canonical
+from ctglip_sdk.errors import ConfigError, GeometryError, InputError
+from ctglip_sdk.io.geometry import (DEFAULT_MAX_VOXELS, MAX_OFFSET_VOXELS, check_max_voxels, grid_offset_voxels,
+                                    to_canonical)
+from ctglip_sdk.io.label_table import read_label_table, reconcile_label_map
 from ctglip_sdk.io.nifti import is_nifti, open_nifti, read_nifti_array
 from ctglip_sdk.io.paths import is_within, require_path
 from ctglip_sdk.organs import label_map as _label_map
@@ -30,7 +32,9 @@ AFFINE_ATOL_MM = 1e-3
 _BLOCK_VOXELS = 1 << 22
 
 
-def _resolve_map(label_map: Union[str, Mapping[int, str]]) -> Tuple[str, Dict[int, str]]:
+def _resolve_map(label_map: Union[str, Mapping[int, str], None]) -> Tuple[str, Dict[int, str]]:
+    if label_map is None:
+        return "totalseg_v1", _label_map("totalseg_v1")
     if isinstance(label_map, str):
         return label_map, _label_map(label_map)
     if isinstance(label_map, Mapping) and label_map:
@@ -125,10 +129,13 @@ def _resample_separable(labels: np.ndarray, mapping: np.ndarray, dst_shape: Tupl
     return out
 
 
-def _read_labels(path: Path, max_voxels: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Integer labels of one NIfTI file in RAS+ canonical order, with the canonical affine."""
+def _read_labels(path: Path, max_voxels: int, table: Optional[Dict[int, str]] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Integer labels of one NIfTI file in RAS+ canonical order, with the canonical affine; ``table`` (a dict)
+    receives the label table of the file's header, if it carries one."""
     where = os.fspath(path)
     img, shape, affine = open_nifti(where, max_voxels)
+    if table is not None:
+        table.update(read_label_table(img) or {})
     data = read_nifti_array(img, shape, where, dtype=np.int64)
     if data.dtype.kind == "f":
         if not np.all(np.isfinite(data)) or np.any(data != np.round(data)):
@@ -146,6 +153,22 @@ def _ids_present(labels: np.ndarray) -> List[int]:
     if labels.dtype.itemsize <= 2 and labels.dtype.kind == "u":
         return np.flatnonzero(label_counts(labels)).tolist()
     return np.unique(labels.ravel(order="K")).tolist()
+
+
+def _refuse_shifted_twin(shape: Tuple[int, ...], affine: np.ndarray, like: Any, where: str) -> None:
+    """A mask of the image's exact shape but on another grid is refused, not resampled.
+
+    Why: a coarse or cropped mask has another shape; one of the same shape whose voxel corners lie more than half a
+    voxel off is almost always a slip (saved with an identity or LPS affine, another scan's mask), and resampling
+    it silently moves every organ (a liver of 32,000 voxels loaded as 13,448)."""
+    if tuple(shape) != tuple(like.shape):
+        return
+    off = grid_offset_voxels(affine, shape, like.affine)
+    if off > MAX_OFFSET_VOXELS:
+        shift = np.linalg.norm(np.asarray(affine)[:3, 3] - np.asarray(like.affine)[:3, 3])
+        raise GeometryError(f"mask mismatch: same shape as the image but another grid (corners up to {off:.1f} "
+                            f"voxels apart; origins differ by {shift:.1f} mm); write the mask with the image's "
+                            "affine, or resample it onto the image's grid yourself", path=where)
 
 
 def _merge(target: np.ndarray, part: np.ndarray, names: Dict[int, str], where: str) -> None:
@@ -214,27 +237,33 @@ def _read_folder(folder: Path, ids: Dict[str, int], max_voxels: int,
         return grids[0]
     target = np.zeros(tuple(like.shape), dtype=dtype)
     for labels, affine in grids:
+        _refuse_shifted_twin(labels.shape, affine, like, os.fspath(folder))
         _merge(target, resample_nearest(labels, affine, tuple(like.shape), like.affine, os.fspath(folder)),
                {v: k for k, v in ids.items()}, os.fspath(folder))
     return target, np.asarray(like.affine, dtype=np.float64)
 
 
 def load_segmentation(path: PathLike, like: Optional[Any] = None,
-                      label_map: Union[str, Mapping[int, str]] = "totalseg_v1",
+                      label_map: Union[str, Mapping[int, str], None] = None,
                       max_voxels: int = DEFAULT_MAX_VOXELS, *, check_grid: bool = False) -> Segmentation:
     """Load organ labels: a multi-label NIfTI or a folder of per-class ``<class>.nii.gz`` masks.
 
     These are TotalSegmentator's two output layouts. Labels are resampled with nearest neighbour onto the grid
     of ``like`` (a Volume, or anything with ``.shape`` and ``.affine``), through both affines; when the grids
     agree the labels are copied exactly. Without ``like`` the labels stay on their own grid (RAS+ canonical).
-    Any grid that overlaps ``like``'s is resampled, so a coarse mask loads; ``check_grid=True`` refuses a mask
-    that is not on ``like``'s own grid instead (``check_mask_grid``; ingest, training and evaluation use it).
+    Any grid of another shape that overlaps ``like``'s is resampled, so a coarse mask loads; a mask of ``like``'s
+    exact shape on another grid (corners more than half a voxel off: an identity or LPS affine, another scan's
+    mask) is a GeometryError. ``check_grid=True`` refuses any mask that is not on ``like``'s own grid
+    (``check_mask_grid``; ingest, training and evaluation use it).
 
     Args:
         path: multi-label ``.nii``/``.nii.gz`` file, or a folder of per-class masks.
         like: the volume whose grid the labels must share.
         label_map: ``"totalseg_v1"`` (104 classes), ``"totalseg_v2"`` (117) or an ``{id: name}`` dict. Ids of a
-            multi-label file are read through it; per-class file names map to its ids.
+            multi-label file are read through it; per-class file names map to its ids. None (the default): the
+            label table in a multi-label file's header when it has one (TotalSegmentator writes it; a v2-order
+            file is then read as v2), else ``"totalseg_v1"``. An explicit map that contradicts that table for
+            an id the file holds is an InputError.
         max_voxels: header-declared size limit per file (checked before reading).
         check_grid: first run ``check_mask_grid(path, like)`` (headers only), so that a mask on another grid than
             ``like``'s is a ``GeometryError`` ("mask mismatch") rather than resampled. Needs ``like``.
@@ -243,9 +272,11 @@ def load_segmentation(path: PathLike, like: Optional[Any] = None,
         Segmentation with ``labels`` = the label map ``{id: name}`` and ``meta`` (source_path, label_map, layout).
 
     Raises:
-        InputError: unreadable file, label ids not in the map, an unknown per-class file name, overlapping
-            per-class masks, or a mask grid that does not overlap ``like`` at all ("no overlap").
-        GeometryError: with ``check_grid=True``, a mask on another grid than ``like``'s ("mask mismatch").
+        InputError: unreadable file, label ids not in the map, a map that contradicts the file's own label
+            table, an unknown per-class file name, overlapping per-class masks, or a mask grid that does not
+            overlap ``like`` at all ("no overlap").
+        GeometryError: "mask mismatch": a mask of ``like``'s shape on another grid, or with ``check_grid=True``
+            any mask on another grid than ``like``'s.
 
     Example:
         >>> vol = load_volume("ct.nii.gz")  # doctest: +SKIP
@@ -273,12 +304,16 @@ def load_segmentation(path: PathLike, like: Optional[Any] = None,
     else:
         if not is_nifti(where):
             raise InputError("expected a .nii/.nii.gz label image or a folder of per-class masks", path=where)
-        array, affine = _read_labels(Path(where), max_voxels)
-        unknown = sorted(set(_ids_present(array)) - set(labels_by_id) - {0})
+        table: Dict[int, str] = {}
+        array, affine = _read_labels(Path(where), max_voxels, table)
+        present = _ids_present(array)
+        map_name, labels_by_id = reconcile_label_map(table, present, label_map, (map_name, labels_by_id), where)
+        unknown = sorted(set(present) - set(labels_by_id) - {0})
         if unknown:
             raise InputError(f"label ids {unknown[:10]} are not in label map {map_name!r} "
                              f"({len(labels_by_id)} classes); pass the map the file was written with", path=where)
         if like is not None:
+            _refuse_shifted_twin(array.shape, affine, like, where)
             array = resample_nearest(array, affine, tuple(like.shape), like.affine, where)
             affine = np.asarray(like.affine, dtype=np.float64)
         layout = "multilabel"
