@@ -11,6 +11,7 @@ from ctglip_sdk.errors import QueryError
 
 from .nlq_ages import read_ages
 from .nlq_dates import read_dates
+from .nlq_negation import negation_before
 
 __all__ = ["ParsedQuery", "parse_query"]
 
@@ -23,9 +24,11 @@ _SEX = {
 # Both sexes named together: no sex filter at all ("splenomegaly in men and women over 40").
 _BOTH_SEXES = re.compile(r"\b(?:(?:men|males?|boys?)\s+(?:and|or|&|/)\s+(?:women|females?|girls?)|"
                          r"(?:women|females?|girls?)\s+(?:and|or|&|/)\s+(?:men|males?|boys?)|"
-                         r"both sexes|either sex|all sexes)\b")
+                         r"both sexes|either sex|all sexes|m\s*/\s*f|f\s*/\s*m)\b")
 # A lone capital F or M in the question ("pleural effusion, F, 50-70") is a sex; read on the original case only.
-_SEX_LETTER = re.compile(r"(?<![\w'])([FM])(?![\w'])")
+# Not one half of "F/U" (follow-up) or another letter pair joined by "/".
+_SEX_LETTER = re.compile(r"(?<![\w'])(?<![A-Za-z]/)([FM])(?![\w'])(?!/[A-Za-z])")
+_OTHER = {"F": "M", "M": "F"}
 
 _CONTRAST = [(re.compile(r"\b(non[- ]?contrast|unenhanced|without contrast)\b"), False),
              (re.compile(r"\b(contrast[- ]enhanced|with contrast|portal[- ]venous)\b"), True)]
@@ -70,10 +73,15 @@ def _find_organ(text: str) -> Optional[List[str]]:
                 break
         if best:
             break
-    if best:
-        return organs.lookup(best)
     found = reading.finding
-    return organs.lookup(found.organ) if found is not None else None
+    finding_organs = organs.lookup(found.organ) if found is not None else None
+    if best:
+        named = organs.lookup(best)
+        # "splenomegaly without liver cirrhosis" asks about spleens: a word naming another organ is incidental.
+        # A word naming a part of the finding's organ ("right upper lobe nodule") is the more specific filter.
+        if finding_organs is None or set(named) <= set(finding_organs):
+            return named
+    return finding_organs
 
 
 def _cut(text: str, span: Tuple[int, int]) -> str:
@@ -124,18 +132,30 @@ def _sex(question: str, text: str, notes: List[str]) -> Tuple[str, Optional[str]
         return _cut(text, (both.start(), both.end())), None
     hits = {sex: re.search(rf"\b({pattern})\b", text) for sex, pattern in _SEX.items()}
     named = [sex for sex, m in hits.items() if m]
-    letter = _SEX_LETTER.search(question)
-    if letter and not named:
-        low_at = re.search(rf"(?<![\w']){letter.group(1).lower()}(?![\w'])", text)
+    letters = sorted({m.group(1) for m in _SEX_LETTER.finditer(question)})
+    if len(letters) > 1 and not named:  # "M and F", "M/F", "F+M": both
+        for letter_ in letters:
+            text = re.sub(rf"(?<![\w']){letter_.lower()}(?![\w'])", " ", text)
+        notes.append("both sexes named: no sex filter applied")
+        return text, None
+    if letters and not named:
+        low_at = re.search(rf"(?<![\w'/]){letters[0].lower()}(?![\w'])(?!/[a-z])", text)
         if low_at:
-            return _cut(text, (low_at.start(), low_at.end())), letter.group(1)
+            return _cut(text, (low_at.start(), low_at.end())), letters[0]
     if len(named) > 1:
         text = re.sub(rf"\b(?:{'|'.join(_SEX.values())})\b", " ", text)
         notes.append("both sexes named: no sex filter applied; search each group on its own")
         return text, None
     if named:
         m = hits[named[0]]
-        return _cut(text, (m.start(), m.end())), named[0]  # type: ignore[union-attr]
+        start = m.start()  # type: ignore[union-attr]
+        neg = negation_before(text, start)
+        if neg is not None:  # "excluding men", "not in women": the other sex (patients of unknown sex drop out)
+            phrase = " ".join(text[neg:m.end()].split())  # type: ignore[union-attr]
+            notes.append(f"read {phrase!r} as sex {_OTHER[named[0]]} (patients whose sex is not recorded are "
+                         "left out too)")
+            return _cut(text, (neg, m.end())), _OTHER[named[0]]  # type: ignore[union-attr]
+        return _cut(text, (start, m.end())), named[0]  # type: ignore[union-attr]
     return text, None
 
 

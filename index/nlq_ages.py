@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Callable, List, Optional, Tuple
 
+from .nlq_negation import complement_open, negation_before
+
 __all__ = ["read_ages"]
 
 AgeRange = Tuple[Optional[int], Optional[int]]
@@ -15,21 +17,25 @@ Span = Tuple[int, int]
 # nor are durations, counts and other measures ("over 6 months", "> 30 pack years", "more than 3 lesions").
 _NOT_SIZE = (r"(?![\d.]*\s*(?:mm|cm|ml|cc|hu|%|millimet|centimet|x\b|×|months?\b|mos?\b|weeks?\b|wks?\b|days?\b|"
              r"hours?\b|pack|cigarettes?|lesions?\b|nodules?\b|cysts?\b|stones?\b|times\b|kg\b|lbs?\b|kilo|"
-             r"pounds?\b|units?\b|studies\b|scans?\b|series\b|slices?\b|organs?\b|patients?\b|cases?\b))")
+             r"pounds?\b|units?\b|studies\b|scans?\b|series\b|slices?\b|organs?\b|patients?\b|cases?\b))"
+             # a count of lesions two words on ("more than 20 liver metastases"), but not across "with"/"and"
+             r"(?![\d.]*\s+(?:(?!(?:with|and|or|in|who|having|without)\b)[a-z-]+\s+){1,2}"
+             r"(?:metastas[ie]s|mets|masses|lesions|nodules|cysts|stones|polyps|foci|calculi)\b)")
 # Not after a letter or a digit either: "T11-12" is a vertebra, "L2" a level.
 _N = r"(?<![\w.])(\d{1,3})(?![\d.])"
 _YEARS = r"(?:\s*-?\s*(?:years?|y/?o|yrs?|yo)(?:[\s-]+old)?(?:s)?)"
-_OLD = r"\s*-?\s*(?:(?:years?|yrs?)[\s-]+old|yo|y/o|y\.o\.)s?\b"  # a single age needs "old" or "yo"
+_OLD = r"\s*-?\s*(?:(?:years?|yrs?)[\s-]+old|yo|y/o|y\.o\.)s?(?!\w)"  # a single age needs "old" or "yo"
 _AGE_WORD = r"(?:aged|age|ages|patients?|pts?)"
 _OF_AGE = r"(?:\s+the\s+age\s+of|\s+age)?"
 _OPEN_MIN = r"(?:over|older than|above|>=?|≥|at least|aged over|greater than|more than)"
-_OPEN_MAX = r"(?:under|younger than|below|<=?|≤|at most|aged under|less than)"
+_OPEN_MAX = r"(?:under|younger than|below|<=?|≤|at most|aged under|less than|up to)"
 # Words before a number that make it a grade, class, level, duration or measure, never an age ("grade 2-3",
 # "Bosniak 2-3", "stable for 2 years", "BMI over 30").
 _NOT_AGE_BEFORE = re.compile(
     r"(?:grade|grades|bosniak|class|stage|stages|level|levels|segment|segments|type|category|li-?rads|pi-?rads|"
     r"ti-?rads|lung-?rads|score|size|sizes|measuring|vertebrae?|ribs?|bmi|weight|density|for|last|past|within|"
-    r"follow(?:ed)?[\s-]?up(?:\s+for)?|interval|duration|lasting|growing|grown|growth|every|each)\s*"
+    r"follow(?:ed)?[\s-]?up(?:\s+for)?|interval|duration|lasting|growing|grown|growth|every|each|diameter|"
+    r"attenuation|agatston|cac|calcium|fraction|pdff|volume|stable|hu|ejection)\s*"
     r"(?:the\s+)?(?:last\s+|past\s+)?$")
 _ADULT_MIN = 18  # a bare number ("women 40-60", "over 30") is an age only from here: "3-4 nodules" is a count
 _TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80,
@@ -51,12 +57,12 @@ _RULES: List[AgeRule] = [
     # "between 50 and 70 (years)", "aged 40 to 65", "40-65 years", "ages 40-65"
     (re.compile(rf"\b(?:(?:{_AGE_WORD}\s+)?between)\s+{_N}\s*(?:and|-|–|to)\s*{_N}{_NOT_SIZE}{_YEARS}?\b"),
      lambda m: (_g(m, 1), _g(m, 2)), True),
-    (re.compile(rf"\b{_AGE_WORD}\s*{_N}\s*(?:-|–|to)\s*{_N}{_NOT_SIZE}{_YEARS}?\b"), lambda m: (_g(m, 1), _g(m, 2)),
+    (re.compile(rf"\b{_AGE_WORD}\s*{_N}-?\s*(?:-|–|to)\s*{_N}{_NOT_SIZE}{_YEARS}?\b"), lambda m: (_g(m, 1), _g(m, 2)),
      False),
-    (re.compile(rf"{_N}\s*(?:-|–|to)\s*{_N}{_NOT_SIZE}{_YEARS}(?!\w)"), lambda m: (_g(m, 1), _g(m, 2)), False),
-    (re.compile(rf"{_N}\s*(?:-|–|to)\s*{_N}{_NOT_SIZE}(?!\w)"), lambda m: (_g(m, 1), _g(m, 2)), True),
+    (re.compile(rf"{_N}-?\s*(?:-|–|to)\s*{_N}{_NOT_SIZE}{_YEARS}(?!\w)"), lambda m: (_g(m, 1), _g(m, 2)), False),
+    (re.compile(rf"{_N}-?\s*(?:-|–|to)\s*{_N}{_NOT_SIZE}(?!\w)"), lambda m: (_g(m, 1), _g(m, 2)), True),
     # "70 years or older", "60 yrs and above", "65 or over", "65+", "60 plus"
-    (re.compile(rf"{_N}{_NOT_SIZE}{_YEARS}?\s*(?:or|and)\s+(?:older|above|over|more)\b(?!\s*\d)"),
+    (re.compile(rf"{_N}{_NOT_SIZE}{_YEARS}?\s*(?:or|and)\s+(?:older|above|over|more|up|greater)\b(?!\s*\d)"),
      lambda m: (_g(m, 1), None), True),
     (re.compile(rf"{_N}{_NOT_SIZE}{_YEARS}?\s*(?:or|and)\s+(?:younger|below|under|less)\b(?!\s*\d)"),
      lambda m: (None, _g(m, 1)), True),
@@ -111,13 +117,26 @@ def read_ages(text: str, notes: List[str]) -> Tuple[str, Optional[AgeRange]]:
             explicit = re.search(rf"{_AGE_WORD}|{_YEARS}|old\b", said)
             if bare and not explicit and min(v for v in (lo, hi) if v is not None) < _ADULT_MIN:
                 continue  # "3-4 nodules", "more than 3": a count, not an age
-            found.append(((m.start(), m.end()), (min(lo, hi), max(lo, hi)) if lo is not None and hi is not None
-                          else (lo, hi)))
+            rng: Optional[AgeRange] = ((min(lo, hi), max(lo, hi)) if lo is not None and hi is not None
+                                       else (lo, hi))
+            start = m.start()
+            neg = negation_before(text, start)
+            if neg is not None:  # "not older than 50", "excluding patients over 80", "non-elderly"
+                comp = complement_open(rng, said)  # type: ignore[arg-type]
+                phrase = " ".join(text[neg:m.end()].split())
+                if comp is None:
+                    notes.append(f"{phrase!r} is negated and has no one-range complement: no age filter applied")
+                else:
+                    notes.append(f"read {phrase!r} as age {_words(comp)}")
+                rng, start = comp, neg
+            found.append(((start, m.end()), rng))  # type: ignore[arg-type]
     if not found:
         return text, None
     for span, _ in sorted(found, reverse=True):
         text = text[:span[0]] + " " + text[span[1]:]
-    ranges = list(dict.fromkeys(r for _, r in found))
+    ranges = list(dict.fromkeys(r for _, r in found if r is not None))
+    if not ranges:
+        return text, None
     if len(ranges) == 2 and {r[0] is None for r in ranges} == {True, False} and all(
             (r[0] is None) != (r[1] is None) for r in ranges):
         lo = next(r[0] for r in ranges if r[0] is not None)

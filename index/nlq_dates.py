@@ -7,6 +7,8 @@ import datetime as _dt
 import re
 from typing import Callable, List, Optional, Tuple
 
+from .nlq_negation import negation_before
+
 __all__ = ["read_dates"]
 
 DateRange = Tuple[Optional[str], Optional[str]]
@@ -30,8 +32,18 @@ _TO_MONTH = [
     (re.compile(rf"(?<![\d/])(\d{{1,2}})/{_Y}\b"), lambda m: (int(m.group(2)), int(m.group(1)))),
     (re.compile(rf"(?<![:\w]){_Y}-(0[1-9]|1[0-2])(?![\d-])"), lambda m: (int(m.group(1)), int(m.group(2)))),
 ]
-_T = r"(@d:\d{4}-\d\d-\d\d@|@m:\d{4}-\d\d@|(?<![\w@:])(?:19|20)\d\d(?!\w))"
-_SCANS = r"(?:(?:scans?|studies|study|exams?|examinations?|imaging|cts?)\s+)?"
+# A bare year is not one when a unit follows ("liver volume over 2000 ml") or it is part of a numeric date
+# ("2021/03/15", "15.01.2021": day and month order are ambiguous, so such dates are refused below).
+_T = (r"(@d:\d{4}-\d\d-\d\d@|@m:\d{4}-\d\d@|(?<![\w@:/.])(?:19|20)\d\d(?!\w)(?![/.]\d)"
+      r"(?!\s*(?:ml|cc|mm|cm|hu|mg|g|kg|units?|ms|mcg|mgy|mgy\*?cm|dlp)\b))")
+# Words before a year that make it a guideline's edition or a birth year, never a study date.
+_NOT_STUDY_YEAR = re.compile(r"(?:fleischner|bosniak|li-?rads|lung-?rads|pi-?rads|ti-?rads|o-?rads|c-?rads|acr|who|"
+                             r"aha|tnm|version|edition|v\.?|criteria|guidelines?|classification)\s*$")
+_BORN = re.compile(r"\bborn\s+(?:in\s+|before\s+|after\s+|since\s+|on\s+)?$")
+# A year in a numeric day/month/year date ("01/15/2021", "15.01.2021") or with a fuzzy qualifier.
+_NUMERIC_DATE = re.compile(r"\b\d{1,2}[/.]\d{1,2}[/.]((?:19|20)\d\d)\b|\b((?:19|20)\d\d)[/.]\d{1,2}[/.]\d{1,2}\b")
+_FUZZY = re.compile(r"\b(early|late|mid|spring|summer|autumn|fall|winter|beginning of|end of)[\s-]+$")
+_SCANS = r"(?:(?:scans?|studies|study|exams?|examinations?|imaging|cts?|scanned|imaged|acquired|performed)\s+)?"
 _DONE = r"(?:scanned|acquired|performed|done|dated|imaged)"
 _AND = r"\s*(?:and|to|-|–|until|through|till)\s*"
 
@@ -56,10 +68,43 @@ def _last(t: str) -> str:
     return _span(t)[1].isoformat()
 
 
+def _between(a: str, b: str) -> DateRange:
+    """Both ends of two date tokens, in either order ("between 2022 and 2018" is 2018-2022)."""
+    lo, hi = sorted((a, b), key=lambda t: _span(t)[0])
+    return _first(lo), _last(hi)
+
+
+def _after(t: str) -> DateRange:
+    return (_span(t)[1] + _dt.timedelta(days=1)).isoformat(), None
+
+
+def _before(t: str) -> DateRange:
+    return None, (_span(t)[0] - _dt.timedelta(days=1)).isoformat()
+
+
+def _quarter(m: "re.Match[str]") -> DateRange:
+    y, q = int(_first(m.group(2))[:4]), int(m.group(1))
+    return (_dt.date(y, 3 * q - 2, 1).isoformat(),
+            _dt.date(y, 3 * q, calendar.monthrange(y, 3 * q)[1]).isoformat())
+
+
 Rule = Tuple["re.Pattern[str]", Callable[["re.Match[str]"], DateRange]]
 _RULES: List[Rule] = [
-    (re.compile(rf"\b{_SCANS}(?:between|from)\s+{_T}{_AND}{_T}"), lambda m: (_first(m.group(1)), _last(m.group(2)))),
-    (re.compile(rf"{_T}\s*(?:-|–|to|until|through)\s*{_T}"), lambda m: (_first(m.group(1)), _last(m.group(2)))),
+    (re.compile(rf"\b{_SCANS}(?:between|from)\s+{_T}{_AND}{_T}"), lambda m: _between(m.group(1), m.group(2))),
+    (re.compile(rf"{_T}\s*(?:-|–|to|until|through)\s*{_T}"), lambda m: _between(m.group(1), m.group(2))),
+    (re.compile(rf"\bq([1-4])\s*{_T}"), _quarter),  # "Q1 2021"
+    # comparison words and operators: "pre-2020", "post 2020", "> 2020", "<= 2019", "2020+", "later than 2020"
+    (re.compile(rf"\b(?:pre)[\s-]*{_T}"), lambda m: _before(m.group(1))),
+    (re.compile(rf"\b(?:post)[\s-]*{_T}"), lambda m: _after(m.group(1))),
+    (re.compile(rf"(?:>=|≥)\s*{_T}"), lambda m: (_first(m.group(1)), None)),
+    (re.compile(rf"(?:<=|≤)\s*{_T}"), lambda m: (None, _last(m.group(1)))),
+    (re.compile(rf"(?<![<>=])>\s*{_T}"), lambda m: _after(m.group(1))),
+    (re.compile(rf"(?<![<>=])<\s*{_T}"), lambda m: _before(m.group(1))),
+    (re.compile(rf"{_T}\s*\+"), lambda m: (_first(m.group(1)), None)),
+    (re.compile(rf"\b{_SCANS}(?:later than|newer than|more recent than)\s+{_T}"), lambda m: _after(m.group(1))),
+    (re.compile(rf"\b{_SCANS}older than\s+{_T}"), lambda m: _before(m.group(1))),
+    (re.compile(rf"\b{_SCANS}(?:until|up to|through|by|till)\s+(?:the\s+)?end\s+of\s+{_T}"),
+     lambda m: (None, _last(m.group(1)))),
     # "in 2018 and 2019", "2018, 2019 or 2020": the years between are taken too (the note says so)
     (re.compile(rf"\b(?:{_SCANS}(?:in|during|from|of)\s+)?{_T}(?:\s*(?:,|and|or|&)\s*{_T})+"),
      lambda m: (_first(m.group(1)), _last(re.findall(_T, m.group(0))[-1]))),
@@ -69,10 +114,8 @@ _RULES: List[Rule] = [
     (re.compile(rf"\b{_SCANS}from\s+(@d:\d{{4}}-\d\d-\d\d@)"), lambda m: (_first(m.group(1)), None)),
     (re.compile(rf"{_T}\s+(?:onwards?|or later|and later|or after|and after|or more recent)\b"),
      lambda m: (_first(m.group(1)), None)),
-    (re.compile(rf"\b{_SCANS}after\s+{_T}"),
-     lambda m: ((_span(m.group(1))[1] + _dt.timedelta(days=1)).isoformat(), None)),
-    (re.compile(rf"\b{_SCANS}(?:before|prior to|earlier than)\s+{_T}"),
-     lambda m: (None, (_span(m.group(1))[0] - _dt.timedelta(days=1)).isoformat())),
+    (re.compile(rf"\b{_SCANS}after\s+{_T}"), lambda m: _after(m.group(1))),
+    (re.compile(rf"\b{_SCANS}(?:before|prior to|earlier than)\s+{_T}"), lambda m: _before(m.group(1))),
     (re.compile(rf"\b{_SCANS}(?:until|up to|through|by|till)\s+{_T}"), lambda m: (None, _last(m.group(1)))),
     (re.compile(rf"{_T}\s+(?:or earlier|and earlier|or before|and before)\b"), lambda m: (None, _last(m.group(1)))),
     (re.compile(rf"\b{_SCANS}(?:{_DONE}\s+)?(?:in|during|from|of|on|dated)\s+{_T}"),
@@ -105,27 +148,83 @@ def _tokens(text: str) -> str:
     return text
 
 
+def _refused(text: str, notes: List[str]) -> str:
+    """Numeric day/month dates refused with a note (their order is ambiguous), and the year's token blanked."""
+    def one(m: "re.Match[str]") -> str:
+        notes.append(f"date {m.group(0)!r} not applied: day and month order are ambiguous; write it as YYYY-MM-DD")
+        return " "
+    return _NUMERIC_DATE.sub(one, text)
+
+
+def _first_match(text: str, notes: List[str]) -> Optional[Tuple["re.Match[str]", DateRange]]:
+    """The first rule's first acceptable match: not a guideline's edition ("Fleischner 2017") nor a birth year."""
+    born_said = False
+    for pattern, value in _RULES:
+        for m in pattern.finditer(text):
+            before = text[:m.start()]
+            if _NOT_STUDY_YEAR.search(before):
+                continue
+            if _BORN.search(before):
+                if not born_said:
+                    notes.append(f"birth year {_plain(m.group(0)).strip()!r} not applied: filter by age instead")
+                    born_said = True
+                continue
+            return m, value(m)
+    return None
+
+
+def _complement(found: DateRange) -> Optional[DateRange]:
+    lo, hi = found
+    if lo is not None and hi is None:
+        return None, (_dt.date.fromisoformat(lo) - _dt.timedelta(days=1)).isoformat()
+    if hi is not None and lo is None:
+        return (_dt.date.fromisoformat(hi) + _dt.timedelta(days=1)).isoformat(), None
+    return None
+
+
 def read_dates(text: str, notes: List[str]) -> Tuple[str, Optional[DateRange]]:
     """(``text`` without its study-date phrase, the ``(first, last)`` ISO range, open ends None).
 
-    One phrase is read; a second date phrase is left in the text with a note, as is anything read loosely (years
-    listed apart: "in 2018 and 2020" covers 2018 to 2020).
+    One phrase is read, or two open ones that close a range ("after 2019 and before 2022"); another date phrase
+    is left in the text with a note, as is anything read loosely (years listed apart: "in 2018 and 2020" covers
+    2018 to 2020). A negated phrase ("not before 2020", "excluding scans before 2015") is read as its complement;
+    numeric day/month dates and birth years are not applied, with a note.
     """
-    text = _tokens(text)
-    for pattern, value in _RULES:
-        m = pattern.search(text)
-        if m is None:
-            continue
-        found = value(m)
-        years = re.findall(_T, m.group(0))
-        if len(years) > 2 or (len(years) == 2 and "between" not in m.group(0) and "-" not in m.group(0)
-                              and abs(_span(years[1])[0].year - _span(years[0])[0].year) > 1):
-            notes.append(f"dates {', '.join(_show(y) for y in years)} read as one range, {found[0]} to {found[1]}")
-        rest = text[:m.start()] + " " + text[m.end():]
-        if re.search(_T, rest):
-            notes.append("a second date in the question was not applied: one study-date range is read")
-        return _plain(rest), found
-    return _plain(text), None
+    text = _refused(_tokens(text), notes)
+    hit = _first_match(text, notes)
+    if hit is None:
+        return _plain(text), None
+    m, found = hit
+    start = m.start()
+    neg = negation_before(text, start)
+    if neg is not None:
+        phrase = " ".join(_plain(text[neg:m.end()]).split())
+        comp = _complement(found)
+        if comp is None:
+            notes.append(f"{phrase!r} is negated and has no one-range complement: no date filter applied")
+            return _plain(text[:neg] + " " + text[m.end():]), None
+        notes.append(f"read {phrase!r} as study dates {comp[0] or '...'} to {comp[1] or '...'}")
+        found, start = comp, neg
+    years = re.findall(_T, m.group(0))
+    if len(years) > 2 or (len(years) == 2 and "between" not in m.group(0) and "-" not in m.group(0)
+                          and abs(_span(years[1])[0].year - _span(years[0])[0].year) > 1):
+        notes.append(f"dates {', '.join(_show(y) for y in years)} read as one range, {found[0]} to {found[1]}")
+    fuzzy = _FUZZY.search(text[:m.start()])
+    if fuzzy and len(years) == 1 and not years[0].startswith("@") and neg is None:
+        notes.append(f"{fuzzy.group(1)!r} {years[0]} read as the whole year {years[0]}")
+        start = fuzzy.start()
+    rest = text[:start] + " " + text[m.end():]
+    if (found[0] is None) != (found[1] is None):  # one open end: a second phrase may close it
+        second = _first_match(rest, [])
+        if second is not None and negation_before(rest, second[0].start()) is None:
+            lo = found[0] if found[0] is not None else second[1][0]
+            hi = found[1] if found[1] is not None else second[1][1]
+            if (second[1][0] is None) != (second[1][1] is None) and lo is not None and hi is not None and lo <= hi:
+                found = (lo, hi)
+                rest = rest[:second[0].start()] + " " + rest[second[0].end():]
+    if re.search(_T, rest):
+        notes.append("a second date in the question was not applied: one study-date range is read")
+    return _plain(rest), found
 
 
 def _show(token: str) -> str:

@@ -157,3 +157,68 @@ def test_words_near_sex_words_are_not_read_as_sex(question):
 
 def test_articles_left_by_a_removed_filter_are_dropped():
     assert parse_query("mass in the liver of a male").text == "mass liver"
+
+
+# A review of phrasings not in these tests (2026-12-07): each of these gave a wrong filter, usually silently.
+_LUNG = list(cg.organs.lookup("lung"))
+
+
+@pytest.mark.parametrize("question,text,where,note", [
+    # a negated filter phrase is its complement (it was applied as if the "not" were not there)
+    ("fatty liver not older than 50", "fatty liver", {"age": (None, 50)}, "read 'not older than 50' as age <=50"),
+    ("fatty liver excluding patients over 80", "fatty liver", {"age": (None, 80)}, "as age <=80"),
+    ("fatty liver in non-elderly patients", "fatty liver", {"age": (None, 64)}, "as age <=64"),
+    ("fatty liver not in children", "fatty liver", {"age": (18, None)}, "as age >=18"),
+    ("fatty liver not between 40 and 60", "fatty liver", {}, "no one-range complement"),
+    ("renal cyst excluding men", "renal cyst", {"sex": "F"}, "as sex F"),
+    ("liver cyst no earlier than 2020", "liver cyst", {"study_date": ("2020-01-01", None)}, "as study dates"),
+    ("fatty liver excluding scans before 2015", "fatty liver", {"study_date": ("2015-01-01", None)}, "as study"),
+    # comparisons of years that fell through to "exactly that year"
+    ("liver cyst pre-2020", "liver cyst", {"study_date": (None, "2019-12-31")}, None),
+    ("liver cyst post 2020", "liver cyst", {"study_date": ("2021-01-01", None)}, None),
+    ("liver cyst < 2020", "liver cyst", {"study_date": (None, "2019-12-31")}, None),
+    ("liver cyst 2020+", "liver cyst", {"study_date": ("2020-01-01", None)}, None),
+    ("liver cyst later than 2020", "liver cyst", {"study_date": ("2021-01-01", None)}, None),
+    ("liver cyst scanned after 2020", "liver cyst", {"study_date": ("2021-01-01", None)}, None),
+    ("liver cyst in Q1 2021", "liver cyst", {"study_date": ("2021-01-01", "2021-03-31")}, None),
+    ("liver cyst after 2019 and before 2022", "liver cyst", {"study_date": ("2020-01-01", "2021-12-31")}, None),
+    ("liver cyst between 2022 and 2018", "liver cyst", {"study_date": ("2018-01-01", "2022-12-31")}, None),
+    # four-digit numbers that are not scan years
+    ("liver volume over 2000 ml", "liver volume over 2000 ml", {}, None),
+    ("Fleischner 2017 nodule", "fleischner 2017 nodule", {}, None),
+    ("liver cyst in women born before 1960", "liver cyst born before 1960", {"sex": "F"}, "birth year"),
+    ("liver cyst 01/15/2021", "liver cyst", {}, "day and month order are ambiguous"),
+    # counts and measures that became an age filter
+    ("more than 20 liver metastases", "more than 20 liver metastases", {}, None),
+    ("aortic aneurysm diameter > 50", "aortic aneurysm diameter > 50", {}, None),
+    ("liver attenuation below 40", "liver attenuation below 40", {}, None),
+    ("lung nodule stable over 2 years", "lung nodule stable over 2 years", {}, None),
+    ("women over 60 with liver cysts", "liver cysts", {"sex": "F", "age": (60, None)}, None),
+    # letters and age forms
+    ("renal cyst M and F", "renal cyst", {}, "both sexes"),
+    ("renal cyst M/F", "renal cyst", {}, "both sexes"),
+    ("renal cyst, F/U", "renal cyst, f/u", {}, None),
+    ("fatty liver 40- to 60-year-old women", "fatty liver", {"sex": "F", "age": (40, 60)}, None),
+    ("fatty liver 45 y.o. female", "fatty liver", {"sex": "F", "age": (45, 45)}, None),
+    ("gallstones 60 and up", "gallstones", {"age": (60, None)}, None),
+    ("gallstones up to 50 years", "gallstones", {"age": (None, 50)}, None),
+])
+def test_phrasings_of_the_2026_12_07_review(question, text, where, note):
+    q = parse_query(question)
+    assert (q.text, q.where) == (text, where)
+    if note:
+        assert any(note in n for n in q.notes), q.notes
+
+
+@pytest.mark.parametrize("question,organ", [
+    # the finding's organ, not an incidental organ word (they were filtered to livers, spleens and kidneys)
+    ("splenomegaly without liver cirrhosis", ["spleen"]),
+    ("hepatomegaly with normal spleen", ["liver"]),
+    ("hepatomegaly in kidney transplant", ["liver"]),
+    ("L kidney stone", ["kidney_left"]),
+    # an organ word naming a part of the finding's organ stays the (narrower) filter
+    ("right upper lobe nodule", ["lung_upper_lobe_right"]),
+    ("lung nodule", _LUNG),
+])
+def test_the_organ_filter_follows_the_finding(question, organ):
+    assert parse_query(question).organ == organ
