@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, Iterator, Tuple
 
 __all__ = ["SIDE_WORDS", "SIDE_ABBREVIATIONS", "EXTRA_ORGANS", "ORGAN_ABBREVIATIONS", "WEAK_ORGANS", "RESECTIONS",
-           "PARTIAL_RESECTIONS", "MISSING", "OTHER_ANATOMY", "HEADING_ORGANS", "sided_finding_phrases"]
+           "PARTIAL_RESECTIONS", "MISSING", "OTHER_ANATOMY", "VESSEL_WORDS", "HEADING_ORGANS",
+           "sided_finding_phrases"]
 
 SIDE_WORDS: Dict[str, str] = {
     "left": "left", "right": "right", "left sided": "left", "right sided": "right", "bilateral": "both",
@@ -69,6 +70,10 @@ RESECTIONS: Dict[str, str] = {
     "nephroureterectomy": "kidney", "adrenalectomy": "adrenal_gland", "pneumonectomy": "lung",
     "radical cystectomy": "urinary_bladder", "cystoprostatectomy": "urinary_bladder", "total colectomy": "colon",
     "proctocolectomy": "colon", "total gastrectomy": "stomach", "total pancreatectomy": "pancreas",
+    # shorthand and traces of a cholecystectomy ("S/p lap chole.", "Post-chole.", "clips in the gallbladder fossa")
+    "chole": "gallbladder", "lap chole": "gallbladder", "lap cholecystectomy": "gallbladder",
+    **{f"{s}clips in the {bed}": "gallbladder" for s in ("", "surgical ", "cholecystectomy ")
+       for bed in ("gallbladder fossa", "gallbladder bed", "gb fossa")},
 }
 PARTIAL_RESECTIONS = ("partial nephrectomy", "partial adrenalectomy", "partial splenectomy", "partial cystectomy",
                       "partial pneumonectomy", "partial colectomy", "partial gastrectomy", "partial pancreatectomy")
@@ -76,6 +81,8 @@ PARTIAL_RESECTIONS = ("partial nephrectomy", "partial adrenalectomy", "partial s
 # removed", "absent spleen") or not seen on this study ("the right kidney is not visualized").
 MISSING: Dict[str, str] = {
     "surgically absent": "resected", "absent": "resected", "removed": "resected", "surgically removed": "resected",
+    # "The gallbladder is absent": the longer negation cue "is absent" would otherwise make it a normal organ
+    "is absent": "resected", "are absent": "resected",
     "resected": "resected", "surgically resected": "resected", "excised": "resected",
     "not visualized": "unseen", "not visualised": "unseen", "not seen": "unseen", "not identified": "unseen",
     "not demonstrated": "unseen", "not visible": "unseen", "not present": "unseen",
@@ -94,7 +101,17 @@ OTHER_ANATOMY = (
     "axilla", "axillary", "soft tissues", "soft tissue", "renal artery", "renal arteries", "renal vein",
     "splenic artery", "hepatic artery", "hepatic veins", "hepatic vein", "superior mesenteric artery",
     "mesenteric artery", "celiac axis", "coeliac axis", "urethra", "vagina", "rectum", "anal canal",
+    # the side word would otherwise make "left renal" the kidney ("Left renal vein is patent" is not a normal kidney)
+    "renal arterial", "renal veins",
+    *(f"{side} renal {vessel}" for side in ("left", "right", "lt", "rt", "l", "r")
+      for vessel in ("vein", "veins", "artery", "arteries", "arterial")),
+    # heart valves: "aortic valve calcification" is neither the aorta's nor the coronaries' calcification
+    "aortic valve", "aortic valves", "aortic valvular", "mitral valve", "mitral annulus", "mitral annular",
+    "aortic valve leaflets", "mitral valve leaflets",
 )
+# First words of a phrase that puts it in a vessel wall ("vascular calcification", "atherosclerotic calcification"):
+# said under another organ's heading, it is not that organ's finding named by its last word (a renal stone).
+VESSEL_WORDS = frozenset(("vascular", "arterial", "atherosclerotic", "atheromatous", "mural"))
 
 # Heading words that name organs only as section titles ("Vascular:", "Lower chest:").
 HEADING_ORGANS: Dict[str, Tuple[str, ...]] = {

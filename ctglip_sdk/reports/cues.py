@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Dict, Tuple
 
-__all__ = ["NEG_PRE", "NEG_POST", "NEG_BOTH", "UNC_PRE", "UNC_POST", "UNC_BOTH", "WEAK_PRE", "PSEUDO", "TERMINATE",
-           "NEUTRAL", "TRIGGERS"]
+__all__ = ["NEG_PRE", "NEG_POST", "NEG_BOTH", "NEG_SELF", "UNC_PRE", "UNC_POST", "UNC_BOTH", "WEAK_PRE", "PSEUDO",
+           "TERMINATE", "NEUTRAL", "TRIGGERS"]
 
-# Trigger kinds. PRE triggers act on what follows, POST on what precedes, BOTH on whichever side has findings.
-NEG_PRE, NEG_POST, NEG_BOTH = "neg_pre", "neg_post", "neg_both"
+# Trigger kinds. PRE triggers act on what follows, POST on what precedes, BOTH on whichever side has findings,
+# SELF on the phrase itself: a finding word and its denial in one ("stone-free"; the vocabulary gives it the
+# finding of its first word).
+NEG_PRE, NEG_POST, NEG_BOTH, NEG_SELF = "neg_pre", "neg_post", "neg_both", "neg_self"
 UNC_PRE, UNC_POST, UNC_BOTH, WEAK_PRE = "unc_pre", "unc_post", "unc_both", "weak_pre"
 PSEUDO, TERMINATE, NEUTRAL = "pseudo", "terminate", "neutral"
 
@@ -23,6 +25,9 @@ _PARTIAL_RESOLUTION = (
     "ensure resolution", "ensure resolution of", "confirm resolution", "confirm resolution of",
     "document resolution", "document resolution of", "assess resolution of", "assess for resolution of",
     "evaluate for resolution of", "evaluate resolution of", "until resolution of", "to resolution",
+    "partial clearing of", "partial interval clearing of", "incomplete clearing of", "partially cleared",
+    "not cleared", "has not cleared", "have not cleared", "not yet cleared", "not completely cleared",
+    "not fully cleared", "partially disappeared",
 )
 # Follow-up of a stated finding ("to evaluate for stability of the nodule") is not a search for it.
 _FOLLOW_UP = tuple(f"{to}{verb} {what}" for to in ("", "to ") for verb in ("evaluate for", "assess for")
@@ -32,6 +37,14 @@ _FOLLOW_UP = tuple(f"{to}{verb} {what}" for to in ("", "to ") for verb in ("eval
 _NO_CHANGE = ("no change", "no significant change", "no interval change", "no significant interval change",
               "no substantial change", "no definite change", "no appreciable change", "no increase",
               "no significant increase", "no interval increase")
+# A lesion that has not grown is still there ("No interval growth of the hepatic metastases"): stable, not absent.
+# The phrase takes "enlargement" with it, which would otherwise deny the organ's enlargement (hepatomegaly).
+_NO_GROWTH = tuple(f"{lead} {what}" for lead in ("no", "no significant", "no definite", "no appreciable",
+                                                  "no substantial", "no measurable", "without", "without significant",
+                                                  "without any", "nil")
+                   for what in ("interval growth", "interval enlargement", "interval progression", "growth",
+                                "progression", "interval increase in size", "significant interval growth",
+                                "significant interval enlargement"))
 
 # NegEx/pyConText-style cue lists (Chapman et al. 2001; radiology additions). Language rules, not vocabulary,
 # so they live in code; organ and finding vocabulary lives in the dictionary file.
@@ -48,6 +61,8 @@ TRIGGERS: Dict[str, Tuple[str, ...]] = {
         "no features to suggest", "no imaging evidence of", "no convincing", "no convincing evidence of",
         # British and Australian dictation ("Nil pleural effusion.", "Nil evidence of hydronephrosis.")
         "nil", "nil evidence of", "nil significant", "nil focal", "nil other",
+        # "clear of" is longer than the normal term "clear", so it wins: "The pleural spaces are clear of effusion"
+        "clear of", "devoid of", "none of", "none of the", "clearing of", "interval clearing of",
     ),
     NEG_POST: (
         "not seen", "not identified", "not demonstrated", "not visualized", "not visualised", "not present",
@@ -63,7 +78,11 @@ TRIGGERS: Dict[str, Tuple[str, ...]] = {
         "not convincingly demonstrated",
         # a stone that has passed is gone; "less likely" leans the other way from "likely"
         "has passed", "have passed", "has since passed", "has been passed", "is less likely", "are less likely",
+        # gone since the prior study ("The right pleural effusion has cleared", "the lesion has disappeared")
+        "has cleared", "have cleared", "has since cleared", "have since cleared", "has now cleared",
+        "has disappeared", "have disappeared", "has since disappeared", "have since disappeared",
     ),
+    NEG_SELF: ("stone free", "stones free", "calculus free", "calculi free"),
     NEG_BOTH: ("resolved", "absent"),
     UNC_PRE: (
         "possible", "possibly", "questionable", "question of", "suspicious for", "suspicious of",
@@ -73,7 +92,7 @@ TRIGGERS: Dict[str, Tuple[str, ...]] = {
         "can't rule out", "difficult to exclude", "rule out", "to rule out", "r/o", "ddx",
         "differential includes", "differential diagnosis includes", "differential diagnosis",
         "differential considerations include", "equivocal", "borderline", "suspected",
-        "suspect", "consider", "raises the possibility of", "possibility of",
+        "suspect", "consider", "raises the possibility of", "possibility of", "suggestion of",
         "uncertain", "query", "may reflect", "could reflect",
         "may relate to", "not excluding", "limiting assessment for", "limiting evaluation for",
         "limited assessment for", "limited evaluation for", "limited assessment of", "limited evaluation of",
@@ -95,6 +114,10 @@ TRIGGERS: Dict[str, Tuple[str, ...]] = {
         "is suspected", "are suspected", "is possible", "are possible", "is questionable", "questioned",
         # "Hepatic steatosis is likely.": the pre-cue "likely" had nothing after it to reach
         "is likely", "are likely", "is probable", "are probable", "is favored", "is favoured",
+        # the hedge after the finding ("Mild splenomegaly may be present"): "may be" alone looks forward only
+        "may be present", "might be present", "could be present", "may also be present", "may be seen",
+        "would be a consideration", "is a consideration", "are a consideration", "is a possibility",
+        "would be a possibility", "is a possible consideration",
     ),
     UNC_BOTH: ("versus", "vs", "vs."),
     WEAK_PRE: (
@@ -109,7 +132,7 @@ TRIGGERS: Dict[str, Tuple[str, ...]] = {
         "no significant increase", "no interval increase", "without change", "without significant change",
         "without interval change", "not changed", "not significantly changed",
         "unchanged", "stable", "not necessarily", "no further", "gram negative", "not well seen",
-        "not clearly seen", "no longer than",
+        "not clearly seen", "no longer than", *_NO_GROWTH,
         *_PARTIAL_RESOLUTION, *_FOLLOW_UP,
         # a missing normal property is an abnormality, not a negated one ("lack of enhancement of the kidney")
         "lack of enhancement", "no enhancement", "absent enhancement", "lack of opacification", "no opacification",
@@ -121,7 +144,7 @@ TRIGGERS: Dict[str, Tuple[str, ...]] = {
         # "There is no significant change in the known renal cysts": the longer "there is no" would otherwise
         # win the match and negate what is only said to be unchanged
         *(f"{lead} {c}" for lead in ("there is", "there are", "there has been", "there have been", "there was",
-                                     "there were") for c in _NO_CHANGE),
+                                     "there were") for c in _NO_CHANGE + _NO_GROWTH),
     ),
     TERMINATE: (
         "but", "however", "although", "though", "which", "whereas", "while", "except", "except for",
@@ -132,5 +155,9 @@ TRIGGERS: Dict[str, Tuple[str, ...]] = {
     ),
     # Consume phrases whose words would otherwise read as cues ("with" inside "consistent with").
     NEUTRAL: ("consistent with", "compatible with", "in keeping with", "associated with", "with or without",
-              "correlate with", "correlation with", "filled with", "not to be confused with"),
+              "correlate with", "correlation with", "filled with", "not to be confused with",
+              # how the study was done, not a denial ("Without contrast, evaluation of the liver is limited")
+              *(f"without {c}contrast" for c in ("", "iv ", "intravenous ", "oral ", "oral or iv ",
+                                                  "oral or intravenous ", "the use of ", "the use of iv ",
+                                                  "the use of intravenous "))),
 }

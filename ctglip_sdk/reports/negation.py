@@ -7,8 +7,8 @@ from bisect import bisect_right
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from ctglip_sdk.reports.types import ABSENT, PRESENT, UNCERTAIN, Status
-from ctglip_sdk.reports.vocab import (NEG_BOTH, NEG_POST, NEG_PRE, PSEUDO, TERMINATE, UNC_BOTH, UNC_POST, UNC_PRE,
-                                      WEAK_PRE, Info, phrase_key)
+from ctglip_sdk.reports.vocab import (NEG_BOTH, NEG_POST, NEG_PRE, NEG_SELF, PSEUDO, TERMINATE, UNC_BOTH, UNC_POST,
+                                      UNC_PRE, WEAK_PRE, Info, phrase_key)
 
 __all__ = ["cue_scopes", "clause_break", "clause_starts", "said_normal", "status_of", "checklist_answer"]
 
@@ -21,6 +21,19 @@ _QUALIFIER_BEFORE = re.compile(
     r"(?:over|above|exceeding|greater than|larger than|bigger than|more than|in excess of|at least|up to|under|"
     r"below|less than|smaller than|[<>\u2264\u2265]=?)\s*$")
 _QUALIFIER_AFTER = re.compile(r"\s*(?:or|and)\s+(?:more|larger|greater|above|bigger|over)\b")
+# After a comma, a severity, size or count word starts a new, positive description ("no calculi, mild right
+# hydronephrosis", "no effusion, small pneumothorax"); list items after a comma carry no such word ("no gallstones,
+# hydronephrosis or renal cysts"). "small bowel" and "large bowel" are organs, not sizes.
+_DESCRIBED = re.compile(
+    r",\s*(?:(?:mild|moderate|severe|marked|minimal|small|large|trace|tiny|few|a\s+few|several|multiple|numerous|"
+    r"innumerable|scattered|punctate|extensive|non-?obstructing|subcentimet(?:er|re)|two|three|four|five|new|"
+    r"persistent)\b(?!\s+(?:bowel|intestine)\b)|(?:mild|moderate)-)")
+# ... and so does a clause after the comma that ends saying its finding is there ("no pulmonary nodules, emphysema
+# present"), unless it lists or denies ("no effusion, nodules or masses seen"), as does a negated clause closed by
+# its own verb before the comma ("no calculi identified, ...").
+_STATED = re.compile(r"\b(?:present|noted|seen|identified|demonstrated|evident)\s*[.!]?\s*$")
+_LISTS_OR_DENIES = re.compile(r"\b(?:no|not|none|nor|neither|without|or|and|absent)\b")
+_CLOSED = re.compile(r"\s+(?:seen|identified|noted|demonstrated|detected)\s*,")
 # A visibility cue whose scope is the comparison ("not seen on the prior study", "not present previously") says
 # the finding is new, not that it is absent. ("Resolved"/"no longer seen" compared with the prior still negate.)
 _PRIOR = re.compile(
@@ -64,7 +77,12 @@ _CONTRAST = frozenset(phrase_key(p) for p in (
 # suspicious for malignancy", "not suggestive of steatosis").
 _CHARACTERISING = frozenset(phrase_key(p) for p in (
     "suspicious for", "suspicious of", "suggestive of", "concerning for", "worrisome for", "worrying for",
-    "concern for", "suspicion of", "suspicion for", "suggesting", "suggests", "to suggest", "worrisome of"))
+    "concern for", "suspicion of", "suspicion for", "suggesting", "suggests", "to suggest", "worrisome of",
+    "suggestion of"))  # "no suggestion of splenomegaly" is a denial
+
+# Terminators that name a cause: right after a hedge ("could be due to", "possibly secondary to") the hedge is on
+# the cause that follows, which must not cut it off.
+_CAUSE = frozenset(phrase_key(p) for p in ("due to", "secondary to"))
 
 # The answer of a checklist line ("Gallstones: none.", "Hydronephrosis: no", "Renal calculi: not identified",
 # "Appendicitis: equivocal"): it says whether what the title names is there.
@@ -85,11 +103,13 @@ def cue_scopes(toks: Sequence[Tuple[int, int, Info]], low: str, start: int, end:
     A pre-cue ("no", "possible") reaches forward to the end of the sentence, a terminator ("but", "however",
     "which", ", the"), an "and" that opens a clause with its own subject and verb ("no gallstones and the spleen
     is enlarged"), another pre-cue, a measurement after a negation that does not qualify the negated noun ("no
-    hydronephrosis, 4 mm stone", not "no nodules over 4 mm or effusion") or a pseudo-negation ("stable",
-    "partially resolved"). A post-cue ("cannot be excluded", "has resolved") reaches back to the previous
-    terminator or clause, and past a comma only within a list ("X, Y and Z are not seen"). A visibility cue about
-    the comparison exam ("not seen on the prior study") negates nothing; a characterising hedge after a negation
-    ("no lesion suspicious for malignancy") keeps the negation.
+    hydronephrosis, 4 mm stone", not "no nodules over 4 mm or effusion"), a comma before a severity, size or count
+    word or before a stated finding ("no calculi, mild hydronephrosis", "no nodules, emphysema present"; not a
+    list: "no gallstones, hydronephrosis or cysts") or a pseudo-negation ("stable", "partially resolved"). A
+    post-cue ("cannot be excluded", "has resolved") reaches back to the previous terminator or clause, and past a
+    comma only within a list ("X, Y and Z are not seen"). A visibility cue about the comparison exam ("not seen on
+    the prior study") negates nothing; a characterising hedge after a negation ("no lesion suspicious for
+    malignancy") keeps the negation; a hedge right before "due to" reaches the cause ("could be due to a mass").
 
     Example:
         >>> from ctglip_sdk.reports import AbnormalityDictionary
@@ -109,11 +129,14 @@ def cue_scopes(toks: Sequence[Tuple[int, int, Info]], low: str, start: int, end:
     cur: Optional[str] = None
     seen = False
     prev_end = start
+    neg_at = start  # where the negation in force was said: a comma after it makes what follows a list
     for i, (a, b, info) in enumerate(toks):
         if cur is not None:
             # a measurement needs three characters at least ("4mm"): shorter gaps skip the regex
             if cur == "neg" and a - prev_end > 2 and _starts_description(low, prev_end, a, end):
                 cur = None  # "no hydronephrosis, 4 mm stone": a measurement starts a positive description
+            elif cur == "neg" and _ends_at_comma(low, neg_at, prev_end, a, end):
+                cur = None  # "no calculi identified, mild right hydronephrosis noted"
             elif a - prev_end > 6 and _new_clause(low, prev_end, a, end):
                 cur, seen = None, False  # "no gallstones and the spleen is enlarged"
             else:
@@ -121,10 +144,12 @@ def cue_scopes(toks: Sequence[Tuple[int, int, Info]], low: str, start: int, end:
         trig = info.trigger
         if trig is not None:
             if trig == TERMINATE:
-                cur, seen = None, False
+                if not (cur == "unc" and i and toks[i - 1][2].trigger == UNC_PRE and not low[prev_end:a].strip() and
+                        phrase_key(low[a:b]) in _CAUSE):
+                    cur, seen = None, False  # else "which could be due to a small mass": the cause is hedged
             elif trig == NEG_PRE:
                 if b - a != 3 or low[a:b] != "not" or _PRIOR.match(low, b, end) is None:
-                    cur = "neg"  # but "new nodule not previously seen" is not negated
+                    cur, neg_at = "neg", b  # but "new nodule not previously seen" is not negated
             elif trig == NEG_BOTH:
                 if low[b - 6:b] == "absent" and _PRIOR.match(low, b, end) is not None:
                     prior.append(i)  # "effusion, absent on the prior study"
@@ -132,7 +157,7 @@ def cue_scopes(toks: Sequence[Tuple[int, int, Info]], low: str, start: int, end:
                     both_seen.append(i)
                     backward = True
                 else:
-                    cur = "neg"
+                    cur, neg_at = "neg", b
             elif trig == UNC_PRE:
                 if cur != "neg" or phrase_key(low[a:b]) not in _CHARACTERISING or "," in low[prev_end:a]:
                     cur = "unc"  # else "no lesion suspicious for malignancy": the negation goes on
@@ -156,6 +181,8 @@ def cue_scopes(toks: Sequence[Tuple[int, int, Info]], low: str, start: int, end:
                         hedged.append(i)  # "cannot be entirely excluded"
             elif trig == UNC_POST:
                 backward = True
+            elif trig == NEG_SELF:
+                scopes[i] = _PRE_SCOPE["neg"]  # "the kidneys are stone-free"
         if info.keys or info.organ:
             seen = True
         prev_end = b
@@ -209,6 +236,22 @@ def _starts_description(low: str, a: int, b: int, end: int) -> bool:
     if _QUALIFIER_BEFORE.search(low, s - 20 if s - 20 > a else a, s) or _QUALIFIER_AFTER.match(low, m.end(), end):
         return False  # "no nodules over 4 mm", "no stone of 3 mm or more"
     return True
+
+
+def _ends_at_comma(low: str, neg_at: int, a: int, b: int, end: int) -> bool:
+    """Whether a comma in the gap ``low[a:b]`` ends the negation said at ``neg_at``: a severity, size or count word
+    follows it, or the negated clause before it is closed by its own verb ("no calculi identified,"), or the clause
+    after it (the first comma of the negation only: later ones continue a list) says its finding is there."""
+    c = low.find(",", a, b)
+    if c < 0:
+        return False
+    if _DESCRIBED.match(low, c) is not None or _CLOSED.match(low, a) is not None:
+        return True
+    if low.find(",", neg_at, a) >= 0:
+        return False  # "no gallstones, hydronephrosis, renal cysts seen": a list
+    e = low.find(",", b, end)
+    clause = low[c + 1:e if e >= 0 else end]
+    return _STATED.search(clause) is not None and _LISTS_OR_DENIES.search(clause) is None
 
 
 def _and_at(low: str, a: int, b: int) -> int:

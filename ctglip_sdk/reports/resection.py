@@ -17,9 +17,9 @@ from ctglip_sdk.reports.vocab import OTHER, Info
 __all__ = ["gone_organs", "drop_resected"]
 
 # Between an organ and the word that says it is missing: "the gallbladder is surgically absent", "the left kidney
-# has been removed", "the kidneys are not visualized".
+# has been removed", "the kidneys are not visualized"; "Left kidney: surgically absent" inside a line).
 _AFTER_ORGAN = re.compile(
-    r"\s*(?:(?:is|are|was|were|has|have|had|been|appears?|remains?|now)\s+)*"
+    r"\s*(?::\s*)?(?:(?:is|are|was|were|has|have|had|been|appears?|remains?|now)\s+)*"
     r"(?:(?:surgically|previously|completely|totally|entirely|now|also)\s+)*$")
 # A preposition before the organ makes it the object of another subject ("perfusion of the kidney is absent").
 _OBJECT = re.compile(r"\b(?:of|in|within|to|from|at|on|for|into|through)\s+(?:the\s+|both\s+)?$")

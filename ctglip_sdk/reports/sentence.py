@@ -12,10 +12,10 @@ from ctglip_sdk.reports.resection import gone_organs
 from ctglip_sdk.reports.segment import Sentence, normalise_space  # noqa: F401 - normalise_space re-exported
 from ctglip_sdk.reports.sides import (_COORD, _expand, _side_of,  # noqa: F401 - _side_of for the parser
                                      pair_sides, place, side_near)
-from ctglip_sdk.reports.statements import bare, denies_other, fold_groups, merge_status, span_start
+from ctglip_sdk.reports.statements import bare, denies_other, examined, fold_groups, merge_status, span_start
 from ctglip_sdk.reports.types import (_RANK, ABSENT, PRESENT, UNCERTAIN, OrganFinding, Status, _f_finding,
                                       _f_organ, _f_sentence, _f_span, _f_status, _new, new_finding)
-from ctglip_sdk.reports.vocab import OTHER, Info, Vocab, phrase_key
+from ctglip_sdk.reports.vocab import OTHER, VESSEL_WORDS, Info, Vocab, phrase_key
 
 __all__ = ["SentenceParser", "normalise_space"]
 
@@ -298,6 +298,7 @@ class SentenceParser:
         # where each finding landed, for descriptors that borrow the organ of another finding named with its organ
         placed_at: Optional[Dict[Tuple[int, int], List[str]]] = {} if implied and len(finding_toks) > 1 else None
         places = self._places
+        vessel = False
         for i in finding_toks:
             a, b, info = tok = toks[i]
             if i and not info.syn and toks[i - 1][2].keys and low[a:b] in _SIZE_CHANGE:
@@ -323,6 +324,8 @@ class SentenceParser:
             if not resolved:
                 if info.generic:
                     generic.append((status_of[scopes[i]][0], (a, b)))
+                elif _WORD.match(low, a).group() in VESSEL_WORDS:  # type: ignore[union-attr]
+                    vessel = True  # "Kidneys: Vascular calcifications.": a vessel's, says nothing of the kidney
                 continue
             status, weak = status_of[scopes[i]]
             lo_i = hi_i = i
@@ -439,7 +442,7 @@ class SentenceParser:
                         for m in every:
                             if m not in abnormal:
                                 findings.append(new_finding(m, None, ABSENT, s_text, ev))
-                elif not any_finding:
+                elif not any_finding and not vessel:
                     mine = generic
                     if generic and span is not None and len(targets) > 1:
                         # "No splenic abnormality and the liver is cirrhotic": the words of the organ's own clause
@@ -455,6 +458,8 @@ class SentenceParser:
                         status, ev = status_of[scopes[ti]][0], span
                         if status is ABSENT and denies_other(low, toks, ti, end):
                             continue  # "No acute pulmonary embolus": says nothing of the lung's other findings
+                        if examined(low, start, span[0]):  # type: ignore[index]
+                            continue  # "evaluation of the liver is limited": about the study, not the liver
                         if status is PRESENT and any(t[2].trigger in _NEGATING for t in toks[ti + 1:]):
                             continue  # "The kidneys are not obstructed": a denied word the dictionary lacks
                     elif any(t[2].trigger in _NEGATING for t in toks):

@@ -10,8 +10,10 @@ from ctglip_sdk.reports.sides import _expand
 from ctglip_sdk.reports.types import _RANK, OrganFinding, Status
 from ctglip_sdk.reports.vocab import Info
 
-__all__ = ["merge_status", "fold_groups", "denies_other", "span_start", "bare"]
+__all__ = ["merge_status", "fold_groups", "denies_other", "examined", "span_start", "bare"]
 
+# An organ named as what the study could examine ("evaluation of the liver is limited"): a word about the study.
+_EXAMINED = re.compile(r"(?:evaluation|assessment|visuali[sz]ation|delineation)\s+of\s+(?:the\s+)?$")
 # An organ adjective before a word the vocabulary does not know ("pulmonary embolus", "splenic infarct").
 _ADJECTIVE_OF = re.compile(r"[ \-]([a-z]{3,})")
 
@@ -25,6 +27,12 @@ def denies_other(low: str, toks: Sequence[Tuple[int, int, Info]], ti: int, end: 
         return False
     # "No bowel obstruction or wall thickening" goes on to words the vocabulary knows: still a normal bowel
     return not any(t[2].keys or t[2].generic for t in toks[ti + 1:])
+
+
+def examined(low: str, start: int, a: int) -> bool:
+    """Whether the organ mention at ``low[a]`` is the object of an evaluation ("Without contrast, evaluation of the
+    liver is limited"): the sentence says how well the organ was seen, nothing of the organ itself."""
+    return _EXAMINED.search(low, a - 30 if a - 30 > start else start, a) is not None
 
 
 def fold_groups(specific: Dict[Tuple[str, str], List[Any]]) -> None:

@@ -9,9 +9,10 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 from ctglip_sdk import organs as _organs
 from ctglip_sdk.reports.anatomy import (  # noqa: F401 - the tables are also importable from here, as before
     EXTRA_ORGANS, HEADING_ORGANS, MISSING, ORGAN_ABBREVIATIONS, OTHER_ANATOMY, PARTIAL_RESECTIONS, RESECTIONS,
-    SIDE_ABBREVIATIONS, SIDE_WORDS, WEAK_ORGANS, sided_finding_phrases)
+    SIDE_ABBREVIATIONS, SIDE_WORDS, VESSEL_WORDS, WEAK_ORGANS, sided_finding_phrases)
 from ctglip_sdk.reports.cues import (  # noqa: F401 - the cue kinds are also importable from here, as before
-    NEG_BOTH, NEG_POST, NEG_PRE, NEUTRAL, PSEUDO, TERMINATE, TRIGGERS, UNC_BOTH, UNC_POST, UNC_PRE, WEAK_PRE)
+    NEG_BOTH, NEG_POST, NEG_PRE, NEG_SELF, NEUTRAL, PSEUDO, TERMINATE, TRIGGERS, UNC_BOTH, UNC_POST, UNC_PRE,
+    WEAK_PRE)
 
 __all__ = ["Info", "Vocab", "vocab_for", "phrase_key"]
 
@@ -186,6 +187,11 @@ class Vocab:
                     for i in info(phrase, plural=True):
                         if entry.key not in getattr(i, kind):
                             setattr(i, kind, getattr(i, kind) + (entry.key,))
+        for phrase in TRIGGERS[NEG_SELF]:  # "stone-free": the finding of its first word, denied (cues.py)
+            base = table.get(phrase_key(phrase.rsplit(" ", 1)[0]))
+            if base is not None:
+                for i in info(phrase):
+                    i.syn, i.desc, i.hedged = base.syn, base.desc, base.hedged
         # "R hydronephrosis", "small left kidney": sides said inside a finding's own phrase (anatomy.py)
         for surface, side, key, letter in sided_finding_phrases(dictionary.findings(), _organs):
             if not letter or table.get(phrase_key(surface.rsplit(" ", 1)[0])) is None:  # "r renal" + "cyst"
@@ -231,7 +237,7 @@ class Vocab:
         # whole phrase does not fit the organ, and serves coordinated organs ("hepatic and renal cysts").
         for surface in self._phrases:
             i = table[phrase_key(surface)]
-            if i.keys and " " in surface:
+            if i.keys and " " in surface and surface.split(" ", 1)[0] not in VESSEL_WORDS:
                 head = table.get(phrase_key(surface.rsplit(" ", 1)[1]))
                 if head is not None and head.keys and head is not i:
                     i.head = head
