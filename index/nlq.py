@@ -33,8 +33,12 @@ _OTHER = {"F": "M", "M": "F"}
 _CONTRAST = [(re.compile(r"\b(non[- ]?contrast|unenhanced|without contrast)\b"), False),
              (re.compile(r"\b(contrast[- ]enhanced|with contrast|portal[- ]venous)\b"), True)]
 # ("and" is kept: it joins two findings, "gallstones and fatty liver"; a dangling one is dropped below)
-_FILLER = re.compile(r"\b(in|of|with|among|for|patients?|pts|subjects?|people|who are|who have|having|the|a|an|"
-                     r"on|from|scans?|studies|exams?|yo|y/o)\b")
+_FILLER = re.compile(r"(?<!\btype )\b(in(?! situ\b)|of|with|among|for|patients?|pts|subjects?|people|who are|"
+                     r"who have|having|the|(?<!type )a|an|on|from|scans?|studies|exams?|yo|y/o)\b")
+# Brackets and commas left empty once their filters were read ("renal cyst (F, 60+)").
+_EMPTY_BRACKETS = re.compile(r"[(\[]\s*(?:[,;]\s*)*[)\]]")
+# "72M", "65F": an age and a sex in one token, as reports and worklists write them.
+_AGE_SEX = re.compile(r"(?<![\w.])(\d{1,3})\s?([MF])(?![\w'])")
 _DANGLING = re.compile(r"^(?:(?:and|or|,)\s*)+|(?:\s*(?:and|or|,))+$")
 
 
@@ -181,6 +185,8 @@ def parse_query(question: str, infer_organ: bool = True) -> ParsedQuery:
     """
     if not isinstance(question, str) or not question.strip():
         raise QueryError("empty query text")
+    question = _AGE_SEX.sub(lambda m: f"{m.group(1)} yo {m.group(2)}" if 18 <= int(m.group(1)) <= 120
+                            else m.group(0), question)
     text = " " + question.strip().lower() + " "
     where: Dict[str, Any] = {}
     notes: List[str] = []
@@ -202,7 +208,7 @@ def parse_query(question: str, infer_organ: bool = True) -> ParsedQuery:
     if where or notes:
         # Only strip connective words when a filter phrase was removed ("liver cyst in women" -> "liver cyst").
         text = _FILLER.sub(" ", text)
-    text = re.sub(r"\s+", " ", text).strip(" ,.;")
+    text = re.sub(r"\s+", " ", _EMPTY_BRACKETS.sub(" ", text)).strip(" ,.;")
     text = re.sub(r"\s+", " ", _DANGLING.sub("", re.sub(r"(?:\band\s+)+(?=and\b)", "", text))).strip(" ,.;")
     if not text:
         raise QueryError(f"query {question!r} has no finding or organ words left to search for")

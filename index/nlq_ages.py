@@ -27,8 +27,8 @@ _YEARS = r"(?:\s*-?\s*(?:years?|y/?o|yrs?|yo)(?:[\s-]+old)?(?:s)?)"
 _OLD = r"\s*-?\s*(?:(?:years?|yrs?)[\s-]+old|yo|y/o|y\.o\.)s?(?!\w)"  # a single age needs "old" or "yo"
 _AGE_WORD = r"(?:aged|age|ages|patients?|pts?)"
 _OF_AGE = r"(?:\s+the\s+age\s+of|\s+age)?"
-_OPEN_MIN = r"(?:over|older than|above|>=?|≥|at least|aged over|greater than|more than)"
-_OPEN_MAX = r"(?:under|younger than|below|<=?|≤|at most|aged under|less than|up to)"
+_OPEN_MIN = r"(?:over|older than|above|>=?|≥|at least|aged over|greater than or equal to|greater than|more than)"
+_OPEN_MAX = r"(?:under|younger than|below|<=?|≤|at most|aged under|less than or equal to|less than|up to)"
 # Words before a number that make it a grade, class, level, duration or measure, never an age ("grade 2-3",
 # "Bosniak 2-3", "stable for 2 years", "BMI over 30").
 _NOT_AGE_BEFORE = re.compile(
@@ -57,21 +57,21 @@ _RULES: List[AgeRule] = [
     # "between 50 and 70 (years)", "aged 40 to 65", "40-65 years", "ages 40-65"
     (re.compile(rf"\b(?:(?:{_AGE_WORD}\s+)?between)\s+{_N}\s*(?:and|-|–|to)\s*{_N}{_NOT_SIZE}{_YEARS}?\b"),
      lambda m: (_g(m, 1), _g(m, 2)), True),
-    (re.compile(rf"\b{_AGE_WORD}\s*{_N}-?\s*(?:-|–|to)\s*{_N}{_NOT_SIZE}{_YEARS}?\b"), lambda m: (_g(m, 1), _g(m, 2)),
+    (re.compile(rf"\b{_AGE_WORD}\s*{_N}-?\s*(?:-|–|to|through|thru)\s*{_N}{_NOT_SIZE}{_YEARS}?\b"), lambda m: (_g(m, 1), _g(m, 2)),
      False),
-    (re.compile(rf"{_N}-?\s*(?:-|–|to)\s*{_N}{_NOT_SIZE}{_YEARS}(?!\w)"), lambda m: (_g(m, 1), _g(m, 2)), False),
-    (re.compile(rf"{_N}-?\s*(?:-|–|to)\s*{_N}{_NOT_SIZE}(?!\w)"), lambda m: (_g(m, 1), _g(m, 2)), True),
+    (re.compile(rf"{_N}-?\s*(?:-|–|to|through|thru)\s*{_N}{_NOT_SIZE}{_YEARS}(?!\w)"), lambda m: (_g(m, 1), _g(m, 2)), False),
+    (re.compile(rf"{_N}-?\s*(?:-|–|to|through|thru)\s*{_N}{_NOT_SIZE}(?!\w)"), lambda m: (_g(m, 1), _g(m, 2)), True),
     # "70 years or older", "60 yrs and above", "65 or over", "65+", "60 plus"
     (re.compile(rf"{_N}{_NOT_SIZE}{_YEARS}?\s*(?:or|and)\s+(?:older|above|over|more|up|greater)\b(?!\s*\d)"),
      lambda m: (_g(m, 1), None), True),
     (re.compile(rf"{_N}{_NOT_SIZE}{_YEARS}?\s*(?:or|and)\s+(?:younger|below|under|less)\b(?!\s*\d)"),
      lambda m: (None, _g(m, 1)), True),
-    (re.compile(rf"{_N}\s*(?:\+|plus\b)"), lambda m: (_g(m, 1), None), True),
+    (re.compile(rf"{_N}{_YEARS}?\s*(?:\+|plus\b)"), lambda m: (_g(m, 1), None), True),
     # "over-65s", "over 50s", "the under-40s"
     (re.compile(rf"\b(?:over|above)[\s-]*{_N}'?s\b"), lambda m: (_g(m, 1), None), False),
     (re.compile(rf"\b(?:under|below)[\s-]*{_N}'?s\b"), lambda m: (None, _g(m, 1) - 1), False),
     # "in their 60s", "women 40s", "M 60s" (a decade; "1990s" is no age: a digit before it)
-    (re.compile(r"(?:\bin\s+(?:their|his|her)\s+)?(?<![\w.])([1-9])0'?s\b"),
+    (re.compile(r"(?:\bin\s+(?:their|his|her)\s+)?(?:(?:early|mid|late)[\s-]+)?(?<![\w.])([1-9])0'?s\b"),
      lambda m: (_g(m, 1) * 10, _g(m, 1) * 10 + 9), False),
     # "over 60", "aged >60", "> 70 yo", "≥ 65", "at least 50", "under the age of 40"
     (re.compile(rf"(?:\b{_AGE_WORD}\s*)?(?:\b|(?=[<>≥≤])){_OPEN_MIN}{_OF_AGE}\s*{_N}{_NOT_SIZE}{_YEARS}?"),

@@ -222,3 +222,19 @@ def test_phrasings_of_the_2026_12_07_review(question, text, where, note):
 ])
 def test_the_organ_filter_follows_the_finding(question, organ):
     assert parse_query(question).organ == organ
+
+
+@pytest.mark.parametrize("question,text,where", [
+    ("fatty liver ages 50 through 60", "fatty liver", {"age": (50, 60)}),
+    ("fatty liver 72M", "fatty liver", {"sex": "M", "age": (72, 72)}),
+    ("fatty liver age greater than or equal to 65", "fatty liver", {"age": (65, None)}),
+    ("gallstones 65 years+", "gallstones", {"age": (65, None)}),
+    ("fatty liver in their late 60s", "fatty liver", {"age": (60, 69)}),
+    ("renal cyst (F, 60+)", "renal cyst", {"sex": "F", "age": (60, None)}),
+    # words the filler rule must keep
+    ("Stanford type A dissection in men", "stanford type a dissection", {"sex": "M"}),
+    ("carcinoma in situ in women", "carcinoma in situ", {"sex": "F"}),
+])
+def test_age_and_sex_forms_and_kept_words_of_the_2026_12_07_review(question, text, where):
+    q = parse_query(question)
+    assert (q.text, q.where) == (text, where)
