@@ -57,6 +57,8 @@ class _InProcess:
 def _evaluate(model: str, archive: Path, out: Path, calib: str, calib_split: str,
               in_process: "_InProcess | None" = None, workers: int = 0) -> Dict[str, Any]:
     metrics = out / "metrics.json"
+    if metrics.is_file() and not _same_request(metrics, model, calib, calib_split):
+        metrics.unlink()  # another calibration archive or split, or other weights: evaluate again
     if not metrics.is_file():
         if in_process is not None:
             in_process(archive, out)
@@ -67,6 +69,16 @@ def _evaluate(model: str, archive: Path, out: Path, calib: str, calib_split: str
     return json.loads(metrics.read_text())
 
 
+def _same_request(metrics: Path, model: str, calib: str, calib_split: str) -> bool:
+    """Whether an earlier evaluation answers this one: the same calibration archive and split, and, for a model
+    folder, weights not written after it (a model retrained into the same run folder changes them)."""
+    cached = json.loads(metrics.read_text())
+    if (cached.get("val_archive"), cached.get("val_split")) != (calib, calib_split):
+        return False
+    weights = Path(model) / "model.safetensors"
+    return not weights.is_file() or weights.stat().st_mtime <= metrics.stat().st_mtime
+
+
 def summarize(per_seed: Dict[int, Dict[str, Any]]) -> Dict[str, Any]:
     """Mean, min and max of the headline metrics over seeds, and each finding's AUC per seed."""
     keys = ["organ_top1", "auc_mean", "auc_min", "f1_mean", "f1_mean_model_thresholds"]
@@ -75,11 +87,13 @@ def summarize(per_seed: Dict[int, Dict[str, Any]]) -> Dict[str, Any]:
         vals = [float(m[k]) for m in per_seed.values() if m.get(k) is not None]
         if vals:
             agg[k] = {"mean": statistics.fmean(vals), "min": min(vals), "max": max(vals)}
-    agg["map"] = {"mean": statistics.fmean(float(m["retrieval"]["map"]) for m in per_seed.values())}
+    maps = [float(m["retrieval"]["map"]) for m in per_seed.values() if m["retrieval"].get("map") is not None]
+    if maps:
+        agg["map"] = {"mean": statistics.fmean(maps)}
     findings = sorted({f for m in per_seed.values() for f, v in m["per_finding"].items() if v.get("auc") is not None})
     auc = {f: {s: m["per_finding"].get(f, {}).get("auc") for s, m in per_seed.items()} for f in findings}
     # A bar is met "on every seed" only if the worst seed meets it: the reading the issue's bars ask for.
-    met = {k: all(float(m[k]) >= b for m in per_seed.values()) for k, b in BARS.items()}
+    met = {k: all(m.get(k) is not None and float(m[k]) >= b for m in per_seed.values()) for k, b in BARS.items()}
     return {"aggregate": agg, "per_finding_auc": auc, "auc_by_size": pool_auc_by_size(per_seed),
             "auc_by_contrast": pool_auc_bins(per_seed, "auc_by_contrast"), "bars_met_on_every_seed": met}
 

@@ -7,7 +7,7 @@ import hmac
 import os
 from typing import Optional, Union
 
-__all__ = ["pseudonymize", "default_key", "IDENTIFIER_TAGS", "KEY_ENV"]
+__all__ = ["pseudonymize", "default_key", "IDENTIFIER_TAGS", "KEY_ENV", "redact_identifiers", "dicom_identifiers"]
 
 #: Environment variable holding the site's pseudonymisation key (hex or text). Keep it secret and stable:
 #: the same key gives the same pseudonym for the same patient across runs and machines.
@@ -44,3 +44,47 @@ def pseudonymize(value: Optional[Union[str, bytes]], key: Optional[bytes] = None
     if not raw:
         return None
     return hmac.new(key or default_key(), raw, hashlib.sha256).hexdigest()[:length]
+
+
+def redact_identifiers(text: str, identifiers: "list[Optional[str]] | tuple[Optional[str], ...]") -> str:
+    """``text`` with every given identifier (a patient ID, a name, an accession number) replaced by '<patient>'.
+
+    Why: error messages name files, and real archives name folders after the patient ID ("images/12345678/...");
+    a skipped study's reason is logged, printed and stored, so it must not carry that ID. Identifiers shorter
+    than 3 characters are not replaced (they would match inside unrelated words and numbers).
+    """
+    for ident in sorted({str(i).strip() for i in identifiers if i}, key=len, reverse=True):
+        if len(ident) >= 3:
+            text = text.replace(ident, "<patient>")
+    return text
+
+
+def dicom_identifiers(image: Union[str, "os.PathLike[str]"]) -> "list[str]":
+    """PatientID, PatientName and AccessionNumber of one DICOM file of ``image`` (a file or a series folder), read
+    from its header only; [] when it is no DICOM or cannot be read. Used to redact a failed study's reason."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from ctglip_sdk.io.dicom import try_read_header  # noqa: PLC0415 - pydicom only when needed
+
+    path = Path(image)
+    ds = None
+    try:
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())[:200]
+    except OSError:
+        return []
+    tried = 0
+    for f in files:  # the first few files that are not obviously something else: one of them may be the broken one
+        if f.suffix.lower() in (".nii", ".gz", ".json", ".txt", ".csv", ".md"):
+            continue
+        tried += 1
+        try:
+            ds = try_read_header(f, specific_tags=["PatientID", "PatientName", "AccessionNumber"])
+        except Exception:  # noqa: BLE001 - redaction must never turn one failure into another
+            ds = None
+        if ds is not None and (ds.get("PatientID") or ds.get("PatientName")) or tried >= 5:
+            break
+    if ds is None:
+        return []
+    out = [str(ds.get(k) or "") for k in ("PatientID", "AccessionNumber")]
+    name = str(ds.get("PatientName") or "")
+    return out + [name] + [part for part in name.replace("^", " ").split() if len(part) >= 3]

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ctglip_sdk.errors import CTGlipError, InputError
 from ctglip_sdk.io.manifest_csv import manifest_rows
 from ctglip_sdk.io.paths import is_within, resolve_within, strip_root
+from ctglip_sdk.privacy import dicom_identifiers, redact_identifiers
 
 __all__ = ["Item", "plan_archive", "discovered_items", "existing_path", "fingerprint", "redact", "path_key", "MASK_PATTERNS"]
 
@@ -108,10 +109,12 @@ def redact(exc: BaseException, root: Path, item: Optional[Item] = None,
     else:
         text = f"{type(exc).__name__}: {exc}"
     text = strip_root(text, root)
-    ident = str((item.row.get("patient_id") if item is not None else identifier) or "").strip()
-    if ident:
-        text = text.replace(ident, "<patient>")
-    return text[:500]
+    idents = [str((item.row.get("patient_id") if item is not None else identifier) or "")]
+    if item is not None and not item.row.get("patient_id"):
+        # No manifest: the DICOM header's PatientID (and name, accession number), which archives use as folder
+        # names ("12345678/CT/IM0010.dcm"), read from one file of the series only now that it has failed.
+        idents += dicom_identifiers(Path(root) / item.image)
+    return redact_identifiers(text, idents)[:500]
 
 
 def _clean(row: Dict[str, Any]) -> Dict[str, Any]:

@@ -215,3 +215,64 @@ def test_report_labels_evaluate_an_archive_without_truth(archive, tmp_path):
                                    "--val-split", "none", "--labels", "reports", "--json"])
     assert res.exit_code == 0, res.output
     assert '"labels": "reports"' in res.output
+
+
+# --- A review of the metrics (2026-12-07) -------------------------------------------------------------------------
+
+def test_thresholds_chosen_on_scored_studies_are_flagged_in_sample(archive):
+    model = cg.create("ctglip-tiny", overrides=TINY, seed=0)
+    m = evaluate(model, archive, split="all", val_split="all", val_archive=archive)
+    assert m["thresholds_in_sample"] is True and "**F1 is in-sample:**" in markdown_table(m)
+    # The same archive spelt another way is the same archive.
+    m = evaluate(model, archive, split="all", val_split="all", val_archive=str(archive) + "/./")
+    assert m["thresholds_in_sample"] is True
+    clean = evaluate(model, archive, split="all", val_split=None)
+    assert clean["thresholds_in_sample"] is False and "in-sample" not in markdown_table(clean)
+    # Both means cover the findings that have an AUC (positives and negatives), and say how many.
+    both = [v for v in clean["per_finding"].values() if v["auc"] is not None]
+    assert clean["n_findings"] == len(both)
+    assert clean["f1_mean"] == pytest.approx(sum(v["f1"] for v in both if v["f1"] is not None)
+                                             / len([v for v in both if v["f1"] is not None]))
+
+
+def test_detection_scores_keep_their_order_beyond_float32_saturation():
+    import numpy as np
+
+    from ctglip_sdk.training.evaluation import SplitEmbeddings, _detections
+    from ctglip_sdk.training.metrics import auc
+
+    class Huge:  # logits of 18-30: float32 sigmoid gives 1.0 for every one of them
+        def detect_logits(self, names, vectors):
+            n = len(names)
+            return np.arange(n), ["liver_cyst"] * n, np.linspace(18.0, 30.0, n).astype(np.float32)
+
+    rec = cg.training.data.StudyRecord(study_uid="s1", image="i", mask="m", report=None, split="test")
+    emb = SplitEmbeddings(np.zeros(6, int), ["liver"] * 6, np.zeros((6, 4), np.float32), [rec])
+    truth = {"s1": [{"organ": "liver", "finding": "liver_cyst"}]}
+    rows, keys, prob, lab = _detections(Huge(), emb, truth)
+    assert len(set(prob.tolist())) == 6  # distinct, so AUC and the threshold search still rank them
+    assert np.all(np.diff(prob) > 0)
+    assert auc(prob, np.array([0, 0, 0, 1, 1, 1], bool)) == 1.0
+
+
+def test_metric_labels_must_be_binary():
+    from ctglip_sdk.training.metrics import auc, best_f1_threshold
+
+    with pytest.raises(ValueError, match="labels must be 0/1"):
+        auc([0.9, 0.1, 0.05], [1, 0, -1])  # -1 was counted as a positive
+    with pytest.raises(ValueError, match="labels must be 0/1"):
+        best_f1_threshold([0.9, 0.1], [1.0, float("nan")])
+    assert auc([0.9, 0.1], [1, 0]) == 1.0
+
+
+def test_a_finding_a_report_states_stays_positive_beside_an_unnamed_abnormality(tmp_path):
+    from ctglip_sdk.training.data import read_manifest, report_truth
+
+    root = tmp_path / "a"
+    cg.synth.generate_archive(root, n_patients=1, seed=3, preset="small", fmt="nifti", progress=False)
+    rec = read_manifest(root)[0]
+    (root / rec.report).write_text("FINDINGS:\nLIVER: Hepatic cyst. Abnormal liver.\n")
+    truth, unsure = report_truth([rec], cg.AbnormalityDictionary.default())
+    assert {"organ": "liver", "finding": "liver_cyst"} in truth[rec.study_uid]
+    assert (rec.study_uid, "liver", "liver_cyst") not in unsure  # was dropped from the scored pairs
+    assert (rec.study_uid, "liver", "liver_mass") in unsure  # the unnamed abnormality may be any other

@@ -21,7 +21,7 @@ from ctglip_sdk.reports.text_file import read_report_text
 from ctglip_sdk.training.cache import CachedStudy, PreprocessCache
 
 __all__ = ["StudyRecord", "StudyText", "UNSPECIFIED", "read_manifest", "read_truth", "relative_reason", "archive_seed",
-           "annotate_report", "report_labels", "report_truth", "read_reports", "ReportTexts", "report_split_labels", "shared_patients",
+           "annotate_report", "report_labels", "report_truth", "safe_reason", "read_reports", "ReportTexts", "report_split_labels", "shared_patients",
            "StudyDataset", "collate_studies", "build_cache", "CacheBuild", "is_cached"]
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,16 @@ def relative_reason(reason: str, root: Any) -> str:
     from ctglip_sdk.io.paths import strip_root
 
     return strip_root(reason, root)
+
+
+def safe_reason(exc: BaseException, rec: "StudyRecord") -> str:
+    """Why a study was left out, without its patient's identifiers: the manifest's patient_id and, for a DICOM
+    image, the PatientID, name and accession number of its header (archives name folders after them)."""
+    from ctglip_sdk.privacy import dicom_identifiers, redact_identifiers
+
+    text = str(exc)
+    idents = [rec.patient_id] + (dicom_identifiers(rec.image) if rec.image and Path(rec.image).exists() else [])
+    return redact_identifiers(text, idents)
 
 
 def read_truth(root: Any) -> Dict[str, List[Dict[str, Any]]]:
@@ -225,8 +235,9 @@ def read_reports(records: Sequence[StudyRecord], dictionary: Any = None, *, purp
         try:
             text = read_report_text(rec.report)
         except InputError as exc:
-            log.warning("study %s left out of %s: %s", rec.study_uid, purpose, exc)
-            skipped.append((rec.study_uid, str(exc)))
+            reason = safe_reason(exc, rec)
+            log.warning("study %s left out of %s: %s", rec.study_uid, purpose, reason)
+            skipped.append((rec.study_uid, reason))
             continue
         if not text.strip():
             empty.append(rec.study_uid)
@@ -243,7 +254,8 @@ def report_truth(records: Sequence[StudyRecord], dictionary: Any, texts: Optiona
                  ) -> Tuple[Dict[str, List[Dict[str, Any]]], Set[Tuple[str, str, str]]]:
     """truth.jsonl's shape from the reports: study_uid -> present (organ, finding); plus the uncertain pairs.
 
-    A report's unnamed abnormality of an organ (``UNSPECIFIED``) makes every finding of that organ uncertain.
+    A report's unnamed abnormality of an organ (``UNSPECIFIED``) makes every other finding of that organ uncertain
+    (one the report states stays present, as calibration labels it).
     ``texts`` are the records' already annotated reports (``read_reports``); without them each is read here.
     """
     truth: Dict[str, List[Dict[str, Any]]] = {}
@@ -251,8 +263,9 @@ def report_truth(records: Sequence[StudyRecord], dictionary: Any, texts: Optiona
     for rec, st in zip(records, texts if texts is not None else report_labels(records, dictionary)):
         truth[rec.study_uid] = [{"organ": o, "finding": k} for o, keys in st.present.items() for k in keys]
         for organ, keys in st.uncertain.items():
-            if UNSPECIFIED in keys:
-                keys = tuple(e.key for e in _organ_findings(dictionary, organ))
+            if UNSPECIFIED in keys:  # the organ's other findings; one the report states stays a positive
+                stated = set(st.present.get(organ, ()))
+                keys = tuple(e.key for e in _organ_findings(dictionary, organ) if e.key not in stated)
             unsure.update((rec.study_uid, organ, k) for k in keys)
     return truth, unsure
 
@@ -447,7 +460,7 @@ def build_cache(records: Sequence[StudyRecord], cache: PreprocessCache, workers:
             try:
                 cache.build(todo[i].image, todo[i].mask, todo[i].series)
             except (CTGlipError, OSError) as exc:
-                return i, str(exc)
+                return i, safe_reason(exc, todo[i])
             return i, None
 
     from tqdm.auto import tqdm

@@ -17,7 +17,7 @@ from ctglip_sdk import organs as vocab
 from ctglip_sdk.errors import ConfigError, CTGlipError, InputError
 from ctglip_sdk.readahead import read_ahead
 from ctglip_sdk.training.data import (StudyRecord, archive_seed, read_manifest, read_truth, relative_reason,
-                                      report_split_labels, shared_patients)
+                                      report_split_labels, safe_reason, shared_patients)
 from ctglip_sdk.training.metrics import auc, best_f1_threshold, f1_score, retrieval_metrics, roc_curve
 from ctglip_sdk.training.objectives import finding_phrasings
 
@@ -63,8 +63,9 @@ def encode_split(model: Any, records: Sequence[StudyRecord], progress: bool = Fa
                 prepared = fut.result()
             except CTGlipError as exc:
                 # One unreadable study must not end an evaluation of hundreds: it is left out and listed.
-                log.warning("study %s left out of the evaluation: %s", rec.study_uid, exc)
-                skipped.append((rec.study_uid, str(exc)))
+                reason = safe_reason(exc, rec)
+                log.warning("study %s left out of the evaluation: %s", rec.study_uid, reason)
+                skipped.append((rec.study_uid, reason))
                 bar.update(1)
                 continue
             emb = model.encode_prepared([prepared], 1)[0]
@@ -183,8 +184,10 @@ def _sure(emb: SplitEmbeddings, rows: np.ndarray, keys: Sequence[str], unsure: S
 
 def _detections(zs: Any, emb: SplitEmbeddings, truth: Dict[str, List[Dict[str, Any]]],
                 unsure: Set[Tuple[str, str, str]] = frozenset()):
-    rows, keys, prob = zs.detect_arrays(emb.names, emb.vectors)
-    keys, prob = list(keys), np.asarray(prob, np.float64)
+    # From the logits in float64: float32 probabilities tie at 1.0 from a logit of about 17, which flattened AUC and
+    # the threshold search for a model with a large logit scale.
+    rows, keys, logit = zs.detect_logits(emb.names, emb.vectors)
+    keys, prob = list(keys), 1.0 / (1.0 + np.exp(-np.asarray(logit, np.float64)))
     if unsure:  # report labels: an uncertain statement is neither a positive nor a negative
         keep = _sure(emb, rows, keys, unsure)
         rows, prob, keys = rows[keep], prob[keep], [k for k, ok in zip(keys, keep) if ok]
@@ -303,6 +306,13 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
                              {f"val_archive split {val_split!r}": val_records} if other else None)
     uids = [r.study_uid for r in val_records]
     same_studies = uids == [r.study_uid for r in records] and Path(val_root).resolve() == Path(archive).resolve()
+    # Thresholds chosen on (some of) the scored studies: allowed (a calibration archive scored with itself), but
+    # said in the metrics and the table, since F1 is then optimistic.
+    in_sample = Path(val_root).resolve() == Path(archive).resolve() and bool(
+        set(uids) & {r.study_uid for r in records})
+    if in_sample:
+        log.warning("%s: F1 thresholds are chosen on studies that are also scored (val split %r overlaps split %r):"
+                    " F1 is in-sample", archive, val_split, split)
     if val_embeddings is not None and same_studies:
         test = val_embeddings  # scored with in-sample thresholds from an earlier encoding of these studies
     else:
@@ -362,9 +372,12 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
         per[key] = entry
         if n_pos and entry["n_neg"]:
             curves[key] = roc_curve(t_prob[sel], t_lab[sel])[:2]
-    aucs = [v["auc"] for v in per.values() if math.isfinite(v["auc"])]
-    f1s = [v["f1"] for v in per.values() if math.isfinite(v["f1"])]
-    f1s_model = [v["f1_at_model_threshold"] for v in per.values() if math.isfinite(v["f1_at_model_threshold"])]
+    # Both means over the same findings: those with positives and negatives among the scored organs (a finding with
+    # no negative has an F1 but no AUC).
+    both = [v for v in per.values() if math.isfinite(v["auc"])]
+    aucs = [v["auc"] for v in both]
+    f1s = [v["f1"] for v in both if math.isfinite(v["f1"])]
+    f1s_model = [v["f1_at_model_threshold"] for v in both if math.isfinite(v["f1_at_model_threshold"])]
 
     retrieval = _retrieval(model, dictionary, test, truth, unsure)
     metrics = {
@@ -378,6 +391,7 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
         "auc_min": float(np.min(aucs)) if aucs else float("nan"),
         "f1_mean": float(np.mean(f1s)) if f1s else float("nan"),
         "f1_mean_model_thresholds": float(np.mean(f1s_model)) if f1s_model else float("nan"),
+        "n_findings": len(both), "thresholds_in_sample": in_sample,
         "per_finding": per, "retrieval": retrieval, "seconds": round(time.perf_counter() - t0, 1),
     }
     metrics = _nan_to_none(metrics)
@@ -448,6 +462,9 @@ def markdown_table(metrics: Dict[str, Any]) -> str:
              "| " + " | ".join(_fmt(metrics[k]) for k in ("organ_top1", "organ_top1_within_study", "auc_mean",
                                                           "auc_min", "f1_mean", "f1_mean_model_thresholds"))
              + " | " + " | ".join(_fmt(r.get(k)) for k in ("r@1", "r@5", "r@10", "map")) + " |",
+             *(["", "**F1 is in-sample:** its thresholds were chosen on studies that are also scored here "
+                f"(val split {metrics['val_split']!r} of the same archive)."] if metrics.get("thresholds_in_sample")
+               else []),
              *(["", f"Left out {len(metrics['skipped_studies'])} unreadable studies (`skipped_studies` in the "
                 f"JSON): " + "; ".join(f"{s['study_uid']}: {s['reason']}" for s in metrics["skipped_studies"][:5])]
                if metrics.get("skipped_studies") else []),

@@ -11,7 +11,11 @@ __all__ = ["auc", "roc_curve", "f1_score", "best_f1_threshold", "average_precisi
 
 def _check(scores: Sequence[float], labels: Sequence[bool]) -> Tuple[np.ndarray, np.ndarray]:
     s = np.asarray(scores, dtype=np.float64).ravel()
-    y = np.asarray(labels).astype(bool).ravel()
+    raw = np.asarray(labels).ravel()
+    # astype(bool) would count -1 ("unknown") and NaN as positives: callers must drop those rows first.
+    if raw.dtype != bool and raw.size and not np.isin(raw, (0, 1)).all():
+        raise ValueError("labels must be 0/1 or booleans (drop unknown (-1) or NaN labels first)")
+    y = raw.astype(bool)
     if s.shape != y.shape:
         raise ValueError(f"scores ({s.size}) and labels ({y.size}) differ in length")
     if not np.isfinite(s).all():

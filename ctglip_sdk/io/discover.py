@@ -17,6 +17,7 @@ from ctglip_sdk.io.dicom_frames import _group_item
 from ctglip_sdk.io.geometry import LPS_TO_RAS, canonical_shape
 from ctglip_sdk.io.nifti import is_nifti, nifti_description, open_nifti
 from ctglip_sdk.io.paths import require_path, walk_files
+from ctglip_sdk.privacy import dicom_identifiers, redact_identifiers
 
 __all__ = ["SeriesInfo", "DiscoveryResult", "discover"]
 
@@ -156,8 +157,12 @@ def discover(root: PathLike, follow_symlinks: bool = False) -> DiscoveryResult:
                 continue  # not DICOM, or a known non-image object (DICOMDIR, SR, RT plan, ...)
             require_image(ds, path)
         except InputError as exc:
-            log.warning("skipped %s: %s", rel, exc.reason)
-            unreadable.append((rel, exc.reason))
+            # The path may name the patient (folders named after the PatientID): redacted with the identifiers of
+            # a readable file beside it, before it is logged, returned or stored.
+            idents = dicom_identifiers(path.parent)
+            shown, reason = redact_identifiers(rel, idents), redact_identifiers(str(exc.reason), idents)
+            log.warning("skipped %s: %s", shown, reason)
+            unreadable.append((shown, reason))
             continue
         series[series_label(ds)].append((rel, ds))
     for uid, members in series.items():
