@@ -12,7 +12,7 @@ from click.core import ParameterSource
 from ctglip_sdk.cli.interrupts import sigterm_as_interrupt
 from ctglip_sdk.cli.output import echo_json, print_table
 from ctglip_sdk.cli.search_text import read_search_text
-from ctglip_sdk.errors import CTGlipError, IndexStateError, InputError
+from ctglip_sdk.errors import ConfigError, CTGlipError, IndexStateError, InputError
 
 __all__ = ["ingest", "search", "similar", "score", "cohort", "export", "verify", "COMMANDS", "DEFAULT_MODEL",
            "INGEST_FAILED_EXIT"]
@@ -323,6 +323,9 @@ def cohort(index_dir: Path, database_url: Optional[str], as_json: bool, all_of: 
            any_of: Sequence[str], none_of: Sequence[str], wheres: Sequence[str], threshold: float, level: str,
            output: Optional[Path]) -> None:
     """Patients (or studies) meeting finding conditions, from stored scores (run `ctglip score` first)."""
+    if output is not None and not Path(output).parent.is_dir():  # said before the query, with the reason
+        raise InputError(f"cannot write the cohort CSV: folder {str(Path(output).parent)!r} does not exist",
+                         path=output)
     with _open(index_dir, database_url) as idx:
         res = idx.cohort(all_of=all_of, any_of=any_of, none_of=none_of, where=_where(wheres), threshold=threshold,
                          level=level)
@@ -330,7 +333,7 @@ def cohort(index_dir: Path, database_url: Optional[str], as_json: bool, all_of: 
         try:
             _cohort_frame(res, level, res.scored or [*all_of, *any_of]).to_csv(output, index=False)
         except OSError as exc:  # a missing folder or no permission: a user error naming the file
-            raise InputError(f"cannot write the cohort CSV ({exc.strerror or type(exc).__name__})",
+            raise InputError(f"cannot write the cohort CSV ({exc.strerror or str(exc) or type(exc).__name__})",
                              path=output) from None
     if as_json:
         echo_json({"level": level, "n": len(res), "members": res.to_dicts(), "notes": list(res.notes)})
@@ -416,6 +419,8 @@ def remove(index_dir: Path, database_url: Optional[str], as_json: bool, series: 
     if not (series or studies or patients):
         raise click.UsageError("name at least one --series, --study or a --patients-file")
     if not yes:
+        if as_json:  # a pipeline reads stdout and cannot answer a prompt: say what is missing instead
+            raise ConfigError("removal needs confirmation: pass --yes with --json")
         click.confirm(f"Remove {len(series)} series, {len(studies)} studies and {len(patients)} patients' series "
                       f"from {index_dir}? This cannot be undone", abort=True, err=True)
     with _open(index_dir, database_url) as idx:

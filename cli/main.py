@@ -92,8 +92,16 @@ class LazyGroup(click.Group):
             # One clear line, no traceback: the message names the file/value and the reason.
             raise click.ClickException(str(exc)) from None
         except click.ClickException as exc:
-            if as_json and not isinstance(exc, click.UsageError):  # usage errors (exit 2) are the caller's bug
+            # Usage errors too (exit 2 all the same): a missing --archive folder is one, and a pipeline reading
+            # stdout must get a JSON document whatever went wrong.
+            if as_json:
                 _echo_error(exc.format_message(), type(exc).__name__, None)
+            raise
+        except click.exceptions.Abort:
+            # A confirmation prompt answered no, or with no terminal to answer it (stdin closed): exit 1, and under
+            # --json a JSON document saying so rather than nothing.
+            if as_json:
+                _echo_error("aborted: a confirmation was not given (pass --yes in scripts)", "Abort", None)
             raise
         except KeyboardInterrupt as exc:
             # click would print "Aborted!" and exit 1, the code of a user error; a pipeline needs to tell the two

@@ -8,15 +8,14 @@ from typing import Optional
 import click
 
 from ctglip_sdk.cli.output import echo_json, print_table
-from ctglip_sdk.errors import InputError
 
 
 def _read(path: str) -> str:
-    try:
-        with open(path, "r", encoding="utf-8", errors="replace") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise InputError(f"cannot read report: {exc.strerror or exc.__class__.__name__}", path=path) from None
+    # The library's reader: UTF-8/16/32 or cp1252 with a warning, and a binary file refused, not parsed as "no
+    # findings" (errors="replace" used to turn a DICOM slice into an empty report, exit 0).
+    from ctglip_sdk.reports.text_file import read_report_text  # noqa: PLC0415
+
+    return read_report_text(path)
 
 
 @click.command("parse-report")

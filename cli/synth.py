@@ -7,6 +7,7 @@ import json
 import click
 
 from ctglip_sdk.cli.output import echo_json, print_table
+from ctglip_sdk.errors import ConfigError
 
 
 def _prevalence(value: str | None) -> dict | None:
@@ -18,11 +19,13 @@ def _prevalence(value: str | None) -> dict | None:
             out = json.loads(value)
         else:
             out = {k.strip(): float(v) for k, v in (item.split("=", 1) for item in value.split(",") if item.strip())}
-    except (ValueError, json.JSONDecodeError) as exc:
-        raise click.BadParameter(f"expected JSON or key=value pairs, got {value!r} ({exc})") from None
-    if not isinstance(out, dict):
-        raise click.BadParameter(f"expected a mapping of finding key to probability, got {value!r}")
-    return {str(k): float(v) for k, v in out.items()}
+        if not isinstance(out, dict):
+            raise ConfigError(f"--prevalence: expected a mapping of finding key to probability, got {value!r}")
+        # The conversion inside the try: '{"renal_stone": "abc"}' or null used to end in a traceback.
+        return {str(k): float(v) for k, v in out.items()}
+    except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+        raise ConfigError(f"--prevalence: expected JSON or key=value pairs of numbers, got {value!r} "
+                          f"({exc})") from None
 
 
 @click.command("synth")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, 
 import numpy as np
 
 from ctglip_sdk.errors import ConfigError, IndexStateError
+from ctglip_sdk.io.paths import is_within
 from ctglip_sdk.privacy import pseudonymize
 
 from .ann import AnnIndex, choose_factory
@@ -106,26 +107,32 @@ class ArchiveIndex:
         if (root / MANIFEST).exists():
             raise IndexStateError("an index already exists here; open it with ArchiveIndex.open (or `ctglip ingest "
                                   "... --index` it)", path=root)
+        if root.is_dir() and any(not e.name.startswith(".") for e in root.iterdir()):  # (".gitkeep" is no file of
+            # anyone's to protect)
+            # Not mixed into a folder of other files (an archive root, a home folder): the index's database and
+            # secret pseudonym key need a folder of their own, and `remove`/clean-up must not touch others' files.
+            raise IndexStateError("the folder is not empty and holds no index: name a new or empty folder for the "
+                                  "index", path=root)
         # The model and the factory are checked before the folder is made: a wrong argument leaves nothing behind.
         model_obj = _load_model(model) if isinstance(model, (str, os.PathLike)) else model
         ident = _model_identity(model_obj)
         if factory is not None:
             AnnIndex.build(ident["embed_dim"], factory)
         made = next((a for a in reversed([root, *root.parents]) if not a.exists()), None)  # topmost folder made
-        was_empty = made is None and root.is_dir() and not any(root.iterdir())
+        before = set(root.iterdir()) if made is None and root.is_dir() else set()  # only hidden files, if any
         root.mkdir(parents=True, exist_ok=True)
         try:
             manifest, store = create_files(root, model_obj, ident, database_url, factory, include_identifiers,
                                            table_prefix, memory_budget)
         except BaseException:
             # An unreachable database or a full disk: what this call wrote holds no index (the manifest, written
-            # last, is absent), so it goes: the folder it made, or the contents of an empty one it was given. A
-            # folder that held files before is left as it was found.
+            # last, is absent), so it goes: the folder it made, or what it wrote into the folder it was given,
+            # which is left as it was found.
             if not (root / MANIFEST).exists():
                 if made is not None:
                     shutil.rmtree(made, ignore_errors=True)
-                elif was_empty:
-                    for child in list(root.iterdir()):
+                else:
+                    for child in set(root.iterdir()) - before:
                         shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
             raise
         log.info("created index %s for model %s (%s)", root, ident["name"], ident["config_hash"][:12])
@@ -417,6 +424,13 @@ class ArchiveIndex:
                progress: Optional[bool] = None, faiss_flush_seconds: float = 60.0) -> IngestReport:
         """Embed every series of ``archive`` not yet in the index; see :func:`ctglip_sdk.index.ingest.ingest`."""
         from .ingest import ingest  # noqa: PLC0415
+
+        if isinstance(archive, (str, os.PathLike)) and Path(archive).is_dir() and is_within(
+                Path(archive).resolve(), Path(self.folder).resolve()):
+            # The index holds the pseudonym key and the patient table: inside the archive they would be copied
+            # and shared with it (and its files would be walked as part of the archive).
+            raise ConfigError(f"the index folder lies inside the archive {os.fspath(archive)!r}: put the index "
+                              "elsewhere (it holds the secret pseudonym key)", path=self.folder)
 
         return ingest(self, archive, workers=workers, batch_size=batch_size, retry_errors=retry_errors,
                       progress=progress, faiss_flush_seconds=faiss_flush_seconds)

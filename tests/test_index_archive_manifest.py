@@ -304,8 +304,8 @@ def test_every_command_prints_its_user_error_as_json_under_json(tmp_path):
     assert "no such folder" in res.stderr
     plain = CliRunner().invoke(cli, ["manifest", str(missing)])
     assert plain.exit_code == 1 and plain.stdout == ""
-    usage = CliRunner().invoke(cli, ["manifest", "--json"])  # a usage error stays a usage error
-    assert usage.exit_code == 2 and usage.stdout == ""
+    usage = CliRunner().invoke(cli, ["manifest", "--json"])  # a usage error stays a usage error (exit 2) ...
+    assert usage.exit_code == 2 and "error" in json.loads(usage.stdout)  # ... and is JSON too (2026-12-07)
 
 
 def _nifti_flat(src, dst, names):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import ctglip_sdk as cg
-from ctglip_sdk.errors import ConfigError, InputError, QueryError
+from ctglip_sdk.errors import ConfigError, IndexStateError, InputError, QueryError
 from ctglip_sdk.index import ArchiveIndex, ArchivePlan, plan_ingest
 
 from test_index_common import (AFFINE, LABEL, ORGAN_BOXES, make_archive, phantom, read_manifest, tiny_model,
@@ -291,10 +291,17 @@ def test_a_failed_create_leaves_no_folder_behind(tmp_path):
     assert not (tmp_path / "no-db").exists()
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("kept")
-    with pytest.raises(ConfigError):
+    # A folder holding other files is refused before anything is written (since 2026-12-07; docs/index.md).
+    with pytest.raises(IndexStateError, match="not empty and holds no index"):
         ArchiveIndex.create(tmp_path / "mine", model=tiny_model(),
                             database_url="postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=2")
-    assert (tmp_path / "mine" / "notes.txt").read_text() == "kept"  # a folder that held files is not removed
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+    (tmp_path / "dotted").mkdir()
+    (tmp_path / "dotted" / ".gitkeep").write_text("")
+    with pytest.raises(ConfigError):  # a folder of hidden files only is no one's: the database error, as before
+        ArchiveIndex.create(tmp_path / "dotted", model=tiny_model(),
+                            database_url="postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=2")
+    assert sorted(p.name for p in (tmp_path / "dotted").iterdir()) == [".gitkeep"]  # kept, nothing left behind
 
 
 def test_a_run_left_running_by_a_killed_writer_is_marked_crashed(tmp_path):

@@ -178,7 +178,8 @@ def test_cli_synth_json(tmp_path):
     res = CliRunner().invoke(synth_command, [str(out), "--patients", "1", "--preset", "small"])
     assert res.exit_code != 0  # existing archive without --overwrite
     res = CliRunner().invoke(synth_command, [str(tmp_path / "bad"), "--prevalence", "{not json"])
-    assert res.exit_code == 2
+    # a user error (exit 1 through the `ctglip` group), as a bad --set or --where value is
+    assert res.exit_code == 1 and "--prevalence" in str(res.exception)
 
 
 def test_montage_command_writes_png(tmp_path):

@@ -86,6 +86,12 @@ def _decode(path: PathLike, raw: bytes) -> str:
     if guessed is not None:
         _warn_once(path, "the report has no byte-order mark but reads as %s (every other byte is NUL)", guessed)
         return body.decode(guessed)
+    head = body[:65536]
+    if head.count(0) >= max(8, len(head) // 100):  # a stray NUL in a text is read; a binary file is full of them
+        # A DICOM slice or an image given as the report: no text holds NUL bytes, and cp1252 would "read" it as
+        # a report without findings, a silent label of "normal" in training and an empty answer in parse-report.
+        raise InputError("not a text report: the file is full of NUL bytes (a binary file, e.g. an image?)",
+                         path=path)
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError as exc:
