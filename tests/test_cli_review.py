@@ -66,3 +66,15 @@ def test_an_index_is_not_made_in_a_foreign_folder_nor_inside_the_archive(tmp_pat
     idx = ArchiveIndex.create(archive / "idx", model=model)
     with pytest.raises(ConfigError, match="lies inside the archive"):
         idx.ingest(archive)
+
+
+def test_a_refused_training_run_leaves_no_out_folder(tmp_path):
+    archive = tmp_path / "a"
+    cg.synth.generate_archive(archive, n_patients=1, seed=2, preset="small", progress=False)
+    res = run("train", "--archive", archive, "--out", tmp_path / "tr7", "--model", "nosuch", "--json")
+    assert res.exit_code == 1 and "error" in json.loads(res.stdout)
+    assert not (tmp_path / "tr7").exists()  # was left behind, empty
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "manifest.csv").write_text("study_uid,image,mask,report,split\n")
+    res = run("train", "--archive", tmp_path / "empty", "--out", tmp_path / "tr8", "--json")
+    assert res.exit_code == 1 and not (tmp_path / "tr8").exists()

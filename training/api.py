@@ -183,6 +183,7 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
     ctx = init_distributed(cfg.device)
     memory = MemoryLog(ctx.device)
     out = Path(out_dir)
+    made_out = not out.exists()
     try:
         if not resume and (latest_checkpoint(out / "checkpoints") is not None or (out / "metrics.jsonl").is_file()):
             # A second run into the folder appended to the first's log and its pruning kept the old checkpoints
@@ -283,6 +284,12 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
                      out / "model")
         barrier()
         return summary
+    except BaseException:
+        # A refused config or archive (an unknown model, no studies) must not leave an empty --out folder behind:
+        # a retry would then meet a folder it did not ask for. One the run has written into is kept.
+        if ctx.is_main and made_out and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
     finally:
         if ctx.initialized_here:
             torch.distributed.destroy_process_group()
