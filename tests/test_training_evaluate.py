@@ -276,3 +276,19 @@ def test_a_finding_a_report_states_stays_positive_beside_an_unnamed_abnormality(
     assert {"organ": "liver", "finding": "liver_cyst"} in truth[rec.study_uid]
     assert (rec.study_uid, "liver", "liver_cyst") not in unsure  # was dropped from the scored pairs
     assert (rec.study_uid, "liver", "liver_mass") in unsure  # the unnamed abnormality may be any other
+
+
+def test_the_model_records_where_it_was_calibrated_and_evaluation_says_when_it_scores_those(archive, tmp_path):
+    model = cg.create("ctglip-tiny", overrides=TINY, seed=0)
+    calibrate(model, archive, "all", labels="truth", min_positives=1)
+    src = model.calibration_source
+    assert src["n_studies"] == 6 and len(src["study_hashes"]) == 6 and src["split"] == "all"
+    assert not any(len(h) != 16 for h in src["study_hashes"])  # hashed, the UIDs themselves are not stored
+    model.save_pretrained(tmp_path / "m")
+    loaded = cg.load(tmp_path / "m")
+    assert loaded.calibration_source == src
+    m = evaluate(loaded, archive, split="all", val_split=None)
+    assert m["model_calibration"]["scored_studies_among_them"] == 6
+    assert "**F1 at the model's thresholds is in-sample** for 6" in markdown_table(m)
+    fresh = evaluate(cg.create("ctglip-tiny", overrides=TINY, seed=0), archive, split="all", val_split=None)
+    assert fresh["model_calibration"] is None

@@ -11,7 +11,7 @@ import numpy as np
 
 from ctglip_sdk.errors import ConfigError, InputError
 from ctglip_sdk.training.data import (UNSPECIFIED, StudyText, archive_seed, read_reports, read_truth, relative_reason,
-                                      report_labels)
+                                      report_labels, study_hash)
 from ctglip_sdk.training.evaluation import SplitEmbeddings, encode_split, read_splits
 from ctglip_sdk.training.metrics import best_f1_threshold
 
@@ -104,6 +104,9 @@ def calibrate(model: Any, archive: PathLike, split: str = "val", *, labels: str 
     lab = calibration_labels(emb, rows, keys, labels, archive, dictionary, texts)
     offsets, per = _offsets(np.asarray(keys), logit, lab, min_positives)
     model.calibration = offsets
+    used = [r.study_uid for r in records if r.study_uid not in {u for u, _ in emb.skipped}]
+    model.calibration_source = {"archive": os.fspath(archive), "split": split, "labels": labels,
+                                "n_studies": len(used), "study_hashes": sorted(study_hash(u) for u in used)}
     skipped += emb.skipped
     return {"archive": os.fspath(archive), "archive_seed": archive_seed(archive), "split": split, "labels": labels,
             "n_studies": len(records) - len(emb.skipped),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from ctglip_sdk.reports.text_file import read_report_text
 from ctglip_sdk.training.cache import CachedStudy, PreprocessCache
 
 __all__ = ["StudyRecord", "StudyText", "UNSPECIFIED", "read_manifest", "read_truth", "relative_reason", "archive_seed",
-           "annotate_report", "report_labels", "report_truth", "safe_reason", "read_reports", "ReportTexts", "report_split_labels", "shared_patients",
+           "annotate_report", "report_labels", "report_truth", "safe_reason", "study_hash", "read_reports", "ReportTexts", "report_split_labels", "shared_patients",
            "StudyDataset", "collate_studies", "build_cache", "CacheBuild", "is_cached"]
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,11 @@ def read_manifest(root: Any, split: Optional[str] = None) -> List[StudyRecord]:
         log.warning("%s: left out %d row(s) without an image, mask or report (lines %s)", manifest,
                     len(incomplete), ", ".join(map(str, incomplete[:10])) + (" ..." if len(incomplete) > 10 else ""))
     return out
+
+
+def study_hash(study_uid: str) -> str:
+    """A short hash of a study UID: a model folder records which studies calibrated it without listing them."""
+    return hashlib.blake2b(study_uid.encode(), digest_size=8).hexdigest()
 
 
 def relative_reason(reason: str, root: Any) -> str:

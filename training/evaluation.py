@@ -17,7 +17,7 @@ from ctglip_sdk import organs as vocab
 from ctglip_sdk.errors import ConfigError, CTGlipError, InputError
 from ctglip_sdk.readahead import read_ahead
 from ctglip_sdk.training.data import (StudyRecord, archive_seed, read_manifest, read_truth, relative_reason,
-                                      report_split_labels, safe_reason, shared_patients)
+                                      report_split_labels, safe_reason, shared_patients, study_hash)
 from ctglip_sdk.training.metrics import auc, best_f1_threshold, f1_score, retrieval_metrics, roc_curve
 from ctglip_sdk.training.objectives import finding_phrasings
 
@@ -192,6 +192,20 @@ def _detections(zs: Any, emb: SplitEmbeddings, truth: Dict[str, List[Dict[str, A
         keep = _sure(emb, rows, keys, unsure)
         rows, prob, keys = rows[keep], prob[keep], [k for k, ok in zip(keys, keep) if ok]
     return rows, keys, prob, _labels(emb, truth, rows, keys)
+
+
+def _calibration_overlap(model: Any, records: Sequence[StudyRecord]) -> Optional[Dict[str, Any]]:
+    """Where the model's own thresholds were chosen, and how many scored studies were among them (then
+    ``f1_at_model_threshold`` is in-sample for those); None for a model saved without that record."""
+    src = getattr(model, "calibration_source", None)
+    if not isinstance(src, dict) or not isinstance(src.get("study_hashes"), list):
+        return None
+    overlap = len({study_hash(r.study_uid) for r in records} & set(src["study_hashes"]))
+    if overlap:
+        log.warning("%d scored studies calibrated this model's thresholds: F1 at the model's thresholds is "
+                    "in-sample for them", overlap)
+    return {"archive": src.get("archive"), "split": src.get("split"), "n_studies": src.get("n_studies"),
+            "scored_studies_among_them": overlap}
 
 
 def _nan_to_none(obj: Any) -> Any:
@@ -392,6 +406,7 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
         "f1_mean": float(np.mean(f1s)) if f1s else float("nan"),
         "f1_mean_model_thresholds": float(np.mean(f1s_model)) if f1s_model else float("nan"),
         "n_findings": len(both), "thresholds_in_sample": in_sample,
+        "model_calibration": _calibration_overlap(model, records),
         "per_finding": per, "retrieval": retrieval, "seconds": round(time.perf_counter() - t0, 1),
     }
     metrics = _nan_to_none(metrics)
@@ -464,6 +479,10 @@ def markdown_table(metrics: Dict[str, Any]) -> str:
              + " | " + " | ".join(_fmt(r.get(k)) for k in ("r@1", "r@5", "r@10", "map")) + " |",
              *(["", "**F1 is in-sample:** its thresholds were chosen on studies that are also scored here "
                 f"(val split {metrics['val_split']!r} of the same archive)."] if metrics.get("thresholds_in_sample")
+               else []),
+             *(["", f"**F1 at the model's thresholds is in-sample** for "
+                f"{metrics['model_calibration']['scored_studies_among_them']} scored studies: the model was "
+                "calibrated on them."] if (metrics.get("model_calibration") or {}).get("scored_studies_among_them")
                else []),
              *(["", f"Left out {len(metrics['skipped_studies'])} unreadable studies (`skipped_studies` in the "
                 f"JSON): " + "; ".join(f"{s['study_uid']}: {s['reason']}" for s in metrics["skipped_studies"][:5])]

@@ -113,6 +113,8 @@ def save_pretrained(model: "CTGlipModel", folder: PathLike) -> Path:
     }
     if getattr(model, "calibration", None):
         meta["calibration"] = {k: float(v) for k, v in sorted(model.calibration.items())}
+        if getattr(model, "calibration_source", None):
+            meta["calibration_source"] = model.calibration_source
     fd, tmp = tempfile.mkstemp(dir=out, suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=2, sort_keys=True)
@@ -244,6 +246,8 @@ def load_pretrained(folder: PathLike, device: Union[str, torch.device, None] = N
         raise CheckpointError(f"tokenizer/ has {len(tokenizer)} tokens but the text model embeds {rows}: "
                               "not the tokenizer these weights were trained with", path=tok_dir)
     model.calibration = _read_calibration(meta, root / "config.json")
+    source = meta.get("calibration_source")
+    model.calibration_source = source if isinstance(source, dict) else None
     model._loads += 1
     model.eval()
     if device is not None:

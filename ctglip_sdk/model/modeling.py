@@ -134,6 +134,9 @@ class CTGlipModel(nn.Module):
         #: Per-finding logit offsets chosen on held-out studies (``ctglip calibrate``; saved in config.json):
         #: ``ZeroShotClassifier`` subtracts them so that probability 0.5 is each finding's F1-best threshold.
         self.calibration: Dict[str, float] = {}
+        #: Where ``calibration`` was chosen: archive, split, study count and hashed study UIDs (``calibrate`` sets
+        #: it), so that an evaluation can tell when it scores the calibration studies themselves.
+        self.calibration_source: Optional[Dict[str, Any]] = None
 
     # ----------------------------------------------------------------- identity
     @property
