@@ -215,6 +215,8 @@ def parse_where_expr(exprs: Sequence[str]) -> Dict[str, Any]:
         kind = FILTERS.get(key, ("", "", ""))[0]
         if kind not in ("number", "date") and op not in ("=", "=="):
             raise QueryError(f"filter {expr!r}: {key} only takes '='")
+        if op == "!=":  # "age!=60" used to read as age = 60: a range filter has no "not equal"
+            raise QueryError(f"filter {expr!r}: '!=' is not supported; give a range (>=, <=) instead")
         if kind in ("number", "date"):
             conv = (lambda v: _number(v, key)) if kind == "number" else (lambda v: to_date(v, key).isoformat())
             lo, hi = out.get(key, (None, None))

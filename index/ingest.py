@@ -107,6 +107,8 @@ def write_batch(index: "ArchiveIndex", run_id: int, encoded: List[_Encoded],
         for e in encoded:
             f = e.fields
             pid, sex = store.ensure_patient(conn, f["patient"], f["identifier"], f["sex"], f["birth_year"])
+            if sex and store.fill_organ_sex(conn, pid, sex):
+                index._mirror_stale = restated = True  # earlier studies' organs learnt the patient's sex
             if f["sex"] and sex and f["sex"] != sex:
                 conflicts.append({"series": e.item.key, "warning": f"sex {f['sex']!r} in this series differs from "
                                   f"{sex!r} stored for its patient; kept {sex!r}"})

@@ -170,6 +170,14 @@ def search(index: "ArchiveIndex", query: Union[str, np.ndarray], k: int = 20,
         if qv.scope and organs is None:  # the organs the text names, when it names no single finding
             organs = resolve_organs(list(qv.scope))
         notes += qv.notes
+    if organs is not None and organ is not None:
+        stored = set(index.mirror.view().organ_names)
+        absent = sorted(set(resolve_organs(organ) or []) - stored)
+        if stored and absent and not set(organs) & stored:
+            # e.g. a TotalSegmentator v2 class ("kidney_cyst_left", "prostate") in an index of v1 organs: zero hits
+            # used to come back with no word of why.
+            notes.append(f"no organ of this index is named {', '.join(absent[:5])}: nothing can match the organ "
+                         "filter")
     res = _run(index, qv.vector, k, organs, conditions)
     res.query = query if isinstance(query, str) else "<vector>"
     res.ranking = qv.ranking

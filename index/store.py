@@ -286,6 +286,13 @@ class Store:
             conn.execute(update(p).where(p.c.id == row.id).values(**fill))
         return int(row.id), row.sex or sex
 
+    def fill_organ_sex(self, conn: Connection, patient_id: int, sex: str) -> int:
+        """Give the patient's stored organs without a sex this one; the number changed. Filters read sex from the
+        organ rows, so a sex learnt from a later study must reach the earlier ones (it used to stop at patients)."""
+        o = self.t.organs
+        res = conn.execute(update(o).where(o.c.patient_id == patient_id, o.c.sex.is_(None)).values(sex=sex))
+        return int(res.rowcount or 0)
+
     def ensure_study(self, conn: Connection, study_uid: str, patient_id: int,
                      values: Mapping[str, Any]) -> Tuple[int, Dict[str, Any], bool]:
         """Study id, its stored row and whether an existing row changed, for a study UID.
