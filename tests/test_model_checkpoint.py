@@ -196,6 +196,10 @@ def test_a_replaced_tokenizer_or_a_bad_text_config_is_a_checkpoint_error(saved, 
         meta = json.loads((bad / "config.json").read_text())
         meta["text_model_config"].update(change)
         (bad / "config.json").write_text(json.dumps(meta))
+        with pytest.raises(CheckpointError, match="'text_model_config' does not match its checksum"):
+            cg.load(bad)  # an edit is caught by the checksum first (since 2026-12-07) ...
+        meta.pop("text_model_config_sha256")  # ... and in a folder without one, by building the model
+        (bad / "config.json").write_text(json.dumps(meta))
         with pytest.raises(CheckpointError, match=message):
             cg.load(bad)
 
@@ -211,6 +215,7 @@ def test_a_max_length_longer_than_the_position_table_is_refused_at_load(saved, t
     # Refused even though this tokenizer would cut texts at its own model_max_length: the config must say what
     # the model reads (docs/model.md), and a replaced tokenizer would not cut.
     meta["config"]["text"]["max_length"] = positions + 1
+    meta.pop("config_sha256")  # a folder saved before the checksum (with it, the edit is refused first: below)
     (broken / "config.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError) as err:
         cg.load(broken)
@@ -275,3 +280,31 @@ def test_a_model_with_tied_weights_saves_and_loads_bit_exact(tmp_path):
     model.save_pretrained(tmp_path / "cnn")
     again = cg.load(tmp_path / "cnn").state_dict()
     assert sd.keys() == again.keys() and all(torch.equal(sd[k], again[k]) for k in sd)
+
+
+def test_an_edited_config_is_refused_but_a_renamed_copy_loads(saved, tmp_path):
+    """Editing pooling in config.json used to change every text vector and load without a word (review,
+    2026-12-07); a renamed copy (name, description) is how a model is registered under another name."""
+    model, folder = saved
+    for edit in (lambda m: m["config"]["text"].update(pooling="cls" if m["config"]["text"]["pooling"] != "cls"
+                                                      else "mean"),
+                 lambda m: m["text_model_config"].update(layer_norm_eps=1e-3)):
+        bad = _copy(folder, tmp_path / f"e{len(list(tmp_path.iterdir()))}")
+        meta = json.loads((bad / "config.json").read_text())
+        edit(meta)
+        (bad / "config.json").write_text(json.dumps(meta))
+        with pytest.raises(CheckpointError, match="does not match its checksum"):
+            cg.load(bad)
+    renamed = _copy(folder, tmp_path / "renamed")
+    meta = json.loads((renamed / "config.json").read_text())
+    meta["config"].update(name="my-copy", description="renamed")
+    (renamed / "config.json").write_text(json.dumps(meta))
+    assert cg.load(renamed).name == "my-copy"
+
+
+def test_a_folder_given_with_a_tilde_is_the_home_folder(saved, tmp_path, monkeypatch):
+    model, _ = saved
+    monkeypatch.setenv("HOME", str(tmp_path))
+    model.save_pretrained("~/models/tiny")
+    assert (tmp_path / "models" / "tiny" / "config.json").is_file() and not Path("~").exists()
+    assert torch.equal(cg.load("~/models/tiny").logit_scale, model.logit_scale)

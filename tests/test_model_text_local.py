@@ -216,3 +216,25 @@ def test_report_words_of_one_patient_never_become_tokens():
         assert secret not in vocab
     assert "hydronephrosis" in vocab and "hypodense" in vocab  # shared words are still learned
     assert len(model.tokenizer.tokenize("zyxwvqutsr")) > 1  # and the name is still read, as pieces
+
+
+def test_a_tokenizer_that_adds_no_cls_token_is_refused(tmp_path):
+    """The tokenizers tutorial's pattern (no post-processor) adds no [CLS]: 'cls' pooling then read the first word
+    and the text vectors changed by a cosine of 0.5 against the same weights (review, 2026-12-07)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from ctglip_sdk.model.text import load_tokenizer
+
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "liver", "cyst", "renal"])}
+    raw = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                  sep_token="[SEP]", mask_token="[MASK]")
+    assert tok("liver")["input_ids"] == [5]  # really no [CLS]
+    tok.save_pretrained(tmp_path / "bare")
+    with pytest.raises(ConfigError, match=r"does not add its '\[CLS\]' token at the start"):
+        load_tokenizer(tmp_path / "bare")
+    good = _tokenizer()  # the library's own: a TemplateProcessing post-processor
+    good.save_pretrained(tmp_path / "good")
+    assert load_tokenizer(tmp_path / "good")("liver")["input_ids"][0] == good.cls_token_id

@@ -84,7 +84,7 @@ def save_pretrained(model: "CTGlipModel", folder: PathLike) -> Path:
     """
     from safetensors.torch import save_file
 
-    out = Path(folder)
+    out = Path(folder).expanduser()  # as load and text.pretrained_path read "~" (a literal "~" folder otherwise)
     out.mkdir(parents=True, exist_ok=True)
     stray = [p.name for p in out.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES]
     if stray:
@@ -106,6 +106,8 @@ def save_pretrained(model: "CTGlipModel", folder: PathLike) -> Path:
         "config": model.config.to_dict(),
         "config_hash": model.config_hash,
         "text_model_config": model.text.hf_config_dict(),
+        "text_model_config_sha256": _json_sha256(model.text.hf_config_dict()),
+        "config_sha256": _config_sha256(model.config.to_dict()),
         "weights_sha256": _sha256(out / WEIGHTS),
         # The tokenizer decides the text vectors as much as the weights do: a replaced one must not load.
         "tokenizer_sha256": _folder_sha256(out / "tokenizer"),
@@ -121,6 +123,20 @@ def save_pretrained(model: "CTGlipModel", folder: PathLike) -> Path:
     os.replace(tmp, out / "config.json")
     log.info("saved model %s to %s", model.name, out)
     return out
+
+
+def _json_sha256(obj: Any) -> str:
+    """sha256 of an object's canonical JSON (sorted keys), as config.json stores it."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _config_sha256(config: Dict[str, Any]) -> str:
+    """Checksum of what a config decides about the vectors: all but its name, description and the text tower's
+    source path (a saved model carries the tower's weights itself)."""
+    d = {k: v for k, v in config.items() if k not in ("name", "description")}
+    if isinstance(d.get("text"), dict):
+        d["text"] = {k: v for k, v in d["text"].items() if k != "pretrained_path"}
+    return _json_sha256(d)
 
 
 def refuse_pickles(folder: Path) -> None:
@@ -204,7 +220,7 @@ def load_pretrained(folder: PathLike, device: Union[str, torch.device, None] = N
     from ctglip_sdk.model.modeling import CTGlipModel
     from ctglip_sdk.model.text import load_tokenizer
 
-    root = Path(folder)
+    root = Path(folder).expanduser()
     if not root.is_dir():
         raise CheckpointError("model folder does not exist", path=root)
     refuse_pickles(root)  # before opening anything else
@@ -214,9 +230,23 @@ def load_pretrained(folder: PathLike, device: Union[str, torch.device, None] = N
         config = CTGlipConfig.from_dict(meta["config"])
     except ConfigError as exc:
         raise CheckpointError(f"config.json: {exc.reason}", path=root) from None
+    # An edited config.json (pooling, a layer norm's eps) changed the vectors without a word: the checksums saved
+    # beside it must still describe it. Its name and description may be edited (that is how a copy is renamed).
+    expected_cfg = meta.get("config_sha256")  # absent in folders saved before it was recorded
+    if expected_cfg and _config_sha256(meta["config"]) != expected_cfg:
+        raise CheckpointError("config.json: 'config' does not match its checksum (edited after saving? only "
+                              "'name' and 'description' may change)", path=root / "config.json")
+    expected_text = meta.get("text_model_config_sha256")  # absent in folders saved before it was recorded
+    if expected_text and _json_sha256(meta["text_model_config"]) != expected_text:
+        raise CheckpointError("config.json: 'text_model_config' does not match its checksum (edited after "
+                              "saving?)", path=root / "config.json")
     tok_dir = root / "tokenizer"
     if not tok_dir.is_dir():
         raise CheckpointError("tokenizer/ folder is missing", path=root)
+    expected_tok = meta.get("tokenizer_sha256")  # checked before loading: a missing file must say so, not fail oddly
+    if expected_tok and _folder_sha256(tok_dir) != expected_tok:
+        raise CheckpointError("tokenizer/ does not match the checksum in config.json (replaced or changed after "
+                              "saving)", path=tok_dir)
     try:
         tokenizer = load_tokenizer(tok_dir)
     except ConfigError as exc:
@@ -237,10 +267,6 @@ def load_pretrained(folder: PathLike, device: Union[str, torch.device, None] = N
     if expected and _sha256(weights) != expected:
         raise CheckpointError("model.safetensors does not match the checksum in config.json (replaced or "
                               "corrupted after saving)", path=weights)
-    expected = meta.get("tokenizer_sha256")  # absent in folders saved before it was recorded
-    if expected and _folder_sha256(tok_dir) != expected:
-        raise CheckpointError("tokenizer/ does not match the checksum in config.json (replaced or changed after "
-                              "saving)", path=tok_dir)
     rows = model.text.encoder.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:  # token ids past the embedding table would fail at the first encode_text
         raise CheckpointError(f"tokenizer/ has {len(tokenizer)} tokens but the text model embeds {rows}: "

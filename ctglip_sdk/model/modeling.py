@@ -114,6 +114,11 @@ class CTGlipModel(nn.Module):
         super().__init__()
         self.config = config
         self.tokenizer = tokenizer
+        cap = getattr(tokenizer, "model_max_length", None)
+        if isinstance(cap, int) and cap < config.text.max_length:
+            # tokenize() reads min(text.max_length, the tokenizer's cap): say so, since the config alone promises more
+            log.warning("the tokenizer reads at most %d tokens (its model_max_length), fewer than text.max_length %d:"
+                        " longer texts are cut at %d", cap, config.text.max_length, cap)
         self.vision = build_vision(config.vision, config.preprocess.in_channels)
         self.text = TextTower(config.text, len(tokenizer), hf_text_config)
         self.vision_proj = _projection(pooled_width(self.vision.out_channels, config.organ_pooling)

@@ -220,7 +220,7 @@ def load(path_or_name: PathLike, device: Union[str, "torch.device", None] = None
     weights = _bundled_weights()
     if key in weights:
         return load_pretrained(weights[key], device)
-    path = Path(key)
+    path = Path(key).expanduser()
     if path.is_dir():
         return load_pretrained(path, device)
     if path.is_file() and path.name == "config.json":

@@ -161,6 +161,15 @@ def load_tokenizer(folder: str | os.PathLike):
                           path=folder)
     if tok.pad_token is None:
         raise ConfigError(f"the tokenizer in {folder} has no pad token; {_ENCODER_REQUIRED}", path=folder)
+    start = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
+    if start is not None:
+        # A tokenizer built without a post-processor (the `tokenizers` tutorial's pattern) adds no [CLS]/<s>:
+        # "cls" pooling then reads the first word and the encoder sees inputs unlike its pre-training.
+        first = tok("liver")["input_ids"][:1]
+        if first != [start]:
+            raise ConfigError(f"the tokenizer in {folder} does not add its {tok.cls_token or tok.bos_token!r} token at "
+                              "the start of a text (no post-processor); save it with one (e.g. tokenizers' "
+                              "TemplateProcessing) as the encoder was pre-trained", path=folder)
     return tok
 
 
