@@ -238,3 +238,15 @@ def test_a_tokenizer_that_adds_no_cls_token_is_refused(tmp_path):
     good = _tokenizer()  # the library's own: a TemplateProcessing post-processor
     good.save_pretrained(tmp_path / "good")
     assert load_tokenizer(tmp_path / "good")("liver")["input_ids"][0] == good.cls_token_id
+
+
+def test_weights_of_other_shapes_than_config_json_are_named(tmp_path):
+    """A config.json edited to intermediate_size 128 over weights of 64: the error pointed at "the above report",
+    which only transformers' logger had (review, 2026-12-07)."""
+    folder = _bert_folder(tmp_path)
+    conf = json.loads((folder / "config.json").read_text())
+    conf["intermediate_size"] = 128
+    (folder / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(ConfigError, match=r"6 tensors differ in shape \(encoder\.layer\.0\.intermediate\.dense\.bias: "
+                                          r"\(64,\) in the file, \(128,\) in config\.json"):
+        _create(folder)

@@ -249,7 +249,10 @@ def _load_local(folder: Path, vocab_size: int):
         # typed at transformers' prompt (docs/security.md)
         model, info = AutoModel.from_pretrained(os.fspath(folder), local_files_only=True, use_safetensors=True,
                                                 trust_remote_code=False, dtype=torch.float32,
-                                                output_loading_info=True)
+                                                output_loading_info=True,
+                                                # mismatched shapes are listed below and refused; raised
+                                                # here, their names only reached transformers' logger
+                                                ignore_mismatched_sizes=True)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load the text model: {exc}", path=folder) from None
     except Exception as exc:  # noqa: BLE001 - shape mismatches and the like, raised with various types
@@ -268,6 +271,12 @@ def _load_local(folder: Path, vocab_size: int):
                              if unexpected else "")
                           + ". transformers would initialise them randomly; re-save the model with "
                             "save_pretrained()", path=folder)
+    mismatched = sorted(info.get("mismatched_keys", ()), key=lambda m: str(m[0]))
+    if mismatched:
+        shown = "; ".join(f"{m[0]}: {tuple(m[1])} in the file, {tuple(m[2])} in config.json"
+                          for m in mismatched[:4] if len(m) >= 3)
+        raise ConfigError(f"the weights in {folder} do not fit its config.json: {len(mismatched)} tensors differ in "
+                          f"shape ({shown}); the config was edited or belongs to another model", path=folder)
     half = sorted(d for d in dtypes if d.upper() in ("F16", "BF16", "FLOAT16", "BFLOAT16"))
     stated = declared.get("dtype") or declared.get("torch_dtype")
     if half or stated not in (None, "float32"):
