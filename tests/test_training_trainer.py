@@ -124,3 +124,52 @@ def test_warmup_cosine_shape():
     values = [f(s) for s in range(21)]
     assert values[:4] == [0.25, 0.5, 0.75, 1.0] and abs(values[20] - 0.1) < 1e-9
     assert all(a >= b for a, b in zip(values[4:], values[5:]))
+
+
+# --- A review of config and resume (2026-12-07) ------------------------------------------------------------------
+
+def test_resume_refuses_changed_optimizer_or_loss_settings_and_allows_speed_ones(tmp_path, caplog):
+    _run(tmp_path, until=3)
+    with pytest.raises(CheckpointError, match=r"option\(s\) adam_eps, weight_decay differ"):
+        _run(tmp_path, resume=True, adam_eps=1e-3, weight_decay=0.5)  # was ignored silently, yet recorded as used
+    with pytest.raises(CheckpointError, match=r"option\(s\) w_identity differ"):
+        _run(tmp_path, resume=True, w_identity=0.0)
+    _, res = _run(tmp_path, resume=True, threads=1, cache_workers=1)  # speed and storage options may change
+    assert res.resumed_from == 3 and res.steps == 8
+    with caplog.at_level("WARNING"):
+        _, res = _run(tmp_path, resume=True, max_steps=10, threads=1)
+    assert res.steps == 10 and "schedule is recomputed" in caplog.text
+
+
+def test_the_logged_lr_is_the_one_the_step_used(tmp_path):
+    trainer, _ = _run(tmp_path, max_steps=4)
+    logged = [json.loads(x)["lr"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    fn = warmup_cosine(2, 4, trainer.cfg.min_lr_ratio)
+    assert logged == pytest.approx([0.05 * fn(s) for s in range(4)])  # was the next step's rate
+
+
+def test_a_torn_metrics_line_is_dropped_on_resume(tmp_path):
+    _run(tmp_path, until=4)
+    log_path = tmp_path / "metrics.jsonl"
+    log_path.write_text(log_path.read_text() + '{"step": 5, "epoch": 0, "lr": 0.0')  # killed mid-write
+    _, res = _run(tmp_path, resume=True)
+    assert res.steps == 8  # was a raw JSONDecodeError
+    assert [json.loads(x)["step"] for x in log_path.read_text().splitlines()] == list(range(1, 9))
+
+
+@pytest.mark.parametrize("key", ["grad_clip", "w_identity", "lr", "weight_decay"])
+def test_non_finite_options_are_refused(key):
+    from ctglip_sdk.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"{key}=nan: must be a finite number"):
+        TrainConfig.from_dict({key: float("nan")})
+
+
+def test_yaml_exponents_and_near_miss_keys(tmp_path):
+    from ctglip_sdk.errors import ConfigError
+
+    (tmp_path / "c.yaml").write_text("lr: 1e-3\nmax_steps: 5\n")
+    cfg = TrainConfig.from_sources(tmp_path / "c.yaml")
+    assert cfg.lr == 0.001 and cfg.max_steps == 5  # was "lr='1e-3': expected a number"
+    with pytest.raises(ConfigError, match="did you mean 'max_steps'"):
+        TrainConfig.from_sources(overrides=["max_step=5"])

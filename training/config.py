@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import math
 import os
 import re
 import typing
@@ -82,7 +84,7 @@ class TrainConfig:
     cache_workers: Optional[int] = None
     bf16: bool = True                   # bf16 autocast, applied on CUDA only
     device: str = "auto"                # "auto" | "cpu" | "cuda" | "cuda:N"
-    cache_dir: Optional[str] = None     # preprocessing cache (None: $CTGLIP_CACHE_DIR, $XDG_CACHE_HOME/ctglip or ~/.cache/ctglip)
+    cache_dir: Optional[str] = None     # preprocessing cache (None: $CTGLIP_CACHE_DIR, $XDG_CACHE_HOME, ~/.cache)
     train_split: str = "train"          # a split, a list ("train,val") or "all" (e.g. with calibration_archive)
     val_split: str = "val"
     #: After training, choose each finding's threshold on ``val_split`` (labels from its reports) and save it
@@ -128,6 +130,10 @@ class TrainConfig:
             raise ConfigError(f"cache_dir={self.cache_dir!r}: is a file, not a folder", path=self.cache_dir)
         if self.cache_workers is not None and self.cache_workers < 0:
             raise ConfigError(f"cache_workers={self.cache_workers}: must be >= 0")
+        for f in fields(self):  # NaN passes "< 0" and "> 0" alike: grad_clip=nan switched clipping off
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name}={value}: must be a finite number")
         for name in ("lr", "adam_eps"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be > 0")
@@ -169,7 +175,7 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"unknown training option(s): {', '.join(unknown)} "
+            raise ConfigError(f"unknown training option(s): {', '.join(unknown)}{_did_you_mean(unknown[0], known)} "
                               f"(known: {', '.join(sorted(known))})", path=source)
         try:
             return cls(**dict(data))
@@ -214,8 +220,8 @@ class TrainConfig:
             key, raw = item.split("=", 1)
             key = key.strip()
             if key not in hints:
-                raise ConfigError(f"unknown training option {key!r} in override {item!r} "
-                                  f"(known: {', '.join(sorted(hints))})")
+                raise ConfigError(f"unknown training option {key!r} in override {item!r}"
+                                  f"{_did_you_mean(key, hints)} (known: {', '.join(sorted(hints))})")
             data[key] = _parse_text(key, raw.strip(), hints[key])
         return type(self).from_dict(data)
 
@@ -285,6 +291,11 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{key}={value!r}: expected an integer")
         return value
     if inner is float:
+        if isinstance(value, str):  # YAML reads "1e-3" (no decimal point) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key}={value!r}: expected a number") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}={value!r}: expected a number")
         return float(value)
@@ -293,6 +304,11 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{key}={value!r}: expected a string")
         return value
     return value
+
+
+def _did_you_mean(key: str, known: Any) -> str:
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _parse_text(key: str, raw: str, tp: Any) -> Any:

@@ -27,6 +27,22 @@ __all__ = ["Trainer", "TrainResult", "EpochBatchSampler", "warmup_cosine", "seed
 log = logging.getLogger(__name__)
 
 
+#: TrainConfig options a resumed run may change: speed, logging, storage, and the stages after the steps.
+#: (max_steps may change too, with a warning: the schedule is recomputed for the new length.)
+_RESUMABLE_CHANGES = frozenset({
+    "max_steps", "threads", "num_workers", "cache_workers", "log_every", "checkpoint_every", "keep_checkpoints",
+    "cache_dir", "device", "channels_last", "save_name", "calibrate", "calibration_archive", "val_split",
+    "readout_epochs", "readout_lr", "extra"})
+
+
+def _step_of(line: str) -> Optional[int]:
+    """The step of one metrics.jsonl line, or None for a blank or torn one (a run killed mid-write)."""
+    try:
+        return int(json.loads(line).get("step", 0)) if line.strip() else None
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (CPU and CUDA)."""
     random.seed(seed)
@@ -211,18 +227,25 @@ class Trainer:
         saved_cfg = self.out_dir / "train_config.json"
         if saved_cfg.is_file():
             old = json.loads(saved_cfg.read_text())
-            changed = [k for k in ("objective", "model", "batch_size", "grad_accum", "seed")
-                       if old.get(k) != getattr(self.cfg, k)]
+            now = json.loads(json.dumps(self.cfg.to_dict()))  # as train_config.json holds it (lists, not tuples)
+            # Everything that decides the steps must match: the optimizer's settings and the scheduler's base rates
+            # come back from the checkpoint (a new lr was silently ignored yet recorded as used), and other
+            # studies or loss weights make the resumed run another run. Options of speed, logging, storage and of
+            # the stages after the steps may change.
+            changed = [k for k in sorted(now) if k not in _RESUMABLE_CHANGES and k in old and old[k] != now[k]]
             if changed:
                 raise CheckpointError(f"cannot resume: option(s) {', '.join(changed)} differ from the run being "
                                       "resumed (start a new --out folder)", path=saved_cfg)
+            if old.get("max_steps") != now.get("max_steps"):
+                log.warning("resuming with max_steps %s instead of %s: the learning-rate schedule is recomputed for "
+                            "the new length from the step reached", now.get("max_steps"), old.get("max_steps"))
         self.state = load_checkpoint(path, model=self.objective, optimizer=self.optimizer,
                                      scheduler=self.scheduler, rank=self.ctx.rank,
                                      generators={"loader": self.loader_gen})
         if self.ctx.is_main and self.metrics_path.is_file():
             # Drop log lines written after the checkpoint so the resumed log has no duplicated steps.
             kept = [ln for ln in self.metrics_path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= self.state["step"]]
+                    if _step_of(ln) is not None and _step_of(ln) <= self.state["step"]]  # a torn last line goes
             self.metrics_path.write_text("".join(ln + "\n" for ln in kept))
         log.info("resumed from %s (step %d, epoch %d, batch %d)", path, self.state["step"],
                  self.state["epoch"], self.state["batch"])
@@ -280,6 +303,7 @@ class Trainer:
                         acc_logs["grad_norm"] = grad_norm
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
+                    used_lr = self.scheduler.get_last_lr()[0]  # the rate this step used (logged below)
                     self.scheduler.step()
                     self.state["step"] += 1
                     step = self.state["step"]
@@ -288,7 +312,7 @@ class Trainer:
                         bar.update(1)
                         bar.set_postfix(loss=f"{last_loss:.4f}")
                     if metrics_fh is not None and (step % cfg.log_every == 0 or step == cfg.max_steps or step == 1):
-                        rec = {"step": step, "epoch": self.state["epoch"], "lr": self.scheduler.get_last_lr()[0],
+                        rec = {"step": step, "epoch": self.state["epoch"], "lr": used_lr,
                                "time_s": round(time.perf_counter() - t0, 3),
                                **{k: round(v, 6) for k, v in acc_logs.items()}, "loss": round(last_loss, 6)}
                         metrics_fh.write(json.dumps(rec) + "\n")
