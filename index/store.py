@@ -289,8 +289,11 @@ class Store:
     def fill_organ_sex(self, conn: Connection, patient_id: int, sex: str) -> int:
         """Give the patient's stored organs without a sex this one; the number changed. Filters read sex from the
         organ rows, so a sex learnt from a later study must reach the earlier ones (it used to stop at patients)."""
-        o = self.t.organs
-        res = conn.execute(update(o).where(o.c.patient_id == patient_id, o.c.sex.is_(None)).values(sex=sex))
+        o, st = self.t.organs, self.t.studies
+        # Through the patient's studies (both indexed: organs have no patient_id index, and a scan per series would
+        # make ingest quadratic in the archive's size).
+        studies = select(st.c.id).where(st.c.patient_id == patient_id).scalar_subquery()
+        res = conn.execute(update(o).where(o.c.study_id.in_(studies), o.c.sex.is_(None)).values(sex=sex))
         return int(res.rowcount or 0)
 
     def ensure_study(self, conn: Connection, study_uid: str, patient_id: int,
