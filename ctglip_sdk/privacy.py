@@ -62,6 +62,7 @@ def redact_identifiers(text: str, identifiers: "list[Optional[str]] | tuple[Opti
 def dicom_identifiers(image: Union[str, "os.PathLike[str]"]) -> "list[str]":
     """PatientID, PatientName and AccessionNumber of one DICOM file of ``image`` (a file or a series folder), read
     from its header only; [] when it is no DICOM or cannot be read. Used to redact a failed study's reason."""
+    from itertools import islice  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
     from ctglip_sdk.io.dicom import try_read_header  # noqa: PLC0415 - pydicom only when needed
@@ -69,7 +70,8 @@ def dicom_identifiers(image: Union[str, "os.PathLike[str]"]) -> "list[str]":
     path = Path(image)
     ds = None
     try:
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())[:200]
+        # The first entries the walk meets, not a sorted listing: the folder may be a whole archive's root.
+        files = [path] if path.is_file() else [p for p in islice(path.rglob("*"), 200) if p.is_file()]
     except OSError:
         return []
     tried = 0

@@ -245,7 +245,7 @@ class Trainer:
         if self.ctx.is_main and self.metrics_path.is_file():
             # Drop log lines written after the checkpoint so the resumed log has no duplicated steps.
             kept = [ln for ln in self.metrics_path.read_text().splitlines()
-                    if _step_of(ln) is not None and _step_of(ln) <= self.state["step"]]  # a torn last line goes
+                    if (step := _step_of(ln)) is not None and step <= self.state["step"]]  # a torn last line goes
             self.metrics_path.write_text("".join(ln + "\n" for ln in kept))
         log.info("resumed from %s (step %d, epoch %d, batch %d)", path, self.state["step"],
                  self.state["epoch"], self.state["batch"])

@@ -144,6 +144,7 @@ def discover(root: PathLike, follow_symlinks: bool = False) -> DiscoveryResult:
     items: List[SeriesInfo] = []
     unreadable: List[Tuple[str, str]] = []
     series: Dict[str, List[Tuple[str, Any]]] = defaultdict(list)
+    folder_ids: Dict[Path, List[str]] = {}
     for path in files:
         rel = Path(os.path.relpath(path, base)).as_posix()
         try:
@@ -159,7 +160,9 @@ def discover(root: PathLike, follow_symlinks: bool = False) -> DiscoveryResult:
         except InputError as exc:
             # The path may name the patient (folders named after the PatientID): redacted with the identifiers of
             # a readable file beside it, before it is logged, returned or stored.
-            idents = dicom_identifiers(path.parent)
+            if path.parent not in folder_ids:  # one header read per folder, however many of its files fail
+                folder_ids[path.parent] = dicom_identifiers(path.parent)
+            idents = folder_ids[path.parent]
             shown, reason = redact_identifiers(rel, idents), redact_identifiers(str(exc.reason), idents)
             log.warning("skipped %s: %s", shown, reason)
             unreadable.append((shown, reason))
