@@ -173,3 +173,17 @@ def test_yaml_exponents_and_near_miss_keys(tmp_path):
     assert cfg.lr == 0.001 and cfg.max_steps == 5  # was "lr='1e-3': expected a number"
     with pytest.raises(ConfigError, match="did you mean 'max_steps'"):
         TrainConfig.from_sources(overrides=["max_step=5"])
+
+
+def test_time_s_counts_the_whole_run_across_resume(tmp_path):
+    _run(tmp_path, until=4)
+    last = latest_checkpoint(tmp_path / "checkpoints")
+    doc = json.loads((last / "state.json").read_text())
+    assert doc["trainer"]["elapsed_s"] >= 0.0
+    # Stand in for a first process that ran its 4 steps for 1000 s: the resumed steps continue from there.
+    doc["trainer"]["elapsed_s"] = 1000.0
+    (last / "state.json").write_text(json.dumps(doc))
+    _run(tmp_path, resume=True)
+    times = [json.loads(x)["time_s"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(times) == 8 and all(t < 1000.0 for t in times[:4]) and all(t >= 1000.0 for t in times[4:])
+    assert times == sorted(times)  # was: restarted at 0 after the resume

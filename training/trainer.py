@@ -167,6 +167,10 @@ class Trainer:
         # loader mid-epoch on resume does not shift the model's random stream.
         self.loader_gen = torch.Generator().manual_seed(config.seed)
         self.state: Dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0}
+        # Seconds of steps before this process (a resumed run's earlier processes), so that metrics.jsonl's
+        # time_s counts the whole run instead of restarting at 0 on --resume.
+        self._elapsed_before = 0.0
+        self._t0: Optional[float] = None
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -207,6 +211,7 @@ class Trainer:
         else:
             rank_rng = {0: rng}
         path = None
+        self.state["elapsed_s"] = round(self._elapsed(), 3)
         if self.ctx.is_main:
             path = save_checkpoint(self.ckpt_dir, self.state["step"], model=self.objective,
                                    optimizer=self.optimizer, scheduler=self.scheduler, state=dict(self.state),
@@ -247,9 +252,14 @@ class Trainer:
             kept = [ln for ln in self.metrics_path.read_text().splitlines()
                     if (step := _step_of(ln)) is not None and step <= self.state["step"]]  # a torn last line goes
             self.metrics_path.write_text("".join(ln + "\n" for ln in kept))
+        self._elapsed_before = float(self.state.get("elapsed_s", 0.0))  # absent in checkpoints before 2026-12-07
         log.info("resumed from %s (step %d, epoch %d, batch %d)", path, self.state["step"],
                  self.state["epoch"], self.state["batch"])
         return int(self.state["step"])
+
+    def _elapsed(self) -> float:
+        """Seconds of steps in the whole run so far, earlier processes of a resumed run included."""
+        return self._elapsed_before + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
 
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = False, until: Optional[int] = None) -> TrainResult:
@@ -275,7 +285,7 @@ class Trainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.max_steps, initial=self.state["step"], desc="train", unit="step", dynamic_ncols=True)
-        t0 = time.perf_counter()
+        t0 = self._t0 = time.perf_counter()
         last_loss: Optional[float] = None
         last_ckpt: Optional[Path] = None
         micro = 0
@@ -313,7 +323,7 @@ class Trainer:
                         bar.set_postfix(loss=f"{last_loss:.4f}")
                     if metrics_fh is not None and (step % cfg.log_every == 0 or step == cfg.max_steps or step == 1):
                         rec = {"step": step, "epoch": self.state["epoch"], "lr": used_lr,
-                               "time_s": round(time.perf_counter() - t0, 3),
+                               "time_s": round(self._elapsed(), 3),
                                **{k: round(v, 6) for k, v in acc_logs.items()}, "loss": round(last_loss, 6)}
                         metrics_fh.write(json.dumps(rec) + "\n")
                         metrics_fh.flush()
