@@ -63,3 +63,36 @@ def test_average_precision_and_retrieval():
     m = retrieval_metrics([q1, q2, q3], ks=(1, 2, 3))
     assert m["r@1"] == 0.5 and m["r@2"] == 0.5 and m["r@3"] == 1.0 and m["n_queries"] == 2
     assert m["map"] == pytest.approx((1 / 3 + (1 + 2 / 4) / 2) / 2)
+
+
+def _brute_force_ties(s, y, k):
+    """AP and hit@k averaged over every order of tied scores (each consistent permutation once)."""
+    import itertools
+
+    aps, hits = [], []
+    for perm in itertools.permutations(range(len(s))):
+        if np.any(np.diff(s[list(perm)]) > 0):
+            continue
+        yy = y[list(perm)]
+        aps.append((np.cumsum(yy) / np.arange(1, len(s) + 1))[yy.astype(bool)].mean())
+        hits.append(bool(yy[:k].any()))
+    return float(np.mean(aps)), float(np.mean(hits))
+
+
+def test_ties_count_as_the_expectation_over_their_orders():
+    rng = np.random.default_rng(5)
+    checked = 0
+    for _ in range(120):
+        n = int(rng.integers(2, 7))
+        s, y = rng.integers(0, 3, n).astype(float), rng.integers(0, 2, n)
+        if not y.any():
+            continue
+        k = int(rng.integers(1, n + 1))
+        ap, hit = _brute_force_ties(s, y, k)
+        got = retrieval_metrics([(s, y)], ks=(k,))
+        assert got["map"] == pytest.approx(ap, abs=1e-12) and got[f"r@{k}"] == pytest.approx(hit, abs=1e-12)
+        checked += 1
+    assert checked > 50
+    # Listing order no longer decides a tie (it did: the first-listed item took the rank).
+    assert average_precision([0.5, 0.5, 0.1], [1, 0, 0]) == average_precision([0.5, 0.5, 0.1], [0, 1, 0]) == 0.75
+    assert retrieval_metrics([([0.5, 0.5, 0.5, 0.5], [0, 0, 0, 1])], ks=(1, 2))["r@2"] == pytest.approx(0.5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from math import comb
 from typing import Dict, Sequence, Tuple
 
 import numpy as np
@@ -116,25 +117,64 @@ def best_f1_threshold(scores: Sequence[float], labels: Sequence[bool]) -> Tuple[
     return best_t, best_f1
 
 
+def _tie_groups(s: np.ndarray, y: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Sizes and relevant counts of the groups of equal scores, best score first."""
+    values, inverse = np.unique(-s, return_inverse=True)  # ascending -s: descending score
+    sizes = np.bincount(inverse, minlength=values.size)
+    relevant = np.bincount(inverse, weights=y.astype(np.float64), minlength=values.size)
+    return sizes, relevant
+
+
 def average_precision(scores: Sequence[float], relevant: Sequence[bool]) -> float:
-    """Average precision of a ranking by descending score (stable for ties); NaN with no relevant item.
+    """Average precision of a ranking by descending score; NaN with no relevant item.
+
+    Tied scores count as the expectation over every order of the tie (McSherry & Najork, ECIR 2008), so the
+    result does not depend on the order the items were listed in: duplicated vectors tie exactly.
 
     Example:
         >>> average_precision([0.9, 0.8, 0.7], [1, 0, 1])  # (1/1 + 2/3) / 2
         0.8333333333333333
+        >>> average_precision([0.5, 0.5], [1, 0])  # either order: (1 + 1/2) / 2
+        0.75
     """
     s, y = _check(scores, relevant)
     if not y.any():
         return float("nan")
-    order = np.argsort(-s, kind="mergesort")
-    hits = y[order]
-    precision_at = np.cumsum(hits) / (np.arange(hits.size) + 1)
-    return float(precision_at[hits].mean())
+    total, before, start = 0.0, 0.0, 0
+    for g, t in zip(*_tie_groups(s, y)):
+        if t:
+            pos = np.arange(start + 1, start + g + 1, dtype=np.float64)  # the group's 1-based ranks
+            # Rank j holds a relevant item with probability t/g; given that, the group's earlier ranks hold
+            # (j - start - 1)(t - 1)/(g - 1) relevant items on average.
+            earlier = (pos - start - 1) * ((t - 1) / (g - 1) if g > 1 else 0.0)
+            total += t / g * float(((before + earlier + 1) / pos).sum())
+        before += t
+        start += int(g)
+    return float(total) / float(y.sum())
+
+
+def _hit_within(s: np.ndarray, y: np.ndarray, k: int) -> float:
+    """Probability that the top k hold a relevant item when ties are ordered at random."""
+    start = 0
+    for g, t in zip(*_tie_groups(s, y)):
+        g = int(g)
+        if start + g <= k:
+            if t:
+                return 1.0
+            start += g
+            continue
+        slots = k - start  # the tie straddles the cut: ``slots`` of its ``g`` items make the top k
+        if slots <= 0 or not t:
+            return 0.0
+        return 1.0 - float(comb(g - int(t), slots)) / float(comb(g, slots))
+    return 0.0
 
 
 def retrieval_metrics(queries: Sequence[Tuple[Sequence[float], Sequence[bool]]],
                       ks: Sequence[int] = (1, 5, 10)) -> Dict[str, float]:
     """Recall@k (share of queries with a relevant item in the top k) and mAP over queries.
+
+    Ties are expectations over their orders, as in :func:`average_precision`.
 
     Queries without any relevant item are skipped (they have no answer to find).
 
@@ -148,9 +188,8 @@ def retrieval_metrics(queries: Sequence[Tuple[Sequence[float], Sequence[bool]]],
         s, y = _check(scores, rel)
         if not y.any():
             continue
-        order = np.argsort(-s, kind="mergesort")
         for k in ks:
-            hits[k].append(bool(y[order[:k]].any()))
+            hits[k].append(_hit_within(s, y, k))
         aps.append(average_precision(s, y))
     out: Dict[str, float] = {f"r@{k}": (float(np.mean(v)) if v else float("nan")) for k, v in hits.items()}
     out["map"] = float(np.mean(aps)) if aps else float("nan")
