@@ -32,9 +32,21 @@ _TO_MONTH = [
     (re.compile(rf"(?<![\d/])(\d{{1,2}})/{_Y}\b"), lambda m: (int(m.group(2)), int(m.group(1)))),
     (re.compile(rf"(?<![:\w]){_Y}-(0[1-9]|1[0-2])(?![\d-])"), lambda m: (int(m.group(1)), int(m.group(2)))),
 ]
+# Quarters and halves of a year become one token too, @p:FIRST_LAST@, so that "before Q2 2021" or "between H1
+# 2019 and H1 2020" read like any other date ("the first half of 2020", "2020 Q3", "the last quarter of 2019").
+_NTH = r"(first|1st|second|2nd|third|3rd|fourth|4th|last|final|latter)"
+_YB = r"((?:19|20)\d\d)(?![\w/.])"
+_TO_PERIOD = [
+    (re.compile(rf"\bq([1-4])\s*(?:of\s+)?{_YB}"), lambda m: _part(m.group(2), m.group(1), 4)),
+    (re.compile(rf"(?<![\w@:/.]){_YB}\s*q([1-4])\b"), lambda m: _part(m.group(1), m.group(2), 4)),
+    (re.compile(rf"\b(?:the\s+)?{_NTH}\s+quarter\s+(?:of\s+)?{_YB}"), lambda m: _part(m.group(2), m.group(1), 4)),
+    (re.compile(rf"\bh([12])\s*(?:of\s+)?{_YB}"), lambda m: _part(m.group(2), m.group(1), 2)),
+    (re.compile(rf"\b(?:the\s+)?(first|1st|second|2nd|last|latter)\s+half\s+(?:of\s+)?{_YB}"),
+     lambda m: _part(m.group(2), m.group(1), 2)),
+]
 # A bare year is not one when a unit follows ("liver volume over 2000 ml") or it is part of a numeric date
 # ("2021/03/15", "15.01.2021": day and month order are ambiguous, so such dates are refused below).
-_T = (r"(@d:\d{4}-\d\d-\d\d@|@m:\d{4}-\d\d@|(?<![\w@:/.])(?:19|20)\d\d(?!\w)(?![/.]\d)"
+_T = (r"(@d:\d{4}-\d\d-\d\d@|@m:\d{4}-\d\d@|@p:\d{4}-\d\d-\d\d_\d{4}-\d\d-\d\d@|(?<![\w@:/.])(?:19|20)\d\d(?!\w)(?![/.]\d)"
       r"(?!\s*(?:ml|cc|mm|cm|hu|mg|g|kg|units?|ms|mcg|mgy|mgy\*?cm|dlp)\b))")
 # Words before a year that make it a guideline's edition or a birth year, never a study date.
 _NOT_STUDY_YEAR = re.compile(r"(?:fleischner|bosniak|li-?rads|lung-?rads|pi-?rads|ti-?rads|o-?rads|c-?rads|acr|who|"
@@ -53,6 +65,9 @@ def _span(token: str) -> Tuple[_dt.date, _dt.date]:
     if token.startswith("@d:"):
         day = _dt.date.fromisoformat(token[3:-1])
         return day, day
+    if token.startswith("@p:"):
+        first, last = token[3:-1].split("_")
+        return _dt.date.fromisoformat(first), _dt.date.fromisoformat(last)
     if token.startswith("@m:"):
         y, m = (int(v) for v in token[3:-1].split("-"))
         return _dt.date(y, m, 1), _dt.date(y, m, calendar.monthrange(y, m)[1])
@@ -82,17 +97,23 @@ def _before(t: str) -> DateRange:
     return None, (_span(t)[0] - _dt.timedelta(days=1)).isoformat()
 
 
-def _quarter(m: "re.Match[str]") -> DateRange:
-    y, q = int(_first(m.group(2))[:4]), int(m.group(1))
-    return (_dt.date(y, 3 * q - 2, 1).isoformat(),
-            _dt.date(y, 3 * q, calendar.monthrange(y, 3 * q)[1]).isoformat())
+_ORDINAL = {"first": 1, "1st": 1, "second": 2, "2nd": 2, "third": 3, "3rd": 3, "fourth": 4, "4th": 4}
+
+
+def _part(year: str, which: str, parts: int) -> str:
+    """A period token for part ``which`` (digit, ordinal word or last/final/latter) of ``parts`` equal parts of a
+    year: "@p:2020-07-01_2020-12-31@" for the second half of 2020."""
+    k = parts if which in ("last", "final", "latter") else int(_ORDINAL.get(which, which))
+    y, months = int(year), 12 // parts
+    end = k * months
+    last = _dt.date(y, end, calendar.monthrange(y, end)[1])
+    return f"@p:{_dt.date(y, end - months + 1, 1).isoformat()}_{last.isoformat()}@"
 
 
 Rule = Tuple["re.Pattern[str]", Callable[["re.Match[str]"], DateRange]]
 _RULES: List[Rule] = [
     (re.compile(rf"\b{_SCANS}(?:between|from)\s+{_T}{_AND}{_T}"), lambda m: _between(m.group(1), m.group(2))),
     (re.compile(rf"{_T}\s*(?:-|–|to|until|through)\s*{_T}"), lambda m: _between(m.group(1), m.group(2))),
-    (re.compile(rf"\bq([1-4])\s*{_T}"), _quarter),  # "Q1 2021"
     # comparison words and operators: "pre-2020", "post 2020", "> 2020", "<= 2019", "2020+", "later than 2020"
     (re.compile(rf"\b(?:pre)[\s-]*{_T}"), lambda m: _before(m.group(1))),
     (re.compile(rf"\b(?:post)[\s-]*{_T}"), lambda m: _after(m.group(1))),
@@ -106,7 +127,7 @@ _RULES: List[Rule] = [
     (re.compile(rf"\b{_SCANS}(?:until|up to|through|by|till)\s+(?:the\s+)?end\s+of\s+{_T}"),
      lambda m: (None, _last(m.group(1)))),
     # "in 2018 and 2019", "2018, 2019 or 2020": the years between are taken too (the note says so)
-    (re.compile(rf"\b(?:{_SCANS}(?:in|during|from|of)\s+)?{_T}(?:\s*(?:,|and|or|&)\s*{_T})+"),
+    (re.compile(rf"(?:\b{_SCANS}(?:in|during|from|of)\s+)?{_T}(?:\s*(?:,|and|or|&)\s*{_T})+"),
      lambda m: (_first(m.group(1)), _last(re.findall(_T, m.group(0))[-1]))),
     # "since 2020", "from 2020 onwards"; a plain "scans from 2021" is that year (below)
     (re.compile(rf"\b{_SCANS}since\s+{_T}(?:\s+(?:onwards?|on))?"), lambda m: (_first(m.group(1)), None)),
@@ -145,6 +166,8 @@ def _tokens(text: str) -> str:
         text = pattern.sub(day(fn), text)
     for pattern, fn2 in _TO_MONTH:
         text = pattern.sub(month(fn2), text)
+    for pattern, fn3 in _TO_PERIOD:
+        text = pattern.sub(fn3, text)
     return text
 
 
@@ -206,7 +229,8 @@ def read_dates(text: str, notes: List[str]) -> Tuple[str, Optional[DateRange]]:
         notes.append(f"read {phrase!r} as study dates {comp[0] or '...'} to {comp[1] or '...'}")
         found, start = comp, neg
     years = re.findall(_T, m.group(0))
-    if len(years) > 2 or (len(years) == 2 and "between" not in m.group(0) and "-" not in m.group(0)
+    said = re.sub(r"@[^@]*@", " ", m.group(0))  # the phrase's words, not the hyphens inside date tokens
+    if len(years) > 2 or (len(years) == 2 and "between" not in said and "-" not in said
                           and abs(_span(years[1])[0].year - _span(years[0])[0].year) > 1):
         notes.append(f"dates {', '.join(_show(y) for y in years)} read as one range, {found[0]} to {found[1]}")
     fuzzy = _FUZZY.search(text[:m.start()])
@@ -228,9 +252,10 @@ def read_dates(text: str, notes: List[str]) -> Tuple[str, Optional[DateRange]]:
 
 
 def _show(token: str) -> str:
-    return token.strip("@")[2:] if token.startswith("@") else token
+    return token.strip("@")[2:].replace("_", " to ") if token.startswith("@") else token
 
 
 def _plain(text: str) -> str:
     """Date tokens back to their ISO spelling (left in the text only when they were not read)."""
-    return re.sub(r"@[dm]:([\d-]+)@", r"\1", text)
+    return re.sub(r"@[dmp]:([\d-]+)(?:_([\d-]+))?@", lambda m: m.group(1) + (f" to {m.group(2)}" if m.group(2) else ""),
+                  text)

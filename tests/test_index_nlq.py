@@ -238,3 +238,34 @@ def test_the_organ_filter_follows_the_finding(question, organ):
 def test_age_and_sex_forms_and_kept_words_of_the_2026_12_07_review(question, text, where):
     q = parse_query(question)
     assert (q.text, q.where) == (text, where)
+
+
+@pytest.mark.parametrize("question,text,where", [
+    # halves and quarters of a year are periods like a month ("first half" stayed in the search text and the
+    # whole year was applied; "before Q2 2021" gave Q2 itself)
+    ("liver lesion from the first half of 2020", "liver lesion", {"study_date": ("2020-01-01", "2020-06-30")}),
+    ("second half of 2019 renal stone", "renal stone", {"study_date": ("2019-07-01", "2019-12-31")}),
+    ("H1 2021 liver cyst", "liver cyst", {"study_date": ("2021-01-01", "2021-06-30")}),
+    ("splenomegaly 2020 Q4", "splenomegaly", {"study_date": ("2020-10-01", "2020-12-31")}),
+    ("liver cyst in the last quarter of 2020", "liver cyst", {"study_date": ("2020-10-01", "2020-12-31")}),
+    ("fatty liver in the third quarter of 2018", "fatty liver", {"study_date": ("2018-07-01", "2018-09-30")}),
+    ("liver cyst before Q2 2021", "liver cyst", {"study_date": (None, "2021-03-31")}),
+    ("liver scans after the first half of 2020", "liver", {"study_date": ("2020-07-01", None)}),
+    ("liver cyst between Q2 2019 and H1 2020", "liver cyst", {"study_date": ("2019-04-01", "2020-06-30")}),
+    ("kidney stone q1 2021 or later", "kidney stone", {"study_date": ("2021-01-01", None)}),
+    # listed periods (a list of months or quarters was not read as one: "\b" before a date token never matched)
+    ("liver cyst Q1 2021 and Q2 2021", "liver cyst", {"study_date": ("2021-01-01", "2021-06-30")}),
+    ("liver cyst march 2020 and april 2020", "liver cyst", {"study_date": ("2020-03-01", "2020-04-30")}),
+    # not periods
+    ("liver h1n1", "liver h1n1", {}),
+])
+def test_halves_and_quarters_of_a_year(question, text, where):
+    q = parse_query(question)
+    assert (q.text, q.where) == (text, where), q.notes
+
+
+def test_a_negated_half_year_is_its_complement_or_refused_with_a_note():
+    q = parse_query("liver cyst not before the second half of 2020")
+    assert q.where == {"study_date": ("2020-07-01", None)}
+    q = parse_query("liver not in the first half of 2020")
+    assert q.where == {} and any("2020-01-01 to 2020-06-30" in n and "no one-range" in n for n in q.notes)
