@@ -40,7 +40,7 @@ from ctglip_sdk.reports.dictionary import AbnormalityDictionary  # noqa: E402
 from ctglip_sdk.training.cache import PreprocessCache  # noqa: E402
 from ctglip_sdk.training.data import annotate_report, build_cache, read_manifest, read_truth  # noqa: E402
 from ctglip_sdk.training.metrics import auc  # noqa: E402
-from ctglip_sdk.training.readout import ReadoutInputs, fit_readout, projection_inputs  # noqa: E402
+from ctglip_sdk.training.readout import fit_readout, projection_inputs  # noqa: E402
 
 Table = Dict[str, Any]
 

@@ -250,7 +250,7 @@ def test_store_retries_busy_sqlite(tmp_path):
 
 
 def test_sqlite_busy_pragma_matches_timeout():
-    from ctglip_sdk.index import store
+    from ctglip_sdk.index import engine as store
 
     assert store._BUSY_PRAGMA == f"PRAGMA busy_timeout={store._BUSY_MS}"
 
@@ -263,7 +263,7 @@ def test_a_read_only_sqlite_index_can_be_searched_but_not_written(tmp_path, monk
 
     from ctglip_sdk.errors import IndexStateError
     from ctglip_sdk.index import ArchiveIndex
-    from ctglip_sdk.index import store as store_mod
+    from ctglip_sdk.index import engine as store_mod
     from test_index_common import make_archive, tiny_model
 
     idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())

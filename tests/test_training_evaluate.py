@@ -292,3 +292,18 @@ def test_the_model_records_where_it_was_calibrated_and_evaluation_says_when_it_s
     assert "**F1 at the model's thresholds is in-sample** for 6" in markdown_table(m)
     fresh = evaluate(cg.create("ctglip-tiny", overrides=TINY, seed=0), archive, split="all", val_split=None)
     assert fresh["model_calibration"] is None
+
+
+def test_without_matplotlib_the_roc_plot_is_skipped_with_a_warning(tmp_path, monkeypatch, caplog):
+    import sys
+
+    import numpy as np
+
+    from ctglip_sdk.training.eval_report import _plot_roc
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # "pip install ctglip-sdk" without the viz extra
+    metrics = {"per_finding": {"liver:liver_cyst": {"auc": 0.9, "f1": 0.7, "n_pos": 3, "n_neg": 5}}}
+    with caplog.at_level("WARNING"):
+        _plot_roc({"liver:liver_cyst": (np.array([0.0, 1.0]), np.array([0.0, 1.0]))}, metrics, tmp_path / "roc.png")
+    assert not (tmp_path / "roc.png").exists()
+    assert "matplotlib is not installed" in caplog.text  # was a NameError: the logger was left behind in a split

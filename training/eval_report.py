@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -10,6 +11,8 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 
 __all__ = ["write_reports", "markdown_table"]
+
+log = logging.getLogger(__name__)
 
 
 def write_reports(metrics: Dict[str, Any], out: Path, curves: Dict[str, Tuple[np.ndarray, np.ndarray]]) -> None:
