@@ -18,15 +18,14 @@ from ctglip_sdk.io.paths import is_within
 from ctglip_sdk.privacy import pseudonymize
 
 from .ann import AnnIndex, choose_factory
-from .create import DB_FILE, FAISS_FILE, KEY_FILE, MODEL_DIR, VECTOR_FILE, create_files
+from .create import FAISS_FILE, KEY_FILE, MODEL_DIR, VECTOR_FILE, create_files, open_store
 from .lock import RWLock, WriterLock
 from .manifest import MANIFEST, REPAIR as _REPAIR, check_model, load_model as _load_model
 from .manifest import model_identity as _model_identity, read_manifest, write_manifest
 from .mirror import Mirror
 from .planner import Planner
 from .results import CohortResult, IngestReport, SearchResults
-from .schema import SCHEMA_VERSION
-from .store import Store, redact_url
+from .store import Store
 from .vectors import VectorStore
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -160,31 +159,7 @@ class ArchiveIndex:
         model_obj = _load_model(model) if isinstance(model, (str, os.PathLike)) else model
         if model_obj is not None:
             cls._check_model(manifest, model_obj, root)
-        db = manifest["database"]
-        if database_url is None:
-            if db["kind"] == "sqlite":
-                db_file = (root / db.get("path", DB_FILE)).resolve()
-                if not db_file.is_file():  # connecting would create an empty database in its place
-                    raise IndexStateError(f"the index database {db_file.name} is missing from the folder (deleted or "
-                                          "not copied with it); restore it, or create the index again", path=root)
-                database_url = f"sqlite:///{db_file}"
-            elif "***" in db["url"]:
-                raise ConfigError("this index's database URL has a password, which is never stored; pass "
-                                  f"database_url= (recorded: {db['url']})", path=root)
-            else:
-                database_url = db["url"]
-        store = Store(database_url, manifest.get("table_prefix", "ctglip_"))
-        version = store.schema_version()
-        if version == 0:
-            raise IndexStateError(f"no index tables with prefix {manifest.get('table_prefix')!r} in "
-                                  f"{redact_url(database_url)}; is database_url right?", path=root)
-        if version != SCHEMA_VERSION:
-            with WriterLock(root):
-                store.init_schema()  # migrates forward, refuses a newer schema
-        if store.get_meta("index_uid") != manifest["index_uid"]:
-            raise IndexStateError("the SQL tables belong to another index than this folder's manifest "
-                                  f"({redact_url(database_url)}); pass the right database_url/table_prefix",
-                                  path=root)
+        store = open_store(root, manifest, database_url)
         idx = cls(root, manifest, store, model_obj)
         if repair:
             from .maintenance import drop_lost_vectors  # noqa: PLC0415

@@ -1,4 +1,4 @@
-"""The files of a new index: key, model copy, SQL schema, vector file, FAISS file and, last, the manifest."""
+"""The files of a new index (key, model copy, schema, vectors, FAISS, then the manifest) and an open index's store."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from ctglip_sdk._version import __version__
-from ctglip_sdk.errors import IndexStateError
+from ctglip_sdk.errors import ConfigError, IndexStateError
 from ctglip_sdk.model.voxels import STATS_VERSION
 
 from .ann import AnnIndex
@@ -21,7 +21,7 @@ from .schema import SCHEMA_VERSION
 from .store import Store, redact_url
 from .vectors import VectorStore
 
-__all__ = ["create_files", "FAISS_FILE", "VECTOR_FILE", "KEY_FILE", "DB_FILE", "MODEL_DIR"]
+__all__ = ["create_files", "open_store", "FAISS_FILE", "VECTOR_FILE", "KEY_FILE", "DB_FILE", "MODEL_DIR"]
 
 FAISS_FILE, VECTOR_FILE = "vectors.faiss", "vectors.f16"
 KEY_FILE, DB_FILE, MODEL_DIR = "pseudonym.key", "index.sqlite", "model"
@@ -74,3 +74,34 @@ def create_files(root: Path, model_obj: Any, ident: Dict[str, Any], database_url
         # The manifest is written last: a folder without one is an unfinished create, safe to redo.
         write_manifest(root, manifest)
     return manifest, store
+
+
+def open_store(root: Path, manifest: Dict[str, Any], database_url: Optional[str]) -> Store:
+    """The store of an existing index: its database (the folder's SQLite file, the recorded URL or
+    ``database_url``), migrated forward when older, and checked to belong to this folder's manifest."""
+    db = manifest["database"]
+    if database_url is None:
+        if db["kind"] == "sqlite":
+            db_file = (root / db.get("path", DB_FILE)).resolve()
+            if not db_file.is_file():  # connecting would create an empty database in its place
+                raise IndexStateError(f"the index database {db_file.name} is missing from the folder (deleted or "
+                                      "not copied with it); restore it, or create the index again", path=root)
+            database_url = f"sqlite:///{db_file}"
+        elif "***" in db["url"]:
+            raise ConfigError("this index's database URL has a password, which is never stored; pass "
+                              f"database_url= (recorded: {db['url']})", path=root)
+        else:
+            database_url = db["url"]
+    store = Store(database_url, manifest.get("table_prefix", "ctglip_"))
+    version = store.schema_version()
+    if version == 0:
+        raise IndexStateError(f"no index tables with prefix {manifest.get('table_prefix')!r} in "
+                              f"{redact_url(database_url)}; is database_url right?", path=root)
+    if version != SCHEMA_VERSION:
+        with WriterLock(root):
+            store.init_schema()  # migrates forward, refuses a newer schema
+    if store.get_meta("index_uid") != manifest["index_uid"]:
+        raise IndexStateError("the SQL tables belong to another index than this folder's manifest "
+                              f"({redact_url(database_url)}); pass the right database_url/table_prefix",
+                              path=root)
+    return store
