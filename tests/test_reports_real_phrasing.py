@@ -1,5 +1,6 @@
 """parse_report on phrasings from real reports that a review found misparsed: negation scope over commas, stable
-lesions, vessel calcification, denial words, missing organs, trailing hedges, hedged causes and vessels."""
+lesions, vessel calcification, denial words, missing organs, trailing hedges, hedged causes and vessels, a side after
+a comma ("Pleural effusion, left.") and arterial calcification under an organ's heading."""
 
 from __future__ import annotations
 
@@ -170,4 +171,96 @@ def test_a_planned_cholecystectomy_removes_nothing():
     ("Without contrast, no hydronephrosis.", {("kidney", "hydronephrosis", "absent")}),
 ])
 def test_without_contrast_and_a_limited_evaluation_say_nothing_of_the_organ(text, expected):
+    assert triples(text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Pleural effusion: small, left.", {("lung_lower_lobe_left", "pleural_effusion", "present")}),
+    ("Pleural effusion, left.", {("lung_lower_lobe_left", "pleural_effusion", "present")}),
+    ("Small pleural effusion, right.", {("lung_lower_lobe_right", "pleural_effusion", "present")}),
+    ("Hydronephrosis, right.", {("kidney_right", "hydronephrosis", "present")}),
+    ("Hydronephrosis, mild, right.", {("kidney_right", "hydronephrosis", "present")}),
+    ("Renal cyst, left.", {("kidney_left", "renal_cyst", "present")}),
+    ("Adrenal nodule, left.", {("adrenal_gland_left", "adrenal_nodule", "present")}),
+    ("Lung nodule, right.", {("lung_right", "lung_nodule", "present")}),
+    ("Kidneys: Nonobstructing stone, left.", {("kidney_left", "renal_stone", "present")}),
+    ("Renal cyst and hydronephrosis, left.", {("kidney_left", "renal_cyst", "present"),
+                                              ("kidney_left", "hydronephrosis", "present")}),
+    ("Pleural effusion, left, with adjacent atelectasis.", {("lung_lower_lobe_left", "pleural_effusion", "present"),
+                                                           ("lung", "atelectasis", "present")}),
+])
+def test_a_side_after_a_comma_sides_the_finding(text, expected):
+    assert triples(text) == expected
+
+
+@pytest.mark.parametrize("text, same_as", [
+    ("Small pleural effusion, right greater than left.", "Bilateral pleural effusions."),
+    ("Pleural effusions, bilateral.", "Bilateral pleural effusions."),
+    ("Pleural effusions, left > right.", "Bilateral pleural effusions."),
+    ("Hydronephrosis, bilateral.", "Bilateral hydronephrosis."),
+    ("Atelectasis, left.", "Left atelectasis."),
+    ("Adrenal nodule, right.", "Right adrenal nodule."),
+])
+def test_a_side_after_a_comma_reads_as_the_side_before_the_finding(text, same_as):
+    assert triples(text) == triples(same_as) and len({f[0] for f in triples(text)} - {"lung", "kidney"}) >= 1
+
+
+@pytest.mark.parametrize("text, expected", [
+    # the comma opens a statement about a sided organ or another finding: the side is not this finding's
+    ("Renal cyst, left kidney normal.", {("kidney", "renal_cyst", "present")}),
+    ("Renal cyst, left kidney is normal.", {("kidney", "renal_cyst", "present")}),
+    ("Small pleural effusion, left lower lobe atelectasis.", {("lung", "pleural_effusion", "present"),
+                                                             ("lung_lower_lobe_left", "atelectasis", "present")}),
+    ("Pleural effusion, left lung clear.", {("lung", "pleural_effusion", "present")}),
+    ("No pleural effusion, left renal cyst.", {("lung", "pleural_effusion", "absent"),
+                                               ("kidney_left", "renal_cyst", "absent")}),
+    ("Hydronephrosis, right renal cyst.", {("kidney", "hydronephrosis", "present"),
+                                           ("kidney_right", "renal_cyst", "present")}),
+    ("Hydronephrosis, left renal vein patent.", {("kidney", "hydronephrosis", "present")}),
+    # more than a side after the comma: "larger on the left" says the effusions are bilateral
+    ("Pleural effusions, larger on the left.", {("lung", "pleural_effusion", "present")}),
+])
+def test_a_comma_before_a_sided_organ_or_finding_does_not_side_the_finding(text, expected):
+    assert triples(text) == expected
+
+
+def test_a_side_paired_with_a_sided_organ_after_a_comma_does_not_side_the_finding():
+    # "right, left lower lobe": the left lower lobe is the next statement's, so the effusion gets no side
+    got = triples("Pleural effusion, right, left lower lobe atelectasis.")
+    assert ("lung", "pleural_effusion", "present") in got and not {o for o, k, _ in got if k == "pleural_effusion"} - {
+        "lung"}
+
+
+def test_sides_after_commas_in_consecutive_sentences_under_a_heading():
+    assert triples("Kidneys: Cyst, left. Stone, right.") == {("kidney_left", "renal_cyst", "present"),
+                                                             ("kidney_right", "renal_stone", "present")}
+    assert triples("Renal cysts, bilateral, largest 2 cm on the left.") == {("kidney_left", "renal_cyst", "present"),
+                                                                             ("kidney_right", "renal_cyst", "present")}
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Kidneys: Arterial calcifications.", set()),
+    ("Kidneys: Arterial calcification.", set()),
+    ("Kidneys: Punctate arterial calcifications.", set()),
+    ("Kidneys: Arterial calcific plaque.", set()),
+    ("Kidneys: Calcified arterial plaque.", set()),
+    ("KIDNEYS: Arterial calcifications. No hydronephrosis.", {("kidney", "hydronephrosis", "absent")}),
+    ("Arterial calcifications in the left kidney.", set()),
+    ("Liver: Arterial calcifications.", set()),
+    # still a vessel's calcification where one is named
+    ("Vascular: Arterial calcifications.", {("aorta", "aortic_calcification", "present")}),
+    ("Coronary arterial calcifications.", {("heart", "coronary_calcification", "present")}),
+])
+def test_arterial_calcification_is_a_vessel_wall_not_an_organ_finding(text, expected):
+    assert triples(text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Kidneys: Calcifications.", {("kidney", "renal_stone", "present")}),
+    ("Punctate calcification in the left kidney.", {("kidney_left", "renal_stone", "present")}),
+    ("Kidneys: Nonobstructing calculi.", {("kidney", "renal_stone", "present")}),
+    ("Kidneys: Punctate calcifications, no hydronephrosis.", {("kidney", "renal_stone", "present"),
+                                                              ("kidney", "hydronephrosis", "absent")}),
+])
+def test_kidney_calcifications_without_a_vessel_word_stay_stones(text, expected):
     assert triples(text) == expected

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, Iterator, Tuple
 
 __all__ = ["SIDE_WORDS", "SIDE_ABBREVIATIONS", "EXTRA_ORGANS", "ORGAN_ABBREVIATIONS", "WEAK_ORGANS", "RESECTIONS",
-           "PARTIAL_RESECTIONS", "MISSING", "OTHER_ANATOMY", "VESSEL_WORDS", "HEADING_ORGANS",
+           "PARTIAL_RESECTIONS", "MISSING", "OTHER_ANATOMY", "VESSEL_WORDS", "VESSEL_PHRASES", "HEADING_ORGANS",
            "sided_finding_phrases"]
 
 SIDE_WORDS: Dict[str, str] = {
@@ -112,6 +112,10 @@ OTHER_ANATOMY = (
 # First words of a phrase that puts it in a vessel wall ("vascular calcification", "atherosclerotic calcification"):
 # said under another organ's heading, it is not that organ's finding named by its last word (a renal stone).
 VESSEL_WORDS = frozenset(("vascular", "arterial", "atherosclerotic", "atheromatous", "mural"))
+# "Arterial calcification", "arterial (calcific) plaque": a vessel wall's, as "vascular calcification" is. Each
+# phrase takes the vessel findings (those a dictionary phrase starting with a word above names: aortic, coronary
+# calcification) among the findings of its last word, so "Kidneys: Arterial calcifications." is not a renal stone.
+VESSEL_PHRASES = ("arterial calcification", "arterial calcified plaque", "arterial calcific plaque", "arterial plaque")
 
 # Heading words that name organs only as section titles ("Vascular:", "Lower chest:").
 HEADING_ORGANS: Dict[str, Tuple[str, ...]] = {

@@ -11,7 +11,7 @@ from ctglip_sdk.reports.negation import (_NO_SCOPE, STATUS, STATUS_Q, checklist_
 from ctglip_sdk.reports.resection import gone_organs
 from ctglip_sdk.reports.segment import Sentence, normalise_space  # noqa: F401 - normalise_space re-exported
 from ctglip_sdk.reports.sides import (_COORD, _expand, _side_of,  # noqa: F401 - _side_of for the parser
-                                     pair_sides, place, side_near)
+                                     pair_sides, place, side_after_comma, side_near)
 from ctglip_sdk.reports.statements import bare, denies_other, examined, fold_groups, merge_status, span_start
 from ctglip_sdk.reports.types import (_RANK, ABSENT, PRESENT, UNCERTAIN, OrganFinding, Status, _f_finding,
                                       _f_organ, _f_sentence, _f_span, _f_status, _new, new_finding)
@@ -336,6 +336,8 @@ class SentenceParser:
                 elif ti > hi_i:
                     hi_i = ti
             side = side_near(low, toks, lo_i, hi_i) if sided else None
+            if side is None and sided:  # "Pleural effusion, left.": the side after a comma is all that follows
+                side = side_after_comma(low, toks, hi_i, end)
             span = (a, b)
             for organ, keys in resolved:
                 # A descriptor that borrowed its organ from a named finding lands where that finding landed.

@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from ctglip_sdk import organs as _organs
 from ctglip_sdk.reports.vocab import TERMINATE, Info
 
-__all__ = ["side_near", "pair_sides", "place", "sided"]
+__all__ = ["side_near", "side_after_comma", "pair_sides", "place", "sided"]
 
 _CLASSES = frozenset(_organs.ORGANS)
 # What lies between coordinated organs or findings ("liver and both kidneys", "hydronephrosis or nephrolithiasis").
@@ -21,6 +21,14 @@ _SIDE_PAIR = re.compile(
     r"(?:greater|more|larger|bigger|worse|less|smaller|lesser)\s+than|equal\s+to)\s*(?:the\s+)?"
     r"(?:(?:mild|mildly|moderate|moderately|severe|severely|marked|small|large|trace|tiny|minimal|minor|"
     r"moderate-to-severe|mild-to-moderate|massive|tense)\s+)?$")
+# A side said after a comma, as the whole of what follows the finding ("Pleural effusion, left.", "Hydronephrosis,
+# mild, right.", "Pleural effusion: small, left."): between the finding and the side only a colon, commas and
+# severity or size words; after the side nothing more in its clause (a comma, the sentence's end).
+_SEVERITY = (r"(?:mild|mildly|moderate|moderately|severe|severely|marked|small|large|trace|tiny|minimal|minor|"
+             r"moderate-to-severe|mild-to-moderate|massive|tense)")
+_COMMA_LEAD = re.compile(r"\s*(?::\s*)?(?:" + _SEVERITY + r"\s*)*,\s*(?:" + _SEVERITY + r"\s*,?\s*)*")
+_COMMA_TAIL = re.compile(r"\s*(?:sided?\b\s*)?(?:[,;.]|$)")
+_AND_OR = re.compile(r"\s*(?:and|or)\s*")
 _BOTH = Info(side="both", flags=True)
 _GROUP_MENTIONS: Dict[str, Info] = {}  # group -> the Info of a mention of it (made once)
 # Memoised organ-table lookups shared by the parser modules (parser.clear_caches empties them).
@@ -100,6 +108,37 @@ def side_near(low: str, toks: Sequence[Tuple[int, int, Info]], lo_i: int, hi_i: 
         if info.keys or info.organ or info.trigger == TERMINATE:
             break
     return None
+
+
+def side_after_comma(low: str, toks: Sequence[Tuple[int, int, Info]], hi_i: int, end: int) -> Optional[str]:
+    """A side said after a comma as all that follows the finding ``toks[hi_i]`` in its clause ("Pleural effusion,
+    left.", "Hydronephrosis, mild, right.", "Small pleural effusion, right greater than left."), else None.
+
+    Findings joined by "and"/"or" share it ("Renal cyst and hydronephrosis, left."). A side followed by more words
+    ("Renal cyst, left kidney normal", "No hydronephrosis, left renal cyst", "Pleural effusions, larger on the left")
+    is not read: there the side belongs to another organ or finding, or says something else.
+    """
+    anchor = toks[hi_i][1]
+    n = len(toks)
+    i = hi_i + 1
+    while i < n and toks[i][2].keys and not toks[i][2].side and _AND_OR.fullmatch(low, anchor, toks[i][0]):
+        anchor = toks[i][1]  # "renal cyst and hydronephrosis, left"
+        i += 1
+    if i >= n:
+        return None
+    a, b, info = toks[i]
+    if not info.side or info.keys or info.organ or "," not in low[anchor:a]:
+        return None
+    if not _COMMA_LEAD.fullmatch(low, anchor, a):
+        return None
+    if info is _BOTH:  # a side that pair_sides joined with the next side or sided organ
+        if i + 1 < n and toks[i + 1][2] is _BOTH and _SIDE_PAIR.fullmatch(low, b, toks[i + 1][0]):
+            b = toks[i + 1][1]  # "right greater than left": both sides
+        else:
+            return None  # "Pleural effusion, right, left lower lobe atelectasis": the organ is another statement's
+    if _COMMA_TAIL.match(low, b, end) is None:
+        return None
+    return info.side
 
 
 def place(sites: Dict[str, str], organ: str, side: Optional[str]) -> List[str]:

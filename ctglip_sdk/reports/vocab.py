@@ -9,7 +9,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 from ctglip_sdk import organs as _organs
 from ctglip_sdk.reports.anatomy import (  # noqa: F401 - the tables are also importable from here, as before
     EXTRA_ORGANS, HEADING_ORGANS, MISSING, ORGAN_ABBREVIATIONS, OTHER_ANATOMY, PARTIAL_RESECTIONS, RESECTIONS,
-    SIDE_ABBREVIATIONS, SIDE_WORDS, VESSEL_WORDS, WEAK_ORGANS, sided_finding_phrases)
+    SIDE_ABBREVIATIONS, SIDE_WORDS, VESSEL_PHRASES, VESSEL_WORDS, WEAK_ORGANS, sided_finding_phrases)
 from ctglip_sdk.reports.cues import (  # noqa: F401 - the cue kinds are also importable from here, as before
     NEG_BOTH, NEG_POST, NEG_PRE, NEG_SELF, NEUTRAL, PSEUDO, TERMINATE, TRIGGERS, UNC_BOTH, UNC_POST, UNC_PRE,
     WEAK_PRE)
@@ -187,6 +187,20 @@ class Vocab:
                     for i in info(phrase, plural=True):
                         if entry.key not in getattr(i, kind):
                             setattr(i, kind, getattr(i, kind) + (entry.key,))
+        # "arterial calcification": a vessel wall's, named as the dictionary's phrases that start with a vessel word
+        # ("vascular calcification", "atherosclerotic calcification") name it, never a renal stone (anatomy.py)
+        vessel_keys: set = set()
+        for surface in self._phrases:
+            first, _, rest = surface.partition(" ")
+            if rest and first in VESSEL_WORDS:
+                i = table[phrase_key(surface)]
+                vessel_keys.update(i.syn + i.desc + i.hedged)
+        for phrase in VESSEL_PHRASES:
+            base = table.get(phrase_key(phrase.rsplit(" ", 1)[1]))
+            keys = tuple(k for k in base.syn + base.desc + base.hedged if k in vessel_keys) if base else ()
+            if keys:
+                for i in info(phrase, plural=True):
+                    i.desc = i.desc + tuple(k for k in keys if k not in i.desc)
         for phrase in TRIGGERS[NEG_SELF]:  # "stone-free": the finding of its first word, denied (cues.py)
             base = table.get(phrase_key(phrase.rsplit(" ", 1)[0]))
             if base is not None:
