@@ -91,13 +91,16 @@ def eval_command(model: str, archive: str, split: str, val_split: str, val_archi
 @click.option("--labels", type=click.Choice(["reports", "truth"]), default="reports", show_default=True,
               help="Where positives come from: the studies' reports, or a synthetic archive's truth.jsonl.")
 @click.option("--min-positives", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Findings with fewer positive organs in the split keep offset 0.")
+              help="Findings with fewer positive organs in the split keep the model's previous offset (0 with "
+                   "--reset).")
+@click.option("--reset", is_flag=True,
+              help="Start from no offsets: findings not calibrated on this split get 0 instead of their old offset.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
               help="Folder for the calibrated copy of the model (weights unchanged, thresholds in config.json).")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Threads that read and preprocess studies ahead of the network (same results; 2 on 2 cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print the chosen offsets as JSON.")
-def calibrate_command(model: str, archive: str, split: str, labels: str, min_positives: int, out: str,
+def calibrate_command(model: str, archive: str, split: str, labels: str, min_positives: int, reset: bool, out: str,
                       workers: int, as_json: bool) -> None:
     """Choose each finding's decision threshold on held-out studies and save it with the model.
 
@@ -109,11 +112,14 @@ def calibrate_command(model: str, archive: str, split: str, labels: str, min_pos
     from ctglip_sdk.training.calibration import summary_rows
 
     loaded = cg.load(model)
-    report = calibrate(loaded, archive, split, labels=labels, min_positives=min_positives, workers=workers)
+    report = calibrate(loaded, archive, split, labels=labels, min_positives=min_positives, workers=workers,
+                       reset=reset)
     loaded.save_pretrained(out)
     report["model_dir"] = out
     if as_json:
         echo_json(report)
         return
     print_table(summary_rows(report), columns=["finding", "offset", "f1", "n_pos", "n_neg"])
-    click.echo(f"\ncalibrated {len(report['offsets'])} findings on {report['n_studies']} studies -> {out}")
+    kept = report["kept_offsets"]
+    click.echo(f"\ncalibrated {len(report['offsets']) - len(kept)} findings on {report['n_studies']} studies"
+               + (f" and kept {len(kept)} previous offsets (--reset sets them to 0)" if kept else "") + f" -> {out}")

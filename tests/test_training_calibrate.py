@@ -99,3 +99,48 @@ def test_public_functions_stay_callable_after_their_modules_are_imported():
     for name in ("evaluation", "calibration", "api", "trainer"):
         importlib.import_module(f"ctglip_sdk.training.{name}")
     assert callable(tr.evaluate) and callable(tr.calibrate) and callable(tr.train)
+
+
+def test_findings_this_split_cannot_calibrate_keep_the_models_offsets_unless_reset(tmp_path, archive):
+    fresh = cg.create("ctglip-tiny", overrides=TINY, seed=0)
+    before = {"renal_cyst": 2.16, "hydronephrosis": 1.91, "pancreatic_cyst": -0.5}
+    fresh.calibration = dict(before)
+    fresh.calibration_source = {"archive": "elsewhere", "split": "val", "n_studies": 40, "study_hashes": ["abc"]}
+    # Too few positives for any finding here: every offset used to be dropped, and the saved model had none.
+    report = calibrate(fresh, archive, "all", labels="truth", min_positives=10_000)
+    assert fresh.calibration == before == report["offsets"] == report["kept_offsets"]
+    assert "kept the model's previous offset" in report["per_finding"]["renal_cyst"]["reason"]
+    src = fresh.calibration_source
+    assert src["kept_offsets"] == sorted(before) and src["previous"]["archive"] == "elsewhere"
+    assert "abc" in src["study_hashes"]  # kept offsets were chosen there: still in-sample for those studies
+    fresh.save_pretrained(tmp_path / "m")
+    assert cg.load(tmp_path / "m").calibration == before
+    # What this split can calibrate is replaced; the rest is kept.
+    report = calibrate(fresh, archive, "all", labels="truth", min_positives=1)
+    chosen = set(report["offsets"]) - set(report["kept_offsets"])
+    assert chosen and all(report["per_finding"][k].get("f1") is not None for k in chosen)
+    assert set(report["kept_offsets"]) == set(before) - chosen
+    # reset: the old behaviour, offset 0 for what is not calibrated here
+    report = calibrate(fresh, archive, "all", labels="truth", min_positives=10_000, reset=True)
+    assert fresh.calibration == {} and report["kept_offsets"] == {}
+    assert "previous" not in fresh.calibration_source
+
+
+def test_bad_labels_and_a_missing_truth_file_are_refused_before_encoding(tmp_path, monkeypatch, model):
+    import shutil
+
+    from ctglip_sdk.errors import ConfigError, InputError
+    from ctglip_sdk.training import calibration as cal_mod
+
+    def no_encoding(*a, **k):
+        raise AssertionError("the split was encoded before the error")
+
+    monkeypatch.setattr(cal_mod, "encode_split", no_encoding)
+    root = tmp_path / "a"
+    cg.synth.generate_archive(root, n_patients=2, seed=5, preset="small", fmt="nifti", progress=False)
+    with pytest.raises(ConfigError, match="'reports' or 'truth'"):
+        calibrate(model, root, "all", labels="truths")
+    (root / "truth.jsonl").unlink()
+    with pytest.raises(InputError, match="truth.jsonl"):
+        calibrate(model, root, "all", labels="truth")
+    shutil.rmtree(root)

@@ -100,7 +100,9 @@ def _calibrate(model: Any, archive: PathLike, cfg: TrainConfig, dictionary: Any,
     if not read_manifest(root, split):  # same split syntax as calibrate() ("all", lists)
         return {"skipped": f"no studies in split {split!r}"}
     try:
-        report = calibrate(model, root, split, dictionary=dictionary, progress=progress, workers=cfg.loader_workers)
+        # reset: offsets the model may have brought from before training belong to other weights
+        report = calibrate(model, root, split, dictionary=dictionary, progress=progress, workers=cfg.loader_workers,
+                           reset=True)
     except InputError as exc:  # e.g. every val report empty: the trained model is still saved, uncalibrated
         log.warning("no calibration: %s", exc)
         return {"skipped": str(exc)}

@@ -51,12 +51,14 @@ def calibration_labels(emb: SplitEmbeddings, rows: np.ndarray, keys: Sequence[st
 
 
 def calibrate(model: Any, archive: PathLike, split: str = "val", *, labels: str = "reports", min_positives: int = 3,
-              dictionary: Any = None, progress: bool = False, workers: int = 0) -> Dict[str, Any]:
+              dictionary: Any = None, progress: bool = False, workers: int = 0, reset: bool = False) -> Dict[str, Any]:
     """Set ``model.calibration`` from one split of an archive and return what was chosen.
 
     For every finding with at least ``min_positives`` positive organs in the split, the offset is the logit
-    threshold that maximises F1 there (``ZeroShotClassifier`` subtracts it, so 0.5 becomes that threshold);
-    findings with fewer positives keep offset 0. The split must not be one the model is evaluated on.
+    threshold that maximises F1 there (``ZeroShotClassifier`` subtracts it, so 0.5 becomes that threshold).
+    A finding with fewer positives (or none of its organs) in the split keeps the offset the model already had,
+    listed in ``kept_offsets`` (a small local archive must not silently undo a model's thresholds), or 0 with
+    ``reset=True`` or when it had none. The split must not be one the model is evaluated on.
 
     Args:
         model: a CTGlipModel (changed in place; save it with ``save_pretrained``).
@@ -66,6 +68,7 @@ def calibrate(model: Any, archive: PathLike, split: str = "val", *, labels: str 
         min_positives: fewer positives than this leave the finding uncalibrated.
         dictionary: AbnormalityDictionary (default: the built-in one).
         workers: threads that read and preprocess studies ahead of the network (same vectors as 0).
+        reset: start from no offsets instead of the model's own.
 
     With ``labels="reports"``, studies whose report is empty (it states no label) are left out with one
     warning, and studies whose report, image or mask cannot be read, or whose mask lies on another grid, are left
@@ -73,8 +76,9 @@ def calibrate(model: Any, archive: PathLike, split: str = "val", *, labels: str 
 
     Returns:
         ``{"archive", "archive_seed", "split", "labels", "n_studies", "skipped_studies", "offsets",
-        "per_finding"}``; per finding: offset, F1 at it on the split, positives, negatives, or the reason it was
-        left at 0.
+        "kept_offsets", "per_finding"}``: ``offsets`` is every offset the model now has, ``kept_offsets`` those
+        kept from before; per finding: offset, F1 at it on the split, positives, negatives, or the reason it was
+        not chosen here.
 
     Example:
         >>> report = calibrate(model, "data/train", split="val")      # doctest: +SKIP
@@ -85,6 +89,8 @@ def calibrate(model: Any, archive: PathLike, split: str = "val", *, labels: str 
 
     if min_positives < 1:
         raise ConfigError(f"min_positives must be >= 1, got {min_positives}")
+    if labels not in ("reports", "truth"):  # checked before the split is encoded, not after
+        raise ConfigError(f"calibration labels come from 'reports' or 'truth', not {labels!r}")
     dictionary = dictionary if dictionary is not None else cg.AbnormalityDictionary.default()
     records = read_splits(archive, split)
     manifest = os.path.join(archive, "manifest.csv")
@@ -97,21 +103,39 @@ def calibrate(model: Any, archive: PathLike, split: str = "val", *, labels: str 
         if not records:
             raise InputError(f"no study of split {split!r} has a readable, non-empty report to calibrate on",
                              path=manifest)
+    elif labels == "truth":
+        read_truth(archive)  # a missing truth.jsonl is an error before the split is encoded, not after
     model.eval()
     emb = encode_split(model, records, progress, workers)
     zs = ZeroShotClassifier(model, dictionary, calibrated=False)
     rows, keys, logit = zs.detect_logits(emb.names, emb.vectors)
     lab = calibration_labels(emb, rows, keys, labels, archive, dictionary, texts)
     offsets, per = _offsets(np.asarray(keys), logit, lab, min_positives)
-    model.calibration = offsets
+    previous = {} if reset else dict(getattr(model, "calibration", None) or {})
+    kept = {k: float(v) for k, v in sorted(previous.items()) if k not in offsets}
+    for key, value in kept.items():
+        entry = per.setdefault(key, {"n_pos": 0, "n_neg": 0, "reason": "no organ of its type in the split"})
+        entry.update(offset=value, reason=f"{entry['reason'].split(':')[0]}: kept the model's previous offset")
+    if kept:
+        log.warning("%d finding(s) could not be calibrated on this split and keep the model's previous offsets: %s "
+                    "(reset=True / --reset sets them to 0)", len(kept), ", ".join(kept))
+    model.calibration = {**kept, **offsets}
     used = [r.study_uid for r in records if r.study_uid not in {u for u, _ in emb.skipped}]
+    hashes = {study_hash(u) for u in used}
+    old_src = getattr(model, "calibration_source", None)
+    if kept and isinstance(old_src, dict):
+        # kept offsets were chosen on the earlier studies: evaluation must still see those as in-sample
+        hashes |= set(old_src.get("study_hashes") or [])
     model.calibration_source = {"archive": os.fspath(archive), "split": split, "labels": labels,
-                                "n_studies": len(used), "study_hashes": sorted(study_hash(u) for u in used)}
+                                "n_studies": len(used), "study_hashes": sorted(hashes),
+                                **({"kept_offsets": sorted(kept), "previous": {k: v for k, v in old_src.items()
+                                                                               if k not in ("study_hashes", "previous")}}
+                                   if kept and isinstance(old_src, dict) else {})}
     skipped += emb.skipped
     return {"archive": os.fspath(archive), "archive_seed": archive_seed(archive), "split": split, "labels": labels,
             "n_studies": len(records) - len(emb.skipped),
             "skipped_studies": [{"study_uid": u, "reason": relative_reason(r, archive)} for u, r in skipped],
-            "offsets": offsets,
+            "offsets": dict(model.calibration), "kept_offsets": kept,
             "per_finding": per}
 
 
