@@ -196,3 +196,27 @@ def test_scoring_precomputed_vectors_is_fast(model):
     rate = len(prob) / (time.perf_counter() - t)
     assert len(prob) == sum(len(d.for_organ(o)) for o in organs) >= len(organs) and rate > 1e4
     assert np.all((prob >= 0) & (prob <= 1))
+
+
+def test_a_fresh_classifier_identifies_organs_with_the_dictionary_prompts(model, study):
+    vol, seg = study
+    fresh = cg.ZeroShotClassifier(model).identify_organs(vol, seg)
+    zs = cg.ZeroShotClassifier(model)
+    zs.detect(vol, seg)  # loads the dictionary; the organ prompts used to switch to its organ_prompts only now
+    after = zs.identify_organs(vol, seg)
+    assert [(i.organ, i.probability) for i in fresh] == [(i.organ, i.probability) for i in after]
+    assert zs.organ_prompts("liver") == list(zs.dictionary.organ_prompts("liver"))
+
+
+@pytest.mark.parametrize("templates", [(), "the {}", ("the {name}",), ("no placeholder",), (3,)])
+def test_organ_templates_are_checked(model, templates):
+    from ctglip_sdk.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="organ_templates"):
+        cg.ZeroShotClassifier(model, organ_templates=templates)
+
+
+def test_an_empty_prompt_list_is_an_error_not_nan(model):
+    zs = cg.ZeroShotClassifier(model)
+    with pytest.raises(QueryError, match="not non-empty lists"):
+        zs.prompt_ensembles([["a liver"], []])

@@ -86,6 +86,10 @@ class ZeroShotClassifier:
         #: Apply the model's per-finding calibration (``model.calibration``) when it has one.
         self.calibrated = calibrated
         self._dictionary = dictionary
+        if isinstance(organ_templates, str) or not organ_templates or not all(
+                isinstance(t, str) and "{}" in t and "{" not in t.replace("{}", "") for t in organ_templates):
+            raise ConfigError("organ_templates: a non-empty list of strings, each with one '{}' for the organ's "
+                              f"name (e.g. 'a CT image of the {{}}'), got {organ_templates!r}")
         self.organ_templates = tuple(organ_templates)
         self._cache: Dict[str, np.ndarray] = {}
         self._cache_version: Any = None
@@ -121,6 +125,9 @@ class ZeroShotClassifier:
 
     def prompt_ensembles(self, prompt_lists: Sequence[Sequence[str]]) -> np.ndarray:
         """Mean of each list's unit prompt vectors, renormalised (CLIP prompt ensembling) -> ``[K, D]``."""
+        empty = [i for i, lst in enumerate(prompt_lists) if isinstance(lst, str) or not len(lst)]
+        if empty:  # a string is a list of characters here; an empty list averages to NaN
+            raise QueryError(f"prompt list(s) {empty} are not non-empty lists of prompts")
         flat = [t for lst in prompt_lists for t in lst]
         emb = self.embed_prompts(flat)
         out, i = [], 0
@@ -132,7 +139,12 @@ class ZeroShotClassifier:
 
     def organ_prompts(self, organ: str) -> List[str]:
         """Prompts naming ``organ``: the dictionary's ``organ_prompts`` when it has them, else templates."""
-        d = self._dictionary
+        try:
+            # the property, not the lazily filled attribute: a fresh classifier used the templates until some
+            # other call happened to load the dictionary, and its organ probabilities changed with it
+            d = self.dictionary
+        except ConfigError:
+            d = None
         if d is not None and hasattr(d, "organ_prompts"):
             prompts = list(d.organ_prompts(organ))
             if prompts:
