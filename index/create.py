@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import os
 import secrets
 import shutil
@@ -16,7 +17,7 @@ from ctglip_sdk.model.voxels import STATS_VERSION
 
 from .ann import AnnIndex
 from .lock import WriterLock
-from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, write_manifest
+from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, read_manifest, write_manifest
 from .schema import SCHEMA_VERSION
 from .store import Store, redact_url
 from .vectors import VectorStore
@@ -25,6 +26,8 @@ __all__ = ["create_files", "open_store", "FAISS_FILE", "VECTOR_FILE", "KEY_FILE"
 
 FAISS_FILE, VECTOR_FILE = "vectors.faiss", "vectors.f16"
 KEY_FILE, DB_FILE, MODEL_DIR = "pseudonym.key", "index.sqlite", "model"
+
+log = logging.getLogger(__name__)
 
 
 def create_files(root: Path, model_obj: Any, ident: Dict[str, Any], database_url: Optional[str],
@@ -104,4 +107,36 @@ def open_store(root: Path, manifest: Dict[str, Any], database_url: Optional[str]
         raise IndexStateError("the SQL tables belong to another index than this folder's manifest "
                               f"({redact_url(database_url)}); pass the right database_url/table_prefix",
                               path=root)
+    if db["kind"] != "sqlite":
+        _claim_shared_tables(root, manifest["index_uid"], store)
     return store
+
+
+def _claim_shared_tables(root: Path, uid: str, store: Store) -> None:
+    """Refuse a copy of an index folder whose SQL tables (a database URL) the original folder still uses.
+
+    The vectors live in the folder and the rows in the shared tables: after the original ingests more, the
+    copy's SQL rows lack vectors, and its ``verify --repair`` deleted the original's series from the shared tables.
+    A folder whose recorded path no longer holds this index (moved, or the same folder mounted at another path
+    on another machine) takes the tables over. A SQLite index keeps its database in its own folder, so a copy of
+    it is a separate index and is not checked.
+    """
+    here = str(root.resolve())
+    owner = store.get_meta("index_folder")
+    if owner is None or owner == here:
+        return
+    other = Path(owner)
+    try:
+        same_dir = other.exists() and os.path.samefile(other, root)
+        live = not same_dir and read_manifest(other).get("index_uid") == uid
+    except (OSError, IndexStateError, ConfigError, ValueError):
+        live = False  # the recorded folder is gone or holds no readable manifest: it was moved
+    if live:
+        raise IndexStateError(f"this folder is a copy of the index folder {owner}, whose SQL tables it shares "
+                              "(database URL): the copy's vectors no longer match them, and repairing it would "
+                              f"delete that folder's series; use {owner}. If the index was moved here, remove or "
+                              "rename the old folder first", path=root)
+    try:
+        store.write(lambda c: store.set_meta(c, "index_folder", here))
+    except IndexStateError:  # a read-only database: nothing can be written through this folder anyway
+        log.debug("index_folder not updated: the database is read-only")

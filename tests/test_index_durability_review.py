@@ -1,0 +1,53 @@
+"""Index durability cases from the 2026-12-07 review: copies of a folder sharing SQL tables, create leftovers,
+a remove racing a reader, repair leaving empty studies, long keys on PostgreSQL."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from ctglip_sdk.errors import IndexStateError
+from ctglip_sdk.index import ArchiveIndex
+from test_index_common import make_archive, random_prefix, tiny_model
+
+
+def _shared(tmp_path, n=2, seed=1):
+    """An index whose SQL tables live outside its folder (a database URL, as on PostgreSQL)."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model(), database_url=url, table_prefix=random_prefix())
+    idx.ingest(make_archive(tmp_path / "a", n=n, seed=seed), workers=0)
+    return idx, url
+
+
+def test_a_copy_of_a_folder_sharing_sql_tables_is_refused_while_the_original_lives(tmp_path):
+    idx, url = _shared(tmp_path)
+    n = len(idx)
+    idx.close()
+    shutil.copytree(tmp_path / "idx", tmp_path / "copy")
+    # Opening the copy would have worked; after the original ingested more, the copy's repair deleted the
+    # original's series from the shared tables.
+    with pytest.raises(IndexStateError, match="copy of the index folder") as err:
+        ArchiveIndex.open(tmp_path / "copy", database_url=url)
+    assert str(tmp_path / "idx") in str(err.value)
+    with pytest.raises(IndexStateError, match="copy of the index folder"):
+        ArchiveIndex.open(tmp_path / "copy", database_url=url, repair=True)
+    again = ArchiveIndex.open(tmp_path / "idx", database_url=url)
+    assert len(again) == n and again.verify()["ok"]
+    again.close()
+    # A move (the old folder gone) hands the tables to the new folder, and the old path is then the stranger.
+    shutil.rmtree(tmp_path / "idx")
+    moved = ArchiveIndex.open(tmp_path / "copy", database_url=url)
+    assert len(moved) == n and moved.verify()["ok"]
+    moved.close()
+
+
+def test_a_copied_sqlite_index_is_its_own_index(tmp_path):
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    idx.ingest(make_archive(tmp_path / "a", n=2, seed=1), workers=0)
+    n = len(idx)
+    idx.close()
+    shutil.copytree(tmp_path / "idx", tmp_path / "copy")  # its own index.sqlite: nothing shared
+    with ArchiveIndex.open(tmp_path / "copy") as copy:
+        assert len(copy) == n
