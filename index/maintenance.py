@@ -197,7 +197,10 @@ def _repair_sql(index: "ArchiveIndex", no_vector: np.ndarray, bad_series: List[s
                 .where(t.series.c.series_uid.in_(gone[start:start + 900]))
             organs += int(conn.execute(q).scalar() or 0)
         for uid in gone:
+            study = index.store.study_of_series(conn, uid)
             index.store.delete_series(conn, uid)
+            if study is not None:  # as remove does: a study (and patient) left without series is not kept
+                index.store.drop_if_empty(conn, study)
         index.store.bump_data_version(conn)
         return gone, organs
     gone, organs = index.store.write(tx)

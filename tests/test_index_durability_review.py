@@ -51,3 +51,26 @@ def test_a_copied_sqlite_index_is_its_own_index(tmp_path):
     shutil.copytree(tmp_path / "idx", tmp_path / "copy")  # its own index.sqlite: nothing shared
     with ArchiveIndex.open(tmp_path / "copy") as copy:
         assert len(copy) == n
+
+
+def test_repair_drops_studies_and_patients_left_without_series(tmp_path):
+    from sqlalchemy import func, select
+
+    from ctglip_sdk.index.vectors import VectorStore
+
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    idx.ingest(make_archive(tmp_path / "a", n=3, seed=2), workers=0)
+    vs = VectorStore.open(idx.folder / "vectors.f16", idx.dim)
+    idx.close()
+    with open(vs.path, "r+b") as fh:  # lose the newest series' vectors
+        fh.truncate(vs.path.stat().st_size - 2 * vs.dtype.itemsize)
+    fixed = ArchiveIndex.open(tmp_path / "idx", repair=True)
+    t = fixed.store.t
+
+    def count(table):
+        return fixed.store.read(lambda c: int(c.execute(select(func.count()).select_from(table)).scalar()))
+
+    assert count(t.series) == 2
+    assert count(t.studies) == 2 and count(t.patients) <= 2  # were 3 and 3: the repaired study stayed behind
+    assert fixed.verify()["ok"]
+    fixed.close()
