@@ -240,13 +240,20 @@ class ArchiveIndex:
     def _load_state(self) -> None:
         """Rebuild the mirror from SQL + stored vectors and bring FAISS in step with SQL (it is derived)."""
         with self._state_lock:
-            # The version is read first: a write landing in between is picked up again by the next refresh.
-            version = self.store.data_version()
-            self._metadata_version = self.store.get_meta("metadata_version")
-            rows = self.store.mirror_rows()
-            ids = np.asarray([r[0] for r in rows], dtype=np.int64)
-            vids, v16 = self.vectors.read(live=ids)
-            if vids.size != ids.size:
+            for attempt in range(3):
+                # The version is read first: a write landing in between is picked up again by the next refresh.
+                version = self.store.data_version()
+                self._metadata_version = self.store.get_meta("metadata_version")
+                rows = self.store.mirror_rows()
+                ids = np.asarray([r[0] for r in rows], dtype=np.int64)
+                vids, v16 = self.vectors.read(live=ids)
+                if vids.size == ids.size:
+                    break
+                # A remove in another process commits, then compacts the vector file: read between the two, rows
+                # of this SQL snapshot are already gone from the file. Nothing is lost when the version moved.
+                if attempt < 2 and self.store.data_version() != version:
+                    log.debug("the index changed while it was read; reading it again")
+                    continue
                 missing = ids.size - vids.size
                 raise IndexStateError(f"{missing} organ row(s) in SQL have no stored vector; {_REPAIR} (their "
                                       "series are then re-ingested by the next ingest)", path=self.folder)
@@ -334,7 +341,11 @@ class ArchiveIndex:
             rows = [r for r in self.store.mirror_rows() if r[0] > top]
             if rows:
                 new_ids = np.asarray([r[0] for r in rows], np.int64)
-                vecs = self.vectors.gather(new_ids)
+                try:
+                    vecs = self.vectors.gather(new_ids)
+                except IndexStateError:  # removed and compacted by another process since the rows were read
+                    self._load_state()
+                    return
                 self.mirror.append(rows, vecs)
                 self._ann_lock.acquire_write()
                 try:

@@ -74,3 +74,30 @@ def test_repair_drops_studies_and_patients_left_without_series(tmp_path):
     assert count(t.studies) == 2 and count(t.patients) <= 2  # were 3 and 3: the repaired study stayed behind
     assert fixed.verify()["ok"]
     fixed.close()
+
+
+def test_a_reader_loading_while_another_process_removes_reads_again_instead_of_failing(tmp_path):
+    from test_index_common import read_manifest
+
+    archive = make_archive(tmp_path / "a", n=3, seed=4)
+    writer = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    writer.ingest(archive, workers=0)
+    reader = ArchiveIndex.open(tmp_path / "idx")
+    real = reader.store.mirror_rows
+    calls = []
+
+    def rows_then_remove():
+        rows = real()
+        if not calls:  # the other process's remove lands between this SQL read and the vector-file read
+            writer.remove(series=[read_manifest(archive)[0]["series_uid"]])
+        calls.append(len(rows))
+        return rows
+
+    reader.store.mirror_rows = rows_then_remove
+    reader._load_state()  # was: "N organ row(s) in SQL have no stored vector; run ctglip verify --repair"
+    assert len(calls) == 2 and calls[1] < calls[0] and len(reader) == calls[1]
+    assert reader.search(np.ones(reader.dim, np.float32), k=100).crop_ids  # usable
+    reader.store.mirror_rows = real
+    assert reader.verify()["ok"]
+    writer.close()
+    reader.close()
