@@ -18,8 +18,8 @@ from ctglip_sdk.io.paths import is_within
 from ctglip_sdk.privacy import pseudonymize
 
 from .ann import AnnIndex, choose_factory
-from .create import FAISS_FILE, KEY_FILE, MODEL_DIR, VECTOR_FILE, create_files, open_store
-from .lock import RWLock, WriterLock
+from .create import DB_FILE, FAISS_FILE, KEY_FILE, MODEL_DIR, VECTOR_FILE, create_files, open_store
+from .lock import LOCK_NAME, RWLock, WriterLock
 from .manifest import MANIFEST, REPAIR as _REPAIR, check_model, load_model as _load_model
 from .manifest import model_identity as _model_identity, read_manifest, write_manifest
 from .mirror import Mirror
@@ -36,6 +36,11 @@ __all__ = ["ArchiveIndex"]
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+#: What an index create writes before its manifest (a folder of only these is an unfinished create).
+_CREATE_FILES = frozenset((KEY_FILE, MODEL_DIR, VECTOR_FILE, FAISS_FILE, LOCK_NAME, DB_FILE, f"{DB_FILE}-wal",
+                           f"{DB_FILE}-shm", f"{DB_FILE}-journal"))
 
 
 class ArchiveIndex:
@@ -106,10 +111,12 @@ class ArchiveIndex:
         if (root / MANIFEST).exists():
             raise IndexStateError("an index already exists here; open it with ArchiveIndex.open (or `ctglip ingest "
                                   "... --index` it)", path=root)
-        if root.is_dir() and any(not e.name.startswith(".") for e in root.iterdir()):  # (".gitkeep" is no file of
-            # anyone's to protect)
+        if root.is_dir() and any(not e.name.startswith(".") and e.name not in _CREATE_FILES  # (".gitkeep" is no
+                                 for e in root.iterdir()):                                     # file to protect)
             # Not mixed into a folder of other files (an archive root, a home folder): the index's database and
             # secret pseudonym key need a folder of their own, and `remove`/clean-up must not touch others' files.
+            # A folder holding only an index's own files and no manifest is a create that was killed or is still
+            # running in another process: create_files redoes it, or waits for it under the writer lock.
             raise IndexStateError("the folder is not empty and holds no index: name a new or empty folder for the "
                                   "index", path=root)
         # The model and the factory are checked before the folder is made: a wrong argument leaves nothing behind.

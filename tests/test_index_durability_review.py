@@ -101,3 +101,48 @@ def test_a_reader_loading_while_another_process_removes_reads_again_instead_of_f
     assert reader.verify()["ok"]
     writer.close()
     reader.close()
+
+
+def test_a_create_killed_before_its_manifest_is_redone(tmp_path):
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    idx.close()
+    (tmp_path / "idx" / "manifest.json").unlink()  # killed after the vector file, before the manifest
+    # was: "the folder is not empty and holds no index", for good
+    again = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    again.ingest(make_archive(tmp_path / "a", n=2, seed=1), workers=0)
+    assert len(again) > 0 and again.verify()["ok"]
+    again.close()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x")
+    with pytest.raises(IndexStateError, match="not empty"):
+        ArchiveIndex.create(tmp_path / "other", model=tiny_model())
+
+
+def test_a_second_create_waits_for_a_running_one_and_finds_its_index(tmp_path):
+    import threading
+
+    from ctglip_sdk.index.lock import WriterLock
+
+    first = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    first.close()
+    manifest = (tmp_path / "idx" / "manifest.json").read_bytes()
+    (tmp_path / "idx" / "manifest.json").unlink()
+    errors = []
+    with WriterLock(tmp_path / "idx"):  # the first create is still writing its files
+        t = threading.Thread(target=lambda: errors.append(_create_error(tmp_path / "idx")))
+        t.start()
+        t.join(0.5)
+        (tmp_path / "idx" / "manifest.json").write_bytes(manifest)  # ... and finishes
+    t.join(30)
+    # The CLI opens the index on this error (two `ctglip ingest` runs into one new folder both proceed).
+    assert len(errors) == 1 and "already exists" in errors[0], errors
+    with ArchiveIndex.open(tmp_path / "idx") as idx:
+        assert idx.verify()["ok"]
+
+
+def _create_error(folder):
+    try:
+        ArchiveIndex.create(folder, model=tiny_model())
+    except IndexStateError as exc:
+        return str(exc)
+    return "created"
