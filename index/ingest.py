@@ -422,8 +422,17 @@ def _run_pipeline(index: "ArchiveIndex", root: Path, model: Any, todo: List[Item
                         write([e], [])
                     except SQLAlchemyError as exc:
                         failed(e.item, exc)
-                write([], extra + list(outcomes))
+                pending = extra + list(outcomes)
                 outcomes[:] = []
+                try:
+                    write([], pending)
+                except SQLAlchemyError:  # an outcome the database refuses must not stop the run: one by one
+                    for o in pending:
+                        try:
+                            write([], [o])
+                        except SQLAlchemyError as exc:
+                            log.warning("the outcome of series %s could not be recorded: %s", o["series_uid"],
+                                        redact(exc, root))
         if time.perf_counter() - last_flush > faiss_flush_seconds:
             t0 = time.perf_counter()
             index._persist_ann()

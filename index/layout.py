@@ -253,10 +253,13 @@ def _from_discovery(root: Path) -> Tuple[List[Item], List[Tuple[str, str]]]:
     errors = []
     for folder, files in by_folder.items():
         if len(files) == 1:
-            errors.append((f"path:{files[0][0]}", files[0][1]))
+            key = path_key(files[0][0])  # hashed past SQL's 255 characters, as series keys are
+            errors.append((key, files[0][1] if key.startswith("path:") else f"{files[0][0]}: {files[0][1]}"))
         else:
             rel, reason = files[0]
-            errors.append((f"path:{folder}/", f"{len(files)} unreadable files, e.g. {Path(rel).name}: {reason}"))
+            key = path_key(f"{folder}/")
+            errors.append((key, f"{len(files)} unreadable files, e.g. "
+                                f"{Path(rel).name if key.startswith('path:') else rel}: {reason}"))
     return items, errors
 
 

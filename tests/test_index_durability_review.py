@@ -10,7 +10,7 @@ import pytest
 
 from ctglip_sdk.errors import IndexStateError
 from ctglip_sdk.index import ArchiveIndex
-from test_index_common import make_archive, random_prefix, tiny_model
+from test_index_common import db_params, make_archive, random_prefix, tiny_model
 
 
 def _shared(tmp_path, n=2, seed=1):
@@ -146,3 +146,33 @@ def _create_error(folder):
     except IndexStateError as exc:
         return str(exc)
     return "created"
+
+
+@pytest.mark.parametrize("db", db_params())
+def test_an_unreadable_file_deep_in_the_archive_is_recorded_and_the_run_goes_on(tmp_path, db):
+    import nibabel as nib
+
+    from ctglip_sdk.index.layout import plan_archive
+    from test_index_common import AFFINE, pg_url, phantom
+
+    root = tmp_path / "arch"
+    (root / "good").mkdir(parents=True)
+    vol, seg = phantom(np.random.default_rng(3))
+    nib.save(nib.Nifti1Image(vol, AFFINE), root / "good" / "ct.nii.gz")
+    nib.save(nib.Nifti1Image(seg, AFFINE), root / "good" / "ct_seg.nii.gz")
+    deep = root.joinpath(*["d" * 90] * 3)
+    deep.mkdir(parents=True)
+    (deep / "broken.nii.gz").write_bytes(b"not a nifti file")
+    _, errors = plan_archive(root)
+    assert len(errors) == 1 and len(errors[0][0]) <= 255  # was path:<270 characters>: PostgreSQL refused it
+    kw = {"database_url": pg_url(), "table_prefix": random_prefix()} if db == "postgres" else {}
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model(), **kw)
+    try:
+        for _ in range(2):  # every later run failed the same way
+            report = idx.ingest(root, workers=0)
+            assert len(idx) > 0 and any("broken.nii.gz" in e["reason"] for e in report.errors), report.errors
+        assert idx.verify()["ok"]
+    finally:
+        if db == "postgres":
+            idx.store.drop_all()
+        idx.close()
