@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence,
 import numpy as np
 
 from ctglip_sdk.errors import CTGlipError, IndexStateError, InputError
+from ctglip_sdk.privacy import redact_identifiers
 
 from .results import IngestReport
 
@@ -251,7 +252,7 @@ def _encoded(index: "ArchiveIndex", rec: SeriesEmbeddings, seen: Set[str]) -> "_
     seen.add(uid)
     # The default covers the metadata too (keyed, as ingest's manifest rows): the same vectors added again with a
     # corrected age or split used to be skipped, and the correction never stored.
-    meta = repr(sorted((k, str(v)) for k, v in fields.items() if k != "archive_root"))
+    meta = repr(sorted((k, str(v)) for k, v in fields.items() if k not in ("archive_root", "shown_path")))
     fp = rec.fingerprint or f"{_fingerprint(names, vectors)}:{index.pseudonym(meta)[:16]}"
     if not isinstance(fp, str) or len(fp) > 64:
         raise bad("fingerprint must be a string of at most 64 characters")
@@ -342,6 +343,7 @@ def _study_fields(index: "ArchiveIndex", rec: SeriesEmbeddings, uid: str, study:
         "description": _cut(rec.description, 256), "contrast": _cut(rec.contrast, 32),
         "body_part": _cut(rec.body_part, 64), "split": _cut(rec.split, 16), "report_path": rec.report or None,
         "archive_root": rec.archive_root or None,
+        "shown_path": redact_identifiers(rec.image or "", [ident]),  # as ingest shows paths
     }
 
 

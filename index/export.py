@@ -10,27 +10,41 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, List, Tuple
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, literal, select
 
 from ctglip_sdk.errors import ConfigError, QueryError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .archive import ArchiveIndex
 
-__all__ = ["export"]
+__all__ = ["export", "shown_series_columns"]
+
+
+def shown_series_columns(index: "ArchiveIndex") -> Tuple[Any, Any]:
+    """(series_uid, path) as output shows them: without the patient's identifiers that archives put in folder
+    names ("12345678/CT_1/..."), unless the index was created to keep identifiers. A series known by its path
+    (``path:<image>``) shows that path the same way; rows ingested before schema 2 have no redacted path."""
+    se = index.store.t.series
+    if index.manifest.get("include_identifiers"):
+        return se.c.series_uid, se.c.path
+    path = func.coalesce(se.c.shown_path, se.c.path).label("path")
+    uid = case((se.c.series_uid.like("path:%") & se.c.shown_path.isnot(None), literal("path:") + se.c.shown_path),
+               else_=se.c.series_uid).label("series_uid")
+    return uid, path
 
 
 def _export_query(index: "ArchiveIndex", what: str) -> Any:
     t = index.store.t
     o, se, stu, p, sc = t.organs, t.series, t.studies, t.patients, t.scores
     joined = o.join(se, se.c.id == o.c.series_id).join(stu, stu.c.id == o.c.study_id).join(p, p.c.id == o.c.patient_id)
-    base = [p.c.pseudonym.label("patient"), stu.c.study_uid, se.c.series_uid, o.c.id.label("crop_id"), o.c.organ]
+    shown_uid, shown_path = shown_series_columns(index)
+    base = [p.c.pseudonym.label("patient"), stu.c.study_uid, shown_uid, o.c.id.label("crop_id"), o.c.organ]
     if what == "scores":
         return (select(*base, sc.c.finding, sc.c.probability, sc.c.model_hash, stu.c.study_date, stu.c.age, p.c.sex,
                        stu.c.split).select_from(joined.join(sc, sc.c.organ_id == o.c.id))
                 .order_by(o.c.id, sc.c.finding))
     if what == "organs":
-        return (select(*base, se.c.path, o.c.i0, o.c.j0, o.c.k0, o.c.i1, o.c.j1, o.c.k1, o.c.volume_ml, o.c.mean_hu,
+        return (select(*base, shown_path, o.c.i0, o.c.j0, o.c.k0, o.c.i1, o.c.j1, o.c.k1, o.c.volume_ml, o.c.mean_hu,
                        stu.c.study_date, stu.c.age, p.c.sex, stu.c.contrast, stu.c.body_part, stu.c.split)
                 .select_from(joined).order_by(o.c.id))
     if what == "studies":

@@ -123,6 +123,7 @@ def write_batch(index: "ArchiveIndex", run_id: int, encoded: List[_Encoded],
             if old_study is not None and old_study != sid:
                 emptied.append(old_study)
             ser = store.insert_series(conn, {"series_uid": e.item.key, "study_id": sid, "path": e.item.image,
+                                             "shown_path": e.fields.get("shown_path"),
                                              "archive_root": e.fields["archive_root"],
                                              "mask_path": e.item.mask, "fingerprint": e.item.fingerprint,
                                              "n_organs": len(e.names), **e.geometry})

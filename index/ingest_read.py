@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from ctglip_sdk.errors import ConfigError, CTGlipError, GeometryError, InputError
+from ctglip_sdk.privacy import dicom_identifiers, redact_identifiers
 
 from .filters import normalise_sex, to_date
 from .layout import Item, plan_archive
@@ -183,6 +184,15 @@ def header_contrast(meta: Dict[str, Any]) -> Optional[str]:
     return meta.get("contrast_agent") or ("none" if meta.get("contrast") is False else None)
 
 
+def _shown_path(root: Path, item: Item, meta: Dict[str, Any]) -> str:
+    """The series path as output shows it: the manifest's patient_id and a DICOM header's PatientID, name and
+    accession number replaced by <patient> (PACS exports name folders after them: "12345678/CT_1/...")."""
+    idents: List[Optional[str]] = [item.row.get("patient_id")]
+    if meta.get("format") == "dicom":  # the raw values are not in meta unless the index keeps identifiers
+        idents += dicom_identifiers(root / item.image)
+    return redact_identifiers(item.image, idents)
+
+
 def _study_fields(index: "ArchiveIndex", root: Path, item: Item, meta: Dict[str, Any],
                   warnings: Optional[List[str]] = None) -> Dict[str, Any]:
     """Patient/study values: the manifest row first, the image header second; identifiers pseudonymised.
@@ -240,6 +250,7 @@ def _study_fields(index: "ArchiveIndex", root: Path, item: Item, meta: Dict[str,
         "split": _cut(row.get("split"), 16),
         "report_path": item.report,
         "archive_root": str(root.resolve()),
+        "shown_path": _shown_path(root, item, meta),
     }
 
 

@@ -8,16 +8,17 @@ from typing import Callable, List, Tuple
 
 from sqlalchemy import (
     BigInteger, Column, Date, DateTime, Float, ForeignKey, Index, Integer, MetaData, SmallInteger, String, Table,
-    Text, UniqueConstraint,
+    Text, UniqueConstraint, inspect,
 )
 from sqlalchemy.engine import Connection
+from sqlalchemy.schema import CreateColumn
 
 from ctglip_sdk.errors import ConfigError
 
 __all__ = ["SCHEMA_VERSION", "Tables", "make_tables", "MIGRATIONS", "check_prefix"]
 
 #: Bumped whenever a migration is added; an index whose schema is newer than this library is refused.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
 
@@ -92,6 +93,9 @@ def make_tables(prefix: str = "ctglip_") -> Tables:
                    Column("study_id", Integer, ForeignKey(f"{p}studies.id"), nullable=False),
                    Column("archive_root", Text, nullable=True),  # absolute root at ingest time (for thumbnails)
                    Column("path", Text, nullable=False),  # relative to archive_root
+                   # ``path`` with the patient's identifiers replaced by <patient> (archives name folders after the
+                   # PatientID): what query output and exports show. NULL for series ingested before schema 2.
+                   Column("shown_path", Text, nullable=True),
                    Column("mask_path", Text, nullable=True),
                    Column("fingerprint", String(64), nullable=False),
                    Column("shape", String(64), nullable=True),
@@ -160,8 +164,20 @@ def _v1_create(conn: Connection, t: Tables) -> None:
     t.metadata.create_all(conn, checkfirst=True)
 
 
+def _v2_shown_path(conn: Connection, t: Tables) -> None:
+    """Add ``series.shown_path`` to an index made before it (a new index's tables already have it)."""
+    if "shown_path" in {c["name"] for c in inspect(conn).get_columns(t.series.name)}:
+        return
+    # DDL takes no bound parameters: the table name is quoted by the dialect (and the prefix was checked by
+    # check_prefix), the column spec compiled from the Column itself.
+    table = conn.dialect.identifier_preparer.quote(t.series.name)
+    column = CreateColumn(t.series.c.shown_path).compile(dialect=conn.dialect)
+    conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column}")
+
+
 #: (version, description, function). A new schema change appends an entry and bumps SCHEMA_VERSION; the
 #: function runs inside the transaction that records it, so a crash leaves either the old or the new schema.
 MIGRATIONS: List[Migration] = [
     (1, "create tables", _v1_create),
+    (2, "series.shown_path: paths without patient identifiers for output", _v2_shown_path),
 ]

@@ -37,7 +37,7 @@ class Store:
     Example:
         >>> st = Store("sqlite:///:memory:", "demo_")
         >>> st.init_schema()
-        1
+        2
     """
 
     def __init__(self, url: str, prefix: str = "ctglip_") -> None:

@@ -176,3 +176,52 @@ def test_an_unreadable_file_deep_in_the_archive_is_recorded_and_the_run_goes_on(
         if db == "postgres":
             idx.store.drop_all()
         idx.close()
+
+
+def _dicom_archive_named_after_patients(root):
+    import nibabel as nib
+
+    from test_index_common import AFFINE, phantom, write_dicom_series
+
+    for i, pid in enumerate(["PAT12345", "PAT67890"]):
+        vol, seg = phantom(np.random.default_rng(10 + i))
+        write_dicom_series(root / pid / "series", vol, f"1.2.{i}", f"1.2.{i}.4", pid, "F", 50 + i, "20200101")
+        nib.save(nib.Nifti1Image(seg, AFFINE), root / pid / "segmentations.nii.gz")
+    return root
+
+
+def test_paths_in_exports_do_not_carry_the_patient_id_of_folder_names(tmp_path):
+    root = _dicom_archive_named_after_patients(tmp_path / "arch")
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    assert not idx.ingest(root, workers=0).errors
+    for what in ("organs", "scores"):
+        if what == "scores":
+            idx.score()
+        text = idx.export(tmp_path / f"{what}.csv", what=what).read_text()
+        assert "PAT12345" not in text and "PAT67890" not in text, what  # was "PAT12345/series" in every row
+    assert "<patient>/series" in (tmp_path / "organs.csv").read_text()
+    idx.close()
+    # An index made to keep identifiers shows the paths as they are.
+    keep = ArchiveIndex.create(tmp_path / "keep", model=tiny_model(), include_identifiers=True)
+    keep.ingest(root, workers=0)
+    assert "PAT12345/series" in keep.export(tmp_path / "k.csv", what="organs").read_text()
+    keep.close()
+
+
+def test_an_index_of_schema_1_gains_the_shown_path_column(tmp_path):
+    from sqlalchemy import delete, inspect
+
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    idx.ingest(make_archive(tmp_path / "a", n=2, seed=1), workers=0)
+    st, n = idx.store, len(idx)
+    idx.close()
+    # Back to schema 1: no column, no migration record (SQLite >= 3.35 drops columns).
+    st.write(lambda c: (c.exec_driver_sql(f'ALTER TABLE "{st.t.series.name}" DROP COLUMN shown_path'),
+                        c.execute(delete(st.t.migrations).where(st.t.migrations.c.version == 2))))
+    assert st.schema_version() == 1
+    again = ArchiveIndex.open(tmp_path / "idx")
+    assert again.store.schema_version() == 2 and len(again) == n
+    assert "shown_path" in {c["name"] for c in inspect(again.store.engine).get_columns(st.t.series.name)}
+    text = again.export(tmp_path / "o.csv", what="organs").read_text()
+    assert text.count("\n") == n + 1  # rows of schema 1 show their stored path
+    again.close()
