@@ -271,31 +271,10 @@ class ArchiveIndex:
             self._last_check = time.monotonic()
 
     def _load_ann(self, ids: np.ndarray, vecs: np.ndarray) -> None:
-        path = self.folder / FAISS_FILE
-        factory = str(self.manifest.get("current_factory") or "Flat")
-        ann: Optional[AnnIndex] = None
-        if path.exists():
-            try:
-                ann = AnnIndex.load(path, factory)
-            except IndexStateError as exc:
-                log.warning("%s; rebuilding it from the stored vectors", exc)
-        if ann is None or ann.dim != self.dim or (not ann.is_trained and ids.size):
-            ann = self._build_ann_safe(factory, ids, vecs)
-            self._ann_dirty = True
-        else:
-            in_faiss = ann.ids()
-            extra = np.setdiff1d(in_faiss, ids, assume_unique=True)
-            missing = np.setdiff1d(ids, in_faiss, assume_unique=True)
-            if extra.size and not ann.remove(extra):
-                ann = self._build_ann_safe(ann.factory, ids, vecs)
-                missing = np.zeros(0, np.int64)
-            if missing.size:
-                rows = np.searchsorted(ids, missing)
-                ann.add(missing, vecs[rows])
-            if extra.size or missing.size:
-                log.info("FAISS index was out of step with SQL (%d missing, %d extra); reconciled from stored "
-                         "vectors", missing.size, extra.size)
-                self._ann_dirty = True
+        from .maintenance import reconciled_ann  # noqa: PLC0415
+
+        ann, changed = reconciled_ann(self, ids, vecs)
+        self._ann_dirty = self._ann_dirty or changed
         self._ann_lock.acquire_write()
         try:
             self.ann = ann

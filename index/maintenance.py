@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 from sqlalchemy import func, select
 
-from ctglip_sdk.errors import CTGlipError
+from ctglip_sdk.errors import CTGlipError, IndexStateError
 
 from .ann import AnnIndex, choose_factory, text_queries
+from .create import FAISS_FILE
 from .schema import SCHEMA_VERSION
 from .vectors import file_checksum
 
@@ -270,3 +271,32 @@ def stats(index: "ArchiveIndex") -> Dict[str, Any]:
                dim=index.dim, database=index.store.dialect, factory_request=index.manifest.get("factory"),
                faiss=index.ann.describe() if index.ann is not None else None, folder=str(index.folder))
     return out
+
+
+def reconciled_ann(index: "ArchiveIndex", ids: np.ndarray, vecs: np.ndarray) -> Tuple[AnnIndex, bool]:
+    """The folder's FAISS index brought in step with SQL's ``ids`` (FAISS is derived: missing ids are added from
+    the stored vectors, extra ones removed; an unreadable or untrained file is rebuilt), and whether it changed."""
+    path = index.folder / FAISS_FILE
+    factory = str(index.manifest.get("current_factory") or "Flat")
+    ann: Optional[AnnIndex] = None
+    if path.exists():
+        try:
+            ann = AnnIndex.load(path, factory)
+        except IndexStateError as exc:
+            log.warning("%s; rebuilding it from the stored vectors", exc)
+    if ann is None or ann.dim != index.dim or (not ann.is_trained and ids.size):
+        return index._build_ann_safe(factory, ids, vecs), True
+    in_faiss = ann.ids()
+    extra = np.setdiff1d(in_faiss, ids, assume_unique=True)
+    missing = np.setdiff1d(ids, in_faiss, assume_unique=True)
+    if extra.size and not ann.remove(extra):
+        ann = index._build_ann_safe(ann.factory, ids, vecs)
+        missing = np.zeros(0, np.int64)
+    if missing.size:
+        rows = np.searchsorted(ids, missing)
+        ann.add(missing, vecs[rows])
+    if extra.size or missing.size:
+        log.info("FAISS index was out of step with SQL (%d missing, %d extra); reconciled from stored vectors",
+                 missing.size, extra.size)
+    return ann, bool(extra.size or missing.size)
+
