@@ -14,7 +14,8 @@ from sqlalchemy import and_, select
 from ctglip_sdk.errors import ConfigError, QueryError
 
 from .filters import parse_where, text_list
-from .queries import _classifier, _filter_select, _filtered_ids, _prompt_probabilities, _prompt_spec
+from .queries import (PROMPT_PREFIX, _classifier, _filter_select, _filtered_ids, _prompt_probabilities, _prompt_spec,
+                      prompt_scope)
 from .results import CohortResult
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -25,7 +26,9 @@ __all__ = ["cohort"]
 log = logging.getLogger(__name__)
 
 
-_KEY_LIKE = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)+$")
+# "renal_stones", or a namespaced key such as "clf:nodule" (prompt keys, any text after "prompt:", are told apart
+# by their prefix in _read_condition).
+_KEY_LIKE = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)+$|^[a-z][a-z0-9_]*:\S+$")
 
 
 @dataclass
@@ -34,7 +37,7 @@ class _Part:
     filters the condition's own words carry ("... in women over 60")."""
 
     group: str
-    name: str  # what evidence is reported under
+    name: str  # what evidence is reported under: the finding key (with the part's own filters), or the free text
     kind: str  # "key" or "text"
     key: Optional[str]
     text: str
@@ -49,11 +52,14 @@ def _read_condition(index: "ArchiveIndex", cond: str, group: str, keys: Set[str]
     (case, hedges, typos; several findings split into one part each, "no X" moved to the other group); or free
     text. Demographic and date words in the text become that condition's own filters.
 
-    A condition shaped like a key ("renal_stones") that is not one is a QueryError with suggestions: read as free
-    text it matched nearly every organ, so a typo in none_of emptied the cohort and one in all_of kept everyone.
+    A condition shaped like a key ("renal_stones", "prompt:calcs") that is not one is a QueryError with
+    suggestions: read as free text it matched nearly every organ, so a typo in none_of emptied the cohort and one
+    in all_of kept everyone.
     """
     if cond in keys:
         return [_Part(group, cond, "key", cond, cond)]
+    if cond.lower().startswith(PROMPT_PREFIX):
+        raise _unknown_prompt(cond, keys)
     if _KEY_LIKE.match(cond):
         close = difflib.get_close_matches(cond, sorted(keys), n=3, cutoff=0.6)
         raise QueryError(f"unknown finding key {cond!r}" + (f"; did you mean {', '.join(close)}?" if close else
@@ -77,16 +83,17 @@ def _read_condition(index: "ArchiveIndex", cond: str, group: str, keys: Set[str]
     parts: List[_Part] = []
     found = reading.finding
     if found is not None and found.finding in keys:
-        parts.append(_Part(group, cond, "key", found.finding, parsed.text, own))
+        parts.append(_Part(group, _label(found.finding, own), "key", found.finding, parsed.text, own))
         if found.corrected:
             notes.append(f"read {cond!r} as {found.read_as!r} ({found.finding})")
     elif reading.negated is not None and reading.negated.finding in keys:
         if group not in _FLIP:
             raise QueryError(f"any_of condition {cond!r} denies a finding; put {reading.negated.finding!r} in none_of")
-        parts.append(_Part(_FLIP[group], cond, "key", reading.negated.finding, parsed.text, own))
+        parts.append(_Part(_FLIP[group], _label(reading.negated.finding, own), "key", reading.negated.finding,
+                           parsed.text, own))
         notes.append(f"read {cond!r} in {group} as {_FLIP[group]} {reading.negated.finding}")
     elif reading.several and all(k in keys for k in reading.several):
-        parts.extend(_Part(group, k, "key", k, parsed.text, own) for k in reading.several)
+        parts.extend(_Part(group, _label(k, own), "key", k, parsed.text, own) for k in reading.several)
         notes.append(f"read {cond!r} as {len(reading.several)} {group} conditions: {', '.join(reading.several)}")
     elif reading.excluded and group == "all_of":
         pass  # "no kidney stones or hydronephrosis": only what it denies, below
@@ -98,9 +105,30 @@ def _read_condition(index: "ArchiveIndex", cond: str, group: str, keys: Set[str]
     if extra:
         if group not in _FLIP:
             raise QueryError(f"any_of condition {cond!r} also denies {', '.join(extra)}; put it in none_of")
-        parts.extend(_Part(_FLIP[group], k, "key", k, parsed.text, own) for k in extra)
+        parts.extend(_Part(_FLIP[group], _label(k, own), "key", k, parsed.text, own) for k in extra)
         notes.append(f"read 'no {', '.join(extra)}' in {cond!r} as {_FLIP[group]} {', '.join(extra)}")
     return parts
+
+
+def _unknown_prompt(cond: str, keys: Set[str]) -> QueryError:
+    """The error for a ``prompt:`` condition that is not stored: a typo, or a prompt not scored yet."""
+    name = cond[len(PROMPT_PREFIX):]
+    stored = sorted(k for k in keys if k.startswith(PROMPT_PREFIX))
+    if not stored:
+        return QueryError(f"unknown finding key {cond!r}: no prompt finding is stored; score it first with "
+                          f"score(prompts={{{name!r}: TEXT}}) or ctglip score --prompt {name}=TEXT")
+    # compared without the shared prefix, which would make every stored prompt look close
+    close = difflib.get_close_matches(name, [k[len(PROMPT_PREFIX):] for k in stored], n=3, cutoff=0.6)
+    if close:
+        return QueryError(f"unknown finding key {cond!r}; did you mean {', '.join(PROMPT_PREFIX + c for c in close)}?")
+    return QueryError(f"unknown finding key {cond!r}; stored prompt findings: {', '.join(stored)} (a new prompt is "
+                      "scored with score(prompts=...) first)")
+
+
+def _label(key: str, own: Mapping[str, Any]) -> str:
+    """What a key part's evidence is reported under: the finding it holds, with the condition's own filters
+    ("no hydronephrosis" in none_of holds P(hydronephrosis) and was shown as 'no hydronephrosis')."""
+    return f"{key} ({', '.join(_shown(k, v) for k, v in own.items())})" if own else key
 
 
 def _shown(key: str, value: Any) -> str:
@@ -121,15 +149,19 @@ def cohort(index: "ArchiveIndex", all_of: Sequence[str] = (), any_of: Sequence[s
     A unit *has* a condition when one of its organs (within ``where``) scores at least ``threshold``. Members
     have every ``all_of``, at least one ``any_of`` (when given) and no ``none_of``. An organ the finding applies
     to but that was never scored for it (ingested after the last ``score()``) is unknown: its unit cannot be a
-    member through ``none_of`` (a note says how many; run ``score()``). A condition is a dictionary key
-    (``"liver_cyst"``; a key-shaped word that is not one is a QueryError with suggestions), a text that asks for
+    member through ``none_of`` (a note says how many; run ``score()``). A prompt finding (``"prompt:calc"``)
+    applies to the organs its last ``score(prompts=...)`` named (every organ when it named none). A condition is a
+    stored key (``"liver_cyst"``, ``"prompt:calc"``; a key-shaped word or ``prompt:`` name that is not one is a
+    QueryError with suggestions), a text that asks for
     findings as search reads it (``"gallstones"``, ``"suspected HCC"``, ``"cholelithasis"``), or free text, scored
     on the fly against every organ vector with the index's text encoder (not stored; a note gives the share of
     organs it matches). A text that names several findings is one condition per finding ("gallstones and fatty
     liver" in all_of: both); one that denies a finding moves it to the other group ("no hydronephrosis" in
     all_of is none_of hydronephrosis; "fatty liver, no gallstones" is both); sex, age and date words in a text
     are that condition's own filters, on top of ``where`` ("enlarged spleen in women over 60": an enlarged
-    spleen in a study of a woman aged 60 or more). ``result.notes`` says how each condition was read.
+    spleen in a study of a woman aged 60 or more). ``result.notes`` says how each condition was read; evidence is
+    reported under the finding key a condition was read as (``"hepatic_steatosis"`` for "fatty liver, no
+    gallstones"; ``"hepatic_steatosis (age>=60)"`` with the condition's own filters), free text under its text.
 
     Example:
         >>> idx.score()                                                                        # doctest: +SKIP
@@ -185,9 +217,11 @@ def cohort(index: "ArchiveIndex", all_of: Sequence[str] = (), any_of: Sequence[s
             missing = _unscored(index, str(part.key), allowed)
             if missing.size:
                 unknown_of[n] = set(_units_of(index, missing, level).values())
+                again = "score the prompt again (score(prompts=...))" if str(part.key).startswith(PROMPT_PREFIX) \
+                    else "run score()"
                 notes.append(f"{missing.size} organ(s) that {part.key} applies to have no score for it (ingested since "
                              f"the last score()?): their {'patients' if level == 'patient' else 'studies'} cannot count "
-                             "as without it; run score()")
+                             f"as without it; {again}")
         else:
             hits, share = _free_text_units(index, part.text, level, allowed, float(threshold))
             notes.append(f"{part.text!r} names no dictionary finding: scored as free text against every organ "
@@ -213,27 +247,48 @@ def cohort(index: "ArchiveIndex", all_of: Sequence[str] = (), any_of: Sequence[s
 
 
 def _unscored(index: "ArchiveIndex", key: str, allowed: Optional[np.ndarray]) -> np.ndarray:
-    """Ids of organs (within ``allowed``) whose class the dictionary finding ``key`` applies to, with no score
-    for it; empty for keys outside the dictionary (user prompts say their own organs)."""
+    """Ids of organs (within ``allowed``) that the finding ``key`` applies to, with no score for it: a dictionary
+    finding's organ classes, or a prompt's recorded organs (every organ when it named none); empty for other
+    stored keys (``insert_scores`` says nothing of the organs it left out)."""
+    view = index.mirror.view()
+    if not view.n:
+        return np.zeros(0, np.int64)
+    st = index.store.t.scores
+
+    def scored() -> np.ndarray:
+        return np.asarray(index.store.read(lambda c: c.execute(
+            select(st.c.organ_id).where(st.c.finding == key)).scalars().all()), np.int64)
+
+    done: Optional[np.ndarray] = None
+    if key.startswith(PROMPT_PREFIX):
+        recorded, organs = prompt_scope(index, key)
+        if recorded:
+            classes = [i for i, name in enumerate(view.organ_names) if organs is None or name in organs]
+        else:  # scored before scopes were recorded: the organ classes it holds scores for are its best guess
+            done = scored()
+            rows = view.rows_of(done)
+            classes = np.unique(view.organ[rows[rows >= 0]]).tolist()
+    else:
+        classes = _dictionary_classes(index, key, view.organ_names)
+    if not classes:
+        return np.zeros(0, np.int64)
+    ids = view.ids[np.isin(view.organ, classes)]
+    if allowed is not None:
+        ids = ids[np.isin(ids, allowed)]
+    return np.setdiff1d(ids, scored() if done is None else done)
+
+
+def _dictionary_classes(index: "ArchiveIndex", key: str, organ_names: Sequence[str]) -> List[int]:
+    """Indices of the organ classes a dictionary finding applies to (none for keys outside the dictionary)."""
     from .queries import _finding_keys  # noqa: PLC0415
 
     zs = _classifier(index)
     try:
         if key not in zs.dictionary:
-            return np.zeros(0, np.int64)
+            return []
     except ConfigError:
-        return np.zeros(0, np.int64)
-    view = index.mirror.view()
-    if not view.n:
-        return np.zeros(0, np.int64)
-    classes = [i for i, name in enumerate(view.organ_names) if key in _finding_keys(zs.dictionary, name)]
-    ids = view.ids[np.isin(view.organ, classes)]
-    if allowed is not None:
-        ids = ids[np.isin(ids, allowed)]
-    st = index.store.t.scores
-    scored = np.asarray(index.store.read(lambda c: c.execute(
-        select(st.c.organ_id).where(st.c.finding == key)).scalars().all()), np.int64)
-    return np.setdiff1d(ids, scored)
+        return []
+    return [i for i, name in enumerate(organ_names) if key in _finding_keys(zs.dictionary, name)]
 
 
 def _units_of(index: "ArchiveIndex", ids: np.ndarray, level: str) -> Dict[int, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
 import math
 import re
 from dataclasses import dataclass
@@ -212,7 +213,12 @@ def parse_where_expr(exprs: Sequence[str]) -> Dict[str, Any]:
             raise QueryError(f"cannot read filter {expr!r}; write KEY=VALUE, KEY>=VALUE or KEY<=VALUE")
         key, op, value = m.group(1).lower(), m.group(2), m.group(3)
         key = _ALIASES.get(key, key)
-        kind = FILTERS.get(key, ("", "", ""))[0]
+        if key not in FILTERS:  # before the operator check, which told "foo>=3" that foo only takes '='
+            close = difflib.get_close_matches(key, sorted(FILTERS) + sorted(_ALIASES), n=1, cutoff=0.75)
+            hint = f"did you mean {_ALIASES.get(close[0], close[0])}?" if close else \
+                f"allowed: {', '.join(sorted(FILTERS))}"
+            raise QueryError(f"unknown filter {m.group(1)!r}; {hint}")
+        kind = FILTERS[key][0]
         if kind not in ("number", "date") and op not in ("=", "=="):
             raise QueryError(f"filter {expr!r}: {key} only takes '='")
         if op == "!=":  # "age!=60" used to read as age = 60: a range filter has no "not equal"

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from sqlalchemy import and_, bindparam, delete, select, true
 
 from ctglip_sdk import organs as vocab
-from ctglip_sdk.errors import QueryError
+from ctglip_sdk.errors import ConfigError, QueryError
 
 from .filters import Condition, needs_join, parse_where, text_list, to_sql
 from .query_text import _query_vector
@@ -26,6 +28,10 @@ __all__ = ["search", "similar", "score", "insert_scores", "resolve_organs"]
 
 log = logging.getLogger(__name__)
 _MAX_K = 10_000
+#: Stored findings from ``score(prompts=...)`` are named ``prompt:<key>``.
+PROMPT_PREFIX = "prompt:"
+_PROMPT_META = "prompt_spec:"  # + a digest of the finding: meta keys are 64 characters, findings up to 96
+_SPEC_KEYS = ("positive", "negative", "organ")
 
 
 def resolve_organs(organ: Union[str, Sequence[str], None]) -> Optional[List[str]]:
@@ -226,6 +232,11 @@ def _prompt_spec(key: str, spec: Any) -> Tuple[List[str], List[str], Optional[Li
         spec = {"positive": [spec]}
     elif isinstance(spec, (list, tuple)):
         spec = {"positive": list(spec)}
+    for name in spec if isinstance(spec, Mapping) else ():
+        if name not in _SPEC_KEYS:  # an ignored 'organs' scored every organ instead of the one meant
+            close = difflib.get_close_matches(str(name), _SPEC_KEYS, n=1, cutoff=0.6)
+            raise QueryError(f"prompt {key!r}: unknown key {name!r}; " + (f"did you mean {close[0]!r}?" if close else
+                             "a prompt spec takes " + ", ".join(map(repr, _SPEC_KEYS))))
     if not isinstance(spec, Mapping) or not spec.get("positive"):
         raise QueryError(f"prompt {key!r}: give a text, a list of texts, or {{'positive': [...], 'negative': [...], "
                          "'organ': ...}")
@@ -252,12 +263,16 @@ def _calibration_tag(model: Any) -> str:
     return ":c" + hashlib.sha256(repr(sorted(cal.items())).encode()).hexdigest()[:8]
 
 
-def _write_scores(index: "ArchiveIndex", ids: np.ndarray, keys: Sequence[str], probs: np.ndarray, mh: str) -> None:
+def _write_scores(index: "ArchiveIndex", ids: np.ndarray, keys: Sequence[str], probs: np.ndarray, mh: str,
+                  prelude: Optional[Callable[[Any], None]] = None) -> None:
+    """Replace the scores of ``(ids[i], keys[i])`` in one transaction, after ``prelude(conn)`` in the same one."""
     t = index.store.t.scores
     rows = [{"organ_id": int(i), "finding": k, "probability": float(p), "model_hash": mh}
             for i, k, p in zip(ids.tolist(), keys, probs.tolist())]
 
     def tx(conn: Any) -> None:
+        if prelude is not None:
+            prelude(conn)
         # A first scoring of these findings has nothing to replace: skip the DELETEs (half the write time).
         has_any = conn.execute(select(t.c.organ_id).where(t.c.finding.in_(sorted(set(keys)))).limit(1)).first()
         for k in (sorted(set(keys)) if has_any else ()):
@@ -271,6 +286,8 @@ def _write_scores(index: "ArchiveIndex", ids: np.ndarray, keys: Sequence[str], p
 
 def insert_scores(index: "ArchiveIndex", rows: Sequence[Tuple[int, str, float]], model_hash: Optional[str] = None) -> int:
     """Store ``(crop_id, finding, probability)`` rows from any classifier (replacing earlier values).
+
+    A ``(crop_id, finding)`` pair given twice in one call is a QueryError naming it; nothing is written.
 
     Example:
         >>> idx.insert_scores([(12, "liver_cyst", 0.93)], model_hash="my-classifier-v2")  # doctest: +SKIP
@@ -288,6 +305,12 @@ def insert_scores(index: "ArchiveIndex", rows: Sequence[Tuple[int, str, float]],
         raise QueryError("every row needs a finding name (a non-empty string)")
     if not np.all((probs >= 0) & (probs <= 1)):  # NaN fails this too
         raise QueryError("probabilities must lie in [0, 1]")
+    # One score per (crop, finding): which of two values is meant cannot be guessed (it used to fail in SQL).
+    twice = [(pair, n) for pair, n in Counter(zip(ids.tolist(), (f.strip() for f in names))).items() if n > 1]
+    if twice:
+        shown = "; ".join(f"({i}, {f!r}) is given {n} times" for (i, f), n in twice[:3])
+        raise QueryError(f"rows hold one probability per (crop_id, finding): {shown}" +
+                         (f" (and {len(twice) - 3} more pairs)" if len(twice) > 3 else ""))
     view = index.mirror.view()
     if np.any(view.rows_of(ids) < 0):
         index._maybe_refresh(force=True)
@@ -309,8 +332,10 @@ def score(index: "ArchiveIndex", findings: Optional[Sequence[str]] = None, promp
     Args:
         findings: dictionary keys (default: every key); each applies to the organs the dictionary says.
         prompts: extra findings from your own texts, ``{"key": "text" | [texts] | {"positive": [...],
-            "negative": [...], "organ": "liver"}}``; stored as ``prompt:<key>`` (all organs unless ``organ``).
-        batch_size: organs scored per batch (and per SQL transaction).
+            "negative": [...], "organ": "liver"}}``; stored as ``prompt:<key>`` (all organs unless ``organ``;
+            another spec key is a QueryError). Scoring a key again with another definition drops the old
+            definition's scores; the organs it applies to are recorded for ``cohort``.
+        batch_size: organs scored per batch (and per SQL transaction); an integer >= 1 (ConfigError).
 
     Returns:
         ``{"scored": pairs written, "organs": organs touched, "findings": keys, "seconds": ...}``
@@ -320,8 +345,9 @@ def score(index: "ArchiveIndex", findings: Optional[Sequence[str]] = None, promp
         {'scored': 3120, 'organs': 2080, 'findings': ['liver_cyst', 'renal_cyst'], 'seconds': 0.4}
     """
     t0 = time.perf_counter()
-    if batch_size < 1:
-        raise QueryError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    batch_size = int(batch_size)
     zs = _classifier(index)
     keys = list(dict.fromkeys(text_list(findings, "findings"))) if findings is not None else None
     if prompts is not None and (not isinstance(prompts, Mapping) or
@@ -369,10 +395,14 @@ def score(index: "ArchiveIndex", findings: Optional[Sequence[str]] = None, promp
             pos, neg, organs = spec
             rows = np.arange(view.n) if organs is None else np.flatnonzero(np.isin(names, organs))
             rows = np.asarray([r for r in rows if (int(view.ids[r]), key) not in have], np.int64)
+            define = _define_prompt(index, key, spec, mh)
+            if rows.size == 0:  # nothing to score, but an old definition may still need replacing
+                index.store.write(define)
             for start in range(0, rows.size, batch_size):
                 part = rows[start:start + batch_size]
                 probs = _prompt_probabilities(index, view.vecs[part], pos, neg)
-                _write_scores(index, view.ids[part], [key] * part.size, probs, mh)
+                _write_scores(index, view.ids[part], [key] * part.size, probs, mh,
+                              prelude=define if start == 0 else None)
                 scored += int(part.size)
                 touched.update(view.ids[part].tolist())
     out = {"scored": scored, "organs": len(touched), "findings": keys + sorted(specs),
@@ -392,3 +422,38 @@ def _finding_keys(dictionary: Any, organ: str) -> List[str]:
 def _spec_hash(index: "ArchiveIndex", spec: Tuple[List[str], List[str], Optional[List[str]]]) -> str:
     digest = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
     return f"{index.model_hash}:p{digest}"
+
+
+def _prompt_meta_key(finding: str) -> str:
+    return _PROMPT_META + hashlib.sha1(finding.encode()).hexdigest()
+
+
+def _define_prompt(index: "ArchiveIndex", key: str, spec: Tuple[List[str], List[str], Optional[List[str]]],
+                   mh: str) -> Callable[[Any], None]:
+    """A transaction step making ``spec`` the definition of the prompt finding ``key``: rows of another definition
+    go (a redefined key kept the old organs' scores under the new name), and the spec is recorded in the meta
+    table so that ``cohort`` knows which organs the prompt applies to."""
+    t = index.store.t.scores
+    pos, neg, organs = spec
+    value = json.dumps({"finding": key, "model_hash": mh, "positive": pos, "negative": neg, "organs": organs},
+                       sort_keys=True)
+
+    def step(conn: Any) -> None:
+        gone = conn.execute(delete(t).where(and_(t.c.finding == key, t.c.model_hash != mh))).rowcount
+        if gone:
+            log.info("%s: dropped %d score(s) of its previous definition", key, gone)
+        index.store.set_meta(conn, _prompt_meta_key(key), value)
+    return step
+
+
+def prompt_scope(index: "ArchiveIndex", finding: str) -> Tuple[bool, Optional[List[str]]]:
+    """``(recorded, organs)`` of a stored prompt finding: the organ classes its last ``score(prompts=...)`` applied
+    it to (None: every organ); ``recorded`` is False for prompts scored before scopes were recorded."""
+    raw = index.store.get_meta(_prompt_meta_key(finding))
+    try:
+        organs = json.loads(raw)["organs"] if raw is not None else None
+    except (ValueError, TypeError, KeyError):
+        return False, None
+    if raw is None or not (organs is None or isinstance(organs, list)):
+        return False, None
+    return True, organs

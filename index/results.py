@@ -119,7 +119,9 @@ class CohortResult(Sequence[Dict[str, Any]]):
     """Members of a cohort (patients or studies) with the evidence that put them there.
 
     Each member is a dict: ``patient`` (pseudonym) or ``study_uid`` (with ``patient``), ``studies`` (study UIDs),
-    and ``evidence`` ``{condition: best probability}`` for the all_of/any_of conditions.
+    and ``evidence`` ``{name: best probability}`` for the all_of/any_of conditions, named after the finding key
+    a condition was read as (``"no hydronephrosis"`` in none_of -> ``hydronephrosis``; with the condition's own
+    filters, ``"hepatic_steatosis (age>=60)"``), or a free-text condition's text.
     """
 
     level: str
@@ -127,8 +129,8 @@ class CohortResult(Sequence[Dict[str, Any]]):
     conditions: Dict[str, Any] = field(default_factory=dict)
     #: How conditions were read: a corrected spelling, free text, organs left unscored since the last score().
     notes: List[str] = field(default_factory=list)
-    #: The names evidence is reported under, in order: each all_of/any_of condition, or the findings a text
-    #: condition was split into ("gallstones and fatty liver" -> gallstones, hepatic_steatosis).
+    #: The names evidence is reported under, in order: the finding key each all_of/any_of condition was read as
+    #: (several for a text split into findings: "gallstones and fatty liver" -> gallstones, hepatic_steatosis).
     scored: List[str] = field(default_factory=list)
 
     def __getitem__(self, i: Any) -> Any:
