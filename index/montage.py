@@ -57,12 +57,15 @@ def save_montage(index: "ArchiveIndex", results: "SearchResults", path: Any, arc
     hits = list(results)[:max_hits]
     if not hits:
         raise ConfigError("no hits to draw")
-    s = index.store.t.series
+    s, o = index.store.t.series, index.store.t.organs
+    # By crop id, not the hit's series_uid and path: output shows those without patient identifiers, while the
+    # files are read from the paths as stored.
     rows = index.store.read(lambda c: c.execute(
-        select(s.c.series_uid, s.c.archive_root, s.c.mask_path)
-        .where(s.c.series_uid.in_([h.series_uid for h in hits]))).all())
-    roots = {r.series_uid: r.archive_root for r in rows}
-    masks = {r.series_uid: r.mask_path for r in rows}
+        select(o.c.id, s.c.archive_root, s.c.path, s.c.mask_path).select_from(o.join(s, s.c.id == o.c.series_id))
+        .where(o.c.id.in_([h.crop_id for h in hits]))).all())
+    roots = {r.id: r.archive_root for r in rows}
+    paths = {r.id: r.path for r in rows}
+    masks = {r.id: r.mask_path for r in rows}
     cols = min(4, len(hits))
     rows = math.ceil(len(hits) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
@@ -73,10 +76,10 @@ def save_montage(index: "ArchiveIndex", results: "SearchResults", path: Any, arc
         try:
             if None in h.bbox:  # added with add_embeddings without boxes
                 raise ConfigError("no organ box stored")
-            root = archive_root or roots.get(h.series_uid)
-            if root is None:
+            root = archive_root or roots.get(h.crop_id)
+            if root is None or h.crop_id not in paths:
                 raise ConfigError("archive root unknown; pass archive_root=")
-            vol = load_volume(resolve_within(root, h.path))
+            vol = load_volume(resolve_within(root, paths[h.crop_id]))
             i0, j0, k0, i1, j1, k1 = h.bbox
             k = (k0 + k1) // 2
             pad = 8
@@ -87,8 +90,8 @@ def save_montage(index: "ArchiveIndex", results: "SearchResults", path: Any, arc
             img = np.clip(vol.array[lo_i:hi_i, lo_j:hi_j, kk], *win)
             # RAS+ arrays: anterior up and the patient's right on the viewer's left (radiological convention).
             ax.imshow(img.T[::-1, ::-1], cmap="gray", vmin=win[0], vmax=win[1])
-            if masks.get(h.series_uid):
-                seg = load_segmentation(resolve_within(root, masks[h.series_uid]), like=vol)
+            if masks.get(h.crop_id):
+                seg = load_segmentation(resolve_within(root, masks[h.crop_id]), like=vol)
                 organ_id = seg.ids.get(h.organ)
                 if organ_id is not None:
                     m = (seg.array[lo_i:hi_i, lo_j:hi_j, kk] == organ_id).astype(np.float32)

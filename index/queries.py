@@ -16,6 +16,7 @@ from sqlalchemy import and_, bindparam, delete, select, true
 from ctglip_sdk import organs as vocab
 from ctglip_sdk.errors import ConfigError, QueryError
 
+from .export import shown_series_columns
 from .filters import Condition, needs_join, parse_where, text_list, to_sql
 from .query_text import _query_vector
 from .results import Hit, SearchResults
@@ -81,8 +82,9 @@ def _hydrate_statement(index: "ArchiveIndex") -> Any:
     if stmt is None:
         t = index.store.t
         o = t.organs
+        shown_uid, shown_path = shown_series_columns(index)  # without the patient IDs of folder names
         stmt = (select(o.c.id, o.c.organ, o.c.i0, o.c.j0, o.c.k0, o.c.i1, o.c.j1, o.c.k1, o.c.volume_ml,
-                       o.c.mean_hu, o.c.age, o.c.sex, o.c.study_date, t.series.c.series_uid, t.series.c.path,
+                       o.c.mean_hu, o.c.age, o.c.sex, o.c.study_date, shown_uid, shown_path,
                        t.studies.c.study_uid, t.patients.c.pseudonym)
                 .select_from(o.join(t.series, t.series.c.id == o.c.series_id)
                              .join(t.studies, t.studies.c.id == o.c.study_id)

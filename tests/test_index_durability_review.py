@@ -225,3 +225,22 @@ def test_an_index_of_schema_1_gains_the_shown_path_column(tmp_path):
     text = again.export(tmp_path / "o.csv", what="organs").read_text()
     assert text.count("\n") == n + 1  # rows of schema 1 show their stored path
     again.close()
+
+
+def test_search_hits_show_paths_without_patient_ids_and_montages_still_read_the_files(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import ctglip_sdk.io as cio
+    from ctglip_sdk.index.montage import save_montage
+
+    root = _dicom_archive_named_after_patients(tmp_path / "arch")
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    idx.ingest(root, workers=0)
+    hits = idx.search(np.ones(idx.dim, np.float32), k=4)
+    assert hits and all(h.path.startswith("<patient>/") for h in hits)  # was "PAT12345/series"
+    assert "PAT12345" not in repr(hits.to_dicts()) and "PAT67890" not in repr(hits.to_dicts())
+    read = []
+    real = cio.load_volume
+    monkeypatch.setattr(cio, "load_volume", lambda p, *a, **k: read.append(str(p)) or real(p, *a, **k))
+    save_montage(idx, hits, tmp_path / "m.png")
+    assert len(read) == len(hits) and all("PAT" in p for p in read)  # the stored paths, not the shown ones
+    idx.close()
