@@ -69,3 +69,12 @@ def test_all_zero_weights_rejected():
         TrainConfig(w_organ_text=0, w_abnormality=0, w_identity=0)
     # The CLIP objective ignores the CT-GLIP weights.
     assert TrainConfig(objective="clip", w_organ_text=0, w_abnormality=0, w_identity=0).objective == "clip"
+
+
+def test_the_no_dictionary_ablation_refuses_the_readout_stage():
+    from ctglip_sdk.errors import ConfigError
+
+    # The readout fits the dictionary's finding prompts: with it, w_abnormality=0 trained on the dictionary anyway.
+    with pytest.raises(ConfigError, match="w_abnormality=0"):
+        TrainConfig.from_dict({"w_abnormality": 0, "readout_epochs": 2})
+    assert TrainConfig.from_dict({"w_abnormality": 0}).readout_epochs == 0

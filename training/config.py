@@ -145,6 +145,12 @@ class TrainConfig:
         if self.readout_epochs and self.objective != "ctglip":
             raise ConfigError(f"readout_epochs={self.readout_epochs}: the readout stage needs objective 'ctglip' "
                               f"(organ embeddings), not {self.objective!r}")
+        if self.readout_epochs and self.w_abnormality == 0:
+            # The readout fits the projection to the dictionary's finding prompts: the ablation would silently
+            # train on the dictionary it is meant to leave out.
+            raise ConfigError(f"readout_epochs={self.readout_epochs} with w_abnormality=0: the readout stage fits the "
+                              "dictionary's finding prompts, which the no-dictionary ablation leaves out; set "
+                              "readout_epochs=0")
         if not self.readout_lr > 0:
             raise ConfigError(f"readout_lr={self.readout_lr}: must be > 0")
         if not self.finding_organ_weight > 0:
