@@ -170,3 +170,33 @@ def test_cache_keeps_hu_histograms_and_select_follows_the_organs(archive, tmp_pa
     # Another preprocessing spec (the registered one) has a different spec hash (never a stale entry).
     plain = PreprocessCache.for_model(cg.create("ctglip-tiny", seed=0), tmp_path / "cache")
     assert plain.spec_hash != cache.spec_hash
+
+
+def test_a_replaced_file_in_a_dicom_folder_changes_the_cache_key(tmp_path, model):
+    import shutil
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"IM{i:04d}.dcm").write_bytes(bytes([i]) * 100)
+    mask = tmp_path / "seg.nii.gz"
+    mask.write_bytes(b"m" * 10)
+    cache = PreprocessCache.for_model(model, tmp_path / "cache")
+    before = cache.key(folder, mask)
+    # A same-size slice restored with its old mtime (cp -p from a backup) used to keep the key: the folder was
+    # summed into (total size, newest mtime), and training read the stale entry's pixels.
+    (tmp_path / "other.dcm").write_bytes(bytes([9]) * 100)
+    os.utime(tmp_path / "other.dcm", ns=(1, 1))
+    shutil.copy2(tmp_path / "other.dcm", folder / "IM0001.dcm")
+    assert cache.key(folder, mask) != before
+
+
+def test_temp_entries_of_killed_builds_are_swept(tmp_path, model):
+    cache = PreprocessCache.for_model(model, tmp_path)
+    old = cache.dir / ".abc.safetensors.12345.tmp"
+    fresh = cache.dir / ".def.safetensors.12346.tmp"
+    old.write_bytes(b"x" * 10)
+    fresh.write_bytes(b"x" * 10)
+    os.utime(old, (1, 1))
+    PreprocessCache.for_model(model, tmp_path)  # a later run opens the cache
+    assert not old.exists() and fresh.exists()  # a live build's temp file is left alone

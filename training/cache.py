@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -45,8 +46,13 @@ def preprocess_spec(model: Any) -> Dict[str, Any]:
     return spec
 
 
-def _fingerprint(path: Path) -> Tuple[str, int, int]:
-    """(path, total size, newest mtime_ns) of a file or of every file in a DICOM series folder.
+def _fingerprint(path: Path) -> Tuple[str, ...]:
+    """(path, size, mtime_ns, ctime_ns) of a file; of a DICOM series folder, (path, a digest of every file's
+    relative name, size, mtime_ns and ctime_ns).
+
+    Why every file and ctime: a folder used to be summed into (total size, newest mtime), so a slice replaced by
+    one of the same size with an older mtime (``cp -p``, ``rsync -a`` from a backup) kept the key and training read
+    the old pixels; replacing a file always sets its ctime.
 
     Raises:
         InputError: the file (or a file of the folder) is missing or cannot be looked at, naming it; a raw
@@ -54,17 +60,34 @@ def _fingerprint(path: Path) -> Tuple[str, int, int]:
     """
     try:
         if path.is_dir():
-            size, mtime = 0, 0
-            for dirpath, _, files in os.walk(path):
-                for name in files:
-                    st = os.stat(os.path.join(dirpath, name))
-                    size += st.st_size
-                    mtime = max(mtime, st.st_mtime_ns)
-            return str(path.resolve()), size, mtime
+            h = hashlib.sha256()
+            for dirpath, dirs, files in os.walk(path):
+                dirs.sort()
+                for name in sorted(files):
+                    full = os.path.join(dirpath, name)
+                    st = os.stat(full)
+                    h.update(f"{os.path.relpath(full, path)}\x1f{st.st_size}\x1f{st.st_mtime_ns}\x1f"
+                             f"{st.st_ctime_ns}\x1e".encode())
+            return str(path.resolve()), h.hexdigest()
         st = path.stat()
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror or type(exc).__name__}", path=exc.filename or path) from None
-    return str(path.resolve()), st.st_size, st.st_mtime_ns
+    return str(path.resolve()), str(st.st_size), str(st.st_mtime_ns), str(st.st_ctime_ns)
+
+
+#: A temp entry older than this belongs to a build that was killed (a live one writes for seconds).
+_STALE_TEMP_S = 3600.0
+
+
+def _sweep_temp_files(folder: Path) -> None:
+    """Remove temp entries that killed builds left (each holds a study's preprocessed pixels, ~10 MB)."""
+    now = time.time()
+    for tmp in folder.glob(".*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > _STALE_TEMP_S:
+                tmp.unlink()
+        except OSError:  # another process's sweep got it first, or it is not ours to remove
+            continue
 
 
 @dataclass
@@ -96,7 +119,7 @@ class CachedStudy:
 class PreprocessCache:
     """One safetensors file per study under ROOT/<spec hash>/, written atomically; safe to share across runs.
 
-    The key covers the preprocessing spec and each source file's path, size and mtime, so an edited scan or
+    The key covers the preprocessing spec and each source file's path, size, mtime and ctime, so an edited scan or
     mask, or a model with another spacing/window/stride, never reads a stale entry. Images are stored as
     float16 (windowed to [0, 1] or [-1, 1]: < 0.05% of the window width lost) to halve disk and I/O.
 
@@ -123,6 +146,7 @@ class PreprocessCache:
         spec_file = self.dir / "spec.json"
         if not spec_file.exists():
             spec_file.write_text(canon + "\n")
+        _sweep_temp_files(self.dir)
 
     def key(self, image: Path, mask: Path, series: Optional[str] = None) -> str:
         """Hex key of a (scan, mask) pair under this spec; ``series`` names one series of a DICOM folder.
@@ -174,8 +198,11 @@ class PreprocessCache:
             tensors["stats"] = p.stats.to(torch.float32).contiguous()
         meta = {"names": json.dumps(p.names), "grid": json.dumps(list(p.grid))}
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, target)  # atomic: a killed build leaves a temp file, never a half entry
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+            os.replace(tmp, target)  # atomic: a killed build leaves a temp file, never a half entry
+        finally:
+            tmp.unlink(missing_ok=True)
         return target
 
     def _entry(self, image: Path, mask: Path, series: Optional[str]) -> Path:
