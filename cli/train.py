@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Optional, Tuple
 
 import click
@@ -38,6 +39,8 @@ def train_command(archive: str, model: Optional[str], out: str, config_path: Opt
 
     cfg = TrainConfig.from_sources(config_path, overrides, model=model)
     summary = train(archive, out, cfg, resume=resume, progress=not no_progress)
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        return  # under torchrun every rank returns a summary; rank 0 prints the run's (one JSON document)
     if as_json:
         echo_json(summary)
         return

@@ -191,3 +191,15 @@ def test_eval_with_truth_labels_refuses_a_manifest_whose_studies_truth_does_not_
     res = CliRunner().invoke(cli, ["eval", "--model", "ctglip-tiny-synthetic", "--archive", str(root), "--split",
                                    "all", "--val-split", "none", "--labels", "truth", "--json"])
     assert res.exit_code == 1 and "has an entry in truth.jsonl" in res.output, res.output
+
+
+def test_under_torchrun_only_rank_0_prints_the_summary(tmp_path, monkeypatch):
+    import ctglip_sdk.training as tr
+
+    monkeypatch.setattr(tr, "train", lambda *a, **k: {"steps": 2, "rank_summary": True})
+    (tmp_path / "a").mkdir()
+    args = ["train", "--archive", str(tmp_path / "a"), "--out", str(tmp_path / "o"), "--json"]
+    outs = {rank: CliRunner().invoke(cli, args, env={"RANK": rank}) for rank in ("0", "1")}
+    assert all(r.exit_code == 0 for r in outs.values()), [r.output for r in outs.values()]
+    assert json.loads(outs["0"].output) == {"steps": 2, "rank_summary": True}
+    assert outs["1"].output == ""  # every rank printed its summary: two JSON documents on stdout
