@@ -189,3 +189,49 @@ def test_montage_command_writes_png(tmp_path):
     out = tmp_path / "m.png"
     main([str(out), "--seed", "1", "--preset", "small", "--findings", "renal_stone,emphysema", "--dpi", "40"])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_uids_differ_across_seeds_indices_and_presets():
+    from ctglip_sdk.synth.writers import make_identity
+
+    def uids(seed, index, preset="default"):
+        ident = make_identity(seed, index, "F", 60, np.random.default_rng(0), preset=preset)
+        return ident.study_uid, ident.series_uid, ident.frame_uid
+
+    # pydicom joins entropy sources with no separator: patient 23 of seed 1 was patient 3 of seed 12.
+    assert uids(1, 23) != uids(12, 3) and uids(1, 10) != uids(11, 0)
+    assert uids(5, 0, "small") != uids(5, 0, "default")
+    assert uids(5, 0) == uids(5, 0)
+
+
+def test_a_custom_preset_is_used_not_its_builtin_namesake(tmp_path):
+    from dataclasses import replace
+
+    from ctglip_sdk.synth.presets import PRESETS
+
+    custom = replace(PRESETS["small"], slice_mm=PRESETS["small"].slice_mm * 2)
+    cg.synth.generate_archive(tmp_path / "a", n_patients=1, seed=2, preset=custom, fmt="nifti", progress=False)
+    row = next(csv.DictReader(open(tmp_path / "a" / "manifest.csv")))
+    zooms = nib.load(tmp_path / "a" / row["image"]).header.get_zooms()
+    assert zooms[2] == pytest.approx(custom.slice_mm)  # was the built-in small preset's slices
+
+
+@pytest.mark.parametrize("case,match", [({"sex": "female"}, "sex"), ({"age": -5}, "age"), ({"age": 5000}, "age"),
+                                        ({"contrast": "yes"}, "contrast")])
+def test_bad_cases_are_refused_before_an_existing_archive_is_touched(tmp_path, case, match):
+    from ctglip_sdk.errors import ConfigError
+
+    cg.synth.generate_archive(tmp_path / "a", n_patients=1, seed=2, preset="small", fmt="nifti", progress=False)
+    before = (tmp_path / "a" / "manifest.csv").read_bytes()
+    with pytest.raises(ConfigError, match=match):
+        cg.synth.generate_archive(tmp_path / "a", n_patients=2, seed=3, preset="small", fmt="nifti", progress=False,
+                                  overwrite=True, cases={1: case})
+    assert (tmp_path / "a" / "manifest.csv").read_bytes() == before  # was deleted, then half rewritten
+
+
+def test_finding_counts_count_studies_not_truth_entries(tmp_path):
+    summary = cg.synth.generate_archive(tmp_path / "a", n_patients=3, seed=4, preset="small", fmt="nifti",
+                                        progress=False, cases={i: {"findings": ["emphysema"]} for i in range(3)})
+    truth = [json.loads(line) for line in open(tmp_path / "a" / "truth.jsonl")]
+    assert sum(f["finding"] == "emphysema" for t in truth for f in t["findings"]) > 3  # one entry per lobe
+    assert summary.finding_counts["emphysema"] == 3

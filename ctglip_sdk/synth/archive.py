@@ -71,7 +71,7 @@ class ArchiveSummary:
     preset: str
     seed: int
     splits: Dict[str, int]
-    finding_counts: Dict[str, int]
+    finding_counts: Dict[str, int]  # finding -> studies that have it
     seconds: float
 
     def to_dict(self) -> dict:
@@ -112,14 +112,17 @@ def generate_patient(seed: SeedLike = 0, preset: Union[str, Preset] = "small", *
     p = get_preset(preset)
     if sex is not None and sex not in ("F", "M"):
         raise ConfigError(f"sex must be 'F' or 'M', got {sex!r}")
+    if age is not None and (isinstance(age, bool) or not isinstance(age, (int, np.integer)) or not 0 <= age <= 120):
+        raise ConfigError(f"age must be a whole number of years in 0..120, got {age!r}")
     ss = _seed_sequence(seed, index)
     s_anat, s_find, s_render, s_report, s_ident = (np.random.default_rng(c) for c in ss.spawn(5))
     a = sample_anatomy(s_anat, sex=sex, age=age, contrast=contrast)
     plan = sample_findings(s_find, a, p, prevalence=prevalence, force=findings)
     apply_to_anatomy(a, plan, s_find)
     r = render(a, p, s_render, plan)
-    ident = make_identity(int(archive_seed if archive_seed is not None else (seed if isinstance(seed, int) else 0)),
-                          index, a.sex, a.age, s_ident)
+    ident = make_identity(int(archive_seed if archive_seed is not None else
+                              (seed if isinstance(seed, (int, np.integer)) else ss.entropy % 2**63)),
+                          index, a.sex, a.age, s_ident, preset=p.name)
     # The agent comes from the identity stream (drawn after the identity, which it does not change), so the
     # report's technique line and the DICOM header name the same one.
     agent = CONTRAST_AGENTS[int(s_ident.integers(len(CONTRAST_AGENTS)))] if a.contrast else None
@@ -159,7 +162,7 @@ def assign_splits(n: int, seed: int, fractions=(0.7, 0.15, 0.15)) -> List[str]:
     return out
 
 
-def _make_study(root: str, seed: int, index: int, preset: str, fmt: str, prevalence: Optional[dict],
+def _make_study(root: str, seed: int, index: int, preset: Preset, fmt: str, prevalence: Optional[dict],
                 per_class: bool, split: str, case_spec: Optional[dict] = None) -> tuple:
     """Generate, write and drop one study (runs in a worker process); returns its manifest row and truth."""
     pt = generate_patient(seed, preset, prevalence=prevalence, index=index, archive_seed=seed, **(case_spec or {}))
@@ -207,6 +210,16 @@ def _check_cases(cases: Optional[Mapping[int, Mapping[str, Any]]], n: int, p: Pr
         if unknown:
             raise ConfigError(f"cases[{i}]: unknown key(s) {unknown}; use {', '.join(_CASE_KEYS)}")
         spec = dict(spec)
+        # Checked before anything is written or deleted (a bad sex failed after an overwrite had removed the old
+        # archive; age -5 wrote a birth date after the study, 5000 an OverflowError).
+        if "sex" in spec and spec["sex"] not in (None, "F", "M"):
+            raise ConfigError(f"cases[{i}]: sex must be 'F' or 'M', got {spec['sex']!r}")
+        if "age" in spec and spec["age"] is not None and (
+                isinstance(spec["age"], bool) or not isinstance(spec["age"], (int, np.integer))
+                or not 0 <= int(spec["age"]) <= 120):
+            raise ConfigError(f"cases[{i}]: age must be a whole number of years in 0..120, got {spec['age']!r}")
+        if "contrast" in spec and spec["contrast"] not in (None, True, False):
+            raise ConfigError(f"cases[{i}]: contrast must be True, False or None, got {spec['contrast']!r}")
         if "findings" in spec:
             spec["findings"] = list(spec["findings"])
             try:  # unknown keys fail here, before any file is written
@@ -274,7 +287,9 @@ def generate_archive(out_dir: Union[str, os.PathLike], n_patients: int, seed: in
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     splits = assign_splits(int(n_patients), int(seed))
-    args = [(str(root), int(seed), i, p.name, fmt, dict(prevalence) if prevalence else None, per_class_masks,
+    # The Preset itself, not its name: a custom Preset (dataclasses.replace of a built-in one) was looked up again
+    # by name in the worker and silently replaced by the built-in one (or refused, for a new name).
+    args = [(str(root), int(seed), i, p, fmt, dict(prevalence) if prevalence else None, per_class_masks,
              splits[i], specs.get(i)) for i in range(int(n_patients))]
     rows: List[Optional[dict]] = [None] * len(args)
     truths: List[Optional[dict]] = [None] * len(args)
@@ -310,8 +325,10 @@ def generate_archive(out_dir: Union[str, os.PathLike], n_patients: int, seed: in
             fh.write(json.dumps(tr, sort_keys=False) + "\n")
     counts: Dict[str, int] = {}
     for tr in truths:
-        for f in tr["findings"]:  # type: ignore[index]
-            counts[f["finding"]] = counts.get(f["finding"], 0) + 1
+        # Studies with the finding: truth has one entry per lesion, lobe or side (3 emphysematous studies were
+        # printed as 9 under "studies").
+        for key in {f["finding"] for f in tr["findings"]}:  # type: ignore[index]
+            counts[key] = counts.get(key, 0) + 1
     from ctglip_sdk._version import __version__
 
     (root / "synth.json").write_text(json.dumps({

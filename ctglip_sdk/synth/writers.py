@@ -41,7 +41,8 @@ class Identity:
     uid_seed: str        # entropy for per-slice SOP Instance UIDs
 
 
-def make_identity(seed: int, index: int, sex: str, age: int, rng: np.random.Generator) -> Identity:
+def make_identity(seed: int, index: int, sex: str, age: int, rng: np.random.Generator,
+                  preset: str = "default") -> Identity:
     """Fake identifiers and deterministic UIDs for patient ``index`` of an archive generated with ``seed``."""
     from pydicom.uid import generate_uid
 
@@ -52,7 +53,10 @@ def make_identity(seed: int, index: int, sex: str, age: int, rng: np.random.Gene
     # Unique within an archive: an affine map of the index (7919 is prime, coprime with 10**7).
     pid = f"SYN{(index * 7919 + (seed * 104729) % 9_000_000) % 10_000_000:07d}"
     acc = f"A{(seed % 1000):03d}{index:06d}"
-    base = ["ctglip-synth", str(seed), str(index)]
+    # One separated string: pydicom joins entropy sources without a separator, so ["1", "23"] and ["12", "3"]
+    # (patient 23 of seed 1, patient 3 of seed 12) gave the same UIDs, and two archives collided in one index.
+    # The preset enters too: a small and a default archive of one seed hold different pixels.
+    base = [f"ctglip-synth/{seed}/{index}/{preset}"]
     return Identity(
         patient_id=pid, name=f"{last}^{first}", birth_date=birth.strftime("%Y%m%d"), accession=acc,
         study_date=day0.strftime("%Y%m%d"), study_time=f"{int(rng.integers(7, 19)):02d}{int(rng.integers(60)):02d}00",
