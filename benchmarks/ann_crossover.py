@@ -5,24 +5,22 @@ float16 (common.organ_table, as bench_query.py), the script builds the two FAISS
 ``Flat`` and the automatic IVF (``IVF{nlist},Flat``, nlist ≈ 4·sqrt(N), trained and ``tune()``d to recall@10
 >= 0.95 as ``ArchiveIndex.rebuild`` does), then runs the same queries through ``Planner.search`` (filter from
 the in-memory mirror, path chosen by size: exact on the gathered subset, masked scan, or FAISS with a bitmap
-and nprobe widened by 1/selectivity) against each index, query by query in turn (round robin, so that load
-from other processes hits both alike). Filters as in bench_query.py: none (100 %), two organs (10 %), organ x
+and nprobe widened by 1/selectivity) against each index, query by query in turn (round robin, Flat first on
+even queries and IVF first on odd ones, so that load from other processes and whatever the first call pays hit
+both alike). Filters as in bench_query.py: none (100 %), two organs (10 %), organ x
 sex x age window (1 %, 0.1 %). Half the queries are noisy cluster centres (common.query_vectors: near the data,
 top-1 cosine ~0.8), half the model's text vectors of radiology phrases (far from these synthetic vectors, top-1
 cosine ~0.3, as text queries are from organ vectors: the modality gap). Reports p50 per path over all queries,
 the Flat/IVF ratio of p50s, IVF recall@10 against exact search over the same filter for each query kind, and the
 paths taken.
+``--threads`` reaches OpenBLAS (the planner's exact paths), OpenMP, torch and FAISS (common.py exports it before
+numpy loads); the exact truth is computed untimed, so no numpy baseline is timed here.
 This is a tuning measurement, not part of ``make bench`` (run.py runs ``bench_*.py`` only).
-Usage: python benchmarks/ann_crossover.py [--sizes 20000 50000 100000 200000] [--queries 40] [--rounds 3]
-       [--recall-queries 300] [--json-out PATH]
+Usage: python benchmarks/ann_crossover.py [--quick] [--sizes 20000 50000 100000 200000] [--queries 40]
+       [--rounds 3] [--recall-queries 300] [--threads N] [--json-out PATH]
 """
 
 from __future__ import annotations
-
-import os
-
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "2")
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
@@ -32,10 +30,10 @@ from collections import Counter  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Dict, List  # noqa: E402
 
-import numpy as np  # noqa: E402
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common as C  # noqa: E402
+import common as C  # noqa: E402 - first: it exports --threads before numpy loads
+
+import numpy as np  # noqa: E402
 from bench_query import K, SELECTIVITIES, exact_ids, make_filters, query_texts  # noqa: E402
 
 
@@ -96,9 +94,9 @@ def run_size(n: int, args: argparse.Namespace, model: Any) -> Dict[str, Any]:
             planner.search(view, pair[kind], qv[0], K, filters[0].organ_names(), conds[0], sql_ids=lambda: None)
         gc.disable()
         try:
-            for _ in range(args.rounds):
+            for rnd in range(args.rounds):
                 for i, (q, f, c) in enumerate(zip(qv, filters, conds)):
-                    for kind in ("flat", "ivf"):
+                    for kind in (("flat", "ivf") if (i + rnd) % 2 == 0 else ("ivf", "flat")):
                         t0 = time.perf_counter()
                         _s, ids, plan = planner.search(view, pair[kind], q, K, f.organ_names(), c,
                                                        sql_ids=lambda: None)
@@ -154,7 +152,8 @@ def main() -> int:
     C.print_table(["N", "IVF", "nprobe", "IVF build s", "filter", "Flat p50 ms", "IVF p50 ms", "Flat/IVF",
                    "IVF recall near", "IVF recall text", "Flat plans", "IVF plans"], table,
                   title=f"Planner.search, Flat vs automatic IVF, d = {args.dim}, k = {K}, {args.queries} queries x "
-                        f"{args.rounds} rounds per cell, interleaved; model {model_desc}")
+                        f"{args.rounds} rounds per cell, interleaved (order alternating); model {model_desc}; "
+                        f"{args.threads} threads (OpenBLAS {C.blas_threads()})")
     C.write_json(args.json_out, {"benchmark": "ann_crossover", "machine": C.machine_info(args.threads),
                                  "model": model_desc, "command": " ".join([Path(sys.executable).name, *sys.argv]),
                                  "sizes": sizes, "seconds": round(time.perf_counter() - t_start, 1)})

@@ -14,29 +14,37 @@ index is then closed and reopened with ``ArchiveIndex.open`` (timed).
 
 Filters on organ, sex and age hit ≈100 % / 10 % / 1 % / 0.1 % of the rows (each query draws its own organ and
 age window). Per selectivity, k = 10:
-- ``index text``: ``idx.search(text)`` end to end (distinct texts, so the text encoder runs every time), filter,
-  vector search and the SQL metadata join of the hits;
+- ``index text``: ``idx.search(text, rank="cosine")`` end to end (distinct texts, so the text encoder runs every
+  time; warm-up queries are never timed, so no timed text is in the index's text cache), filter, vector search
+  and the SQL metadata join of the hits. ``rank="cosine"`` because the default ``"auto"`` ranks a text that
+  names one dictionary finding by that finding's margin *over the finding's organs only*: the "100 %" cell would
+  search one organ (5 %) and the 10 % cells one of their two organs;
 - ``index vector``: ``idx.search(vector)`` end to end without the text encoder; ``vector part`` is its
   filter + search time (``SearchResults.plan.timings_ms``), without the SQL join;
 - ``index SQL filter``: the same with a non-mirrored key added that every row passes (``volume_ml >= 0``), which
   sends the filter to SQL (what any filter outside organ/age/sex/date/contrast/body part/split costs);
-- ``numpy``: mask -> gather -> matvec -> argpartition on in-memory arrays (exact: the truth for recall@10);
+- ``numpy``: mask -> gather -> matvec -> argpartition on in-memory arrays (exact: the truth for recall@10), timed
+  with 1 OpenBLAS thread (with 2, every matvec over ~2k rows waits for a descheduled thread on a busy machine:
+  the scheduler, not numpy, would be timed); where OpenBLAS cannot be set, in 1,024-row blocks as the planner
+  scores (the JSON's ``numpy_baseline`` says which);
 - ``chroma``: embedded PersistentClient, HNSW (ip), ``where`` filter (up to ``--chroma-max-n``: quick 1e4,
   full 2e5; ingesting 1e6 would take ~7 min at ~2.4k vectors/s); ``lance``: embedded, ``prefilter=True``, with
   scalar indexes on the filter columns; flat (no vector index) in quick mode and above ``--lance-index-max-n``
   (2e5: building IVF_HNSW_SQ took 45 s at 1e5 on 2 cores, minutes at 1e6), IVF_HNSW_SQ from 1e5 in full mode.
-Exact paths are compared with the memory-bandwidth floor (21 GB/s): bytes of float32 vectors scanned / time.
+Exact paths report GB/s (bytes of float32 vectors scanned / time) next to a reference bandwidth of 21 GB/s
+measured once on these machines (domain/baselines.md; not measured by this run, so not a floor).
+``--threads`` sets the OpenBLAS/OpenMP/torch/FAISS pools (common.py exports it before numpy loads).
+``--workdir`` keeps the scratch folders there; only the folders this script creates (idx-N, chroma-N, lance-N)
+are removed after each size, never other files of that folder.
 Usage: python benchmarks/bench_query.py [--quick] [--json-out PATH] [--sizes 10000 100000] [--no-peers]
        [--factory IVF1024,Flat] [--chroma-max-n N] [--lance-max-n N] [--lance-index IVF_HNSW_SQ]
-       [--lance-index-max-n N]
+       [--lance-index-max-n N] [--threads N] [--workdir DIR]
 """
 
 from __future__ import annotations
 
 import os
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "2")
 # LanceDB's Rust logger warns on every query that selects columns without `_distance` (hundreds of lines).
 os.environ.setdefault("LANCEDB_LOG", "error")
 
@@ -53,14 +61,19 @@ from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple  # noqa: E402
 
-import numpy as np  # noqa: E402
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common as C  # noqa: E402
+import common as C  # noqa: E402 - first: it exports --threads before numpy loads
+
+import numpy as np  # noqa: E402
 
 K = 10
 SELECTIVITIES = (1.0, 0.1, 0.01, 0.001)
 AGE_LO, AGE_HI = 20.0, 90.0
+#: Untimed warm-up queries per system and selectivity (their own filters and texts, see run_selectivity).
+WARMUP = 2
+NUMPY = "numpy (mask, gather, matvec)"
+#: Rows per matvec of the numpy baseline when OpenBLAS's thread count cannot be set (the planner's block).
+NUMPY_BLOCK = 1024
 
 
 # ------------------------------------------------------------------------------------------------ filters
@@ -151,15 +164,20 @@ def query_texts(filters: Sequence[Filter], rng: np.random.Generator, salt: str) 
 
 
 # ------------------------------------------------------------------------------------------------ systems
-def exact_ids(t: C.OrganTable, q: np.ndarray, f: Filter) -> Tuple[np.ndarray, int]:
-    """numpy brute force: mask -> gather -> matvec -> top-k; returns (row numbers best first, rows scanned)."""
+def exact_ids(t: C.OrganTable, q: np.ndarray, f: Filter, block: Optional[int] = None) -> Tuple[np.ndarray, int]:
+    """numpy brute force: mask -> gather -> matvec -> top-k; returns (row numbers best first, rows scanned).
+
+    ``block``: score in matvecs of that many rows (the baseline's fallback when OpenBLAS cannot be pinned).
+    """
     m = f.mask(t)
-    if m is None:
-        s = t.vectors @ q
-        base = None
+    base = None if m is None else np.flatnonzero(m)
+    if block is None:
+        s = t.vectors @ q if base is None else t.vectors[base] @ q
     else:
-        base = np.flatnonzero(m)
-        s = t.vectors[base] @ q
+        n_rows = t.n if base is None else base.size
+        s = np.empty(n_rows, np.float32)
+        for b in range(0, n_rows, block):
+            s[b:b + block] = (t.vectors[b:b + block] if base is None else t.vectors[base[b:b + block]]) @ q
     n = s.shape[0]
     if n == 0:
         return np.zeros(0, np.int64), 0
@@ -269,32 +287,48 @@ def run_size(n: int, args: argparse.Namespace, model: Any, work: Path) -> Dict[s
     idx.close()
     del idx, peers
     gc.collect()
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True, exist_ok=True)
+    remove_size_folders(work, n)
     return out
+
+
+def size_folders(work: Path, n: int) -> List[Path]:
+    """The scratch folders :func:`run_size` creates for size ``n`` inside ``work`` (and nothing else there)."""
+    return [work / f"{kind}-{n}" for kind in ("idx", "chroma", "lance")]
+
+
+def remove_size_folders(work: Path, n: int) -> None:
+    """Free the disk of one size before the next: only this script's folders, since ``work`` may be a user's
+    ``--workdir`` holding other files (the whole folder used to be removed)."""
+    for folder in size_folders(work, n):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_selectivity(t: C.OrganTable, idx: Any, model: Any, peers: Dict[str, Any], target: float,
                     args: argparse.Namespace, rng: np.random.Generator) -> List[Dict[str, Any]]:
     nq = args.queries
-    filters = make_filters(target, nq, rng)
+    # Queries nq.. nq+WARMUP-1 are the warm-up: own filters and texts, never timed, so that no timed text is
+    # already in the index's text cache (warming up on the first timed queries made two of them cache hits).
+    filters = make_filters(target, nq + WARMUP, rng)
     qv = C.query_vectors(t, [f.organs[0] if f.organs else int(rng.integers(len(C.STUDY_ORGANS))) for f in filters], rng)
     texts = query_texts(filters, rng, salt=f"{t.n}-{target}-")
-    tv = model.encode_text(texts)  # the vectors idx.search(text) will use (for its exact truth)
-    masks = [f.mask(t) for f in filters]
+    tv = model.encode_text(texts[:nq])  # the vectors idx.search(text, rank="cosine") uses (for its exact truth)
+    masks = [f.mask(t) for f in filters[:nq]]
     sel = float(np.mean([1.0 if m is None else m.mean() for m in masks]))
     truth = [exact_ids(t, q, f)[0] for q, f in zip(qv, filters)]
     truth_t = [exact_ids(t, q, f)[0] for q, f in zip(tv, filters)]
     bytes_per_row = t.vectors.shape[1] * 4
+    blas_get, blas_set = C._openblas_calls()
+    block = None if blas_set is not None else NUMPY_BLOCK
 
-    def idx_call(q: Any, f: Filter, extra: Optional[Dict[str, Any]] = None) -> Any:
+    def idx_call(q: Any, f: Filter, extra: Optional[Dict[str, Any]] = None, rank: str = "auto") -> Any:
         where = dict(f.where() or {}, **(extra or {})) or None
-        return idx.search(q, k=K, organ=f.organ_names(), where=where)
+        return idx.search(q, k=K, organ=f.organ_names(), where=where, rank=rank)
 
     systems: Dict[str, Tuple[Callable[[int], Any], int]] = {
-        "numpy (mask, gather, matvec)": (lambda i: exact_ids(t, qv[i], filters[i]), nq),
+        NUMPY: (lambda i: exact_ids(t, qv[i], filters[i], block), nq),
         "index vector (e2e)": (lambda i: idx_call(qv[i], filters[i]), nq),
-        "index text (e2e)": (lambda i: idx_call(texts[i], filters[i]), args.text_queries),
+        # rank="cosine": "auto" would rank a one-finding text over that finding's organs only (not this filter)
+        "index text (e2e, cosine)": (lambda i: idx_call(texts[i], filters[i], rank="cosine"), args.text_queries),
         "index SQL filter (e2e)": (lambda i: idx_call(qv[i], filters[i], {"volume_ml": (0, None)}), args.sql_queries),
     }
     if "chroma" in peers:
@@ -315,24 +349,31 @@ def run_selectivity(t: C.OrganTable, idx: Any, model: Any, peers: Dict[str, Any]
 
     times: Dict[str, List[float]] = {k: [] for k in systems}
     results: Dict[str, List[Any]] = {k: [] for k in systems}
-    for name, (fn, m) in systems.items():  # warm-up: imports, caches, thread pools
-        for i in range(min(2, m)):
+    threads = blas_get() if blas_get is not None else None
+    for name, (fn, m) in systems.items():  # warm-up on the untimed queries: imports, caches, thread pools
+        for i in range(nq, nq + WARMUP):
             fn(i)
+    order = list(systems)
     gc.disable()
     try:
-        for i in range(nq):  # round robin: load from other processes hits every system alike
-            for name, (fn, m) in systems.items():
+        for i in range(nq):  # round robin, reversed every other query: load hits every system alike
+            for name in (order if i % 2 == 0 else order[::-1]):
+                fn, m = systems[name]
                 if i >= m:
                     continue
+                if name == NUMPY and blas_set is not None:
+                    blas_set(1)  # set outside the timed call
                 t0 = time.perf_counter()
                 r = fn(i)
                 times[name].append(time.perf_counter() - t0)
+                if name == NUMPY and blas_set is not None and threads is not None:
+                    blas_set(threads)
                 results[name].append(r)
     finally:
         gc.enable()
 
     rows = []
-    np_p50 = C.summarize(times["numpy (mask, gather, matvec)"]).p50
+    np_p50 = C.summarize(times[NUMPY]).p50
     for name in systems:
         st = C.summarize(times[name])
         m = len(times[name])
@@ -342,6 +383,7 @@ def run_selectivity(t: C.OrganTable, idx: Any, model: Any, peers: Dict[str, Any]
             found = [r[0] for r in res]
             scanned = np.mean([r[1] for r in res])
             row["recall@10"] = 1.0
+            row["numpy_baseline"] = "1 BLAS thread" if block is None else f"{block}-row blocks"
             row["bytes_scanned"] = int(scanned * bytes_per_row)
         elif name.startswith("index"):
             found = [np.asarray(r.crop_ids, np.int64) - 1 for r in res]
@@ -368,7 +410,7 @@ def run_selectivity(t: C.OrganTable, idx: Any, model: Any, peers: Dict[str, Any]
         if "bytes_scanned" in row:
             base = row["vector_part"]["p50_ms"] if "vector_part" in row else st.p50
             row["bandwidth_gbs"] = round(row["bytes_scanned"] / (base / 1e3) / 1e9, 2) if base > 0 else None
-            row["floor_ms"] = round(row["bytes_scanned"] / (C.BANDWIDTH_GBS * 1e9) * 1e3, 4)
+            row["floor_ms"] = round(row["bytes_scanned"] / (C.BANDWIDTH_GBS * 1e9) * 1e3, 4)  # at the reference
         row["numpy_over_this_p50"] = round(np_p50 / st.p50, 3) if st.p50 > 0 else None
         rows.append(row)
     index_row = next(r for r in rows if r["system"] == "index vector (e2e)")
@@ -390,7 +432,8 @@ def print_size(res: Dict[str, Any]) -> None:
                       r.get("bandwidth_gbs"), r.get("numpy_over_this_p50")])
     C.print_table(["filter", "system", "actual sel.", "queries", "p50 ms", "p99 ms", "vector part p50",
                    "vector part p99", "recall@10", "plan", "GB/s", "numpy/this"], table,
-                  title=f"N = {res['n']:,} (k = {K}; 'vector part' = the index's filter + search, no SQL join)")
+                  title=f"N = {res['n']:,} (k = {K}; 'vector part' = the index's filter + search, no SQL join; "
+                        f"numpy: {res['rows'][0].get('numpy_baseline', '?')}; text: rank='cosine')")
 
 
 def main() -> int:
@@ -412,9 +455,11 @@ def main() -> int:
                     help="largest N given a LanceDB index; above it LanceDB scans flat (exact)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--factory", default=None, help="FAISS factory of the index (default: automatic by size)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="BLAS/OpenMP/torch/FAISS threads (numpy baseline: 1)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workdir", default=None, help="scratch folder (default: a temp folder, removed)")
+    ap.add_argument("--workdir", default=None,
+                    help="scratch folder (default: a temp folder, removed); in a given folder only the script's "
+                         "own idx-N/chroma-N/lance-N folders are removed")
     args = ap.parse_args()
     quick = args.quick
     args.sizes = args.sizes or ([10_000, 100_000] if quick else [10_000, 100_000, 1_000_000])
@@ -440,7 +485,7 @@ def main() -> int:
         except ImportError:
             pass
     print(f"bench_query ({'quick' if quick else 'full'}): model {model_desc}, dim {model.embed_dim}, "
-          f"{args.threads} threads, sizes {args.sizes}", flush=True)
+          f"{args.threads} threads (OpenBLAS now {C.blas_threads()}), sizes {args.sizes}", flush=True)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-query-"))
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -454,7 +499,7 @@ def main() -> int:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
     payload = {"benchmark": "query", "mode": "quick" if quick else "full", "machine": C.machine_info(args.threads),
-               "model": model_desc, "dim": int(model.embed_dim), "k": K, "bandwidth_floor_gbs": C.BANDWIDTH_GBS,
+               "model": model_desc, "dim": int(model.embed_dim), "k": K, "bandwidth_reference_gbs": C.BANDWIDTH_GBS,
                "queries": {"index_numpy": args.queries, "text": args.text_queries, "peers": args.peer_queries,
                            "sql": args.sql_queries},
                "command": " ".join([Path(sys.executable).name, *sys.argv]),

@@ -7,31 +7,29 @@
 2. ``ArchiveIndex.score()`` end to end on an index of the same rows (probabilities written to SQL), and a second
    call that finds nothing stale (the incremental check alone).
 3. ``model.encode_text``: report-style sentences per second at batch 64 (the default) and one at a time (a query).
-Report parsing has its own script (bench_reports.py). Without the abnormality dictionary the scoring rows are
+The cached ``detect_arrays`` and its baseline (a dense matmul + sigmoid) are timed interleaved, and the two
+thread counts of one-at-a-time encoding too, the order alternating on each repeat so that neither always runs
+first. Report parsing has its own script (bench_reports.py). Without the abnormality dictionary the scoring rows are
 skipped with the reason.
-Usage: python benchmarks/bench_score.py [--quick] [--json-out PATH] [--organs N] [--sentences M]
+Usage: python benchmarks/bench_score.py [--quick] [--json-out PATH] [--organs N] [--sentences M] [--threads N]
 """
 
 from __future__ import annotations
 
-import os
-
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "2")
-
 import argparse  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
+import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Dict, List  # noqa: E402
 
-import numpy as np  # noqa: E402
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common as C  # noqa: E402
+import common as C  # noqa: E402 - first: it exports --threads before numpy loads
+
+import numpy as np  # noqa: E402
 
 
 def load_dictionary() -> tuple:
@@ -73,8 +71,8 @@ def bench_text(model: Any, texts: List[str], single: int, repeats: int, threads:
     model.encode_text(texts[:64])  # warm-up
     batched = C.median_time(lambda: model.encode_text(texts, batch_size=64), repeats, warmup=0)
     per: Dict[int, List[float]] = {threads: [], 1: []}
-    for t in texts[:single]:
-        for n in per:
+    for i, t in enumerate(texts[:single]):
+        for n in (list(per) if i % 2 == 0 else list(per)[::-1]):  # alternate which thread count goes first
             torch.set_num_threads(n)
             t0 = time.perf_counter()
             model.encode_text([t], batch_size=1)
@@ -97,7 +95,6 @@ def bench_scoring(model: Any, dictionary: Any, table: C.OrganTable, repeats: int
     rows, keys, prob = zs.detect_arrays(names, table.vectors)
     cold = time.perf_counter() - t0
     pairs = int(rows.size)
-    warm = C.median_time(lambda: zs.detect_arrays(names, table.vectors), repeats, warmup=0)
     objs = C.median_time(lambda: zs.detect_vectors(names, table.vectors), max(1, repeats // 2), warmup=0)
     n_keys = len(set(keys))
     # Same-run baseline: the arithmetic floor of scoring, a dense float32 matmul of every organ with a positive
@@ -109,7 +106,10 @@ def bench_scoring(model: Any, dictionary: Any, table: C.OrganTable, repeats: int
         z = vecs @ prompts
         1.0 / (1.0 + np.exp(-(z[:, 0::2] - z[:, 1::2])))
 
-    floor_s = C.median_time(floor, repeats, warmup=1)
+    # Interleaved with the order alternating on each repeat: the variant and its baseline share the same load.
+    times = C.interleaved_times({"detect_arrays": lambda: zs.detect_arrays(names, table.vectors), "baseline": floor},
+                                repeats, warmup=1)
+    warm, floor_s = statistics.median(times["detect_arrays"]), statistics.median(times["baseline"])
     return {"_classifier": zs, "organs": table.n, "pairs": pairs, "findings": n_keys, "cold_s": round(cold, 4),
             "baseline_dense_matmul_s": round(floor_s, 4), "ratio_vs_baseline": round(warm / floor_s, 2),
             "cold_pairs_per_s": round(pairs / cold), "detect_arrays_s": round(warm, 4),

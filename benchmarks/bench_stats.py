@@ -1,8 +1,10 @@
 """Per-organ stats cost with and without the extended focal descriptors, on one synthetic study per preset.
 
 Times ``model.prepare`` (resampling plus every organ stat) of ctglip-tiny with ``preprocess.focal_extended`` off
-(the baseline) and on, interleaved so that load from other processes hits both alike, and prints medians and
-the ratio on/off. Usage: python benchmarks/bench_stats.py [--presets default clinical] [--repeats 5] [--json-out P]
+(the baseline) and on, interleaved with the order alternating on each repeat (off first, then on first), so that
+load from other processes and whatever the first call of a repeat pays hit both alike, and prints medians and
+the ratio on/off. Usage: python benchmarks/bench_stats.py [--quick] [--presets default clinical] [--repeats 5]
+[--threads N] [--json-out P]
 """
 
 from __future__ import annotations
@@ -10,14 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Dict
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common as C  # noqa: E402 - first: it exports --threads before numpy (and torch) load
 
-import ctglip_sdk as cg
+import ctglip_sdk as cg  # noqa: E402
 
 
 def _study(preset: str, seed: int, root: Path):
@@ -43,22 +46,18 @@ def main() -> Dict[str, Any]:
     args = ap.parse_args()
     if args.quick:
         args.presets, args.repeats = ["small"], min(args.repeats, 2)
-    torch.set_num_threads(args.threads)
+    C.set_threads(args.threads)
     base = cg.create("ctglip-tiny", overrides={"preprocess": {"focal_extended": False}}, seed=0)
     ext = cg.create("ctglip-tiny", overrides={"preprocess": {"focal_extended": True}}, seed=0)
     assert ext.config.preprocess.n_stats > base.config.preprocess.n_stats
-    out: Dict[str, Any] = {"threads": args.threads, "repeats": args.repeats, "presets": {}}
+    out: Dict[str, Any] = {"threads": args.threads, "blas_threads": C.blas_threads(), "repeats": args.repeats,
+                           "order": "alternating", "presets": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets:
             vol, seg = _study(preset, args.seed, Path(tmp))
-            times = {"off": [], "on": []}
-            for model in (base, ext):  # warm-up: imports, allocator
-                model.prepare(vol, seg)
-            for _ in range(args.repeats):
-                for name, model in (("off", base), ("on", ext)):
-                    t0 = time.perf_counter()
-                    model.prepare(vol, seg)
-                    times[name].append(time.perf_counter() - t0)
+            # one warm-up each (imports, allocator), then the order alternates on each repeat
+            times = C.interleaved_times({"off": lambda: base.prepare(vol, seg), "on": lambda: ext.prepare(vol, seg)},
+                                        args.repeats, warmup=1)
             med = {k: statistics.median(v) for k, v in times.items()}
             out["presets"][preset] = {"shape": list(vol.array.shape), "median_s_off": med["off"],
                                       "median_s_on": med["on"], "ratio_on_off": med["on"] / med["off"]}

@@ -19,9 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-import numpy as np
+from thread_pools import (THREAD_VARS, _openblas_calls, blas_limit, blas_threads,  # noqa: E402,F401
+                          pin_threads_before_numpy,
+                          set_threads, threads_from_argv)
 
-#: Memory-copy bandwidth measured on these machines (domain/baselines.md); the floor of a flat scan.
+pin_threads_before_numpy()
+
+import numpy as np  # noqa: E402 - after the thread variables are set
+
+#: Memory-copy bandwidth measured once on these machines (domain/baselines.md): a reference for the GB/s that a
+#: flat scan reaches, not a floor that this run measured (a scan of cached vectors can exceed it, a busy one not).
 BANDWIDTH_GBS = 21.0
 
 #: 20 TotalSegmentator v1 classes per synthetic study (each 5 % of the rows): the organs the shared finding
@@ -66,6 +73,7 @@ def machine_info(threads: Optional[int] = None) -> Dict[str, Any]:
     info: Dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(), "cpu": cpu_model(),
         "python": platform.python_version(), "numpy": np.__version__, "threads": threads,
+        "blas_threads": blas_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
     }
     try:
         info["load_avg_1m"] = round(os.getloadavg()[0], 2)
@@ -83,23 +91,24 @@ def machine_info(threads: Optional[int] = None) -> Dict[str, Any]:
     return info
 
 
-def set_threads(n: int) -> None:
-    """Pin numpy/BLAS, torch and FAISS thread pools to ``n`` (env vars must be set before numpy loads, so the
-    scripts also export them at the top)."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, str(n))
-    try:
-        import torch
+def interleaved_times(fns: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> Dict[str, List[float]]:
+    """Seconds of each ``fns[k]()`` over ``repeats`` rounds, one call of every function per round.
 
-        torch.set_num_threads(n)
-    except ImportError:
-        pass
-    try:
-        import faiss
-
-        faiss.omp_set_num_threads(n)
-    except ImportError:
-        pass
+    The order alternates (reversed every other round) so that neither the baseline nor the variant always runs
+    first: whatever the first call of a round pays (caches evicted by the other, clock ramp-up, load from other
+    processes) falls on both alike.
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for k in names:
+            fns[k]()
+    times: Dict[str, List[float]] = {k: [] for k in names}
+    for r in range(repeats):
+        for k in (names if r % 2 == 0 else names[::-1]):
+            t = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - t)
+    return times
 
 
 def peak_rss_mb() -> float:

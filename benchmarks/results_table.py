@@ -2,7 +2,12 @@
 
 Every model is trained with the project's own `ctglip train` and scored with `ctglip eval` (subprocesses, so the
 numbers are what a user reproduces). Finished runs are kept: rerunning the script skips trained models and
-stored evaluations, so it can be stopped and continued.
+stored evaluations, so it can be stopped and continued, but only when they answer the same request: each run
+folder holds a ``request.json`` (steps, objective, overrides, config hash of --cnn-config or of the ViT derived
+from it, training archive) and each evaluation an ``evals/NAME.request.json`` (sha256 of the trained weights,
+held-out archive, split). A run whose request differs, or that an earlier version of this script made without
+one, is moved aside to ``runs/NAME.replaced-<time>`` (nothing is deleted) and trained again; a stale evaluation
+is redone.
 
     python benchmarks/results_table.py --train-archive data/train --heldout-archive data/heldout --out results/
     python benchmarks/results_table.py ... --make-archives --train-patients 200 --heldout-patients 150
@@ -19,10 +24,44 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Dict
+from typing import Any, Dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import run_command  # noqa: E402
+from seeds_table import _sha256  # noqa: E402
+
+
+def config_hash(config: Any) -> str:
+    """Config hash of a registered name, a config .json path, or a config dict (what the run trains)."""
+    from ctglip_sdk.model import get_config
+    from ctglip_sdk.model.config import CTGlipConfig
+
+    if isinstance(config, dict):
+        return CTGlipConfig.from_json(json.dumps(config)).config_hash
+    if str(config).endswith(".json"):
+        return CTGlipConfig.from_json(Path(config).read_text()).config_hash
+    return get_config(str(config)).config_hash
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def reuse_or_move(run_dir: Path, request: Dict[str, Any]) -> bool:
+    """Whether ``run_dir`` (finished or not) was made for ``request``; a folder made for another request, or
+    without a request.json, is renamed aside (kept) so that the run starts afresh. Returns True to reuse."""
+    if not run_dir.exists():
+        return False
+    if _read_json(run_dir / "request.json") == json.loads(json.dumps(request)):
+        return True
+    aside = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.rename(aside)
+    print(f"{run_dir}: trained for another request (--steps, --cnn-config, archive...) or by an earlier script; "
+          f"moved to {aside.name}, training again", flush=True)
+    return False
 
 
 def tiny_vit_config(cnn_config: str = "ctglip-tiny") -> Dict[str, object]:
@@ -85,7 +124,10 @@ def main() -> int:
             run_command(exe + ["synth", path, "--patients", str(n), "--seed", str(seed), "--format", "nifti",
                         "--preset", "default"])
     vit_cfg = out / "ctglip-tiny-vit.json"
-    vit_cfg.write_text(json.dumps(tiny_vit_config(args.cnn_config), indent=2) + "\n")
+    vit_dict = tiny_vit_config(args.cnn_config)
+    vit_cfg.write_text(json.dumps(vit_dict, indent=2) + "\n")
+    hashes = {"cnn": config_hash(args.cnn_config), "vit": config_hash(vit_dict)}
+    train_meta = _read_json(Path(args.train_archive) / "synth.json") or {}
 
     rows = {}
     for name in args.only or list(VARIANTS):
@@ -93,19 +135,32 @@ def main() -> int:
         run_dir = out / "runs" / name
         eval_file = out / "evals" / f"{name}.json"
         steps = args.steps if tower == "cnn" else args.vit_steps
-        if not (run_dir / "model" / "model.safetensors").is_file():
+        request = {"steps": steps, "objective": objective, "overrides": extra, "config_hash": hashes[tower],
+                   "train_archive": str(args.train_archive), "train_archive_seed": train_meta.get("seed"),
+                   "train_archive_patients": train_meta.get("n_patients"), "seed": 0}
+        reused = reuse_or_move(run_dir, request)
+        if not reused or not (run_dir / "model" / "model.safetensors").is_file():
             sets = [f"objective={objective}", f"max_steps={steps}", f"threads={args.threads}", "seed=0", *extra]
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "request.json").write_text(json.dumps(request, indent=2) + "\n")  # before: --resume checks it
             t0 = time.perf_counter()
             run_command(exe + ["train", "--archive", args.train_archive, "--model",
                         args.cnn_config if tower == "cnn" else str(vit_cfg), "--out", str(run_dir), "--json",
                         "--no-progress", "--resume"] + [a for s in sets for a in ("--set", s)])
             (run_dir / "wall_seconds.txt").write_text(f"{time.perf_counter() - t0:.0f}\n")
+        eval_request = {"weights_sha256": _sha256(run_dir / "model" / "model.safetensors"),
+                        "heldout_archive": str(args.heldout_archive), "split": args.split,
+                        "val_archive": str(args.train_archive)}
+        eval_req_file = out / "evals" / f"{name}.request.json"
+        if eval_file.is_file() and _read_json(eval_req_file) != eval_request:
+            eval_file.unlink()  # the model was retrained, or another held-out archive or split: score again
         if not eval_file.is_file():
             eval_file.parent.mkdir(parents=True, exist_ok=True)
             text = run_command(exe + ["eval", "--model", str(run_dir / "model"), "--archive", args.heldout_archive,
                                "--split", args.split, "--val-archive", args.train_archive, "--val-split", "val",
                                "--out", str(out / "evals" / name), "--json"])
             eval_file.write_text(text)
+            eval_req_file.write_text(json.dumps(eval_request, indent=2) + "\n")
         m = json.loads(eval_file.read_text())
         summary = json.loads((run_dir / "summary.json").read_text())
         rows[name] = {"tower": tower, "objective": objective, "steps": summary["steps"],

@@ -1,6 +1,9 @@
 """Run every benchmark script (quick or full mode), print a summary and collect their JSON in one folder.
 
-Each `benchmarks/bench_*.py` accepts `--quick` and `--json-out PATH` and prints its own table. Benchmarks are
+Each `benchmarks/bench_*.py` accepts `--quick` and `--json-out PATH` and prints its own table (the other scripts
+of this folder are not run here and need not). Unknown names in `--only`/`--skip` and unknown `--extra` keys are
+usage errors (a typo used to run nothing, or everything without the extra arguments), and each script's old JSON
+is deleted before it runs, so a failed run cannot leave the previous result in the summary. Benchmarks are
 ratios against a baseline measured in the same run on the same data; medians are quoted (shared machines).
 Full mode runs the sizes of issue 9 (query at 1e6, clinical ingest + memory, scoring at 2e5) for FULL_SET and
 the other scripts in quick mode (their full modes belong to their own docs; ``--full-all`` runs them too), so
@@ -64,8 +67,13 @@ def main() -> int:
     args = ap.parse_args()
     extra = parse_extra(args.extra)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     scripts = sorted(HERE.glob("bench_*.py"))
+    known = [s.stem.removeprefix("bench_") for s in scripts]
+    for flag, names in (("--only", args.only or []), ("--skip", args.skip), ("--extra", list(extra))):
+        unknown = sorted(set(names) - set(known))
+        if unknown:
+            ap.error(f"{flag}: unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    out.mkdir(parents=True, exist_ok=True)
     if args.only:
         scripts = [s for s in scripts if s.stem.removeprefix("bench_") in args.only]
     scripts = [s for s in scripts if s.stem.removeprefix("bench_") not in args.skip]
@@ -77,6 +85,7 @@ def main() -> int:
         name = script.stem.removeprefix("bench_")
         full = args.full_all or (args.full and name in FULL_SET)
         json_out = out / f"{name}.json"
+        json_out.unlink(missing_ok=True)  # a failed run must not leave the previous run's result to be read
         cmd = [sys.executable, str(script), "--json-out", str(json_out)] + ([] if full else ["--quick"])
         cmd += extra.get(name, [])
         note = "" if full or not args.full else " (quick mode: not in the full set; --full-all runs it full)"

@@ -4,7 +4,10 @@ One held-out seed can flatter or sink a model by a few hundredths (the weakest f
 so the bundled model is judged on several. Focal findings also get their AUC by lesion size, pooled over seeds.
 Every archive is made by `ctglip synth` and scored by `ctglip eval` (subprocesses: the numbers are what a user
 reproduces; `--in-process` runs the same `evaluate` in this process and encodes the calibration archive once);
-archives and evaluations already on disk are reused.
+archives and evaluations already on disk are reused only when they answer the same request: an archive whose
+synth.json records the same seed, patients and preset, and an evaluation whose ``request.json`` records the same
+model (config hash and sha256 of the weights file, for a folder or a registered name alike), the same archive and
+the same calibration archive and split; anything else is made again.
 
     python benchmarks/seeds_table.py --model ctglip-tiny-synthetic --calib-archive data/calib --out seeds/
     python benchmarks/seeds_table.py --model runs/x/model --seeds 1001 4242 5150 --patients 150 100 100 \
@@ -14,11 +17,12 @@ archives and evaluations already on disk are reused.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import fmt, print_table, run_command, write_json  # noqa: E402
@@ -26,12 +30,71 @@ from common import fmt, print_table, run_command, write_json  # noqa: E402
 BARS = {"organ_top1": 0.95, "auc_mean": 0.95, "auc_min": 0.85, "f1_mean": 0.80}
 
 
+def archive_matches(root: Path, seed: int, patients: int, preset: str) -> bool:
+    """Whether ROOT holds a synthetic archive of this seed, size and preset (its synth.json says so)."""
+    try:
+        meta = json.loads((root / "synth.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    name = meta.get("preset", {}).get("name") if isinstance(meta.get("preset"), dict) else meta.get("preset")
+    return (root / "manifest.csv").is_file() and (meta.get("seed"), meta.get("n_patients"), name) == \
+        (seed, patients, preset)
+
+
 def _archive(out: Path, seed: int, patients: int, preset: str, workers: int) -> Path:
     root = out / f"archive_{seed}"
-    if not (root / "manifest.csv").is_file():
+    if not archive_matches(root, seed, patients, preset):  # another --patients or --preset: make it again
         run_command([sys.executable, "-m", "ctglip_sdk.cli.main", "synth", str(root), "--patients", str(patients),
-              "--seed", str(seed), "--format", "nifti", "--preset", preset, "--workers", str(workers), "--json"])
+                     "--seed", str(seed), "--format", "nifti", "--preset", preset, "--workers", str(workers),
+                     "--json", "--overwrite"])
     return root
+
+
+def _sha256(path: Path) -> Optional[str]:
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_identity(model: str) -> Dict[str, Optional[str]]:
+    """The registered config hash, and the sha256 of config.json and of the weights file, of a model folder or a
+    registered name (its bundled folder).
+
+    A registered name's bundled weights can change under the same name (a reinstall, a retrained bundle), so the
+    name alone does not identify what was evaluated; a folder's file times do not either (a copy keeps old ones).
+    config.json also holds the calibration and the weights' checksum, which change what eval reports.
+    """
+    folder: Optional[Path] = Path(model) if Path(model).is_dir() else None
+    config_hash: Optional[str] = None
+    if folder is None:
+        try:
+            from ctglip_sdk.model import model_info
+
+            info = model_info(model)
+            config_hash = info["config_hash"]
+            folder = Path(info["weights"]) if info.get("weights") else None
+        except Exception:  # noqa: BLE001 - an unknown name: nothing to compare, so nothing is reused
+            return {"config_hash": None, "config_json_sha256": None, "weights_sha256": None}
+    return {"config_hash": config_hash,
+            "config_json_sha256": _sha256(folder / "config.json") if folder is not None else None,
+            "weights_sha256": _sha256(folder / "model.safetensors") if folder is not None else None}
+
+
+def request_record(model: str, archive: Path, calib: str, calib_split: str) -> Dict[str, Any]:
+    """What an evaluation answers (stored next to its metrics.json as request.json)."""
+    try:
+        synth = json.loads((archive / "synth.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        synth = {}
+    preset = synth.get("preset")
+    return {"model": model_identity(model), "archive": str(archive), "archive_seed": synth.get("seed"),
+            "archive_patients": synth.get("n_patients"),
+            "archive_preset": preset.get("name") if isinstance(preset, dict) else preset,
+            "calib_archive": calib, "calib_split": calib_split}
 
 
 class _InProcess:
@@ -57,8 +120,9 @@ class _InProcess:
 def _evaluate(model: str, archive: Path, out: Path, calib: str, calib_split: str,
               in_process: "_InProcess | None" = None, workers: int = 0) -> Dict[str, Any]:
     metrics = out / "metrics.json"
-    if metrics.is_file() and not _same_request(metrics, model, calib, calib_split):
-        metrics.unlink()  # another calibration archive or split, or other weights: evaluate again
+    request = request_record(model, archive, calib, calib_split)
+    if metrics.is_file() and not _same_request(metrics, request):
+        metrics.unlink()  # other weights, config, archive or calibration: evaluate again
     if not metrics.is_file():
         if in_process is not None:
             in_process(archive, out)
@@ -66,17 +130,21 @@ def _evaluate(model: str, archive: Path, out: Path, calib: str, calib_split: str
             run_command([sys.executable, "-m", "ctglip_sdk.cli.main", "eval", "--model", model, "--archive",
                          str(archive), "--split", "all", "--val-archive", calib, "--val-split", calib_split, "--out",
                          str(out), "--workers", str(workers), "--json"])
+        (out / "request.json").write_text(json.dumps(request, indent=2) + "\n")
     return json.loads(metrics.read_text())
 
 
-def _same_request(metrics: Path, model: str, calib: str, calib_split: str) -> bool:
-    """Whether an earlier evaluation answers this one: the same calibration archive and split, and, for a model
-    folder, weights not written after it (a model retrained into the same run folder changes them)."""
-    cached = json.loads(metrics.read_text())
-    if (cached.get("val_archive"), cached.get("val_split")) != (calib, calib_split):
+def _same_request(metrics: Path, request: Dict[str, Any]) -> bool:
+    """Whether an earlier evaluation answers this one: its request.json equals ``request`` (model config hash and
+    weights sha256, archive seed/patients/preset, calibration archive and split). An evaluation without a
+    request.json (older script) or of a model that cannot be identified is never reused."""
+    try:
+        cached = json.loads((metrics.parent / "request.json").read_text())
+    except (OSError, json.JSONDecodeError):
         return False
-    weights = Path(model) / "model.safetensors"
-    return not weights.is_file() or weights.stat().st_mtime <= metrics.stat().st_mtime
+    if not any(request["model"].values()):
+        return False
+    return cached == json.loads(json.dumps(request))
 
 
 def summarize(per_seed: Dict[int, Dict[str, Any]]) -> Dict[str, Any]:
@@ -157,7 +225,9 @@ def main(argv: Sequence[str] = ()) -> Dict[str, Any]:
     for seed, n in zip(args.seeds, patients):
         archive = _archive(out, seed, n, args.preset, args.workers)
         dest = out / f"eval_{tag}_{seed}"
-        if args.in_process and runner is None and not (dest / "metrics.json").is_file():
+        fresh = (dest / "metrics.json").is_file() and _same_request(
+            dest / "metrics.json", request_record(args.model, archive, args.calib_archive, args.calib_split))
+        if args.in_process and runner is None and not fresh:
             runner = _InProcess(args.model, args.calib_archive, args.calib_split, args.workers)
         per_seed[seed] = _evaluate(args.model, archive, dest, args.calib_archive, args.calib_split, runner,
                                    args.workers)
