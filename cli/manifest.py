@@ -52,9 +52,16 @@ def manifest_command(archive: str, seed: int, fractions: str, force: bool, repor
         click.echo(f"{summary.reports_by_accession} report(s) paired by accession number")
     if summary.localizers:
         click.echo(f"left out {len(summary.localizers)} localizer/scout series")
+    if summary.derived:
+        click.echo(f"left out {len(summary.derived)} reformatted series (MPR, MIP, coronal/sagittal) beside their "
+                   "study's axial series")
+    if summary.orphan_masks or summary.orphan_reports:
+        click.echo(f"{len(summary.orphan_masks)} mask(s) and {len(summary.orphan_reports)} .txt file(s) belong to "
+                   "no image found (use --json to list them)")
     problems = ([{"image": p, "missing": "mask"} for p in summary.missing_mask] +
                 [{"image": p, "missing": "report"} for p in summary.missing_report] +
                 [{"image": p, "missing": "report text (the file is empty)"} for p in summary.empty_report] +
+                [{"image": p, "missing": f"mask on its grid: {r}"} for p, r in summary.mask_mismatch] +
                 [{"image": p, "missing": f"header: {r}"} for p, r in summary.unreadable])
     if problems:
         print_table(problems[:50])

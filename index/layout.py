@@ -14,9 +14,11 @@ from typing import Any, Dict, List, Optional, Tuple
 from ctglip_sdk.errors import CTGlipError, InputError
 from ctglip_sdk.io.manifest_csv import manifest_rows
 from ctglip_sdk.io.paths import is_within, resolve_within, strip_root
+from ctglip_sdk.organs import V1, V2
 from ctglip_sdk.privacy import dicom_identifiers, redact_identifiers
 
-__all__ = ["Item", "plan_archive", "discovered_items", "existing_path", "fingerprint", "redact", "path_key", "MASK_PATTERNS"]
+__all__ = ["Item", "Discovered", "plan_archive", "discovered_items", "existing_path", "fingerprint", "redact",
+           "path_key", "MASK_PATTERNS"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,8 @@ _MASK_DIRS = {"segmentations", "seg", "masks", "labels", "labelstr", "labelsts"}
 # nnU-Net names an image case_0000.nii.gz (channel 0) and its label case.nii.gz: both stems are tried.
 _CHANNEL = re.compile(r"_\d{4}$")
 _MASK_SUFFIXES = ("_seg", ".seg", "_mask", "_segmentation", "_labels", "_segmentations")
+#: TotalSegmentator class names (v1 and v2), lower-cased: the file names of a per-class mask folder.
+_CLASS_NAMES = frozenset(n.lower() for n in list(V1.values()) + list(V2.values()))
 
 
 @dataclass
@@ -51,6 +55,21 @@ class Item:
     fingerprint: str
     load_series_uid: Optional[str] = None  # passed to load_volume when a folder holds several series
     row: Dict[str, Any] = field(default_factory=dict)
+    files: Tuple[str, ...] = ()  # discovered: the series' files (relative to the root), sub-folders included
+
+
+@dataclass
+class Discovered:
+    """What :func:`discovered_items` found: the items, ``(path, reason)`` for unreadable files, per image whether
+    it is alone in its folder (shared names such as ``seg.nii.gz`` or ``report.txt`` then belong to it), the
+    localizers and the reformats (``derived``) left out, and every mask-named NIfTI file (to list orphans)."""
+
+    items: List[Item]
+    unreadable: List[Tuple[str, str]]
+    alone: Dict[str, bool]
+    localizers: List[str]
+    derived: List[str]
+    mask_files: List[str]
 
 
 def _stat_entry(path: str, name: str, root: Path) -> Tuple[str, int, int]:
@@ -184,11 +203,29 @@ def _find_mask(root: Path, image: str, alone: bool, inside: bool = False) -> Opt
     candidates += list(SHARED_MASKS) if alone else []
     if folder.as_posix() not in ("", "."):  # sibling folders (images/, masks/) exist only below the root
         candidates += [p.format(stem=st) for st in stems(image) for p in SIBLING_MASKS]
+    names = {st.lower() for st in stems(image)}
     for cand in candidates:
         rel = existing_path(root, os.path.normpath((folder / cand.rstrip("/")).as_posix()), cand.endswith("/"))
-        if rel is not None:
-            return rel
+        if rel is None:
+            continue
+        if not cand.endswith("/") and _stem(rel).lower() in names and _per_class_file(root, rel):
+            continue  # ``segmentations/aorta.nii.gz`` is one organ of a study, not the mask of a series "AORTA"
+        return rel
     return None
+
+
+def _per_class_file(root: Path, rel: str) -> bool:
+    """True when ``rel`` is one class of a per-class mask folder: it is named like a TotalSegmentator class, or
+    its folder holds other files so named.
+
+    Why: ``P3/CTA/AORTA/`` matched ``segmentations/{stem}.nii.gz`` to ``segmentations/aorta.nii.gz``, a binary
+    mask whose label 1 loads as v1's spleen: the wrong organ, and no error anywhere.
+    """
+    if _stem(rel).lower() in _CLASS_NAMES:
+        return True
+    entries = _listing(str((root / rel).parent))
+    return sum(1 for name in entries if _stem(name).lower() in _CLASS_NAMES and name.lower().endswith(
+        (".nii", ".nii.gz"))) >= 2
 
 
 def existing_path(root: Path, rel: str, folder: bool) -> Optional[str]:
@@ -212,11 +249,11 @@ def _listing(folder: str) -> Dict[str, str]:
         return {}
 
 
-def discovered_items(root: Path) -> Tuple[List[Item], List[Tuple[str, str]], Dict[str, bool], List[str]]:
-    """Discovered CT images paired with masks, ``(path, reason)`` for unreadable files, per image whether it is
-    alone in its folder (shared names such as ``seg.nii.gz`` or ``report.txt`` then belong to it), and the
-    localizers (scouts) left out: they are not studies, and counted in a folder they would keep the study's
-    own CT from its shared mask and report."""
+def discovered_items(root: Path) -> Discovered:
+    """Discovered CT images paired with masks (:class:`Discovered`). Localizers (scouts) and reformats of a study
+    that has another image (coronal/sagittal MPR, MIP, VRT: ``SeriesInfo.is_derived``) are left out: they are
+    not the study's acquisition, and counted in a folder they would keep the study's own CT from its shared mask
+    and report."""
     from ctglip_sdk.io import discover  # noqa: PLC0415
 
     found = discover(root)
@@ -224,9 +261,16 @@ def discovered_items(root: Path) -> Tuple[List[Item], List[Tuple[str, str]], Dic
     unreadable: List[Tuple[str, str]] = list(found.unreadable)
     candidates = [s for s in found if not _is_mask_name(s.path) and (s.modality in (None, "CT"))]
     localizers = [s.path for s in candidates if s.is_localizer]
-    images = [s for s in candidates if not s.is_localizer]
-    if localizers:
-        log.info("left out %d localizer/scout series", len(localizers))
+    rest = [s for s in candidates if not s.is_localizer]
+    # A reformat is left out only beside an acquisition of its study (its StudyInstanceUID, or its folder for
+    # NIfTI): a study exported as a coronal series alone keeps it.
+    def study(s: Any) -> str:
+        return s.study_uid or Path(s.path).parent.as_posix()
+    acquired = {study(s) for s in rest if not s.is_derived}
+    derived = [s.path for s in rest if s.is_derived and study(s) in acquired]
+    images = [s for s in rest if not (s.is_derived and study(s) in acquired)]
+    if localizers or derived:
+        log.info("left out %d localizer/scout and %d reformatted series", len(localizers), len(derived))
     per_dir: Dict[str, int] = {}
     for s in images:
         per_dir[Path(s.path).parent.as_posix()] = per_dir.get(Path(s.path).parent.as_posix(), 0) + 1
@@ -240,12 +284,14 @@ def discovered_items(root: Path) -> Tuple[List[Item], List[Tuple[str, str]], Dic
         several = sum(1 for o in found if o.path == s.path) > 1
         items.append(Item(key=key, image=s.path, mask=mask, report=None, study_uid=s.study_uid,
                           fingerprint=fingerprint(root, s.path, mask),
-                          load_series_uid=s.series_uid if several else None))
-    return items, unreadable, alone, localizers
+                          load_series_uid=s.series_uid if several else None, files=s.files))
+    masks = [s.path for s in found if s.kind == "nifti" and _is_mask_name(s.path)]
+    return Discovered(items, unreadable, alone, localizers, derived, masks)
 
 
 def _from_discovery(root: Path) -> Tuple[List[Item], List[Tuple[str, str]]]:
-    items, unreadable, _, _ = discovered_items(root)
+    found = discovered_items(root)
+    items, unreadable = found.items, found.unreadable
     # One entry per folder, not per file: 35 truncated slices of one series are one failed series, not 35.
     by_folder: Dict[str, List[Tuple[str, str]]] = {}
     for rel, reason in unreadable:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -32,6 +32,11 @@ _TAGS = [
     # Enhanced CT's orientation; the per-frame groups (one item per frame) are left unread, as they can be large
     "SharedFunctionalGroupsSequence",
 ]
+#: ImageType values of a reformatted or rendered series (with DERIVED or SECONDARY): not an acquisition.
+_REFORMAT_TYPES = frozenset({"MPR", "REFORMATTED", "MIP", "MINIP", "MINIP_MIP", "VRT", "VR", "VOLUME_RENDER", "CPR",
+                             "CURVED", "PROJECTION IMAGE", "3D", "SSD", "THICK_SLAB"})
+#: |z| of the slice normal above which a plane counts as axial (45 degrees: gantry tilt stays well inside).
+_AXIAL_MIN_Z = 0.7
 _NOT_DICOM_SUFFIXES = (".json", ".jsonl", ".txt", ".csv", ".md", ".png", ".jpg", ".jpeg", ".xml", ".zip",
                        ".gz", ".py", ".pdf", ".html", ".safetensors", ".faiss", ".db", ".sqlite")
 
@@ -50,6 +55,10 @@ class SeriesInfo:
         modality: DICOM Modality (None for NIfTI).
         description: SeriesDescription, or the NIfTI header's descrip.
         image_type: DICOM ImageType values ("ORIGINAL", "PRIMARY", "AXIAL" or "LOCALIZER", ...); () for NIfTI.
+        plane: ``"axial"``, ``"coronal"``, ``"sagittal"`` or ``"oblique"`` from ImageOrientationPatient; None for
+            NIfTI or without a readable orientation.
+        files: the series' files (paths relative to the root), in discovery order; a series split into
+            sub-folders (``CT/0001/``, ``CT/0002/``) lists them all.
     """
 
     kind: str
@@ -61,6 +70,8 @@ class SeriesInfo:
     modality: Optional[str]
     description: Optional[str]
     image_type: Tuple[str, ...] = ()
+    plane: Optional[str] = field(default=None, compare=False)
+    files: Tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def is_localizer(self) -> bool:
@@ -70,6 +81,18 @@ class SeriesInfo:
         would be ingested or trained on as the study (a 1-slice "CT" with a handful of organs).
         """
         return "LOCALIZER" in self.image_type or (len(self.shape) == 3 and min(self.shape) < 4)
+
+    @property
+    def is_derived(self) -> bool:
+        """A reformat of another series: ImageType DERIVED or SECONDARY with MPR, REFORMATTED, MIP, VRT..., or a
+        coronal, sagittal or oblique plane (CT is acquired axially; other planes are reconstructed from it).
+
+        Why: beside the axial series in a study folder, a reformat counted as a second image took the study's
+        shared mask and report away from the axial (they apply only to a folder's one image). Discovery callers
+        leave such a series out when its study has another image (``index.layout``), as they do localizers.
+        """
+        typed = bool({"DERIVED", "SECONDARY"} & set(self.image_type)) and bool(_REFORMAT_TYPES & set(self.image_type))
+        return typed or self.plane in ("coronal", "sagittal", "oblique")
 
 
 class DiscoveryResult(List[SeriesInfo]):
@@ -100,25 +123,50 @@ def _image_type(ds: Any) -> Tuple[str, ...]:
     return tuple(str(v).strip().upper() for v in values if str(v).strip())
 
 
-def _dicom_shape(ds: Any, n_slices: int) -> Tuple[int, ...]:
-    cols, rows = int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0)
-    shape = (cols, rows, n_slices)
+def _orientation(ds: Any) -> Optional[np.ndarray]:
+    """ImageOrientationPatient as 6 floats, or None when absent or unreadable."""
     try:
         if "ImageOrientationPatient" in ds:
             raw = ds.ImageOrientationPatient
         else:  # Enhanced CT keeps it in the shared functional groups (per-frame ones are not read here)
             raw = _group_item(ds, None, "PlaneOrientationSequence").ImageOrientationPatient  # type: ignore[union-attr]
         iop = np.array([float(v) for v in raw], dtype=np.float64)
+        return iop if iop.shape == (6,) and np.all(np.isfinite(iop)) else None
+    except Exception:  # noqa: BLE001 - any malformed value means "no orientation" here
+        return None
+
+
+def _plane(iop: Optional[np.ndarray]) -> Optional[str]:
+    if iop is None:
+        return None
+    normal = np.cross(iop[:3], iop[3:])
+    norm = float(np.linalg.norm(normal))
+    if norm < 1e-6:
+        return None
+    n = np.abs(normal) / norm
+    if n[2] > _AXIAL_MIN_Z:
+        return "axial"
+    return "coronal" if n[1] > _AXIAL_MIN_Z else "sagittal" if n[0] > _AXIAL_MIN_Z else "oblique"
+
+
+def _dicom_shape(ds: Any, n_slices: int) -> Tuple[int, ...]:
+    cols, rows = int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0)
+    shape = (cols, rows, n_slices)
+    iop = _orientation(ds)
+    if iop is None:  # no readable orientation: report acquisition order (load_volume then refuses it anyway)
+        return shape
+    try:
         lps = np.eye(4)
         lps[:3, 0], lps[:3, 1], lps[:3, 2] = iop[:3], iop[3:], np.cross(iop[:3], iop[3:])
         return canonical_shape(LPS_TO_RAS @ lps, shape)
-    except Exception:  # no readable orientation: report acquisition order (load_volume then refuses it anyway)
+    except Exception:  # noqa: BLE001 - a degenerate orientation: acquisition order, as above
         return shape
 
 
 def _nifti_info(path: Path, rel: str) -> SeriesInfo:
     img, shape, affine = open_nifti(path, max_voxels=1 << 62)  # the size guard applies when loading, not listing
-    return SeriesInfo("nifti", rel, None, None, 1, canonical_shape(affine, shape), None, nifti_description(img))
+    return SeriesInfo("nifti", rel, None, None, 1, canonical_shape(affine, shape), None, nifti_description(img),
+                      files=(rel,))
 
 
 def discover(root: PathLike, follow_symlinks: bool = False) -> DiscoveryResult:
@@ -179,7 +227,7 @@ def discover(root: PathLike, follow_symlinks: bool = False) -> DiscoveryResult:
         items.append(SeriesInfo(
             "dicom", path, None if uid.startswith("(") else uid, _text(first, "StudyInstanceUID"), len(members),
             _dicom_shape(first, n_slices), _text(first, "Modality"), _text(first, "SeriesDescription"),
-            _image_type(first),
+            _image_type(first), _plane(_orientation(first)), tuple(rels),
         ))
     items.sort(key=lambda s: (s.path, s.series_uid or ""))
     log.info("%s: found %d series/volumes (%d refused symlinks, %d unreadable)", base, len(items), len(refused),
