@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from ctglip_sdk.errors import ConfigError, CTGlipError, GeometryError, InputError
-from ctglip_sdk.privacy import dicom_identifiers, redact_identifiers
+from ctglip_sdk.privacy import dicom_identifiers, pseudonymize, redact_identifiers
 
 from .filters import normalise_sex, to_date
 from .layout import Item, plan_archive
@@ -211,6 +211,11 @@ def _study_fields(index: "ArchiveIndex", root: Path, item: Item, meta: Dict[str,
         said.append(f"{column} from {source} {why}; stored empty")
 
     ident = row.get("patient_id") or (meta.get("identifiers") or {}).get("PatientID") or meta.get("patient")
+    study_uid = item.study_uid or meta.get("study_uid")
+    if not ident and meta.get("format") == "dicom" and study_uid:
+        # An emptied PatientID (de-identified export): the study's pseudonym, as `ctglip manifest` writes it, so a
+        # study's series (phases, recons) stay one patient instead of one pseudo-patient each.
+        ident = f"study:{pseudonymize(study_uid)}"
     if not ident:
         ident = f"unknown:{item.key}"  # one pseudo-patient per series when nothing identifies the patient
     sex_raw = row.get("sex") or meta.get("sex")
@@ -237,7 +242,7 @@ def _study_fields(index: "ArchiveIndex", root: Path, item: Item, meta: Dict[str,
     return {
         "patient": index.pseudonym(str(ident)),
         "identifier": str(ident) if index.manifest.get("include_identifiers") and not str(ident).startswith(
-            "unknown:") else None,
+            ("unknown:", "study:")) else None,
         "sex": sex,
         "birth_year": int(birth) if str(birth or "").isdigit() else None,
         "study_uid": _cut(item.study_uid or meta.get("study_uid") or f"series:{item.key}", 255),

@@ -244,3 +244,26 @@ def test_search_hits_show_paths_without_patient_ids_and_montages_still_read_the_
     save_montage(idx, hits, tmp_path / "m.png")
     assert len(read) == len(hits) and all("PAT" in p for p in read)  # the stored paths, not the shown ones
     idx.close()
+
+
+def test_a_deidentified_study_gets_the_patient_pseudonym_the_manifest_gives_it(tmp_path):
+    import nibabel as nib
+    from sqlalchemy import select
+
+    from test_index_common import AFFINE, phantom, write_dicom_series
+
+    root = tmp_path / "arch"
+    vol, seg = phantom(np.random.default_rng(21))
+    for phase in ("ART", "PV"):  # two phases of one study, PatientID emptied by the export
+        write_dicom_series(root / "STUDY0" / phase, vol, "1.2.7", f"1.2.7.{len(phase)}", "", "F", 60, "20200101")
+        nib.save(nib.Nifti1Image(seg, AFFINE), root / "STUDY0" / phase / "segmentations.nii.gz")
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    assert not idx.ingest(root, workers=0).errors
+    from ctglip_sdk.privacy import pseudonymize
+
+    t = idx.store.t
+    stored = idx.store.read(lambda c: c.execute(select(t.patients.c.pseudonym)).scalars().all())
+    # One patient, and the one `ctglip manifest` names (study:<pseudonym of the StudyInstanceUID>), so the index
+    # groups patients the same way with or without a manifest (it was a per-series "unknown:" pseudo-patient).
+    assert stored == [idx.pseudonym(f"study:{pseudonymize('1.2.7')}")]
+    idx.close()
