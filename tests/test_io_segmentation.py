@@ -151,8 +151,11 @@ def test_v2_label_map(tmp_path, ct):
     folder.mkdir()
     save(folder / "heart.nii.gz", to_stored(lab == 51), stored_affine())
     assert load_segmentation(folder, like=ct, label_map="totalseg_v2").present() == {"heart": 8}
-    with pytest.raises(InputError, match="'heart' is not a class"):  # v1 has heart chambers, not 'heart'
-        load_segmentation(folder, like=ct)
+    # By default a folder whose names are v2 classes loads as v2 (since 2026-12-07; it was refused); v1 asked
+    # for explicitly still refuses 'heart' (v1 has heart chambers, not 'heart').
+    assert load_segmentation(folder, like=ct).meta["label_map"] == "totalseg_v2"
+    with pytest.raises(InputError, match="'heart' is not a class"):
+        load_segmentation(folder, like=ct, label_map="totalseg_v1")
     with pytest.raises(ConfigError):
         load_segmentation(path, like=ct, label_map="totalseg_v9")
 
@@ -302,3 +305,19 @@ def test_a_per_class_mask_linked_out_of_its_folder_is_refused(tmp_path):
     with pytest.raises(cg.InputError, match="link out of its folder") as err:
         cg.load_segmentation(folder, like=like)
     assert "liver.nii.gz" in str(err.value)
+
+
+def test_a_per_class_folder_of_totalsegmentator_2_names_loads_as_v2(tmp_path, ct):
+    from ctglip_sdk.organs import V1, V2
+
+    v2_only = sorted(set(V2.values()) - set(V1.values()))[0]
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    labels = canonical_labels()
+    save(folder / "liver.nii.gz", to_stored(labels == 5), stored_affine())
+    save(folder / f"{v2_only}.nii.gz", to_stored(labels == 1), stored_affine())
+    seg = load_segmentation(folder, like=ct)  # was: "'<v2 name>' is not a class of the label map"
+    assert seg.meta["label_map"] == "totalseg_v2" and set(seg.present()) == {"liver", v2_only}
+    assert set(load_segmentation(folder, like=ct, label_map="totalseg_v2").present()) == {"liver", v2_only}
+    (folder / f"{v2_only}.nii.gz").unlink()
+    assert load_segmentation(folder, like=ct).meta["label_map"] == "totalseg_v1"

@@ -193,6 +193,17 @@ def _class_of(path: Path) -> str:
     return name
 
 
+def _folder_map(folder: Path, default: Tuple[str, Dict[int, str]]) -> Tuple[str, Dict[int, str]]:
+    """The label map a per-class folder's own file names imply: TotalSegmentator 2's when a name is a v2 class and
+    not a v1 one (and every name is a v2 class), else ``default`` (v1). A v2 folder used to be refused file by
+    file ("not a class of the label map"), though its names leave no doubt."""
+    names = {_class_of(p) for p in _per_class_files(folder)}
+    v1, v2 = set(_label_map("totalseg_v1").values()), _label_map("totalseg_v2")
+    if names - v1 and names <= set(v2.values()):
+        return "totalseg_v2", v2
+    return default
+
+
 def _per_class_files(folder: Path) -> List[Path]:
     """The per-class masks of a folder, sorted: its visible ``.nii``/``.nii.gz`` files (ingest checks the same).
 
@@ -298,6 +309,8 @@ def load_segmentation(path: PathLike, like: Optional[Any] = None,
 
         check_mask_grid(where, like)
     if os.path.isdir(where):
+        if label_map is None:
+            map_name, labels_by_id = _folder_map(Path(where), (map_name, labels_by_id))
         ids = {name: i for i, name in labels_by_id.items()}
         array, affine = _read_folder(Path(where), ids, max_voxels, like)
         layout = "per_class"
