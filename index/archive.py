@@ -111,12 +111,13 @@ class ArchiveIndex:
         if (root / MANIFEST).exists():
             raise IndexStateError("an index already exists here; open it with ArchiveIndex.open (or `ctglip ingest "
                                   "... --index` it)", path=root)
-        if root.is_dir() and any(not e.name.startswith(".") and e.name not in _CREATE_FILES  # (".gitkeep" is no
-                                 for e in root.iterdir()):                                     # file to protect)
-            # Not mixed into a folder of other files (an archive root, a home folder): the index's database and
-            # secret pseudonym key need a folder of their own, and `remove`/clean-up must not touch others' files.
-            # A folder holding only an index's own files and no manifest is a create that was killed or is still
-            # running in another process: create_files redoes it, or waits for it under the writer lock.
+        here = {e.name for e in root.iterdir() if not e.name.startswith(".")} if root.is_dir() else set()
+        # (".gitkeep" is no file to protect.) Not mixed into a folder of other files (an archive root, a home
+        # folder): the index's database and secret pseudonym key need a folder of their own, and `remove`/clean-up
+        # must not touch others' files. A folder holding only an index's own files, its key among them (written
+        # first), and no manifest is a create that was killed or is still running in another process: create_files
+        # redoes it, or waits for it under the writer lock. A user's own model/ folder alone is not one.
+        if here and not (here <= _CREATE_FILES and (KEY_FILE in here or here == {LOCK_NAME})):
             raise IndexStateError("the folder is not empty and holds no index: name a new or empty folder for the "
                                   "index", path=root)
         # The model and the factory are checked before the folder is made: a wrong argument leaves nothing behind.
@@ -125,21 +126,16 @@ class ArchiveIndex:
         if factory is not None:
             AnnIndex.build(ident["embed_dim"], factory)
         made = next((a for a in reversed([root, *root.parents]) if not a.exists()), None)  # topmost folder made
-        before = set(root.iterdir()) if made is None and root.is_dir() else set()  # only hidden files, if any
         root.mkdir(parents=True, exist_ok=True)
         try:
             manifest, store = create_files(root, model_obj, ident, database_url, factory, include_identifiers,
                                            table_prefix, memory_budget)
         except BaseException:
-            # An unreachable database or a full disk: what this call wrote holds no index (the manifest, written
-            # last, is absent), so it goes: the folder it made, or what it wrote into the folder it was given,
-            # which is left as it was found.
-            if not (root / MANIFEST).exists():
-                if made is not None:
-                    shutil.rmtree(made, ignore_errors=True)
-                else:
-                    for child in set(root.iterdir()) - before:
-                        shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+            # create_files removed what it wrote (under the lock); the folders this call made go too once nothing
+            # but the lock file is left in them (another process's create may be using the folder).
+            if made is not None and not (root / MANIFEST).exists() and not (
+                    {e.name for e in root.iterdir()} - {LOCK_NAME}):
+                shutil.rmtree(made, ignore_errors=True)
             raise
         log.info("created index %s for model %s (%s)", root, ident["name"], ident["config_hash"][:12])
         idx = cls(root, manifest, store, model_obj)

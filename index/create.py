@@ -11,6 +11,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from ctglip_sdk._version import __version__
 from ctglip_sdk.errors import ConfigError, IndexStateError
 from ctglip_sdk.model.voxels import STATS_VERSION
@@ -38,44 +40,74 @@ def create_files(root: Path, model_obj: Any, ident: Dict[str, Any], database_url
     with WriterLock(root):
         if (root / MANIFEST).exists():  # another process created it while this one waited for the lock
             raise IndexStateError("an index already exists here; open it with ArchiveIndex.open", path=root)
-        key_path = root / KEY_FILE
-        if not key_path.exists():
-            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_hex(32))
-        tmp_model = root / f".{MODEL_DIR}.tmp"
-        shutil.rmtree(tmp_model, ignore_errors=True)
-        model_obj.save_pretrained(tmp_model)
-        shutil.rmtree(root / MODEL_DIR, ignore_errors=True)
-        os.replace(tmp_model, root / MODEL_DIR)
-        url = database_url or f"sqlite:///{(root / DB_FILE).resolve()}"
-        store = Store(url, table_prefix)
-        store.init_schema()
-        uid = uuid.uuid4().hex
-        # Tables of this prefix may exist from an unfinished create of this same folder (taken over), never
-        # from another index (refused: its folder would no longer open).
-        owner = store.get_meta("index_folder")
-        if store.get_meta("index_uid") is not None and (owner != str(root.resolve()) or len(store.organ_ids())):
-            raise IndexStateError(f"tables with prefix {table_prefix!r} in {redact_url(url)} already hold "
-                                  "another index; pass another table_prefix", path=root)
-        store.write(lambda c: (store.set_meta(c, "index_uid", uid), store.set_meta(c, "next_organ_id", 1),
-                               store.set_meta(c, "index_folder", str(root.resolve()))))
-        VectorStore.create(root / VECTOR_FILE, ident["embed_dim"])
-        ann = AnnIndex.build(ident["embed_dim"], factory or "Flat")
-        checksum = ann.save(root / FAISS_FILE)
-        store.record_index_state(0, ann.factory, checksum, ann.params)
-        manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "index_uid": uid,
-            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "sdk_version": __version__, "schema_version": SCHEMA_VERSION, "stats_version": STATS_VERSION,
-            "model": ident, "dim": ident["embed_dim"], "metric": "inner_product (unit vectors = cosine)",
-            "factory": factory or "auto", "current_factory": ann.factory, "memory_budget": memory_budget,
-            "database": ({"kind": "sqlite", "path": DB_FILE} if database_url is None
-                         else {"kind": "url", "url": redact_url(database_url)}),
-            "table_prefix": table_prefix, "include_identifiers": bool(include_identifiers),
-        }
-        # The manifest is written last: a folder without one is an unfinished create, safe to redo.
-        write_manifest(root, manifest)
+        before = set(root.iterdir())  # what is here once this call holds the lock: never removed by it
+        try:
+            return _write_files(root, model_obj, ident, database_url, factory, include_identifiers, table_prefix,
+                                memory_budget)
+        except BaseException:
+            # An unreachable database or a full disk: what this call wrote holds no index (the manifest, written
+            # last, is absent), so it goes. Only under the lock: a create that timed out waiting for another
+            # process's create removed that one's files.
+            if not (root / MANIFEST).exists():
+                for child in set(root.iterdir()) - before:
+                    shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+            raise
+
+
+def _write_files(root: Path, model_obj: Any, ident: Dict[str, Any], database_url: Optional[str],
+                 factory: Optional[str], include_identifiers: bool, table_prefix: str,
+                 memory_budget: Any) -> Tuple[Dict[str, Any], Store]:
+    """The files of :func:`create_files` (the caller holds the writer lock)."""
+    # The tables first: a folder whose manifest was lost must be refused before its model copy is replaced.
+    url = database_url or f"sqlite:///{(root / DB_FILE).resolve()}"
+    store = Store(url, table_prefix)
+    try:
+        return _write_with(store, url, root, model_obj, ident, database_url, factory, include_identifiers,
+                           table_prefix, memory_budget)
+    except BaseException:
+        store.dispose()  # its connections held the database file open after a failed create
+        raise
+
+
+def _write_with(store: Store, url: str, root: Path, model_obj: Any, ident: Dict[str, Any],
+                database_url: Optional[str], factory: Optional[str], include_identifiers: bool, table_prefix: str,
+                memory_budget: Any) -> Tuple[Dict[str, Any], Store]:
+    store.init_schema()
+    # Tables of this prefix may exist from an unfinished create of this same folder (taken over), never
+    # from another index (refused: its folder would no longer open).
+    owner = store.get_meta("index_folder")
+    if store.get_meta("index_uid") is not None and (owner != str(root.resolve()) or len(store.organ_ids())):
+        raise IndexStateError(f"tables with prefix {table_prefix!r} in {redact_url(url)} already hold "
+                              "another index; pass another table_prefix", path=root)
+    key_path = root / KEY_FILE
+    if not key_path.exists():
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    tmp_model = root / f".{MODEL_DIR}.tmp"
+    shutil.rmtree(tmp_model, ignore_errors=True)
+    model_obj.save_pretrained(tmp_model)
+    shutil.rmtree(root / MODEL_DIR, ignore_errors=True)
+    os.replace(tmp_model, root / MODEL_DIR)
+    uid = uuid.uuid4().hex
+    store.write(lambda c: (store.set_meta(c, "index_uid", uid), store.set_meta(c, "next_organ_id", 1),
+                           store.set_meta(c, "index_folder", str(root.resolve()))))
+    VectorStore.create(root / VECTOR_FILE, ident["embed_dim"])
+    ann = AnnIndex.build(ident["embed_dim"], factory or "Flat")
+    checksum = ann.save(root / FAISS_FILE)
+    store.record_index_state(0, ann.factory, checksum, ann.params)
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "index_uid": uid,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "sdk_version": __version__, "schema_version": SCHEMA_VERSION, "stats_version": STATS_VERSION,
+        "model": ident, "dim": ident["embed_dim"], "metric": "inner_product (unit vectors = cosine)",
+        "factory": factory or "auto", "current_factory": ann.factory, "memory_budget": memory_budget,
+        "database": ({"kind": "sqlite", "path": DB_FILE} if database_url is None
+                     else {"kind": "url", "url": redact_url(database_url)}),
+        "table_prefix": table_prefix, "include_identifiers": bool(include_identifiers),
+    }
+    # The manifest is written last: a folder without one is an unfinished create, safe to redo.
+    write_manifest(root, manifest)
     return manifest, store
 
 
@@ -138,5 +170,5 @@ def _claim_shared_tables(root: Path, uid: str, store: Store) -> None:
                               "rename the old folder first", path=root)
     try:
         store.write(lambda c: store.set_meta(c, "index_folder", here))
-    except IndexStateError:  # a read-only database: nothing can be written through this folder anyway
-        log.debug("index_folder not updated: the database is read-only")
+    except (IndexStateError, SQLAlchemyError):  # a read-only database or role: nothing is written through it anyway
+        log.debug("index_folder not updated: the database refused the write")

@@ -140,9 +140,9 @@ def test_a_second_create_waits_for_a_running_one_and_finds_its_index(tmp_path):
         assert idx.verify()["ok"]
 
 
-def _create_error(folder):
+def _create_error(folder, model=None):
     try:
-        ArchiveIndex.create(folder, model=tiny_model())
+        ArchiveIndex.create(folder, model=model or tiny_model())
     except IndexStateError as exc:
         return str(exc)
     return "created"
@@ -267,3 +267,49 @@ def test_a_deidentified_study_gets_the_patient_pseudonym_the_manifest_gives_it(t
     # groups patients the same way with or without a manifest (it was a per-series "unknown:" pseudo-patient).
     assert stored == [idx.pseudonym(f"study:{pseudonymize('1.2.7')}")]
     idx.close()
+
+
+def test_a_create_that_times_out_on_the_lock_removes_nothing_of_the_running_one(tmp_path, monkeypatch):
+    import functools
+
+    from ctglip_sdk.index import create as create_mod
+    from ctglip_sdk.index.lock import WriterLock
+
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    import threading
+
+    monkeypatch.setattr(create_mod, "WriterLock", functools.partial(WriterLock, timeout=1.0))
+    model = tiny_model()
+    errors = []
+    with WriterLock(folder):  # another process's create holds the lock ...
+        t = threading.Thread(target=lambda: errors.append(_create_error(folder, model)))
+        t.start()
+        t.join(0.3)
+        (folder / "pseudonym.key").write_text("k")  # ... and writes its files while this create waits
+        (folder / "index.sqlite").write_bytes(b"")
+        t.join(30)
+        assert errors and errors[0] != "created"
+        # was: the timed-out create removed every file written after it started (the running create's)
+        assert (folder / "pseudonym.key").exists() and (folder / "index.sqlite").exists()
+
+
+def test_a_folder_with_a_lost_manifest_keeps_its_model_and_a_users_model_folder_is_not_taken(tmp_path):
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    idx.ingest(make_archive(tmp_path / "a", n=2, seed=1), workers=0)
+    idx.close()
+    model_bytes = (tmp_path / "idx" / "model" / "model.safetensors").read_bytes()
+    (tmp_path / "idx" / "manifest.json").rename(tmp_path / "manifest.bak")
+    with pytest.raises(IndexStateError, match="already hold"):
+        ArchiveIndex.create(tmp_path / "idx", model=tiny_model(seed=5))
+    # was: the other model's copy had replaced the index's own before the refusal
+    assert (tmp_path / "idx" / "model" / "model.safetensors").read_bytes() == model_bytes
+    (tmp_path / "manifest.bak").rename(tmp_path / "idx" / "manifest.json")
+    with ArchiveIndex.open(tmp_path / "idx") as again:
+        assert again.verify()["ok"]
+    proj = tmp_path / "proj"
+    (proj / "model").mkdir(parents=True)
+    (proj / "model" / "NOTES.md").write_text("mine")
+    with pytest.raises(IndexStateError, match="not empty"):  # a model/ folder alone is no unfinished create
+        ArchiveIndex.create(proj, model=tiny_model())
+    assert (proj / "model" / "NOTES.md").exists()
