@@ -133,8 +133,18 @@ def open_store(root: Path, manifest: Dict[str, Any], database_url: Optional[str]
         raise IndexStateError(f"no index tables with prefix {manifest.get('table_prefix')!r} in "
                               f"{redact_url(database_url)}; is database_url right?", path=root)
     if version != SCHEMA_VERSION:
-        with WriterLock(root):
-            store.init_schema()  # migrates forward, refuses a newer schema
+        try:
+            with WriterLock(root):
+                store.init_schema()  # migrates forward, refuses a newer schema
+        except (OSError, SQLAlchemyError, IndexStateError) as exc:
+            store.dispose()
+            if version > SCHEMA_VERSION:
+                raise
+            # A read-only folder or database (a published index) cannot take the migration: one line, not the
+            # driver's "must be owner of table" or a raw OSError from the lock file.
+            raise IndexStateError(f"the index was written by an older ctglip-sdk (schema {version}); open it once "
+                                  f"with write access to upgrade it to schema {SCHEMA_VERSION} "
+                                  f"({type(exc).__name__})", path=root) from None
     if store.get_meta("index_uid") != manifest["index_uid"]:
         raise IndexStateError("the SQL tables belong to another index than this folder's manifest "
                               f"({redact_url(database_url)}); pass the right database_url/table_prefix",
@@ -155,7 +165,10 @@ def _claim_shared_tables(root: Path, uid: str, store: Store) -> None:
     """
     here = str(root.resolve())
     owner = store.get_meta("index_folder")
-    if owner is None or owner == here:
+    if owner == here:
+        return
+    if owner is None:  # an index made before the folder was recorded: record it now, so a later copy is caught
+        _record_folder(store, here)
         return
     other = Path(owner)
     try:
@@ -168,6 +181,10 @@ def _claim_shared_tables(root: Path, uid: str, store: Store) -> None:
                               "(database URL): the copy's vectors no longer match them, and repairing it would "
                               f"delete that folder's series; use {owner}. If the index was moved here, remove or "
                               "rename the old folder first", path=root)
+    _record_folder(store, here)
+
+
+def _record_folder(store: Store, here: str) -> None:
     try:
         store.write(lambda c: store.set_meta(c, "index_folder", here))
     except (IndexStateError, SQLAlchemyError):  # a read-only database or role: nothing is written through it anyway

@@ -313,3 +313,38 @@ def test_a_folder_with_a_lost_manifest_keeps_its_model_and_a_users_model_folder_
     with pytest.raises(IndexStateError, match="not empty"):  # a model/ folder alone is no unfinished create
         ArchiveIndex.create(proj, model=tiny_model())
     assert (proj / "model" / "NOTES.md").exists()
+
+
+def test_an_index_without_a_recorded_folder_records_it_so_copies_are_caught(tmp_path):
+    from sqlalchemy import delete
+
+    idx, url = _shared(tmp_path)
+    st = idx.store
+    st.write(lambda c: c.execute(delete(st.t.meta).where(st.t.meta.c.key == "index_folder")))  # made before 2026-12-07
+    idx.close()
+    ArchiveIndex.open(tmp_path / "idx", database_url=url).close()  # records its folder (it stayed unrecorded)
+    shutil.copytree(tmp_path / "idx", tmp_path / "copy")
+    with pytest.raises(IndexStateError, match="copy of the index folder"):
+        ArchiveIndex.open(tmp_path / "copy", database_url=url)
+
+
+def test_an_older_read_only_index_says_to_open_it_once_with_write_access(tmp_path, monkeypatch):
+    import os
+
+    from sqlalchemy import delete
+
+    from ctglip_sdk.index import engine as engine_mod
+
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    idx.ingest(make_archive(tmp_path / "a", n=1, seed=1), workers=0)
+    st = idx.store
+    idx.close()
+    st.write(lambda c: (c.exec_driver_sql(f'ALTER TABLE "{st.t.series.name}" DROP COLUMN shown_path'),
+                        c.execute(delete(st.t.migrations).where(st.t.migrations.c.version == 2))))
+    st.dispose()
+    db = str(tmp_path / "idx" / "index.sqlite")
+    real_access = os.access
+    monkeypatch.setattr(engine_mod.os, "access", lambda p, mode: False if mode == os.W_OK and
+                        os.path.abspath(p) in (db, os.path.dirname(db)) else real_access(p, mode))
+    with pytest.raises(IndexStateError, match="older ctglip-sdk.*open it once with write access"):
+        ArchiveIndex.open(tmp_path / "idx")  # was the driver's "attempt to write a readonly database"
