@@ -39,7 +39,7 @@ def train_command(archive: str, model: Optional[str], out: str, config_path: Opt
 
     cfg = TrainConfig.from_sources(config_path, overrides, model=model)
     summary = train(archive, out, cfg, resume=resume, progress=not no_progress)
-    if int(os.environ.get("RANK", "0") or 0) != 0:
+    if _world_size() > 1 and os.environ.get("RANK", "0").strip() not in ("", "0"):
         return  # under torchrun every rank returns a summary; rank 0 prints the run's (one JSON document)
     if as_json:
         echo_json(summary)
@@ -126,3 +126,12 @@ def calibrate_command(model: str, archive: str, split: str, labels: str, min_pos
     kept = report["kept_offsets"]
     click.echo(f"\ncalibrated {len(report['offsets']) - len(kept)} findings on {report['n_studies']} studies"
                + (f" and kept {len(kept)} previous offsets (--reset sets them to 0)" if kept else "") + f" -> {out}")
+
+
+def _world_size() -> int:
+    """torchrun's WORLD_SIZE (1 when unset or unreadable): a RANK without it is no distributed run."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1") or 1)
+    except ValueError:
+        return 1
+

@@ -208,12 +208,18 @@ def test_a_fresh_classifier_identifies_organs_with_the_dictionary_prompts(model,
     assert zs.organ_prompts("liver") == list(zs.dictionary.organ_prompts("liver"))
 
 
-@pytest.mark.parametrize("templates", [(), "the {}", ("the {name}",), ("no placeholder",), (3,)])
+@pytest.mark.parametrize("templates", [(), "the {}", ("the {name}",), ("no placeholder",), (3,),
+                                       ("the {} and the {}",), ("the {} }",)])
 def test_organ_templates_are_checked(model, templates):
     from ctglip_sdk.errors import ConfigError
 
     with pytest.raises(ConfigError, match="organ_templates"):
         cg.ZeroShotClassifier(model, organ_templates=templates)
+
+
+def test_escaped_braces_and_numbered_fields_are_valid_templates(model):
+    zs = cg.ZeroShotClassifier(model, organ_templates=("the {} {{arterial phase}}", "{0} on CT"))
+    assert zs.organ_templates == ("the {} {{arterial phase}}", "{0} on CT")
 
 
 def test_an_empty_prompt_list_is_an_error_not_nan(model):

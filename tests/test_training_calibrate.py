@@ -120,6 +120,11 @@ def test_findings_this_split_cannot_calibrate_keep_the_models_offsets_unless_res
     chosen = set(report["offsets"]) - set(report["kept_offsets"])
     assert chosen and all(report["per_finding"][k].get("f1") is not None for k in chosen)
     assert set(report["kept_offsets"]) == set(before) - chosen
+    # A model without a calibration record (the bundled one) still says which offsets were kept.
+    fresh.calibration_source = None
+    calibrate(fresh, archive, "all", labels="truth", min_positives=10_000)
+    assert fresh.calibration_source["kept_offsets"] == sorted(fresh.calibration)
+    assert "previous" not in fresh.calibration_source
     # reset: the old behaviour, offset 0 for what is not calibrated here
     report = calibrate(fresh, archive, "all", labels="truth", min_positives=10_000, reset=True)
     assert fresh.calibration == {} and report["kept_offsets"] == {}

@@ -199,7 +199,11 @@ def test_under_torchrun_only_rank_0_prints_the_summary(tmp_path, monkeypatch):
     monkeypatch.setattr(tr, "train", lambda *a, **k: {"steps": 2, "rank_summary": True})
     (tmp_path / "a").mkdir()
     args = ["train", "--archive", str(tmp_path / "a"), "--out", str(tmp_path / "o"), "--json"]
-    outs = {rank: CliRunner().invoke(cli, args, env={"RANK": rank}) for rank in ("0", "1")}
+    outs = {rank: CliRunner().invoke(cli, args, env={"RANK": rank, "WORLD_SIZE": "2"}) for rank in ("0", "1")}
     assert all(r.exit_code == 0 for r in outs.values()), [r.output for r in outs.values()]
     assert json.loads(outs["0"].output) == {"steps": 2, "rank_summary": True}
     assert outs["1"].output == ""  # every rank printed its summary: two JSON documents on stdout
+    # A RANK without a distributed run (WORLD_SIZE unset or 1) is a single process: it prints.
+    alone = CliRunner().invoke(cli, args, env={"RANK": "1", "WORLD_SIZE": "1"})
+    assert json.loads(alone.output)["steps"] == 2
+

@@ -96,3 +96,7 @@ def test_ties_count_as_the_expectation_over_their_orders():
     # Listing order no longer decides a tie (it did: the first-listed item took the rank).
     assert average_precision([0.5, 0.5, 0.1], [1, 0, 0]) == average_precision([0.5, 0.5, 0.1], [0, 1, 0]) == 0.75
     assert retrieval_metrics([([0.5, 0.5, 0.5, 0.5], [0, 0, 0, 1])], ks=(1, 2))["r@2"] == pytest.approx(0.5)
+    # A wide tie cut deep: comb() of 20,000 exceeds a float (it raised OverflowError)
+    wide = retrieval_metrics([(np.zeros(20_000), np.arange(20_000) < 3)], ks=(200,))["r@200"]
+    assert wide == pytest.approx(1 - np.prod([(20_000 - 3 - i) / (20_000 - i) for i in range(200)]))
+

@@ -128,8 +128,9 @@ def calibrate(model: Any, archive: PathLike, split: str = "val", *, labels: str 
         hashes |= set(old_src.get("study_hashes") or [])
     model.calibration_source = {"archive": os.fspath(archive), "split": split, "labels": labels,
                                 "n_studies": len(used), "study_hashes": sorted(hashes),
-                                **({"kept_offsets": sorted(kept), "previous": {k: v for k, v in old_src.items()
-                                                                               if k not in ("study_hashes", "previous")}}
+                                **({"kept_offsets": sorted(kept)} if kept else {}),
+                                **({"previous": {k: v for k, v in old_src.items()
+                                                 if k not in ("study_hashes", "previous")}}
                                    if kept and isinstance(old_src, dict) else {})}
     skipped += emb.skipped
     return {"archive": os.fspath(archive), "archive_seed": archive_seed(archive), "split": split, "labels": labels,

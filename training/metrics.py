@@ -166,7 +166,7 @@ def _hit_within(s: np.ndarray, y: np.ndarray, k: int) -> float:
         slots = k - start  # the tie straddles the cut: ``slots`` of its ``g`` items make the top k
         if slots <= 0 or not t:
             return 0.0
-        return 1.0 - float(comb(g - int(t), slots)) / float(comb(g, slots))
+        return 1.0 - comb(g - int(t), slots) / comb(g, slots)  # int / int: exact, no float overflow of comb
     return 0.0
 
 

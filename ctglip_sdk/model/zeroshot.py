@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import string
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -65,6 +66,18 @@ def _check_study(volume: Any, segmentation: Any) -> None:
                          f"{type(volume).__name__} and {type(segmentation).__name__}")
 
 
+def _one_field(template: Any) -> bool:
+    """True for a str.format template with exactly one positional field ("the {}", "{0} on CT", "the {} {{x}}")."""
+    if not isinstance(template, str):
+        return False
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        template.format("organ")
+    except (ValueError, IndexError, KeyError):
+        return False
+    return len(fields) == 1 and fields[0] in ("", "0")
+
+
 class ZeroShotClassifier:
     """Zero-shot scoring of organ embeddings against text prompts (prompts are data: the dictionary).
 
@@ -87,7 +100,7 @@ class ZeroShotClassifier:
         self.calibrated = calibrated
         self._dictionary = dictionary
         if isinstance(organ_templates, str) or not organ_templates or not all(
-                isinstance(t, str) and "{}" in t and "{" not in t.replace("{}", "") for t in organ_templates):
+                _one_field(t) for t in organ_templates):
             raise ConfigError("organ_templates: a non-empty list of strings, each with one '{}' for the organ's "
                               f"name (e.g. 'a CT image of the {{}}'), got {organ_templates!r}")
         self.organ_templates = tuple(organ_templates)
