@@ -35,8 +35,18 @@ _TO_MONTH = [
 # Quarters and halves of a year become one token too, @p:FIRST_LAST@, so that "before Q2 2021" or "between H1
 # 2019 and H1 2020" read like any other date ("the first half of 2020", "2020 Q3", "the last quarter of 2019").
 _NTH = r"(first|1st|second|2nd|third|3rd|fourth|4th|last|final|latter)"
-_YB = r"((?:19|20)\d\d)(?![\w/.])"
+_UNIT = r"(?!\s*(?:ml|cc|mm|cm|hu|mg|g|kg|units?|ms|mcg|mgy|mgy\*?cm|dlp)\b)"
+_YB = r"((?:19|20)\d\d)(?![\w/.])" + _UNIT  # "q4 2000 ml" is a dose, not a quarter
+_JOIN = r"\s*(?:and|&|-|–|to|through)\s*"
 _TO_PERIOD = [
+    # two parts of one year first ("Q1 and Q2 2020", "H1-H2 2019", "the first and second half of 2020"): the span
+    # from the first to the last (read one at a time, the first was left in the text and the second applied)
+    (re.compile(rf"\bq([1-4]){_JOIN}q([1-4])\s*(?:of\s+)?{_YB}"), lambda m: _parts(m.group(3), m.group(1), m.group(2), 4)),
+    (re.compile(rf"\bh([12]){_JOIN}h([12])\s*(?:of\s+)?{_YB}"), lambda m: _parts(m.group(3), m.group(1), m.group(2), 2)),
+    (re.compile(rf"\b(?:the\s+)?{_NTH}{_JOIN}{_NTH}\s+quarters?\s+(?:of\s+)?{_YB}"),
+     lambda m: _parts(m.group(3), m.group(1), m.group(2), 4)),
+    (re.compile(rf"\b(?:the\s+)?(first|1st|second|2nd){_JOIN}(second|2nd|last|latter)\s+(?:half|halves)\s+(?:of\s+)?{_YB}"),
+     lambda m: _parts(m.group(3), m.group(1), m.group(2), 2)),
     (re.compile(rf"\bq([1-4])\s*(?:of\s+)?{_YB}"), lambda m: _part(m.group(2), m.group(1), 4)),
     (re.compile(rf"(?<![\w@:/.]){_YB}\s*q([1-4])\b"), lambda m: _part(m.group(1), m.group(2), 4)),
     (re.compile(rf"\b(?:the\s+)?{_NTH}\s+quarter\s+(?:of\s+)?{_YB}"), lambda m: _part(m.group(2), m.group(1), 4)),
@@ -98,6 +108,12 @@ def _before(t: str) -> DateRange:
 
 
 _ORDINAL = {"first": 1, "1st": 1, "second": 2, "2nd": 2, "third": 3, "3rd": 3, "fourth": 4, "4th": 4}
+
+
+def _parts(year: str, a: str, b: str, parts: int) -> str:
+    """One period token from part ``a`` to part ``b`` of a year (either order)."""
+    lo, hi = sorted((_part(year, a, parts), _part(year, b, parts)))
+    return f"{lo.split('_')[0]}_{hi.split('_')[1]}"
 
 
 def _part(year: str, which: str, parts: int) -> str:

@@ -269,3 +269,19 @@ def test_a_negated_half_year_is_its_complement_or_refused_with_a_note():
     assert q.where == {"study_date": ("2020-07-01", None)}
     q = parse_query("liver not in the first half of 2020")
     assert q.where == {} and any("2020-01-01 to 2020-06-30" in n and "no one-range" in n for n in q.notes)
+
+
+@pytest.mark.parametrize("question,text,where", [
+    # two parts of one year: read one at a time, the first stayed in the text and only the second applied
+    ("liver cyst H1 and H2 2020", "liver cyst", {"study_date": ("2020-01-01", "2020-12-31")}),
+    ("liver cyst first and second half of 2020", "liver cyst", {"study_date": ("2020-01-01", "2020-12-31")}),
+    ("liver cyst Q1 and Q2 2020", "liver cyst", {"study_date": ("2020-01-01", "2020-06-30")}),
+    ("liver cyst q2-q3 2021", "liver cyst", {"study_date": ("2021-04-01", "2021-09-30")}),
+    ("liver cyst the first and second quarters of 2019", "liver cyst", {"study_date": ("2019-01-01", "2019-06-30")}),
+    # a dose or volume after a period letter is no date
+    ("liver h2 2000 mg", "liver h2 2000 mg", {}),
+    ("liver q4 2000 ml", "liver q4 2000 ml", {}),
+])
+def test_two_parts_of_a_year_and_units_after_period_letters(question, text, where):
+    q = parse_query(question)
+    assert (q.text, q.where) == (text, where), q.notes
