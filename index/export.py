@@ -20,25 +20,51 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["export", "shown_series_columns"]
 
 
-def shown_series_columns(index: "ArchiveIndex") -> Tuple[Any, Any]:
-    """(series_uid, path) as output shows them: without the patient's identifiers that archives put in folder
-    names ("12345678/CT_1/..."), unless the index was created to keep identifiers. A series known by its path
-    (``path:<image>``) shows that path the same way; rows ingested before schema 2 have no redacted path."""
-    se = index.store.t.series
+def shown_series_columns(index: "ArchiveIndex") -> Tuple[Any, Any, Any]:
+    """(study_uid, series_uid, path) as output shows them, for a query that joins organs' series and studies:
+    without the patient's identifiers that archives put in folder names ("12345678/CT_1/..."), unless the index
+    was created to keep identifiers. A series known by its path (``path:<image>``) shows that path the same way,
+    and so does the study named after it when it has no UID (``series:path:<image>``, the study of that series
+    alone); rows ingested before schema 2 have no redacted path."""
+    se, stu = index.store.t.series, index.store.t.studies
     if index.manifest.get("include_identifiers"):
-        return se.c.series_uid, se.c.path
+        return stu.c.study_uid, se.c.series_uid, se.c.path
     path = func.coalesce(se.c.shown_path, se.c.path).label("path")
-    uid = case((se.c.series_uid.like("path:%") & se.c.shown_path.isnot(None), literal("path:") + se.c.shown_path),
-               else_=se.c.series_uid).label("series_uid")
-    return uid, path
+    redacted = se.c.series_uid.like("path:%") & se.c.shown_path.isnot(None)
+    uid = case((redacted, literal("path:") + se.c.shown_path), else_=se.c.series_uid).label("series_uid")
+    study = case((redacted & (stu.c.study_uid == literal("series:") + se.c.series_uid),
+                  literal("series:path:") + se.c.shown_path), else_=stu.c.study_uid).label("study_uid")
+    return study, uid, path
+
+
+def _shown_study_alone(index: "ArchiveIndex") -> Any:
+    """``study_uid`` as output shows it where series are not joined (the studies export): a study named after
+    its path-keyed series shows that series' redacted path."""
+    se, stu = index.store.t.series, index.store.t.studies
+    if index.manifest.get("include_identifiers"):
+        return stu.c.study_uid
+    shown = select(func.min(se.c.shown_path)).where(se.c.study_id == stu.c.id).scalar_subquery()
+    return case((stu.c.study_uid.like("series:path:%") & shown.isnot(None), literal("series:path:") + shown),
+                else_=stu.c.study_uid).label("study_uid")
+
+
+def _shown_ingest_key(index: "ArchiveIndex") -> Any:
+    """An ingest record's series key as output shows it: a stored path-keyed series' redacted path (a series that
+    failed has no stored row, and its key is shown as planned)."""
+    it, se = index.store.t.ingest_items, index.store.t.series
+    if index.manifest.get("include_identifiers"):
+        return it.c.series_uid
+    shown = select(se.c.shown_path).where(se.c.series_uid == it.c.series_uid).scalar_subquery()
+    return case((it.c.series_uid.like("path:%") & shown.isnot(None), literal("path:") + shown),
+                else_=it.c.series_uid).label("series_uid")
 
 
 def _export_query(index: "ArchiveIndex", what: str) -> Any:
     t = index.store.t
     o, se, stu, p, sc = t.organs, t.series, t.studies, t.patients, t.scores
     joined = o.join(se, se.c.id == o.c.series_id).join(stu, stu.c.id == o.c.study_id).join(p, p.c.id == o.c.patient_id)
-    shown_uid, shown_path = shown_series_columns(index)
-    base = [p.c.pseudonym.label("patient"), stu.c.study_uid, shown_uid, o.c.id.label("crop_id"), o.c.organ]
+    shown_study, shown_uid, shown_path = shown_series_columns(index)
+    base = [p.c.pseudonym.label("patient"), shown_study, shown_uid, o.c.id.label("crop_id"), o.c.organ]
     if what == "scores":
         return (select(*base, sc.c.finding, sc.c.probability, sc.c.model_hash, stu.c.study_date, stu.c.age, p.c.sex,
                        stu.c.split).select_from(joined.join(sc, sc.c.organ_id == o.c.id))
@@ -50,14 +76,15 @@ def _export_query(index: "ArchiveIndex", what: str) -> Any:
     if what == "studies":
         # Grouped by both primary keys: PostgreSQL wants every selected column grouped or functionally dependent
         # on a grouped key (grouped by pseudonym alone, patients.sex was neither and the export was refused).
-        return (select(p.c.pseudonym.label("patient"), stu.c.study_uid, stu.c.study_date, stu.c.age, p.c.sex,
+        return (select(p.c.pseudonym.label("patient"), _shown_study_alone(index), stu.c.study_date, stu.c.age, p.c.sex,
                        stu.c.description, stu.c.contrast, stu.c.body_part, stu.c.split,
                        func.count(o.c.id).label("n_organs"))
                 .select_from(stu.join(p, p.c.id == stu.c.patient_id).outerjoin(o, o.c.study_id == stu.c.id))
                 .group_by(p.c.id, stu.c.id).order_by(stu.c.study_uid))
     if what == "ingest":
         it, runs = t.ingest_items, t.ingest_runs
-        return (select(it.c.run_id, runs.c.started_at, it.c.series_uid, it.c.status, it.c.reason, it.c.n_organs)
+        return (select(it.c.run_id, runs.c.started_at, _shown_ingest_key(index), it.c.status, it.c.reason,
+                       it.c.n_organs)
                 .select_from(it.join(runs, runs.c.id == it.c.run_id)).order_by(it.c.run_id, it.c.id))
     raise QueryError(f"export what={what!r}: choose 'scores', 'organs', 'studies' or 'ingest'")
 

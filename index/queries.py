@@ -82,10 +82,10 @@ def _hydrate_statement(index: "ArchiveIndex") -> Any:
     if stmt is None:
         t = index.store.t
         o = t.organs
-        shown_uid, shown_path = shown_series_columns(index)  # without the patient IDs of folder names
+        shown_study, shown_uid, shown_path = shown_series_columns(index)  # without the patient IDs of folder names
         stmt = (select(o.c.id, o.c.organ, o.c.i0, o.c.j0, o.c.k0, o.c.i1, o.c.j1, o.c.k1, o.c.volume_ml,
                        o.c.mean_hu, o.c.age, o.c.sex, o.c.study_date, shown_uid, shown_path,
-                       t.studies.c.study_uid, t.patients.c.pseudonym)
+                       shown_study, t.patients.c.pseudonym)
                 .select_from(o.join(t.series, t.series.c.id == o.c.series_id)
                              .join(t.studies, t.studies.c.id == o.c.study_id)
                              .join(t.patients, t.patients.c.id == o.c.patient_id))

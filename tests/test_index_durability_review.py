@@ -348,3 +348,26 @@ def test_an_older_read_only_index_says_to_open_it_once_with_write_access(tmp_pat
                         os.path.abspath(p) in (db, os.path.dirname(db)) else real_access(p, mode))
     with pytest.raises(IndexStateError, match="older ctglip-sdk.*open it once with write access"):
         ArchiveIndex.open(tmp_path / "idx")  # was the driver's "attempt to write a readonly database"
+
+
+def test_a_study_without_uid_and_the_ingest_export_show_no_patient_id_of_folder_names(tmp_path):
+    from test_index_common import phantom, write_manifest, write_nifti_study
+
+    root = tmp_path / "arch"
+    rows = []
+    for i, pid in enumerate(["PID1234567", "PID7654321"]):
+        vol, seg = phantom(np.random.default_rng(30 + i))
+        write_nifti_study(root, pid, vol, seg)
+        rows.append({"patient_id": pid, "study_uid": "", "series_uid": "", "image": f"{pid}/ct.nii.gz",
+                     "mask": f"{pid}/seg.nii.gz", "report": "", "split": "test", "age": "50", "sex": "F",
+                     "study_date": "2020-01-01", "contrast": "none"})
+    write_manifest(root, rows)
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    assert not idx.ingest(root, workers=0).errors
+    hits = idx.search(np.ones(idx.dim, np.float32), k=20)
+    # was "series:path:PID1234567/ct.nii.gz" as the study of a series without UIDs, and the raw key in `ingest`
+    assert hits and all("PID" not in h.study_uid and "PID" not in h.series_uid for h in hits)
+    for what in ("organs", "studies", "ingest"):
+        text = idx.export(tmp_path / f"{what}.csv", what=what).read_text()
+        assert "PID1234567" not in text and "PID7654321" not in text, what
+    idx.close()
