@@ -35,14 +35,29 @@ _PROMPT_META = "prompt_spec:"  # + a digest of the finding: meta keys are 64 cha
 _SPEC_KEYS = ("positive", "negative", "organ")
 
 
+#: TotalSegmentator 2 class names that v1 lacks ("heart", "atrial_appendage_left", ...).
+_V2_ONLY = frozenset(set(vocab.V2.values()) - set(vocab.ORGANS))
+
+
 def resolve_organs(organ: Union[str, Sequence[str], None]) -> Optional[List[str]]:
-    """Canonical v1 class names for names, synonyms or groups (``"kidney"`` -> both kidneys); None = all."""
+    """Canonical class names for names, synonyms or groups (``"kidney"`` -> both kidneys), with TotalSegmentator
+    2's own name where it differs (``"heart"`` -> v1's chambers and v2's heart); None = all."""
     if organ is None:
         return None
     names = text_list(organ, "organ")
     if not names:
         raise QueryError("organ= is an empty list; pass None for every organ")
-    return sorted({o for n in names for o in vocab.lookup(n)})
+    out = set()
+    for n in names:
+        v2 = n.strip().lower().replace(" ", "_")
+        if v2 in _V2_ONLY:
+            # A TotalSegmentator 2 class stored as such (a v2 mask): "heart" also names v1's chambers, so both
+            # are searched; a v2-only name ("atrial_appendage_left") is searched as it is.
+            out.add(v2)
+            if not vocab.is_known(v2) and v2 not in vocab.GROUPS:
+                continue
+        out.update(vocab.lookup(n))
+    return sorted(out)
 
 
 def _check_k(k: int) -> int:

@@ -371,3 +371,25 @@ def test_a_study_without_uid_and_the_ingest_export_show_no_patient_id_of_folder_
         text = idx.export(tmp_path / f"{what}.csv", what=what).read_text()
         assert "PID1234567" not in text and "PID7654321" not in text, what
     idx.close()
+
+
+def test_organs_of_a_totalsegmentator_2_mask_can_be_searched_by_their_name(tmp_path):
+    import nibabel as nib
+
+    from test_index_common import AFFINE, phantom, write_manifest
+
+    vol, seg = phantom(np.random.default_rng(40))
+    root = tmp_path / "arch"
+    (root / "s0" / "seg").mkdir(parents=True)
+    nib.save(nib.Nifti1Image(vol, AFFINE), root / "s0" / "ct.nii.gz")
+    labels = [v for v in np.unique(seg) if v][:2]
+    for name, v in zip(("heart", "liver"), labels):  # v2 names: "heart" is v1's group of chambers
+        nib.save(nib.Nifti1Image((seg == v).astype(np.uint8), AFFINE), root / "s0" / "seg" / f"{name}.nii.gz")
+    write_manifest(root, [{"patient_id": "P1", "study_uid": "1.2", "series_uid": "1.2.3", "image": "s0/ct.nii.gz",
+                           "mask": "s0/seg", "report": "", "split": "test", "age": "50", "sex": "F",
+                           "study_date": "2020-01-01", "contrast": "none"}])
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    assert not idx.ingest(root, workers=0).errors
+    hits = idx.search(np.ones(idx.dim, np.float32), k=5, organ="heart")
+    assert [h.organ for h in hits] == ["heart"]  # was no hit: "heart" resolved to v1's chambers only
+    idx.close()
