@@ -35,8 +35,9 @@ def manifest_command(archive: str, seed: int, fractions: str, force: bool, repor
 
     Finds DICOM series and NIfTI images as `ctglip ingest` does, pairs each with its mask and report by name
     (docs/data.md, "Bringing your own data"), reads patient, age, sex, date and contrast from one DICOM header
-    per series, and assigns train/val/test per patient. Localizers (scouts) get no row. Images without a mask
-    or a report, or with an empty report, are listed; they keep a row but training skips them.
+    per series, and assigns train/val/test per patient. Localizers (scouts) and reformats get no row. Images
+    without a mask, or whose mask lies on another grid, get no row and are listed; images without a report or
+    with an empty report keep a row (listed) but training skips them.
     """
     from ctglip_sdk.index.archive_manifest import write_archive_manifest
 

@@ -235,3 +235,11 @@ def test_finding_counts_count_studies_not_truth_entries(tmp_path):
     truth = [json.loads(line) for line in open(tmp_path / "a" / "truth.jsonl")]
     assert sum(f["finding"] == "emphysema" for t in truth for f in t["findings"]) > 3  # one entry per lobe
     assert summary.finding_counts["emphysema"] == 3
+
+
+def test_generate_patient_refuses_a_contrast_that_is_not_a_bool():
+    from ctglip_sdk.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="contrast"):  # "yes" was truthy: a contrast study nobody asked for
+        cg.synth.generate_patient(3, "small", contrast="yes")
+

@@ -114,6 +114,8 @@ def generate_patient(seed: SeedLike = 0, preset: Union[str, Preset] = "small", *
         raise ConfigError(f"sex must be 'F' or 'M', got {sex!r}")
     if age is not None and (isinstance(age, bool) or not isinstance(age, (int, np.integer)) or not 0 <= age <= 120):
         raise ConfigError(f"age must be a whole number of years in 0..120, got {age!r}")
+    if contrast not in (None, True, False):  # "yes" was truthy: a contrast study nobody asked for
+        raise ConfigError(f"contrast must be True, False or None, got {contrast!r}")
     ss = _seed_sequence(seed, index)
     s_anat, s_find, s_render, s_report, s_ident = (np.random.default_rng(c) for c in ss.spawn(5))
     a = sample_anatomy(s_anat, sex=sex, age=age, contrast=contrast)
