@@ -43,6 +43,15 @@ _CREATE_FILES = frozenset((KEY_FILE, MODEL_DIR, VECTOR_FILE, FAISS_FILE, LOCK_NA
                            f"{DB_FILE}-shm", f"{DB_FILE}-journal"))
 
 
+def _drop_lock_file(root: Path) -> None:
+    """Remove the lock file a failed create made, unless another process holds or waits for the lock now."""
+    try:
+        with WriterLock(root, timeout=0.0):
+            (root / LOCK_NAME).unlink(missing_ok=True)
+    except (IndexStateError, OSError):
+        pass
+
+
 class ArchiveIndex:
     """A CT archive embedded organ by organ: SQL metadata (the truth), stored float16 vectors, FAISS (derived).
 
@@ -126,6 +135,7 @@ class ArchiveIndex:
         if factory is not None:
             AnnIndex.build(ident["embed_dim"], factory)
         made = next((a for a in reversed([root, *root.parents]) if not a.exists()), None)  # topmost folder made
+        lock_was_there = (root / LOCK_NAME).exists()
         root.mkdir(parents=True, exist_ok=True)
         try:
             manifest, store = create_files(root, model_obj, ident, database_url, factory, include_identifiers,
@@ -133,9 +143,11 @@ class ArchiveIndex:
         except BaseException:
             # create_files removed what it wrote (under the lock); the folders this call made go too once nothing
             # but the lock file is left in them (another process's create may be using the folder).
-            if made is not None and not (root / MANIFEST).exists() and not (
-                    {e.name for e in root.iterdir()} - {LOCK_NAME}):
-                shutil.rmtree(made, ignore_errors=True)
+            if not (root / MANIFEST).exists():
+                if made is not None and not ({e.name for e in root.iterdir()} - {LOCK_NAME}):
+                    shutil.rmtree(made, ignore_errors=True)
+                elif not lock_was_there:
+                    _drop_lock_file(root)  # the folder was given (a user's): leave it as it was found
             raise
         log.info("created index %s for model %s (%s)", root, ident["name"], ident["config_hash"][:12])
         idx = cls(root, manifest, store, model_obj)
