@@ -123,10 +123,11 @@ class ArchiveIndex:
         here = {e.name for e in root.iterdir() if not e.name.startswith(".")} if root.is_dir() else set()
         # (".gitkeep" is no file to protect.) Not mixed into a folder of other files (an archive root, a home
         # folder): the index's database and secret pseudonym key need a folder of their own, and `remove`/clean-up
-        # must not touch others' files. A folder holding only an index's own files, its key among them (written
-        # first), and no manifest is a create that was killed or is still running in another process: create_files
-        # redoes it, or waits for it under the writer lock. A user's own model/ folder alone is not one.
-        if here and not (here <= _CREATE_FILES and (KEY_FILE in here or here == {LOCK_NAME})):
+        # must not touch others' files. A folder holding only an index's own files and no manifest is a create
+        # that was killed or is still running in another process: create_files redoes it, or waits for it under
+        # the writer lock. The key is written before the model copy, so a model/ folder without it (a user's own)
+        # is not one.
+        if here and not (here <= _CREATE_FILES and (KEY_FILE in here or MODEL_DIR not in here)):
             raise IndexStateError("the folder is not empty and holds no index: name a new or empty folder for the "
                                   "index", path=root)
         # The model and the factory are checked before the folder is made: a wrong argument leaves nothing behind.

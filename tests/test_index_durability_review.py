@@ -393,3 +393,14 @@ def test_organs_of_a_totalsegmentator_2_mask_can_be_searched_by_their_name(tmp_p
     hits = idx.search(np.ones(idx.dim, np.float32), k=5, organ="heart")
     assert [h.organ for h in hits] == ["heart"]  # was no hit: "heart" resolved to v1's chambers only
     idx.close()
+
+
+def test_a_create_killed_after_its_tables_and_before_its_key_is_redone(tmp_path):
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    (folder / "writer.lock").write_text("")
+    from ctglip_sdk.index.store import Store
+
+    Store(f"sqlite:///{folder / 'index.sqlite'}", "ctglip_").init_schema()  # the tables come first
+    with ArchiveIndex.create(folder, model=tiny_model()) as idx:
+        assert idx.verify()["ok"]
