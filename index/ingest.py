@@ -22,7 +22,7 @@ from ctglip_sdk.readahead import read_ahead
 
 from .filters import to_date
 from .ingest_read import (ArchivePlan, _cut, _Prepared, _read_one, checked_age,  # noqa: F401 - _cut: embeddings.py
-                          plan_ingest)
+                          backfill_shown_paths, plan_ingest)
 from .layout import Item, redact
 from .memory import bound_heap_growth
 from .results import IngestReport
@@ -300,6 +300,9 @@ def ingest(index: "ArchiveIndex", archive: Any, workers: int = 2, batch_size: in
         unchanged = [i.key for i in items if done.get(i.key) == i.fingerprint or i.key in upgrade]
         if unchanged and any(r not in (None, here) for r in index.store.archive_roots()):
             index.store.move_series_root(unchanged, here)  # a moved archive: montages must find its images
+        if unchanged:
+            keep = set(unchanged)
+            backfill_shown_paths(index, root, [i for i in items if i.key in keep])
         status = "interrupted"
         try:
             _run_pipeline(index, root, model, todo, run_id, report, outcomes, workers, batch_size, progress,

@@ -184,6 +184,32 @@ def header_contrast(meta: Dict[str, Any]) -> Optional[str]:
     return meta.get("contrast_agent") or ("none" if meta.get("contrast") is False else None)
 
 
+def backfill_shown_paths(index: "ArchiveIndex", root: Path, items: List[Item]) -> int:
+    """Give unchanged series stored before schema 2 their redacted path (a skipped series was never rewritten,
+    so its output kept the PatientID of folder names for good); returns how many were filled."""
+    from sqlalchemy import select, update  # noqa: PLC0415
+
+    se = index.store.t.series
+    by_key = {i.key: i for i in items}
+    keys = sorted(by_key)
+    missing: List[str] = []
+    for start in range(0, len(keys), 900):
+        part = keys[start:start + 900]
+        missing += index.store.read(lambda c, part=part: c.execute(
+            select(se.c.series_uid).where(se.c.series_uid.in_(part) & se.c.shown_path.is_(None))).scalars().all())
+    if not missing:
+        return 0
+    # dicom_identifiers reads one header of a DICOM series and gives [] for NIfTI: the same values ingest uses
+    shown = {k: redact_identifiers(by_key[k].image, [by_key[k].row.get("patient_id"),
+                                                     *dicom_identifiers(root / by_key[k].image)]) for k in missing}
+
+    def tx(conn: Any) -> None:
+        for key, path in shown.items():
+            conn.execute(update(se).where(se.c.series_uid == key).values(shown_path=path))
+    index.store.write(tx)
+    return len(shown)
+
+
 def _shown_path(root: Path, item: Item, meta: Dict[str, Any]) -> str:
     """The series path as output shows it: the manifest's patient_id and a DICOM header's PatientID, name and
     accession number replaced by <patient> (PACS exports name folders after them: "12345678/CT_1/...")."""

@@ -404,3 +404,18 @@ def test_a_create_killed_after_its_tables_and_before_its_key_is_redone(tmp_path)
     Store(f"sqlite:///{folder / 'index.sqlite'}", "ctglip_").init_schema()  # the tables come first
     with ArchiveIndex.create(folder, model=tiny_model()) as idx:
         assert idx.verify()["ok"]
+
+
+def test_a_series_stored_before_schema_2_gets_its_redacted_path_on_the_next_ingest(tmp_path):
+    from sqlalchemy import update
+
+    root = _dicom_archive_named_after_patients(tmp_path / "arch")
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    idx.ingest(root, workers=0)
+    st = idx.store
+    st.write(lambda c: c.execute(update(st.t.series).values(shown_path=None)))  # as the migration leaves them
+    assert "PAT12345" in idx.export(tmp_path / "before.csv", what="organs").read_text()
+    report = idx.ingest(root, workers=0)
+    assert report.skipped == 2 and report.ok == 0  # unchanged: not re-embedded ...
+    assert "PAT12345" not in idx.export(tmp_path / "after.csv", what="organs").read_text()  # ... yet redacted
+    idx.close()
