@@ -94,7 +94,8 @@ def make_tables(prefix: str = "ctglip_") -> Tables:
                    Column("archive_root", Text, nullable=True),  # absolute root at ingest time (for thumbnails)
                    Column("path", Text, nullable=False),  # relative to archive_root
                    # ``path`` with the patient's identifiers replaced by <patient> (archives name folders after the
-                   # PatientID): what query output and exports show. NULL for series ingested before schema 2 until the next ingest of their archive.
+                   # PatientID): what query output and exports show. NULL for series ingested before schema 2,
+                   # until the next ingest of their archive fills it.
                    Column("shown_path", Text, nullable=True),
                    Column("mask_path", Text, nullable=True),
                    Column("fingerprint", String(64), nullable=False),
