@@ -121,6 +121,13 @@ def _read_one(index: "ArchiveIndex", root: Path, item: Item, model: Any) -> _Pre
     t: Dict[str, float] = {}
     t0 = time.perf_counter()
     image = resolve_within(root, item.image)
+    if item.files and len(item.files) > 1:  # a discovered DICOM series (`ctglip manifest` refuses the same)
+        from ctglip_sdk.io.discover_checks import series_patient_ids  # noqa: PLC0415
+
+        if len(series_patient_ids(root, item.files, None if item.key.startswith("path:") else item.key)) > 1:
+            # the loader reads one header: the stored patient would depend on which (values never shown)
+            raise InputError("the series' files carry different PatientIDs (first, middle and last file read): "
+                             "two patients' images under one SeriesInstanceUID", path=item.image)
     keep_ids = bool(index.manifest.get("include_identifiers"))
     if item.load_series_uid is not None:  # discovery found several series in this folder and named this one
         volume = load_volume(image, series_uid=item.load_series_uid, include_identifiers=keep_ids)

@@ -419,3 +419,26 @@ def test_a_series_stored_before_schema_2_gets_its_redacted_path_on_the_next_inge
     assert report.skipped == 2 and report.ok == 0  # unchanged: not re-embedded ...
     assert "PAT12345" not in idx.export(tmp_path / "after.csv", what="organs").read_text()  # ... yet redacted
     idx.close()
+
+
+def test_ingest_without_a_manifest_refuses_a_series_of_two_patients(tmp_path):
+    import nibabel as nib
+    import pydicom
+
+    from test_index_common import AFFINE, phantom, write_dicom_series
+
+    root = tmp_path / "arch"
+    vol, seg = phantom(np.random.default_rng(50))
+    write_dicom_series(root / "P1" / "CT", vol, "1.2.9", "1.2.9.1", "PATAAAAA", "F", 60, "20200101")
+    nib.save(nib.Nifti1Image(seg, AFFINE), root / "P1" / "CT" / "segmentations.nii.gz")
+    files = sorted((root / "P1" / "CT").glob("*.dcm"))
+    for f in files[len(files) // 2:]:  # a merge error: the second half belongs to someone else
+        ds = pydicom.dcmread(f)
+        ds.PatientID = "PATBBBBB"
+        ds.save_as(f)
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    report = idx.ingest(root, workers=0)
+    assert len(idx) == 0 and report.errors  # was stored under whichever header the loader read
+    reason = report.errors[0]["reason"]
+    assert "different PatientIDs" in reason and "PATAAAAA" not in reason and "PATBBBBB" not in reason
+    idx.close()
