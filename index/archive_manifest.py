@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from ctglip_sdk.errors import ConfigError, CTGlipError, InputError
 from ctglip_sdk.io.paths import is_within, require_path
@@ -301,20 +301,25 @@ def _split_of(patient: str, seed: int, fractions: Sequence[float]) -> str:
     return "train" if u < train else "val" if u < val else "test"
 
 
-def _assign_splits(patients: List[str], seed: int, fractions: Sequence[float]) -> Dict[str, str]:
+def _assign_splits(patients: List[str], seed: int, fractions: Sequence[float],
+                   usable: Optional[Set[str]] = None) -> Dict[str, str]:
+    """Split per patient by a keyed hash; ``usable``: the patients with a report (what training can use)."""
     out = {p: _split_of(p, seed, fractions) for p in patients}
+    usable = set(patients) if usable is None else usable & set(patients)
     # With few patients a hash can leave a split empty (3 patients: train empty for 2 seeds of 10). Each split
     # the fractions ask for, train first, then gets one patient from the largest split that can spare one, in
-    # hash order so the choice is deterministic. Such a patient may move back as the archive grows.
+    # hash order so the choice is deterministic. Such a patient may move back as the archive grows. Only
+    # patients with a report count: a train split of report-less rows made `ctglip train` fail with "no
+    # studies in split 'train'" although the manifest looked balanced.
     for name, frac in zip(("train", "val", "test"), fractions):
-        if frac <= 0 or name in out.values():
+        if frac <= 0 or name in {out[p] for p in usable}:
             continue
-        counts = Counter(out.values())
+        counts = Counter(out[p] for p in usable)
         donors = [s for s in counts if counts[s] > 1]
         if not donors:
             break
         donor = max(donors, key=lambda s: (counts[s], s == "train"))
-        pool = sorted((p for p, s in out.items() if s == donor),
+        pool = sorted((p for p in usable if out[p] == donor),
                       key=lambda p: hashlib.sha256(f"{seed}:{name}:{p}".encode()).hexdigest())
         out[pool[0]] = name
     return out
@@ -458,7 +463,7 @@ def write_archive_manifest(archive: PathLike, *, seed: int = 0, fractions: Seque
         raise InputError(f"found {len(items)} image(s) but a mask for none of them; masks are paired by name "
                          "(docs/index.md, \"Layout\"); nothing was written", path=root)
     patients = sorted({r["patient_id"] for r in rows})
-    split = _assign_splits(patients, seed, fr)
+    split = _assign_splits(patients, seed, fr, usable={r["patient_id"] for r in rows if r.get("report")})
     counts = {"train": 0, "val": 0, "test": 0}
     for r in rows:
         r["split"] = split[r["patient_id"]]

@@ -262,3 +262,18 @@ def test_orphan_masks_and_reports_are_listed(tmp_path):
     summary = write_archive_manifest(root)
     assert summary.orphan_masks == ["P3/STUDY/segmentations.nii.gz"]
     assert summary.orphan_reports == ["reports/ORPHAN.txt"]
+
+
+def test_split_balancing_counts_only_patients_with_a_report():
+    from ctglip_sdk.index.archive_manifest import _assign_splits, _split_of
+
+    # Find patients whose hashes put all with a report in val/test, and one without a report in train.
+    seed, fr = 0, (0.7, 0.15, 0.15)
+    names = [f"p{i}" for i in range(200)]
+    with_report = [p for p in names if _split_of(p, seed, fr) != "train"][:3]
+    without = [p for p in names if _split_of(p, seed, fr) == "train"][:1]
+    out = _assign_splits(with_report + without, seed, fr, usable=set(with_report))
+    # was: train held only the report-less patient, so `ctglip train` found no study to train on
+    assert "train" in {out[p] for p in with_report}
+    # every patient with a report: the assignment is the one it always was
+    assert _assign_splits(with_report, seed, fr) == _assign_splits(with_report, seed, fr, usable=set(with_report))
