@@ -20,7 +20,7 @@ from ctglip_sdk.errors import ConfigError, CTGlipError, InputError
 from ctglip_sdk.io.paths import is_within, require_path
 from ctglip_sdk.privacy import KEY_ENV, dicom_identifiers, pseudonymize, redact_identifiers
 
-from .ingest_read import checked_age, checked_sex, header_contrast
+from .ingest_read import checked_age, checked_sex, header_contrast, series_patient_ids_of
 from .layout import _CLASS_NAMES, Item, _stem, discovered_items, existing_path, path_key, redact, stems
 
 __all__ = ["write_archive_manifest", "ManifestSummary", "REPORT_PATTERNS", "MANIFEST_COLUMNS"]
@@ -239,15 +239,6 @@ class _Redactor:
         return redact_identifiers("".join("<patient>" if p.lower() in plain else p for p in parts), odd)
 
 
-def _series_patient_ids(root: Path, item: Item) -> set:
-    """The distinct PatientIDs of a DICOM series' first, middle and last file (empty for NIfTI)."""
-    from ctglip_sdk.io.discover_checks import series_patient_ids  # noqa: PLC0415 - pydicom only for DICOM
-
-    if not item.files or item.files[0].lower().endswith((".nii", ".nii.gz")):
-        return set()
-    return series_patient_ids(root, item.files, None if item.key.startswith("path:") else item.key)
-
-
 def _mask_problem(root: Path, item: Item) -> Optional[str]:
     """Why the item's mask cannot be used with it (not on its grid, unreadable), redacted; None when it can, or
     when the image's own grid cannot be read from headers (ingest then says what is wrong with the image)."""
@@ -257,7 +248,7 @@ def _mask_problem(root: Path, item: Item) -> Optional[str]:
     if not item.files or item.mask is None:
         return None
     try:
-        shape, affine = series_grid(root, item.files, None if item.key.startswith("path:") else item.key)
+        shape, affine = series_grid(root, item.files, item.uid)
     except (OSError, CTGlipError, ValueError):
         return None
     try:
@@ -407,7 +398,7 @@ def write_archive_manifest(archive: PathLike, *, seed: int = 0, fractions: Seque
         if item.mask is None:  # neither ingest nor training can use a CT without its organs: listed, no row
             missing_mask.append(name)
             continue
-        if len(_series_patient_ids(root, item)) > 1:  # values never shown: they identify two patients
+        if len(series_patient_ids_of(root, item)) > 1:  # values never shown: they identify two patients
             unreadable.append((name, "the series' files carry different PatientIDs (first, middle and last file "
                                      "read): two patients' images under one SeriesInstanceUID; no row was written"))
             continue
@@ -442,7 +433,7 @@ def write_archive_manifest(archive: PathLike, *, seed: int = 0, fractions: Seque
         rows.append({
             "patient_id": patient or f"path:{item.image}",
             "study_uid": study_uid or path_key(item.image),
-            "series_uid": None if item.key.startswith("path:") else item.key,
+            "series_uid": item.uid,
             "image": item.image, "mask": item.mask, "report": report,
             "age": age, "sex": sex,
             "study_date": meta.get("study_date"), "contrast": contrast, "body_part": meta.get("body_part"),

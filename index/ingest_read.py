@@ -121,13 +121,10 @@ def _read_one(index: "ArchiveIndex", root: Path, item: Item, model: Any) -> _Pre
     t: Dict[str, float] = {}
     t0 = time.perf_counter()
     image = resolve_within(root, item.image)
-    if item.files and len(item.files) > 1:  # a discovered DICOM series (`ctglip manifest` refuses the same)
-        from ctglip_sdk.io.discover_checks import series_patient_ids  # noqa: PLC0415
-
-        if len(series_patient_ids(root, item.files, None if item.key.startswith("path:") else item.key)) > 1:
-            # the loader reads one header: the stored patient would depend on which (values never shown)
-            raise InputError("the series' files carry different PatientIDs (first, middle and last file read): "
-                             "two patients' images under one SeriesInstanceUID", path=item.image)
+    if len(series_patient_ids_of(root, item)) > 1:  # `ctglip manifest` refuses the same series
+        # the loader reads one header: the stored patient would depend on which (values never shown)
+        raise InputError("the series' files carry different PatientIDs (first, middle and last file read): "
+                         "two patients' images under one SeriesInstanceUID", path=item.image)
     keep_ids = bool(index.manifest.get("include_identifiers"))
     if item.load_series_uid is not None:  # discovery found several series in this folder and named this one
         volume = load_volume(image, series_uid=item.load_series_uid, include_identifiers=keep_ids)
@@ -191,12 +188,25 @@ def header_contrast(meta: Dict[str, Any]) -> Optional[str]:
     return meta.get("contrast_agent") or ("none" if meta.get("contrast") is False else None)
 
 
+def series_patient_ids_of(root: Path, item: Item) -> set:
+    """The distinct PatientIDs of a discovered DICOM series' first, middle and last file (empty for NIfTI or a
+    manifest row, whose files discovery did not list)."""
+    if not item.files or item.files[0].lower().endswith((".nii", ".nii.gz")):
+        return set()
+    from ctglip_sdk.io.discover_checks import series_patient_ids  # noqa: PLC0415 - pydicom only for DICOM
+
+    return series_patient_ids(root, item.files, item.uid)
+
+
 def backfill_shown_paths(index: "ArchiveIndex", root: Path, items: List[Item]) -> int:
     """Give unchanged series stored before schema 2 their redacted path (a skipped series was never rewritten,
     so its output kept the PatientID of folder names for good); returns how many were filled."""
     from sqlalchemy import select, update  # noqa: PLC0415
 
     se = index.store.t.series
+    if index.store.read(lambda c: c.execute(select(se.c.id).where(se.c.shown_path.is_(None)).limit(1)).first()) \
+            is None:
+        return 0  # every stored path is redacted already: no per-run lookup of the unchanged series
     by_key = {i.key: i for i in items}
     keys = sorted(by_key)
     missing: List[str] = []
@@ -206,9 +216,8 @@ def backfill_shown_paths(index: "ArchiveIndex", root: Path, items: List[Item]) -
             select(se.c.series_uid).where(se.c.series_uid.in_(part) & se.c.shown_path.is_(None))).scalars().all())
     if not missing:
         return 0
-    # dicom_identifiers reads one header of a DICOM series and gives [] for NIfTI: the same values ingest uses
-    shown = {k: redact_identifiers(by_key[k].image, [by_key[k].row.get("patient_id"),
-                                                     *dicom_identifiers(root / by_key[k].image)]) for k in missing}
+    # dicom_identifiers gives [] for NIfTI, so each series is read as DICOM might be: the values ingest uses
+    shown = {k: _shown_path(root, by_key[k], dicom=True) for k in missing}
 
     def tx(conn: Any) -> None:
         for key, path in shown.items():
@@ -217,11 +226,11 @@ def backfill_shown_paths(index: "ArchiveIndex", root: Path, items: List[Item]) -
     return len(shown)
 
 
-def _shown_path(root: Path, item: Item, meta: Dict[str, Any]) -> str:
+def _shown_path(root: Path, item: Item, dicom: bool) -> str:
     """The series path as output shows it: the manifest's patient_id and a DICOM header's PatientID, name and
     accession number replaced by <patient> (PACS exports name folders after them: "12345678/CT_1/...")."""
     idents: List[Optional[str]] = [item.row.get("patient_id")]
-    if meta.get("format") == "dicom":  # the raw values are not in meta unless the index keeps identifiers
+    if dicom:  # the raw values are not in the volume's meta unless the index keeps identifiers
         idents += dicom_identifiers(root / item.image)
     return redact_identifiers(item.image, idents)
 
@@ -278,7 +287,7 @@ def _study_fields(index: "ArchiveIndex", root: Path, item: Item, meta: Dict[str,
             ("unknown:", "study:")) else None,
         "sex": sex,
         "birth_year": int(birth) if str(birth or "").isdigit() else None,
-        "study_uid": _cut(item.study_uid or meta.get("study_uid") or f"series:{item.key}", 255),
+        "study_uid": _cut(study_uid or f"series:{item.key}", 255),
         "study_date": date,
         "age": age,
         # Cut to the column sizes: PostgreSQL refuses longer values, and these are descriptive only.
@@ -288,7 +297,7 @@ def _study_fields(index: "ArchiveIndex", root: Path, item: Item, meta: Dict[str,
         "split": _cut(row.get("split"), 16),
         "report_path": item.report,
         "archive_root": str(root.resolve()),
-        "shown_path": _shown_path(root, item, meta),
+        "shown_path": _shown_path(root, item, meta.get("format") == "dicom"),
     }
 
 

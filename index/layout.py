@@ -57,6 +57,11 @@ class Item:
     row: Dict[str, Any] = field(default_factory=dict)
     files: Tuple[str, ...] = ()  # discovered: the series' files (relative to the root), sub-folders included
 
+    @property
+    def uid(self) -> Optional[str]:
+        """The SeriesInstanceUID the key names, or None for a series known by its path."""
+        return None if self.key.startswith("path:") else self.key
+
 
 @dataclass
 class Discovered:
