@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ctglip_sdk import organs
 from ctglip_sdk.errors import QueryError
+from ctglip_sdk.organs_v2_words import v2_named_in
 
 from .nlq_ages import read_ages
 from .nlq_dates import read_dates
@@ -39,7 +40,8 @@ _FILLER = re.compile(r"(?<!\btype )\b(in(?! situ\b)|of|with|among|for|patients?|
 _EMPTY_BRACKETS = re.compile(r"[(\[]\s*(?:[,;]\s*)*[)\]]")
 # "72M", "65F": an age and a sex in one token, as reports and worklists write them.
 _AGE_SEX = re.compile(r"(?<![\w.])(\d{1,3})\s?([MF])(?![\w'])")
-_DANGLING = re.compile(r"^(?:(?:and|or|,)\s*)+|(?:\s*(?:and|or|,))+$")
+# Whole words only: "gland" and "tumor" end in "and" and "or", "organ" starts with "or".
+_DANGLING = re.compile(r"^(?:(?:\b(?:and|or)\b|,)\s*)+|(?:\s*(?:\b(?:and|or)\b|,))+$")
 
 
 @dataclass
@@ -64,6 +66,12 @@ def _find_organ(text: str) -> Optional[List[str]]:
     several findings ("gallstones and fatty liver") gets the organs of all of them, as search reads it."""
     from ctglip_sdk.reports.query import explain_query  # noqa: PLC0415 - the report vocabulary loads on first use
 
+    v2, rest = v2_named_in(text)
+    if v2:
+        # A TotalSegmentator 2 class ("thyroid", "SVC"; search reads it the same way): the finding words around
+        # it ("nodule") name no organ of it, and "superior vena cava" must not fall back to v1's "vena cava".
+        also = (_find_organ(rest) or []) if rest.strip() else []
+        return list(dict.fromkeys((*v2, *also)))
     reading = explain_query(text)
     if reading.finding is None and (reading.several or reading.negated is None) and len(reading.organs) > 1:
         return list(dict.fromkeys(c for o in reading.organs for c in organs.lookup(o)))

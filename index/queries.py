@@ -172,6 +172,7 @@ def search(index: "ArchiveIndex", query: Union[str, np.ndarray], k: int = 20,
     if rank not in ("auto", "cosine"):
         raise QueryError(f"rank must be 'auto' or 'cosine', got {rank!r}")
     organs = resolve_organs(organ)
+    asked = organ  # the organs the caller or the text named, for the note when the index stores none of them
     conditions = parse_where(where)
     qv = _query_vector(index, query, rank)
     notes: List[str] = []
@@ -192,15 +193,16 @@ def search(index: "ArchiveIndex", query: Union[str, np.ndarray], k: int = 20,
     elif isinstance(query, str) and rank == "auto":
         if qv.scope and organs is None:  # the organs the text names, when it names no single finding
             organs = resolve_organs(list(qv.scope))
+            asked = list(qv.scope)
         notes += qv.notes
-    if organs is not None and organ is not None:
+    if organs is not None and asked is not None:
         stored = set(index.mirror.view().organ_names)
-        absent = sorted(set(resolve_organs(organ) or []) - stored)
+        absent = sorted(set(resolve_organs(asked) or []) - stored)
         if stored and absent and not set(organs) & stored:
             # e.g. a TotalSegmentator v2 class ("kidney_cyst_left", "prostate") in an index of v1 organs: zero hits
             # used to come back with no word of why.
-            notes.append(f"no organ of this index is named {', '.join(absent[:5])}: nothing can match the organ "
-                         "filter")
+            notes.append(f"no organ of this index is named {', '.join(absent[:5])}: nothing can match the organs "
+                         f"{'the text names' if organ is None else 'asked for'}")
     res = _run(index, qv.vector, k, organs, conditions)
     res.query = query if isinstance(query, str) else "<vector>"
     res.ranking = qv.ranking

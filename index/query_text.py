@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Tuple, Union
 import numpy as np
 
 from ctglip_sdk.errors import QueryError
+from ctglip_sdk.organs import display_name
+from ctglip_sdk.organs_v2_words import v2_named_in
 
 from .vectors import unit_rows
 
@@ -80,6 +82,9 @@ def _from_text(index: "ArchiveIndex", text: str) -> _QueryVector:
 
     from .queries import _classifier  # noqa: PLC0415
 
+    v2, rest = v2_named_in(text)
+    if v2:
+        return _v2_organs(index, text, v2, rest)
     reading = explain_query(text, _classifier(index).dictionary)
     found = reading.finding or reading.negated
     if found is not None:
@@ -110,6 +115,25 @@ def _from_text(index: "ArchiveIndex", text: str) -> _QueryVector:
         why = "no single dictionary finding recognised;"
     where = f" within {', '.join(reading.organs)}" if reading.organs else ""
     return _QueryVector(vector, "cosine", scope=reading.organs, notes=(f"{why} {_COSINE_NOTE}{where}",))
+
+
+def _v2_organs(index: "ArchiveIndex", text: str, v2: Tuple[str, ...], rest: str) -> _QueryVector:
+    """Cosine within the TotalSegmentator 2 classes ``text`` names ("thyroid nodule", "SVC thrombus").
+
+    The dictionary has no finding on them, so a finding read from the other words would bind the search to the
+    wrong organ ("nodule" -> the lung lobes): only the v1 organs those words name join the scope.
+    """
+    from ctglip_sdk.reports.query import explain_query  # noqa: PLC0415
+
+    from .queries import _classifier  # noqa: PLC0415
+
+    also = explain_query(rest, _classifier(index).dictionary).organs if rest.strip() else ()
+    scope = tuple(dict.fromkeys((*v2, *also)))
+    vector = unit_rows(np.asarray(_encode_single(index.model, text), np.float32))[0]
+    names = ", ".join(display_name(o) for o in v2)
+    note = (f"{names}: TotalSegmentator 2 class{'es' if len(v2) > 1 else ''} with no dictionary finding; "
+            f"{_COSINE_NOTE} within {', '.join(scope)}")
+    return _QueryVector(vector, "cosine", scope=scope, notes=(note,))
 
 
 def _query_vector(index: "ArchiveIndex", query: Union[str, np.ndarray], rank: str = "cosine") -> _QueryVector:

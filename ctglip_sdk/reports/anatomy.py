@@ -101,6 +101,8 @@ OTHER_ANATOMY = (
     "axilla", "axillary", "soft tissues", "soft tissue", "renal artery", "renal arteries", "renal vein",
     "splenic artery", "hepatic artery", "hepatic veins", "hepatic vein", "superior mesenteric artery",
     "mesenteric artery", "celiac axis", "coeliac axis", "urethra", "vagina", "rectum", "anal canal",
+    # a TotalSegmentator 2 class, not v1's inferior vena cava, which "vena cava" alone names
+    "superior vena cava", "svc",
     # the side word would otherwise make "left renal" the kidney ("Left renal vein is patent" is not a normal kidney)
     "renal arterial", "renal veins",
     *(f"{side} renal {vessel}" for side in ("left", "right", "lt", "rt", "l", "r")
