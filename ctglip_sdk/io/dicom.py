@@ -117,7 +117,8 @@ def _check_uniform(frames: List[_Frame], where: str) -> None:
         labels = ["(" + ", ".join(f"{v:.4g}" for v in f.orientation) + ")" for f in frames]
         raise GeometryError(f"mixed ImageOrientationPatient: {_distinct(labels)}", path=where)
     ref_sp = np.array(ref.pixel_spacing)
-    if any(np.max(np.abs(np.array(f.pixel_spacing) - ref_sp)) > 1e-4 * float(ref_sp.max()) for f in frames):
+    # abs: with a negative spacing the tolerance was negative and every slice "differed" from itself
+    if any(np.max(np.abs(np.array(f.pixel_spacing) - ref_sp)) > 1e-4 * float(np.abs(ref_sp).max()) for f in frames):
         labels = ["(" + ", ".join(f"{v:.5g}" for v in f.pixel_spacing) + ") mm" for f in frames]
         raise GeometryError(f"mixed PixelSpacing: {_distinct(labels)}", path=where)
 
@@ -182,14 +183,14 @@ def _geometry(frames: List[_Frame], where: str) -> Tuple[List[_Frame], np.ndarra
     Array index order before canonicalisation is (column i, row j, slice k).
     """
     _check_uniform(frames, where)
+    row_spacing, col_spacing = frames[0].pixel_spacing
+    if row_spacing <= 0 or col_spacing <= 0:  # before _slice_step, whose tilt tolerance scales with the spacing
+        raise GeometryError(f"non-positive PixelSpacing {frames[0].pixel_spacing}", path=where)
     row, col, normal = _directions(frames[0].orientation, where)
     # Sort by position projected on the normal: filenames and InstanceNumber are not geometry.
     order = np.argsort([float(f.position @ normal) for f in frames], kind="stable")
     frames = [frames[i] for i in order]
     step = _slice_step(frames, normal, where)
-    row_spacing, col_spacing = frames[0].pixel_spacing
-    if row_spacing <= 0 or col_spacing <= 0:
-        raise GeometryError(f"non-positive PixelSpacing {frames[0].pixel_spacing}", path=where)
     lps = np.eye(4)
     lps[:3, 0] = row * col_spacing  # moving along a row = increasing column index
     lps[:3, 1] = col * row_spacing
@@ -317,6 +318,7 @@ def _candidates(groups: Dict[str, List[Tuple[str, Any]]]) -> str:
 def _collect(folder: Path) -> Dict[str, List[Tuple[str, Any]]]:
     """Image headers below ``folder`` grouped by SeriesInstanceUID (non-DICOM and non-image files skipped)."""
     files, refused = walk_files(folder)
+    _refuse_escaping_links(folder, refused)
     groups: Dict[str, List[Tuple[str, Any]]] = defaultdict(list)
     skipped = 0
     no_preamble: List[Path] = []
@@ -350,9 +352,25 @@ def _collect(folder: Path) -> Dict[str, List[Tuple[str, Any]]]:
                              path=path)
     if skipped:
         log.info("%s: skipped %d non-DICOM or non-image file(s)", folder, skipped)
+    return groups
+
+
+def _refuse_escaping_links(folder: Path, refused: List[str]) -> None:
+    """InputError naming the links out of ``folder`` (relative to it) that could be slices.
+
+    Why: such a link is never followed (the folder is what the caller confined), and dropping it with a logged
+    warning loaded the series silently shorter when the links were its end slices (a de-duplicating archive links
+    identical files). A dangling link has nothing to read whatever the rule, and a link whose name the reader
+    skips anyway (notes.txt, DICOMDIR) is no slice: both stay logged only (the target is only checked to exist)."""
+    names = [r for r in refused if os.path.exists(folder / r) and not (
+        Path(r).name.upper() == "DICOMDIR" or Path(r).name.lower().endswith(_NOT_DICOM_SUFFIXES))]
+    if names:
+        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+        raise InputError(f"{len(names)} file(s) are symlinks leading out of the folder, which are not followed, so "
+                         f"the series could be incomplete: {', '.join(names[:5])}{more}; copy the files in instead",
+                         path=folder)
     if refused:
         log.warning("%s: ignored %d symlink(s) that leave the folder", folder, len(refused))
-    return groups
 
 
 def _raw_series_uid(path: Path) -> Optional[str]:
@@ -373,6 +391,17 @@ def _raw_series_uid(path: Path) -> Optional[str]:
     return str(uid) if uid else None
 
 
+def _position_key(ds: Any) -> Any:
+    """ImagePositionPatient as numbers on a SPACING_ATOL_MM grid: the same instance exported by another tool may
+    write "-125.000000" for "-125.0" (compared as text, such a copy was refused as "slices share a position").
+    Two slices this close apart would be refused as sharing a position anyway."""
+    ipp = ds.get("ImagePositionPatient")
+    try:
+        return tuple(int(round(float(v) / SPACING_ATOL_MM)) for v in ipp)
+    except (TypeError, ValueError, OverflowError):  # absent or malformed: _frames_of says what is wrong
+        return str(ipp)
+
+
 def _unique_instances(items: List[Tuple[str, Any]], where: str) -> List[Tuple[str, Any]]:
     """One file per SOPInstanceUID (the first by path): a slice exported twice into one folder (a patient CD with a
     copy, a study sent twice) is the same image, not a second acquisition at the same position."""
@@ -382,7 +411,7 @@ def _unique_instances(items: List[Tuple[str, Any]], where: str) -> List[Tuple[st
         uid = ds.get("SOPInstanceUID")
         # The position is part of the key: a faulty anonymiser that wrote one UID into every slice must not
         # reduce the series to one slice.
-        key = (str(uid), str(ds.get("ImagePositionPatient")), str(ds.get("NumberOfFrames")))
+        key = (str(uid), _position_key(ds), str(ds.get("NumberOfFrames")))
         if uid and key in seen:
             continue
         seen.add(key)

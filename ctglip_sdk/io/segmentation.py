@@ -28,6 +28,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 #: labels are copied exactly, without resampling.
 AFFINE_ATOL_MM = 1e-3
 
+#: Largest label id: label arrays are at most int32 (ids beyond it are refused, never cast and wrapped).
+_MAX_LABEL_ID = int(np.iinfo(np.int32).max)
+
 # Voxels per block when gathering: bounds the temporary index arrays (~8 bytes x 4 per voxel).
 _BLOCK_VOXELS = 1 << 22
 
@@ -39,9 +42,18 @@ def _resolve_map(label_map: Union[str, Mapping[int, str], None]) -> Tuple[str, D
         return label_map, _label_map(label_map)
     if isinstance(label_map, Mapping) and label_map:
         try:
-            return "custom", {int(k): str(v) for k, v in label_map.items()}
+            labels = {int(k): str(v) for k, v in label_map.items()}
         except (TypeError, ValueError):
             pass
+        else:
+            # Id 0 is background: {0: "liver"} reported every background voxel as liver. Ids past int32 wrapped
+            # in the label array's cast ({2**32 + 7: "liver"} stored as 7); a label image holding such ids is
+            # refused by _read_labels with the same bound.
+            bad = sorted(i for i in labels if not 0 < i <= _MAX_LABEL_ID)
+            if bad:
+                raise ConfigError(f"label_map holds id(s) out of range: {', '.join(map(str, bad[:5]))}; ids must be 1 "
+                                  f"to {_MAX_LABEL_ID} (0 is background)")
+            return "custom", labels
     raise ConfigError(f"label_map must be 'totalseg_v1', 'totalseg_v2' or a non-empty {{id: name}} dict, "
                       f"got {label_map!r}")
 
@@ -135,7 +147,7 @@ def _read_labels(path: Path, max_voxels: int, table: Optional[Dict[int, str]] = 
     where = os.fspath(path)
     img, shape, affine = open_nifti(where, max_voxels)
     if table is not None:
-        table.update(read_label_table(img) or {})
+        table.update(read_label_table(img, where) or {})
     data = read_nifti_array(img, shape, where, dtype=np.int64)
     if data.dtype.kind == "f":
         if not np.all(np.isfinite(data)) or np.any(data != np.round(data)):
@@ -143,8 +155,8 @@ def _read_labels(path: Path, max_voxels: int, table: Optional[Dict[int, str]] = 
     if data.size and (data.min() < 0):
         raise InputError(f"label image holds negative values (min {data.min()})", path=where)
     max_id = int(data.max()) if data.size else 0
-    if max_id > np.iinfo(np.int32).max:  # checked before the cast, which wrapped such ids onto real classes
-        raise InputError(f"label id {max_id} is far beyond any label map (largest id 2147483647)", path=where)
+    if max_id > _MAX_LABEL_ID:  # checked before the cast, which wrapped such ids onto real classes
+        raise InputError(f"label id {max_id} is far beyond any label map (largest id {_MAX_LABEL_ID})", path=where)
     return to_canonical(data.astype(_label_dtype(max_id)), affine)
 
 
