@@ -246,6 +246,8 @@ def search(text: str, index_dir: Path, database_url: Optional[str], as_json: boo
         click.echo(f"({hint})", err=True)
     with _open(index_dir, database_url) as idx:
         res = idx.search(query.text, k=k, organ=query.organ, where=query.where, rank=rank)
+        if query.hints:  # the hint above said it with the --where flags to pass
+            res.notes = [n for n in res.notes if "look like filters" not in n]
         _print_hits(res, as_json, query.notes)
         if montage is not None and len(res):
             from ctglip_sdk.index.montage import save_montage

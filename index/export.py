@@ -6,18 +6,19 @@ import csv
 import datetime as dt
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, List, Tuple
+from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Tuple
 
-from sqlalchemy import case, func, literal, select
+from sqlalchemy import String, case, cast, func, literal, select
 
 from ctglip_sdk.errors import ConfigError, QueryError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .archive import ArchiveIndex
 
-__all__ = ["export", "shown_series_columns"]
+__all__ = ["export", "shown_series_columns", "shown_key_series_id"]
 
 
 def shown_series_columns(index: "ArchiveIndex") -> Tuple[Any, Any, Any]:
@@ -25,16 +26,33 @@ def shown_series_columns(index: "ArchiveIndex") -> Tuple[Any, Any, Any]:
     without the patient's identifiers that archives put in folder names ("12345678/CT_1/..."), unless the index
     was created to keep identifiers. A series known by its path (``path:<image>``) shows that path the same way,
     and so does the study named after it when it has no UID (``series:path:<image>``, the study of that series
-    alone); rows ingested before schema 2 have no redacted path."""
+    alone); rows ingested before schema 2 have no redacted path. Such a shown key ends in ``#<series id>``: two
+    patients' series redact to the same path (``path:<patient>/CT_1/ct.nii.gz``), and ``group_by("series")``
+    merged them; :func:`shown_key_series_id` reads the id back for ``where=`` and ``remove``."""
     se, stu = index.store.t.series, index.store.t.studies
     if index.manifest.get("include_identifiers"):
         return stu.c.study_uid, se.c.series_uid, se.c.path
     path = func.coalesce(se.c.shown_path, se.c.path).label("path")
     redacted = se.c.series_uid.like("path:%") & se.c.shown_path.isnot(None)
-    uid = case((redacted, literal("path:") + se.c.shown_path), else_=se.c.series_uid).label("series_uid")
+    uid = case((redacted, literal("path:") + _with_id(se)), else_=se.c.series_uid).label("series_uid")
     study = case((redacted & (stu.c.study_uid == literal("series:") + se.c.series_uid),
-                  literal("series:path:") + se.c.shown_path), else_=stu.c.study_uid).label("study_uid")
+                  literal("series:path:") + _with_id(se)), else_=stu.c.study_uid).label("study_uid")
     return study, uid, path
+
+
+def _with_id(se: Any) -> Any:
+    """``<shown path>#<series id>``: unique where redacted paths are not."""
+    return se.c.shown_path + literal("#") + cast(se.c.id, String)
+
+
+#: A shown key of a path-keyed series (``path:...#17``) or of the study named after it (``series:path:...#17``).
+_SHOWN_KEY = re.compile(r"^(?:series:)?path:.*#(\d+)$", re.S)
+
+
+def shown_key_series_id(value: str) -> Optional[int]:
+    """The series id at the end of a shown, redacted key, else None (a stored UID or path key)."""
+    m = _SHOWN_KEY.match(value) if isinstance(value, str) else None
+    return int(m.group(1)) if m else None
 
 
 def _shown_study_alone(index: "ArchiveIndex") -> Any:
@@ -43,7 +61,8 @@ def _shown_study_alone(index: "ArchiveIndex") -> Any:
     se, stu = index.store.t.series, index.store.t.studies
     if index.manifest.get("include_identifiers"):
         return stu.c.study_uid
-    shown = select(func.min(se.c.shown_path)).where(se.c.study_id == stu.c.id).scalar_subquery()
+    shown = select(func.min(_with_id(se))).where(se.c.study_id == stu.c.id).where(
+        se.c.shown_path.isnot(None)).scalar_subquery()
     return case((stu.c.study_uid.like("series:path:%") & shown.isnot(None), literal("series:path:") + shown),
                 else_=stu.c.study_uid).label("study_uid")
 
@@ -54,7 +73,7 @@ def _shown_ingest_key(index: "ArchiveIndex") -> Any:
     it, se = index.store.t.ingest_items, index.store.t.series
     if index.manifest.get("include_identifiers"):
         return it.c.series_uid
-    shown = select(se.c.shown_path).where(se.c.series_uid == it.c.series_uid).scalar_subquery()
+    shown = select(_with_id(se)).where(se.c.series_uid == it.c.series_uid).scalar_subquery()
     return case((it.c.series_uid.like("path:%") & shown.isnot(None), literal("path:") + shown),
                 else_=it.c.series_uid).label("series_uid")
 

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from sqlalchemy import and_, func, not_
+from sqlalchemy import and_, func, literal, not_, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from ctglip_sdk.errors import QueryError
@@ -260,9 +260,27 @@ def to_sql(conditions: Sequence[Condition], t: Tables) -> List[ColumnElement]:
             out.append(not_(none) if c.flag else none)
         elif c.kind == "category":
             out.append(func.lower(col).in_(c.values))
+        elif c.key in ("series_uid", "study_uid"):
+            out.append(_uid_match(c, col, t))
         else:
             out.append(col.in_(c.values))
     return out
+
+
+def _uid_match(c: Condition, col: Any, t: Tables) -> ColumnElement:
+    """A series or study UID as stored, or as output shows a redacted path key (``path:...#<series id>``)."""
+    from .export import shown_key_series_id  # noqa: PLC0415 - export imports nothing of filters
+
+    ids = [i for i in map(shown_key_series_id, c.values) if i is not None]
+    plain = [v for v in c.values if shown_key_series_id(v) is None]
+    parts = [col.in_(plain)] if plain else []
+    if ids:
+        if c.key == "series_uid":
+            parts.append(t.series.c.id.in_(ids))
+        else:  # an alias: the subquery must not correlate with a series table the query joins
+            se = t.series.alias()
+            parts.append(col.in_(select(literal("series:") + se.c.series_uid).where(se.c.id.in_(ids))))
+    return or_(*parts)
 
 
 def needs_join(conditions: Sequence[Condition]) -> Tuple[bool, bool, bool]:

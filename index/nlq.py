@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ctglip_sdk import organs
 from ctglip_sdk.errors import QueryError
@@ -14,7 +14,7 @@ from .nlq_ages import read_ages
 from .nlq_dates import read_dates
 from .nlq_negation import negation_before
 
-__all__ = ["ParsedQuery", "parse_query"]
+__all__ = ["ParsedQuery", "parse_query", "unapplied_filters", "where_exprs"]
 
 # Demographic words map to the `sex` filter; they are removed from the text sent to the encoder because the
 # image embedding carries no reliable sex signal and the words only add noise to the text vector.
@@ -89,6 +89,9 @@ def _find_organ(text: str) -> Optional[List[str]]:
     finding_organs = organs.lookup(found.organ) if found is not None else None
     if best:
         named = organs.lookup(best)
+        lobe = re.search(r"\b(upper|middle|lower)\s+lobes?\b", text.lower())
+        if lobe and len(named) > 1:  # "left lung lower lobe": the side from one phrase, the lobe from another
+            named = [n for n in named if n.startswith(f"lung_{lobe.group(1)}_lobe")] or named
         # "splenomegaly without liver cirrhosis" asks about spleens: a word naming another organ is incidental.
         # A word naming a part of the finding's organ ("right upper lobe nodule") is the more specific filter.
         if finding_organs is None or set(named) <= set(finding_organs):
@@ -154,6 +157,16 @@ def _sex(question: str, text: str, notes: List[str]) -> Tuple[str, Optional[str]
         low_at = re.search(rf"(?<![\w'/]){letters[0].lower()}(?![\w'])(?!/[a-z])", text)
         if low_at:
             return _cut(text, (low_at.start(), low_at.end())), letters[0]
+    if len(named) == 2:
+        negated = [sex for sex in named if negation_before(text, hits[sex].start()) is not None]  # type: ignore[union-attr]
+        if len(negated) == 1:  # "women, not men", "women but not men", "excluding men, women": one sex asked
+            m_neg = hits[negated[0]]
+            cut = _cut(text, (negation_before(text, m_neg.start()), m_neg.end()))  # type: ignore[arg-type,union-attr]
+            kept = next(sex for sex in named if sex not in negated)
+            m_kept = re.search(rf"\b({_SEX[kept]})\b", cut)
+            if m_kept:
+                notes.append(f"read as sex {kept}: the other sex is excluded")
+                return _cut(cut, (m_kept.start(), m_kept.end())), kept
     if len(named) > 1:
         text = re.sub(rf"\b(?:{'|'.join(_SEX.values())})\b", " ", text)
         notes.append("both sexes named: no sex filter applied; search each group on its own")
@@ -222,3 +235,54 @@ def parse_query(question: str, infer_organ: bool = True) -> ParsedQuery:
         raise QueryError(f"query {question!r} has no finding or organ words left to search for")
     return ParsedQuery(text=text, organ=_find_organ(text) if infer_organ else None, where=where, original=question,
                        notes=notes)
+
+
+# Connective words parse_query drops with a filter phrase; they are no filter, so a note does not name them.
+_CONNECTIVES = {"in", "of", "with", "among", "for", "and", "the", "who", "are", "have", "having", "patient",
+                "patients", "subject", "subjects", "people"}
+
+
+def where_exprs(where: Mapping[str, Any]) -> List[str]:
+    """A where dict as the --where expressions that give it ({"age": (60, None)} -> ["age>=60"])."""
+    out: List[str] = []
+    for key, value in where.items():
+        if isinstance(value, tuple):
+            lo, hi = value
+            if lo is not None and lo == hi:
+                out.append(f"{key}={lo}")
+                continue
+            if lo is not None:
+                out.append(f"{key}>={lo}")
+            if hi is not None:
+                out.append(f"{key}<={hi}")
+        elif isinstance(value, bool):
+            out.append(f"{key}={'true' if value else 'false'}")
+        elif isinstance(value, (list, tuple)):
+            out.append(f"{key}={','.join(str(v) for v in value)}")
+        else:
+            out.append(f"{key}={value}")
+    return out
+
+
+def _filter_words(question: str, kept_text: str) -> str:
+    """The words of ``question`` that parse_query took out of the search text, connectives left aside."""
+    kept = set(re.findall(r"[a-z0-9]+", kept_text.lower()))
+    words = []
+    for word in question.split():
+        parts = re.findall(r"[a-z0-9]+", word.lower())
+        if parts and not any(p in kept for p in parts) and word.lower().strip(",.;") not in _CONNECTIVES:
+            words.append(word.strip(",.;"))
+    return " ".join(words)
+
+
+def unapplied_filters(text: str, where: Optional[Mapping[str, Any]] = None) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """(the words, the filters) that ``parse_query`` would read from ``text`` and ``where`` does not already set,
+    else None: ``search`` encodes its text whole, and "fatty liver in women over 60" silently returned men."""
+    try:
+        parsed = parse_query(text, infer_organ=False)  # no organ lookup: only the filters matter here
+    except QueryError:  # only filter words ("women over 60"): the encoder gets them all
+        return None
+    unused = {k: v for k, v in parsed.where.items() if k not in (where or {})}
+    if not unused:
+        return None
+    return _filter_words(text, parsed.text) or text, unused

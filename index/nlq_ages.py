@@ -45,6 +45,9 @@ _WORDS = re.compile(r"\b(" + "|".join(_TENS) + r")(?:[\s-](" + "|".join(_ONES) +
 _DECADE_WORDS = re.compile(r"\b(" + "|".join(t[:-1] for t in _TENS) + r")ies\b")  # "sixties" -> "60s"
 
 AgeRule = Tuple["re.Pattern[str]", Callable[["re.Match[str]"], AgeRange], bool]
+# Children's words: a bare number under 18 is then an age ("children under 10"), and a narrower range wins
+# over the words' own 0-17.
+_CHILD = re.compile(r"\b(?:children|child|paediatric|pediatric|kids|infants?|toddlers?|boys|girls)\b")
 
 
 def _g(m: "re.Match[str]", i: int) -> int:
@@ -62,9 +65,10 @@ _RULES: List[AgeRule] = [
     (re.compile(rf"{_N}-?\s*(?:-|–|to|through|thru)\s*{_N}{_NOT_SIZE}{_YEARS}(?!\w)"), lambda m: (_g(m, 1), _g(m, 2)), False),
     (re.compile(rf"{_N}-?\s*(?:-|–|to|through|thru)\s*{_N}{_NOT_SIZE}(?!\w)"), lambda m: (_g(m, 1), _g(m, 2)), True),
     # "70 years or older", "60 yrs and above", "65 or over", "65+", "60 plus"
-    (re.compile(rf"{_N}{_NOT_SIZE}{_YEARS}?\s*(?:or|and)\s+(?:older|above|over|more|up|greater)\b(?!\s*\d)"),
-     lambda m: (_g(m, 1), None), True),
-    (re.compile(rf"{_N}{_NOT_SIZE}{_YEARS}?\s*(?:or|and)\s+(?:younger|below|under|less)\b(?!\s*\d)"),
+    # ... but not "older than 65 and younger than 80" (a bound on each side, read by the open rules below)
+    (re.compile(rf"{_N}{_NOT_SIZE}{_YEARS}?\s*(?:or|and)\s+(?:older|above|over|more|up|greater)\b(?!\s*\d)"
+                r"(?!\s+than\b)"), lambda m: (_g(m, 1), None), True),
+    (re.compile(rf"{_N}{_NOT_SIZE}{_YEARS}?\s*(?:or|and)\s+(?:younger|below|under|less)\b(?!\s*\d)(?!\s+than\b)"),
      lambda m: (None, _g(m, 1)), True),
     (re.compile(rf"{_N}{_YEARS}?\s*(?:\+|plus\b)"), lambda m: (_g(m, 1), None), True),
     # "over-65s", "over 50s", "the under-40s"
@@ -84,7 +88,7 @@ _RULES: List[AgeRule] = [
     (re.compile(rf"\bwho\s+(?:are|is|were|was)\s+{_N}{_NOT_SIZE}{_YEARS}?\b"), lambda m: (_g(m, 1), _g(m, 1)), True),
     # words
     (re.compile(r"\b(?:elderly|older adults|geriatric)\b"), lambda m: (65, None), False),
-    (re.compile(r"\b(?:children|child|paediatric|pediatric|kids)\b"), lambda m: (None, 17), False),
+    (_CHILD, lambda m: (None, 17), False),
 ]
 
 
@@ -102,6 +106,7 @@ def read_ages(text: str, notes: List[str]) -> Tuple[str, Optional[AgeRange]]:
     none. One lower and one upper bound make one range ("over 40 and under 60"); two different groups ("women
     over 50 and men over 70") make none, with a note."""
     text = _numbers(text)
+    child = _CHILD.search(text) is not None
     found: List[Tuple[Span, AgeRange]] = []
     for pattern, value, bare in _RULES:
         for m in pattern.finditer(text):
@@ -115,7 +120,7 @@ def read_ages(text: str, notes: List[str]) -> Tuple[str, Optional[AgeRange]]:
                     and _NOT_AGE_BEFORE.search(text, 0, m.start())):
                 continue  # "grade 2-3", "stable for 2 years", "BMI over 30" (an age word first overrides)
             explicit = re.search(rf"{_AGE_WORD}|{_YEARS}|old\b", said)
-            if bare and not explicit and min(v for v in (lo, hi) if v is not None) < _ADULT_MIN:
+            if bare and not explicit and not child and min(v for v in (lo, hi) if v is not None) < _ADULT_MIN:
                 continue  # "3-4 nodules", "more than 3": a count, not an age
             rng: Optional[AgeRange] = ((min(lo, hi), max(lo, hi)) if lo is not None and hi is not None
                                        else (lo, hi))
@@ -137,6 +142,9 @@ def read_ages(text: str, notes: List[str]) -> Tuple[str, Optional[AgeRange]]:
     ranges = list(dict.fromkeys(r for _, r in found if r is not None))
     if not ranges:
         return text, None
+    if child and (None, 17) in ranges and len(ranges) > 1 and all(
+            r == (None, 17) or (r[1] is not None and r[1] <= 17) for r in ranges):
+        ranges.remove((None, 17))  # "children under 10": the number says more than the word
     if len(ranges) == 2 and {r[0] is None for r in ranges} == {True, False} and all(
             (r[0] is None) != (r[1] is None) for r in ranges):
         lo = next(r[0] for r in ranges if r[0] is not None)

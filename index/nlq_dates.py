@@ -25,7 +25,9 @@ _TO_DAY = [
      lambda m: (int(m.group(3)), _MONTHS[m.group(2)], int(m.group(1)))),
     (re.compile(rf"\b{_MONTH}\s+(\d{{1,2}})(?:st|nd|rd|th)?,?\s+{_Y}\b"),
      lambda m: (int(m.group(3)), _MONTHS[m.group(1)], int(m.group(2)))),
-    (re.compile(rf"(?<![:\w]){_Y}-(\d\d)-(\d\d)\b"), lambda m: (int(m.group(1)), int(m.group(2)), int(m.group(3)))),
+    # ISO, also without leading zeros ("2021-3-5" was read as the year 2021, "-3-5" left in the text)
+    (re.compile(rf"(?<![:\w]){_Y}-(\d{{1,2}})-(\d{{1,2}})(?![\w-])"),
+     lambda m: (int(m.group(1)), int(m.group(2)), int(m.group(3)))),
 ]
 _TO_MONTH = [
     (re.compile(rf"\b{_MONTH},?\s+{_Y}\b"), lambda m: (int(m.group(2)), _MONTHS[m.group(1)])),
@@ -127,7 +129,14 @@ def _part(year: str, which: str, parts: int) -> str:
 
 
 Rule = Tuple["re.Pattern[str]", Callable[["re.Match[str]"], DateRange]]
+# "now", "present", "today": an open end ("from 2020 until now" was the year 2020, "until now" left in the text).
+_NOW = r"(?:now|(?:the\s+)?present|(?:to\s+)?date|today)\b"
 _RULES: List[Rule] = [
+    (re.compile(rf"(?:\b{_SCANS}(?:between|from|since)\s+)?{_T}\s*(?:-|–|to|until|till|through|up\s+to)\s*{_NOW}"),
+     lambda m: (_first(m.group(1)), None)),
+    # "on or after 2021", "in or before 2019": the year itself is in ("after"/"before" alone leave it out)
+    (re.compile(rf"\b{_SCANS}(?:on|in|at)\s+or\s+(?:after|later\s+than)\s+{_T}"), lambda m: (_first(m.group(1)), None)),
+    (re.compile(rf"\b{_SCANS}(?:on|in|at)\s+or\s+(?:before|earlier\s+than)\s+{_T}"), lambda m: (None, _last(m.group(1)))),
     (re.compile(rf"\b{_SCANS}(?:between|from)\s+{_T}{_AND}{_T}"), lambda m: _between(m.group(1), m.group(2))),
     (re.compile(rf"{_T}\s*(?:-|–|to|until|through)\s*{_T}"), lambda m: _between(m.group(1), m.group(2))),
     # comparison words and operators: "pre-2020", "post 2020", "> 2020", "<= 2019", "2020+", "later than 2020"

@@ -18,6 +18,7 @@ from ctglip_sdk.errors import ConfigError, QueryError
 
 from .export import shown_series_columns
 from .filters import Condition, needs_join, parse_where, text_list, to_sql
+from .nlq import unapplied_filters, where_exprs
 from .query_text import _query_vector
 from .results import Hit, SearchResults
 from .vectors import unit_rows
@@ -203,6 +204,12 @@ def search(index: "ArchiveIndex", query: Union[str, np.ndarray], k: int = 20,
             # used to come back with no word of why.
             notes.append(f"no organ of this index is named {', '.join(absent[:5])}: nothing can match the organs "
                          f"{'the text names' if organ is None else 'asked for'}")
+    if isinstance(query, str):
+        unused = unapplied_filters(query, where)
+        if unused is not None:
+            notes.append(f"the words {unused[0]!r} look like filters ({', '.join(where_exprs(unused[1]))}) but "
+                         f"search does not apply them; pass where=, or read them with "
+                         f"ctglip_sdk.index.nlq.parse_query")
     res = _run(index, qv.vector, k, organs, conditions)
     res.query = query if isinstance(query, str) else "<vector>"
     res.ranking = qv.ranking
@@ -222,6 +229,8 @@ def similar(index: "ArchiveIndex", crop_id: int, k: int = 10, same_organ: bool =
     if isinstance(crop_id, bool) or not isinstance(crop_id, (int, np.integer)):
         # int() would quietly take 1.5 as crop 1: an id that drifted through a float column picks another organ
         raise QueryError(f"crop_id must be an integer id of this index, got {crop_id!r}")
+    if not 0 <= int(crop_id) < 2 ** 63:  # crop ids are SQL primary keys (int64); 2**70 raised OverflowError
+        raise QueryError(f"crop id {crop_id} is not in this index")
     conditions = parse_where(where)
     index._maybe_refresh()
     view = index.mirror.view()

@@ -11,6 +11,8 @@ from sqlalchemy import delete, func, select
 
 from ctglip_sdk.errors import IndexStateError, InputError
 
+from .export import shown_key_series_id
+
 if TYPE_CHECKING:  # pragma: no cover
     from .archive import ArchiveIndex
 
@@ -63,8 +65,11 @@ def remove(index: "ArchiveIndex", series: Iterable[str] = (), studies: Iterable[
             index._load_state()  # another process wrote since this object last looked (as ingest.begin_run)
 
         def tx(conn: Any) -> Dict[str, Any]:
+            shown_s, shown_st = _shown_keys(conn, t, series, ""), _shown_keys(conn, t, studies, "series:")
             found_series = _in(conn, t.series.c.series_uid, select(t.series.c.series_uid), series)
             found_studies = _in(conn, t.studies.c.study_uid, select(t.studies.c.study_uid), studies)
+            found_series |= set(shown_s.values())
+            found_studies |= set(shown_st.values())
             uids = set(found_series)
             uids |= _in(conn, t.studies.c.study_uid, select(t.series.c.series_uid).join(
                 t.studies, t.series.c.study_id == t.studies.c.id), found_studies)
@@ -92,8 +97,9 @@ def remove(index: "ArchiveIndex", series: Iterable[str] = (), studies: Iterable[
             return {"series": len(uids), "organs": len(ids), "studies": n_studies - _count(conn, t.studies),
                     "versions": versions,
                     "patients": n_patients - _count(conn, t.patients), "ids": ids,
-                    "not_found": {"series": sorted(set(series) - found_series),
-                                  "studies": sorted(set(studies) - found_studies), "patients": unknown_patients}}
+                    "not_found": {"series": sorted(set(series) - found_series - set(shown_s)),
+                                  "studies": sorted(set(studies) - found_studies - set(shown_st)),
+                                  "patients": unknown_patients}}
 
         out = index.store.write(tx)
         ids = np.asarray(out.pop("ids"), np.int64)
@@ -141,6 +147,17 @@ def _in(conn: Any, column: Any, query: Any, values: Iterable[str]) -> Set[str]:
     for start in range(0, len(values), _CHUNK):
         found |= set(conn.execute(query.where(column.in_(values[start:start + _CHUNK]))).scalars().all())
     return found
+
+
+def _shown_keys(conn: Any, t: Any, values: Iterable[str], prefix: str) -> Dict[str, str]:
+    """{shown key: stored key} for keys as output shows a redacted path-keyed series (``path:...#<id>``) or the
+    study named after it (``series:path:...#<id>``, with ``prefix`` "series:"), so that a hit's key removes it."""
+    ids = {v: i for v in values if (i := shown_key_series_id(v)) is not None and v.startswith(prefix + "path:")}
+    if not ids:
+        return {}
+    rows = dict(conn.execute(select(t.series.c.id, t.series.c.series_uid).where(
+        t.series.c.id.in_(sorted(set(ids.values())))).where(t.series.c.series_uid.like("path:%"))).all())
+    return {v: prefix + rows[i] for v, i in ids.items() if i in rows}
 
 
 def _count(conn: Any, table: Any) -> int:

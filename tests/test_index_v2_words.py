@@ -98,3 +98,4 @@ def test_search_text_naming_a_class_the_index_lacks_says_so(tmp_path):
         assert any("no organ of this index is named thyroid_gland" in n for n in hits.notes)
     finally:
         idx.close()
+
