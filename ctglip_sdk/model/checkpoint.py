@@ -6,9 +6,10 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
 import torch
 
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "ctglip-sdk-model"
 WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+TOKENIZER = "tokenizer"
 #: Files that may hold pickles. A model folder containing any of them is refused without opening it:
 #: unpickling runs arbitrary code.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
@@ -44,7 +47,8 @@ def library_versions() -> Dict[str, str]:
     return out
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (hex)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -52,11 +56,28 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def tensors_sha256(path: Path) -> str:
+    """sha256 over a safetensors file's tensors (names in order, dtypes, shapes, bytes), not its header's metadata.
+
+    Why: safetensors writes the metadata in hash-map order, which changes from one process to the next, so two
+    saves of the same weights can differ in their bytes (and ``weights_sha256``).
+    """
+    from safetensors import safe_open
+
+    h = hashlib.sha256()
+    with safe_open(os.fspath(path), framework="pt") as f:
+        for k in sorted(f.keys()):
+            t = f.get_tensor(k).contiguous()
+            h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def _folder_sha256(folder: Path) -> str:
     """One checksum over a folder's files (relative names and contents, in name order)."""
     h = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        h.update(path.relative_to(folder).as_posix().encode() + b"\0" + _sha256(path).encode())
+        h.update(path.relative_to(folder).as_posix().encode() + b"\0" + file_sha256(path).encode())
     return h.hexdigest()
 
 
@@ -76,51 +97,171 @@ def unshare_tensors(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return out
 
 
-def save_pretrained(model: "CTGlipModel", folder: PathLike) -> Path:
-    """Write a model folder; files are replaced atomically and config.json (with the weights' checksum) last.
+def _jsonable(value: Any, where: str) -> Any:
+    """``value`` as JSON can hold it: numpy scalars and arrays as Python numbers and lists, tuples as lists.
+    Anything else is a CheckpointError naming where it is.
 
-    Example:
-        >>> model.save_pretrained("models/my-ctglip")  # doctest: +SKIP
+    Why: ``calibration_source`` carries counts that may be numpy integers, which json.dump refuses; that TypeError
+    came after the weights had been replaced, and the folder no longer loaded.
     """
-    from safetensors.torch import save_file
+    import numpy as np
 
-    out = Path(folder).expanduser()  # as load and text.pretrained_path read "~" (a literal "~" folder otherwise)
-    out.mkdir(parents=True, exist_ok=True)
-    stray = [p.name for p in out.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES]
-    if stray:
-        raise CheckpointError(f"refusing to save next to pickle files {stray}: loading would refuse this folder",
-                              path=out)
-    state = unshare_tensors({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
-    fd, tmp = tempfile.mkstemp(dir=out, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"format": "pt", "ctglip_config_hash": model.config_hash})
-        os.replace(tmp, out / WEIGHTS)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    model.tokenizer.save_pretrained(os.fspath(out / "tokenizer"))
-    meta = {
+    if isinstance(value, np.generic):
+        value = value.item()
+    elif isinstance(value, np.ndarray):
+        value = value.tolist()
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, dict):  # keys as json.dumps takes them (id2label's are ints), numpy ones made Python
+        return {_jsonable(k, where) if isinstance(k, np.generic) else k: _jsonable(v, f"{where}.{k}")
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    raise CheckpointError(f"cannot save {where}: a {type(value).__name__!r} value cannot be written to config.json "
+                          "(JSON holds strings, numbers, booleans, lists and objects)")
+
+
+def _float32_state(model: "CTGlipModel") -> Dict[str, torch.Tensor]:
+    """The state dict to write; a floating-point tensor other than float32 is a CheckpointError.
+
+    Why: cg.load builds every model in float32 and refuses other dtypes, so a model cast to bfloat16 or float64
+    used to save a folder that never loaded. Refused rather than cast: casting float64 to float32 would change
+    the saved outputs without a word, and a half model cannot encode anyway.
+    """
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    odd: Dict[str, str] = {}
+    for k, v in state.items():
+        if v.is_floating_point() and v.dtype != torch.float32:
+            odd.setdefault(str(v.dtype).replace("torch.", ""), k)
+    if odd:
+        example = ", ".join(f"{k} is {d}" for d, k in list(odd.items())[:3])
+        raise CheckpointError(f"cannot save a {'/'.join(odd)} model: model folders hold float32 weights, the dtype "
+                              f"cg.load builds (e.g. {example}). Call model.float() before save_pretrained; on "
+                              "CUDA, bf16 autocast already runs the towers in half precision")
+    return unshare_tensors(state)
+
+
+def _meta(model: "CTGlipModel") -> Dict[str, Any]:
+    """config.json without the files' checksums, already JSON-safe: built before any file is written."""
+    config = _jsonable(model.config.to_dict(), "config")
+    text_config = _jsonable(model.text.hf_config_dict(), "text_model_config")
+    meta: Dict[str, Any] = {
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
-        "config": model.config.to_dict(),
+        "config": config,
         "config_hash": model.config_hash,
-        "text_model_config": model.text.hf_config_dict(),
-        "text_model_config_sha256": _json_sha256(model.text.hf_config_dict()),
-        "config_sha256": _config_sha256(model.config.to_dict()),
-        "weights_sha256": _sha256(out / WEIGHTS),
-        # The tokenizer decides the text vectors as much as the weights do: a replaced one must not load.
-        "tokenizer_sha256": _folder_sha256(out / "tokenizer"),
+        "text_model_config": text_config,
+        "text_model_config_sha256": _json_sha256(text_config),
+        "config_sha256": _config_sha256(config),
         "library_versions": library_versions(),
     }
     if getattr(model, "calibration", None):
         meta["calibration"] = {k: float(v) for k, v in sorted(model.calibration.items())}
         if getattr(model, "calibration_source", None):
-            meta["calibration_source"] = model.calibration_source
-    fd, tmp = tempfile.mkstemp(dir=out, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=2, sort_keys=True)
-    os.replace(tmp, out / "config.json")
+            meta["calibration_source"] = _jsonable(model.calibration_source, "calibration_source")
+    try:  # what _jsonable lets through but json refuses (a key that is not a string or number, mixed key types)
+        json.dumps(meta, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"cannot save config.json: {exc}") from None
+    return meta
+
+
+def _write_stage(model: "CTGlipModel", state: Dict[str, torch.Tensor], meta: Dict[str, Any], stage: Path,
+                 out: Path) -> None:
+    """Write the whole model folder into ``stage``; errors name the file in ``out`` they were for."""
+    from safetensors.torch import save_file
+
+    try:
+        save_file(state, os.fspath(stage / WEIGHTS), metadata={"format": "pt", "ctglip_config_hash": model.config_hash})
+    except Exception as exc:  # noqa: BLE001 - OSError (disk full), SafetensorError; the message says which
+        raise CheckpointError(f"cannot write the weights: {type(exc).__name__}: {exc}", path=out / WEIGHTS) from exc
+    try:
+        model.tokenizer.save_pretrained(os.fspath(stage / TOKENIZER))
+    except Exception as exc:  # noqa: BLE001 - OSError, or whatever a tokenizer class raises
+        raise CheckpointError(f"cannot write the tokenizer: {type(exc).__name__}: {exc}",
+                              path=out / TOKENIZER) from exc
+    # The tokenizer decides the text vectors as much as the weights do: a replaced one must not load.
+    full = {**meta, "weights_sha256": file_sha256(stage / WEIGHTS),
+            "tokenizer_sha256": _folder_sha256(stage / TOKENIZER)}
+    (stage / CONFIG).write_text(json.dumps(full, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def _swap_in(stage: Path, out: Path) -> None:
+    """Move the staged files into ``out``; on a failure, put the previous ones back.
+
+    The previous config.json leaves first and the new one arrives last, so between the renames the folder reads
+    as "config.json is missing", never as a model whose checksums do not match. tokenizer/ is swapped as a whole:
+    files an older tokenizer wrote (vocab.json, added_tokens.json ...) and the new one does not would otherwise
+    stay, enter the checksum, and change or break the tokenizer cg.load reads.
+    """
+    previous = stage / ".previous"
+    previous.mkdir()
+    moved: List[str] = []
+    placed: List[str] = []
+    try:
+        for name in (CONFIG, TOKENIZER, WEIGHTS):
+            if os.path.lexists(out / name):
+                os.rename(out / name, previous / name)
+                moved.append(name)
+        for name in (WEIGHTS, TOKENIZER, CONFIG):
+            os.rename(stage / name, out / name)
+            placed.append(name)
+    except BaseException:
+        for name in reversed(placed):
+            _quiet_rename(out / name, stage / name)
+        for name in reversed(moved):
+            _quiet_rename(previous / name, out / name)
+        raise
+
+
+def _quiet_rename(src: Path, dst: Path) -> None:
+    try:
+        os.rename(src, dst)
+    except OSError as exc:  # a rollback step that fails must not hide the error that caused the rollback
+        log.error("could not restore %s from %s: %s", dst, src, exc)
+
+
+def save_pretrained(model: "CTGlipModel", folder: PathLike) -> Path:
+    """Write a model folder: config.json, model.safetensors and tokenizer/.
+
+    Everything is written into a temporary folder inside ``folder`` first and then moved in (config.json last),
+    so a save that fails (a value JSON cannot hold, a full disk, a tokenizer that cannot be written) leaves the
+    previous model in ``folder`` loadable and no temporary files. Other files in ``folder`` are kept. Every
+    failure is a CheckpointError.
+
+    Example:
+        >>> model.save_pretrained("models/my-ctglip")  # doctest: +SKIP
+    """
+    out = Path(folder).expanduser()  # as load and text.pretrained_path read "~" (a literal "~" folder otherwise)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError("cannot save a model here: the path is a file, not a folder", path=out)
+    if out.is_dir():
+        stray = [p.name for p in out.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES]
+        if stray:
+            raise CheckpointError(f"refusing to save next to pickle files {stray}: loading would refuse this "
+                                  "folder", path=out)
+    # Everything that can be refused is refused before the first file is written.
+    state = _float32_state(model)
+    meta = _meta(model)
+    created = not out.exists()
+    stage: Optional[Path] = None
+    done = False
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".ctglip-saving-", dir=out))
+        _write_stage(model, state, meta, stage, out)
+        _swap_in(stage, out)
+        done = True
+    except OSError as exc:
+        raise CheckpointError(f"cannot write the model folder: {exc}", path=out) from exc
+    finally:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)  # after a success it holds only the previous files
+        if not done and created:
+            try:
+                out.rmdir()  # a first save that failed leaves no empty folder behind
+            except OSError:
+                pass
     log.info("saved model %s to %s", model.name, out)
     return out
 
@@ -264,7 +405,7 @@ def load_pretrained(folder: PathLike, device: Union[str, torch.device, None] = N
         raise CheckpointError(f"config.json: {exc.reason}", path=root) from None
     _strict_load(model, state, weights)
     expected = meta.get("weights_sha256")
-    if expected and _sha256(weights) != expected:
+    if expected and file_sha256(weights) != expected:
         raise CheckpointError("model.safetensors does not match the checksum in config.json (replaced or "
                               "corrupted after saving)", path=weights)
     rows = model.text.encoder.get_input_embeddings().num_embeddings

@@ -98,8 +98,9 @@ def get_config(name: str) -> CTGlipConfig:
 def register_model_config(source: Union[PathLike, Mapping[str, Any], CTGlipConfig], overwrite: bool = False) -> str:
     """Register a config JSON file, a config dict/object, or a saved model folder (then ``load(name)`` works).
 
-    Returns the registered name. A name already registered with a different config is a ConfigError unless
-    ``overwrite``.
+    Returns the registered name. A name already registered with a different config, or a folder whose name
+    already has other weights (the bundled model's, say: model.safetensors compared tensor by tensor), is a
+    ConfigError unless ``overwrite``.
 
     Example:
         >>> register_model_config({"name": "my-tiny", "vision": {"arch": "tiny"}})
@@ -129,11 +130,39 @@ def register_model_config(source: Union[PathLike, Mapping[str, Any], CTGlipConfi
         if old is not None and old.config_hash != cfg.config_hash:
             raise ConfigError(f"model name {name!r} is already registered with a different config; pass "
                               "overwrite=True or rename it")
+        if folder is not None:
+            _refuse_other_weights(name, folder)
     _USER_CONFIGS[name] = cfg
     if folder is not None:
         _USER_WEIGHTS[name] = folder.resolve()
     log.info("registered model config %s", name)
     return name
+
+
+def _refuse_other_weights(name: str, folder: Path) -> None:
+    """ConfigError if ``name`` already has weights (bundled or registered) that differ from ``folder``'s.
+
+    Why: a fine-tuned copy of a bundled model keeps its name and config, so it passed the config check, and
+    registering it silently changed what ``load(name)`` returned. The tensors decide, not the files' bytes (a
+    re-save of the same weights may order its metadata otherwise).
+    """
+    from safetensors import SafetensorError
+
+    from ctglip_sdk.model.checkpoint import WEIGHTS, file_sha256, tensors_sha256
+
+    current = _bundled_weights().get(name)
+    if current is None or current.resolve() == folder.resolve():
+        return
+    try:
+        same = (file_sha256(current / WEIGHTS) == file_sha256(folder / WEIGHTS)
+                or tensors_sha256(current / WEIGHTS) == tensors_sha256(folder / WEIGHTS))
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(f"cannot compare the weights of {folder} with those registered as {name!r} "
+                              f"({current}): {exc}", path=folder / WEIGHTS) from None
+    if not same:
+        raise ConfigError(f"model name {name!r} already has other weights ({current}); pass overwrite=True to "
+                          f"make load({name!r}) return those of {folder}, or give the copy another name "
+                          "(\"name\" under \"config\" in its config.json)")
 
 
 def create(name_or_config: Union[str, Mapping[str, Any], CTGlipConfig] = "ctglip-tiny", *,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Dict, Iterable, List, Optional
 
 import torch
@@ -173,6 +173,85 @@ def load_tokenizer(folder: str | os.PathLike):
     return tok
 
 
+#: What transformers reads as a local folder's weights with ``use_safetensors=True`` (no variant), in its order:
+#: the file config.json's ``transformers_weights`` names, else model.safetensors, else the index's shards.
+_SAFE_WEIGHTS, _SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
+_NEVER_UNPICKLED = ("pickled weights (pytorch_model.bin, *.pt ...) are never loaded: unpickling can run code. Convert "
+                    "once with model.save_pretrained(folder, safe_serialization=True) in a trusted environment")
+
+
+def _inside(folder: Path, name: Any, where: str, what: str) -> Path:
+    """``folder / name`` for a relative file name that stays in the folder (no absolute path, no ``..``).
+
+    Lexical on purpose: a Hugging Face cache snapshot's files are symlinks into ../../blobs, and they are fine.
+    """
+    parts = PurePosixPath(name).parts if isinstance(name, str) else ()
+    if not parts or os.path.isabs(name) or PurePosixPath(name).is_absolute() or ".." in parts:
+        raise ConfigError(f"{where} names {name!r} as {what}: only a file inside the text model folder is read",
+                          path=folder)
+    return folder / name
+
+
+def _check_index(folder: Path, index: Path) -> None:
+    """Every shard a safetensors index maps weights to is a *.safetensors file inside ``folder``.
+
+    Why: transformers opens each shard by its suffix, so an index whose weight_map names a ``.bin`` file made it
+    torch.load a pickle although the folder had a *.safetensors file.
+    """
+    import json
+
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the safetensors index: {exc}", path=index) from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ConfigError("the safetensors index has no 'weight_map' object", path=index)
+    shards: List[str] = []
+    for shard in weight_map.values():
+        if not isinstance(shard, str):
+            raise ConfigError(f"the safetensors index maps a weight to {shard!r}, not a file name", path=index)
+        if shard not in shards:
+            shards.append(shard)
+    for shard in shards:
+        # case-sensitive, as transformers tests the suffix: "W.SAFETENSORS" would be torch.load-ed
+        if not shard.endswith(".safetensors"):
+            raise ConfigError(f"the safetensors index maps weights to {shard!r}, not a *.safetensors file; "
+                              + _NEVER_UNPICKLED, path=index)
+        if not _inside(folder, shard, index.name, "a weights shard").is_file():
+            raise ConfigError(f"the safetensors index maps weights to {shard!r}, which is missing", path=index)
+
+
+def _check_weight_files(folder: Path) -> None:
+    """Refuse a folder unless every weights file transformers would open is safetensors; nothing is opened but
+    config.json and a safetensors index (JSON)."""
+    import json
+
+    try:
+        declared = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the text model's config.json: {exc}", path=folder / "config.json") from None
+    explicit = declared.get("transformers_weights") if isinstance(declared, dict) else None
+    if explicit is not None:
+        # transformers itself also accepts "adapter_model.bin" here, a pickle
+        if not isinstance(explicit, str) or not explicit.endswith((".safetensors", ".safetensors.index.json")):
+            raise ConfigError(f"config.json 'transformers_weights' names {explicit!r}, not a *.safetensors file or "
+                              "index; " + _NEVER_UNPICKLED, path=folder / "config.json")
+        target = _inside(folder, explicit, "config.json 'transformers_weights'", "the weights file")
+        if not target.is_file():
+            raise ConfigError(f"config.json 'transformers_weights' names {explicit!r}, which is missing",
+                              path=folder)
+    elif (folder / _SAFE_WEIGHTS).is_file():
+        return
+    elif (folder / _SAFE_INDEX).is_file():
+        target = folder / _SAFE_INDEX
+    else:
+        raise ConfigError(f"text checkpoint has no {_SAFE_WEIGHTS} (or {_SAFE_INDEX} with *.safetensors shards); "
+                          + _NEVER_UNPICKLED, path=folder)
+    if target.name.endswith(".index.json"):
+        _check_index(folder, target)
+
+
 def _check_local(path: str) -> Path:
     folder = Path(path).expanduser()
     if not (folder / "config.json").is_file():
@@ -180,10 +259,7 @@ def _check_local(path: str) -> Path:
                           "(config.json, model.safetensors, tokenizer files); nothing is downloaded. Pass the "
                           "folder of your clinical BERT, or leave pretrained_path null to build a small BERT",
                           path=folder)
-    if not any(folder.glob("*.safetensors")):
-        raise ConfigError("text checkpoint has no *.safetensors weights; pickled weights (pytorch_model.bin) "
-                          "are never loaded. Convert once with model.save_pretrained(folder, "
-                          "safe_serialization=True) in a trusted environment", path=folder)
+    _check_weight_files(folder)  # before the tokenizer or any weights are opened
     return folder
 
 
