@@ -13,6 +13,7 @@ from sqlalchemy import and_, select
 
 from ctglip_sdk.errors import ConfigError, QueryError
 
+from .export import shown_study_column
 from .filters import parse_where, text_list
 from .queries import (PROMPT_PREFIX, _classifier, _filter_select, _filtered_ids, _prompt_probabilities, _prompt_spec,
                       prompt_scope)
@@ -329,7 +330,9 @@ def _describe_units(index: "ArchiveIndex", units: List[int], level: str,
         return []
     t = index.store.t
     key_col = t.studies.c.patient_id if level == "patient" else t.studies.c.id
-    q = (select(key_col.label("unit"), t.studies.c.study_uid, t.patients.c.pseudonym)
+    # The study UID as every output shows it: a study named after its path-keyed series carried the PatientID of
+    # folder names ("series:path:SYN7378319/ct.nii.gz") into cohort members, their CSV and CohortResult.ids.
+    q = (select(key_col.label("unit"), shown_study_column(index), t.patients.c.pseudonym)
          .select_from(t.studies.join(t.patients, t.patients.c.id == t.studies.c.patient_id))
          .where(key_col.in_(units)).order_by(t.studies.c.study_uid))
     info: Dict[int, Dict[str, Any]] = {}

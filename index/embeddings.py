@@ -216,7 +216,7 @@ def _encoded(index: "ArchiveIndex", rec: SeriesEmbeddings, seen: Set[str]) -> "_
     uid = rec.series_uid
     if not isinstance(uid, str) or not uid.strip() or len(uid) > 255:
         raise InputError(f"series_uid must be a non-empty string of at most 255 characters, got {uid!r}")
-    study = rec.study_uid if rec.study_uid not in (None, "") else f"series:{uid}"
+    study = rec.study_uid if not _missing(rec.study_uid) else f"series:{uid}"
     where = f"series {uid} (study {study})"
 
     def bad(message: str) -> InputError:
@@ -234,13 +234,15 @@ def _encoded(index: "ArchiveIndex", rec: SeriesEmbeddings, seen: Set[str]) -> "_
                   f"{vectors.shape} of {vectors.dtype}")
     if vectors.shape[1] != index.dim:
         raise bad(f"vectors have {vectors.shape[1]} columns, the index's model gives {index.dim}")
-    vectors = vectors.astype(np.float32)
+    vectors = vectors.astype(np.float64)  # checked and scaled before float32, which over- or underflowed
     rows_bad = ~np.isfinite(vectors).all(axis=1)
     if rows_bad.any():
         raise bad(f"non-finite values (NaN/inf) in the vector of {names[int(np.argmax(rows_bad))]!r}")
-    zero = np.linalg.norm(vectors, axis=1) == 0
+    zero = np.abs(vectors).max(axis=1) == 0
     if zero.any():
         raise bad(f"the vector of {names[int(np.argmax(zero))]!r} is all zeros")
+    vectors = vectors / np.abs(vectors).max(axis=1, keepdims=True)  # direction kept; unit norm comes at write
+    vectors = vectors.astype(np.float32)
     bboxes = _array(rec.bboxes, (n, 6), "bboxes", bad)
     if bboxes is not None:
         if np.any(bboxes != np.round(bboxes)) or np.any(bboxes < 0) or np.any(bboxes[:, 3:] < bboxes[:, :3]):
@@ -316,35 +318,59 @@ def _study_fields(index: "ArchiveIndex", rec: SeriesEmbeddings, uid: str, study:
     from .filters import normalise_sex, to_date  # noqa: PLC0415
     from .ingest import _cut  # noqa: PLC0415
 
-    ident = rec.patient_id if rec.patient_id not in (None, "") else None
+    # A manifest row read with pandas gives NaN (NaT for dates) for an empty cell: missing, as None and "" are.
+    ident = None if _missing(rec.patient_id) else rec.patient_id
     try:
-        sex = normalise_sex(rec.sex)
-        date = to_date(rec.study_date)
+        sex = None if _missing(rec.sex) else normalise_sex(rec.sex)
+        date = None if _missing(rec.study_date) else to_date(rec.study_date)
     except CTGlipError as exc:
         raise bad(exc.reason) from None
     age: Optional[float] = None
-    if rec.age not in (None, ""):
+    if not _missing(rec.age):
         try:
+            if isinstance(rec.age, bool):  # True is 1 to float(): a flag in the wrong column, not an age
+                raise TypeError
             age = float(rec.age)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             raise bad(f"age must be a number of years, got {rec.age!r}") from None
         if not math.isfinite(age) or not 0 <= age <= 150:
             raise bad(f"age must be between 0 and 150 years, got {rec.age!r}")
-    birth = rec.birth_year
-    if birth not in (None, "") and not (str(birth).isdigit() and 1800 <= int(birth) <= 2200):
-        raise bad(f"birth_year must be a year, got {birth!r}")
+    birth: Optional[int] = None
+    if not _missing(rec.birth_year):
+        try:  # 1960.0 from a float column is the year 1960
+            year = float(rec.birth_year)  # type: ignore[arg-type]
+            ok = not isinstance(rec.birth_year, bool) and year.is_integer() and 1800 <= year <= 2200
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise bad(f"birth_year must be a year, got {rec.birth_year!r}")
+        birth = int(year)
     key = str(ident) if ident is not None else f"unknown:{uid}"
     return {
         "patient": index.pseudonym(key),
         "identifier": _cut(ident, 128) if ident is not None and index.manifest.get("include_identifiers") else None,
-        "sex": sex, "birth_year": int(birth) if birth not in (None, "") else None,
+        "sex": sex, "birth_year": birth,
         "study_uid": study, "study_date": date, "age": age,
         # Cut to the column sizes, as ingest does: PostgreSQL refuses longer values; these are descriptive only.
-        "description": _cut(rec.description, 256), "contrast": _cut(rec.contrast, 32),
-        "body_part": _cut(rec.body_part, 64), "split": _cut(rec.split, 16), "report_path": rec.report or None,
-        "archive_root": rec.archive_root or None,
-        "shown_path": redact_identifiers(rec.image or "", [ident]),  # as ingest shows paths
+        "description": _cut(_text(rec.description), 256), "contrast": _cut(_text(rec.contrast), 32),
+        "body_part": _cut(_text(rec.body_part), 64), "split": _cut(_text(rec.split), 16),
+        "report_path": _text(rec.report) or None, "archive_root": _text(rec.archive_root) or None,
+        "shown_path": redact_identifiers(_text(rec.image) or "", [ident]),  # as ingest shows paths
     }
+
+
+def _missing(value: Any) -> bool:
+    """None, a blank string, NaN or NaT (what pandas gives for an empty cell)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return True
+    try:
+        return bool(value != value)  # only NaN and NaT differ from themselves
+    except (TypeError, ValueError):  # an array or an object that refuses comparison: not a missing scalar
+        return False
+
+
+def _text(value: Any) -> Any:
+    return None if _missing(value) else value
 
 
 def _fingerprint(names: List[str], vectors: np.ndarray) -> str:

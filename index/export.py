@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Tuple
 
 from sqlalchemy import String, case, cast, func, literal, select
 
-from ctglip_sdk.errors import ConfigError, QueryError
+from ctglip_sdk.errors import ConfigError, InputError, QueryError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .archive import ArchiveIndex
 
-__all__ = ["export", "shown_series_columns", "shown_key_series_id"]
+__all__ = ["export", "shown_series_columns", "shown_study_column", "shown_key_series_id"]
 
 
 def shown_series_columns(index: "ArchiveIndex") -> Tuple[Any, Any, Any]:
@@ -55,7 +55,7 @@ def shown_key_series_id(value: str) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
-def _shown_study_alone(index: "ArchiveIndex") -> Any:
+def shown_study_column(index: "ArchiveIndex") -> Any:
     """``study_uid`` as output shows it where series are not joined (the studies export): a study named after
     its path-keyed series shows that series' redacted path."""
     se, stu = index.store.t.series, index.store.t.studies
@@ -95,7 +95,7 @@ def _export_query(index: "ArchiveIndex", what: str) -> Any:
     if what == "studies":
         # Grouped by both primary keys: PostgreSQL wants every selected column grouped or functionally dependent
         # on a grouped key (grouped by pseudonym alone, patients.sex was neither and the export was refused).
-        return (select(p.c.pseudonym.label("patient"), _shown_study_alone(index), stu.c.study_date, stu.c.age, p.c.sex,
+        return (select(p.c.pseudonym.label("patient"), shown_study_column(index), stu.c.study_date, stu.c.age, p.c.sex,
                        stu.c.description, stu.c.contrast, stu.c.body_part, stu.c.split,
                        func.count(o.c.id).label("n_organs"))
                 .select_from(stu.join(p, p.c.id == stu.c.patient_id).outerjoin(o, o.c.study_id == stu.c.id))
@@ -137,20 +137,25 @@ def export(index: "ArchiveIndex", path: Any, what: str = "scores") -> Path:
     suffix = out.suffix.lower()
     if suffix not in (".csv", ".parquet", ".jsonl"):
         raise QueryError(f"export to {out.name!r}: use a .csv, .parquet or .jsonl file name")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Written next to the target and renamed at the end: a failure never leaves a file that opens but holds
-    # only the first rows (a Parquet export that stopped at its second batch used to do exactly that).
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    if out.is_dir():
+        raise InputError("cannot export: the path is a folder", path=out)
+    tmp: Optional[Path] = None
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # Written next to the target and renamed at the end: a failure never leaves a file that opens but holds
+        # only the first rows (a Parquet export that stopped at its second batch used to do exactly that).
+        fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(tmp_name)
         if suffix == ".parquet":
             _write_parquet(index, q, tmp)
         else:
             _write_text(index, q, tmp, suffix)
         os.replace(tmp, out)
+    except OSError as exc:  # a parent that is a file, no permission, a full disk: a user error naming the file
+        raise InputError(f"cannot write the export: {exc.strerror or type(exc).__name__}", path=out) from None
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             tmp.unlink()
     return out
 

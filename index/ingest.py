@@ -98,7 +98,7 @@ def write_batch(index: "ArchiveIndex", run_id: int, encoded: List[_Encoded],
     def tx(conn: Any) -> Tuple[List[int], int]:
         nonlocal restated
         removed: List[int] = []
-        rows: List[Dict[str, Any]] = []
+        rows: List[Dict[str, Any]]
         emptied: List[int] = []
         restated = False
         mirror_rows.clear()
@@ -127,6 +127,7 @@ def write_batch(index: "ArchiveIndex", run_id: int, encoded: List[_Encoded],
                                              "archive_root": e.fields["archive_root"],
                                              "mask_path": e.item.mask, "fingerprint": e.item.fingerprint,
                                              "n_organs": len(e.names), **e.geometry})
+            rows = []
             for j, name in enumerate(e.names):
                 oid = int(ids[pos])
                 pos += 1
@@ -137,7 +138,9 @@ def write_batch(index: "ArchiveIndex", run_id: int, encoded: List[_Encoded],
                              "age": srow["age"], "sex": sex, "study_date": srow["study_date"]})
                 mirror_rows.append((oid, name, srow["age"], sex, srow["study_date"], srow["contrast"],
                                     srow["body_part"], srow["split"]))
-        store.insert_organs(conn, rows)
+            # Per series, not per batch: a sex or a study's age first learnt from a later series of this batch is
+            # written to the organs already in SQL (fill_organ_sex, ensure_study), which must include this one's.
+            store.insert_organs(conn, rows)
         for sid_old in emptied:
             store.drop_if_empty(conn, sid_old)  # a series moved to another study_uid left its old study empty
         if restated:

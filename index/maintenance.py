@@ -66,34 +66,44 @@ def _verify(index: "ArchiveIndex", repair: bool) -> Dict[str, Any]:
     warnings: List[str] = []
     repaired: List[str] = []
     t0 = time.perf_counter()
-    sql_ids = index.store.organ_ids()
-    stored_ids, _ = index.vectors.read()
-    torn = index.vectors.n_records - stored_ids.size
-    if torn:
-        warnings.append(f"{torn} unreadable record(s) at the end of the vector file (a torn, never committed "
-                        "write); ignored, dropped by --repair")
-    no_vector = np.setdiff1d(sql_ids, stored_ids)
-    orphans = np.setdiff1d(stored_ids, sql_ids)
-    if no_vector.size:
-        problems.append(f"{no_vector.size} organ(s) in SQL have no stored vector")
-    if orphans.size:
-        warnings.append(f"{orphans.size} stored vector(s) belong to no SQL row (interrupted batch or replaced "
-                        "series); harmless, dropped by --repair")
-    index._ann_lock.acquire_read()
-    try:
-        ann = index.ann
-        mem_ids = ann.ids() if ann is not None else np.zeros(0, np.int64)
-        sample = np.intersect1d(sql_ids, mem_ids)
-        sample = sample[np.linspace(0, sample.size - 1, min(64, sample.size)).astype(int)] if sample.size else sample
-        content_bad = 0
-        if ann is not None and sample.size and ann.kind in ("flat", "hnsw"):
-            got = np.stack([ann.index.reconstruct(int(i)) for i in sample])
-            want = index.vectors.gather(sample) if not no_vector.size else got
-            content_bad = int(np.sum(np.abs(got - want).max(1) > 1e-3))
-    finally:
-        index._ann_lock.release_read()
-    mem_missing = np.setdiff1d(sql_ids, mem_ids)
-    mem_extra = np.setdiff1d(mem_ids, sql_ids)
+    # A reader (another process writes) compares a consistent picture: its memory refreshed from SQL first, and
+    # the comparison redone when a commit landed meanwhile (it reported "FAISS in memory differs" during ingests).
+    for _attempt in range(3):
+        index._maybe_refresh(force=True)
+        problems.clear()
+        warnings.clear()
+        sql_ids = index.store.organ_ids()
+        stored_ids, _ = index.vectors.read()
+        torn = index.vectors.n_records - stored_ids.size
+        if torn:
+            warnings.append(f"{torn} unreadable record(s) at the end of the vector file (a torn, never committed "
+                            "write); ignored, dropped by --repair")
+        no_vector = np.setdiff1d(sql_ids, stored_ids)
+        orphans = np.setdiff1d(stored_ids, sql_ids)
+        if no_vector.size:
+            problems.append(f"{no_vector.size} organ(s) in SQL have no stored vector")
+        if orphans.size:
+            warnings.append(f"{orphans.size} stored vector(s) belong to no SQL row (interrupted batch or replaced "
+                            "series); harmless, dropped by --repair")
+        index._ann_lock.acquire_read()
+        try:
+            ann = index.ann
+            mem_ids = ann.ids() if ann is not None else np.zeros(0, np.int64)
+            sample = np.intersect1d(sql_ids, mem_ids)
+            if sample.size:
+                sample = sample[np.linspace(0, sample.size - 1, min(64, sample.size)).astype(int)]
+            content_bad = 0
+            if ann is not None and sample.size and ann.kind in ("flat", "hnsw"):
+                got = np.stack([ann.index.reconstruct(int(i)) for i in sample])
+                want = index.vectors.gather(sample) if not no_vector.size else got
+                content_bad = int(np.sum(np.abs(got - want).max(1) > 1e-3))
+        finally:
+            index._ann_lock.release_read()
+        mem_missing = np.setdiff1d(sql_ids, mem_ids)
+        mem_extra = np.setdiff1d(mem_ids, sql_ids)
+        # memory as current as SQL, and no commit since: the difference is real
+        if not (mem_missing.size or mem_extra.size) or index.store.data_version() == index._data_version:
+            break
     if mem_missing.size or mem_extra.size:
         problems.append(f"FAISS index in memory differs from SQL ({mem_missing.size} missing, {mem_extra.size} extra)")
     if content_bad:

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 _MAX_K = 10_000
 #: Stored findings from ``score(prompts=...)`` are named ``prompt:<key>``.
 PROMPT_PREFIX = "prompt:"
+#: Column sizes of scores.finding and scores.model_hash (schema.py): checked up front, as SQLite would store a
+#: longer value and PostgreSQL refuse it with a driver error.
+MAX_FINDING, MAX_MODEL_HASH = 96, 64
 _PROMPT_META = "prompt_spec:"  # + a digest of the finding: meta keys are 64 characters, findings up to 96
 _SPEC_KEYS = ("positive", "negative", "organ")
 
@@ -324,13 +327,21 @@ def insert_scores(index: "ArchiveIndex", rows: Sequence[Tuple[int, str, float]],
     if not rows:
         return 0
     try:
+        # an id that drifted through a float column must be whole: int(90.7) stored a score on crop 90
+        if any(isinstance(r[0], bool) or not float(r[0]).is_integer() for r in rows):
+            raise ValueError
         ids = np.asarray([int(r[0]) for r in rows], np.int64)
         probs = np.asarray([float(r[2]) for r in rows], np.float32)
         names = [r[1] for r in rows]
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         raise QueryError("rows must be (crop_id: int, finding: str, probability: float) tuples") from None
     if not all(isinstance(f, str) and f.strip() for f in names):
         raise QueryError("every row needs a finding name (a non-empty string)")
+    long = next((f for f in names if len(f.strip()) > MAX_FINDING), None)
+    if long is not None:
+        raise QueryError(f"finding name {long.strip()[:40]!r}... is too long: at most {MAX_FINDING} characters")
+    if model_hash is not None and (not isinstance(model_hash, str) or len(model_hash) > MAX_MODEL_HASH):
+        raise QueryError(f"model_hash must be a string of at most {MAX_MODEL_HASH} characters")
     if not np.all((probs >= 0) & (probs <= 1)):  # NaN fails this too
         raise QueryError("probabilities must lie in [0, 1]")
     # One score per (crop, finding): which of two values is meant cannot be guessed (it used to fail in SQL).
@@ -381,6 +392,10 @@ def score(index: "ArchiveIndex", findings: Optional[Sequence[str]] = None, promp
     if prompts is not None and (not isinstance(prompts, Mapping) or
                                 not all(isinstance(k, str) and k.strip() for k in prompts)):
         raise QueryError("prompts: expected {key: text | [texts] | {'positive': [...], ...}} with non-empty keys")
+    long = [k for k in (prompts or {}) if len(PROMPT_PREFIX + k) > MAX_FINDING]
+    if long:
+        raise QueryError(f"prompt name {long[0][:40]!r}... is too long: at most {MAX_FINDING - len(PROMPT_PREFIX)} "
+                         "characters")
     version = "0"
     if keys is None or keys:  # prompts alone do not need the abnormality dictionary
         d = zs.dictionary

@@ -69,10 +69,14 @@ def file_checksum(path: Path) -> str:
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
-    """float32 rows scaled to unit norm (zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float32)
+    """float32 rows scaled to unit norm (zero rows stay zero).
+
+    The norm is taken in float64: in float32 a row of 1e20 values overflowed to an infinite norm (stored as an
+    all-zero vector) and one of 1e-24 values underflowed to zero.
+    """
+    x = np.asarray(x, dtype=np.float64)
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
+    return (x / np.maximum(norms, 1e-300)).astype(np.float32)
 
 
 class VectorStore:

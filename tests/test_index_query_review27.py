@@ -118,3 +118,136 @@ def test_similar_with_a_crop_id_past_int64_is_a_query_error(tmp_path):
     res = CliRunner().invoke(cli, ["similar", str(2 ** 80), "--index", str(tmp_path / "idx"), "--json"])
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert json.loads(res.stdout)["type"] == "QueryError"  # --json stays one JSON document
+
+
+def test_a_later_record_of_one_batch_restates_the_organs_written_before_it(tmp_path):
+    from ctglip_sdk.index import SeriesEmbeddings
+
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    rng = np.random.default_rng(5)
+
+    def rec(uid, **kw):
+        return SeriesEmbeddings(uid, ["liver"], rng.standard_normal((1, idx.dim)), **kw)
+
+    try:
+        idx.add_embeddings([rec("BM.1", study_uid="S.1", patient_id="P-1", age=50, study_date="2020-01-01"),
+                            rec("BM.2", study_uid="S.1", patient_id="P-1", age=60, study_date="2020-01-01"),
+                            rec("BM.3", study_uid="S.3", patient_id="P-3", age=40),
+                            rec("BM.4", study_uid="S.4", patient_id="P-3", sex="F", age=41)],
+                           config_hash=idx.manifest["model"]["config_hash"])
+        for reopened in (False, True):
+            if reopened:
+                idx.close()
+                idx = ArchiveIndex.open(tmp_path / "idx")
+            q = rng.standard_normal(idx.dim).astype(np.float32)
+            # were BM.1 (its organs kept age 50 while its study says 60) and BM.4 only (BM.3 never learnt sex F)
+            assert sorted(h.series_uid for h in idx.search(q, k=10, where={"age": 60})) == ["BM.1", "BM.2"]
+            assert idx.search(q, k=10, where={"age": 50}).crop_ids == []
+            assert sorted(h.series_uid for h in idx.search(q, k=10, where={"sex": "F"})) == ["BM.3", "BM.4"]
+    finally:
+        idx.close()
+
+
+def test_cohort_members_show_redacted_study_keys(tmp_path):
+    idx = _two_patients_without_uids(tmp_path)
+    try:
+        res = idx.cohort(all_of=["liver"], threshold=0.0, level="study")
+        assert len(res) == 2
+        shown = [m["study_uid"] for m in res] + list(res.ids)
+        assert all("PID" not in s and s.startswith("series:path:") and "#" in s for s in shown), shown  # was the PID
+    finally:
+        idx.close()
+
+
+def test_verify_in_a_reader_sees_what_another_writer_committed(tmp_path):
+    from ctglip_sdk.index import SeriesEmbeddings
+
+    writer = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    rng = np.random.default_rng(6)
+    ch = writer.manifest["model"]["config_hash"]
+    writer.add_embeddings([SeriesEmbeddings("A.1", ["liver"], rng.standard_normal((1, writer.dim)), patient_id="P")],
+                          config_hash=ch)
+    reader = ArchiveIndex.open(tmp_path / "idx")
+    try:
+        assert reader.verify()["ok"]
+        writer.add_embeddings([SeriesEmbeddings("A.2", ["spleen"], rng.standard_normal((1, writer.dim)),
+                                                patient_id="P")], config_hash=ch)
+        report = reader.verify()  # was "FAISS index in memory differs from SQL (1 missing, 0 extra)"
+        assert report["ok"], report["problems"]
+    finally:
+        reader.close()
+        writer.close()
+
+
+def _embedding_index(tmp_path):
+    return ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+
+
+def test_long_finding_names_and_model_hashes_are_refused_up_front(tmp_path):
+    from ctglip_sdk.index import SeriesEmbeddings
+
+    idx = _embedding_index(tmp_path)
+    try:
+        idx.add_embeddings([SeriesEmbeddings("L.1", ["liver"], np.ones((1, idx.dim)))],
+                           config_hash=idx.manifest["model"]["config_hash"])
+        crop = idx.search(np.ones(idx.dim, np.float32), k=1)[0].crop_id
+        with pytest.raises(QueryError, match="too long"):  # SQLite stored it; PostgreSQL raised a DataError
+            idx.insert_scores([(crop, "x" * 97, 0.5)])
+        with pytest.raises(QueryError, match="model_hash"):
+            idx.insert_scores([(crop, "liver_cyst", 0.5)], model_hash="h" * 65)
+        with pytest.raises(QueryError, match="too long"):
+            idx.score(prompts={"p" * 90: "a calcified liver lesion"})
+        with pytest.raises(QueryError, match="tuples"):
+            idx.insert_scores([(crop + 0.7, "liver_cyst", 0.5)])  # was stored on crop int(crop + 0.7)
+        assert idx.insert_scores([(float(crop), "liver_cyst", 0.5)], model_hash="h" * 64) == 1
+    finally:
+        idx.close()
+
+
+def test_export_to_an_unwritable_place_is_an_input_error(tmp_path):
+    from click.testing import CliRunner
+
+    from ctglip_sdk.cli.main import cli
+    from ctglip_sdk.errors import InputError
+
+    idx = _embedding_index(tmp_path)
+    (tmp_path / "file.csv").write_text("x")
+    with pytest.raises(InputError, match="cannot write the export"):  # was a raw FileExistsError
+        idx.export(tmp_path / "file.csv" / "x.csv", what="organs")
+    idx.close()
+    res = CliRunner().invoke(cli, ["export", str(tmp_path / "file.csv" / "x.csv"), "--index", str(tmp_path / "idx"),
+                                   "--json", "--what", "organs"])
+    assert res.exit_code == 1 and json.loads(res.stdout)["type"] == "InputError"
+
+
+def test_huge_and_tiny_finite_vectors_keep_their_direction(tmp_path):
+    from ctglip_sdk.index import SeriesEmbeddings
+
+    idx = _embedding_index(tmp_path)
+    direction = np.random.default_rng(8).standard_normal(idx.dim)
+    try:
+        idx.add_embeddings([SeriesEmbeddings("H.1", ["liver"], (direction * 1e20)[None]),   # stored as zeros before
+                            SeriesEmbeddings("H.2", ["spleen"], (direction * 1e-24)[None])],  # refused as "all zeros"
+                           config_hash=idx.manifest["model"]["config_hash"])
+        hits = idx.search(direction.astype(np.float32), k=2)
+        assert sorted(h.organ for h in hits) == ["liver", "spleen"] and min(h.score for h in hits) > 0.99
+    finally:
+        idx.close()
+
+
+def test_a_pandas_row_with_empty_cells_is_read_as_missing_values(tmp_path):
+    pd = pytest.importorskip("pandas")
+    from ctglip_sdk.index import SeriesEmbeddings
+
+    idx = _embedding_index(tmp_path)
+    row = pd.DataFrame([{"patient_id": "P-9", "study_uid": None, "age": None, "sex": None, "study_date": None,
+                         "birth_year": 1960.0, "description": None}]).iloc[0]  # NaN, NaT, 1960.0 as pandas gives
+    try:
+        kw = {k: row[k] for k in row.index}
+        kw["study_date"] = pd.NaT
+        idx.add_embeddings([SeriesEmbeddings("N.1", ["liver"], np.ones((1, idx.dim)), **kw)],
+                           config_hash=idx.manifest["model"]["config_hash"])  # was "age must be between 0 and 150"
+        hit = idx.search(np.ones(idx.dim, np.float32), k=1)[0]
+        assert hit.age is None and hit.sex is None and hit.study_date is None and "nan" not in hit.study_uid
+    finally:
+        idx.close()
