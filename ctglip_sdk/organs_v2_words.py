@@ -28,7 +28,7 @@ _PLAIN = {
     "pulmonary vein": "pulmonary_vein", "pulmonary veins": "pulmonary_vein",
     "brachiocephalic trunk": "brachiocephalic_trunk", "brachiocephalic artery": "brachiocephalic_trunk",
     "innominate artery": "brachiocephalic_trunk",
-    "left atrial appendage": "atrial_appendage_left", "atrial appendage": "atrial_appendage_left",
+    "left atrial appendage": "atrial_appendage_left",  # v2 segments the left one only: "right atrial ..." is none
     "s1 vertebra": "vertebrae_S1", "first sacral vertebra": "vertebrae_S1",
 }
 
@@ -53,7 +53,9 @@ def _pattern() -> "re.Pattern[str]":
     # Longest phrase first, so "left common carotid artery" wins over "carotid"; whole words only ("svc" is
     # not inside another word, "sternal" not in "sternocleidomastoid").
     alts = sorted(V2_PHRASES, key=len, reverse=True)
-    return re.compile(r"\b(" + "|".join(re.escape(a).replace(r"\ ", r"[\s_\-]+") for a in alts) + r")\b", re.I)
+    # not a vessel that merely shares the words ("internal carotid artery" is no common carotid)
+    return re.compile(r"(?<!internal )(?<!external )\b(" + "|".join(re.escape(a).replace(r"\ ", r"[\s_\-]+")
+                                                               for a in alts) + r")\b", re.I)
 
 
 def v2_named_in(text: str) -> Tuple[Tuple[str, ...], str]:

@@ -18,7 +18,7 @@ from ctglip_sdk.errors import ConfigError, InputError, QueryError
 if TYPE_CHECKING:  # pragma: no cover
     from .archive import ArchiveIndex
 
-__all__ = ["export", "shown_series_columns", "shown_study_column", "shown_key_series_id"]
+__all__ = ["export", "shown_series_columns", "shown_study_column", "shown_key_series_id", "shown_path_with_id"]
 
 
 def shown_series_columns(index: "ArchiveIndex") -> Tuple[Any, Any, Any]:
@@ -34,13 +34,13 @@ def shown_series_columns(index: "ArchiveIndex") -> Tuple[Any, Any, Any]:
         return stu.c.study_uid, se.c.series_uid, se.c.path
     path = func.coalesce(se.c.shown_path, se.c.path).label("path")
     redacted = se.c.series_uid.like("path:%") & se.c.shown_path.isnot(None)
-    uid = case((redacted, literal("path:") + _with_id(se)), else_=se.c.series_uid).label("series_uid")
+    uid = case((redacted, literal("path:") + shown_path_with_id(se)), else_=se.c.series_uid).label("series_uid")
     study = case((redacted & (stu.c.study_uid == literal("series:") + se.c.series_uid),
-                  literal("series:path:") + _with_id(se)), else_=stu.c.study_uid).label("study_uid")
+                  literal("series:path:") + shown_path_with_id(se)), else_=stu.c.study_uid).label("study_uid")
     return study, uid, path
 
 
-def _with_id(se: Any) -> Any:
+def shown_path_with_id(se: Any) -> Any:
     """``<shown path>#<series id>``: unique where redacted paths are not."""
     return se.c.shown_path + literal("#") + cast(se.c.id, String)
 
@@ -61,7 +61,7 @@ def shown_study_column(index: "ArchiveIndex") -> Any:
     se, stu = index.store.t.series, index.store.t.studies
     if index.manifest.get("include_identifiers"):
         return stu.c.study_uid
-    shown = select(func.min(_with_id(se))).where(se.c.study_id == stu.c.id).where(
+    shown = select(func.min(shown_path_with_id(se))).where(se.c.study_id == stu.c.id).where(
         se.c.shown_path.isnot(None)).scalar_subquery()
     return case((stu.c.study_uid.like("series:path:%") & shown.isnot(None), literal("series:path:") + shown),
                 else_=stu.c.study_uid).label("study_uid")
@@ -73,7 +73,7 @@ def _shown_ingest_key(index: "ArchiveIndex") -> Any:
     it, se = index.store.t.ingest_items, index.store.t.series
     if index.manifest.get("include_identifiers"):
         return it.c.series_uid
-    shown = select(_with_id(se)).where(se.c.series_uid == it.c.series_uid).scalar_subquery()
+    shown = select(shown_path_with_id(se)).where(se.c.series_uid == it.c.series_uid).scalar_subquery()
     return case((it.c.series_uid.like("path:%") & shown.isnot(None), literal("path:") + shown),
                 else_=it.c.series_uid).label("series_uid")
 

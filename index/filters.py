@@ -269,17 +269,17 @@ def to_sql(conditions: Sequence[Condition], t: Tables) -> List[ColumnElement]:
 
 def _uid_match(c: Condition, col: Any, t: Tables) -> ColumnElement:
     """A series or study UID as stored, or as output shows a redacted path key (``path:...#<series id>``)."""
-    from .export import shown_key_series_id  # noqa: PLC0415 - export imports nothing of filters
+    from .export import shown_key_series_id, shown_path_with_id  # noqa: PLC0415 - export imports nothing of filters
 
-    ids = [i for i in map(shown_key_series_id, c.values) if i is not None]
-    plain = [v for v in c.values if shown_key_series_id(v) is None]
-    parts = [col.in_(plain)] if plain else []
-    if ids:
+    parts = [col.in_(c.values)]  # a stored key, which may itself end in "#<digits>" (a DICOM folder "CT#1")
+    shown = [v for v in c.values if shown_key_series_id(v) is not None]
+    if shown:  # a shown key names its series only when the whole key is that series' shown key
         if c.key == "series_uid":
-            parts.append(t.series.c.id.in_(ids))
+            parts.append((literal("path:") + shown_path_with_id(t.series)).in_(shown))
         else:  # an alias: the subquery must not correlate with a series table the query joins
             se = t.series.alias()
-            parts.append(col.in_(select(literal("series:") + se.c.series_uid).where(se.c.id.in_(ids))))
+            parts.append(col.in_(select(literal("series:") + se.c.series_uid).where(
+                (literal("series:path:") + shown_path_with_id(se)).in_(shown))))
     return or_(*parts)
 
 

@@ -67,15 +67,17 @@ def _find_organ(text: str) -> Optional[List[str]]:
     from ctglip_sdk.reports.query import explain_query  # noqa: PLC0415 - the report vocabulary loads on first use
 
     v2, rest = v2_named_in(text)
-    if v2:
-        # A TotalSegmentator 2 class ("thyroid", "SVC"; search reads it the same way): the finding words around
-        # it ("nodule") name no organ of it, and "superior vena cava" must not fall back to v1's "vena cava".
+    reading = explain_query(text)
+    if v2 and reading.finding is None and reading.negated is None:
+        # A TotalSegmentator 2 class ("thyroid", "SVC") when no finding is read (search reads it the same way):
+        # the words around it ("nodule") name no organ of it. With a finding, the finding's organs win ("liver
+        # metastases from thyroid cancer").
         also = (_find_organ(rest) or []) if rest.strip() else []
         return list(dict.fromkeys((*v2, *also)))
-    reading = explain_query(text)
     if reading.finding is None and (reading.several or reading.negated is None) and len(reading.organs) > 1:
         return list(dict.fromkeys(c for o in reading.organs for c in organs.lookup(o)))
-    words = re.findall(r"[a-z]+", text.lower())
+    # v2 words left out: "superior vena cava" must not fall back to v1's "vena cava"
+    words = re.findall(r"[a-z]+", rest.lower())
     best: Optional[str] = None
     for n in (3, 2, 1):
         for i in range(len(words) - n + 1):
@@ -89,9 +91,14 @@ def _find_organ(text: str) -> Optional[List[str]]:
     finding_organs = organs.lookup(found.organ) if found is not None else None
     if best:
         named = organs.lookup(best)
-        lobe = re.search(r"\b(upper|middle|lower)\s+lobes?\b", text.lower())
-        if lobe and len(named) > 1:  # "left lung lower lobe": the side from one phrase, the lobe from another
-            named = [n for n in named if n.startswith(f"lung_{lobe.group(1)}_lobe")] or named
+        # "left lung lower lobe": the side from one phrase, the lobe from another; only for a single lobe word and
+        # no exclusion ("upper and lower lobes", "not in the lower lobe", "lower lobe spared" keep every lobe)
+        low = text.lower()
+        parts = set(re.findall(r"\b(upper|middle|lower)\b", low))
+        if (len(named) > 1 and len(parts) == 1 and re.search(r"\blobes?\b", low)
+                and not re.search(r"\b(?:not|no|spared|sparing|except|excluding|without|other than)\b", low)):
+            part = parts.pop()
+            named = [n for n in named if n.startswith(f"lung_{part}_lobe")] or named
         # "splenomegaly without liver cirrhosis" asks about spleens: a word naming another organ is incidental.
         # A word naming a part of the finding's organ ("right upper lobe nodule") is the more specific filter.
         if finding_organs is None or set(named) <= set(finding_organs):
@@ -159,8 +166,10 @@ def _sex(question: str, text: str, notes: List[str]) -> Tuple[str, Optional[str]
             return _cut(text, (low_at.start(), low_at.end())), letters[0]
     if len(named) == 2:
         negated = [sex for sex in named if negation_before(text, hits[sex].start()) is not None]  # type: ignore[union-attr]
-        if len(negated) == 1:  # "women, not men", "women but not men", "excluding men, women": one sex asked
-            m_neg = hits[negated[0]]
+        m_neg = hits[negated[0]] if len(negated) == 1 else None
+        # "women, not men", "women but not men", "excluding men, women": one sex asked. Not when more follows the
+        # excluded sex ("excluding men over 80" excludes a group, not a sex)
+        if m_neg is not None and re.match(r"\s*(?:[,.;)]|$|and\b|but\b|in\b|with\b)", text[m_neg.end():]):
             cut = _cut(text, (negation_before(text, m_neg.start()), m_neg.end()))  # type: ignore[arg-type,union-attr]
             kept = next(sex for sex in named if sex not in negated)
             m_kept = re.search(rf"\b({_SEX[kept]})\b", cut)

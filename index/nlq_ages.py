@@ -47,7 +47,10 @@ _DECADE_WORDS = re.compile(r"\b(" + "|".join(t[:-1] for t in _TENS) + r")ies\b")
 AgeRule = Tuple["re.Pattern[str]", Callable[["re.Match[str]"], AgeRange], bool]
 # Children's words: a bare number under 18 is then an age ("children under 10"), and a narrower range wins
 # over the words' own 0-17.
-_CHILD = re.compile(r"\b(?:children|child|paediatric|pediatric|kids|infants?|toddlers?|boys|girls)\b")
+_CHILD = re.compile(r"\b(?:children|child|paediatric|pediatric|kids|infants?|toddlers?)\b")
+# ... but only after an age comparison ("children under 10"); counts stay counts ("children with 2-3
+# appendicoliths", "3 or more stones", "more than 3 lymph nodes").
+_CHILD_AGE = re.compile(r"\b(?:under|below|younger|older|over|above|aged?)\b")
 
 
 def _g(m: "re.Match[str]", i: int) -> int:
@@ -120,7 +123,8 @@ def read_ages(text: str, notes: List[str]) -> Tuple[str, Optional[AgeRange]]:
                     and _NOT_AGE_BEFORE.search(text, 0, m.start())):
                 continue  # "grade 2-3", "stable for 2 years", "BMI over 30" (an age word first overrides)
             explicit = re.search(rf"{_AGE_WORD}|{_YEARS}|old\b", said)
-            if bare and not explicit and not child and min(v for v in (lo, hi) if v is not None) < _ADULT_MIN:
+            kid_age = child and _CHILD_AGE.search(said) is not None and not re.search(r"\b(?:more|less)\b", said)
+            if bare and not explicit and not kid_age and min(v for v in (lo, hi) if v is not None) < _ADULT_MIN:
                 continue  # "3-4 nodules", "more than 3": a count, not an age
             rng: Optional[AgeRange] = ((min(lo, hi), max(lo, hi)) if lo is not None and hi is not None
                                        else (lo, hi))

@@ -130,7 +130,7 @@ def _part(year: str, which: str, parts: int) -> str:
 
 Rule = Tuple["re.Pattern[str]", Callable[["re.Match[str]"], DateRange]]
 # "now", "present", "today": an open end ("from 2020 until now" was the year 2020, "until now" left in the text).
-_NOW = r"(?:now|(?:the\s+)?present|(?:to\s+)?date|today)\b"
+_NOW = r"(?:now|(?:the\s+)?present(?:\s+day)?|(?:to\s+)?date|today)\b"
 _RULES: List[Rule] = [
     (re.compile(rf"(?:\b{_SCANS}(?:between|from|since)\s+)?{_T}\s*(?:-|–|to|until|till|through|up\s+to)\s*{_NOW}"),
      lambda m: (_first(m.group(1)), None)),

@@ -83,10 +83,18 @@ def _from_text(index: "ArchiveIndex", text: str) -> _QueryVector:
     from .queries import _classifier  # noqa: PLC0415
 
     v2, rest = v2_named_in(text)
-    if v2:
-        return _v2_organs(index, text, v2, rest)
     reading = explain_query(text, _classifier(index).dictionary)
     found = reading.finding or reading.negated
+    v2_notes: Tuple[str, ...] = ()
+    if v2 and found is None:
+        # A finding read from the text wins ("liver metastases from thyroid cancer" is a liver mass search); else
+        # the v2 class is what is searched, unless the index has none of it and the text names v1 organs too
+        # ("pulmonary vein stenosis" in an index of v1 masks stays within the lungs, as before).
+        stored = set(index.mirror.view().organ_names)
+        if set(v2) & stored or not reading.organs:
+            return _v2_organs(index, text, v2, rest)
+        v2_notes = (f"no organ of this index is named {', '.join(v2)} (TotalSegmentator 2); searched within the "
+                    "organs the text also names",)
     if found is not None:
         d = _margin(index, found.finding, found.read_as)
         if d is not None:
@@ -114,7 +122,7 @@ def _from_text(index: "ArchiveIndex", text: str) -> _QueryVector:
     else:
         why = "no single dictionary finding recognised;"
     where = f" within {', '.join(reading.organs)}" if reading.organs else ""
-    return _QueryVector(vector, "cosine", scope=reading.organs, notes=(f"{why} {_COSINE_NOTE}{where}",))
+    return _QueryVector(vector, "cosine", scope=reading.organs, notes=(f"{why} {_COSINE_NOTE}{where}", *v2_notes))
 
 
 def _v2_organs(index: "ArchiveIndex", text: str, v2: Tuple[str, ...], rest: str) -> _QueryVector:

@@ -155,9 +155,13 @@ def _shown_keys(conn: Any, t: Any, values: Iterable[str], prefix: str) -> Dict[s
     ids = {v: i for v in values if (i := shown_key_series_id(v)) is not None and v.startswith(prefix + "path:")}
     if not ids:
         return {}
-    rows = dict(conn.execute(select(t.series.c.id, t.series.c.series_uid).where(
-        t.series.c.id.in_(sorted(set(ids.values())))).where(t.series.c.series_uid.like("path:%"))).all())
-    return {v: prefix + rows[i] for v, i in ids.items() if i in rows}
+    se = t.series
+    rows = {r.id: r for r in conn.execute(select(se.c.id, se.c.series_uid, se.c.shown_path).where(
+        se.c.id.in_(sorted(set(ids.values())))).where(se.c.series_uid.like("path:%"))).all()}
+    # The whole key must be that series' shown key: "path:B/CT#1" is a stored key of a folder "CT#1", and must
+    # not also remove series 1
+    return {v: prefix + rows[i].series_uid for v, i in ids.items()
+            if i in rows and rows[i].shown_path is not None and v == f"{prefix}path:{rows[i].shown_path}#{i}"}
 
 
 def _count(conn: Any, table: Any) -> int:

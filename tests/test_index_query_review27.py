@@ -251,3 +251,82 @@ def test_a_pandas_row_with_empty_cells_is_read_as_missing_values(tmp_path):
         assert hit.age is None and hit.sex is None and hit.study_date is None and "nan" not in hit.study_uid
     finally:
         idx.close()
+
+
+def test_a_stored_key_ending_in_hash_digits_is_not_read_as_a_shown_key(tmp_path):
+    from ctglip_sdk.index import SeriesEmbeddings
+
+    idx = _embedding_index(tmp_path)
+    rng = np.random.default_rng(9)
+    try:
+        idx.add_embeddings([SeriesEmbeddings("path:A/ct.nii.gz", ["liver"], rng.standard_normal((1, idx.dim)),
+                                             image="A/ct.nii.gz"),
+                            SeriesEmbeddings("path:B/CT#1", ["liver"], rng.standard_normal((1, idx.dim)),
+                                             image="B/CT#1")],  # a DICOM folder named "CT#1"
+                           config_hash=idx.manifest["model"]["config_hash"])
+        q = rng.standard_normal(idx.dim).astype(np.float32)
+        a = next(h for h in idx.search(q, k=2) if "A/" in h.series_uid)
+        got = idx.search(q, k=5, where={"series_uid": "path:B/CT#1"})  # was series A (id 1)
+        assert [h.path for h in got] == ["B/CT#1"]
+        assert idx.search(q, k=5, where={"series_uid": "path:elsewhere#" + a.series_uid.rsplit("#", 1)[1]}).crop_ids == []
+        out = idx.remove(series=["path:B/CT#1"])  # removed both series before
+        assert out["series"] == 1 and [h.series_uid for h in idx.search(q, k=5)] == [a.series_uid]
+    finally:
+        idx.close()
+
+
+@pytest.mark.parametrize("question, age", [
+    ("children with 2-3 appendicoliths", (None, 17)),            # counts stay counts with a children's word
+    ("children with 3 or more kidney stones", (None, 17)),
+    ("children with more than 3 enlarged lymph nodes", (None, 17)),
+])
+def test_counts_next_to_a_childrens_word_are_not_ages(question, age):
+    assert parse_query(question).where.get("age") == age
+
+
+@pytest.mark.parametrize("question, organ", [
+    ("right lung upper and lower lobe nodules", ["lung_upper_lobe_right", "lung_middle_lobe_right",
+                                                 "lung_lower_lobe_right"]),
+    ("left lung nodules not in the lower lobe", ["lung_upper_lobe_left", "lung_lower_lobe_left"]),
+    ("liver metastases in prostate cancer patients", ["liver"]),  # the finding's organ, not the v2 context word
+])
+def test_lobe_and_v2_words_do_not_override_what_the_question_asks(question, organ):
+    assert parse_query(question).organ == organ
+
+
+def test_v2_phrases_do_not_match_other_vessels_or_sides():
+    from ctglip_sdk.organs_v2_words import v2_named_in
+
+    assert v2_named_in("internal carotid artery stenosis")[0] == ()
+    assert v2_named_in("right atrial appendage thrombus")[0] == ()  # v2 has the left appendage only
+    assert parse_query("liver cysts in women, excluding men over 80").where.get("sex") is None
+    assert parse_query("liver cyst 2020 until the present day").text == "liver cyst"
+
+
+def test_a_finding_in_the_text_keeps_its_ranking_next_to_a_v2_word(tmp_path):
+    idx = _index_v2(tmp_path)
+    try:
+        res = idx.search("liver metastases from thyroid cancer", k=3)
+        assert res.ranking == "finding:liver_mass"  # was cosine within the thyroid
+        assert idx.search("thyroid nodule", k=3).ranking == "cosine"
+    finally:
+        idx.close()
+
+
+def _index_v2(tmp_path):
+    import nibabel as nib
+
+    from test_index_common import AFFINE
+
+    vol, seg = phantom(np.random.default_rng(41))
+    root = tmp_path / "arch"
+    (root / "s0" / "seg").mkdir(parents=True)
+    nib.save(nib.Nifti1Image(vol, AFFINE), root / "s0" / "ct.nii.gz")
+    for name, v in zip(("thyroid_gland", "liver"), [v for v in np.unique(seg) if v][:2]):
+        nib.save(nib.Nifti1Image((seg == v).astype(np.uint8), AFFINE), root / "s0" / "seg" / f"{name}.nii.gz")
+    write_manifest(root, [{"patient_id": "P1", "study_uid": "1.2", "series_uid": "1.2.3", "image": "s0/ct.nii.gz",
+                           "mask": "s0/seg", "report": "", "split": "test", "age": "50", "sex": "F",
+                           "study_date": "2020-01-01", "contrast": "none"}])
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    assert not idx.ingest(root, workers=0).errors
+    return idx

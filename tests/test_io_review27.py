@@ -124,7 +124,10 @@ def test_slices_linked_out_of_the_series_folder_are_named_not_silently_dropped(t
     (tmp_path / "notes" / "readme.txt").write_text("not a slice")
     (tmp_path / "archive" / "ct" / "readme.txt").symlink_to(tmp_path / "notes" / "readme.txt")
     (tmp_path / "archive" / "ct" / "IM9999.dcm").symlink_to(tmp_path / "gone.dcm")
-    # A link the reader skips by name, and a dangling one (nothing to read whatever the rule), stay harmless.
+    (tmp_path / "priors").mkdir()
+    (tmp_path / "archive" / "ct" / "priors").symlink_to(tmp_path / "priors")  # a folder, not a slice
+    # A link the reader skips by name, a dangling one (nothing to read whatever the rule) and one to a folder
+    # (refused the series in a first version of this rule) stay harmless.
     assert load_volume(tmp_path / "archive" / "ct").shape[2] == 5
 
 

@@ -360,9 +360,10 @@ def _refuse_escaping_links(folder: Path, refused: List[str]) -> None:
 
     Why: such a link is never followed (the folder is what the caller confined), and dropping it with a logged
     warning loaded the series silently shorter when the links were its end slices (a de-duplicating archive links
-    identical files). A dangling link has nothing to read whatever the rule, and a link whose name the reader
-    skips anyway (notes.txt, DICOMDIR) is no slice: both stay logged only (the target is only checked to exist)."""
-    names = [r for r in refused if os.path.exists(folder / r) and not (
+    identical files). A dangling link has nothing to read whatever the rule, a link whose name the reader skips
+    anyway (notes.txt, DICOMDIR) is no slice, and a link to a folder (``priors -> ../elsewhere``) is not part of
+    this series: these stay logged only (the target is only checked to exist and to be a file)."""
+    names = [r for r in refused if os.path.exists(folder / r) and not os.path.isdir(folder / r) and not (
         Path(r).name.upper() == "DICOMDIR" or Path(r).name.lower().endswith(_NOT_DICOM_SUFFIXES))]
     if names:
         more = f" and {len(names) - 5} more" if len(names) > 5 else ""
