@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Dict, Tuple
 
 __all__ = ["NEG_PRE", "NEG_POST", "NEG_BOTH", "NEG_SELF", "UNC_PRE", "UNC_POST", "UNC_BOTH", "WEAK_PRE", "PSEUDO",
-           "TERMINATE", "NEUTRAL", "TRIGGERS"]
+           "TERMINATE", "NEUTRAL", "HIST_PRE", "TRIGGERS"]
 
 # Trigger kinds. PRE triggers act on what follows, POST on what precedes, BOTH on whichever side has findings,
 # SELF on the phrase itself: a finding word and its denial in one ("stone-free"; the vocabulary gives it the
@@ -13,6 +13,9 @@ __all__ = ["NEG_PRE", "NEG_POST", "NEG_BOTH", "NEG_SELF", "UNC_PRE", "UNC_POST",
 NEG_PRE, NEG_POST, NEG_BOTH, NEG_SELF = "neg_pre", "neg_post", "neg_both", "neg_self"
 UNC_PRE, UNC_POST, UNC_BOTH, WEAK_PRE = "unc_pre", "unc_post", "unc_both", "weak_pre"
 PSEUDO, TERMINATE, NEUTRAL = "pseudo", "terminate", "neutral"
+# HIST_PRE: the finding after it is the patient's history ("history of cholelithiasis"): uncertain on this scan, as a
+# hedge, but an operation after it was done all the same ("history of cholecystectomy" removes the gallbladder).
+HIST_PRE = "hist_pre"
 
 # Partial or awaited resolution: the finding is still there ("partially resolved effusion" is an effusion).
 _PARTIAL_RESOLUTION = (
@@ -92,7 +95,7 @@ TRIGGERS: Dict[str, Tuple[str, ...]] = {
         "can't rule out", "difficult to exclude", "rule out", "to rule out", "r/o", "ddx",
         "differential includes", "differential diagnosis includes", "differential diagnosis",
         "differential considerations include", "equivocal", "borderline", "suspected",
-        "suspect", "consider", "raises the possibility of", "possibility of", "suggestion of",
+        "suspect", "consider", "raises the possibility of", "possibility of", "suggestion of", "suggest",
         "uncertain", "query", "may reflect", "could reflect",
         "may relate to", "not excluding", "limiting assessment for", "limiting evaluation for",
         "limited assessment for", "limited evaluation for", "limited assessment of", "limited evaluation of",
@@ -120,6 +123,8 @@ TRIGGERS: Dict[str, Tuple[str, ...]] = {
         "would be a possibility", "is a possible consideration",
     ),
     UNC_BOTH: ("versus", "vs", "vs."),
+    HIST_PRE: ("history of", "hx of", "h/o", "remote history of", "prior history of", "past history of",
+               "previous history of", "known history of", "personal history of"),
     WEAK_PRE: (
         "likely", "probable", "probably", "most likely", "more likely", "presumably", "presumed",
         "favored", "favoured", "favor", "favour", "most probably", "in all likelihood", "likely representing",
@@ -133,6 +138,9 @@ TRIGGERS: Dict[str, Tuple[str, ...]] = {
         "without interval change", "not changed", "not significantly changed",
         "unchanged", "stable", "not necessarily", "no further", "gram negative", "not well seen",
         "not clearly seen", "no longer than", *_NO_GROWTH,
+        # a recommendation about a stated finding, not a hedge on it ("Suggest follow-up of the left renal cyst")
+        *(f"{s} {what}" for s in ("suggest", "we suggest", "i suggest")
+          for what in ("follow up", "followup", "clinical correlation", "correlation", "comparison", "surveillance")),
         *_PARTIAL_RESOLUTION, *_FOLLOW_UP,
         # a missing normal property is an abnormality, not a negated one ("lack of enhancement of the kidney")
         "lack of enhancement", "no enhancement", "absent enhancement", "lack of opacification", "no opacification",

@@ -6,6 +6,8 @@ import re
 from bisect import bisect_right
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
+from ctglip_sdk.reports.cues import HIST_PRE
+from ctglip_sdk.reports.framing import checklist_answer  # noqa: F401 - importable from here, as before
 from ctglip_sdk.reports.types import ABSENT, PRESENT, UNCERTAIN, Status
 from ctglip_sdk.reports.vocab import (NEG_BOTH, NEG_POST, NEG_PRE, NEG_SELF, PSEUDO, TERMINATE, UNC_BOTH, UNC_POST,
                                       UNC_PRE, WEAK_PRE, Info, phrase_key)
@@ -29,9 +31,10 @@ _DESCRIBED = re.compile(
     r"innumerable|scattered|punctate|extensive|non-?obstructing|subcentimet(?:er|re)|two|three|four|five|new|"
     r"persistent)\b(?!\s+(?:bowel|intestine)\b)|(?:mild|moderate)-)")
 # ... and so does a clause after the comma that ends saying its finding is there ("no pulmonary nodules, emphysema
-# present"), unless it lists or denies ("no effusion, nodules or masses seen"), as does a negated clause closed by
-# its own verb before the comma ("no calculi identified, ...").
-_STATED = re.compile(r"\b(?:present|noted|seen|identified|demonstrated|evident)\s*[.!]?\s*$")
+# present") or still there ("no hydronephrosis, left renal cyst unchanged"), unless it lists or denies ("no
+# effusion, nodules or masses seen"), as does a negated clause closed by its own verb before the comma ("no calculi
+# identified, ...").
+_STATED = re.compile(r"\b(?:present|noted|seen|identified|demonstrated|evident|unchanged|stable)\s*[.!]?\s*$")
 _LISTS_OR_DENIES = re.compile(r"\b(?:no|not|none|nor|neither|without|or|and|absent)\b")
 _CLOSED = re.compile(r"\s+(?:seen|identified|noted|demonstrated|detected)\s*,")
 # A visibility cue whose scope is the comparison ("not seen on the prior study", "not present previously") says
@@ -65,6 +68,15 @@ _SUBJECT_VERB = (
     r"(?:the|a|an|this|these|there|its|his|her)\s+(?:(?!(?:or|nor)\b)[a-z0-9\-/]+\s+){0,5}?" + _VERBS +
     r"\b(?!\s+(?:seen|identified|noted|present|demonstrated|visuali[sz]ed|evident|appreciated|detected|observed)\b)")
 _CLAUSE = re.compile(r"and\s+" + _SUBJECT_VERB)
+# A comma before a clause with its own subject and verb ("no splenomegaly, the pancreas is atrophic", "no adrenal
+# nodule, left kidney contains a small cyst"): a new statement, out of the negation's reach. (The terminators ", the"
+# etc. of cues.py cannot match after a word: the matcher never starts a phrase right after a letter.) The subject
+# runs up to the verb without a comma, "or", "and" or a denial, so "no gallstones, hydronephrosis or cysts are
+# present" and "no hepatic, splenic or renal lesions" stay one negated list.
+_COMMA_CLAUSE = re.compile(
+    r",\s*(?:" + _SUBJECT_VERB + r"|(?:(?!(?:or|nor|and|no|not|without|with|none)\b)[a-z0-9\-/]+\s+){1,5}?" +
+    _VERBS + r"\b(?!\s+(?:been\s+)?(?:seen|identified|noted|present|demonstrated|visuali[sz]ed|evident|"
+    r"appreciated|detected|observed|visible|apparent|found)\b))")
 # Where a clause with its own subject and verb starts after a comma or "and" ("..., the liver is fatty").
 _CLAUSE_START = re.compile(r"(?:,\s*(?:and\s+)?|(?<![a-z])and\s+)" + _SUBJECT_VERB)
 # What makes the text before such a comma or "and" a clause of its own, not the head of a list of subjects ("The
@@ -84,16 +96,9 @@ _CHARACTERISING = frozenset(phrase_key(p) for p in (
 # the cause that follows, which must not cut it off.
 _CAUSE = frozenset(phrase_key(p) for p in ("due to", "secondary to"))
 
-# The answer of a checklist line ("Gallstones: none.", "Hydronephrosis: no", "Renal calculi: not identified",
-# "Appendicitis: equivocal"): it says whether what the title names is there.
-_ANSWER = re.compile(
-    r":\s*(?:((?:none|no|nil)(?:\s+(?:seen|identified|present|detected|demonstrated))?|negative|absent|"
-    r"not\s+(?:present|seen|identified|detected|demonstrated|visuali[sz]ed))"
-    r"|(possible|possibly|questionable|equivocal|indeterminate|uncertain|\?))\s*[.;!]*\s*$")
-
 Scope = Tuple[Optional[str], Optional[str]]
 _NO_SCOPE: Scope = (None, None)
-_PRE_SCOPE: Dict[str, Scope] = {k: (k, None) for k in ("neg", "unc", "weak")}  # shared: most scopes are these
+_PRE_SCOPE: Dict[str, Scope] = {k: (k, None) for k in ("neg", "unc", "weak", "hist")}  # shared: most scopes are these
 
 
 def cue_scopes(toks: Sequence[Tuple[int, int, Info]], low: str, start: int, end: Optional[int] = None
@@ -137,6 +142,8 @@ def cue_scopes(toks: Sequence[Tuple[int, int, Info]], low: str, start: int, end:
                 cur = None  # "no hydronephrosis, 4 mm stone": a measurement starts a positive description
             elif cur == "neg" and _ends_at_comma(low, neg_at, prev_end, a, end):
                 cur = None  # "no calculi identified, mild right hydronephrosis noted"
+            elif a - prev_end > 1 and low.find(",", prev_end, a) >= 0 and _comma_clause(low, prev_end, a, end):
+                cur, seen = None, False  # "no splenomegaly, the pancreas is atrophic"
             elif a - prev_end > 6 and _new_clause(low, prev_end, a, end):
                 cur, seen = None, False  # "no gallstones and the spleen is enlarged"
             else:
@@ -166,6 +173,9 @@ def cue_scopes(toks: Sequence[Tuple[int, int, Info]], low: str, start: int, end:
                 backward = True
             elif trig == WEAK_PRE:
                 cur = "weak"
+            elif trig == HIST_PRE:
+                if cur != "neg":
+                    cur = "hist"  # "history of cholelithiasis"; "no history of ..." stays a denial
             elif trig == PSEUDO:
                 if cur == "neg":
                     cur = None  # "no hydronephrosis, stable renal cyst"
@@ -217,16 +227,6 @@ def cue_scopes(toks: Sequence[Tuple[int, int, Info]], low: str, start: int, end:
     return scopes
 
 
-def checklist_answer(low: str, start: int, end: int) -> Optional[str]:
-    """"neg" or "unc" when ``low[start:end]`` is a checklist line whose answer after the colon denies or hedges what
-    its title names ("gallstones: none.", "hydronephrosis: no", "appendicitis: equivocal"); None otherwise."""
-    c = low.find(":", start, end)
-    m = _ANSWER.match(low, c, end) if c >= 0 else None
-    if m is None:
-        return None
-    return "neg" if m.group(1) else "unc"
-
-
 def _starts_description(low: str, a: int, b: int, end: int) -> bool:
     """Whether a measurement in ``low[a:b]`` starts a new (positive) description rather than qualifying a noun."""
     m = _MEASURE.search(low, a, b)
@@ -266,6 +266,11 @@ def _new_clause(low: str, a: int, b: int, end: int) -> bool:
     """Whether an "and" in the gap ``low[a:b]`` opens a clause with its own subject and verb."""
     k = _and_at(low, a, b)
     return k >= 0 and _CLAUSE.match(low, k, end) is not None
+
+
+def _comma_clause(low: str, a: int, b: int, end: int) -> bool:
+    """Whether a comma in the gap ``low[a:b]`` opens a clause with its own subject and verb."""
+    return _COMMA_CLAUSE.match(low, low.rfind(",", a, b), end) is not None  # the caller saw a comma
 
 
 def _two_clauses(low: str, start: int, a: int, b: int, end: int) -> bool:
@@ -329,6 +334,8 @@ def _status(pre: Optional[str], post: Optional[str], question: bool) -> Tuple[St
         return UNCERTAIN, False
     if pre == "neg" or post == "neg":
         return ABSENT, False
+    if pre == "hist":  # a finding of the past says nothing certain about this scan
+        return UNCERTAIN, False
     if pre == "weak" or post == "weak":
         return UNCERTAIN, True
     if question:
@@ -337,6 +344,6 @@ def _status(pre: Optional[str], post: Optional[str], question: bool) -> Tuple[St
 
 
 # status_of as two lookup tables (without and with a question mark): the parser asks once per phrase.
-_KINDS = (None, "neg", "unc", "weak")
+_KINDS = (None, "neg", "unc", "weak", "hist")
 STATUS: Dict[Scope, Tuple[Status, bool]] = {(p, q): _status(p, q, False) for p in _KINDS for q in _KINDS}
 STATUS_Q: Dict[Scope, Tuple[Status, bool]] = {(p, q): _status(p, q, True) for p in _KINDS for q in _KINDS}

@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ctglip_sdk.errors import InputError
 from ctglip_sdk.reports.dictionary import AbnormalityDictionary
+from ctglip_sdk.reports.framing import denial_title
 from ctglip_sdk.reports.resection import drop_resected
 from ctglip_sdk.reports.segment import _SPLIT_CACHE, _TITLE_OK, _WORD_KIND, _heading_kind, segment
 from ctglip_sdk.reports.sentence import SentenceParser, _expand, _side_of, normalise_space
@@ -63,6 +64,7 @@ def _results(text: str, dictionary: Optional[AbnormalityDictionary], sentences: 
         low = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
     out: List[Any] = []
     heading: Optional[str] = None
+    denied = False
     context: Tuple[str, ...] = ()
     cache = parser.cache
     parse = parser.sentence
@@ -74,9 +76,11 @@ def _results(text: str, dictionary: Optional[AbnormalityDictionary], sentences: 
         start, end, s_heading, s_organs, _section = sent
         if s_heading != heading:
             heading, context = s_heading, ()
+            denied = denial_title(heading)
         # Reports repeat their sentences ("No hydronephrosis.") across an archive: a sentence's result depends
-        # only on its text, heading organs and the previous sentence's organs, so it is computed once.
-        key = (low[start:end], s_organs, context)
+        # only on its text, heading organs and the previous sentence's organs (and on a title that denies it,
+        # "Negative:"), so it is computed once.
+        key = (low[start:end], s_organs, context, True) if denied else (low[start:end], s_organs, context)
         hit = cache.get(key)
         if hit is None:
             toks = vocab.sentence_tokens(low, start, end)
@@ -88,7 +92,7 @@ def _results(text: str, dictionary: Optional[AbnormalityDictionary], sentences: 
                 toks = all_toks[i:bisect_left(starts, end, i)]
                 if toks and toks[-1][1] > end:
                     toks.pop()  # phrases do not overlap: only the last one can run past the sentence
-            rec = parse(text, low, sent, toks, context)
+            rec = parse(text, low, sent, toks, context, denied)
             found = rec[1]
             # the next sentence may continue about these organs; sides are its own to say ("... right calculus")
             if not found:

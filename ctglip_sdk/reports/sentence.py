@@ -6,12 +6,14 @@ import re
 from bisect import bisect_right
 from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
-from ctglip_sdk.reports.negation import (_NO_SCOPE, STATUS, STATUS_Q, checklist_answer, clause_break, clause_starts,
-                                         cue_scopes, said_normal)
+from ctglip_sdk.reports.framing import (bilateral_before, frame_scopes, opening_side, sided_answers, sided_site,
+                                        word_scopes)
+from ctglip_sdk.reports.negation import (_NO_SCOPE, STATUS, STATUS_Q, clause_break, clause_starts, cue_scopes,
+                                         said_normal)
 from ctglip_sdk.reports.resection import gone_organs
 from ctglip_sdk.reports.segment import Sentence, normalise_space  # noqa: F401 - normalise_space re-exported
 from ctglip_sdk.reports.sides import (_COORD, _expand, _side_of,  # noqa: F401 - _side_of for the parser
-                                     pair_sides, place, side_after_comma, side_near)
+                                     both_sides_group, pair_sides, place, side_after_comma, side_near)
 from ctglip_sdk.reports.statements import bare, denies_other, examined, fold_groups, merge_status, span_start
 from ctglip_sdk.reports.types import (_RANK, ABSENT, PRESENT, UNCERTAIN, OrganFinding, Status, _f_finding,
                                       _f_organ, _f_sentence, _f_span, _f_status, _new, new_finding)
@@ -33,8 +35,6 @@ _ADJACENT = frozenset((" ", "-"))  # what may lie between an organ adjective and
 # size"), not the organ (hepatomegaly).
 _SIZE_CHANGE = frozenset(("increased in size",))
 _NEGATING = frozenset(("neg_pre", "neg_post", "neg_both"))
-# A "?" written before a word ("?underlying mass", "? early pneumonia") queries that word, not the sentence.
-_QUERY_PREFIX = re.compile(r"(?:(?<=\s)|(?<=^)|(?<=[(\-]))\?\s?(?=[a-z])")
 
 
 _NOTHING: FrozenSet[str] = frozenset()
@@ -211,7 +211,7 @@ class SentenceParser:
 
     # ------------------------------------------------------------------ sentences
     def sentence(self, text: str, low: str, sent: Sentence, toks: List[Tuple[int, int, Info]],
-                 context: Sequence[str] = ()) -> _Record:
+                 context: Sequence[str] = (), denied: bool = False) -> _Record:
         """Findings of one sentence; ``context`` holds the organs of the previous sentence under the same heading.
 
         Returns ``(text, findings, organ_from_heading, organs)`` of its SentenceResult (built only by ``analyse``)
@@ -234,16 +234,9 @@ class SentenceParser:
                 break
         else:  # no cue in the sentence (about half of them): nothing is in scope
             scopes = [_NO_SCOPE] * len(toks)
-        if question:
-            q = _QUERY_PREFIX.search(low, start, end)
-            if q is not None and "?" not in low[q.end():end]:
-                # "Dilated duct with abrupt cut-off - ?underlying mass": the "?" queries what follows it only
-                question = False
-                scopes = [sc if t[0] < q.start() else ("unc", sc[1]) for t, sc in zip(toks, scopes)]
-        if ":" in raw:
-            answer = checklist_answer(low, start, end)  # "Gallstones: none." denies what the title names
-            if answer is not None:
-                scopes = [(None, answer)] * len(toks)
+        answer = None  # a "?" before a word, a checklist answer, a title that denies (framing.py)
+        if question or ":" in raw or denied:
+            question, scopes, answer = frame_scopes(toks, low, start, end, denied, ":" in raw, question, scopes)
         status_of = STATUS_Q if question else STATUS  # scope -> (status, weak)
         mentions: List[Tuple[int, int, str]] = []
         mention_tok: List[int] = []
@@ -277,6 +270,9 @@ class SentenceParser:
                 if normal_span is None:
                     normal_span = (a, b)
                 normal_at.append(a)
+        if finding_toks and (low.find("none", start, end) >= 0 or low.find("prior ", start, end) >= 0 or
+                             low.find("previous ", start, end) >= 0):  # "Hydronephrosis none.", "Prior pneumonia."
+            scopes, answer = word_scopes(toks, low, start, end, ":" in raw, scopes, answer)
         if weak and not mentions and (not heading_organs or any(w[3] in heading_organs for w in weak)):
             for i, a, b, organ in weak:  # "lesion in segment 7": the liver, as nothing else names an organ
                 mentions.append((a, b, organ))
@@ -288,6 +284,14 @@ class SentenceParser:
                                         lambda j: self._run(low, mentions, j))
             if all(bare(t[2]) for t in toks):  # "Status post cholecystectomy." says nothing more
                 return s_text, (), bool(heading_organs), heading_organs or removed, removed
+        opening: Optional[str] = None
+        by_side: Optional[List[Tuple[str, Status, bool]]] = None
+        if sided:
+            opening = opening_side(low, start, toks)  # "On the right there is moderate hydronephrosis."
+            answers = sided_answers(low, start, end) if answer is None and ":" in raw else None
+            if answers:  # "Hydronephrosis: none on the right, mild on the left.": a statement per side of the answer
+                by_side = [(sd, status_of[(None, kind)][0], False) for sd, kind in answers]
+        colon = low.find(":", start, end) if by_side else -1
         claimed: Dict[int, int] = {}
         if mentions and finding_toks:
             for j, ti in enumerate(mention_tok):
@@ -321,6 +325,10 @@ class SentenceParser:
                                                     context, claimed)
                 if resolved:
                     info = info.head
+            if not resolved and sided:
+                key = sided_site(low, info, a, start, self.entries)
+                if key is not None:  # "Small left effusion.": only a pleural effusion has a side
+                    resolved = [(self.entries[key].organ, (key,))]
             if not resolved:
                 if info.generic:
                     generic.append((status_of[scopes[i]][0], (a, b)))
@@ -328,6 +336,10 @@ class SentenceParser:
                     vessel = True  # "Kidneys: Vascular calcifications.": a vessel's, says nothing of the kidney
                 continue
             status, weak = status_of[scopes[i]]
+            if sided and used and low.startswith(",", b) and bilateral_before(low, toks, i, used, mention_tok):
+                # "Bilateral calculi, the largest in the left kidney": the kidney names the largest one only
+                resolved = [(both_sides_group(o) or o, ks) for o, ks in resolved]
+                used = ()
             lo_i = hi_i = i
             for j in used:
                 ti = mention_tok[j]
@@ -337,34 +349,35 @@ class SentenceParser:
                     hi_i = ti
             side = side_near(low, toks, lo_i, hi_i) if sided else None
             if side is None and sided:  # "Pleural effusion, left.": the side after a comma is all that follows
-                side = side_after_comma(low, toks, hi_i, end)
+                side = side_after_comma(low, toks, hi_i, end) or opening
             span = (a, b)
-            for organ, keys in resolved:
-                # A descriptor that borrowed its organ from a named finding lands where that finding landed.
-                where = placed_at.get(via) if via else None  # type: ignore[union-attr]
-                if len(keys) == 1:
-                    k = keys[0]
-                    st = status
-                    if st is PRESENT and k in info.hedged and k not in info.syn and k not in info.desc:
-                        st = UNCERTAIN
-                    for o in where or places.get((organ, k, side)) or self._place(organ, k, side):
-                        ok = (o, k)
-                        cur = specific.get(ok)  # merge_status, inline: most findings take this path
-                        if cur is None or _RANK[st] > _RANK[cur[0]]:
-                            specific[ok] = [st, weak, span]
-                        elif st is cur[0] and cur[1] and not weak:
-                            cur[1] = False
-                        if placed_at is not None:
-                            placed_at.setdefault(span, []).append(o)
-                    continue
-                placed: Dict[str, List[str]] = {}
-                for k in keys:
-                    for o in where or places.get((organ, k, side)) or self._place(organ, k, side):
-                        placed.setdefault(o, []).append(k)
-                        if placed_at is not None:
-                            placed_at.setdefault(span, []).append(o)
-                for o, ks in placed.items():
-                    umbrellas.append((o, tuple(ks), status, span))
+            for side, status, weak in (by_side if by_side and a < colon else ((side, status, weak),)):
+                for organ, keys in resolved:
+                    # A descriptor that borrowed its organ from a named finding lands where that finding landed.
+                    where = placed_at.get(via) if via else None  # type: ignore[union-attr]
+                    if len(keys) == 1:
+                        k = keys[0]
+                        st = status
+                        if st is PRESENT and k in info.hedged and k not in info.syn and k not in info.desc:
+                            st = UNCERTAIN
+                        for o in where or places.get((organ, k, side)) or self._place(organ, k, side):
+                            ok = (o, k)
+                            cur = specific.get(ok)  # merge_status, inline: most findings take this path
+                            if cur is None or _RANK[st] > _RANK[cur[0]]:
+                                specific[ok] = [st, weak, span]
+                            elif st is cur[0] and cur[1] and not weak:
+                                cur[1] = False
+                            if placed_at is not None:
+                                placed_at.setdefault(span, []).append(o)
+                        continue
+                    placed: Dict[str, List[str]] = {}
+                    for k in keys:
+                        for o in where or places.get((organ, k, side)) or self._place(organ, k, side):
+                            placed.setdefault(o, []).append(k)
+                            if placed_at is not None:
+                                placed_at.setdefault(span, []).append(o)
+                    for o, ks in placed.items():
+                        umbrellas.append((o, tuple(ks), status, span))
         if len(specific) > 1:
             fold_groups(specific)
         any_finding = bool(specific) or bool(umbrellas)
