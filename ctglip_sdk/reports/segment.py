@@ -33,6 +33,14 @@ SKIP_SECTIONS = {
     "clinical", "pmh", "presenting complaint", "symptoms", "referral",
 }
 _SKIP_PREFIXES = ("clinical ", "reason for ", "history of ", "indication ")
+# Section titles that also open a section in the middle of a line, after a sentence ("COMPARISON: None. FINDINGS: The
+# liver ..."; reports exported as one paragraph): the request's sections and the report's own. Organ titles are not
+# in it: "... normal. Kidneys: small cyst." reads the same as a sentence.
+_INLINE_TITLES = frozenset(SKIP_SECTIONS | {
+    "findings", "finding", "impression", "impressions", "conclusion", "conclusions", "summary", "opinion",
+    "result", "results", "report", "recommendation", "recommendations", "addendum", "comment", "comments",
+    "diagnosis", "assessment", "interpretation"})
+_INLINE_HINT = re.compile(r"[.;][ \t]+[A-Za-z][A-Za-z /&]{0,38}:")  # a title may open inside a line (checked word by word)
 # A title with one of these words is about the request or the exam, whatever else it says ("PATIENT HISTORY",
 # "Relevant clinical history", "History and indication").
 _SKIP_WORDS = frozenset({"history", "hx", "indication", "indications", "technique", "comparison", "comparisons"})
@@ -142,6 +150,32 @@ def _heading_at(text: str, s: int, e: int) -> Optional[Tuple[str, int]]:
             _TITLE_OK.clear()
         _TITLE_OK[title] = ok
     return (title, c + 1) if ok else None
+
+
+def _inline_cuts(line: str) -> List[int]:
+    """Offsets of the spaces in ``line`` after which a section title opens ("... None. FINDINGS: ..."), in order."""
+    cuts: List[int] = []
+    c = line.find(":")
+    while c >= 0:
+        if c + 1 == len(line) or line[c + 1] in " \t":
+            k = max(line.rfind(". ", 0, c), line.rfind("; ", 0, c))
+            if k >= 0 and c - k <= 40 and " ".join(line[k + 1:c].lower().split()) in _INLINE_TITLES:
+                cuts.append(k + 1)
+        c = line.find(":", c + 1)
+    return cuts
+
+
+def _lines(text: str) -> List[str]:
+    """The lines of ``text``, a line cut at the space before a section title that opens inside it. One character
+    (the newline, or that space) separates each piece from the next, as after ``text.split("\\n")``."""
+    out: List[str] = []
+    for line in text.split("\n"):
+        last = 0
+        for cut in _inline_cuts(line) if ":" in line else ():
+            out.append(line[last:cut])
+            last = cut + 1
+        out.append(line[last:] if last else line)
+    return out
 
 
 def _trimmed(text: str, s: int, e: int) -> Optional[Tuple[int, int]]:
@@ -255,12 +289,19 @@ def segment(text: str, heading_organs: Callable[[str, Tuple[str, ...]], Tuple[st
     b_section: Optional[str] = None
     b_open = False
     prev_start = 0  # where the last line of the open block starts
+    skip_said = False  # whether the open skipped section ("Comparison:") has had any text yet
     pos = 0
-    for line in text.split("\n"):
+    # most reports have no title inside a line: one C-level search spares them the per-line look
+    for line in text.split("\n") if _INLINE_HINT.search(text) is None else _lines(text):
         line_start = pos
         pos += len(line) + 1
         body = line.strip(_STRIP)
         if not body:
+            if section == "skip" and skip_said:
+                # A blank line ends what a skipped section says ("Comparison: prior CT." then the findings without
+                # a title of their own): its text is a paragraph, and what follows it is the report's.
+                b0 = -1
+                heading, organs, section, skip_said = None, (), None, False
             continue
         s = line_start + line.find(body[0])
         e = s + len(body)
@@ -291,6 +332,7 @@ def segment(text: str, heading_organs: Callable[[str, Tuple[str, ...]], Tuple[st
             kind = _heading_kind(title)
             found = heading_organs(title, organs) if kind != "skip" else ()
             heading, organs = title, found
+            skip_said = False
             if kind == "skip":
                 section = "skip"
             elif found:
@@ -306,8 +348,11 @@ def segment(text: str, heading_organs: Callable[[str, Tuple[str, ...]], Tuple[st
                 continue
             b0, b1, b_heading, b_organs, b_section, b_open = s, e, heading, organs, section, True
             prev_start = line_start
+            skip_said = section == "skip"
             continue
         c = text[s]
+        if section == "skip":
+            skip_said = True
         if b0 >= 0 and not item and b_open and (c.islower() or c.isdigit() or c in "(,") and (
                 c not in _ASCII_LETTERS or _wrapped(text, prev_start, b1, s, e)):
             b1 = e  # a line wrapped mid-sentence
