@@ -133,6 +133,21 @@ def test_history_keeps_denials_and_status_post(text, expected):
     assert findings(text) == expected
 
 
+@pytest.mark.parametrize("text, expected", [
+    # organ words between "previous"/"prior" and the finding belong to the finding
+    ("Previous left pleural effusion.", {("lung_lower_lobe_left", "pleural_effusion", U)}),
+    ("Prior right renal cyst.", {("kidney_right", "renal_cyst", U)}),
+    ("Previous hepatic cyst.", {("liver", "liver_cyst", U)}),
+    # ... and a past finding said to be still there, or changed, is this scan's
+    ("The prior liver cyst is unchanged.", {("liver", "liver_cyst", P)}),
+    ("Previous left pleural effusion has decreased in size.", {("lung_lower_lobe_left", "pleural_effusion", P)}),
+    ("Previous renal cyst now measures 3 cm.", {("kidney", "renal_cyst", P)}),
+    ("Previous left renal cyst, not seen today.", {("kidney_left", "renal_cyst", A)}),
+])
+def test_a_previous_finding_with_its_organ_words(text, expected):
+    assert findings(text) == expected
+
+
 def test_an_operation_in_the_history_still_removes_the_organ():
     assert triples("History of cholecystectomy. Gallbladder: normal.") == set()
 

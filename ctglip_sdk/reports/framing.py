@@ -51,6 +51,11 @@ _PART_WORDS = frozenset(("no", "not", "none", "nil", "absent", "negative", "with
 # "previous"/"prior" right before a finding (and its side): a finding of the past ("Previous pneumonia in the
 # RLL"), which says nothing certain about this scan. Not before an operation, which is done for good.
 _PAST = re.compile(r"(?:^|(?<=[^a-z]))(?:previous|prior)\s+(?:(?:left|right|bilateral)\s+)?$")
+# Words after a past finding that say it is still there ("The prior liver cyst is unchanged", "Previous left pleural
+# effusion has decreased"): a finding of this scan, compared with the prior one.
+_STILL = re.compile(r"\b(?:unchanged|stable|persist\w*|again|still|redemonstrat\w*|re-demonstrat\w*|similar|"
+                    r"increas\w*|decreas\w*|enlarg\w*|grown|larger|smaller|now|remains?|remaining|residual|"
+                    r"interval|measur\w*)\b")
 # A side that opens the sentence and is said of what follows ("On the right there is moderate hydronephrosis.",
 # "On the left, there is a 2 cm simple renal cyst.").
 _OPENING = re.compile(r"\s*(?:on|in)\s+the\s+(left|right)(?:\s+side)?\b")
@@ -91,7 +96,7 @@ def word_scopes(toks: Sequence[Tuple[int, int, Info]], low: str, start: int, end
         if answer is not None:
             scopes = [(None, answer)] * len(toks)
     scopes = list(scopes)
-    past_scopes(toks, low, start, scopes)
+    past_scopes(toks, low, start, end, scopes)
     return scopes, answer
 
 
@@ -150,11 +155,18 @@ def sided_answers(low: str, start: int, end: int) -> Optional[List[Tuple[str, Op
     return out
 
 
-def past_scopes(toks: Sequence[Tuple[int, int, Info]], low: str, start: int,
+def past_scopes(toks: Sequence[Tuple[int, int, Info]], low: str, start: int, end: int,
                 scopes: List[Scope]) -> None:
-    """Mark, in place, findings said right after "previous"/"prior" as past ("hist"), unless a cue is in force."""
+    """Mark, in place, findings said right after "previous"/"prior" as past ("hist"), unless a cue is in force. The
+    organ words right before the finding belong to it ("Previous left pleural effusion", "prior right renal cyst")."""
     for i, (a, _b, info) in enumerate(toks):
-        if info.keys and scopes[i][0] is None and _PAST.search(low, a - 24 if a - 24 > start else start, a):
+        if not info.keys or scopes[i][0] is not None:
+            continue
+        j = i
+        while j > 0 and toks[j - 1][2].mention and not toks[j - 1][2].keys and low[toks[j - 1][1]:toks[j][0]].isspace():
+            j -= 1
+        a = toks[j][0]
+        if _PAST.search(low, a - 24 if a - 24 > start else start, a) and not _STILL.search(low, _b, end):
             scopes[i] = ("hist", scopes[i][1])
 
 
