@@ -189,6 +189,10 @@ def _sex(question: str, text: str, notes: List[str]) -> Tuple[str, Optional[str]
             notes.append(f"read {phrase!r} as sex {_OTHER[named[0]]} (patients whose sex is not recorded are "
                          "left out too)")
             return _cut(text, (neg, m.end())), _OTHER[named[0]]  # type: ignore[union-attr]
+        if m.group(1).startswith(("boy", "girl")):  # type: ignore[union-attr]
+            # "boys under 12": a children's word as well as a sex, so that the age reader takes the number as an
+            # age and "boys" alone means under 18, as "children" does
+            return text[:start] + " children " + text[m.end():], named[0]  # type: ignore[union-attr]
         return _cut(text, (start, m.end())), named[0]  # type: ignore[union-attr]
     return text, None
 

@@ -65,6 +65,19 @@ def test_age_phrases(question, age):
     assert parse_query(question).where.get("age") == age
 
 
+@pytest.mark.parametrize("question, text, where", [
+    # "boys"/"girls" are a sex and a children's word: the number after them is an age, and alone they mean < 18
+    ("liver cysts in boys under 12", "liver cysts", {"sex": "M", "age": (None, 12)}),  # was sex M, "under 12" left
+    ("girls younger than 16 with hydronephrosis", "hydronephrosis", {"sex": "F", "age": (None, 16)}),
+    ("boys aged 5 to 10 with hydronephrosis", "hydronephrosis", {"sex": "M", "age": (5, 10)}),
+    ("liver cysts in girls", "liver cysts", {"sex": "F", "age": (None, 17)}),
+    ("renal cysts excluding boys", "renal cysts", {"sex": "F"}),  # an excluded sex, as before
+])
+def test_boys_and_girls_are_children(question, text, where):
+    parsed = parse_query(question)
+    assert (parsed.text, parsed.where) == (text, where)
+
+
 @pytest.mark.parametrize("question, dates", [
     ("liver cyst on or after 2021", ("2021-01-01", None)),     # was >= 2022-01-01
     ("liver cyst in or after 2021", ("2021-01-01", None)),
