@@ -7,12 +7,13 @@ import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ctglip_sdk.errors import ConfigError, InputError
@@ -165,8 +166,8 @@ class PreprocessCache:
         return self.dir / f"{self.key(image, mask, series)}.safetensors"
 
     def has(self, image: Path, mask: Path, series: Optional[str] = None) -> bool:
-        """True when the entry exists (built by this or an earlier run)."""
-        return self.path(image, mask, series).is_file()
+        """True when the entry exists (built by this or an earlier run) and is whole; a damaged one is removed."""
+        return _intact(self.path(image, mask, series))
 
     @classmethod
     def for_model(cls, model: Any, root: Optional[Path] = None) -> "PreprocessCache":
@@ -182,7 +183,7 @@ class PreprocessCache:
             InputError: an unreadable image or mask, or a mask with no labelled organ.
         """
         target = self.path(image, mask, series)
-        if target.is_file():
+        if _intact(target):
             return target
         from ctglip_sdk.io import load_listed_volume, load_segmentation
         from ctglip_sdk.model.preprocess import prepare_study
@@ -200,20 +201,29 @@ class PreprocessCache:
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
             save_file(tensors, str(tmp), metadata=meta)
+            with open(tmp, "rb") as fh:  # on disk before the rename: a power cut must not leave a short entry
+                os.fsync(fh.fileno())
             os.replace(tmp, target)  # atomic: a killed build leaves a temp file, never a half entry
         finally:
             tmp.unlink(missing_ok=True)
         return target
 
-    def _entry(self, image: Path, mask: Path, series: Optional[str]) -> Path:
+    @contextmanager
+    def _open(self, image: Path, mask: Path, series: Optional[str]) -> Iterator[Any]:
+        """``safe_open`` of an entry; a missing or damaged entry is an InputError naming the file."""
         target = self.path(image, mask, series)
         if not target.is_file():
             raise InputError("study is not in the preprocessing cache; build it first", path=image)
-        return target
+        try:
+            with safe_open(str(target), framework="pt") as fh:
+                yield fh
+        except (SafetensorError, OSError, KeyError, ValueError) as exc:
+            raise InputError(f"damaged preprocessing cache entry ({exc}); delete it and run again: it is rebuilt",
+                             path=target) from None
 
     def names(self, image: Path, mask: Path, series: Optional[str] = None) -> List[str]:
         """An entry's organ names in row order, from its header alone (no tensor is read)."""
-        with safe_open(str(self._entry(image, mask, series)), framework="pt") as fh:
+        with self._open(image, mask, series) as fh:
             return json.loads(fh.metadata()["names"])
 
     def stats(self, image: Path, mask: Path, series: Optional[str] = None) -> Optional[torch.Tensor]:
@@ -222,13 +232,37 @@ class PreprocessCache:
         Why not ``load(...).stats``: reading 600 images of ~20 MB each only to drop them left glibc's heap
         fragmented by the small tensors kept in between, and the training process's resident size grew by
         ~5 MB per study (3.4 GB for 600) before its first step (docs/training.md, "Memory")."""
-        with safe_open(str(self._entry(image, mask, series)), framework="pt") as fh:
+        with self._open(image, mask, series) as fh:
             return fh.get_tensor("stats") if "stats" in fh.keys() else None
 
     def load(self, image: Path, mask: Path, series: Optional[str] = None) -> CachedStudy:
         """Read an entry (InputError when absent: build it first)."""
-        with safe_open(str(self._entry(image, mask, series)), framework="pt") as fh:
+        with self._open(image, mask, series) as fh:
             meta = fh.metadata()
             t = {k: fh.get_tensor(k) for k in fh.keys()}
         return CachedStudy(t["image"].float(), tuple(json.loads(meta["grid"])), json.loads(meta["names"]),
                            t["rows"].long(), t["cols"], t["vals"], t.get("stats"))
+
+
+_ENTRY_TENSORS = frozenset(("image", "rows", "cols", "vals"))
+
+
+def _intact(target: Path) -> bool:
+    """Whether a cache entry exists and opens whole (header, organ names, grid, every tensor's bytes on disk).
+
+    A damaged entry (a disk that filled, a power cut before the entry reached the disk, a copy cut short) is
+    removed with a warning, so that the cache build makes it again instead of training stopping on it later.
+    safetensors checks that the file covers every tensor the header lists, so a short file never opens.
+    """
+    if not target.is_file():
+        return False
+    try:
+        with safe_open(str(target), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            if "names" not in meta or "grid" not in meta or not _ENTRY_TENSORS <= set(fh.keys()):
+                raise ValueError("the entry lacks its organ names, grid or tensors")
+        return True
+    except (SafetensorError, OSError, ValueError) as exc:
+        log.warning("damaged preprocessing cache entry %s (%s): removed; the study is preprocessed again", target, exc)
+        target.unlink(missing_ok=True)
+        return False

@@ -62,6 +62,13 @@ def markdown_table(metrics: Dict[str, Any]) -> str:
              *(["", f"Left out {len(metrics['skipped_studies'])} unreadable studies (`skipped_studies` in the "
                 f"JSON): " + "; ".join(f"{s['study_uid']}: {s['reason']}" for s in metrics["skipped_studies"][:5])]
                if metrics.get("skipped_studies") else []),
+             *(["", f"Left out {len(metrics['val_skipped_studies'])} unreadable studies of the val split "
+                f"(`val_skipped_studies`): " + "; ".join(f"{s['study_uid']}: {s['reason']}"
+                                                         for s in metrics["val_skipped_studies"][:5])]
+               if metrics.get("val_skipped_studies") else []),
+             *(["", "**Not scored:** positives on organs the masks lack (`unscored_positives`): "
+                + ", ".join(f"{k} {n}" for k, n in metrics["unscored_positives"].items())]
+               if metrics.get("unscored_positives") else []),
              "", "| finding | AUC | F1 | threshold | F1 at 0.5 (model's threshold) | positives | negatives |",
              "|---|---|---|---|---|---|---|"]
     for key, v in sorted(metrics["per_finding"].items()):

@@ -194,6 +194,27 @@ def _detections(zs: Any, emb: SplitEmbeddings, truth: Dict[str, List[Dict[str, A
     return rows, keys, prob, _labels(emb, truth, rows, keys)
 
 
+def _unscored_positives(emb: SplitEmbeddings, truth: Dict[str, List[Dict[str, Any]]]) -> Dict[str, int]:
+    """finding -> positives of read studies whose organ has no vector (the mask lacks it), which no metric sees.
+
+    Real masks miss small organs (a TotalSegmentator run that lost the gallbladder): such a study's gallstones
+    are neither a hit nor a miss, so they are counted, warned about and reported beside the metrics.
+    """
+    have = set(zip(emb.study.tolist(), emb.names))
+    out: Dict[str, int] = {}
+    for s in sorted(set(emb.study.tolist())):
+        for f in truth.get(emb.records[s].study_uid, []):
+            organ, key = f.get("organ"), f.get("finding")
+            if not isinstance(organ, str) or not vocab.is_known(organ) or not isinstance(key, str):
+                continue
+            if not any((s, o) in have for o in vocab.expand(organ)):
+                out[key] = out.get(key, 0) + 1
+    if out:
+        log.warning("%d positive(s) are on organs the masks lack and are not scored (%s): see unscored_positives",
+                    sum(out.values()), ", ".join(f"{k} {n}" for k, n in sorted(out.items())))
+    return out
+
+
 def _calibration_overlap(model: Any, records: Sequence[StudyRecord]) -> Optional[Dict[str, Any]]:
     """Where the model's own thresholds were chosen, and how many scored studies were among them (then
     ``f1_at_model_threshold`` is in-sample for those); None for a model saved without that record."""
@@ -340,6 +361,13 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
         val = test  # thresholds chosen on the scored studies themselves (in-sample): encode them once
     else:
         val = encode_split(model, val_records, progress, workers) if val_records else None
+    if val is not None and val is not test and val.records and not len(val.names):
+        # As for an empty val split: thresholds would all fall back to 0.5 without a word.
+        first = val.skipped[0][1] if val.skipped else "no organ vectors"
+        raise InputError(f"no study of val split {val_split!r} could be read ({len(val.skipped)} unreadable; the "
+                         f"first: {relative_reason(first, val_root)}); fix them, or pass val_split=None (CLI: "
+                         "--val-split none) to keep 0.5", path=Path(val_root) / "manifest.csv")
+    val_skipped = [] if val is None or val is test else val.skipped
 
     # Organ recognition.
     probs = zs.identify_vectors(test.vectors) if len(test.names) else np.zeros((0, len(vocab.ORGANS)))
@@ -361,6 +389,7 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
     v_keys, v_prob, v_lab = ([], np.zeros(0), np.zeros(0, bool))
     if val is not None and len(val.names):
         _, v_keys, v_prob, v_lab = _detections(zs, val, val_truth, unsure)
+    unscored = _unscored_positives(test, truth)
     per: Dict[str, Dict[str, Any]] = {}
     t_keys_a, v_keys_a = np.asarray(t_keys), np.asarray(v_keys)
     curves = {}
@@ -377,7 +406,8 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
                  "threshold_from": source,
                  # The decision the model ships with (its calibration puts its own threshold at 0.5): what
                  # `score` and `cohort` call present.
-                 "f1_at_model_threshold": f1_score(t_prob[sel], t_lab[sel], 0.5) if n_pos else float("nan")}
+                 "f1_at_model_threshold": f1_score(t_prob[sel], t_lab[sel], 0.5) if n_pos else float("nan"),
+                 "n_pos_unscored": unscored.get(key, 0)}
         if np.isfinite(t_size[sel & t_lab]).any():  # focal findings: where the misses are, by lesion size
             entry["auc_by_size"] = auc_by_size(t_prob[sel], t_lab[sel], t_size[sel])
         by_phase = auc_by_group(t_prob[sel], t_lab[sel], t_phase[sel]) if n_pos else {}
@@ -400,6 +430,8 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
         "val_archive": os.fspath(val_archive) if val_archive is not None else None,
         "n_studies": len(records) - len(test.skipped), "n_organs": len(test.names), "patients_shared": shared,
         "skipped_studies": [{"study_uid": u, "reason": relative_reason(r, archive)} for u, r in unread + test.skipped],
+        "val_skipped_studies": [{"study_uid": u, "reason": relative_reason(r, val_root)} for u, r in val_skipped],
+        "unscored_positives": dict(sorted(unscored.items())),
         "organ_top1": top1, "organ_top1_within_study": top1_within,
         "auc_mean": float(np.mean(aucs)) if aucs else float("nan"),
         "auc_min": float(np.min(aucs)) if aucs else float("nan"),

@@ -1,0 +1,109 @@
+"""Review of 2026-12-07 (training side): a damaged preprocessing-cache entry, positives on organs the masks lack, and
+a val split whose studies cannot be read."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import ctglip_sdk as cg
+from ctglip_sdk import organs
+from ctglip_sdk.errors import InputError
+from ctglip_sdk.training.cache import PreprocessCache
+from ctglip_sdk.training.data import build_cache, read_manifest
+from ctglip_sdk.training.evaluation import evaluate, markdown_table
+from test_model_encode import TINY
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rev28")
+    cg.synth.generate_archive(root, n_patients=5, seed=28, preset="small", fmt="nifti", progress=False,
+                              overwrite=True, prevalence={"gallstones": 1.0})
+    return root
+
+
+@pytest.fixture(scope="module")
+def model():
+    return cg.create("ctglip-tiny", overrides=TINY, seed=0)
+
+
+def test_a_damaged_cache_entry_is_rebuilt_not_a_crash(archive, model, tmp_path, caplog):
+    rows = read_manifest(archive, "all")[:2]
+    cache = PreprocessCache.for_model(model, tmp_path)
+    assert build_cache(rows, cache, progress=False).built == 2
+    entry = cache.path(rows[0].image, rows[0].mask, rows[0].series)
+    good = cache.load(rows[0].image, rows[0].mask, rows[0].series)
+    entry.write_bytes(entry.read_bytes()[:100])  # cut short (a full disk, a power cut before the data reached it)
+    # Reading it is an InputError naming the cache file (it used to be a raw SafetensorError traceback) ...
+    with pytest.raises(InputError, match="damaged preprocessing cache entry") as err:
+        cache.stats(rows[0].image, rows[0].mask, rows[0].series)
+    assert entry.name in str(err.value)
+    # ... and the next cache build (every training run starts with one) finds it, removes it and builds it again.
+    with caplog.at_level(logging.WARNING, logger="ctglip_sdk.training.cache"):
+        assert build_cache(rows, cache, progress=False) == (1, [])
+    assert "damaged preprocessing cache entry" in caplog.text
+    again = cache.load(rows[0].image, rows[0].mask, rows[0].series)
+    assert again.names == good.names and np.array_equal(again.image.numpy(), good.image.numpy())
+    assert build_cache(rows, cache, progress=False).built == 0
+
+
+def test_positives_on_an_organ_the_mask_lacks_are_counted_not_lost(archive, model, tmp_path, caplog):
+    copy = tmp_path / "arch"
+    shutil.copytree(archive, copy)
+    rows = list(csv.DictReader(open(copy / "manifest.csv")))
+    truth = {json.loads(line)["study_uid"]: json.loads(line) for line in open(copy / "truth.jsonl")}
+    with_stones = [r for r in rows if any(f["finding"] == "gallstones" for f in truth[r["study_uid"]]["findings"])]
+    assert len(with_stones) >= 2
+    victim = copy / with_stones[0]["mask"]
+    img = nib.load(victim)
+    labels = np.asarray(img.dataobj).copy()
+    gb = next(i for i, n in organs.label_map("totalseg_v1").items() if n == "gallbladder")
+    labels[labels == gb] = 0  # a segmentation that missed the gallbladder
+    nib.save(nib.Nifti1Image(labels, img.affine, img.header), victim)
+
+    with caplog.at_level(logging.WARNING, logger="ctglip_sdk.training.evaluation"):
+        m = evaluate(model, copy, split="all", val_split=None)
+    assert m["unscored_positives"] == {"gallstones": 1}
+    assert m["per_finding"]["gallstones"]["n_pos_unscored"] == 1
+    assert m["per_finding"]["gallstones"]["n_pos"] == len(with_stones) - 1
+    assert "not scored" in caplog.text and "gallstones 1" in caplog.text
+    assert "**Not scored:**" in markdown_table(m)
+    # the untouched archive has none
+    assert evaluate(model, archive, split="all", val_split=None)["unscored_positives"] == {}
+
+
+def _split(root, uids, split):
+    rows = list(csv.DictReader(open(root / "manifest.csv")))
+    for r in rows:
+        r["split"] = split if r["study_uid"] in uids else "test"
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return rows
+
+
+def test_a_val_split_that_cannot_be_read_is_an_error_and_partial_losses_are_listed(archive, model, tmp_path):
+    copy = tmp_path / "arch"
+    shutil.copytree(archive, copy)
+    first = list(csv.DictReader(open(copy / "manifest.csv")))
+    val = [first[0]["study_uid"], first[1]["study_uid"]]
+    rows = _split(copy, set(val), "val")
+    masks = {r["study_uid"]: copy / r["mask"] for r in rows}
+    masks[val[0]].write_bytes(masks[val[0]].read_bytes()[:300])  # a truncated .nii.gz
+    m = evaluate(model, copy, split="test", val_split="val")
+    assert [s["study_uid"] for s in m["val_skipped_studies"]] == [val[0]]
+    assert masks[val[0]].name in m["val_skipped_studies"][0]["reason"]
+    assert m["skipped_studies"] == []
+    assert "unreadable studies of the val split" in markdown_table(m)
+    # every val study unreadable: thresholds would all silently be 0.5 (threshold_from "default") before
+    masks[val[1]].write_bytes(masks[val[1]].read_bytes()[:300])
+    with pytest.raises(InputError, match="no study of val split 'val' could be read.*--val-split none"):
+        evaluate(model, copy, split="test", val_split="val")
