@@ -107,3 +107,15 @@ def test_a_val_split_that_cannot_be_read_is_an_error_and_partial_losses_are_list
     masks[val[1]].write_bytes(masks[val[1]].read_bytes()[:300])
     with pytest.raises(InputError, match="no study of val split 'val' could be read.*--val-split none"):
         evaluate(model, copy, split="test", val_split="val")
+
+
+def test_a_clipped_calibration_offset_reports_the_f1_it_gives():
+    from ctglip_sdk.training.calibration import MAX_OFFSET, _offsets
+
+    keys = np.array(["k"] * 6)
+    lab = np.array([0, 0, 0, 1, 1, 1])
+    # every negative above the clip: the F1-best threshold (16) is clipped to MAX_OFFSET, which calls them positive
+    offsets, per = _offsets(keys, np.array([10.0, 11, 12, 20, 30, 40]), lab, 1)
+    assert offsets == {"k": MAX_OFFSET} and per["k"]["f1"] == pytest.approx(2 / 3, abs=1e-4)  # was 1.0
+    offsets, per = _offsets(keys, np.array([-3.0, -2, -1, 1, 2, 3]), lab, 1)  # not clipped: as before
+    assert offsets == {"k": 0.0} and per["k"]["f1"] == 1.0

@@ -13,7 +13,7 @@ from ctglip_sdk.errors import ConfigError, InputError
 from ctglip_sdk.training.data import (UNSPECIFIED, StudyText, archive_seed, read_reports, read_truth, relative_reason,
                                       report_labels, study_hash)
 from ctglip_sdk.training.evaluation import SplitEmbeddings, encode_split, read_splits
-from ctglip_sdk.training.metrics import best_f1_threshold
+from ctglip_sdk.training.metrics import best_f1_threshold, f1_score
 
 __all__ = ["calibrate", "calibration_labels", "summary_rows"]
 
@@ -154,6 +154,8 @@ def _offsets(keys: np.ndarray, logit: np.ndarray, lab: np.ndarray,
         else:
             thr, f1 = best_f1_threshold(logit[sel], y)
             off = float(np.clip(thr, -MAX_OFFSET, MAX_OFFSET)) if math.isfinite(thr) else MAX_OFFSET
+            if off != thr:  # clipped: the F1 reported is the one the stored offset gives, not the unclipped one's
+                f1 = f1_score(logit[sel], y, off)
             offsets[key] = off
             entry.update(offset=offsets[key], f1=round(float(f1), 4))
         per[key] = entry
