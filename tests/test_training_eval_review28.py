@@ -119,3 +119,19 @@ def test_a_clipped_calibration_offset_reports_the_f1_it_gives():
     assert offsets == {"k": MAX_OFFSET} and per["k"]["f1"] == pytest.approx(2 / 3, abs=1e-4)  # was 1.0
     offsets, per = _offsets(keys, np.array([-3.0, -2, -1, 1, 2, 3]), lab, 1)  # not clipped: as before
     assert offsets == {"k": 0.0} and per["k"]["f1"] == 1.0
+
+
+def test_evaluate_and_calibrate_refuse_a_split_none_of_whose_studies_can_be_read(archive, model, tmp_path):
+    from ctglip_sdk.training import calibrate
+
+    copy = tmp_path / "arch"
+    shutil.copytree(archive, copy)
+    for r in csv.DictReader(open(copy / "manifest.csv")):
+        (copy / r["mask"]).write_bytes((copy / r["mask"]).read_bytes()[:300])  # every mask truncated
+    # they exited 0 with n_studies 0 and null metrics, and calibrate wrote a model "calibrated" on no study
+    with pytest.raises(InputError, match="no study of split 'all' could be read \\(5 unreadable"):
+        evaluate(model, copy, split="all", val_split=None)
+    before = dict(model.calibration or {})
+    with pytest.raises(InputError, match="no study of split 'all' could be read.*the model is unchanged"):
+        calibrate(model, copy, "all", labels="truth")
+    assert dict(model.calibration or {}) == before

@@ -12,7 +12,7 @@ import numpy as np
 from ctglip_sdk.errors import ConfigError, InputError
 from ctglip_sdk.training.data import (UNSPECIFIED, StudyText, archive_seed, read_reports, read_truth, relative_reason,
                                       report_labels, study_hash)
-from ctglip_sdk.training.evaluation import SplitEmbeddings, encode_split, read_splits
+from ctglip_sdk.training.evaluation import SplitEmbeddings, encode_split, read_splits, require_read
 from ctglip_sdk.training.metrics import best_f1_threshold, f1_score
 
 __all__ = ["calibrate", "calibration_labels", "summary_rows"]
@@ -107,6 +107,7 @@ def calibrate(model: Any, archive: PathLike, split: str = "val", *, labels: str 
         read_truth(archive)  # a missing truth.jsonl is an error before the split is encoded, not after
     model.eval()
     emb = encode_split(model, records, progress, workers)
+    require_read(emb, f"split {split!r}", archive, " to calibrate on; the model is unchanged")
     zs = ZeroShotClassifier(model, dictionary, calibrated=False)
     rows, keys, logit = zs.detect_logits(emb.names, emb.vectors)
     lab = calibration_labels(emb, rows, keys, labels, archive, dictionary, texts)

@@ -78,6 +78,14 @@ def encode_split(model: Any, records: Sequence[StudyRecord], progress: bool = Fa
     return SplitEmbeddings(np.asarray(study, np.int64), names, matrix, list(records), skipped)
 
 
+def require_read(emb: SplitEmbeddings, what: str, root: Any, hint: str = "") -> None:
+    """InputError naming the manifest when studies were listed but none could be read: nothing to measure on."""
+    if emb.records and not len(emb.names):
+        first = relative_reason(emb.skipped[0][1], root) if emb.skipped else "no organ vectors"
+        raise InputError(f"no study of {what} could be read ({len(emb.skipped)} unreadable; the first: {first})"
+                         f"{hint}", path=Path(root) / "manifest.csv")
+
+
 def _prepare_record(model: Any, rec: StudyRecord) -> Any:
     """Load one study's image and labels and run the model's preprocessing (the first half of encode_organs)."""
     import torch
@@ -348,25 +356,24 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
     if in_sample:
         log.warning("%s: F1 thresholds are chosen on studies that are also scored (val split %r overlaps split %r):"
                     " F1 is in-sample", archive, val_split, split)
+    if val_embeddings is not None and [r.study_uid for r in val_embeddings.records] != uids:
+        raise InputError(f"val_embeddings do not hold the studies of val split {val_split!r}",
+                         path=Path(val_root) / "manifest.csv")
     if val_embeddings is not None and same_studies:
         test = val_embeddings  # scored with in-sample thresholds from an earlier encoding of these studies
     else:
         test = encode_split(model, records, progress, workers)
+    require_read(test, f"split {split!r}", archive)  # metrics of no study are not metrics (they were all null)
     if val_embeddings is not None:
-        if [r.study_uid for r in val_embeddings.records] != uids:
-            raise InputError(f"val_embeddings do not hold the studies of val split {val_split!r}",
-                             path=Path(val_root) / "manifest.csv")
         val = val_embeddings
     elif val_records and same_studies:
         val = test  # thresholds chosen on the scored studies themselves (in-sample): encode them once
     else:
         val = encode_split(model, val_records, progress, workers) if val_records else None
-    if val is not None and val is not test and val.records and not len(val.names):
+    if val is not None and val is not test:
         # As for an empty val split: thresholds would all fall back to 0.5 without a word.
-        first = val.skipped[0][1] if val.skipped else "no organ vectors"
-        raise InputError(f"no study of val split {val_split!r} could be read ({len(val.skipped)} unreadable; the "
-                         f"first: {relative_reason(first, val_root)}); fix them, or pass val_split=None (CLI: "
-                         "--val-split none) to keep 0.5", path=Path(val_root) / "manifest.csv")
+        require_read(val, f"val split {val_split!r}", val_root,
+                     "; fix them, or pass val_split=None (CLI: --val-split none) to keep 0.5")
     val_skipped = [] if val is None or val is test else val.skipped
 
     # Organ recognition.
