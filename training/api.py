@@ -7,21 +7,22 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
 from ctglip_sdk import organs as vocab
-from ctglip_sdk.errors import ConfigError, InputError
+from ctglip_sdk.errors import CheckpointError, ConfigError, InputError
 from ctglip_sdk.training.cache import PreprocessCache
-from ctglip_sdk.training.config import TrainConfig
+from ctglip_sdk.training.config import TrainConfig, write_text_atomic
 from ctglip_sdk.training.checkpoint import latest_checkpoint
 from ctglip_sdk.training.data import (CacheBuild, StudyDataset, build_cache, collate_studies, is_cached, read_manifest,
                                       read_reports, relative_reason, shared_patients)
 from ctglip_sdk.training.distributed import barrier, init_distributed
 from ctglip_sdk.training.objectives import build_objective
 from ctglip_sdk.training.readout import run_readout
-from ctglip_sdk.training.runinfo import MemoryLog, host_info
+from ctglip_sdk.training.runinfo import (DATA_FILE, INIT_FILE, MemoryLog, data_differences, data_record, host_info,
+                                         init_options, json_safe, read_record, row_key)
 from ctglip_sdk.training.trainer import Trainer, default_param_groups
 
 __all__ = ["train"]
@@ -49,13 +50,49 @@ def _finding_organs(dictionary: Any) -> list:
     return out
 
 
-def _initial_model(cfg: TrainConfig, out: Path, corpus: list, is_main: bool, resume: bool) -> Any:
+def _reuse_init(init_dir: Path, wanted: Dict[str, Any], resume: bool, has_ckpt: bool) -> bool:
+    """Whether a --resume may reuse model_init/: it was built from the options asked for now (always, when a
+    checkpoint continues it: then other options are refused). Every rank decides the same from the same files."""
+    if not (resume and (init_dir / "config.json").is_file()):
+        return False
+    recorded = read_record(init_dir / INIT_FILE)
+    if recorded is None:  # written before 2026-12-07, or a kill between the model and its record
+        if has_ckpt:
+            log.warning("%s: no record of the options that built it (a run folder from before 2026-12-07): reused "
+                        "unchecked, as the run's checkpoints continue it", init_dir)
+            return True
+        log.info("%s: no record of the options that built it and no checkpoint uses it: rebuilt", init_dir)
+        return False
+    diff = [k for k in ("model", "model_path", "seed") if recorded.get(k) != wanted[k]]
+    if has_ckpt:
+        if diff:
+            was = ", ".join(f"{k}={recorded.get(k)!r}" for k in diff)
+            now = ", ".join(f"{k}={wanted[k]!r}" for k in diff)
+            raise CheckpointError(f"cannot resume: model_init/ was built with {was} and the run's checkpoints "
+                                  f"continue it; this resume asks for {now} (resume with the run's options, or start "
+                                  "a new --out folder)", path=init_dir / INIT_FILE)
+        return True  # another corpus means other data: the data check below names the difference
+    if diff or recorded.get("corpus_sha256") != wanted["corpus_sha256"]:
+        what = ", ".join(diff) if diff else "the training reports"
+        log.warning("--resume: %s differ(s) from those that built %s, and no checkpoint uses it: rebuilt", what,
+                    init_dir)
+        return False
+    return True
+
+
+def _initial_model(cfg: TrainConfig, out: Path, corpus: list, is_main: bool, resume: bool, has_ckpt: bool) -> Any:
     """Rank 0 builds (or, on resume, reloads) the initial model and saves it; other ranks load that copy, so
-    every rank has the same tokenizer and weights."""
+    every rank has the same tokenizer and weights.
+
+    The options that built it are recorded next to it (model_init/init_options.json): a --resume reuses it only
+    when they are the ones asked for. A stale model_init/ (a run killed before its first checkpoint, resumed with
+    another --model or seed) was reused silently while train_config.json recorded the new options.
+    """
     import ctglip_sdk as cg
 
     init_dir = out / "model_init"
-    if is_main and not (resume and (init_dir / "config.json").is_file()):
+    wanted = init_options(cfg.model, cfg.seed, corpus)
+    if is_main and not _reuse_init(init_dir, wanted, resume, has_ckpt):
         path = Path(cfg.model)
         if path.is_dir() or cfg.model in cg.list_models() and cg.model.model_info(cfg.model)["has_weights"]:
             model = cg.load(cfg.model)  # fine-tune trained weights
@@ -73,6 +110,10 @@ def _initial_model(cfg: TrainConfig, out: Path, corpus: list, is_main: bool, res
             raise ConfigError(f"model={cfg.model!r}: not a registered config ({', '.join(cg.list_models())}), "
                               "a model folder or a model config .json file")
         model.save_pretrained(init_dir)
+        # After the model: a kill in between leaves a model without a record, which a resume rebuilds.
+        write_text_atomic(init_dir / INIT_FILE, json.dumps(wanted, indent=2) + "\n")
+    elif not is_main:
+        _reuse_init(init_dir, wanted, resume, has_ckpt)  # the same refusal on every rank, before the barrier
     barrier()
     return cg.load(init_dir)
 
@@ -114,26 +155,47 @@ def _calibrate(model: Any, archive: PathLike, cfg: TrainConfig, dictionary: Any,
 SKIPPED_FILE = "skipped_studies.json"
 
 
-def _kept_out(out: Path, resume: bool) -> Dict[str, str]:
-    """study_uid -> reason of the studies the run being resumed left out (none for a new run).
+class KeptOut(NamedTuple):
+    """What the run being resumed left out: its entries as written, by row key (and by study for a file written
+    before 2026-12-07, which has no row keys)."""
 
-    A resumed run must see the same studies as the run it continues, or its data position (epoch, batch of a
-    seeded permutation of the dataset) points at other studies and the result is no longer that of an
-    uninterrupted run; a study fixed meanwhile is re-tried by the next new run.
+    entries: List[Tuple[str, str, Optional[str]]]
+    rows: Dict[str, str]
+    studies: Dict[str, str]
+
+    def holds(self, record: Any, key: str) -> bool:
+        """True when ``record`` (row key ``key``) stays out of the resumed run."""
+        return key in self.rows or record.study_uid in self.studies
+
+
+def _kept_out(out: Path, resume: bool) -> KeptOut:
+    """The rows the run being resumed left out (none for a new run).
+
+    A resumed run must see the same rows as the run it continues, or its data position (epoch, batch of a
+    seeded permutation of the dataset) points at other rows and the result is no longer that of an
+    uninterrupted run; a study fixed meanwhile is re-tried by the next new run. Keyed by row: one unreadable
+    series of a study used to take the study's other series out of the resumed run too.
     """
     path = out / SKIPPED_FILE
+    none = KeptOut([], {}, {})
     if not (resume and path.is_file() and latest_checkpoint(out / "checkpoints") is not None):
-        return {}
+        return none
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))["skipped_studies"]
-        return {str(r["study_uid"]): str(r["reason"]) for r in rows}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        entries = [(str(r["study_uid"]), str(r["reason"]), str(r["row"]) if r.get("row") else None) for r in rows]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InputError(f"cannot read the studies the run left out ({type(exc).__name__}); start a new --out "
                          "folder", path=path) from None
+    by_row = {k: reason for _, reason, k in entries if k}
+    by_study = {uid: reason for uid, reason, k in entries if not k}
+    if by_study:
+        log.warning("%s: written before 2026-12-07 without row keys: every row of its %d stud%s stays out", path,
+                    len(by_study), "y" if len(by_study) == 1 else "ies")
+    return KeptOut(entries, by_row, by_study)
 
 
 def _usable(records: Sequence[Any], texts: Sequence[Any], cache: PreprocessCache, built: CacheBuild,
-            skipped: List[Tuple[str, str]]) -> Tuple[List[Any], List[Any]]:
+            skipped: List[Tuple[str, str, str]], archive: PathLike) -> Tuple[List[Any], List[Any]]:
     """The records (and texts) whose cache entry exists; the others are added to ``skipped``.
 
     Every rank decides from the cache itself (rank 0 built it; only rank 0 knows the reasons), so all ranks
@@ -141,9 +203,30 @@ def _usable(records: Sequence[Any], texts: Sequence[Any], cache: PreprocessCache
     """
     reasons = dict(built.skipped)
     keep = [is_cached(cache, r) for r in records]
-    skipped += [(r.study_uid, reasons.get(r.study_uid, "could not be preprocessed (see rank 0's log)"))
-                for r, ok in zip(records, keep) if not ok]
+    skipped += [(r.study_uid, reasons.get(r.study_uid, "could not be preprocessed (see rank 0's log)"),
+                 row_key(r, archive)) for r, ok in zip(records, keep) if not ok]
     return [r for r, ok in zip(records, keep) if ok], [t for t, ok in zip(texts, keep) if ok]
+
+
+def _check_data(out: Path, now: Dict[str, Any], names: Dict[str, str], partial: bool) -> Optional[Dict[str, Any]]:
+    """Refuse a resume whose training data differ from the run's record (OUT/train_data.json); returns the record.
+
+    ``partial``: before the cache build, only rows of the run that are gone are known to differ (refused early,
+    before preprocessing another archive); the full check follows once the rows to train on are known.
+    """
+    path = out / DATA_FILE
+    old = read_record(path)
+    if old is None:
+        return None
+    problems = data_differences(old, now, names, partial=partial)
+    if problems:
+        raise CheckpointError("cannot resume: the training data differ from the run's: " + "; ".join(problems)
+                              + ". Resume with the data the run trained on, or start a new --out folder (a new run "
+                              "re-reads every study)", path=path)
+    if not partial and old.get("archive") != now["archive"]:
+        log.warning("the archive moved (%s -> %s); its training rows and reports are the run's", old.get("archive"),
+                    now["archive"])
+    return old
 
 
 def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = None, *, resume: bool = False,
@@ -163,14 +246,14 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
 
     Returns:
         Summary dict: out_dir, model_dir, steps, seconds, train_seconds, cache_seconds, last_loss, objective,
-        model, n_train, ``skipped_studies`` (``[{study_uid, reason}]``: studies left out because their report,
-        image or mask could not be read, or whose mask lies on another grid than its image; the run goes on without
-        them), ``patients_shared`` (other splits that hold patients of the training split: ``{split: patients}``,
-        from the manifest's patient_id),
-        resumed_from, world_size, config, host (CPU, instruction set, versions); ``readout``
-        (organs, first/last loss, seconds) when ``readout_epochs`` is set, ``calibration`` when thresholds were
-        chosen; on rank 0 ``peak_memory`` (peak resident MiB after each stage, of the largest finished worker,
-        and torch's peak GPU allocation on CUDA).
+        model, n_train, ``skipped_studies`` (``[{study_uid, row, reason}]``, ``row`` a hash naming the manifest
+        row: rows left out because their report, image or mask could not be read, or whose mask lies on another
+        grid than its image; the run goes on without them), ``patients_shared`` (other splits that hold patients
+        of the training split: ``{split: patients}``, from the manifest's patient_id), resumed_from, world_size,
+        config, host (CPU, instruction set, versions); ``readout`` (organs, first/last loss, seconds) when
+        ``readout_epochs`` is set, ``calibration`` when thresholds were chosen; on rank 0 ``peak_memory`` (peak
+        resident MiB after each stage, of the largest finished worker, and torch's peak GPU allocation on CUDA).
+        NaN and infinity are None (JSON null).
 
     Example:
         >>> from ctglip_sdk.training import train, TrainConfig
@@ -213,13 +296,25 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
             if any(r.study_uid in seen for r in read_manifest(archive, cfg.val_split)):
                 log.warning("train_split %r overlaps val_split %r: thresholds will be chosen on training studies; "
                             "set calibration_archive to a separate archive", cfg.train_split, cfg.val_split)
+        has_ckpt = resume and latest_checkpoint(out / "checkpoints") is not None
+        keys = {id(r): row_key(r, archive) for r in records}
+        # Words naming a row in a refusal: its study UID, as skipped_studies names it (never a path or patient).
+        names = {keys[id(r)]: f"study {r.study_uid}" for r in records}
         kept_out = _kept_out(out, resume)
-        if kept_out:
-            log.info("resuming: %d stud%s the run left out stay%s out, so it goes on with the same studies (a new "
-                     "run re-tries them)", len(kept_out), *(("y", "s") if len(kept_out) == 1 else ("ies", "")))
-        labelled = read_reports([r for r in records if r.study_uid not in kept_out], dictionary, purpose="training")
+        if kept_out.entries:
+            n = len(kept_out.entries)
+            log.info("resuming: %d row%s the run left out stay%s out, so it goes on with the same rows (a new run "
+                     "re-tries them)", n, *(("", "s") if n == 1 else ("s", "")))
+        records = [r for r in records if not kept_out.holds(r, keys[id(r)])]
+        if has_ckpt:  # before the cache build: another archive must not be preprocessed only to be refused
+            _check_data(out, {"archive": os.fspath(Path(archive).resolve()), "rows": [keys[id(r)] for r in records]},
+                        names, partial=True)
+        labelled = read_reports(records, dictionary, purpose="training")
+        read_fail = dict(labelled.skipped)
+        readable = {id(r) for r in labelled.records}
+        skipped = [*kept_out.entries, *[(r.study_uid, read_fail[r.study_uid], keys[id(r)]) for r in records
+                                        if id(r) not in readable and r.study_uid in read_fail]]
         records, texts = labelled.records, labelled.texts
-        skipped = [*kept_out.items(), *labelled.skipped]
         if not records:
             raise InputError(f"no study of split {cfg.train_split!r} has a readable, non-empty report", path=manifest)
         # One document per patient: a word must be used for several patients to enter the tokenizer, which is
@@ -228,7 +323,7 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
         for rec, t in zip(records, texts):
             by_patient.setdefault(rec.patient_id or rec.study_uid, []).append(t.report)
         corpus = ["\n".join(reports) for reports in by_patient.values()]
-        model = _initial_model(cfg, out, corpus, ctx.is_main, resume)
+        model = _initial_model(cfg, out, corpus, ctx.is_main, resume, has_ckpt)
         if cfg.channels_last:  # before the optimizer exists, so its state takes the same memory format
             model.set_channels_last(True)
         model.train()
@@ -237,15 +332,24 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
         built = (build_cache(records, cache, workers=cfg.loader_workers, progress=progress) if ctx.is_main
                  else CacheBuild(0, []))
         barrier()
-        records, texts = _usable(records, texts, cache, built, skipped)
-        skipped = [(u, relative_reason(r, archive)) for u, r in skipped]
+        records, texts = _usable(records, texts, cache, built, skipped, archive)
+        skipped = [(u, relative_reason(r, archive), k) for u, r, k in skipped]
+        skipped_rows = [{"study_uid": u, "row": k, "reason": r} for u, r, k in skipped]
         if not records:
-            uid, reason = skipped[-1]
+            uid, reason, _ = skipped[-1]
             raise InputError(f"none of the studies of split {cfg.train_split!r} could be read ({len(skipped)} left "
                              f"out, e.g. study {uid}: {reason})", path=manifest)
+        data = data_record(archive, records, texts)
+        names.update({k: f"study {u}, left out now: {r}" for u, r, k in skipped if k})
+        recorded = _check_data(out, data, names, partial=False) if has_ckpt else None
+        if has_ckpt and recorded is None:
+            log.warning("%s: no record of the run's training data (a run folder from before 2026-12-07): the resume "
+                        "cannot check that the archive and its training rows are the run's; recording them now",
+                        out / DATA_FILE)
         if ctx.is_main:
-            (out / SKIPPED_FILE).write_text(json.dumps({"skipped_studies": [{"study_uid": u, "reason": r}
-                                                                            for u, r in skipped]}, indent=2) + "\n")
+            write_text_atomic(out / SKIPPED_FILE, json.dumps({"skipped_studies": skipped_rows}, indent=2) + "\n")
+            if recorded is None:
+                write_text_atomic(out / DATA_FILE, json.dumps(data, indent=1) + "\n")
         cache_seconds = time.perf_counter() - tc
         memory.mark("cache")
         if _needs_stats_norm(model):  # every rank computes the same numbers from the same cache
@@ -265,7 +369,7 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
                    "seconds": round(time.perf_counter() - t0, 1), "train_seconds": round(result.seconds, 1),
                    "cache_seconds": round(cache_seconds, 1), "cache_built": built.built, "cache_dir": str(cache.dir),
                    "last_loss": result.last_loss, "objective": cfg.objective, "model": model.name,
-                   "n_train": len(records), "skipped_studies": [{"study_uid": u, "reason": r} for u, r in skipped],
+                   "n_train": len(records), "skipped_studies": skipped_rows,
                    "patients_shared": shared, "resumed_from": result.resumed_from, "world_size": ctx.world_size,
                    "config": cfg.to_dict(), "host": host_info()}
         if ctx.is_main:
@@ -281,7 +385,10 @@ def train(archive: PathLike, out_dir: PathLike, config: Optional[TrainConfig] = 
                 memory.mark("calibration")
             summary["peak_memory"] = memory.as_dict()
             model.save_pretrained(out / "model")
-            (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        # NaN and infinity as null: a bare NaN in summary.json or --json is refused by strict JSON parsers.
+        summary = json_safe(summary)
+        if ctx.is_main:
+            write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
             log.info("trained %s for %d steps in %.0f s -> %s", model.name, result.steps, summary["seconds"],
                      out / "model")
         barrier()

@@ -154,16 +154,17 @@ def save_checkpoint(root: Path, step: int, *, model: torch.nn.Module, optimizer:
 def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer],
                     scheduler: Any, rank: int = 0,
                     generators: Optional[Dict[str, torch.Generator]] = None) -> Dict[str, Any]:
-    """Restore model, optimizer, scheduler and this rank's RNG from a checkpoint folder; return trainer state."""
+    """Restore model, optimizer, scheduler and this rank's RNG from a checkpoint folder; return trainer state.
+
+    The learning rate of each optimizer group is then set from ``scheduler``'s own schedule at the step reached,
+    so that a resume with another ``max_steps`` uses the new schedule from its first step (the restored groups
+    hold the rate the old schedule set at the end of the last step; for an unchanged schedule it is the same).
+    A damaged ``state.json`` (not JSON, not UTF-8, a key missing) is a CheckpointError naming it.
+    """
     state_file = path / "state.json"
     if not state_file.is_file():
         raise CheckpointError("incomplete checkpoint (no state.json)", path=path)
-    try:
-        doc = json.loads(state_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"state.json is not valid JSON: {exc}", path=path) from None
-    if doc.get("schema") != CHECKPOINT_SCHEMA:
-        raise CheckpointError(f"checkpoint schema {doc.get('schema')!r}, expected {CHECKPOINT_SCHEMA}", path=path)
+    doc = _read_state(state_file)
     weights = _read(path / "model.safetensors")
     expected = model.state_dict()
     missing = sorted(set(expected) - set(weights))
@@ -175,20 +176,67 @@ def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: Optional[t
         if tuple(v.shape) != tuple(expected[k].shape):
             raise CheckpointError(f"{k}: shape {tuple(v.shape)} != model {tuple(expected[k].shape)}", path=path)
     model.load_state_dict(weights, strict=True)
-    if optimizer is not None:
-        device = next(model.parameters()).device
-        opt_tensors = {k: v.to(device) for k, v in _read(path / "optimizer.safetensors").items()}
-        # AdamW keeps `step` on the CPU unless capturable/fused; keep it where a fresh optimizer would.
-        opt_tensors = {k: (v.cpu() if k.endswith(".step") else v) for k, v in opt_tensors.items()}
-        optimizer_from_flat(optimizer, opt_tensors, doc["optimizer"])
-    if scheduler is not None and doc.get("scheduler") is not None:
-        scheduler.load_state_dict(doc["scheduler"])
-    rng_file = path / f"rng_rank{rank}.safetensors"
-    if rng_file.is_file() and str(rank) in doc["rng"]:
-        rng_from_flat(_read(rng_file), doc["rng"][str(rank)], generators)
-    else:
-        log.warning("no RNG state for rank %d in %s: resuming with fresh RNG", rank, path)
+    try:
+        if optimizer is not None:
+            device = next(model.parameters()).device
+            opt_tensors = {k: v.to(device) for k, v in _read(path / "optimizer.safetensors").items()}
+            # AdamW keeps `step` on the CPU unless capturable/fused; keep it where a fresh optimizer would.
+            opt_tensors = {k: (v.cpu() if k.endswith(".step") else v) for k, v in opt_tensors.items()}
+            optimizer_from_flat(optimizer, opt_tensors, doc["optimizer"])
+        if scheduler is not None and doc.get("scheduler") is not None:
+            scheduler.load_state_dict(doc["scheduler"])
+            _apply_schedule(scheduler, optimizer)
+        rng_file = path / f"rng_rank{rank}.safetensors"
+        if rng_file.is_file() and str(rank) in doc["rng"]:
+            rng_from_flat(_read(rng_file), doc["rng"][str(rank)], generators)
+        else:
+            log.warning("no RNG state for rank %d in %s: resuming with fresh RNG", rank, path)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise CheckpointError(f"state.json does not describe this checkpoint ({type(exc).__name__}: "
+                              f"{str(exc)[:200]}); delete this checkpoint folder to resume from the previous one",
+                              path=state_file) from None
     return doc["trainer"]
+
+
+def _read_state(state_file: Path) -> Dict[str, Any]:
+    """state.json, checked for what a resume reads from it before anything is restored."""
+    try:
+        doc = json.loads(state_file.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"state.json is not valid JSON: {exc}; delete this checkpoint folder to resume from "
+                              "the previous one", path=state_file) from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read state.json: {exc.strerror or exc}", path=state_file) from None
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"state.json holds a {type(doc).__name__}, not an object", path=state_file)
+    if doc.get("schema") != CHECKPOINT_SCHEMA:
+        raise CheckpointError(f"checkpoint schema {doc.get('schema')!r}, expected {CHECKPOINT_SCHEMA}",
+                              path=state_file)
+    trainer = doc.get("trainer")
+    bad = [k for k in ("step", "epoch", "batch")
+           if not isinstance(trainer, dict) or isinstance(trainer.get(k), bool) or not isinstance(trainer.get(k), int)
+           or trainer[k] < 0]
+    if bad or not isinstance(doc.get("optimizer"), dict) or not isinstance(doc.get("rng"), dict):
+        what = ", ".join(f"trainer.{k}" for k in bad) or "optimizer or rng"
+        raise CheckpointError(f"state.json lacks {what} (damaged or written by something else); delete this "
+                              "checkpoint folder to resume from the previous one", path=state_file)
+    return doc
+
+
+def _apply_schedule(scheduler: Any, optimizer: Optional[torch.optim.Optimizer]) -> None:
+    """Set each group's lr to the scheduler's base rate times its (current) lambda at the step reached.
+
+    The same arithmetic as LambdaLR's own step, so an unchanged schedule gives the very same floats (exact
+    resume); a recomputed one (another max_steps) takes effect at the first resumed step instead of the second.
+    """
+    lambdas, bases = getattr(scheduler, "lr_lambdas", None), getattr(scheduler, "base_lrs", None)
+    if optimizer is None or lambdas is None or bases is None:
+        return
+    if len(bases) != len(optimizer.param_groups):
+        raise ValueError(f"{len(bases)} scheduled rates for {len(optimizer.param_groups)} parameter groups")
+    for group, fn, base in zip(optimizer.param_groups, lambdas, bases):
+        group["lr"] = base * fn(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def _read(file: Path) -> Dict[str, torch.Tensor]:

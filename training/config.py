@@ -15,13 +15,23 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Union
 
 from ctglip_sdk.errors import ConfigError
 
-__all__ = ["TrainConfig", "OBJECTIVES"]
+__all__ = ["TrainConfig", "OBJECTIVES", "write_text_atomic"]
 
 OBJECTIVES = ("ctglip", "clip")
 _FN_MODES = ("mask", "multi", "none")
 _DECISION_BALANCE = ("finding", "pooled", "none")  # = losses.DECISION_BALANCE (no torch import here)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+#: torch takes seeds below 2**64 and each DDP rank seeds with ``seed + 1000 * rank``: 2**63 - 1 leaves room for
+#: that offset and fits a signed 64-bit integer wherever the seed goes (2**64 ended in a raw torch ValueError).
+MAX_SEED = 2 ** 63 - 1
+#: ``threads``: torch.set_num_threads(10**8) crashed the process (SIGSEGV). A fixed cap rather than a multiple of
+#: os.cpu_count(), so that a config valid on the machine that wrote it stays valid on the one that runs it; 1024
+#: is above the core count of any single host, and threads beyond the cores only slow a run down.
+MAX_THREADS = 1024
+#: ``num_workers`` / ``cache_workers`` are processes, each holding a copy of the dataset's state: beyond this a
+#: typo (100000) would fork until the machine runs out of memory instead of being refused.
+MAX_WORKERS = 256
 
 
 @dataclass
@@ -123,6 +133,17 @@ class TrainConfig:
         for name in ("warmup_steps", "num_workers", "threads", "seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be >= 0")
+        for name, top in (("seed", MAX_SEED), ("threads", MAX_THREADS), ("num_workers", MAX_WORKERS),
+                          ("cache_workers", MAX_WORKERS)):
+            value = getattr(self, name)
+            if value is not None and value > top:
+                raise ConfigError(f"{name}={value}: must be <= {top}")
+        if not self.model.strip():  # Path("") is ".": the error then spoke of a model folder "."
+            raise ConfigError(f"model={self.model!r}: must name a registered config, a model folder or a model "
+                              "config .json file")
+        problem = _json_problem(self.extra, "extra")
+        if problem:  # found here, not at the first save after the whole cache build
+            raise ConfigError(problem)
         if not re.fullmatch(r"auto|cpu|cuda(?::\d+)?", self.device):
             # "gpu" used to train on the CPU without a word
             raise ConfigError(f"device={self.device!r}: expected auto, cpu, cuda or cuda:N")
@@ -241,14 +262,67 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
-        """Write as indented JSON."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        """Write as indented JSON, atomically: a kill or a full disk mid-write leaves the previous file whole."""
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def write_text_atomic(path: Union[str, "os.PathLike[str]"], text: str) -> None:
+    """Write ``text`` (UTF-8) to a temporary file in the same folder, fsync it and ``os.replace`` it onto ``path``.
+
+    Why: the run folder's JSON files are rewritten by every ``--resume``; a plain ``write_text`` truncates first,
+    so a kill or ENOSPC in between left a file the next resume could not read.
+
+    Example:
+        >>> write_text_atomic("runs/x/train_config.json", "{}\\n")  # doctest: +SKIP
+    """
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _json_problem(value: Any, where: str) -> Optional[str]:
+    """Why ``value`` cannot be written to (and read back from) JSON, naming the nested key; None when it can."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{where}={value}: NaN and infinity cannot be written to JSON"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                return f"{where}: key {key!r} ({type(key).__name__}) cannot be a JSON key; quote it"
+            problem = _json_problem(item, f"{where}.{key}")
+            if problem:
+                return problem
+        return None
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            problem = _json_problem(item, f"{where}[{i}]")
+            if problem:
+                return problem
+        return None
+    return (f"{where}={value!r}: a {type(value).__name__} cannot be written to JSON (a YAML date or time? quote it "
+            "to keep it as text)")
 
 
 def _read_mapping(path: Path) -> Dict[str, Any]:
     if not path.is_file():
         raise ConfigError("training config file not found", path=path)
-    text = path.read_text()
+    try:
+        # utf-8-sig: Windows editors start a UTF-8 file with a BOM, which json refused ("Unexpected UTF-8 BOM")
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}): save the "
+                          "config as UTF-8", path=path) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file: {exc.strerror or exc}", path=path) from None
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
             import yaml  # optional: only for users who write YAML configs

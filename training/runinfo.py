@@ -1,15 +1,30 @@
-"""What a training run records about itself: the host it ran on and its peak memory after each stage."""
+"""What a training run records about itself: its host, peak memory, training data and initial model's options."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import os
 import platform
 import sys
-from typing import Any, Dict, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
-__all__ = ["host_info", "peak_rss_mb", "MemoryLog"]
+from ctglip_sdk.errors import CheckpointError
+
+__all__ = ["host_info", "peak_rss_mb", "MemoryLog", "json_safe", "row_key", "DATA_FILE", "data_record",
+           "data_differences", "INIT_FILE", "init_options", "read_record"]
+
+#: OUT/train_data.json: which archive and which ordered training rows the run trains on, so that a --resume over
+#: other data (another archive, a study gone or added, a report edited) is refused instead of silently continuing
+#: at a data position that points into another permutation.
+DATA_FILE = "train_data.json"
+#: OUT/model_init/init_options.json: the options that built model_init/, so that a --resume with another model,
+#: seed or training corpus does not reuse a stale one.
+INIT_FILE = "init_options.json"
 
 
 def _cpu_model() -> str:
@@ -104,3 +119,116 @@ class MemoryLog:
         if self.device is not None:
             out["cuda_mb"] = dict(self.cuda)
         return out
+
+
+# ------------------------------------------------------------------ run records
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None: strict JSON parsers refuse a bare NaN.
+
+    Example:
+        >>> json_safe({"loss": float("nan"), "steps": [1.5, float("inf")]})
+        {'loss': None, 'steps': [1.5, None]}
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def _rel(path: Any, root: Path) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
+
+
+def row_key(record: Any, root: Any) -> str:
+    """A short hash that names one manifest row: study, series and its image, mask and report paths (relative to
+    the archive, so a moved archive keeps its keys). A hash, because archives name folders after patients.
+
+    Why per row and not per study: two series of one study are two rows, trained on each on its own; one
+    unreadable series must not take its study's other series out of a resumed run.
+    """
+    base = Path(root).resolve()
+    parts = [record.study_uid, record.series_uid, _rel(record.image, base), _rel(record.mask, base),
+             _rel(record.report, base)]
+    return hashlib.blake2b("\x1f".join(parts).encode("utf-8"), digest_size=8).hexdigest()
+
+
+def data_record(archive: Any, records: Sequence[Any], texts: Sequence[Any]) -> Dict[str, Any]:
+    """What identifies a run's training data: the archive's resolved path, the ordered row keys and a digest of
+    the reports (labels and tokenizer come from them). No identifier is stored in clear."""
+    reports = hashlib.sha256()
+    for t in texts:
+        reports.update(hashlib.sha256(t.report.encode("utf-8")).digest())
+    rows = [row_key(r, archive) for r in records]
+    return {"schema": 1, "archive": os.fspath(Path(archive).resolve()), "n_rows": len(rows), "rows": rows,
+            "reports_sha256": reports.hexdigest()}
+
+
+def _named(keys: List[str], names: Mapping[str, str]) -> str:
+    shown = [names.get(k, f"row {k}") for k in keys[:3]]
+    return ", ".join(shown) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+
+
+def data_differences(old: Mapping[str, Any], new: Mapping[str, Any], names: Mapping[str, str],
+                     partial: bool = False) -> List[str]:
+    """How ``new`` (this resume's data) differs from ``old`` (the run's record); empty when they are the same.
+
+    ``partial``: ``new`` holds the candidate rows before the cache build (some may still be left out), so only
+    rows of the run that are missing now count. ``names`` maps a row key to words naming it (e.g. its study).
+    """
+    try:
+        old_rows = [str(k) for k in old["rows"]]
+    except (KeyError, TypeError):
+        return ["the record of the run's data is incomplete"]
+    have = set(new["rows"])
+    missing = [k for k in old_rows if k not in have]
+    out = []
+    if missing:
+        out.append(f"{len(missing)} of the run's {len(old_rows)} training rows {'is' if len(missing) == 1 else 'are'} "
+                   "not in this resume's data "
+                   f"({_named(missing, names)})")
+    if partial:
+        if missing and old.get("archive") != new["archive"]:
+            out.insert(0, f"the run trained on archive {old.get('archive')}, this resume reads {new['archive']}")
+        return out
+    known = set(old_rows)
+    added = [k for k in new["rows"] if k not in known]
+    if added:
+        out.append(f"{len(added)} training row(s) are new ({_named(added, names)})")
+    if not out and old_rows != list(new["rows"]):
+        out.append("the training rows are the same but in another order (was the manifest rewritten?)")
+    if not out and old.get("reports_sha256") != new["reports_sha256"]:
+        out.append("the reports of the training rows were changed (labels and tokenizer come from them)")
+    if out and old.get("archive") != new["archive"]:
+        out.insert(0, f"the run trained on archive {old.get('archive')}, this resume reads {new['archive']}")
+    return out
+
+
+def init_options(model: str, seed: int, corpus: Sequence[str]) -> Dict[str, Any]:
+    """The options model_init/ is built from: the model asked for (a path resolved), the seed and a digest of
+    the tokenizer's training corpus."""
+    path = Path(model)
+    digest = hashlib.sha256()
+    for doc in corpus:
+        digest.update(hashlib.sha256(doc.encode("utf-8")).digest())
+    return {"model": model, "model_path": os.fspath(path.resolve()) if path.exists() else None, "seed": seed,
+            "corpus_sha256": digest.hexdigest()}
+
+
+def read_record(path: Path) -> Optional[Dict[str, Any]]:
+    """A run-folder JSON record, None when absent; a damaged one is a CheckpointError naming it."""
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"cannot resume: {path.name} is damaged ({type(exc).__name__}); delete it to resume "
+                              "without its check, or start a new --out folder", path=path) from None
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"cannot resume: {path.name} holds a {type(doc).__name__}, not an object", path=path)
+    return doc

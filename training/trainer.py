@@ -19,10 +19,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from ctglip_sdk.errors import CheckpointError, ConfigError
 from ctglip_sdk.training.checkpoint import latest_checkpoint, load_checkpoint, rng_to_flat, save_checkpoint
-from ctglip_sdk.training.config import TrainConfig
+from ctglip_sdk.training.config import TrainConfig, write_text_atomic
 from ctglip_sdk.training.distributed import DistContext, all_reduce_mean, init_distributed
 
-__all__ = ["Trainer", "TrainResult", "EpochBatchSampler", "warmup_cosine", "seed_everything", "default_param_groups"]
+__all__ = ["Trainer", "TrainResult", "EpochBatchSampler", "warmup_cosine", "seed_everything", "default_param_groups",
+           "DivergenceError"]
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,43 @@ _RESUMABLE_CHANGES = frozenset({
     "readout_epochs", "readout_lr", "extra"})
 
 
+class DivergenceError(ConfigError):
+    """The loss or the gradient norm became NaN or infinite: the run diverged.
+
+    A ConfigError because the cure is in the options (a lower ``lr``, a longer warmup, clipping), not the data.
+    The step that met it is not applied (with grad_clip=0, weights gone non-finite are caught before their
+    checkpoint is written instead), so no checkpoint, model or summary holds non-finite weights.
+    """
+
+
+def _finite_or_none(value: float, digits: int = 6) -> Optional[float]:
+    """A value for metrics.jsonl: rounded, or None (JSON null) for NaN and infinity, which strict parsers refuse."""
+    return round(value, digits) if math.isfinite(value) else None
+
+
 def _step_of(line: str) -> Optional[int]:
     """The step of one metrics.jsonl line, or None for a blank or torn one (a run killed mid-write)."""
     try:
         return int(json.loads(line).get("step", 0)) if line.strip() else None
     except (ValueError, AttributeError, TypeError):
         return None
+
+
+def _read_saved_config(path: Path) -> Dict[str, Any]:
+    """The run's train_config.json; a damaged one (a kill mid-write before writes were atomic) is a
+    CheckpointError naming it, not a raw JSONDecodeError."""
+    try:
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"cannot resume: train_config.json is damaged ({type(exc).__name__}: {str(exc)[:120]}); "
+                              "if the checkpoints are this run's, write the run's options back into it (e.g. from "
+                              "summary.json's config), or start a new --out folder", path=path) from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read train_config.json: {exc.strerror or exc}", path=path) from None
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"cannot resume: train_config.json holds a {type(doc).__name__}, not the run's options",
+                              path=path)
+    return doc
 
 
 def seed_everything(seed: int) -> None:
@@ -197,7 +229,23 @@ class Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
+    def _diverged(self, step: int, what: str) -> DivergenceError:
+        """The error of a run that diverged at ``step``, naming the newest checkpoint (every one is finite)."""
+        last = latest_checkpoint(self.ckpt_dir)
+        kept = (f"the checkpoints (newest: {last.name}) hold finite weights" if last is not None
+                else "no checkpoint was written")
+        clip = " or set grad_clip > 0 (off in this run)" if self.cfg.grad_clip == 0 else ""
+        return DivergenceError(f"training diverged at step {step}: {what}; no model was saved and {kept}. Start a "
+                               f"new --out with a lower lr (this run: {self.cfg.lr:g}) or a longer warmup_steps "
+                               f"(this run: {self.cfg.warmup_steps}){clip}", path=self.out_dir)
+
     def _save(self) -> Optional[Path]:
+        # With grad_clip=0 no gradient norm is measured: a non-finite update shows here first. Every rank holds
+        # the same weights, so every rank raises (none is left waiting at the gather below).
+        bad = [n for n, p in self.objective.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+        if bad:
+            raise self._diverged(self.state["step"], f"{len(bad)} weight tensor(s) hold NaN or infinite values "
+                                 f"(e.g. {bad[0]}); this checkpoint was not written")
         rng = rng_to_flat({"loader": self.loader_gen})
         if self.ctx.world_size > 1:
             # Each rank's RNG streams differ (dropout, augmentation); gather them so rank 0 writes all.
@@ -227,11 +275,11 @@ class Trainer:
         if path is None:
             log.warning("--resume: no checkpoint under %s, so the run starts from step 0", self.ckpt_dir)
             if self.ctx.is_main and self.metrics_path.is_file():
-                self.metrics_path.write_text("")  # the stopped run's steps are not this run's
+                write_text_atomic(self.metrics_path, "")  # the stopped run's steps are not this run's
             return None
         saved_cfg = self.out_dir / "train_config.json"
         if saved_cfg.is_file():
-            old = json.loads(saved_cfg.read_text())
+            old = _read_saved_config(saved_cfg)
             now = json.loads(json.dumps(self.cfg.to_dict()))  # as train_config.json holds it (lists, not tuples)
             # Everything that decides the steps must match: the optimizer's settings and the scheduler's base rates
             # come back from the checkpoint (a new lr was silently ignored yet recorded as used), and other
@@ -251,7 +299,7 @@ class Trainer:
             # Drop log lines written after the checkpoint so the resumed log has no duplicated steps.
             kept = [ln for ln in self.metrics_path.read_text().splitlines()
                     if (step := _step_of(ln)) is not None and step <= self.state["step"]]  # a torn last line goes
-            self.metrics_path.write_text("".join(ln + "\n" for ln in kept))
+            write_text_atomic(self.metrics_path, "".join(ln + "\n" for ln in kept))  # a kill here loses no line
         self._elapsed_before = float(self.state.get("elapsed_s", 0.0))  # absent in checkpoints before 2026-12-07
         log.info("resumed from %s (step %d, epoch %d, batch %d)", path, self.state["step"],
                  self.state["epoch"], self.state["batch"])
@@ -308,24 +356,34 @@ class Trainer:
                     if not sync:
                         continue
                     micro = 0
+                    # Checked before the step is applied: a NaN update would poison every later checkpoint, and
+                    # pruning would then delete the finite ones. The mean over ranks (and the gradient norm, of
+                    # gradients DDP already averaged) is the same on every rank, so all ranks stop together.
+                    step_loss = all_reduce_mean(acc_logs["loss"], self.device)
+                    if not math.isfinite(step_loss):
+                        raise self._diverged(self.state["step"] + 1, f"the loss is {step_loss} (the step was not "
+                                             "applied)")
                     if cfg.grad_clip > 0:
                         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.objective.parameters(), cfg.grad_clip))
                         acc_logs["grad_norm"] = grad_norm
+                        if not math.isfinite(grad_norm):
+                            raise self._diverged(self.state["step"] + 1, f"the gradient norm is {grad_norm} (loss "
+                                                 f"{step_loss:.6g}; the step was not applied)")
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                     used_lr = self.scheduler.get_last_lr()[0]  # the rate this step used (logged below)
                     self.scheduler.step()
                     self.state["step"] += 1
                     step = self.state["step"]
-                    last_loss = all_reduce_mean(acc_logs["loss"], self.device)
+                    last_loss = step_loss
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(loss=f"{last_loss:.4f}")
                     if metrics_fh is not None and (step % cfg.log_every == 0 or step == cfg.max_steps or step == 1):
                         rec = {"step": step, "epoch": self.state["epoch"], "lr": used_lr,
                                "time_s": round(self._elapsed(), 3),
-                               **{k: round(v, 6) for k, v in acc_logs.items()}, "loss": round(last_loss, 6)}
-                        metrics_fh.write(json.dumps(rec) + "\n")
+                               **{k: _finite_or_none(v) for k, v in acc_logs.items()}, "loss": round(last_loss, 6)}
+                        metrics_fh.write(json.dumps(rec, allow_nan=False) + "\n")
                         metrics_fh.flush()
                     acc_logs = {}
                     if step % cfg.checkpoint_every == 0 or step == stop:
