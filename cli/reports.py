@@ -29,8 +29,11 @@ def parse_report_command(file: str, as_json: bool, dictionary_path: Optional[str
     Example: ctglip parse-report report.txt --json
     """
     from ctglip_sdk.reports import AbnormalityDictionary, parse_report
+    from ctglip_sdk.reports.text_file import decode_report_bytes
 
-    text = sys.stdin.read() if file == "-" else _read(file)
+    # stdin through the same checks as a file: a binary stream refused, cp1252 read as such (sys.stdin's own
+    # decoding passed a DICOM slice as an empty report and put lone surrogates into the JSON)
+    text = decode_report_bytes(sys.stdin.buffer.read()) if file == "-" else _read(file)
     dictionary = AbnormalityDictionary.default()
     if dictionary_path:
         dictionary = dictionary.merge(AbnormalityDictionary.load(dictionary_path))

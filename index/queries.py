@@ -198,7 +198,9 @@ def search(index: "ArchiveIndex", query: Union[str, np.ndarray], k: int = 20,
         if qv.scope and organs is None:  # the organs the text names, when it names no single finding
             organs = resolve_organs(list(qv.scope))
             asked = list(qv.scope)
-        notes += qv.notes
+        # The note names the organs searched: organ= when given (it used to name the text's organs instead).
+        within = list(asked if not isinstance(asked, str) else [asked]) if asked else []
+        notes += [f"{n} within {', '.join(within)}" if i == 0 and within else n for i, n in enumerate(qv.notes)]
     if organs is not None and asked is not None:
         stored = set(index.mirror.view().organ_names)
         absent = sorted(set(resolve_organs(asked) or []) - stored)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__: list = []  # internal to queries
 
+MAX_QUERY_CHARS = 10_000  # a whole report fits; a pasted document does not
 _COSINE_NOTE = "ranked by cosine similarity to the text (scores are not comparable across queries)"
 
 
@@ -121,8 +122,8 @@ def _from_text(index: "ArchiveIndex", text: str) -> _QueryVector:
                "use cohort(none_of=[...]);")
     else:
         why = "no single dictionary finding recognised;"
-    where = f" within {', '.join(reading.organs)}" if reading.organs else ""
-    return _QueryVector(vector, "cosine", scope=reading.organs, notes=(f"{why} {_COSINE_NOTE}{where}", *v2_notes))
+    # the organs searched are added to this note by search(), which knows whether organ= overrides these
+    return _QueryVector(vector, "cosine", scope=reading.organs, notes=(f"{why} {_COSINE_NOTE}", *v2_notes))
 
 
 def _v2_organs(index: "ArchiveIndex", text: str, v2: Tuple[str, ...], rest: str) -> _QueryVector:
@@ -140,7 +141,7 @@ def _v2_organs(index: "ArchiveIndex", text: str, v2: Tuple[str, ...], rest: str)
     vector = unit_rows(np.asarray(_encode_single(index.model, text), np.float32))[0]
     names = ", ".join(display_name(o) for o in v2)
     note = (f"{names}: TotalSegmentator 2 class{'es' if len(v2) > 1 else ''} with no dictionary finding; "
-            f"{_COSINE_NOTE} within {', '.join(scope)}")
+            f"{_COSINE_NOTE}")
     return _QueryVector(vector, "cosine", scope=scope, notes=(note,))
 
 
@@ -151,6 +152,11 @@ def _query_vector(index: "ArchiveIndex", query: Union[str, np.ndarray], rank: st
         text = query.strip()
         if not text:
             raise QueryError("empty query text")
+        if len(text) > MAX_QUERY_CHARS:
+            # A service passing user text on: the text tower reads its first max_length tokens anyway, and the
+            # reading of a pasted document costs seconds per 100 kB.
+            raise QueryError(f"query text of {len(text):,} characters: search takes at most {MAX_QUERY_CHARS:,} "
+                             "(a few words or sentences: the text tower reads only its first max_length tokens)")
         key = (rank, text)
         with index._cache_lock:
             cached = index._text_cache.get(key)

@@ -198,7 +198,10 @@ def test_texts_without_one_finding_stay_on_the_organs_they_name(built):
     # A bare organ: cosine on that organ (over every organ, ribs and muscles outranked it).
     assert {h.organ for h in idx.search("kidney", k=5)} <= {"kidney_left", "kidney_right"}
     # An explicit organ= still wins; rank="cosine" is plain cosine everywhere.
-    assert {h.organ for h in idx.search("hepatomegaly and splenomegaly", k=5, organ="spleen")} == {"spleen"}
+    spleen = idx.search("hepatomegaly and splenomegaly", k=5, organ="spleen")
+    assert {h.organ for h in spleen} == {"spleen"}
+    # ... and the note names the organ searched (it said "within liver, spleen", the text's organs)
+    assert spleen.notes[0].endswith("within spleen")
     # A bilateral finding is searched on both sides, not the first side named.
     both = idx.search("bilateral renal cysts", k=50)
     assert both.ranking == "finding:renal_cyst" and {h.organ for h in both} == {"kidney_left", "kidney_right"}

@@ -170,7 +170,8 @@ def _clinical_keys(text: str, dictionary: AbnormalityDictionary,
 def _candidates(text: str, found: List[OrganFinding], lay: AbnormalityDictionary) -> List[str]:
     """The findings a lay word could mean on an organ the text names, when it could mean several ("spot on the
     liver": liver_cyst or liver_mass); empty when it is not that kind of miss."""
-    organs = [f.organ for f in found if f.finding is None and f.status in _WANTED]
+    # once each: a long text names its organs again and again (tokens x statements made this quadratic)
+    organs = list(dict.fromkeys(f.organ for f in found if f.finding is None and f.status in _WANTED))
     if not organs:
         return []
     vocab = vocab_for(lay)

@@ -28,6 +28,7 @@ _GAP_BOUNDARY = re.compile(
     r",|a(?<=\ba)nd\b|w(?<=\bw)(?:ith|hich|hereas|hile)\b|b(?<=\bb)ut\b|h(?<=\bh)owever\b|o(?<=\bo)r\b")
 _WORD = re.compile(r"[a-z0-9][a-z0-9]*")  # "[a-z0-9]+", spelt to start with a character set (see above)
 _AND = re.compile(r"a(?<=\ba)nd\b")  # "\band\b"
+_NEAR_MENTIONS = 32  # organ mentions on each side of a finding that _resolve weighs, in very long sentences
 # Text between a finding and an organ that makes the organ the finding's location ("nodule in the lingula").
 _LOCATION = re.compile(r"\s*(?:in|at|within|of|involving|from|near|along|arising from)\s+(?:the\s+)?(?:[a-z]+\s+)?")
 _ADJACENT = frozenset((" ", "-"))  # what may lie between an organ adjective and its noun ("splenic cyst")
@@ -109,7 +110,15 @@ class SentenceParser:
         fits = self._fit
         distance = self._distance
         best, best_d, adj, adj_d = -1, 1 << 30, -1, 1 << 30
-        for j, (ma, mb, organ) in enumerate(mentions):
+        lo_j, hi_j = 0, len(mentions)
+        if hi_j > 2 * _NEAR_MENTIONS:
+            # A sentence with hundreds of organ mentions (text pasted into a query, a report without periods) made
+            # this loop over every finding and mention, with a scan of the text between them, cubic in its length
+            # (minutes for 30 kB). A finding's organ is among its nearest mentions; real sentences have a few.
+            at = bisect_right([m[0] for m in mentions], a)
+            lo_j, hi_j = max(0, at - _NEAR_MENTIONS), min(hi_j, at + _NEAR_MENTIONS)
+        for j in range(lo_j, hi_j):
+            ma, mb, organ = mentions[j]
             if claimed:
                 owner = claimed.get(j)
                 if owner is not None and owner != a and mb <= a and _AND.search(low, mb, a):

@@ -17,7 +17,7 @@ from typing import Optional, Set, Tuple, Union
 
 from ctglip_sdk.errors import InputError
 
-__all__ = ["read_report_text"]
+__all__ = ["read_report_text", "decode_report_bytes"]
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
@@ -68,7 +68,13 @@ def read_report_text(path: PathLike) -> str:
         raw = Path(path).read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read the report: {exc.strerror or type(exc).__name__}", path=path) from None
-    text = _decode(path, raw)
+    return decode_report_bytes(raw, path)
+
+
+def decode_report_bytes(raw: bytes, source: PathLike = "<stdin>") -> str:
+    """A report's bytes read as ``read_report_text`` reads a file (``source`` names it in warnings and errors):
+    for text that does not come from a file, e.g. ``ctglip parse-report -`` on stdin."""
+    text = _decode(source, raw)
     # Text mode's universal newlines, which Path.read_text applied before this reader existed.
     return text.replace("\r\n", "\n").replace("\r", "\n")
 

@@ -1,0 +1,44 @@
+"""Review of 2026-12-07 (CLI side): ``parse-report -`` reads stdin as a file is read, a very long sentence or query
+text is read in about linear time (it was cubic: minutes for 30 kB), and search caps the length of its text."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from ctglip_sdk.cli.main import cli
+from ctglip_sdk.reports import decode_report_bytes, parse_report
+
+
+def test_parse_report_from_stdin_gets_the_checks_of_a_file(tmp_path):
+    # cp1252 on stdin: read as cp1252 (sys.stdin's own decoding put lone surrogates into the JSON)
+    res = CliRunner().invoke(cli, ["parse-report", "-", "--json"], input=b"Liver: \xe9l\xe9gant cyst.\n")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["findings"][0]["sentence"] == "\u00e9l\u00e9gant cyst." and doc["findings"][0]["finding"] == "liver_cyst"
+    # a binary stream (a DICOM slice piped in) is refused as a file is, not read as a report with no findings
+    res = CliRunner().invoke(cli, ["parse-report", "-", "--json"], input=b"DICM" + bytes(4000))
+    assert res.exit_code == 1 and json.loads(res.stdout)["type"] == "InputError"
+    assert "not a text report" in json.loads(res.stdout)["error"]
+    assert decode_report_bytes(b"No hydronephrosis.\r\n") == "No hydronephrosis.\n"
+
+
+def test_a_sentence_with_hundreds_of_organ_mentions_still_places_each_finding():
+    # 400 clauses in one sentence (commas, no periods): each finding still goes to its own nearby organ
+    clause = "the spleen is normal, the liver is normal, the left kidney has a small cyst"
+    text = ", ".join([clause] * 400) + ", and there is a 4 mm stone in the right kidney."
+    got = {(f.organ, f.finding) for f in parse_report(text) if f.finding is not None}
+    assert got == {("kidney_left", "renal_cyst"), ("kidney_right", "renal_stone")}
+
+
+def test_search_caps_the_length_of_its_text():
+    from ctglip_sdk.errors import QueryError
+    from ctglip_sdk.index.query_text import MAX_QUERY_CHARS, _query_vector
+
+    class _Index:  # the cap is checked before the index or the model is touched
+        pass
+
+    with pytest.raises(QueryError, match="characters: search takes at most 10,000"):
+        _query_vector(_Index(), "liver lesion " * (MAX_QUERY_CHARS // 12 + 1), "auto")
