@@ -22,7 +22,7 @@ DEFAULT_MODEL = "ctglip-tiny-synthetic"
 #: Exit status of `ctglip ingest` when series failed in this run (1 is a user error, 2 a usage error).
 INGEST_FAILED_EXIT = 3
 #: Image types the montage can be saved as (matplotlib writes them without extra packages).
-MONTAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
+MONTAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # = ctglip_sdk.index.outputs.MONTAGE_SUFFIXES
 
 
 def _index_options(func: Callable) -> Callable:
@@ -131,12 +131,15 @@ def _new_index(index_dir: Path, model: Optional[str], database_url: Optional[str
                                include_identifiers=include_identifiers, table_prefix=table_prefix)
 
 
-def _check_montage_path(path: Path) -> None:
+def _check_montage_path(path: Path, index_dir: Path) -> None:
     """Refuse a montage path that cannot be written before searching, so that a typo costs one line, not the
     search and a traceback."""
+    from ctglip_sdk.index.outputs import check_output_path  # noqa: PLC0415
+
     if path.suffix.lower() not in MONTAGE_SUFFIXES:
         raise click.ClickException(f"{path}: a montage is saved as {', '.join(MONTAGE_SUFFIXES)}; "
                                    f"got {path.suffix or 'no extension'!r}")
+    check_output_path(path, index_dir, suffixes=MONTAGE_SUFFIXES, what="montage")  # not into the index folder
     folder = path.parent
     if not folder.is_dir():
         raise click.ClickException(f"{path}: folder {str(folder)!r} does not exist; create it first")
@@ -229,7 +232,8 @@ def ingest(ctx: click.Context, archive: str, index_dir: Path, database_url: Opti
                    "such words only go to the text encoder, and a note on stderr says so.")
 @click.option("-k", "--k", "k", default=20, show_default=True, type=click.IntRange(1, 10000), help="Hits.")
 @click.option("--montage", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also save a PNG (or .jpg, .pdf, .svg) of the hits' organ boxes; its folder must exist.")
+              help="Also save a PNG (or .jpg, .pdf, .svg) of the hits' organ boxes; its folder must exist (and not "
+                   "be the index folder).")
 @click.option("--rank", type=click.Choice(["auto", "cosine"]), default="auto", show_default=True,
               help="auto: a text naming one dictionary finding ranks by that finding's zero-shot margin; "
                    "cosine: plain text similarity.")
@@ -240,7 +244,7 @@ def search(text: str, index_dir: Path, database_url: Optional[str], as_json: boo
     Notes on how TEXT was read and ranked follow the table (on stderr under --json).
     """
     if montage is not None:
-        _check_montage_path(montage)
+        _check_montage_path(montage, index_dir)
     query = read_search_text(text, organs, _where(wheres), parse)
     for hint in query.hints:
         click.echo(f"({hint})", err=True)
@@ -298,17 +302,6 @@ def score(index_dir: Path, database_url: Optional[str], as_json: bool, findings:
                    f"({len(out['findings'])} findings) in {out['seconds']} s")
 
 
-def _cohort_frame(res: Any, level: str, scored: Sequence[str]) -> Any:
-    """Members as a DataFrame with every column a cohort of this query has, even when it has no member: an
-    empty CSV still gets its header (pandas and csv readers fail on a file with none), and the columns do not
-    change with who happens to be a member."""
-    frame = res.to_pandas()
-    cols = ["patient", "studies", *(["study_uid"] if level == "study" else []),
-            *dict.fromkeys(f"p:{c.strip()}" for c in scored)]
-    cols += [c for c in frame.columns if c not in cols]
-    return frame.reindex(columns=cols)
-
-
 @click.command("cohort")
 @_index_options
 @click.option("--all-of", "all_of", multiple=True, metavar="COND", help="Finding key or text every member has.")
@@ -320,23 +313,27 @@ def _cohort_frame(res: Any, level: str, scored: Sequence[str]) -> Any:
 @click.option("--level", type=click.Choice(["patient", "study"]), default="patient", show_default=True,
               help="Return patients or single studies.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the members to CSV.")
+              help="Also write the members to this .csv file (not inside the index folder).")
 def cohort(index_dir: Path, database_url: Optional[str], as_json: bool, all_of: Sequence[str],
            any_of: Sequence[str], none_of: Sequence[str], wheres: Sequence[str], threshold: float, level: str,
            output: Optional[Path]) -> None:
-    """Patients (or studies) meeting finding conditions, from stored scores (run `ctglip score` first)."""
-    if output is not None and not Path(output).parent.is_dir():  # said before the query, with the reason
-        raise InputError(f"cannot write the cohort CSV: folder {str(Path(output).parent)!r} does not exist",
-                         path=output)
+    """Patients (or studies) meeting finding conditions, from stored scores (run `ctglip score` first).
+
+    --output must be a .csv file outside the index folder (it is refused there: it would replace the index's
+    own files).
+    """
+    from ctglip_sdk.index.outputs import COHORT_SUFFIXES, check_output_path, write_cohort_csv  # noqa: PLC0415
+
+    if output is not None:  # said before the query, with the reason
+        check_output_path(output, index_dir, suffixes=COHORT_SUFFIXES, what="cohort CSV")
+        if not Path(output).parent.is_dir():
+            raise InputError(f"cannot write the cohort CSV: folder {str(Path(output).parent)!r} does not exist",
+                             path=output)
     with _open(index_dir, database_url) as idx:
         res = idx.cohort(all_of=all_of, any_of=any_of, none_of=none_of, where=_where(wheres), threshold=threshold,
                          level=level)
-    if output is not None:
-        try:
-            _cohort_frame(res, level, res.scored or [*all_of, *any_of]).to_csv(output, index=False)
-        except OSError as exc:  # a missing folder or no permission: a user error naming the file
-            raise InputError(f"cannot write the cohort CSV ({exc.strerror or str(exc) or type(exc).__name__})",
-                             path=output) from None
+        if output is not None:  # checked again by the writer, against the database's own file too
+            write_cohort_csv(idx, res, output, [*all_of, *any_of])
     if as_json:
         echo_json({"level": level, "n": len(res), "members": res.to_dicts(), "notes": list(res.notes)})
         return
@@ -352,7 +349,7 @@ def cohort(index_dir: Path, database_url: Optional[str], as_json: bool, all_of: 
 @click.option("--what", type=click.Choice(["scores", "organs", "studies", "ingest"]), default="scores",
               show_default=True, help="Table to export.")
 def export(path: Path, index_dir: Path, database_url: Optional[str], as_json: bool, what: str) -> None:
-    """Write a table of the index to PATH (.csv, .parquet with pyarrow, or .jsonl)."""
+    """Write a table of the index to PATH (.csv, .parquet with pyarrow, or .jsonl; not inside the index folder)."""
     with _open(index_dir, database_url) as idx:
         out = idx.export(path, what=what)
     if as_json:
@@ -364,9 +361,10 @@ def export(path: Path, index_dir: Path, database_url: Optional[str], as_json: bo
 @click.command("verify")
 @_index_options
 @click.option("--repair", is_flag=True, help="Fix what can be fixed (rebuild FAISS, drop unreferenced vectors, "
-                                             "queue series with lost vectors for re-ingest).")
+                                             "queue series with lost vectors for re-ingest, recreate a lost scores "
+                                             "or history table empty).")
 def verify(index_dir: Path, database_url: Optional[str], as_json: bool, repair: bool) -> None:
-    """Check SQL, stored vectors and FAISS agree; exit code 1 when a problem remains."""
+    """Check every SQL table is there and SQL, stored vectors and FAISS agree; exit code 1 when a problem remains."""
     from ctglip_sdk.index import ArchiveIndex
 
     try:
@@ -385,15 +383,17 @@ def verify(index_dir: Path, database_url: Optional[str], as_json: bool, repair: 
     if as_json:
         echo_json(report)
     else:
-        click.echo(f"organs {report['organs']}, series {report['series']}, stored vectors "
-                   f"{report['stored_vectors']}, FAISS {report['faiss']}")
+        if report.get("organs") is not None:  # None: the database lacks tables, and nothing was counted
+            click.echo(f"organs {report['organs']}, series {report['series']}, stored vectors "
+                       f"{report['stored_vectors']}, FAISS {report['faiss']}")
         for line in report["repaired"]:
             click.echo(f"repaired: {line}")
         for line in report["warnings"]:
             click.echo(f"warning: {line}")
         for line in report["problems"]:
             click.echo(f"problem: {line}", err=True)
-        click.echo("ok" if report["ok"] else "NOT OK (run with --repair)" if not repair else "NOT OK")
+        click.echo("ok" if report["ok"] else "NOT OK (run with --repair)" if not repair and report.get(
+            "repairable", True) else "NOT OK")
     if not report["ok"]:
         raise SystemExit(1)
 

@@ -56,8 +56,8 @@ def _echo_error(message: str, kind: str, path: Optional[str]) -> None:
 
 
 class LazyGroup(click.Group):
-    """A click group that imports each command on demand, maps CTGlipError to exit code 1 and interrupts to
-    130 (Ctrl-C) or 143 (SIGTERM)."""
+    """A click group that imports each command on demand, maps CTGlipError (and any database error the library left
+    unexplained) to exit code 1 and interrupts to 130 (Ctrl-C) or 143 (SIGTERM)."""
 
     def list_commands(self, ctx: click.Context) -> List[str]:
         return sorted(set(super().list_commands(ctx)) | set(_available()))
@@ -108,6 +108,18 @@ class LazyGroup(click.Group):
             # apart, so print one line and exit 128 + the signal number, as a shell does.
             click.echo(message(exc), err=True)
             raise click.exceptions.Exit(exit_code(exc)) from None
+        except Exception as exc:
+            # A database failure the library does not explain (index/engine.py explains the known ones): one line
+            # with the driver's first line, never the statement or its values, and the JSON document under --json.
+            if not type(exc).__module__.startswith("sqlalchemy.") or (ctx.obj and ctx.obj.get("debug")):
+                raise
+            orig = getattr(exc, "orig", None) or exc
+            first = (str(orig).strip().splitlines() or [""])[0][:200]
+            text = (f"database error ({type(orig).__name__}{': ' + first if first else ''}); `ctglip verify --index "
+                    "DIR` checks the index, --debug shows the traceback")
+            if as_json:
+                _echo_error(text, "DatabaseError", None)
+            raise click.ClickException(text) from None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

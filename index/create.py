@@ -60,7 +60,7 @@ def _write_files(root: Path, model_obj: Any, ident: Dict[str, Any], database_url
     """The files of :func:`create_files` (the caller holds the writer lock)."""
     # The tables first: a folder whose manifest was lost must be refused before its model copy is replaced.
     url = database_url or f"sqlite:///{(root / DB_FILE).resolve()}"
-    store = Store(url, table_prefix)
+    store = Store(url, table_prefix, user_url=database_url is not None)
     try:
         return _write_with(store, url, root, model_obj, ident, database_url, factory, include_identifiers,
                            table_prefix, memory_budget)
@@ -115,6 +115,7 @@ def open_store(root: Path, manifest: Dict[str, Any], database_url: Optional[str]
     """The store of an existing index: its database (the folder's SQLite file, the recorded URL or
     ``database_url``), migrated forward when older, and checked to belong to this folder's manifest."""
     db = manifest["database"]
+    user_url = database_url is not None  # a wrong URL the user gave is their input error, not a damaged index
     if database_url is None:
         if db["kind"] == "sqlite":
             db_file = (root / db.get("path", DB_FILE)).resolve()
@@ -127,7 +128,7 @@ def open_store(root: Path, manifest: Dict[str, Any], database_url: Optional[str]
                               f"database_url= (recorded: {db['url']})", path=root)
         else:
             database_url = db["url"]
-    store = Store(database_url, manifest.get("table_prefix", "ctglip_"))
+    store = Store(database_url, manifest.get("table_prefix", "ctglip_"), user_url=user_url)
     version = store.schema_version()
     if version == 0:
         raise IndexStateError(f"no index tables with prefix {manifest.get('table_prefix')!r} in "

@@ -15,6 +15,8 @@ from sqlalchemy import String, case, cast, func, literal, select
 
 from ctglip_sdk.errors import ConfigError, InputError, QueryError
 
+from .outputs import EXPORT_SUFFIXES, check_output_path
+
 if TYPE_CHECKING:  # pragma: no cover
     from .archive import ArchiveIndex
 
@@ -130,15 +132,10 @@ def export(index: "ArchiveIndex", path: Any, what: str = "scores") -> Path:
         >>> idx.export("scores.csv")              # doctest: +SKIP
         PosixPath('scores.csv')
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise QueryError(f"export: expected a file path, got {type(path).__name__}")
-    out = Path(path)
     q = _export_query(index, what)
+    # Not into the index folder or over its database (a cohort CSV written over idx/index.sqlite replaced the truth).
+    out = check_output_path(path, index, suffixes=EXPORT_SUFFIXES, what="export")
     suffix = out.suffix.lower()
-    if suffix not in (".csv", ".parquet", ".jsonl"):
-        raise QueryError(f"export to {out.name!r}: use a .csv, .parquet or .jsonl file name")
-    if out.is_dir():
-        raise InputError("cannot export: the path is a folder", path=out)
     tmp: Optional[Path] = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

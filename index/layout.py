@@ -123,8 +123,9 @@ def path_key(rel: str) -> str:
 
 def redact(exc: BaseException, root: Path, item: Optional[Item] = None,
            identifier: Optional[str] = None) -> str:
-    """An error message safe to store and log: archive paths made relative, the patient identifier removed
-    (``item``'s manifest patient_id, or ``identifier`` before an item exists)."""
+    """An error message safe to store and log: archive paths made relative, the patient's identifiers removed
+    (``item``'s manifest identifiers and its DICOM header's PatientID, name and accession number, or ``identifier``
+    before an item exists)."""
     orig = getattr(exc, "orig", None)
     if isinstance(exc, CTGlipError):
         text = str(exc)
@@ -133,12 +134,19 @@ def redact(exc: BaseException, root: Path, item: Optional[Item] = None,
     else:
         text = f"{type(exc).__name__}: {exc}"
     text = strip_root(text, root)
-    idents = [str((item.row.get("patient_id") if item is not None else identifier) or "")]
-    if item is not None and not item.row.get("patient_id"):
-        # No manifest: the DICOM header's PatientID (and name, accession number), which archives use as folder
-        # names ("12345678/CT/IM0010.dcm"), read from one file of the series only now that it has failed.
+    idents = [str(identifier or "")]
+    if item is not None:
+        idents += [str(item.row.get(col) or "") for col in _MANIFEST_IDENTIFIERS]
+        # With or without a manifest: the DICOM header's PatientID, name and accession number, which archives use as
+        # folder names ("12345678/CT/IM0010.dcm"), read from one file of the series only now that it has failed. A
+        # manifest's patient_id is often a pseudonym (`ctglip manifest` writes one), so it hides none of them.
         idents += dicom_identifiers(Path(root) / item.image)
     return redact_identifiers(text, idents)[:500]
+
+
+#: Manifest columns that may hold a patient's identifiers (docs/data.md names patient_id; hand-written manifests
+#: made from PACS exports may carry the others).
+_MANIFEST_IDENTIFIERS = ("patient_id", "patient_name", "accession", "accession_number", "birth_date")
 
 
 def _clean(row: Dict[str, Any]) -> Dict[str, Any]:

@@ -14,15 +14,52 @@ from ctglip_sdk.errors import CTGlipError, IndexStateError
 
 from .ann import AnnIndex, choose_factory, text_queries
 from .create import FAISS_FILE
-from .schema import SCHEMA_VERSION
+from .schema import DERIVED_TABLES, SCHEMA_VERSION
 from .vectors import file_checksum
 
 if TYPE_CHECKING:  # pragma: no cover
     from .archive import ArchiveIndex
 
-__all__ = ["verify", "rebuild", "stats", "drop_lost_vectors", "tuning_queries"]
+__all__ = ["verify", "rebuild", "stats", "drop_lost_vectors", "tuning_queries", "recreate_derived_tables"]
 
 log = logging.getLogger(__name__)
+
+
+def recreate_derived_tables(index: "ArchiveIndex") -> List[str]:
+    """Create, empty, the missing tables whose rows can be done without or computed again (:data:`DERIVED_TABLES`);
+    returns what was done. The caller holds the writer lock."""
+    t = index.store.t
+    missing = set(index.store.missing_schema())
+    tables = [getattr(t, name) for name in DERIVED_TABLES if getattr(t, name).name in missing]
+    if not tables:
+        return []
+    index.store.write(lambda c: t.metadata.create_all(c, tables=tables, checkfirst=True))
+    done = [f"recreated the missing table {tab.name}, empty: {DERIVED_TABLES[tab.name[len(t.prefix):]]}"
+            for tab in tables]
+    for line in done:
+        log.warning("%s", line)
+    return done
+
+
+def _schema_report(index: "ArchiveIndex", missing: List[str], repaired: List[str], t0: float) -> Dict[str, Any]:
+    """The report of an index whose database lacks tables or columns: nothing else can be checked reliably."""
+    prefix = index.store.t.prefix
+    derived = [m for m in missing if m[len(prefix):] in DERIVED_TABLES]
+    lost = [m for m in missing if m not in derived]
+    problems = []
+    if lost:
+        problems.append(f"the index database lacks {', '.join(lost)} (a damaged file, tables dropped by hand, or an "
+                        "unfinished upgrade): no repair can bring their rows back; restore the database from a "
+                        "backup, or create the index again and re-ingest the archive")
+    if derived:
+        then = " (then run `ctglip score`)" if f"{prefix}scores" in derived else ""
+        problems.append(f"the index database lacks {', '.join(derived)}, whose rows can be computed again or done "
+                        f"without: `ctglip verify --repair` recreates them empty{then}")
+    return {"ok": False, "problems": problems, "warnings": [], "repaired": repaired, "missing_schema": missing,
+            "repairable": not lost,
+            "organs": None, "series": None, "stored_vectors": None, "orphan_vectors": None,
+            "faiss": index.ann.describe() if index.ann is not None else None, "faiss_file": None,
+            "schema_version": None, "seconds": round(time.perf_counter() - t0, 3)}
 
 
 def _sql_checks(index: "ArchiveIndex") -> Dict[str, Any]:
@@ -66,6 +103,13 @@ def _verify(index: "ArchiveIndex", repair: bool) -> Dict[str, Any]:
     warnings: List[str] = []
     repaired: List[str] = []
     t0 = time.perf_counter()
+    # Every table and column first: a dropped table used to pass (verify read none of the scores) and then fail
+    # every score and cohort. What can be computed again is recreated by a repair; the truth cannot be.
+    if repair:
+        repaired += recreate_derived_tables(index)
+    missing = index.store.missing_schema()
+    if missing:
+        return _schema_report(index, missing, repaired, t0)
     # A reader (another process writes) compares a consistent picture: its memory refreshed from SQL first, and
     # the comparison redone when a commit landed meanwhile (it reported "FAISS in memory differs" during ingests).
     for _attempt in range(3):
@@ -152,7 +196,8 @@ def _verify(index: "ArchiveIndex", repair: bool) -> Dict[str, Any]:
         "ok": not problems, "problems": problems, "warnings": warnings, "repaired": repaired,
         "organs": int(sql_ids.size), "series": sql["series"], "stored_vectors": int(stored_ids.size),
         "orphan_vectors": int(orphans.size), "faiss": ann.describe() if ann is not None else None,
-        "faiss_file": file_info, "schema_version": version, "seconds": round(time.perf_counter() - t0, 3),
+        "faiss_file": file_info, "schema_version": version, "missing_schema": [], "repairable": True,
+        "seconds": round(time.perf_counter() - t0, 3),
     }
 
 
@@ -178,7 +223,7 @@ def drop_lost_vectors(index: "ArchiveIndex") -> List[str]:
     This is what ``open()`` cannot derive; afterwards the index opens and the next ingest re-embeds those
     series. The caller holds the writer lock. Returns what was done (empty when nothing was needed).
     """
-    done: List[str] = []
+    done: List[str] = recreate_derived_tables(index)  # e.g. index_state, which open() reads
     sql_ids = index.store.organ_ids()
     stored, _ = index.vectors.read()
     lost = np.setdiff1d(sql_ids, stored)

@@ -12,6 +12,8 @@ from sqlalchemy import select
 
 from ctglip_sdk.errors import ConfigError, CTGlipError
 
+from .outputs import MONTAGE_SUFFIXES, check_output_path
+
 if TYPE_CHECKING:  # pragma: no cover
     from .archive import ArchiveIndex
     from .results import SearchResults
@@ -32,7 +34,8 @@ def organ_window(organ: str) -> tuple:
 
 def save_montage(index: "ArchiveIndex", results: "SearchResults", path: Any, archive_root: Optional[Any] = None,
                  max_hits: int = 12, window: Optional[tuple] = None) -> Path:
-    """Draw each hit's organ box (middle axial slice, mask contour) in a grid and save it as PNG.
+    """Draw each hit's organ box (middle axial slice, mask contour) in a grid and save it as PNG (or .jpg, .pdf,
+    .svg; a path inside the index folder is refused).
 
     The display window follows the organ (lung, bone or soft tissue; ``window=`` overrides); captions give
     organ, score, the study UID's tail and the patient pseudonym.
@@ -44,6 +47,8 @@ def save_montage(index: "ArchiveIndex", results: "SearchResults", path: Any, arc
     Example:
         >>> save_montage(idx, idx.search("renal cyst", k=8, organ="kidney"), "hits.png")  # doctest: +SKIP
     """
+    # Checked before drawing: not into the index folder or over its database, and an image type matplotlib writes.
+    out = check_output_path(path, index, suffixes=MONTAGE_SUFFIXES, what="montage")
     try:
         import matplotlib  # noqa: PLC0415
 
@@ -105,7 +110,6 @@ def save_montage(index: "ArchiveIndex", results: "SearchResults", path: Any, arc
                     wrap=True, fontsize=7, transform=ax.transAxes)
         ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    out = Path(path)
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out

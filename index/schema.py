@@ -15,10 +15,18 @@ from sqlalchemy.schema import CreateColumn
 
 from ctglip_sdk.errors import ConfigError
 
-__all__ = ["SCHEMA_VERSION", "Tables", "make_tables", "MIGRATIONS", "check_prefix"]
+__all__ = ["SCHEMA_VERSION", "Tables", "make_tables", "MIGRATIONS", "check_prefix", "DERIVED_TABLES"]
 
 #: Bumped whenever a migration is added; an index whose schema is newer than this library is refused.
 SCHEMA_VERSION = 2
+
+#: Tables (by name after the prefix) whose rows an index can do without or compute again, with what follows when
+#: ``verify(repair=True)`` recreates one empty; patients, studies, series and organs are the archive's truth, which
+#: only a backup or a re-ingest brings back.
+DERIVED_TABLES = {"scores": "run `ctglip score` (idx.score()) to compute the scores again",
+                  "index_state": "the FAISS state is recorded again with the next write",
+                  "ingest_runs": "the earlier runs' history is lost",
+                  "ingest_items": "the earlier runs' history is lost"}
 
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
 

@@ -40,9 +40,10 @@ class Store:
         2
     """
 
-    def __init__(self, url: str, prefix: str = "ctglip_") -> None:
+    def __init__(self, url: str, prefix: str = "ctglip_", user_url: bool = False) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.user_url = user_url  # given by the user (database_url=): a URL naming no database is their input error
+        self.engine = make_engine(url, user_url=user_url)
         self.t: Tables = make_tables(prefix)
         self.dialect = self.engine.dialect.name
 
@@ -62,10 +63,7 @@ class Store:
                         return fn(conn)
             except (OperationalError, DBAPIError) as exc:
                 if not _is_transient(exc) or attempt == _RETRIES - 1:
-                    if _is_transient(exc):
-                        raise IndexStateError("the index database stayed busy; another writer holds it "
-                                              f"({redact_url(self.url)})") from None
-                    explained = _explain(exc, self.url)
+                    explained = _explain(exc, self.url, user_url=self.user_url)  # the last busy error included
                     if explained is not None:
                         raise explained from None
                     raise
@@ -85,8 +83,14 @@ class Store:
     @contextmanager
     def connect(self) -> Iterator[Connection]:
         """A plain connection for a single statement (autocommits nothing; read-only use)."""
-        with self.engine.connect() as conn:
-            yield conn
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except DBAPIError as exc:  # not retried: a lock held past the timeout is explained, not a traceback
+            explained = _explain(exc, self.url, user_url=self.user_url)
+            if explained is None:
+                raise
+            raise explained from None
 
     # -- schema -----------------------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -94,7 +98,7 @@ class Store:
         try:
             return inspect(self.engine).has_table(self.t.meta.name)
         except (OperationalError, DBAPIError) as exc:
-            explained = _explain(exc, self.url)
+            explained = _explain(exc, self.url, user_url=self.user_url)
             if explained is None:
                 raise
             raise explained from None
@@ -126,6 +130,31 @@ class Store:
             self.write(apply)
             log.info("applied index schema migration %d (%s)", version, description)
         return self.schema_version()
+
+    def missing_schema(self) -> List[str]:
+        """The tables (``name``) and columns (``table.column``) of this prefix's schema that the database lacks.
+
+        Why: a table dropped by hand or a half-restored database opened, and ``verify`` said ok while every query
+        on that table failed.
+        """
+        def look() -> List[str]:
+            insp = inspect(self.engine)
+            have = set(insp.get_table_names())
+            out: List[str] = []
+            for table in self.t.metadata.sorted_tables:
+                if table.name not in have:
+                    out.append(table.name)
+                    continue
+                cols = {c["name"] for c in insp.get_columns(table.name)}
+                out += [f"{table.name}.{c.name}" for c in table.columns if c.name not in cols]
+            return out
+        try:
+            return look()
+        except DBAPIError as exc:
+            explained = _explain(exc, self.url, user_url=self.user_url)
+            if explained is None:
+                raise
+            raise explained from None
 
     def drop_all(self) -> None:
         """Drop every table of this prefix (tests and `delete index`; irreversible)."""

@@ -53,7 +53,7 @@ def built(request, tmp_path_factory, archive):
 def _state(idx):
     """What must be identical between two indexes of the same archive: organs, metadata and vectors."""
     view = idx.mirror.view()
-    df = pd.read_csv(idx.export(idx.folder / "organs_state.csv", what="organs"))
+    df = pd.read_csv(idx.export(idx.folder.parent / f"{idx.folder.name}_organs_state.csv", what="organs"))
     vec = dict(zip(view.ids.tolist(), view.vecs))
     keyed = {(r.series_uid, r.organ): (r.age, r.sex, r.study_date, np.round(vec[r.crop_id], 3).tobytes())
              for r in df.itertuples()}

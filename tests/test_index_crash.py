@@ -98,7 +98,7 @@ class _State:
     """
 
     def __init__(self, idx) -> None:
-        df = pd.read_csv(idx.export(idx.folder / "state.csv", what="organs"))
+        df = pd.read_csv(idx.export(idx.folder.parent / f"{idx.folder.name}_state.csv", what="organs"))
         view = idx.mirror.view()
         vecs = view.vecs[view.rows_of(df.crop_id.to_numpy())]
         order = sorted(range(len(df)), key=lambda i: (df.series_uid[i], df.organ[i]))

@@ -55,7 +55,7 @@ def _drop(idx):
 
 def _state(idx):
     """(series_uid, organ, age, sex, rounded vector) of every stored organ, and the organ count."""
-    df = pd.read_csv(idx.export(idx.folder / "state.csv", what="organs"))
+    df = pd.read_csv(idx.export(idx.folder.parent / f"{idx.folder.name}_state.csv", what="organs"))
     view = idx.mirror.view()
     vecs = np.round(view.vecs[view.rows_of(df.crop_id.to_numpy())], 3)
     return sorted(zip(df.series_uid, df.organ, df.age, df.sex, map(bytes, vecs))), len(idx)

@@ -41,7 +41,7 @@ def _close(idx):
 
 
 def _rows(idx, what="organs"):
-    return pd.read_csv(idx.export(idx.folder / f"{what}.csv", what=what))
+    return pd.read_csv(idx.export(idx.folder.parent / f"{idx.folder.name}_{what}.csv", what=what))
 
 
 @pytest.mark.parametrize("kind", db_params())
