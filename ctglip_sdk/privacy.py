@@ -60,8 +60,9 @@ def redact_identifiers(text: str, identifiers: "list[Optional[str]] | tuple[Opti
 
 
 def dicom_identifiers(image: Union[str, "os.PathLike[str]"]) -> "list[str]":
-    """PatientID, PatientName and AccessionNumber of one DICOM file of ``image`` (a file or a series folder), read
-    from its header only; [] when it is no DICOM or cannot be read. Used to redact a failed study's reason."""
+    """PatientID, PatientName, AccessionNumber and PatientBirthDate (as written and as YYYY-MM-DD) of one DICOM file
+    of ``image`` (a file or a series folder), read from its header only; [] when it is no DICOM or cannot be read.
+    Used to redact a failed study's reason."""
     from itertools import islice  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
@@ -80,7 +81,7 @@ def dicom_identifiers(image: Union[str, "os.PathLike[str]"]) -> "list[str]":
             continue
         tried += 1
         try:
-            ds = try_read_header(f, specific_tags=["PatientID", "PatientName", "AccessionNumber"])
+            ds = try_read_header(f, specific_tags=["PatientID", "PatientName", "AccessionNumber", "PatientBirthDate"])
         except Exception:  # noqa: BLE001 - redaction must never turn one failure into another
             ds = None
         if ds is not None and (ds.get("PatientID") or ds.get("PatientName")) or tried >= 5:
@@ -88,5 +89,8 @@ def dicom_identifiers(image: Union[str, "os.PathLike[str]"]) -> "list[str]":
     if ds is None:
         return []
     out = [str(ds.get(k) or "") for k in ("PatientID", "AccessionNumber")]
+    born = str(ds.get("PatientBirthDate") or "").strip()
+    if len(born) == 8 and born.isdigit():  # a folder named by birth date, as written or as an ISO date
+        out += [born, f"{born[:4]}-{born[4:6]}-{born[6:]}"]
     name = str(ds.get("PatientName") or "")
     return out + [name] + [part for part in name.replace("^", " ").split() if len(part) >= 3]

@@ -67,4 +67,9 @@ def test_dicom_identifiers_reads_one_header_and_never_raises(tmp_path):
     root, rows, name = _archive_with_id_folders(tmp_path)
     got = dicom_identifiers(root / rows[1]["image"])
     assert rows[1]["patient_id"] in got and name in got
+    import pydicom
+
+    first = next(p for p in sorted((root / rows[1]["image"]).rglob("*")) if p.is_file())
+    born = str(pydicom.dcmread(first, stop_before_pixels=True).PatientBirthDate)
+    assert born in got and f"{born[:4]}-{born[4:6]}-{born[6:]}" in got  # a folder named by birth date is redacted
     assert dicom_identifiers(tmp_path / "missing") == [] and dicom_identifiers(root / "manifest.csv") == []
