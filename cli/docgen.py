@@ -16,7 +16,8 @@ Every command is a thin layer over the library (see the other pages for the Pyth
 
 - `--json` prints machine-readable output for pipelines; without it, output is an aligned table. Under `--json`
   every error is also one JSON document on stdout (`{"error", "type", "path"}`), usage errors (exit 2, e.g. a
-  missing `--archive` folder) and a declined confirmation included; `ctglip remove --json` needs `--yes`.
+  missing `--archive` folder), a declined confirmation and an interrupt (type `Interrupted`/`Terminated`) included;
+  `ctglip remove --json` needs `--yes`.
 - Exit codes: 0 success, 1 a user error (one line naming the file or value and the reason; `ctglip --debug ...`
   shows the traceback), 2 a usage error (unknown option, a value outside the option's choices or range; a bad
   `--set`/`--where` value is a user error, 1), 3 `ingest` finished but series failed in

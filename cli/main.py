@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional
 import click
 
 from ctglip_sdk._version import __version__
-from ctglip_sdk.cli.interrupts import exit_code, message
+from ctglip_sdk.cli.interrupts import TERMINATED_EXIT, exit_code, message
 from ctglip_sdk.errors import CTGlipError
 
 # name -> "module:attribute". Commands load on first use so that `ctglip --help` does not import torch.
@@ -107,6 +107,8 @@ class LazyGroup(click.Group):
             # click would print "Aborted!" and exit 1, the code of a user error; a pipeline needs to tell the two
             # apart, so print one line and exit 128 + the signal number, as a shell does.
             click.echo(message(exc), err=True)
+            if as_json:  # an interrupt is a failure too: stdout stays one JSON document, never empty
+                _echo_error(message(exc), "Terminated" if exit_code(exc) == TERMINATED_EXIT else "Interrupted", None)
             raise click.exceptions.Exit(exit_code(exc)) from None
         except Exception as exc:
             # A database failure the library does not explain (index/engine.py explains the known ones): one line

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -41,11 +42,13 @@ def test_interrupts_exit_128_plus_the_signal_with_one_line():
     from ctglip_sdk.cli.interrupts import Terminated, sigterm_as_interrupt
 
     @cli.command("_ctrl_c", hidden=True)
-    def _ctrl_c() -> None:
+    @click.option("--json", "as_json", is_flag=True)
+    def _ctrl_c(as_json: bool) -> None:
         os.kill(os.getpid(), signal.SIGINT)  # Python's own SIGINT handler raises KeyboardInterrupt
 
     @cli.command("_term", hidden=True)
-    def _term() -> None:
+    @click.option("--json", "as_json", is_flag=True)
+    def _term(as_json: bool) -> None:
         with sigterm_as_interrupt():
             os.kill(os.getpid(), signal.SIGTERM)
 
@@ -56,6 +59,12 @@ def test_interrupts_exit_128_plus_the_signal_with_one_line():
         res = CliRunner().invoke(cli, ["_term"])
         assert res.exit_code == 143 and res.stderr == "Terminated (SIGTERM)\n"
         assert signal.getsignal(signal.SIGTERM) is before  # only within the block
+        # under --json, stdout holds one JSON document saying so (it was empty)
+        res = CliRunner().invoke(cli, ["_ctrl_c", "--json"])
+        assert res.exit_code == 130 and json.loads(res.stdout) == {"error": "Interrupted", "type": "Interrupted",
+                                                                     "path": None}
+        res = CliRunner().invoke(cli, ["_term", "--json"])
+        assert res.exit_code == 143 and json.loads(res.stdout)["type"] == "Terminated"
         assert issubclass(Terminated, KeyboardInterrupt)  # so cleanup written for Ctrl-C runs for SIGTERM
     finally:
         cli.commands.pop("_ctrl_c", None)
