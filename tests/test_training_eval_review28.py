@@ -135,3 +135,25 @@ def test_evaluate_and_calibrate_refuse_a_split_none_of_whose_studies_can_be_read
     with pytest.raises(InputError, match="no study of split 'all' could be read.*the model is unchanged"):
         calibrate(model, copy, "all", labels="truth")
     assert dict(model.calibration or {}) == before
+
+
+def test_calibration_counts_a_study_once_and_keeps_it_when_one_of_its_series_fails(archive, model, tmp_path):
+    from ctglip_sdk.training import calibrate
+    from ctglip_sdk.training.data import study_hash
+
+    copy = tmp_path / "arch"
+    shutil.copytree(archive, copy)
+    rows = list(csv.DictReader(open(copy / "manifest.csv")))
+    # a second series of the first study (a copy of its image), whose mask is broken
+    extra = dict(rows[0], series_uid=rows[0]["series_uid"] + ".2", image="images/extra.nii.gz", mask="masks/extra.nii.gz")
+    shutil.copy(copy / rows[0]["image"], copy / extra["image"])
+    (copy / extra["mask"]).write_bytes((copy / rows[0]["mask"]).read_bytes()[:300])
+    with open(copy / "manifest.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows([*rows, extra])
+    report = calibrate(model, copy, "all", labels="truth")
+    # every study was read (the first through its good series): 5 studies, the first among the calibration hashes
+    assert report["n_studies"] == len(rows) == model.calibration_source["n_studies"]  # was 4 (the study dropped)
+    assert study_hash(rows[0]["study_uid"]) in model.calibration_source["study_hashes"]
+    assert [s["study_uid"] for s in report["skipped_studies"]] == [rows[0]["study_uid"]]

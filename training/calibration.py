@@ -121,7 +121,9 @@ def calibrate(model: Any, archive: PathLike, split: str = "val", *, labels: str 
         log.warning("%d finding(s) could not be calibrated on this split and keep the model's previous offsets: %s "
                     "(reset=True / --reset sets them to 0)", len(kept), ", ".join(kept))
     model.calibration = {**kept, **offsets}
-    used = [r.study_uid for r in records if r.study_uid not in {u for u, _ in emb.skipped}]
+    # The studies with at least one series read: keyed by row, as one unreadable series of a study with two must not
+    # take the other out (nor count a study twice)
+    used = list(dict.fromkeys(records[i].study_uid for i in sorted(set(emb.study.tolist()))))
     hashes = {study_hash(u) for u in used}
     old_src = getattr(model, "calibration_source", None)
     if kept and isinstance(old_src, dict):
@@ -135,7 +137,7 @@ def calibrate(model: Any, archive: PathLike, split: str = "val", *, labels: str 
                                    if kept and isinstance(old_src, dict) else {})}
     skipped += emb.skipped
     return {"archive": os.fspath(archive), "archive_seed": archive_seed(archive), "split": split, "labels": labels,
-            "n_studies": len(records) - len(emb.skipped),
+            "n_studies": len(used),
             "skipped_studies": [{"study_uid": u, "reason": relative_reason(r, archive)} for u, r in skipped],
             "offsets": dict(model.calibration), "kept_offsets": kept,
             "per_finding": per}
