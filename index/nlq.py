@@ -118,6 +118,9 @@ _NOT_TYPOS = frozenset({"moles", "mates", "mules", "mares", "malts", "mailes", "
 
 
 _ANY_SEX = "|".join(_SEX.values())
+_YOUNG = re.compile(r"\b(?:boys?|girls?)\b")
+# "excluding boys", "not girls": an excluded sex says nothing of the age of those asked for
+_YOUNG_NEGATED = re.compile(r"\b(?:not|no|excluding|except|without|other than)\s+(?:the\s+)?(?:boys?|girls?)\b")
 
 
 def _one_edit(a: str, b: str) -> bool:
@@ -189,10 +192,6 @@ def _sex(question: str, text: str, notes: List[str]) -> Tuple[str, Optional[str]
             notes.append(f"read {phrase!r} as sex {_OTHER[named[0]]} (patients whose sex is not recorded are "
                          "left out too)")
             return _cut(text, (neg, m.end())), _OTHER[named[0]]  # type: ignore[union-attr]
-        if m.group(1).startswith(("boy", "girl")):  # type: ignore[union-attr]
-            # "boys under 12": a children's word as well as a sex, so that the age reader takes the number as an
-            # age and "boys" alone means under 18, as "children" does
-            return text[:start] + " children " + text[m.end():], named[0]  # type: ignore[union-attr]
         return _cut(text, (start, m.end())), named[0]  # type: ignore[union-attr]
     return text, None
 
@@ -225,8 +224,10 @@ def parse_query(question: str, infer_organ: bool = True) -> ParsedQuery:
     where: Dict[str, Any] = {}
     notes: List[str] = []
     text, dates = read_dates(text, notes)  # years first: "2021" is never an age
+    # "boys"/"girls" are a sex and an age: read by the age reader as a children's word that a stated age refines
+    young = _YOUNG.search(text) is not None and not _YOUNG_NEGATED.search(text)
     text, sex = _sex(" " + question.strip() + " ", text, notes)
-    text, age = read_ages(text, notes)
+    text, age = read_ages(text, notes, young=young)
     if sex:
         where["sex"] = sex
     if age:

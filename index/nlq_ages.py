@@ -104,12 +104,14 @@ def _numbers(text: str) -> str:
     return _WORDS.sub(one, text)
 
 
-def read_ages(text: str, notes: List[str]) -> Tuple[str, Optional[AgeRange]]:
+def read_ages(text: str, notes: List[str], young: bool = False) -> Tuple[str, Optional[AgeRange]]:
     """(``text`` without its age phrases, the inclusive ``(lo, hi)`` range, open ends None) — None when there is
     none. One lower and one upper bound make one range ("over 40 and under 60"); two different groups ("women
-    over 50 and men over 70") make none, with a note."""
+    over 50 and men over 70") make none, with a note. ``young``: the question said "boys"/"girls" (already cut
+    from ``text``): a small number after an age comparison is then an age, as after "children", and with no age
+    said the range is under 18; an age that is said wins ("girls over 18")."""
     text = _numbers(text)
-    child = _CHILD.search(text) is not None
+    child = young or _CHILD.search(text) is not None
     found: List[Tuple[Span, AgeRange]] = []
     for pattern, value, bare in _RULES:
         for m in pattern.finditer(text):
@@ -140,7 +142,7 @@ def read_ages(text: str, notes: List[str]) -> Tuple[str, Optional[AgeRange]]:
                 rng, start = comp, neg
             found.append(((start, m.end()), rng))  # type: ignore[arg-type]
     if not found:
-        return text, None
+        return text, (None, _ADULT_MIN - 1) if young else None
     for span, _ in sorted(found, reverse=True):
         text = text[:span[0]] + " " + text[span[1]:]
     ranges = list(dict.fromkeys(r for _, r in found if r is not None))

@@ -72,6 +72,11 @@ def test_age_phrases(question, age):
     ("boys aged 5 to 10 with hydronephrosis", "hydronephrosis", {"sex": "M", "age": (5, 10)}),
     ("liver cysts in girls", "liver cysts", {"sex": "F", "age": (None, 17)}),
     ("renal cysts excluding boys", "renal cysts", {"sex": "F"}),  # an excluded sex, as before
+    # both sexes (no sex filter) and still children; a stated adult age wins over the word
+    ("boys and girls under 12 with renal cyst", "renal cyst", {"age": (None, 12)}),
+    ("boys and girls with renal cyst", "renal cyst", {"age": (None, 17)}),
+    ("girls over 18 with liver cyst", "liver cyst", {"sex": "F", "age": (18, None)}),
+    ("boys with 2-3 renal stones", "2-3 renal stones", {"sex": "M", "age": (None, 17)}),  # a count stays a count
 ])
 def test_boys_and_girls_are_children(question, text, where):
     parsed = parse_query(question)
