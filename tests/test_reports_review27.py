@@ -187,6 +187,8 @@ def test_other_effusions_without_an_organ_give_nothing(text):
 @pytest.mark.parametrize("text, expected", [
     ("Findings suggest hepatic steatosis.", {("liver", "hepatic_steatosis", U)}),
     ("Suggest follow-up of the left renal cyst.", {("kidney_left", "renal_cyst", P)}),
+    ("Suggest biopsy of the left renal mass.", {("kidney_left", "renal_mass", P)}),  # a work-up, not a hedge
+    ("Appearances suggest a liver cyst.", {("liver", "liver_cyst", U)}),
 ])
 def test_suggest(text, expected):
     assert findings(text) == expected

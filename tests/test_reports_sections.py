@@ -65,3 +65,35 @@ def test_a_skipped_section_without_a_blank_line_after_its_text_goes_on(text):
 
 def test_a_blank_line_does_not_end_an_organ_heading():
     assert findings("Kidneys:\n\nSmall cyst on the left.") == {("kidney_left", "renal_cyst", P)}
+
+
+# Found by the review of the day's diff: the rules above must not skip findings or read a history as findings.
+def test_a_skipped_name_inside_a_findings_line_skips_nothing():
+    text = ("FINDINGS: Small hepatic cyst. Comparison: the hepatic cyst is larger than in 2020. Small left renal "
+            "stone. Mild splenomegaly.")
+    assert findings(text) == {("liver", "liver_cyst", P), ("kidney_left", "renal_stone", P),
+                              ("spleen", "splenomegaly", P)}
+
+
+def test_a_second_paragraph_of_a_history_before_the_findings_title_stays_skipped():
+    text = ("CLINICAL HISTORY:\n65M, right flank pain.\n\nKnown left renal cyst, query renal stone.\n\nFINDINGS:\n"
+            "The liver is normal.")
+    assert findings(text) == set()
+    # without a findings title further on, the blank line still ends the history
+    assert findings("Comparison: prior CT.\n\nThe liver contains a cyst.\n\nIMPRESSION: Hepatic cyst.") == {
+        ("liver", "liver_cyst", P)}
+
+
+@pytest.mark.parametrize("text, expected", [
+    # a denying title with its text on its line denies that line only; the heading before it comes back
+    ("Negative: hydronephrosis.\nThe spleen is enlarged.",
+     {("kidney", "hydronephrosis", A), ("spleen", "splenomegaly", P)}),
+    ("KIDNEYS:\nNegative: hydronephrosis.\nSmall cyst on the left.",
+     {("kidney", "hydronephrosis", A), ("kidney_left", "renal_cyst", P)}),
+    # ... and one over its own lines denies them up to a blank line
+    ("FINDINGS:\nNegative:\nhydronephrosis\n\nSmall left renal cyst.",
+     {("kidney", "hydronephrosis", A), ("kidney_left", "renal_cyst", P)}),
+    ("Negative:\n- hydronephrosis\n- renal calculi", {("kidney", "hydronephrosis", A), ("kidney", "renal_stone", A)}),
+])
+def test_a_denying_title_denies_its_own_text_only(text, expected):
+    assert findings(text) == expected

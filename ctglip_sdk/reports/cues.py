@@ -95,7 +95,11 @@ TRIGGERS: Dict[str, Tuple[str, ...]] = {
         "can't rule out", "difficult to exclude", "rule out", "to rule out", "r/o", "ddx",
         "differential includes", "differential diagnosis includes", "differential diagnosis",
         "differential considerations include", "equivocal", "borderline", "suspected",
-        "suspect", "consider", "raises the possibility of", "possibility of", "suggestion of", "suggest",
+        "suspect", "consider", "raises the possibility of", "possibility of", "suggestion of",
+        # "suggest" after what suggests it ("Findings suggest hepatic steatosis"); a bare "Suggest biopsy of the
+        # left renal mass" recommends a work-up of a stated finding, it does not hedge it
+        *(f"{who} suggest" for who in ("findings", "appearances", "features", "may", "might", "could", "would",
+                                       "which", "that", "these", "this may", "images", "ct findings")),
         "uncertain", "query", "may reflect", "could reflect",
         "may relate to", "not excluding", "limiting assessment for", "limiting evaluation for",
         "limited assessment for", "limited evaluation for", "limited assessment of", "limited evaluation of",

@@ -6,6 +6,7 @@ import re
 from functools import lru_cache
 from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
+from ctglip_sdk.reports.framing import denial_title
 from ctglip_sdk.reports.vocab import CHECKLIST as _CHECKLIST
 from ctglip_sdk.reports.vocab import STATEMENT as _STATEMENT
 
@@ -34,12 +35,16 @@ SKIP_SECTIONS = {
 }
 _SKIP_PREFIXES = ("clinical ", "reason for ", "history of ", "indication ")
 # Section titles that also open a section in the middle of a line, after a sentence ("COMPARISON: None. FINDINGS: The
-# liver ..."; reports exported as one paragraph): the request's sections and the report's own. Organ titles are not
-# in it: "... normal. Kidneys: small cyst." reads the same as a sentence.
-_INLINE_TITLES = frozenset(SKIP_SECTIONS | {
+# liver ..."; reports exported as one paragraph): the report's own sections only. A skipped name in the middle of a
+# line ("... Small hepatic cyst. Comparison: the cyst is larger than in 2020. Small left renal stone.") would skip the
+# findings after it; one at the start of the paragraph is skipped up to the findings' own title anyway. Organ titles
+# are not in it either: "... normal. Kidneys: small cyst." reads the same as a sentence.
+_INLINE_TITLES = frozenset({
     "findings", "finding", "impression", "impressions", "conclusion", "conclusions", "summary", "opinion",
     "result", "results", "report", "recommendation", "recommendations", "addendum", "comment", "comments",
     "diagnosis", "assessment", "interpretation"})
+# A findings title further on, at a line's start or after a sentence: the text before it is not the findings.
+_LATER_FINDINGS = re.compile(r"(?im)(?:^|[.;])[ \t]*(?:findings?|results?|report)[ \t]*(?::|$)")
 _INLINE_HINT = re.compile(r"[.;][ \t]+[A-Za-z][A-Za-z /&]{0,38}:")  # a title may open inside a line (checked word by word)
 # A title with one of these words is about the request or the exam, whatever else it says ("PATIENT HISTORY",
 # "Relevant clinical history", "History and indication").
@@ -289,7 +294,11 @@ def segment(text: str, heading_organs: Callable[[str, Tuple[str, ...]], Tuple[st
     b_section: Optional[str] = None
     b_open = False
     prev_start = 0  # where the last line of the open block starts
-    skip_said = False  # whether the open skipped section ("Comparison:") has had any text yet
+    # A skipped section ("Comparison:") or a denying title ("Negative:") says one paragraph: whether it has had text
+    # yet, whether the current title is one, and for a denying title with its text on its own line, that the line
+    # is all it denies (then the heading before it comes back).
+    para_said = para_ends = line_only = False
+    before: Tuple[Optional[str], Tuple[str, ...], Optional[str]] = (None, (), None)
     pos = 0
     # most reports have no title inside a line: one C-level search spares them the per-line look
     for line in text.split("\n") if _INLINE_HINT.search(text) is None else _lines(text):
@@ -297,12 +306,21 @@ def segment(text: str, heading_organs: Callable[[str, Tuple[str, ...]], Tuple[st
         pos += len(line) + 1
         body = line.strip(_STRIP)
         if not body:
-            if section == "skip" and skip_said:
-                # A blank line ends what a skipped section says ("Comparison: prior CT." then the findings without
-                # a title of their own): its text is a paragraph, and what follows it is the report's.
-                b0 = -1
-                heading, organs, section, skip_said = None, (), None, False
+            if para_ends and para_said:
+                if section != "skip":  # "Negative:" + its lines: what follows the blank line is not denied
+                    heading, organs, section = before
+                    para_ends = para_said = False
+                elif _LATER_FINDINGS.search(text, pos) is None:
+                    # A blank line ends what a skipped section says ("Comparison: prior CT." then the findings
+                    # without a title of their own), unless the findings have a title further on: then a second
+                    # paragraph is still the history ("CLINICAL HISTORY: ..." + "Known left renal cyst ...").
+                    b0 = -1
+                    heading, organs, section = None, (), None
+                    para_ends = para_said = False
             continue
+        if line_only:  # the line after "Negative: hydronephrosis." is under the heading before it
+            heading, organs, section = before
+            line_only = para_ends = False
         s = line_start + line.find(body[0])
         e = s + len(body)
         c = body[0]
@@ -331,8 +349,11 @@ def segment(text: str, heading_organs: Callable[[str, Tuple[str, ...]], Tuple[st
             b0 = -1
             kind = _heading_kind(title)
             found = heading_organs(title, organs) if kind != "skip" else ()
+            denies = kind != "skip" and denial_title(title)
+            if denies and not (para_ends and section != "skip"):  # a second denying title keeps the first's
+                before = (heading, organs, section) if section != "skip" else (None, (), None)
+            para_ends, para_said, line_only = kind == "skip" or denies, False, False
             heading, organs = title, found
-            skip_said = False
             if kind == "skip":
                 section = "skip"
             elif found:
@@ -348,11 +369,11 @@ def segment(text: str, heading_organs: Callable[[str, Tuple[str, ...]], Tuple[st
                 continue
             b0, b1, b_heading, b_organs, b_section, b_open = s, e, heading, organs, section, True
             prev_start = line_start
-            skip_said = section == "skip"
+            para_said, line_only = para_ends, denies
             continue
         c = text[s]
-        if section == "skip":
-            skip_said = True
+        if para_ends:
+            para_said = True
         if b0 >= 0 and not item and b_open and (c.islower() or c.isdigit() or c in "(,") and (
                 c not in _ASCII_LETTERS or _wrapped(text, prev_start, b1, s, e)):
             b1 = e  # a line wrapped mid-sentence
