@@ -118,6 +118,7 @@ _NOT_TYPOS = frozenset({"moles", "mates", "mules", "mares", "malts", "mailes", "
 
 
 _ANY_SEX = "|".join(_SEX.values())
+MAX_QUERY_CHARS = 10_000  # search and cohort questions: a whole report fits, a pasted document does not
 _YOUNG = re.compile(r"\b(?:boys?|girls?)\b")
 # "excluding boys", "not girls": an excluded sex says nothing of the age of those asked for
 _YOUNG_NEGATED = re.compile(r"\b(?:not|no|excluding|except|without|other than)\s+(?:the\s+)?(?:boys?|girls?)\b")
@@ -218,6 +219,9 @@ def parse_query(question: str, infer_organ: bool = True) -> ParsedQuery:
     """
     if not isinstance(question, str) or not question.strip():
         raise QueryError("empty query text")
+    if len(question) > MAX_QUERY_CHARS:  # before any reading: a pasted document took seconds to be refused
+        raise QueryError(f"query text of {len(question):,} characters: at most {MAX_QUERY_CHARS:,} (a question of a "
+                         "few words or sentences)")
     question = _AGE_SEX.sub(lambda m: f"{m.group(1)} yo {m.group(2)}" if 18 <= int(m.group(1)) <= 120
                             else m.group(0), question)
     text = " " + question.strip().lower() + " "

@@ -10,6 +10,7 @@ from ctglip_sdk.errors import QueryError
 from ctglip_sdk.organs import display_name
 from ctglip_sdk.organs_v2_words import v2_named_in
 
+from .nlq import MAX_QUERY_CHARS
 from .vectors import unit_rows
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -17,7 +18,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__: list = []  # internal to queries
 
-MAX_QUERY_CHARS = 10_000  # a whole report fits; a pasted document does not
 _COSINE_NOTE = "ranked by cosine similarity to the text (scores are not comparable across queries)"
 
 

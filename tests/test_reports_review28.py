@@ -42,3 +42,11 @@ def test_search_caps_the_length_of_its_text():
 
     with pytest.raises(QueryError, match="characters: search takes at most 10,000"):
         _query_vector(_Index(), "liver lesion " * (MAX_QUERY_CHARS // 12 + 1), "auto")
+
+
+def test_a_cohort_question_is_capped_before_it_is_read():
+    from ctglip_sdk.errors import QueryError
+    from ctglip_sdk.index.nlq import MAX_QUERY_CHARS, parse_query
+
+    with pytest.raises(QueryError, match="at most 10,000"):
+        parse_query("liver cysts in women " * (MAX_QUERY_CHARS // 20 + 1))

@@ -157,3 +157,25 @@ def test_calibration_counts_a_study_once_and_keeps_it_when_one_of_its_series_fai
     assert report["n_studies"] == len(rows) == model.calibration_source["n_studies"]  # was 4 (the study dropped)
     assert study_hash(rows[0]["study_uid"]) in model.calibration_source["study_hashes"]
     assert [s["study_uid"] for s in report["skipped_studies"]] == [rows[0]["study_uid"]]
+
+
+def test_a_damaged_entry_that_cannot_be_removed_is_a_skipped_study_not_a_traceback(archive, model, tmp_path,
+                                                                                     monkeypatch):
+    from pathlib import Path
+
+    rows = read_manifest(archive, "all")[:1]
+    cache = PreprocessCache.for_model(model, tmp_path)
+    build_cache(rows, cache, progress=False)
+    entry = cache.path(rows[0].image, rows[0].mask, rows[0].series)
+    entry.write_bytes(b"\0" * 50)
+    real = Path.unlink
+
+    def refuse(self, missing_ok=False):  # a read-only shared cache (root ignores chmod, so the refusal is simulated)
+        if self == entry:
+            raise PermissionError(13, "Permission denied")
+        return real(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    done = build_cache(rows, cache, progress=False)
+    assert done.built == 0 and len(done.skipped) == 1
+    assert "cannot be removed" in done.skipped[0][1] and "writable" in done.skipped[0][1]

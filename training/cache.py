@@ -264,5 +264,10 @@ def _intact(target: Path) -> bool:
         return True
     except (SafetensorError, OSError, ValueError) as exc:
         log.warning("damaged preprocessing cache entry %s (%s): removed; the study is preprocessed again", target, exc)
-        target.unlink(missing_ok=True)
+        try:
+            target.unlink(missing_ok=True)
+        except OSError as gone:  # a read-only shared cache: say which entry to remove, no traceback
+            raise InputError(f"damaged preprocessing cache entry ({exc}) that cannot be removed "
+                             f"({gone.strerror or gone}); delete it, or point cache_dir at a writable folder",
+                             path=target) from None
         return False

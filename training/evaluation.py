@@ -435,7 +435,9 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
         "model": model.name, "model_config_hash": model.config_hash, "archive": os.fspath(archive),
         "archive_seed": archive_seed(archive), "labels": labels, "split": split, "val_split": val_split,
         "val_archive": os.fspath(val_archive) if val_archive is not None else None,
-        "n_studies": len(records) - len(test.skipped), "n_organs": len(test.names), "patients_shared": shared,
+        # studies with at least one series read, each once (as calibrate counts them)
+        "n_studies": len({test.records[i].study_uid for i in set(test.study.tolist())}), "n_organs": len(test.names),
+        "patients_shared": shared,
         "skipped_studies": [{"study_uid": u, "reason": relative_reason(r, archive)} for u, r in unread + test.skipped],
         "val_skipped_studies": [{"study_uid": u, "reason": relative_reason(r, val_root)} for u, r in val_skipped],
         "unscored_positives": dict(sorted(unscored.items())),
