@@ -22,7 +22,6 @@ DEFAULT_MODEL = "ctglip-tiny-synthetic"
 #: Exit status of `ctglip ingest` when series failed in this run (1 is a user error, 2 a usage error).
 INGEST_FAILED_EXIT = 3
 #: Image types the montage can be saved as (matplotlib writes them without extra packages).
-MONTAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # = ctglip_sdk.index.outputs.MONTAGE_SUFFIXES
 
 
 def _index_options(func: Callable) -> Callable:
@@ -134,12 +133,10 @@ def _new_index(index_dir: Path, model: Optional[str], database_url: Optional[str
 def _check_montage_path(path: Path, index_dir: Path) -> None:
     """Refuse a montage path that cannot be written before searching, so that a typo costs one line, not the
     search and a traceback."""
-    from ctglip_sdk.index.outputs import check_output_path  # noqa: PLC0415
+    from ctglip_sdk.index.outputs import MONTAGE_SUFFIXES, check_output_path  # noqa: PLC0415
 
-    if path.suffix.lower() not in MONTAGE_SUFFIXES:
-        raise click.ClickException(f"{path}: a montage is saved as {', '.join(MONTAGE_SUFFIXES)}; "
-                                   f"got {path.suffix or 'no extension'!r}")
-    check_output_path(path, index_dir, suffixes=MONTAGE_SUFFIXES, what="montage")  # not into the index folder
+    # the library's check: the suffix, and not into the index folder (a QueryError/InputError, exit 1)
+    check_output_path(path, index_dir, suffixes=MONTAGE_SUFFIXES, what="montage")
     folder = path.parent
     if not folder.is_dir():
         raise click.ClickException(f"{path}: folder {str(folder)!r} does not exist; create it first")

@@ -7,12 +7,11 @@ from bisect import bisect_right
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from ctglip_sdk.reports.cues import HIST_PRE
-from ctglip_sdk.reports.framing import checklist_answer  # noqa: F401 - importable from here, as before
 from ctglip_sdk.reports.types import ABSENT, PRESENT, UNCERTAIN, Status
 from ctglip_sdk.reports.vocab import (NEG_BOTH, NEG_POST, NEG_PRE, NEG_SELF, PSEUDO, TERMINATE, UNC_BOTH, UNC_POST,
                                       UNC_PRE, WEAK_PRE, Info, phrase_key)
 
-__all__ = ["cue_scopes", "clause_break", "clause_starts", "said_normal", "status_of", "checklist_answer"]
+__all__ = ["cue_scopes", "clause_break", "clause_starts", "said_normal", "status_of"]
 
 # "\d+" spelt "\d\d*": a leading character set lets the regex engine skip to digits fast
 _MEASURE = re.compile(r"\d\d*(?:\.\d+)?\s*(?:x\s*\d+(?:\.\d+)?\s*)*(?:mm|cm)\b")
