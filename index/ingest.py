@@ -20,6 +20,7 @@ from ctglip_sdk.errors import ConfigError, CTGlipError, InputError
 from ctglip_sdk.model.voxels import STATS_VERSION
 from ctglip_sdk.readahead import read_ahead
 
+from .carry_scores import insert_carried, scores_to_carry
 from .filters import to_date
 from .ingest_read import (ArchivePlan, _cut, _Prepared, _read_one, checked_age,  # noqa: F401 - _cut: embeddings.py
                           backfill_shown_paths, plan_ingest)
@@ -119,6 +120,9 @@ def write_batch(index: "ArchiveIndex", run_id: int, encoded: List[_Encoded],
                 index._mirror_stale = True  # organs of the study's other series changed too: reload at the end
                 restated = True
             old_study = store.study_of_series(conn, e.item.key)
+            # a series re-embedded only because its files were touched keeps its scores (insert_scores' too)
+            carried = scores_to_carry(conn, index, e.item.key, e.names, vecs[pos:pos + len(e.names)], e.bboxes,
+                                      e.volumes_ml)
             removed += store.delete_series(conn, e.item.key)
             if old_study is not None and old_study != sid:
                 emptied.append(old_study)
@@ -141,6 +145,7 @@ def write_batch(index: "ArchiveIndex", run_id: int, encoded: List[_Encoded],
             # Per series, not per batch: a sex or a study's age first learnt from a later series of this batch is
             # written to the organs already in SQL (fill_organ_sex, ensure_study), which must include this one's.
             store.insert_organs(conn, rows)
+            insert_carried(conn, index, [r["id"] for r in rows], carried)
         for sid_old in emptied:
             store.drop_if_empty(conn, sid_old)  # a series moved to another study_uid left its old study empty
         if restated:
