@@ -14,7 +14,7 @@ from sqlalchemy import and_, select
 from ctglip_sdk.errors import ConfigError, QueryError
 
 from .export import shown_study_column
-from .filters import parse_where, text_list
+from .filters import parse_where, resolve_patients, text_list
 from .queries import (PROMPT_PREFIX, _classifier, _filter_select, _filtered_ids, _prompt_probabilities, _prompt_spec,
                       prompt_scope)
 from .results import CohortResult
@@ -176,7 +176,7 @@ def cohort(index: "ArchiveIndex", all_of: Sequence[str] = (), any_of: Sequence[s
               "none_of": text_list(none_of, "none_of")}
     if not any(groups.values()):
         raise QueryError("a cohort needs at least one condition (all_of, any_of or none_of)")
-    conditions = parse_where(where)
+    conditions = resolve_patients(index, parse_where(where))
     index._maybe_refresh()
     t = index.store.t
     o = t.organs

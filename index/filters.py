@@ -6,7 +6,7 @@ import datetime as _dt
 import difflib
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from sqlalchemy import and_, func, literal, not_, or_, select
@@ -180,6 +180,26 @@ def parse_where(where: Optional[Mapping[str, Any]]) -> List[Condition]:
             out.append(Condition(key, "category", values=tuple(v.lower() for v in _strings(value, key))))
         else:
             out.append(Condition(key, kind, values=_strings(value, key)))
+    return out
+
+
+PSEUDONYM_RE = re.compile(r"[0-9a-f]{20}")  # ArchiveIndex.pseudonym: what the patients table stores
+
+
+def resolve_patients(index: Any, conditions: List[Condition]) -> List[Condition]:
+    """``patient`` filter values as the index stores them: a value with a pseudonym's form as it is, any other (a
+    raw PatientID or a manifest's patient_id) through ``index.find_patient``; one the index does not know matches
+    nothing. The raw value never reaches SQL or a message (find_patient sends only its keyed pseudonyms).
+
+    Why: ``where={"patient_id": "PAT-0001"}`` (or ``--where patient_id=...``) matched nothing without a word, while
+    ``remove --patients-file`` took raw IDs.
+    """
+    out = []
+    for c in conditions:
+        if c.key == "patient":
+            vals = {v if PSEUDONYM_RE.fullmatch(v) else (index.find_patient(v) or "") for v in c.values}
+            c = replace(c, values=tuple(sorted(vals)))
+        out.append(c)
     return out
 
 

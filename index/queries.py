@@ -17,7 +17,7 @@ from ctglip_sdk import organs as vocab
 from ctglip_sdk.errors import ConfigError, QueryError
 
 from .export import shown_series_columns
-from .filters import Condition, needs_join, parse_where, text_list, to_sql
+from .filters import Condition, needs_join, parse_where, resolve_patients, text_list, to_sql
 from .nlq import unapplied_filters, where_exprs
 from .query_text import _query_vector
 from .results import Hit, SearchResults
@@ -177,7 +177,7 @@ def search(index: "ArchiveIndex", query: Union[str, np.ndarray], k: int = 20,
         raise QueryError(f"rank must be 'auto' or 'cosine', got {rank!r}")
     organs = resolve_organs(organ)
     asked = organ  # the organs the caller or the text named, for the note when the index stores none of them
-    conditions = parse_where(where)
+    conditions = resolve_patients(index, parse_where(where))
     qv = _query_vector(index, query, rank)
     notes: List[str] = []
     if qv.organ is not None:
@@ -236,7 +236,7 @@ def similar(index: "ArchiveIndex", crop_id: int, k: int = 10, same_organ: bool =
         raise QueryError(f"crop_id must be an integer id of this index, got {crop_id!r}")
     if not 0 <= int(crop_id) < 2 ** 63:  # crop ids are SQL primary keys (int64); 2**70 raised OverflowError
         raise QueryError(f"crop id {crop_id} is not in this index")
-    conditions = parse_where(where)
+    conditions = resolve_patients(index, parse_where(where))
     index._maybe_refresh()
     view = index.mirror.view()
     row = int(view.rows_of(np.asarray([int(crop_id)]))[0])

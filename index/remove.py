@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Set
 
 import numpy as np
@@ -12,13 +11,13 @@ from sqlalchemy import delete, func, select
 from ctglip_sdk.errors import IndexStateError, InputError
 
 from .export import shown_key_series_id
+from .filters import PSEUDONYM_RE
 
 if TYPE_CHECKING:  # pragma: no cover
     from .archive import ArchiveIndex
 
 log = logging.getLogger("ctglip_sdk.index")
 _CHUNK = 900  # bound parameters per IN (...): SQLite's old limit is 999
-_PSEUDONYM = re.compile(r"[0-9a-f]{20}")  # ArchiveIndex.pseudonym: 20 hex digits
 
 
 def remove(index: "ArchiveIndex", series: Iterable[str] = (), studies: Iterable[str] = (),
@@ -55,7 +54,7 @@ def remove(index: "ArchiveIndex", series: Iterable[str] = (), studies: Iterable[
     for p in patients:
         # A raw identifier is only ever sent to SQL as its keyed pseudonyms (find_patient); a value is looked up
         # as-is only when it has a pseudonym's form, so unknown MRNs reach neither server logs nor error texts.
-        found = index.find_patient(p) or (_stored_pseudonym(index, p) if _PSEUDONYM.fullmatch(p) else None)
+        found = index.find_patient(p) or (_stored_pseudonym(index, p) if PSEUDONYM_RE.fullmatch(p) else None)
         if found is None:
             unknown_patients += 1
         else:
