@@ -311,9 +311,11 @@ def score(index_dir: Path, database_url: Optional[str], as_json: bool, findings:
               help="Return patients or single studies.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the members to this .csv file (not inside the index folder).")
+@click.option("--raw-csv", is_flag=True, help="Write CSV text cells as stored: no leading ' on cells that start "
+                                              "with = + - @ (which spreadsheets would run as formulas).")
 def cohort(index_dir: Path, database_url: Optional[str], as_json: bool, all_of: Sequence[str],
            any_of: Sequence[str], none_of: Sequence[str], wheres: Sequence[str], threshold: float, level: str,
-           output: Optional[Path]) -> None:
+           output: Optional[Path], raw_csv: bool) -> None:
     """Patients (or studies) meeting finding conditions, from stored scores (run `ctglip score` first).
 
     --output must be a .csv file outside the index folder (it is refused there: it would replace the index's
@@ -330,7 +332,7 @@ def cohort(index_dir: Path, database_url: Optional[str], as_json: bool, all_of: 
         res = idx.cohort(all_of=all_of, any_of=any_of, none_of=none_of, where=_where(wheres), threshold=threshold,
                          level=level)
         if output is not None:  # checked again by the writer, against the database's own file too
-            write_cohort_csv(idx, res, output, [*all_of, *any_of])
+            write_cohort_csv(idx, res, output, [*all_of, *any_of], escape_formulas=not raw_csv)
     if as_json:
         echo_json({"level": level, "n": len(res), "members": res.to_dicts(), "notes": list(res.notes)})
         return
@@ -345,10 +347,17 @@ def cohort(index_dir: Path, database_url: Optional[str], as_json: bool, all_of: 
 @_index_options
 @click.option("--what", type=click.Choice(["scores", "organs", "studies", "ingest"]), default="scores",
               show_default=True, help="Table to export.")
-def export(path: Path, index_dir: Path, database_url: Optional[str], as_json: bool, what: str) -> None:
-    """Write a table of the index to PATH (.csv, .parquet with pyarrow, or .jsonl; not inside the index folder)."""
+@click.option("--raw-csv", is_flag=True, help="Write CSV text cells as stored: no leading ' on cells that start "
+                                              "with = + - @ (which spreadsheets would run as formulas).")
+def export(path: Path, index_dir: Path, database_url: Optional[str], as_json: bool, what: str,
+           raw_csv: bool) -> None:
+    """Write a table of the index to PATH (.csv, .parquet with pyarrow, or .jsonl; not inside the index folder).
+
+    In CSV, a text cell that starts with = + - @ (a DICOM description, say, which a spreadsheet would run as a
+    formula) is written with a leading '; --raw-csv writes it as stored.
+    """
     with _open(index_dir, database_url) as idx:
-        out = idx.export(path, what=what)
+        out = idx.export(path, what=what, escape_formulas=not raw_csv)
     if as_json:
         echo_json({"path": str(out), "what": what})
     else:

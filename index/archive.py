@@ -468,11 +468,11 @@ class ArchiveIndex:
 
         return remove(self, series=series, studies=studies, patients=patients)
 
-    def export(self, path: PathLike, what: str = "scores") -> Path:
+    def export(self, path: PathLike, what: str = "scores", escape_formulas: bool = True) -> Path:
         """Write ``scores``, ``organs``, ``studies`` or ``ingest`` as CSV/Parquet/JSONL; see export.export."""
         from .export import export  # noqa: PLC0415
 
-        return export(self, path, what=what)
+        return export(self, path, what=what, escape_formulas=escape_formulas)
 
     def verify(self, repair: bool = False) -> Dict[str, Any]:
         """Check SQL ids == FAISS ids ⊆ stored vectors (and more); see :func:`maintenance.verify`."""

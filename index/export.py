@@ -20,7 +20,7 @@ from .outputs import EXPORT_SUFFIXES, check_output_path
 if TYPE_CHECKING:  # pragma: no cover
     from .archive import ArchiveIndex
 
-__all__ = ["export", "shown_series_columns", "shown_study_column", "shown_key_series_id", "shown_path_with_id"]
+__all__ = ["export", "csv_safe", "shown_series_columns", "shown_study_column", "shown_key_series_id", "shown_path_with_id"]
 
 
 def shown_series_columns(index: "ArchiveIndex") -> Tuple[Any, Any, Any]:
@@ -121,12 +121,13 @@ def _rows(index: "ArchiveIndex", q: Any) -> Iterator[Tuple[List[str], List[Any]]
             yield cols, [tuple(r) for r in part]
 
 
-def export(index: "ArchiveIndex", path: Any, what: str = "scores") -> Path:
+def export(index: "ArchiveIndex", path: Any, what: str = "scores", escape_formulas: bool = True) -> Path:
     """Write a table to CSV (``.csv``), Parquet (``.parquet``, needs pyarrow) or JSON lines (``.jsonl``).
 
     ``scores`` is long format (one row per organ and finding, with patient pseudonym, study, series, organ);
     ``organs`` lists every crop with its box and metadata; ``studies`` one row per study; ``ingest`` the
-    per-series outcomes of every run. Rows are streamed, so memory stays flat.
+    per-series outcomes of every run. Rows are streamed, so memory stays flat. In CSV, a text cell that a
+    spreadsheet would run as a formula gets a leading ``'`` (:func:`csv_safe`) unless ``escape_formulas=False``.
 
     Example:
         >>> idx.export("scores.csv")              # doctest: +SKIP
@@ -147,7 +148,7 @@ def export(index: "ArchiveIndex", path: Any, what: str = "scores") -> Path:
         if suffix == ".parquet":
             _write_parquet(index, q, tmp)
         else:
-            _write_text(index, q, tmp, suffix)
+            _write_text(index, q, tmp, suffix, escape_formulas)
         os.replace(tmp, out)
     except OSError as exc:  # a parent that is a file, no permission, a full disk: a user error naming the file
         raise InputError(f"cannot write the export: {exc.strerror or type(exc).__name__}", path=out) from None
@@ -198,7 +199,8 @@ def _write_parquet(index: "ArchiveIndex", q: Any, path: Path) -> None:
             writer.write_table(schema.empty_table())
 
 
-def _write_text(index: "ArchiveIndex", q: Any, path: Path, suffix: str) -> None:
+def _write_text(index: "ArchiveIndex", q: Any, path: Path, suffix: str, escape_formulas: bool = True) -> None:
+    cell = (lambda v: csv_safe(_plain(v))) if escape_formulas else _plain
     with open(path, "w", newline="", encoding="utf-8") as fh:
         header_done = False
         writer_csv = csv.writer(fh)
@@ -207,12 +209,28 @@ def _write_text(index: "ArchiveIndex", q: Any, path: Path, suffix: str) -> None:
                 if not header_done:
                     writer_csv.writerow(cols)
                     header_done = True
-                writer_csv.writerows([[_plain(v) for v in r] for r in rows])
+                writer_csv.writerows([[cell(v) for v in r] for r in rows])
             else:
                 for r in rows:
                     fh.write(json.dumps(dict(zip(cols, map(_plain, r)))) + "\n")
         if suffix == ".csv" and not header_done:
             writer_csv.writerow(list(q.selected_columns.keys()))
+
+
+# What a spreadsheet reads as the start of a formula (OWASP "CSV injection"): a DICOM text field such as
+# SeriesDescription "=HYPERLINK(...)" reaches the organs export, and Excel would run it when the file is opened.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(v: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: a string starting with ``= + - @``, a tab or a carriage return gets a
+    leading ``'``; numbers, dates and other strings are unchanged.
+
+    Example:
+        >>> csv_safe("=1+1"), csv_safe(-0.5), csv_safe("liver")
+        ("'=1+1", -0.5, 'liver')
+    """
+    return "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v
 
 
 def _plain(v: Any) -> Any:

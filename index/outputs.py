@@ -71,12 +71,13 @@ def check_output_path(path: Any, index: Union["ArchiveIndex", str, "os.PathLike[
 
 
 def write_cohort_csv(index: "ArchiveIndex", result: "CohortResult", path: Any,
-                     conditions: Optional[Sequence[str]] = None) -> Path:
+                     conditions: Optional[Sequence[str]] = None, escape_formulas: bool = True) -> Path:
     """Write a cohort's members to a CSV file (``patient``, ``studies``, [``study_uid``], ``p:<condition>``...).
 
     The columns do not depend on who is a member, and an empty cohort still gets its header (pandas and csv
     readers fail on a file with none). The file is written beside the target and renamed when complete; a path
-    inside the index is refused (:func:`check_output_path`). ``conditions`` names the evidence columns when the
+    inside the index is refused (:func:`check_output_path`). Text cells a spreadsheet would run as a formula get a
+    leading ``'`` unless ``escape_formulas=False`` (``export.csv_safe``). ``conditions`` names the evidence columns when the
     result has no ``scored`` names (default: its all_of and any_of conditions).
 
     Example:
@@ -96,7 +97,12 @@ def write_cohort_csv(index: "ArchiveIndex", result: "CohortResult", path: Any,
     try:
         fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
         os.close(fd)
-        frame.reindex(columns=cols).to_csv(tmp, index=False)
+        frame = frame.reindex(columns=cols)
+        if escape_formulas:  # text a spreadsheet would run as a formula (export.csv_safe)
+            from .export import csv_safe  # noqa: PLC0415
+
+            frame = frame.apply(lambda col: col.map(csv_safe) if col.dtype == object else col)
+        frame.to_csv(tmp, index=False)
         os.replace(tmp, out)
         tmp = None
     except OSError as exc:  # no permission, a full disk: a user error naming the file
