@@ -321,3 +321,40 @@ def test_resume_without_checkpoint_rebuilds_a_model_init_built_with_another_seed
     with pytest.raises(CheckpointError, match=r"model_init/ was built with seed=0 .* asks for seed=7") as err:
         train(arch, out2, max_steps=3, seed=7, resume=True, cache_dir=cache, **RUN)
     assert err.value.path.endswith("init_options.json")
+
+
+def test_a_checkpoint_is_on_disk_before_it_is_renamed_and_older_ones_pruned(tmp_path, monkeypatch):
+    """Every file and the folder are fsynced before the rename, and the parent after it, before pruning: a power cut
+    must not leave a newest checkpoint of empty files with the finite older ones already deleted."""
+    import os
+
+    import torch
+
+    from ctglip_sdk.training import checkpoint as ck
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    events = []
+    real_fsync, real_replace, real_rmtree = os.fsync, os.replace, ck.shutil.rmtree
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(ck.os, "fsync", fsync)
+    monkeypatch.setattr(ck.os, "replace", lambda a, b: events.append(("replace", str(b))) or real_replace(a, b))
+    monkeypatch.setattr(ck.shutil, "rmtree", lambda p, **kw: events.append(("prune", str(p))) or real_rmtree(p, **kw))
+    for step in (1, 2, 3):
+        ck.save_checkpoint(tmp_path, step, model=model, optimizer=opt, scheduler=None, state={"step": step},
+                           rank_rng={}, keep=2)
+    final = str(tmp_path / "step_00000003")
+    at = events.index(("replace", final))
+    before = [p for kind, p in events[:at] if kind == "fsync"]
+    tmp = str(tmp_path / ".tmp_step_00000003")
+    for name in ("model.safetensors", "optimizer.safetensors", "state.json"):
+        assert f"{tmp}/{name}" in before
+    assert tmp in before and ("fsync", str(tmp_path)) in events[at:]
+    assert events.index(("fsync", str(tmp_path)), at) < events.index(("prune", str(tmp_path / "step_00000001")))
+    assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["step_00000002", "step_00000003"]

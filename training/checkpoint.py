@@ -120,7 +120,7 @@ def latest_checkpoint(root: Path) -> Optional[Path]:
 def save_checkpoint(root: Path, step: int, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: Any, state: Dict[str, Any], rank_rng: Dict[int, Tuple[Dict, Dict]],
                     keep: int = 2) -> Path:
-    """Write `root/step_NNNNNNNN/` atomically (temp folder, then rename) and prune to the newest `keep`.
+    """Write `root/step_NNNNNNNN/` atomically (temp folder, fsynced, then rename) and prune to the newest `keep`.
 
     Files: model.safetensors, optimizer.safetensors, rng_rank{r}.safetensors + state.json (written last; a
     folder without it is incomplete and ignored).
@@ -142,9 +142,15 @@ def save_checkpoint(root: Path, step: int, *, model: torch.nn.Module, optimizer:
     doc = {"schema": CHECKPOINT_SCHEMA, "step": step, "trainer": state, "optimizer": opt_meta,
            "scheduler": scheduler.state_dict() if scheduler is not None else None, "rng": rng_meta}
     _write_json(tmp / "state.json", doc)
+    # On disk before the rename, and the rename on disk before older checkpoints are pruned: after a power cut the
+    # newest checkpoint must not be a folder of empty files with the finite older ones already deleted.
+    for f in tmp.iterdir():
+        _fsync(f)
+    _fsync(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+    _fsync(root)
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     log.info("checkpoint written: %s", final)
@@ -250,6 +256,21 @@ def _read(file: Path) -> Dict[str, torch.Tensor]:
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError and OSError/ValueError
         raise CheckpointError(f"unreadable checkpoint file ({type(exc).__name__}: {str(exc)[:200]}); delete this "
                               "checkpoint folder to resume from the previous one", path=file) from None
+
+
+def _fsync(path: Path) -> None:
+    """fsync a file or a folder (a folder: so that a rename inside it survives a power cut; no-op where the system
+    cannot, e.g. folders on Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - a folder on Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - file systems that refuse fsync on folders
+        pass
+    finally:
+        os.close(fd)
 
 
 def _write_json(path: Path, doc: Dict[str, Any]) -> None:
