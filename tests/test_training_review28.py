@@ -358,3 +358,17 @@ def test_a_checkpoint_is_on_disk_before_it_is_renamed_and_older_ones_pruned(tmp_
     assert tmp in before and ("fsync", str(tmp_path)) in events[at:]
     assert events.index(("fsync", str(tmp_path)), at) < events.index(("prune", str(tmp_path / "step_00000001")))
     assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["step_00000002", "step_00000003"]
+
+
+def test_a_cuda_device_past_the_machines_count_is_a_config_error(monkeypatch):
+    import torch
+
+    from ctglip_sdk.errors import ConfigError
+    from ctglip_sdk.training.distributed import init_distributed
+
+    # a one-GPU machine, simulated (these machines have none): cuda:3 is named, not a raw "invalid device ordinal"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda dev: (_ for _ in ()).throw(RuntimeError("invalid ordinal")))
+    with pytest.raises(ConfigError, match="device='cuda:3'.*1 CUDA device"):
+        init_distributed("cuda:3")

@@ -53,6 +53,10 @@ def init_distributed(device: str = "auto") -> DistContext:
                           f"(torch {torch.__version__}); use device=cpu or auto")
     if use_cuda:
         dev = torch.device(device if device.startswith("cuda:") else f"cuda:{local_rank}")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:  # set_device raised a raw "invalid device ordinal"
+            raise ConfigError(f"device={device!r} (rank {local_rank}: {dev}): this machine has {count} CUDA "
+                              f"device(s), cuda:0 to cuda:{count - 1}; use device=cuda or auto")
         torch.cuda.set_device(dev)
     else:
         dev = torch.device("cpu")
