@@ -78,7 +78,8 @@ class LazyGroup(click.Group):
         # click ≥ 8.2 keeps them in _protected_args (reading protected_args warns); older versions in protected_args.
         protected = ctx._protected_args if hasattr(ctx, "_protected_args") else getattr(ctx, "protected_args", [])
         args = [*protected, *ctx.args]
-        as_json = "--json" in args
+        # options end at "--": `ctglip search -- --json` searches the text "--json" and keeps plain errors
+        as_json = "--json" in (args[:args.index("--")] if "--" in args else args)
         from ctglip_sdk.cli.output import PRINTED  # noqa: PLC0415
 
         PRINTED["json"] = False  # one invocation at a time (tests invoke the group many times in one process)

@@ -79,3 +79,11 @@ def test_usage_error_is_exit_2():
 def test_console_script_runs():
     res = subprocess.run([sys.executable, "-m", "ctglip_sdk.cli.main", "--version"], capture_output=True, text=True)
     assert res.returncode == 0 and cg.__version__ in res.stdout
+
+
+def test_json_after_double_dash_is_text_not_the_option(tmp_path):
+    # `ctglip search -- --json` searches the text "--json": its errors stay plain (stdout was a JSON document)
+    res = CliRunner().invoke(cli, ["search", "--index", str(tmp_path / "none"), "--", "--json"])
+    assert res.exit_code == 1 and res.stdout == "" and "not an archive index" in res.stderr
+    res = CliRunner().invoke(cli, ["search", "--index", str(tmp_path / "none"), "--json", "--", "liver"])
+    assert res.exit_code == 1 and json.loads(res.stdout)["type"] == "IndexStateError"
