@@ -441,8 +441,8 @@ class ArchiveIndex:
 
     def score(self, findings: Optional[Sequence[str]] = None, prompts: Optional[Mapping[str, Any]] = None,
               batch_size: int = 4096) -> Dict[str, Any]:
-        """Zero-shot probabilities for stored organs (incremental); see :func:`ctglip_sdk.index.queries.score`."""
-        from .queries import score  # noqa: PLC0415
+        """Zero-shot probabilities for stored organs (incremental); see :func:`ctglip_sdk.index.scoring.score`."""
+        from .scoring import score  # noqa: PLC0415
 
         return score(self, findings=findings, prompts=prompts, batch_size=batch_size)
 
@@ -457,7 +457,7 @@ class ArchiveIndex:
 
     def insert_scores(self, rows: Sequence[Tuple[int, str, float]], model_hash: Optional[str] = None) -> int:
         """Store ``(crop_id, finding, probability)`` rows (replacing earlier values); returns the count."""
-        from .queries import insert_scores  # noqa: PLC0415
+        from .scoring import insert_scores  # noqa: PLC0415
 
         return insert_scores(self, rows, model_hash=model_hash)
 

@@ -15,8 +15,8 @@ from ctglip_sdk.errors import ConfigError, QueryError
 
 from .export import shown_study_column
 from .filters import parse_where, resolve_patients, text_list
-from .queries import (PROMPT_PREFIX, _classifier, _filter_select, _filtered_ids, _prompt_probabilities, _prompt_spec,
-                      prompt_scope)
+from .queries import _filter_select, _filtered_ids
+from .scoring import PROMPT_PREFIX, _classifier, _prompt_probabilities, _prompt_spec, prompt_scope
 from .results import CohortResult
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -281,7 +281,7 @@ def _unscored(index: "ArchiveIndex", key: str, allowed: Optional[np.ndarray]) ->
 
 def _dictionary_classes(index: "ArchiveIndex", key: str, organ_names: Sequence[str]) -> List[int]:
     """Indices of the organ classes a dictionary finding applies to (none for keys outside the dictionary)."""
-    from .queries import _finding_keys  # noqa: PLC0415
+    from .scoring import _finding_keys  # noqa: PLC0415
 
     zs = _classifier(index)
     try:

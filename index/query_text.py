@@ -59,7 +59,7 @@ class _QueryVector(NamedTuple):
 def _margin(index: "ArchiveIndex", key: str, text: str) -> Optional[np.ndarray]:
     """The unit zero-shot direction ``p̄ − n̄`` of finding ``key``, with the user's own words among the positives
     (so their phrasing still counts); None when it is degenerate."""
-    from .queries import _classifier  # noqa: PLC0415 - one classifier per index, kept by queries
+    from .scoring import _classifier  # noqa: PLC0415 - one classifier per index, kept by scoring
 
     zs = _classifier(index)
     pos, neg = zs.finding_prompts(key)
@@ -81,7 +81,7 @@ def _from_text(index: "ArchiveIndex", text: str) -> _QueryVector:
     """
     from ctglip_sdk.reports.query import explain_query  # noqa: PLC0415
 
-    from .queries import _classifier  # noqa: PLC0415
+    from .scoring import _classifier  # noqa: PLC0415
 
     v2, rest = v2_named_in(text)
     reading = explain_query(text, _classifier(index).dictionary)
@@ -134,7 +134,7 @@ def _v2_organs(index: "ArchiveIndex", text: str, v2: Tuple[str, ...], rest: str)
     """
     from ctglip_sdk.reports.query import explain_query  # noqa: PLC0415
 
-    from .queries import _classifier  # noqa: PLC0415
+    from .scoring import _classifier  # noqa: PLC0415
 
     also = explain_query(rest, _classifier(index).dictionary).organs if rest.strip() else ()
     scope = tuple(dict.fromkeys((*v2, *also)))
