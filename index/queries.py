@@ -1,4 +1,4 @@
-"""Index queries: text or vector search and similar organs, with their filters (scoring: scoring.py; cohorts: cohort.py)."""
+"""Index queries: text or vector search and similar organs, with their filters (scoring is in scoring.py)."""
 
 from __future__ import annotations
 
