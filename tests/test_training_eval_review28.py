@@ -179,3 +179,28 @@ def test_a_damaged_entry_that_cannot_be_removed_is_a_skipped_study_not_a_traceba
     done = build_cache(rows, cache, progress=False)
     assert done.built == 0 and len(done.skipped) == 1
     assert "cannot be removed" in done.skipped[0][1] and "writable" in done.skipped[0][1]
+
+
+def test_unspecified_abnormality_uncertain_leaves_the_organs_findings_out_of_the_labels():
+    from ctglip_sdk.errors import ConfigError
+    from ctglip_sdk.training.config import TrainConfig
+    from ctglip_sdk.training.data import UNSPECIFIED, annotate_report
+    from ctglip_sdk.training.objectives import TextBank, decision_labels, organ_uncertain
+
+    d = cg.AbnormalityDictionary.default()
+    st = annotate_report("The liver is abnormal. Small hepatic cyst.", d)
+    keys = sorted(e.key for e in d.for_organ("liver"))
+    present, unc = st.present.get("liver", ()), st.uncertain.get("liver", ())
+    assert UNSPECIFIED in unc and "liver_cyst" in present
+    # the default (the bundled model's recipe): findings the report does not state are negatives
+    assert decision_labels(keys, keys, present, organ_uncertain(unc, keys, present)) == [
+        int(k == "liver_cyst") for k in keys]
+    # "uncertain": the stated cyst stays a positive, every other liver finding is left out (-1), as evaluation reads it
+    labels = decision_labels(keys, keys, present, organ_uncertain(unc, keys, present, "uncertain"))
+    assert labels == [1 if k == "liver_cyst" else -1 for k in keys]
+    bank = TextBank.draw(d, np.random.default_rng(0), 1)
+    t = bank.targets(tuple(keys), ("liver",), present, organ_uncertain(unc, keys, present, "uncertain"))
+    assert {v for v, k in zip(t, bank.keys) if k in keys and k != "liver_cyst"} == {-1}
+    assert TrainConfig(unspecified_abnormality="uncertain").unspecified_abnormality == "uncertain"
+    with pytest.raises(ConfigError, match="unspecified_abnormality='ignore'"):
+        TrainConfig(unspecified_abnormality="ignore")

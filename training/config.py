@@ -19,6 +19,7 @@ __all__ = ["TrainConfig", "OBJECTIVES", "write_text_atomic"]
 
 OBJECTIVES = ("ctglip", "clip")
 _FN_MODES = ("mask", "multi", "none")
+_UNSPECIFIED = ("absent", "uncertain")
 _DECISION_BALANCE = ("finding", "pooled", "none")  # = losses.DECISION_BALANCE (no torch import here)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -72,6 +73,11 @@ class TrainConfig:
     #: averaged on their own, so rare focal findings count as much as common ones), "pooled" (all positive pairs
     #: together against all negative pairs: the recipe before 2026-12-02) or "none".
     decision_balance: str = "finding"
+    #: An organ the report calls abnormal without naming a finding ("Moderate stool burden throughout the colon",
+    #: "The liver is abnormal"): "absent" trains its findings the report does not state as absent, as for any
+    #: organ (the bundled model's recipe); "uncertain" leaves them out of the labels, as evaluation with report
+    #: labels and calibration read them (better for reports of your own that describe findings in free words).
+    unspecified_abnormality: str = "absent"
     #: Organ samples per study: every organ with a finding in the report plus a weighted random sample of the
     #: others (dictionary organs weigh `finding_organ_weight`) up to this count.
     organs_per_study: int = 48
@@ -124,6 +130,9 @@ class TrainConfig:
         if self.decision_balance not in _DECISION_BALANCE:
             raise ConfigError(f"decision_balance={self.decision_balance!r}: expected one of "
                               f"{', '.join(_DECISION_BALANCE)}")
+        if self.unspecified_abnormality not in _UNSPECIFIED:
+            raise ConfigError(f"unspecified_abnormality={self.unspecified_abnormality!r}: expected one of "
+                              f"{', '.join(_UNSPECIFIED)}")
         if self.false_negatives not in _FN_MODES:
             raise ConfigError(f"false_negatives={self.false_negatives!r}: expected one of {', '.join(_FN_MODES)}")
         for name in ("max_steps", "batch_size", "grad_accum", "organs_per_study", "phrasings_per_finding",

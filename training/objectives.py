@@ -129,6 +129,21 @@ class TextBank:
         return out
 
 
+def organ_uncertain(uncertain: Sequence[str], applicable: Sequence[str], present: Sequence[str],
+                    unspecified: str = "absent") -> Sequence[str]:
+    """An organ's uncertain findings for its labels. With ``unspecified="uncertain"``, an organ the report calls
+    abnormal without naming a finding (``UNSPECIFIED``) has every finding it does not state uncertain, as evaluation
+    and calibration read it; with "absent" (the default, the bundled model's recipe) they stay negatives.
+
+    Example:
+        >>> organ_uncertain(["_unspecified_abnormality"], ["liver_cyst", "liver_mass"], [], "uncertain")
+        ('liver_cyst', 'liver_mass')
+    """
+    if unspecified != "uncertain" or UNSPECIFIED not in uncertain:
+        return uncertain
+    return tuple(sorted(set(uncertain) | (set(applicable) - set(present))))
+
+
 def decision_labels(finding_keys: Sequence[str], applicable: Sequence[str], present: Sequence[str],
                     uncertain: Sequence[str]) -> List[int]:
     """One organ's zero-shot decision labels: 1 present, 0 absent, -1 not applicable or hedged (ignored)."""
@@ -227,6 +242,7 @@ class CTGlipObjective(_Base):
         targets, finding_labels = [], []
         for o, p, u in zip(organs, present, uncertain):
             keys, groups = self.organ_info(o)
+            u = organ_uncertain(u, keys, p, cfg.unspecified_abnormality)
             targets.append(bank.targets(keys, groups, p, u))
             finding_labels.append(decision_labels(self.finding_keys, keys, p, u))
         targets_t = torch.tensor(targets, dtype=torch.int64, device=dev).reshape(n, m)

@@ -14,7 +14,7 @@ from ctglip_sdk import organs as vocab
 from ctglip_sdk.training.cache import PreprocessCache
 from ctglip_sdk.training.data import StudyRecord, StudyText
 from ctglip_sdk.training.losses import finding_decision_loss, organ_identity_loss
-from ctglip_sdk.training.objectives import decision_labels
+from ctglip_sdk.training.objectives import decision_labels, organ_uncertain
 
 __all__ = ["ReadoutInputs", "projection_inputs", "fit_readout", "run_readout"]
 
@@ -64,7 +64,7 @@ def projection_inputs(model: Any, records: Sequence[StudyRecord], cache: Preproc
 
 def fit_readout(model: Any, data: ReadoutInputs, dictionary: Any, *, epochs: int, lr: float,
                 weight_decay: float = 0.01, w_identity: float = 0.5, batch_size: int = 4096, seed: int = 0,
-                progress: bool = False) -> Dict[str, float]:
+                progress: bool = False, unspecified: str = "absent") -> Dict[str, float]:
     """Refit ``model.vision_proj`` alone (text tower, image tower and temperature frozen) for ``epochs`` passes.
 
     Loss: the finding-balanced zero-shot decision loss against the *inference* prompt ensembles (the logit
@@ -88,7 +88,8 @@ def fit_readout(model: Any, data: ReadoutInputs, dictionary: Any, *, epochs: int
     names = torch.from_numpy(zs.prompt_ensembles([zs.organ_prompts(o) for o in vocab.ORGANS])).to(dev)
     organ_index = {o: i for i, o in enumerate(vocab.ORGANS)}
     # The joint objective's labels, over the findings the zero-shot classifier scores on each organ.
-    labels = torch.tensor([decision_labels(keys, zs.findings_for(o), p, u)
+    labels = torch.tensor([decision_labels(keys, zs.findings_for(o), p,
+                                           organ_uncertain(u, zs.findings_for(o), p, unspecified))
                            for o, p, u in zip(data.organs, data.present, data.uncertain)],
                           dtype=torch.int64).reshape(len(data.organs), len(keys))
     name_t = torch.tensor([organ_index.get(o, -1) for o in data.organs], dtype=torch.int64)
@@ -126,7 +127,8 @@ def run_readout(model: Any, records: Sequence[StudyRecord], cache: PreprocessCac
     t1 = time.perf_counter()
     with torch.enable_grad():
         out = fit_readout(model, data, dictionary, epochs=cfg.readout_epochs, lr=cfg.readout_lr,
-                          weight_decay=cfg.weight_decay, w_identity=cfg.w_identity, seed=cfg.seed, progress=progress)
+                          weight_decay=cfg.weight_decay, w_identity=cfg.w_identity, seed=cfg.seed, progress=progress,
+                          unspecified=cfg.unspecified_abnormality)
     out.update({"epochs": cfg.readout_epochs, "organs": len(data.organs), "inputs_seconds": round(t1 - t0, 1),
                 "fit_seconds": round(time.perf_counter() - t1, 1)})
     log.info("readout: %d epochs over %d organs, loss %.4f -> %.4f", cfg.readout_epochs, len(data.organs),
