@@ -20,6 +20,7 @@ from ctglip_sdk.training.data import (StudyRecord, archive_seed, read_manifest, 
 from ctglip_sdk.training.eval_report import markdown_table, write_reports
 from ctglip_sdk.training.metrics import auc, best_f1_threshold, f1_score, retrieval_metrics, roc_curve
 from ctglip_sdk.training.objectives import finding_phrasings
+from ctglip_sdk.training.runinfo import json_safe
 
 __all__ = ["evaluate", "encode_split", "read_splits", "SplitEmbeddings", "markdown_table", "auc_by_size",
            "auc_by_group", "size_bin_names"]
@@ -237,16 +238,6 @@ def _calibration_overlap(model: Any, records: Sequence[StudyRecord]) -> Optional
             "scored_studies_among_them": overlap}
 
 
-def _nan_to_none(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_nan_to_none(v) for v in obj]
-    return obj
-
-
 def _check_truth_covers(records: Sequence[StudyRecord], truth: Dict[str, Any], root: Path) -> None:
     """truth.jsonl is matched by study_uid: a manifest rewritten with other UIDs (``ctglip manifest --force`` on a
     NIfTI archive keys studies by path) used to score nothing and report ``auc_mean: None`` without a word."""
@@ -450,7 +441,7 @@ def evaluate(model: Any, archive: PathLike, split: str = "test", val_split: Opti
         "model_calibration": _calibration_overlap(model, records),
         "per_finding": per, "retrieval": retrieval, "seconds": round(time.perf_counter() - t0, 1),
     }
-    metrics = _nan_to_none(metrics)
+    metrics = json_safe(metrics)  # null, not NaN: strict JSON readers refuse a bare NaN
     if out_dir is not None:
         write_reports(metrics, Path(out_dir), curves)
     return metrics
