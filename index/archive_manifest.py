@@ -394,6 +394,8 @@ def write_archive_manifest(archive: PathLike, *, seed: int = 0, fractions: Seque
         # paths are shown without the series' identifiers: PACS exports name folders by MRN and accession.
         name = shown(f"{item.image}#{item.key}" if item.image in shared else item.image, item.image)
         named = _find_reports(root, item.image, alone[item.image])
+        if not named and item.named_by:  # the study folder's name paired the mask: it names the report too
+            named = _find_reports(root, item.named_by, False)
         owned.update(named)
         if item.mask is None:  # neither ingest nor training can use a CT without its organs: listed, no row
             missing_mask.append(name)

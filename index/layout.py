@@ -56,6 +56,9 @@ class Item:
     load_series_uid: Optional[str] = None  # passed to load_volume when a folder holds several series
     row: Dict[str, Any] = field(default_factory=dict)
     files: Tuple[str, ...] = ()  # discovered: the series' files (relative to the root), sub-folders included
+    #: Discovered: the study folder whose name paired the mask (``images/S/<series>/`` with ``masks/S.nii.gz``),
+    #: when the series' own name paired none; reports are looked up by this name too.
+    named_by: Optional[str] = None
 
     @property
     def uid(self) -> Optional[str]:
@@ -207,6 +210,17 @@ def stems(image: str) -> List[str]:
     return [stem] if base == stem or not base else [stem, base]
 
 
+def _study_folder(image: str, images: List[Any]) -> Optional[str]:
+    """The folder above a DICOM series folder when that series is the only image anywhere under it (a study folder
+    ``images/S/<SeriesInstanceUID>/``, the layout ``ctglip synth --format dicom`` writes); None at the root or when
+    the folder holds other images, whose masks its name could belong to as well."""
+    parent = Path(image).parent.as_posix()
+    if parent in ("", "."):
+        return None
+    prefix = parent + "/"
+    return parent if sum(1 for o in images if o.path.startswith(prefix)) == 1 else None
+
+
 def _find_mask(root: Path, image: str, alone: bool, inside: bool = False) -> Optional[str]:
     folder = Path(image).parent
     # A DICOM folder that holds one CT series (scouts aside) owns what lies in it: TotalSegmentator's output is
@@ -293,11 +307,16 @@ def discovered_items(root: Path) -> Discovered:
         alone[s.path] = per_dir[Path(s.path).parent.as_posix()] == 1
         inside = s.kind == "dicom" and (root / s.path).is_dir() and sum(o.path == s.path for o in images) == 1
         mask = _find_mask(root, s.path, alone[s.path], inside)
+        named_by = None
+        if mask is None and s.kind == "dicom":
+            named_by = _study_folder(s.path, images)
+            mask = _find_mask(root, named_by, False) if named_by else None
+            named_by = named_by if mask is not None else None
         key = s.series_uid or path_key(s.path)
         several = sum(1 for o in found if o.path == s.path) > 1
         items.append(Item(key=key, image=s.path, mask=mask, report=None, study_uid=s.study_uid,
                           fingerprint=fingerprint(root, s.path, mask),
-                          load_series_uid=s.series_uid if several else None, files=s.files))
+                          load_series_uid=s.series_uid if several else None, files=s.files, named_by=named_by))
     masks = [s.path for s in found if s.kind == "nifti" and _is_mask_name(s.path)]
     return Discovered(items, unreadable, alone, localizers, derived, masks)
 

@@ -449,3 +449,36 @@ def test_reports_by_accession_ignore_links_out_of_the_archive_and_fifos(dicom_so
     _os.mkfifo(site / "ris" / f"{acc2}_report.txt")  # would block a read
     summary = write_archive_manifest(site, reports_by_accession=True)
     assert sorted(summary.missing_report) == sorted([case, case2]) and summary.reports_by_accession == 3
+
+
+def test_synth_dicom_layout_pairs_by_the_study_folder_name(dicom_source, tmp_path):
+    """images/S/<series>/ with masks/S.nii.gz and reports/S.txt (what ``ctglip synth --format dicom`` writes): the
+    study folder's name pairs them when the series is its only image, and not when the folder holds two."""
+    import pydicom
+    import pydicom.uid
+
+    arch = tmp_path / "d"
+    shutil.copytree(dicom_source, arch)
+    ref = {r["series_uid"]: r for r in _rows(arch / "manifest.csv")}
+    (arch / "manifest.csv").unlink()
+    items, errors = plan_archive(arch)
+    assert not errors and len(items) == len(ref)
+    for it in items:
+        assert it.mask == ref[it.key]["mask"] and it.named_by == it.image.rsplit("/", 1)[0]
+    summary = write_archive_manifest(arch)
+    assert summary.trainable == len(ref) and not summary.missing_mask and not summary.missing_report
+    for r in _rows(arch / "manifest.csv"):
+        assert (r["mask"], r["report"]) == (ref[r["series_uid"]]["mask"], ref[r["series_uid"]]["report"])
+    # A second series in one study folder: the folder's name could be either's, so neither takes its mask.
+    first = sorted(ref.values(), key=lambda r: r["image"])[0]
+    case = arch / first["image"].rsplit("/", 1)[0]
+    other = case / "SECOND"
+    shutil.copytree(arch / first["image"], other)
+    for f in sorted(other.iterdir()):
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[first["series_uid"], "second"])
+        ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[ds.SOPInstanceUID, "second"])
+        ds.save_as(f)
+    summary = write_archive_manifest(arch, overwrite=True)
+    assert summary.trainable == len(ref) - 1 and len(summary.missing_mask) == 2
+    assert all(case.name in name for name in summary.missing_mask)
