@@ -168,8 +168,9 @@ def ingest(ctx: click.Context, archive: str, index_dir: Path, database_url: Opti
            batch_size: int, retry_errors: bool, allow_empty: bool, progress: Optional[bool]) -> None:
     """Embed ARCHIVE into the index at DIR (created on first use; resumable, idempotent, crash-safe).
 
-    Exit status: 0 when every series was ingested or skipped (unchanged, or failed before with the same files;
-    --retry-errors tries those again); 3 when series failed in this run (each named on stderr, or under
+    Series whose files were only touched or copied without their times (same bytes) are skipped, not embedded
+    again. Exit status: 0 when every series was ingested or skipped (unchanged, or failed before with the same
+    files; --retry-errors tries those again); 3 when series failed in this run (each named on stderr, or under
     "errors" with --json; the other series are ingested); 1 on a user error; 130 on Ctrl-C and 143 on SIGTERM,
     after which the run is recorded as interrupted and the same command continues it. An archive in which no
     study is found (a wrong path, an unmounted share) is a user error: no index is created and an existing one

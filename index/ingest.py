@@ -21,6 +21,7 @@ from ctglip_sdk.model.voxels import STATS_VERSION
 from ctglip_sdk.readahead import read_ahead
 
 from .carry_scores import insert_carried, scores_to_carry
+from .content import same_content
 from .filters import to_date
 from .ingest_read import (ArchivePlan, _cut, _Prepared, _read_one, checked_age,  # noqa: F401 - _cut: embeddings.py
                           backfill_shown_paths, plan_ingest)
@@ -130,6 +131,7 @@ def write_batch(index: "ArchiveIndex", run_id: int, encoded: List[_Encoded],
                                              "shown_path": e.fields.get("shown_path"),
                                              "archive_root": e.fields["archive_root"],
                                              "mask_path": e.item.mask, "fingerprint": e.item.fingerprint,
+                                             "content_digest": e.fields.get("content_digest"),
                                              "n_organs": len(e.names), **e.geometry})
             rows = []
             for j, name in enumerate(e.names):
@@ -283,12 +285,17 @@ def ingest(index: "ArchiveIndex", archive: Any, workers: int = 2, batch_size: in
         # than what is stored (a correction made before the upgrade would otherwise never be applied).
         legacy_changed = _rows_changed(index, [i for i in items if _legacy_match(done.get(i.key), i.fingerprint)])
         other_root = {k for k, r in index.store.series_roots(clash_keys).items() if r and r != here}
+        # Touched or copied without their times, with the same bytes as when embedded: not embedded again.
+        same = same_content(index, root, items, done, workers, sys.stderr.isatty() if progress is None else progress)
         for item in items:
-            if item.key in other_root:
+            if item.key in same:
+                report.skipped += 1
+                upgrade[item.key] = item.fingerprint  # the new times are recorded; the next run skips it at once
+            elif item.key in other_root:
                 reason = ("a series with this path was ingested from another archive folder with other files; not "
                           "replaced (index archives whose files share names separately, or give their manifest rows "
-                          "a series_uid; an archive copied to a new folder without its file times needs a new "
-                          "index, or a copy that keeps them: cp -a, rsync -a)")
+                          "a series_uid; a copy of an archive is known by its bytes only for series stored since "
+                          "schema 3, others need a copy that keeps file times: cp -a, rsync -a)")
                 report.errors.append({"series": item.key, "reason": reason})
                 outcomes.append({"series_uid": item.key, "fingerprint": item.fingerprint, "status": "error",
                                  "reason": reason})

@@ -15,6 +15,7 @@ from ctglip_sdk.errors import ConfigError, CTGlipError, GeometryError, InputErro
 from ctglip_sdk.privacy import dicom_identifiers, pseudonymize, redact_identifiers
 
 from .filters import normalise_sex, to_date
+from .content import item_digest
 from .layout import Item, plan_archive
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -121,6 +122,9 @@ def _read_one(index: "ArchiveIndex", root: Path, item: Item, model: Any) -> _Pre
     t: Dict[str, float] = {}
     t0 = time.perf_counter()
     image = resolve_within(root, item.image)
+    # Hashed before the read: a file changed after this gives another digest next time, so the stored digest
+    # never vouches for bytes newer than those embedded (index/content.py).
+    digest = item_digest(root, item)
     if len(series_patient_ids_of(root, item)) > 1:  # `ctglip manifest` refuses the same series
         # the loader reads one header: the stored patient would depend on which (values never shown)
         raise InputError("the series' files carry different PatientIDs (first, middle and last file read): "
@@ -146,6 +150,7 @@ def _read_one(index: "ArchiveIndex", root: Path, item: Item, model: Any) -> _Pre
     t["align"] = time.perf_counter() - t0
     warnings: List[str] = []
     fields = _study_fields(index, root, item, volume.meta, warnings)
+    fields["content_digest"] = digest
     geometry = {"shape": ",".join(str(s) for s in volume.shape),
                 "spacing": ",".join(f"{s:.4g}" for s in volume.spacing),
                 "affine": ",".join(f"{v:.6g}" for v in np.asarray(volume.affine).ravel()[:12])}

@@ -18,7 +18,7 @@ from ctglip_sdk.errors import ConfigError
 __all__ = ["SCHEMA_VERSION", "Tables", "make_tables", "MIGRATIONS", "check_prefix", "DERIVED_TABLES"]
 
 #: Bumped whenever a migration is added; an index whose schema is newer than this library is refused.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Tables (by name after the prefix) whose rows an index can do without or compute again, with what follows when
 #: ``verify(repair=True)`` recreates one empty; patients, studies, series and organs are the archive's truth, which
@@ -111,6 +111,10 @@ def make_tables(prefix: str = "ctglip_") -> Tables:
                    Column("spacing", String(96), nullable=True),
                    Column("affine", Text, nullable=True),
                    Column("n_organs", Integer, nullable=False, default=0),
+                   # BLAKE2b-128 of the series' file names and bytes when it was embedded (index/content.py): a
+                   # series whose fingerprint changed with the same bytes (touched, copied without -a) is not
+                   # re-embedded. NULL for series stored before schema 3 or by add_embeddings.
+                   Column("content_digest", String(32), nullable=True),
                    Index(f"{p}ix_series_study", "study_id"))
     # Filter columns of the study (age, sex, date) are copied onto each organ row in the same transaction that
     # writes them (studies never change once ingested), so that a filter is one scan of one composite index.
@@ -173,15 +177,23 @@ def _v1_create(conn: Connection, t: Tables) -> None:
     t.metadata.create_all(conn, checkfirst=True)
 
 
-def _v2_shown_path(conn: Connection, t: Tables) -> None:
-    """Add ``series.shown_path`` to an index made before it (a new index's tables already have it)."""
-    if "shown_path" in {c["name"] for c in inspect(conn).get_columns(t.series.name)}:
+def _add_series_column(conn: Connection, t: Tables, name: str) -> None:
+    """Add ``series.<name>`` to an index made before it (a new index's tables already have it)."""
+    if name in {c["name"] for c in inspect(conn).get_columns(t.series.name)}:
         return
     # DDL takes no bound parameters: the table name is quoted by the dialect (and the prefix was checked by
     # check_prefix), the column spec compiled from the Column itself.
     table = conn.dialect.identifier_preparer.quote(t.series.name)
-    column = CreateColumn(t.series.c.shown_path).compile(dialect=conn.dialect)
+    column = CreateColumn(t.series.c[name]).compile(dialect=conn.dialect)
     conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column}")
+
+
+def _v2_shown_path(conn: Connection, t: Tables) -> None:
+    _add_series_column(conn, t, "shown_path")
+
+
+def _v3_content_digest(conn: Connection, t: Tables) -> None:
+    _add_series_column(conn, t, "content_digest")
 
 
 #: (version, description, function). A new schema change appends an entry and bumps SCHEMA_VERSION; the
@@ -189,4 +201,5 @@ def _v2_shown_path(conn: Connection, t: Tables) -> None:
 MIGRATIONS: List[Migration] = [
     (1, "create tables", _v1_create),
     (2, "series.shown_path: paths without patient identifiers for output", _v2_shown_path),
+    (3, "series.content_digest: touched series with unchanged bytes are not re-embedded", _v3_content_digest),
 ]

@@ -358,6 +358,17 @@ class Store:
                                      "report_path": r.report_path, "patient": r.pseudonym}
         return out
 
+    def series_digests(self, keys: List[str]) -> Dict[str, Optional[str]]:
+        """``{series_uid: content_digest}`` of the given stored series (None where none was recorded), read in
+        chunks of 900 bound parameters."""
+        s = self.t.series
+        out: Dict[str, Optional[str]] = {}
+        for start in range(0, len(keys), 900):
+            part = keys[start:start + 900]
+            out.update(self.read(lambda c, part=part: {r.series_uid: r.content_digest for r in c.execute(
+                select(s.c.series_uid, s.c.content_digest).where(s.c.series_uid.in_(part)))}))
+        return out
+
     def series_roots(self, keys: List[str]) -> Dict[str, Optional[str]]:
         """``{series_uid: archive_root}`` of the given stored series (read in chunks of 900 bound parameters)."""
         s = self.t.series

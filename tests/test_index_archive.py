@@ -670,9 +670,15 @@ def test_a_second_archive_with_the_same_file_names_does_not_replace_the_first(tm
     assert report.ok == 0 and report.n_errors == 3 and report.organs_removed == 0
     assert all("another archive folder" in e["reason"] for e in report.errors)
     assert np.array_equal(np.sort(idx.search(np.ones(idx.dim, np.float32), k=1000).crop_ids), before)
-    # The first archive itself, changed in place, is still re-ingested as before.
+    # The first archive itself, changed in place, is still re-ingested as before (new bytes: the header's
+    # description; a file only touched keeps its bytes, and is skipped).
     nib_img = first / "s000" / "ct.nii.gz"
-    os.utime(nib_img, (nib_img.stat().st_atime, nib_img.stat().st_mtime + 10))
+    img = nib.load(nib_img)
+    img = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header)
+    img.header["descrip"] = b"edited"
+    nib.save(img, nib_img)
+    touched = first / "s001" / "ct.nii.gz"
+    os.utime(touched, (touched.stat().st_atime, touched.stat().st_mtime + 10))
     again = idx.ingest(first, workers=0)
     assert again.ok == 1 and again.skipped == 2
     idx.close()

@@ -1,5 +1,5 @@
-"""A series re-ingested only because its files were touched keeps its scores, insert_scores' included; a series
-whose pixels changed does not."""
+"""A series whose files were only touched is not re-embedded; one re-embedded with the same pixels keeps its scores,
+insert_scores' included; a series whose pixels changed does not."""
 
 from __future__ import annotations
 
@@ -44,12 +44,21 @@ def test_touched_files_keep_their_scores_changed_pixels_do_not(tmp_path, kind):
         other_before, _ = _scores(idx, other)
         assert before and other_before
 
-        # 1. touched: new mtimes, the same bytes -> re-embedded with new ids, the scores kept under them
+        # 1. touched: new mtimes, the same bytes -> not embedded again (index/content.py): ids and scores stay
         for rel in (rows[0]["image"], rows[0]["mask"]):
             st = os.stat(root / rel)
             os.utime(root / rel, (st.st_atime + 100, st.st_mtime + 100))
         report = idx.ingest(root, progress=False)
-        assert report.ok == 1 and report.skipped == 2  # the touched series only
+        assert report.ok == 0 and report.skipped == 3
+        assert _scores(idx, target) == (before, old_ids)
+
+        # 1b. new bytes, the same pixels (a header field rewritten) -> re-embedded with new ids, scores kept
+        img = nib.load(root / rows[0]["image"])
+        img = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header)
+        img.header["descrip"] = b"re-exported"
+        nib.save(img, root / rows[0]["image"])
+        report = idx.ingest(root, progress=False)
+        assert report.ok == 1 and report.skipped == 2  # the rewritten series only
         after, new_ids = _scores(idx, target)
         assert after == before and not (new_ids & old_ids)  # were deleted with the old ids
         assert _scores(idx, other)[0] == other_before

@@ -215,13 +215,15 @@ def test_an_index_of_schema_1_gains_the_shown_path_column(tmp_path):
     idx.ingest(make_archive(tmp_path / "a", n=2, seed=1), workers=0)
     st, n = idx.store, len(idx)
     idx.close()
-    # Back to schema 1: no column, no migration record (SQLite >= 3.35 drops columns).
+    # Back to schema 1: no columns, no migration records (SQLite >= 3.35 drops columns).
     st.write(lambda c: (c.exec_driver_sql(f'ALTER TABLE "{st.t.series.name}" DROP COLUMN shown_path'),
-                        c.execute(delete(st.t.migrations).where(st.t.migrations.c.version == 2))))
+                        c.exec_driver_sql(f'ALTER TABLE "{st.t.series.name}" DROP COLUMN content_digest'),
+                        c.execute(delete(st.t.migrations).where(st.t.migrations.c.version >= 2))))
     assert st.schema_version() == 1
     again = ArchiveIndex.open(tmp_path / "idx")
-    assert again.store.schema_version() == 2 and len(again) == n
-    assert "shown_path" in {c["name"] for c in inspect(again.store.engine).get_columns(st.t.series.name)}
+    assert again.store.schema_version() == 3 and len(again) == n
+    assert {"shown_path", "content_digest"} <= {c["name"] for c in inspect(again.store.engine).get_columns(
+        st.t.series.name)}
     text = again.export(tmp_path / "o.csv", what="organs").read_text()
     assert text.count("\n") == n + 1  # rows of schema 1 show their stored path
     again.close()
@@ -339,8 +341,8 @@ def test_an_older_read_only_index_says_to_open_it_once_with_write_access(tmp_pat
     idx.ingest(make_archive(tmp_path / "a", n=1, seed=1), workers=0)
     st = idx.store
     idx.close()
-    st.write(lambda c: (c.exec_driver_sql(f'ALTER TABLE "{st.t.series.name}" DROP COLUMN shown_path'),
-                        c.execute(delete(st.t.migrations).where(st.t.migrations.c.version == 2))))
+    st.write(lambda c: (c.exec_driver_sql(f'ALTER TABLE "{st.t.series.name}" DROP COLUMN content_digest'),
+                        c.execute(delete(st.t.migrations).where(st.t.migrations.c.version == 3))))
     st.dispose()
     db = str(tmp_path / "idx" / "index.sqlite")
     real_access = os.access

@@ -150,7 +150,8 @@ def store(request):
 
 
 def test_store_schema_version_and_migrations_are_recorded(store):
-    assert store.schema_version() == 2 == store.init_schema()  # idempotent (2: series.shown_path, 2026-12-07)
+    # idempotent (2: series.shown_path, 3: series.content_digest, both 2026-12-07)
+    assert store.schema_version() == 3 == store.init_schema()
     store.write(lambda c: store.set_meta(c, "k", "v1"))
     store.write(lambda c: store.set_meta(c, "k", "v2"))
     assert store.get_meta("k") == "v2"
