@@ -8,7 +8,7 @@ import sys
 import time
 from concurrent.futures import Future
 from contextlib import closing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
@@ -21,10 +21,8 @@ from ctglip_sdk.model.voxels import STATS_VERSION
 from ctglip_sdk.readahead import read_ahead
 
 from .carry_scores import insert_carried, scores_to_carry
-from .content import same_content
-from .filters import to_date
-from .ingest_read import (ArchivePlan, _cut, _Prepared, _read_one, checked_age,  # noqa: F401 - _cut: embeddings.py
-                          backfill_shown_paths, plan_ingest)
+from .ingest_plan import plan_run
+from .ingest_read import ArchivePlan, _cut, _Prepared, _read_one, plan_ingest  # noqa: F401 - _cut: embeddings.py
 from .layout import Item, redact
 from .memory import bound_heap_growth
 from .results import IngestReport
@@ -262,64 +260,11 @@ def ingest(index: "ArchiveIndex", archive: Any, workers: int = 2, batch_size: in
     with index.writer_lock:
         run_id = begin_run(index, str(root))
         report.run_id = run_id
-        t0 = time.perf_counter()
-        items = [with_row_hash(index, i) for i in plan.items]
-        plan_errors = plan.errors
-        done = index.store.series_fingerprints()
-        failed = index.store.last_errors()
-        report.timings["plan"] = plan.seconds + time.perf_counter() - t0
-        todo: List[Item] = []
-        upgrade: Dict[str, str] = {}
-        outcomes: List[Dict[str, Any]] = []
-        for key, reason in plan_errors:
-            report.errors.append({"series": key, "reason": reason})
-            outcomes.append({"series_uid": key, "fingerprint": None, "status": "error", "reason": reason})
-        # A series known only by its path ("path:images/case00000.nii.gz": NIfTI, or a manifest without series
-        # UIDs) that another archive folder stored is another archive's series with the same file name, not a new
-        # version of it: replacing it lost the first archive's studies without a word.
-        # (the files part only: a corrected manifest row of the same files is the same series, moved or not)
-        clash_keys = [i.key for i in items if i.key.startswith("path:") and i.key in done
-                      and done[i.key].split(":")[0] != i.fingerprint.split(":")[0]]
-        here = str(root.resolve())
-        # A pre-row-hash fingerprint with the same files: upgraded in place unless the row says something other
-        # than what is stored (a correction made before the upgrade would otherwise never be applied).
-        legacy_changed = _rows_changed(index, [i for i in items if _legacy_match(done.get(i.key), i.fingerprint)])
-        other_root = {k for k, r in index.store.series_roots(clash_keys).items() if r and r != here}
-        # Touched or copied without their times, with the same bytes as when embedded: not embedded again.
-        same = same_content(index, root, items, done, workers, sys.stderr.isatty() if progress is None else progress)
-        for item in items:
-            if item.key in same:
-                report.skipped += 1
-                upgrade[item.key] = item.fingerprint  # the new times are recorded; the next run skips it at once
-            elif item.key in other_root:
-                reason = ("a series with this path was ingested from another archive folder with other files; not "
-                          "replaced (index archives whose files share names separately, or give their manifest rows "
-                          "a series_uid; a copy of an archive is known by its bytes only for series stored since "
-                          "schema 3, others need a copy that keeps file times: cp -a, rsync -a)")
-                report.errors.append({"series": item.key, "reason": reason})
-                outcomes.append({"series_uid": item.key, "fingerprint": item.fingerprint, "status": "error",
-                                 "reason": reason})
-            elif done.get(item.key) == item.fingerprint:
-                report.skipped += 1
-            elif _legacy_match(done.get(item.key), item.fingerprint) and item.key not in legacy_changed:
-                report.skipped += 1  # stored before manifest values entered the fingerprint: same files, same
-                upgrade[item.key] = item.fingerprint  # row values: its fingerprint now records the row too
-            elif not retry_errors and item.key in failed and failed[item.key][0] == item.fingerprint:
-                # counted once, as an error (not also as skipped): ok + skipped + errors == seen
-                report.errors.append({"series": item.key, "reason": f"previous attempt failed: {failed[item.key][1]}"})
-            else:
-                todo.append(item)
-        report.seen = len(items) + len(plan_errors)
-        if upgrade:
-            index.store.set_fingerprints(upgrade)
-        unchanged = [i.key for i in items if done.get(i.key) == i.fingerprint or i.key in upgrade]
-        if unchanged and any(r not in (None, here) for r in index.store.archive_roots()):
-            index.store.move_series_root(unchanged, here)  # a moved archive: montages must find its images
-        if unchanged:
-            keep = set(unchanged)
-            backfill_shown_paths(index, root, [i for i in items if i.key in keep])
+        # Everything after begin_run is inside the try: a Ctrl-C while touched series are hashed (a copied
+        # archive can take a while) is recorded as interrupted, not left "running".
         status = "interrupted"
         try:
+            todo, outcomes = plan_run(index, root, plan, report, retry_errors, workers, progress)
             _run_pipeline(index, root, model, todo, run_id, report, outcomes, workers, batch_size, progress,
                           faiss_flush_seconds)
             status = "ok"
@@ -327,52 +272,6 @@ def ingest(index: "ArchiveIndex", archive: Any, workers: int = 2, batch_size: in
             end_run(index, run_id, report, status, started)
     log.info("ingest run %d: %s", run_id, report.summary())
     return report
-
-
-def with_row_hash(index: "ArchiveIndex", item: Item) -> Item:
-    """``item`` whose fingerprint also covers its manifest row: a corrected age, date, split, report or patient
-    then re-ingests the series (the files alone never saw them, so a manifest correction never reached the index;
-    sex stays the patient's first, and an emptied cell keeps the stored value).
-
-    The row's hash is keyed with the index's pseudonym key (HMAC): an unkeyed hash of a row holding a patient_id
-    let anyone with the database recover record numbers by trying them (a security review, 2026-12-06).
-    """
-    if not item.row:
-        return item
-    canon = repr(sorted((k, str(v)) for k, v in item.row.items() if k not in ("image", "mask")))
-    return replace(item, fingerprint=f"{item.fingerprint}:{index.pseudonym(canon)[:16]}")
-
-
-def _rows_changed(index: "ArchiveIndex", items: List[Item]) -> set:
-    """Keys of manifest items whose row's study-level values (age, date, split, report, patient) differ from the
-    stored ones; an empty cell is not compared (the image header gave that value)."""
-    if not items:
-        return set()
-    stored = index.store.series_study_values([i.key for i in items])
-    out = set()
-    for item in items:
-        row, was = item.row, stored.get(item.key)
-        if was is None:
-            continue
-        now: Dict[str, Any] = {"split": row.get("split") or None, "report_path": item.report}
-        if row.get("age") not in (None, ""):
-            now["age"] = checked_age(row.get("age"))[0]
-        if row.get("study_date"):
-            try:
-                now["study_date"] = to_date(row.get("study_date"))
-            except CTGlipError:
-                now["study_date"] = None
-        if row.get("patient_id"):
-            now["patient"] = index.pseudonym(str(row["patient_id"]))
-        if any(v is not None and was.get(k) != v for k, v in now.items()):
-            out.add(item.key)
-    return out
-
-
-def _legacy_match(stored: Optional[str], now: str) -> bool:
-    """Whether ``stored`` is the files-only fingerprint (before 2026-12-06) of ``now`` (files + manifest row):
-    such a series is unchanged, and is not re-embedded only because the fingerprint gained a part."""
-    return bool(stored) and ":" not in stored and now.startswith(f"{stored}:")  # type: ignore[operator]
 
 
 def end_run(index: "ArchiveIndex", run_id: int, report: IngestReport, status: str, started: float) -> None:

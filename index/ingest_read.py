@@ -150,7 +150,9 @@ def _read_one(index: "ArchiveIndex", root: Path, item: Item, model: Any) -> _Pre
     t["align"] = time.perf_counter() - t0
     warnings: List[str] = []
     fields = _study_fields(index, root, item, volume.meta, warnings)
-    fields["content_digest"] = digest
+    # Again after the read (from the digest cache unless a file changed meanwhile): a file rewritten during the
+    # read, even back to its first bytes later, must not leave a digest that vouches for other bytes than these.
+    fields["content_digest"] = digest if item_digest(root, item) == digest else None
     geometry = {"shape": ",".join(str(s) for s in volume.shape),
                 "spacing": ",".join(f"{s:.4g}" for s in volume.spacing),
                 "affine": ",".join(f"{v:.6g}" for v in np.asarray(volume.affine).ravel()[:12])}

@@ -151,3 +151,77 @@ def test_a_path_keyed_archive_copied_without_times_is_the_same_archive(tmp_path)
     assert (report.ok, report.skipped, report.n_errors) == (0, 2, 0)
     assert np.array_equal(_ids(idx), ids) and set(idx.store.archive_roots()) == {str(copy.resolve())}
     idx.close()
+
+
+def _statuses(idx):
+    t = idx.store.t
+    with idx.store.connect() as conn:
+        return [r[0] for r in conn.execute(select(t.ingest_runs.c.status).order_by(t.ingest_runs.c.id)).all()]
+
+
+@pytest.mark.timeout(120)
+def test_a_fifo_in_a_series_folder_is_not_opened(tmp_path):
+    """Review, 2026-12-07: the digest opened every file of a series folder, and a named pipe blocked the ingest
+    forever (the loaders skip what is not a regular file)."""
+    root = make_archive(tmp_path / "arch", n=2, fmt="dicom")
+    os.mkfifo(root / read_manifest(root)[0]["image"] / "pipe")
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    assert idx.ingest(root, progress=False).ok == 2
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            os.utime(os.path.join(dirpath, f), (1_700_000_000, 1_700_000_000), follow_symlinks=False)
+    assert idx.ingest(root, progress=False).skipped == 2
+    idx.close()
+
+
+def test_files_are_hashed_once_however_many_series_name_them(tmp_path, monkeypatch):
+    """Manifest rows naming one shared folder hashed the whole folder once per row (review, 2026-12-07)."""
+    root = tmp_path / "a"
+    (root / "flat").mkdir(parents=True)
+    for k in range(5):
+        (root / "flat" / f"{k}.dcm").write_bytes(os.urandom(1000) + bytes([k]))
+    import hashlib
+    import types
+
+    made = []
+    monkeypatch.setattr(content_mod, "hashlib", types.SimpleNamespace(
+        blake2b=lambda **kw: made.append(1) or hashlib.blake2b(**kw)))
+    first = content_digest(root, ["flat"])
+    assert len(made) == 1 + 5                                  # the series' hash and one per file
+    made.clear()
+    assert content_digest(root, ["flat"]) == first and len(made) == 1  # a second row naming the folder: no read
+    (root / "flat" / "3.dcm").write_bytes(b"changed")
+    assert content_digest(root, ["flat"]) != first
+
+
+def test_a_series_that_failed_again_is_not_hashed_and_an_interrupted_check_is_recorded(tmp_path, monkeypatch):
+    import nibabel as nib_
+
+    root = make_archive(tmp_path / "arch", n=2)
+    rows = read_manifest(root)
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    assert idx.ingest(root, progress=False).ok == 2
+    # The mask replaced by one on another grid: the series fails, and keeps failing with these same files.
+    mask = nib_.load(root / rows[0]["mask"])
+    nib_.save(nib_.Nifti1Image(np.asarray(mask.dataobj)[:-3], mask.affine), root / rows[0]["mask"])
+    os.utime(root / rows[0]["mask"], (1_800_000_000, 1_800_000_000))
+    report = idx.ingest(root, progress=False)
+    assert report.n_errors == 1 and "mismatch" in report.errors[0]["reason"]
+    hashed = []
+    real = content_mod.item_digest
+    monkeypatch.setattr(content_mod, "item_digest", lambda r, it: hashed.append(it.key) or real(r, it))
+    report = idx.ingest(root, progress=False)
+    assert report.n_errors == 1 and "previous attempt failed" in report.errors[0]["reason"] and hashed == []
+    # Ctrl-C while touched series are hashed: the run is recorded as interrupted, not left running.
+    os.utime(root / rows[1]["image"], (1_800_000_100, 1_800_000_100))
+
+    def stop(r, it):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(content_mod, "item_digest", stop)
+    with pytest.raises(KeyboardInterrupt):
+        idx.ingest(root, progress=False)
+    assert _statuses(idx)[-1] == "interrupted"
+    monkeypatch.setattr(content_mod, "item_digest", real)
+    assert idx.ingest(root, progress=False).skipped == 1 and _statuses(idx)[-1] == "ok"
+    idx.close()
