@@ -359,24 +359,21 @@ class Store:
         return out
 
     def series_digests(self, keys: List[str]) -> Dict[str, Optional[str]]:
-        """``{series_uid: content_digest}`` of the given stored series (None where none was recorded), read in
-        chunks of 900 bound parameters."""
-        s = self.t.series
-        out: Dict[str, Optional[str]] = {}
-        for start in range(0, len(keys), 900):
-            part = keys[start:start + 900]
-            out.update(self.read(lambda c, part=part: {r.series_uid: r.content_digest for r in c.execute(
-                select(s.c.series_uid, s.c.content_digest).where(s.c.series_uid.in_(part)))}))
-        return out
+        """``{series_uid: content_digest}`` of the given stored series (None where none was recorded)."""
+        return self._series_column(keys, "content_digest")
 
     def series_roots(self, keys: List[str]) -> Dict[str, Optional[str]]:
-        """``{series_uid: archive_root}`` of the given stored series (read in chunks of 900 bound parameters)."""
+        """``{series_uid: archive_root}`` of the given stored series."""
+        return self._series_column(keys, "archive_root")
+
+    def _series_column(self, keys: List[str], column: str) -> Dict[str, Optional[str]]:
+        """``{series_uid: value of column}`` of the given stored series, read in chunks of 900 bound parameters."""
         s = self.t.series
         out: Dict[str, Optional[str]] = {}
         for start in range(0, len(keys), 900):
             part = keys[start:start + 900]
-            out.update(self.read(lambda c, part=part: {r.series_uid: r.archive_root for r in c.execute(
-                select(s.c.series_uid, s.c.archive_root).where(s.c.series_uid.in_(part)))}))
+            out.update(self.read(lambda c, part=part: {r[0]: r[1] for r in c.execute(
+                select(s.c.series_uid, s.c[column]).where(s.c.series_uid.in_(part)))}))
         return out
 
     def last_errors(self) -> Dict[str, Tuple[Optional[str], str]]:

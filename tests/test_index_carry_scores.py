@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from ctglip_sdk.index import ArchiveIndex
-from test_index_common import db_params, index_url, make_archive, random_prefix, read_manifest, tiny_model
+from test_index_common import (db_params, drop_prefixed_tables, index_url, make_archive, random_prefix, read_manifest,
+                               tiny_model)
 
 
 def _scores(idx, series_uid):
@@ -75,8 +76,4 @@ def test_touched_files_keep_their_scores_changed_pixels_do_not(tmp_path, kind):
     finally:
         idx.close()
         if kind == "postgres":
-            from sqlalchemy import MetaData
-
-            md = MetaData()
-            md.reflect(idx.store.engine, only=lambda name, _: name.startswith(kw["table_prefix"]))
-            md.drop_all(idx.store.engine)
+            drop_prefixed_tables(idx.store.engine, kw["table_prefix"])

@@ -7,7 +7,7 @@ import datetime as dt
 import os
 import uuid
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import nibabel as nib
 import numpy as np
@@ -125,6 +125,15 @@ def pg_url() -> Optional[str]:
 
 def random_prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}_"
+
+
+def drop_prefixed_tables(engine: Any, prefix: str) -> None:
+    """Drop a test's tables from a shared (PostgreSQL) database: every table whose name starts with ``prefix``."""
+    from sqlalchemy import MetaData
+
+    md = MetaData()
+    md.reflect(engine, only=lambda name, _: name.startswith(prefix))
+    md.drop_all(engine)
 
 
 def db_params():

@@ -13,7 +13,8 @@ from sqlalchemy import select, update
 from ctglip_sdk.index import ArchiveIndex
 from ctglip_sdk.index import content as content_mod
 from ctglip_sdk.index.content import content_digest
-from test_index_common import db_params, index_url, make_archive, random_prefix, read_manifest, tiny_model
+from test_index_common import (db_params, drop_prefixed_tables, index_url, make_archive, random_prefix, read_manifest,
+                               tiny_model)
 
 
 def _ids(idx):
@@ -104,11 +105,7 @@ def test_touched_and_copied_series_are_not_embedded_again(tmp_path, kind, monkey
     finally:
         idx.close()
         if kind == "postgres":
-            from sqlalchemy import MetaData
-
-            md = MetaData()
-            md.reflect(idx.store.engine, only=lambda name, _: name.startswith(kw["table_prefix"]))
-            md.drop_all(idx.store.engine)
+            drop_prefixed_tables(idx.store.engine, kw["table_prefix"])
 
 
 def test_a_manifest_correction_still_reingests_and_a_series_without_digest_is_embedded_once(tmp_path):
