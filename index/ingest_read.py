@@ -14,8 +14,8 @@ import numpy as np
 from ctglip_sdk.errors import ConfigError, CTGlipError, GeometryError, InputError
 from ctglip_sdk.privacy import dicom_identifiers, pseudonymize, redact_identifiers
 
-from .filters import normalise_sex, to_date
 from .content import item_digest
+from .filters import normalise_sex, to_date
 from .layout import Item, plan_archive
 
 if TYPE_CHECKING:  # pragma: no cover

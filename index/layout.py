@@ -210,15 +210,22 @@ def stems(image: str) -> List[str]:
     return [stem] if base == stem or not base else [stem, base]
 
 
-def _study_folder(image: str, images: List[Any]) -> Optional[str]:
+def _images_under(images: List[Any]) -> Dict[str, int]:
+    """Folder -> number of images anywhere below it (every ancestor of every image path, the root left out)."""
+    out: Dict[str, int] = {}
+    for s in images:
+        for folder in Path(s.path).parents:
+            if folder.as_posix() not in ("", "."):
+                out[folder.as_posix()] = out.get(folder.as_posix(), 0) + 1
+    return out
+
+
+def _study_folder(image: str, under: Dict[str, int]) -> Optional[str]:
     """The folder above a DICOM series folder when that series is the only image anywhere under it (a study folder
     ``images/S/<SeriesInstanceUID>/``, the layout ``ctglip synth --format dicom`` writes); None at the root or when
     the folder holds other images, whose masks its name could belong to as well."""
     parent = Path(image).parent.as_posix()
-    if parent in ("", "."):
-        return None
-    prefix = parent + "/"
-    return parent if sum(1 for o in images if o.path.startswith(prefix)) == 1 else None
+    return parent if under.get(parent) == 1 else None
 
 
 def _find_mask(root: Path, image: str, alone: bool, inside: bool = False) -> Optional[str]:
@@ -303,13 +310,14 @@ def discovered_items(root: Path) -> Discovered:
         per_dir[Path(s.path).parent.as_posix()] = per_dir.get(Path(s.path).parent.as_posix(), 0) + 1
     items: List[Item] = []
     alone: Dict[str, bool] = {}
+    under = _images_under(images)
     for s in images:
         alone[s.path] = per_dir[Path(s.path).parent.as_posix()] == 1
         inside = s.kind == "dicom" and (root / s.path).is_dir() and sum(o.path == s.path for o in images) == 1
         mask = _find_mask(root, s.path, alone[s.path], inside)
         named_by = None
         if mask is None and s.kind == "dicom":
-            named_by = _study_folder(s.path, images)
+            named_by = _study_folder(s.path, under)
             mask = _find_mask(root, named_by, False) if named_by else None
             named_by = named_by if mask is not None else None
         key = s.series_uid or path_key(s.path)
