@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import logging
 import os
 import secrets
@@ -20,7 +21,8 @@ from ctglip_sdk.model.voxels import STATS_VERSION
 from .ann import AnnIndex
 from .lock import WriterLock
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, read_manifest, write_manifest
-from .schema import SCHEMA_VERSION
+from .engine import _readonly_sqlite_file
+from .schema import READABLE_SCHEMA, SCHEMA_VERSION
 from .store import Store, redact_url
 from .vectors import VectorStore
 
@@ -141,11 +143,18 @@ def open_store(root: Path, manifest: Dict[str, Any], database_url: Optional[str]
             store.dispose()
             if version > SCHEMA_VERSION:
                 raise
-            # A read-only folder or database (a published index) cannot take the migration: one line, not the
-            # driver's "must be owner of table" or a raw OSError from the lock file.
-            raise IndexStateError(f"the index was written by an older ctglip-sdk (schema {version}); open it once "
-                                  f"with write access to upgrade it to schema {SCHEMA_VERSION} "
-                                  f"({type(exc).__name__})", path=root) from None
+            if version >= READABLE_SCHEMA and _cannot_write(exc, database_url):
+                # A published index read by a newer library: what the upgrade adds is only written by ingest.
+                log.warning("the index has schema %d and is read-only here: opened for reading without the upgrade "
+                            "to schema %d (open it once with write access before ingesting into it)", version,
+                            SCHEMA_VERSION)
+                store = Store(database_url, manifest.get("table_prefix", "ctglip_"), user_url=user_url)
+            else:
+                # A read-only folder or database (a published index) cannot take the migration: one line, not the
+                # driver's "must be owner of table" or a raw OSError from the lock file.
+                raise IndexStateError(f"the index was written by an older ctglip-sdk (schema {version}); open it "
+                                      f"once with write access to upgrade it to schema {SCHEMA_VERSION} "
+                                      f"({type(exc).__name__})", path=root) from None
     if store.get_meta("index_uid") != manifest["index_uid"]:
         raise IndexStateError("the SQL tables belong to another index than this folder's manifest "
                               f"({redact_url(database_url)}); pass the right database_url/table_prefix",
@@ -153,6 +162,18 @@ def open_store(root: Path, manifest: Dict[str, Any], database_url: Optional[str]
     if db["kind"] != "sqlite":
         _claim_shared_tables(root, manifest["index_uid"], store)
     return store
+
+
+def _cannot_write(exc: BaseException, database_url: str) -> bool:
+    """Whether a failed schema upgrade failed for want of write access (a read-only folder, file, file system or
+    database role), not because the database is busy or broken, which must not be read at the old schema."""
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return True
+    if database_url.startswith("sqlite") and _readonly_sqlite_file(database_url) is not None:
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, (SQLAlchemyError, IndexStateError)) and any(
+        w in text for w in ("permission denied", "must be owner", "read-only", "readonly"))
 
 
 def _claim_shared_tables(root: Path, uid: str, store: Store) -> None:

@@ -341,8 +341,10 @@ def test_an_older_read_only_index_says_to_open_it_once_with_write_access(tmp_pat
     idx.ingest(make_archive(tmp_path / "a", n=1, seed=1), workers=0)
     st = idx.store
     idx.close()
-    st.write(lambda c: (c.exec_driver_sql(f'ALTER TABLE "{st.t.series.name}" DROP COLUMN content_digest'),
-                        c.execute(delete(st.t.migrations).where(st.t.migrations.c.version == 3))))
+    # Schema 1 (no shown_path, which queries read): refused until upgraded.
+    st.write(lambda c: (c.exec_driver_sql(f'ALTER TABLE "{st.t.series.name}" DROP COLUMN shown_path'),
+                        c.exec_driver_sql(f'ALTER TABLE "{st.t.series.name}" DROP COLUMN content_digest'),
+                        c.execute(delete(st.t.migrations).where(st.t.migrations.c.version >= 2))))
     st.dispose()
     db = str(tmp_path / "idx" / "index.sqlite")
     real_access = os.access
@@ -350,6 +352,36 @@ def test_an_older_read_only_index_says_to_open_it_once_with_write_access(tmp_pat
                         os.path.abspath(p) in (db, os.path.dirname(db)) else real_access(p, mode))
     with pytest.raises(IndexStateError, match="older ctglip-sdk.*open it once with write access"):
         ArchiveIndex.open(tmp_path / "idx")  # was the driver's "attempt to write a readonly database"
+
+
+def test_a_read_only_index_of_schema_2_is_read_without_its_upgrade(tmp_path, monkeypatch, caplog):
+    """Schema 3 only adds series.content_digest, which ingest alone writes: a published (read-only) index of
+    schema 2 is searched and exported by a newer library, with a warning (review, 2026-12-07)."""
+    import os
+
+    from sqlalchemy import delete
+
+    from ctglip_sdk.index import engine as engine_mod
+
+    idx = ArchiveIndex.create(tmp_path / "idx", model=tiny_model())
+    idx.ingest(make_archive(tmp_path / "a", n=2, seed=1), workers=0)
+    st, n = idx.store, len(idx)
+    hits = idx.search(np.ones(idx.dim, np.float32), k=5).crop_ids
+    idx.close()
+    st.write(lambda c: (c.exec_driver_sql(f'ALTER TABLE "{st.t.series.name}" DROP COLUMN content_digest'),
+                        c.execute(delete(st.t.migrations).where(st.t.migrations.c.version == 3))))
+    st.dispose()
+    db = str(tmp_path / "idx" / "index.sqlite")
+    real_access = os.access
+    monkeypatch.setattr(engine_mod.os, "access", lambda p, mode: False if mode == os.W_OK and
+                        os.path.abspath(p) in (db, os.path.dirname(db)) else real_access(p, mode))
+    caplog.set_level("WARNING")
+    ro = ArchiveIndex.open(tmp_path / "idx")
+    assert "schema 2 and is read-only" in caplog.text and len(ro) == n
+    assert list(ro.search(np.ones(ro.dim, np.float32), k=5).crop_ids) == list(hits)
+    assert ro.export(tmp_path / "o.csv", what="organs").read_text().count("\n") == n + 1
+    assert ro.store.schema_version() == 2
+    ro.close()
 
 
 def test_a_study_without_uid_and_the_ingest_export_show_no_patient_id_of_folder_names(tmp_path):
