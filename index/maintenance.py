@@ -14,7 +14,7 @@ from ctglip_sdk.errors import CTGlipError, IndexStateError
 
 from .ann import AnnIndex, choose_factory, text_queries
 from .create import FAISS_FILE
-from .schema import DERIVED_TABLES, SCHEMA_VERSION
+from .schema import DERIVED_TABLES, INGEST_ONLY_COLUMNS, READABLE_SCHEMA, SCHEMA_VERSION
 from .vectors import file_checksum
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -108,6 +108,10 @@ def _verify(index: "ArchiveIndex", repair: bool) -> Dict[str, Any]:
     if repair:
         repaired += recreate_derived_tables(index)
     missing = index.store.missing_schema()
+    version = index.store.schema_version()
+    if READABLE_SCHEMA <= version < SCHEMA_VERSION:  # a read-only index read without its upgrade (create.py)
+        later = {f"{index.store.t.prefix}{t}.{c}" for (t, c), v in INGEST_ONLY_COLUMNS.items() if v > version}
+        missing = [m for m in missing if m not in later]
     if missing:
         return _schema_report(index, missing, repaired, t0)
     # A reader (another process writes) compares a consistent picture: its memory refreshed from SQL first, and
@@ -173,8 +177,10 @@ def _verify(index: "ArchiveIndex", repair: bool) -> Dict[str, Any]:
     sql = _sql_checks(index)
     if sql["series_count_mismatch"]:
         problems.append(f"{len(sql['series_count_mismatch'])} series whose organ count differs from their record")
-    version = index.store.schema_version()
-    if version != SCHEMA_VERSION:
+    if READABLE_SCHEMA <= version < SCHEMA_VERSION:
+        warnings.append(f"schema version {version}, read without its upgrade to {SCHEMA_VERSION} (the index is "
+                        "read-only here; open it once with write access before ingesting into it)")
+    elif version != SCHEMA_VERSION:
         problems.append(f"schema version {version}, expected {SCHEMA_VERSION}")
     model_cfg = index.folder / MODEL_DIR / "config.json"
     if model_cfg.is_file():

@@ -15,13 +15,17 @@ from sqlalchemy.schema import CreateColumn
 
 from ctglip_sdk.errors import ConfigError
 
-__all__ = ["SCHEMA_VERSION", "READABLE_SCHEMA", "Tables", "make_tables", "MIGRATIONS", "check_prefix", "DERIVED_TABLES"]
+__all__ = ["SCHEMA_VERSION", "READABLE_SCHEMA", "INGEST_ONLY_COLUMNS", "Tables", "make_tables", "MIGRATIONS", "check_prefix",
+           "DERIVED_TABLES"]
 
 #: Bumped whenever a migration is added; an index whose schema is newer than this library is refused.
 SCHEMA_VERSION = 3
 #: The oldest schema a read-only index may be read at without its upgrade: the migrations after it only add what
 #: ingest writes (3: series.content_digest), which no query reads. Older ones must be upgraded first.
 READABLE_SCHEMA = 2
+#: (table, column) -> the migration that adds it, for the columns a schema between READABLE_SCHEMA and
+#: SCHEMA_VERSION may lack (``verify`` does not count them missing on an index read without its upgrade).
+INGEST_ONLY_COLUMNS = {("series", "content_digest"): 3}
 
 #: Tables (by name after the prefix) whose rows an index can do without or compute again, with what follows when
 #: ``verify(repair=True)`` recreates one empty; patients, studies, series and organs are the archive's truth, which
