@@ -50,3 +50,21 @@ def test_a_cohort_question_is_capped_before_it_is_read():
 
     with pytest.raises(QueryError, match="at most 10,000"):
         parse_query("liver cysts in women " * (MAX_QUERY_CHARS // 20 + 1))
+
+
+@pytest.mark.parametrize("text,expected", [
+    # a denial whose comma goes on about another finding denies the title's (gallstones were read as present)
+    ("Gallstones: none, gallbladder wall thickened.",
+     {("gallbladder", "gallstones", "absent"), ("gallbladder", "gallbladder_wall_thickening", "present")}),
+    ("Gallstones: none visible, but the gallbladder wall is thickened.",
+     {("gallbladder", "gallstones", "absent"), ("gallbladder", "gallbladder_wall_thickening", "present")}),
+    ("Renal calculi: not identified, simple cyst in the left kidney.",
+     {("kidney", "renal_stone", "absent"), ("kidney_left", "renal_cyst", "present")}),
+    ("Pleural effusion: none, small pericardial effusion.",
+     {("lung", "pleural_effusion", "absent"), ("heart", "pericardial_effusion", "present")}),
+    # words about the title's own finding after the comma: read as before (present)
+    ("Hydronephrosis: none, but mild on the left.", {("kidney", "hydronephrosis", "present")}),
+    ("Hydronephrosis: none, but mild left hydronephrosis.", {("kidney_left", "hydronephrosis", "present")}),
+])
+def test_a_checklist_denial_that_goes_on_about_another_finding(text, expected):
+    assert {(f.organ, f.finding, f.status.value) for f in parse_report(text)} == expected

@@ -31,6 +31,9 @@ _ANSWER_TAIL = (
 _ANSWER = re.compile(
     r":\s*(?:(" + _NEG_ANSWER + _ANSWER_TAIL + r")"
     r"|(possible|possibly|questionable|equivocal|indeterminate|uncertain|\?))\s*[.;!]*\s*$")
+# A denying answer that goes on, after a comma, about something else ("Gallstones: none, gallbladder wall
+# thickened."): it still denies what the title names.
+_LEAD_ANSWER = re.compile(r":\s*" + _NEG_ANSWER + _ANSWER_TAIL + r"\s*,")
 # The same answer without the colon, after a title without a comma ("Hydronephrosis none.").
 _BARE_ANSWER = re.compile(r"\s+none" + _ANSWER_TAIL + r"\s*[.;!]*\s*$")
 
@@ -81,6 +84,15 @@ def frame_scopes(toks: Sequence[Tuple[int, int, Info]], low: str, start: int, en
     answer = checklist_answer(low, start, end) if colon else None  # "Gallstones: none." denies what the title names
     if answer is not None:
         scopes = [(None, answer)] * len(toks)
+    elif colon:
+        c = low.find(":", start, end)
+        lead = _LEAD_ANSWER.match(low, c, end) if c >= 0 else None
+        # Only when another finding is named after the comma: "Hydronephrosis: none, but mild on the left" goes on
+        # about the title's own finding ("mild" may describe it), and is read as before.
+        if lead is not None:
+            titled = {k for t in toks if t[1] <= c for k in t[2].keys}
+            if titled and any(t[0] >= lead.end() and t[2].keys and titled.isdisjoint(t[2].keys) for t in toks):
+                scopes = [(None, "neg") if t[1] <= c else sc for t, sc in zip(toks, scopes)]
     if denied:
         scopes = [(sc[0], "neg") for sc in scopes]  # "Negative: hydronephrosis, renal calculi."
     return question, scopes, answer
