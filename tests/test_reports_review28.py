@@ -68,3 +68,14 @@ def test_a_cohort_question_is_capped_before_it_is_read():
 ])
 def test_a_checklist_denial_that_goes_on_about_another_finding(text, expected):
     assert {(f.organ, f.finding, f.status.value) for f in parse_report(text)} == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("A small loculated left-sided effusion.", {("lung_lower_lobe_left", "pleural_effusion", "present")}),
+    ("Right sided effusion.", {("lung_lower_lobe_right", "pleural_effusion", "present")}),
+    ("No left-sided effusion.", {("lung_lower_lobe_left", "pleural_effusion", "absent")}),
+    ("Small left effusion.", {("lung_lower_lobe_left", "pleural_effusion", "present")}),  # as before
+    ("Pericardial effusion.", {("heart", "pericardial_effusion", "present")}),            # no side: as before
+])
+def test_a_sided_effusion_without_organ_is_pleural(text, expected):
+    assert {(f.organ, f.finding, f.status.value) for f in parse_report(text)} == expected
