@@ -79,3 +79,18 @@ def test_a_checklist_denial_that_goes_on_about_another_finding(text, expected):
 ])
 def test_a_sided_effusion_without_organ_is_pleural(text, expected):
     assert {(f.organ, f.finding, f.status.value) for f in parse_report(text)} == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    # a location set off by a comma places the finding (it was left on the synonym's own organ)
+    ("Pulmonary nodule, right upper lobe.", {("lung_upper_lobe_right", "lung_nodule", "present")}),
+    ("Pulmonary nodule, right upper lobe, 6 mm.", {("lung_upper_lobe_right", "lung_nodule", "present")}),
+    ("Renal cyst, left kidney.", {("kidney_left", "renal_cyst", "present")}),
+    # an organ that starts a new clause after the comma does not
+    ("Renal cyst, left kidney is atrophic.",
+     {("kidney", "renal_cyst", "present"), ("kidney_left", "renal_atrophy", "present")}),
+    ("Renal cyst, and the left kidney is atrophic.",
+     {("kidney", "renal_cyst", "present"), ("kidney_left", "renal_atrophy", "present")}),
+])
+def test_a_location_after_a_comma_places_the_finding(text, expected):
+    assert {(f.organ, f.finding, f.status.value) for f in parse_report(text)} == expected

@@ -20,6 +20,10 @@ _WORD = re.compile(r"[a-z0-9][a-z0-9]*")  # "[a-z0-9]+", spelt to start with a c
 _AND = re.compile(r"a(?<=\ba)nd\b")  # "\band\b"
 _NEAR_MENTIONS = 32  # organ mentions on each side of a finding that _resolve weighs, in very long sentences
 # Text between a finding and an organ that makes the organ the finding's location ("nodule in the lingula").
+# A location set off by a comma right after a finding ("Pulmonary nodule, right upper lobe."), and what may follow
+# that organ for it to be the finding's place, not the subject of a new clause ("..., left kidney is atrophic").
+_APPOSITION = re.compile(r"\s*,\s*(?:(?:in|at|within|of)\s+)?(?:the\s+)?")
+_APPOSITION_END = re.compile(r"\s*(?:[,.;:)]|$)")
 _LOCATION = re.compile(r"\s*(?:in|at|within|of|involving|from|near|along|arising from)\s+(?:the\s+)?(?:[a-z]+\s+)?")
 
 
@@ -129,8 +133,12 @@ class OrganResolver:
             elif not info.syn:
                 return [], [], None
             # else a synonym that names its own organ ("esophageal hiatal hernia"): the adjective does not take it
-        if best >= 0 and info.implied and mentions[best][0] >= b and _GAP_BOUNDARY.search(low, b, mentions[best][0]):
-            best = -1  # a synonym names its organ; an organ in a following clause does not refine it
+        if best >= 0 and info.implied and mentions[best][0] >= b and _GAP_BOUNDARY.search(low, b, mentions[best][0]) \
+                and not (_APPOSITION.fullmatch(low, b, mentions[best][0])
+                         and _APPOSITION_END.match(low, mentions[best][1]) is not None):
+            # a synonym names its organ; an organ in a following clause does not refine it, but one set off by a
+            # comma alone ends the sentence or a list: where it is ("Pulmonary nodule, right upper lobe, 6 mm")
+            best = -1
         if best >= 0:
             out, used = [], []
             for j in self._run(low, mentions, best):
