@@ -52,6 +52,10 @@ def test_a_cohort_question_is_capped_before_it_is_read():
         parse_query("liver cysts in women " * (MAX_QUERY_CHARS // 20 + 1))
 
 
+def _triples(text):
+    return {(f.organ, f.finding, f.status.value) for f in parse_report(text)}
+
+
 @pytest.mark.parametrize("text,expected", [
     # a denial whose comma goes on about another finding denies the title's (gallstones were read as present)
     ("Gallstones: none, gallbladder wall thickened.",
@@ -67,7 +71,7 @@ def test_a_cohort_question_is_capped_before_it_is_read():
     ("Hydronephrosis: none, but mild left hydronephrosis.", {("kidney_left", "hydronephrosis", "present")}),
 ])
 def test_a_checklist_denial_that_goes_on_about_another_finding(text, expected):
-    assert {(f.organ, f.finding, f.status.value) for f in parse_report(text)} == expected
+    assert _triples(text) == expected
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -78,7 +82,7 @@ def test_a_checklist_denial_that_goes_on_about_another_finding(text, expected):
     ("Pericardial effusion.", {("heart", "pericardial_effusion", "present")}),            # no side: as before
 ])
 def test_a_sided_effusion_without_organ_is_pleural(text, expected):
-    assert {(f.organ, f.finding, f.status.value) for f in parse_report(text)} == expected
+    assert _triples(text) == expected
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -93,4 +97,4 @@ def test_a_sided_effusion_without_organ_is_pleural(text, expected):
      {("kidney", "renal_cyst", "present"), ("kidney_left", "renal_atrophy", "present")}),
 ])
 def test_a_location_after_a_comma_places_the_finding(text, expected):
-    assert {(f.organ, f.finding, f.status.value) for f in parse_report(text)} == expected
+    assert _triples(text) == expected

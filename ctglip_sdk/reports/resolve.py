@@ -19,11 +19,11 @@ _GAP_BOUNDARY = re.compile(
 _WORD = re.compile(r"[a-z0-9][a-z0-9]*")  # "[a-z0-9]+", spelt to start with a character set (see above)
 _AND = re.compile(r"a(?<=\ba)nd\b")  # "\band\b"
 _NEAR_MENTIONS = 32  # organ mentions on each side of a finding that _resolve weighs, in very long sentences
-# Text between a finding and an organ that makes the organ the finding's location ("nodule in the lingula").
 # A location set off by a comma right after a finding ("Pulmonary nodule, right upper lobe."), and what may follow
 # that organ for it to be the finding's place, not the subject of a new clause ("..., left kidney is atrophic").
 _APPOSITION = re.compile(r"\s*,\s*(?:(?:in|at|within|of)\s+)?(?:the\s+)?")
 _APPOSITION_END = re.compile(r"\s*(?:[,.;:)]|$)")
+# Text between a finding and an organ that makes the organ the finding's location ("nodule in the lingula").
 _LOCATION = re.compile(r"\s*(?:in|at|within|of|involving|from|near|along|arising from)\s+(?:the\s+)?(?:[a-z]+\s+)?")
 
 
