@@ -80,6 +80,12 @@ def test_a_checklist_denial_that_goes_on_about_another_finding(text, expected):
     ("No left-sided effusion.", {("lung_lower_lobe_left", "pleural_effusion", "absent")}),
     ("Small left effusion.", {("lung_lower_lobe_left", "pleural_effusion", "present")}),  # as before
     ("Pericardial effusion.", {("heart", "pericardial_effusion", "present")}),            # no side: as before
+    ("Small effusion on the right.", {("lung_lower_lobe_right", "pleural_effusion", "present")}),
+    ("Effusions on both sides.",
+     {("lung_lower_lobe_left", "pleural_effusion", "present"), ("lung_lower_lobe_right", "pleural_effusion", "present")}),
+    ("No effusion on the left.", {("lung_lower_lobe_left", "pleural_effusion", "absent")}),
+    ("Pericardial effusion on the left.", {("heart", "pericardial_effusion", "present")}),
+    ("Small effusion.", set()),                                                            # no side: nothing
 ])
 def test_a_sided_effusion_without_organ_is_pleural(text, expected):
     assert _triples(text) == expected

@@ -65,6 +65,8 @@ _OPENING = re.compile(r"\s*(?:on|in)\s+the\s+(left|right)(?:\s+side)?\b")
 # The side word right before "effusion(s)" ("small left effusion", "bilateral effusions", "left-sided effusion";
 # the last gave no statement before 2026-12-07, the dictionary's own "a small loculated left-sided effusion" too).
 _SIDE_BEFORE = re.compile(r"(?<![a-z\-])(?:left|right|bilateral)(?:[\s\-]sided)?\s+$")
+# The side said right after "effusion(s)" ("Small effusion on the left.", "effusions on both sides").
+_SIDE_AFTER = re.compile(r"s?\s+(?:on|at)\s+(?:the\s+)?(?:left|right|both\s+sides)\b")
 # A comma and the largest (dominant) one of a bilateral finding: "Bilateral calculi, the largest in the left kidney".
 _LARGEST = re.compile(r"\s*,\s*(?:the|with\s+the)\s+(?:largest|biggest|dominant|most\s+prominent)\b")
 
@@ -212,7 +214,10 @@ def bilateral_before(low: str, toks: Sequence[Tuple[int, int, Info]], i: int, us
 def sided_site(low: str, info: Info, a: int, start: int, entries: Mapping[str, Any]) -> Optional[str]:
     """The finding an "effusion" right after a side word, with no organ, names: the one whose dictionary ``sites``
     place it by side ("Small left effusion" -> pleural effusion; a pericardial effusion has no side)."""
-    if not low.startswith("effusion", a) or _SIDE_BEFORE.search(low, a - 18 if a - 18 > start else start, a) is None:
+    if not low.startswith("effusion", a):
+        return None
+    if _SIDE_BEFORE.search(low, a - 18 if a - 18 > start else start, a) is None and \
+            _SIDE_AFTER.match(low, a + 8) is None:
         return None
     keys = [k for k in info.keys if entries[k].sites]
     return keys[0] if len(keys) == 1 else None
