@@ -85,7 +85,9 @@ def test_checklist_answers_beyond_the_bare_word(text, expected):
     ("Gallstones: none.", {("gallbladder", "gallstones", A)}),
     ("Hydronephrosis: mild on the right", {("kidney_right", "hydronephrosis", P)}),
     ("Hydronephrosis: no change.", {("kidney", "hydronephrosis", P)}),
-    ("Hydronephrosis: none, but mild on the left.", {("kidney", "hydronephrosis", P)}),  # read as a sentence
+    # the bare denial is said of the side the rest does not name (2026-12-07; it was `kidney` present)
+    ("Hydronephrosis: none, but mild on the left.", {("kidney_left", "hydronephrosis", P),
+                                                     ("kidney_right", "hydronephrosis", A)}),
 ])
 def test_checklist_answers_that_are_not_a_plain_denial(text, expected):
     assert findings(text) == expected

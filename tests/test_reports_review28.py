@@ -66,8 +66,11 @@ def _triples(text):
      {("kidney", "renal_stone", "absent"), ("kidney_left", "renal_cyst", "present")}),
     ("Pleural effusion: none, small pericardial effusion.",
      {("lung", "pleural_effusion", "absent"), ("heart", "pericardial_effusion", "present")}),
-    # words about the title's own finding after the comma: read as before (present)
-    ("Hydronephrosis: none, but mild on the left.", {("kidney", "hydronephrosis", "present")}),
+    # words about the title's own finding after the comma: not a denial of it (the side answers, review27)
+    ("Hydronephrosis: none, but mild on the left.",
+     {("kidney_left", "hydronephrosis", "present"), ("kidney_right", "hydronephrosis", "absent")}),
+    ("Pleural effusions: none, but small on the right.",
+     {("lung_lower_lobe_left", "pleural_effusion", "absent"), ("lung_lower_lobe_right", "pleural_effusion", "present")}),
     ("Hydronephrosis: none, but mild left hydronephrosis.", {("kidney_left", "hydronephrosis", "present")}),
 ])
 def test_a_checklist_denial_that_goes_on_about_another_finding(text, expected):

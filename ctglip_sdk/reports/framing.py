@@ -46,6 +46,7 @@ _DENIAL_MEMO: Dict[str, bool] = {}  # title -> denial_title (titles repeat acros
 # One part of a checklist answer given side by side: "none on the right", "mild on the left", "small left".
 _SIDED_PART = re.compile(
     r"\s*((?:[a-z0-9.\-]+\s+){0,3}?)(?:(?:on|in|at)\s+(?:the\s+)?)?(left|right)(?:\s+side)?\s*")
+_CONTRAST = re.compile(r"^\s*(?:but|except|although|however)\s+")
 _PART_DENIED = re.compile(r"(?:none|no|nil|absent|negative|not\s+(?:seen|identified|present))\s*")
 _PART_HEDGED = re.compile(r"(?:possible|possibly|questionable|equivocal|indeterminate|\?)\s*")
 _PART_WORDS = frozenset(("no", "not", "none", "nil", "absent", "negative", "without", "possible", "possibly",
@@ -149,7 +150,13 @@ def sided_answers(low: str, start: int, end: int) -> Optional[List[Tuple[str, Op
     if len(parts) < 2:
         return None
     out: List[Tuple[str, Optional[str]]] = []
-    for part in parts:
+    rest: Optional[str] = None  # "none, but mild on the left": the bare denial is said of the sides not named
+    for k, part in enumerate(parts):
+        if k:
+            part = _CONTRAST.sub("", part, count=1)
+        if k == 0 and _PART_DENIED.fullmatch(part.strip() + " "):
+            rest = "neg"
+            continue
         m = _SIDED_PART.fullmatch(part)
         if m is None:
             return None
@@ -163,8 +170,10 @@ def sided_answers(low: str, start: int, end: int) -> Optional[List[Tuple[str, Op
         else:
             return None
         out.append((m.group(2), kind))
-    if len({side for side, _ in out}) != len(out):
+    if len({side for side, _ in out}) != len(out) or not out:
         return None
+    if rest is not None:
+        out += [(side, rest) for side in ("left", "right") if side not in {sd for sd, _ in out}]
     return out
 
 
