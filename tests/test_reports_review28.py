@@ -107,3 +107,20 @@ def test_a_sided_effusion_without_organ_is_pleural(text, expected):
 ])
 def test_a_location_after_a_comma_places_the_finding(text, expected):
     assert _triples(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    # two findings, each with its own side in its own clause (the sides were swapped or shared)
+    ("KIDNEYS: On the right there is a simple cyst and on the left there is a stone.",
+     {("kidney_right", "renal_cyst", "present"), ("kidney_left", "renal_stone", "present")}),
+    ("KIDNEYS: On the right there is a simple cyst and on the left a stone.",
+     {("kidney_right", "renal_cyst", "present"), ("kidney_left", "renal_stone", "present")}),
+    ("KIDNEYS: Simple cyst on the right and a stone on the left.",
+     {("kidney_right", "renal_cyst", "present"), ("kidney_left", "renal_stone", "present")}),
+    ("KIDNEYS: There is a simple cyst on the right and on the left there is a stone.",
+     {("kidney_right", "renal_cyst", "present"), ("kidney_left", "renal_stone", "present")}),
+    ("Pleural effusion on the left and atelectasis on the right.",
+     {("lung_lower_lobe_left", "pleural_effusion", "present"), ("lung_right", "atelectasis", "present")}),
+])
+def test_each_finding_takes_the_side_of_its_own_clause(text, expected):
+    assert _triples(text) == expected

@@ -29,6 +29,10 @@ _SEVERITY = (r"(?:mild|mildly|moderate|moderately|severe|severely|marked|small|l
 _COMMA_LEAD = re.compile(r"\s*(?::\s*)?(?:" + _SEVERITY + r"\s*)*,\s*(?:" + _SEVERITY + r"\s*,?\s*)*")
 _COMMA_TAIL = re.compile(r"\s*(?:sided?\b\s*)?(?:[,;.]|$)")
 _AND_OR = re.compile(r"\s*(?:and|or)\s*")
+# A side said after a finding as its place ("a cyst on the right"): not the side of what follows it.
+# A side right before "there is/are" ("on the left there is a stone"): it opens that clause.
+_THERE = re.compile(r"\s?there\s")
+_ON_THE = re.compile(r"\s*(?:on|at|to)\s+the\s+")
 _BOTH = Info(side="both", flags=True)
 _GROUP_MENTIONS: Dict[str, Info] = {}  # group -> the Info of a mention of it (made once)
 # Memoised organ-table lookups shared by the parser modules (parser.clear_caches empties them).
@@ -92,7 +96,11 @@ def side_near(low: str, toks: Sequence[Tuple[int, int, Info]], lo_i: int, hi_i: 
         if "," in low[b:anchor] or anchor - b > 30:
             break
         if info.side:
+            if i and toks[i - 1][2].keys and _ON_THE.fullmatch(low, toks[i - 1][1], a):
+                break  # "a cyst on the right and a stone": that side is said of the finding right before it
             return info.side
+        if info.trigger == TERMINATE and i and toks[i - 1][2].side and _THERE.match(low, toks[i - 1][1], b):
+            return toks[i - 1][2].side  # "... and on the left there is a stone": the side opens this clause
         if info.keys or info.organ or info.trigger == TERMINATE:
             break
     anchor = toks[hi_i][1]
@@ -104,6 +112,8 @@ def side_near(low: str, toks: Sequence[Tuple[int, int, Info]], lo_i: int, hi_i: 
         if "," in low[anchor:a] or a - anchor > 25:
             break
         if info.side:
+            if i + 1 < len(toks) and toks[i + 1][2].trigger == TERMINATE and _THERE.match(low, b, toks[i + 1][1]):
+                break  # "a cyst and on the left there is a stone": the side opens the next clause
             return info.side
         if info.keys or info.organ or info.trigger == TERMINATE:
             break
