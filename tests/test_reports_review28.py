@@ -124,3 +124,13 @@ def test_a_location_after_a_comma_places_the_finding(text, expected):
 ])
 def test_each_finding_takes_the_side_of_its_own_clause(text, expected):
     assert _triples(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Rt. kidney normal.", {("kidney_right", None, "absent")}),  # was `kidney`: both kidneys said normal
+    ("Lt. kidney: normal. Rt. kidney: 2 cm cyst.",
+     {("kidney_left", None, "absent"), ("kidney_right", "renal_cyst", "present")}),
+    ("Stone on the rt. No hydronephrosis.", {("kidney", "hydronephrosis", "absent")}),  # still ends the sentence
+])
+def test_rt_and_lt_with_a_period_side_whole_organ_statements(text, expected):
+    assert _triples(text) == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_left
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -20,6 +21,18 @@ __all__ = ["Status", "OrganFinding", "SentenceResult", "parse_report", "analyse"
 
 
 _CACHE_SIZE = 50_000
+# "Rt." / "Lt." inside a sentence ("Rt. kidney normal.": the segmenter does not split before a lower-case word).
+_SIDE_DOT = re.compile(r"(?<![a-z])[rl]t\. (?=[a-z])")
+
+
+def _side_dots(text: str, low: str) -> str:
+    """``low`` with the period of "rt."/"lt." read as a space where a lower-case word follows in ``text``, so that
+    "Rt. kidney" is read as "Rt kidney" (the right kidney) by the whole-organ rules too; offsets are unchanged."""
+    out = low
+    for m in _SIDE_DOT.finditer(low):
+        if text[m.end()].islower():
+            out = out[:m.end() - 2] + " " + out[m.end() - 1:]
+    return out
 
 
 def clear_caches(dictionary: Optional[AbnormalityDictionary] = None, *, memos: bool = False) -> None:
@@ -62,6 +75,8 @@ def _results(text: str, dictionary: Optional[AbnormalityDictionary], sentences: 
     low = text.lower()
     if len(low) != len(text):  # a few Unicode letters change length when lowered; keep offsets aligned
         low = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+    if "t. " in low:
+        low = _side_dots(text, low)
     out: List[Any] = []
     heading: Optional[str] = None
     denied = False
