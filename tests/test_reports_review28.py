@@ -134,3 +134,20 @@ def test_each_finding_takes_the_side_of_its_own_clause(text, expected):
 ])
 def test_rt_and_lt_with_a_period_side_whole_organ_statements(text, expected):
     assert _triples(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    # an upper-case finding line answered on the next line (it read as the finding stated)
+    ("PLEURAL EFFUSION\nNone.", {("lung", "pleural_effusion", "absent")}),
+    ("FINDINGS:\nGALLSTONES\nNo.\n\nLIVER\nHepatic steatosis.",
+     {("gallbladder", "gallstones", "absent"), ("liver", "hepatic_steatosis", "present")}),
+    ("GALLSTONES\nNot seen.", {("gallbladder", "gallstones", "absent")}),
+    ("GALLSTONES\nNegative.", {("gallbladder", "gallstones", "absent")}),
+    ("Hydronephrosis negative.", {("kidney", "hydronephrosis", "absent")}),
+    # an answer that states is read as before
+    ("GALLSTONES\nPresent.", {("gallbladder", "gallstones", "present")}),
+    ("CHOLELITHIASIS\n2 CM CYST IN THE LIVER.",
+     {("gallbladder", "gallstones", "present"), ("liver", "liver_cyst", "present")}),
+])
+def test_a_finding_line_answered_on_the_next_line(text, expected):
+    assert _triples(text) == expected

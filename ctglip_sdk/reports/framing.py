@@ -35,7 +35,7 @@ _ANSWER = re.compile(
 # thickened."): it still denies what the title names.
 _LEAD_ANSWER = re.compile(r":\s*" + _NEG_ANSWER + _ANSWER_TAIL + r"\s*,")
 # The same answer without the colon, after a title without a comma ("Hydronephrosis none.").
-_BARE_ANSWER = re.compile(r"\s+none" + _ANSWER_TAIL + r"\s*[.;!]*\s*$")
+_BARE_ANSWER = re.compile(r"\s+(?:none|no|nil|negative)" + _ANSWER_TAIL + r"\s*[.;!]*\s*$")
 
 # Titles that deny what follows them ("Negative: hydronephrosis, renal calculi."): every sentence under one is a
 # denial, as a checklist line's answer is.

@@ -98,6 +98,11 @@ _SPLIT_CACHE_SIZE = 50_000
 _MARKER_FIRST = frozenset("-*\u2022\u00b7\u2013>(0123456789")
 _MARKER_LETTER = frozenset("abcdefghABCDEFGHivxIVX")
 _UPPER_TITLE = re.compile(r"[A-Z][A-Z /&,()'\-]*")
+# A line that is only the answer to the upper-case finding line above it ("PLEURAL EFFUSION" + "None."): joined to
+# it, so that the pair reads as "Pleural effusion none." (a denial), not as the finding stated.
+_ANSWER_ONLY = re.compile(r"(?i)(?:none|no|nil|negative|absent|not\s+(?:seen|identified|present|detected|"
+                          r"demonstrated|visuali[sz]ed|visible|noted))(?:\s+(?:seen|identified|noted|present|"
+                          r"visible|detected|bilaterally))?\s*[.;!]*")
 _ASCII_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _ASCII_ALNUM = _ASCII_LETTERS | frozenset("0123456789")
 _STRIP = " \t\r"
@@ -293,6 +298,7 @@ def segment(text: str, heading_organs: Callable[[str, Tuple[str, ...]], Tuple[st
     b_organs: Tuple[str, ...] = ()
     b_section: Optional[str] = None
     b_open = False
+    b_statement = False  # the open block is one upper-case line that states a finding ("GALLSTONES")
     prev_start = 0  # where the last line of the open block starts
     # A skipped section ("Comparison:") or a denying title ("Negative:") says one paragraph: whether it has had text
     # yet, whether the current title is one, and for a denying title with its text on its own line, that the line
@@ -377,12 +383,18 @@ def segment(text: str, heading_organs: Callable[[str, Tuple[str, ...]], Tuple[st
         if b0 >= 0 and not item and b_open and (c.islower() or c.isdigit() or c in "(,") and (
                 c not in _ASCII_LETTERS or _wrapped(text, prev_start, b1, s, e)):
             b1 = e  # a line wrapped mid-sentence
+        elif b0 >= 0 and b_statement and not item and _ANSWER_ONLY.fullmatch(text, s, e):
+            b1 = e  # "GALLSTONES" + "None.": the line above asked, this one answers
+            b_open = b_statement = False
+            prev_start = line_start
+            continue
         else:
             if b0 >= 0 and b_section != "skip":
                 _emit(out, text, b0, b1, b_heading, b_organs, b_section)
             b0, b1, b_heading, b_organs, b_section = s, e, heading, organs, section
         # an upper-case statement line ends there ("CHOLELITHIASIS" + "2 CM CYST ...") unless its last word is open
         b_open = text[e - 1] not in ".;:!?" and (not statement or _open_end(text, s, e))
+        b_statement = statement and b0 == s
         prev_start = line_start
     if b0 >= 0 and b_section != "skip":
         _emit(out, text, b0, b1, b_heading, b_organs, b_section)

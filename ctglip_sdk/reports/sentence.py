@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_right
 from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
@@ -27,6 +28,8 @@ _ADJACENT = frozenset((" ", "-"))  # what may lie between an organ adjective and
 # size"), not the organ (hepatomegaly).
 _SIZE_CHANGE = frozenset(("increased in size",))
 _NEGATING = frozenset(("neg_pre", "neg_post", "neg_both"))
+# A sentence that ends in a bare denial ("GALLSTONES" + "No." joined by the segmenter): framing's checklist answer.
+_ENDS_DENIED = re.compile(r"\s(?:no|nil|negative)\s*[.;!]*\s*$")
 
 
 _NOTHING: FrozenSet[str] = frozenset()
@@ -118,7 +121,8 @@ class SentenceParser(OrganResolver):
                     normal_span = (a, b)
                 normal_at.append(a)
         if finding_toks and (low.find("none", start, end) >= 0 or low.find("prior ", start, end) >= 0 or
-                             low.find("previous ", start, end) >= 0):  # "Hydronephrosis none.", "Prior pneumonia."
+                             low.find("previous ", start, end) >= 0 or  # "Hydronephrosis none.", "Prior pneumonia."
+                             _ENDS_DENIED.search(low, end - 12 if end - 12 > start else start, end) is not None):
             scopes, answer = word_scopes(toks, low, start, end, ":" in raw, scopes, answer)
         if weak and not mentions and (not heading_organs or any(w[3] in heading_organs for w in weak)):
             for i, a, b, organ in weak:  # "lesion in segment 7": the liver, as nothing else names an organ
