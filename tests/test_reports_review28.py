@@ -151,3 +151,20 @@ def test_rt_and_lt_with_a_period_side_whole_organ_statements(text, expected):
 ])
 def test_a_finding_line_answered_on_the_next_line(text, expected):
     assert _triples(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    # a side after the comma opens a described finding: the negation ends (the cysts were read as absent)
+    ("No hydronephrosis, left renal cyst.", {("kidney", "hydronephrosis", "absent"), ("kidney_left", "renal_cyst", "present")}),
+    ("No hydronephrosis, bilateral renal cysts.", {("kidney", "hydronephrosis", "absent"),
+                                                   ("kidney_left", "renal_cyst", "present"),
+                                                   ("kidney_right", "renal_cyst", "present")}),
+    # a list of sides goes on denying
+    ("No hydronephrosis, right or left.",
+     {("kidney_left", "hydronephrosis", "absent"), ("kidney_right", "hydronephrosis", "absent")}),
+    ("No gallstones, hydronephrosis or renal cysts.", {("gallbladder", "gallstones", "absent"),
+                                                       ("kidney", "hydronephrosis", "absent"),
+                                                       ("kidney", "renal_cyst", "absent")}),
+])
+def test_a_side_after_a_negation_and_comma_opens_a_finding(text, expected):
+    assert _triples(text) == expected

@@ -28,7 +28,9 @@ _QUALIFIER_AFTER = re.compile(r"\s*(?:or|and)\s+(?:more|larger|greater|above|big
 _DESCRIBED = re.compile(
     r",\s*(?:(?:mild|moderate|severe|marked|minimal|small|large|trace|tiny|few|a\s+few|several|multiple|numerous|"
     r"innumerable|scattered|punctate|extensive|non-?obstructing|subcentimet(?:er|re)|two|three|four|five|new|"
-    r"persistent)\b(?!\s+(?:bowel|intestine)\b)|(?:mild|moderate)-)")
+    r"persistent)\b(?!\s+(?:bowel|intestine)\b)|(?:mild|moderate)-|"
+    # a side that opens a described finding ("no hydronephrosis, left renal cyst"), not a list of sides
+    r"(?:left|right|bilateral)\b(?!\s*(?:,|or\b|and\b|nor\b|-?sided\b|side\b|$)))")
 # ... and so does a clause after the comma that ends saying its finding is there ("no pulmonary nodules, emphysema
 # present") or still there ("no hydronephrosis, left renal cyst unchanged"), unless it lists or denies ("no
 # effusion, nodules or masses seen"), as does a negated clause closed by its own verb before the comma ("no calculi
