@@ -168,3 +168,13 @@ def test_a_finding_line_answered_on_the_next_line(text, expected):
 ])
 def test_a_side_after_a_negation_and_comma_opens_a_finding(text, expected):
     assert _triples(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Post cholecystectomy for gallstones.", {("gallbladder", "gallstones", "uncertain")}),
+    ("Status post left nephrectomy for a renal mass. Right kidney: simple cyst.",
+     {("kidney_left", "renal_mass", "uncertain"), ("kidney_right", "renal_cyst", "present")}),
+    ("Status post right nephrectomy. Left renal cyst.", {("kidney_left", "renal_cyst", "present")}),
+])
+def test_the_reason_for_an_operation_is_the_past(text, expected):
+    assert _triples(text) == expected

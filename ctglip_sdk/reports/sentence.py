@@ -28,6 +28,9 @@ _ADJACENT = frozenset((" ", "-"))  # what may lie between an organ adjective and
 # size"), not the organ (hepatomegaly).
 _SIZE_CHANGE = frozenset(("increased in size",))
 _NEGATING = frozenset(("neg_pre", "neg_post", "neg_both"))
+# What lies between an operation and the finding it was done for ("nephrectomy for RCC", "... due to a renal mass").
+_FOR_REASON = re.compile(r"\s+(?:for|due\s+to|because\s+of|secondary\s+to)\s+(?:(?:a|an|the|presumed|known|"
+                         r"suspected|large|small|left|right|symptomatic)\s+)*")
 # A sentence that ends in a bare denial ("GALLSTONES" + "No." joined by the segmenter): framing's checklist answer.
 _ENDS_DENIED = re.compile(r"\s(?:no|nil|negative)\s*[.;!]*\s*$")
 
@@ -133,6 +136,12 @@ class SentenceParser(OrganResolver):
         if gone_cue:
             gone, removed = gone_organs(low, toks, scopes, mentions, mention_tok, heading_organs, start, end,
                                         lambda j: self._run(low, mentions, j))
+            if removed:  # "post right nephrectomy for RCC": the reason for the operation is the past, as after
+                scopes = list(scopes)  # "history of" (it read as present on an organ that is gone)
+                for i, (a, b, info) in enumerate(toks):
+                    if info.resects and i + 1 < len(toks) and toks[i + 1][2].keys and not toks[i + 1][2].resects \
+                            and _FOR_REASON.fullmatch(low, b, toks[i + 1][0]) and scopes[i + 1][0] is None:
+                        scopes[i + 1] = ("hist", scopes[i + 1][1])
             if all(bare(t[2]) for t in toks):  # "Status post cholecystectomy." says nothing more
                 return s_text, (), bool(heading_organs), heading_organs or removed, removed
         opening: Optional[str] = None
