@@ -10,8 +10,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ctglip_sdk.reports.vocab import Info
 
-__all__ = ["frame_scopes", "word_scopes", "checklist_answer", "denial_title", "sided_answers", "past_scopes",
-           "opening_side", "bilateral_before", "sided_site"]
+__all__ = ["ANSWER_LINE", "frame_scopes", "word_scopes", "checklist_answer", "denial_title", "sided_answers",
+           "past_scopes", "opening_side", "bilateral_before", "sided_site"]
 
 Scope = Tuple[Optional[str], Optional[str]]
 
@@ -31,6 +31,9 @@ _ANSWER_TAIL = (
 _ANSWER = re.compile(
     r":\s*(?:(" + _NEG_ANSWER + _ANSWER_TAIL + r")"
     r"|(possible|possibly|questionable|equivocal|indeterminate|uncertain|\?))\s*[.;!]*\s*$")
+# A line that is only a denying answer ("None.", "Not seen."): the segmenter joins it to the upper-case finding line
+# above it ("PLEURAL EFFUSION" + "None."), so that the pair reads as the bare answer below.
+ANSWER_LINE = re.compile(r"(?i)" + _NEG_ANSWER + _ANSWER_TAIL + r"\s*[.;!]*")
 # A denying answer that goes on, after a comma, about something else ("Gallstones: none, gallbladder wall
 # thickened."): it still denies what the title names.
 _LEAD_ANSWER = re.compile(r":\s*" + _NEG_ANSWER + _ANSWER_TAIL + r"\s*,")

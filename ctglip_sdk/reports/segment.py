@@ -6,7 +6,7 @@ import re
 from functools import lru_cache
 from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
-from ctglip_sdk.reports.framing import denial_title
+from ctglip_sdk.reports.framing import ANSWER_LINE, denial_title
 from ctglip_sdk.reports.vocab import CHECKLIST as _CHECKLIST
 from ctglip_sdk.reports.vocab import STATEMENT as _STATEMENT
 
@@ -98,11 +98,6 @@ _SPLIT_CACHE_SIZE = 50_000
 _MARKER_FIRST = frozenset("-*\u2022\u00b7\u2013>(0123456789")
 _MARKER_LETTER = frozenset("abcdefghABCDEFGHivxIVX")
 _UPPER_TITLE = re.compile(r"[A-Z][A-Z /&,()'\-]*")
-# A line that is only the answer to the upper-case finding line above it ("PLEURAL EFFUSION" + "None."): joined to
-# it, so that the pair reads as "Pleural effusion none." (a denial), not as the finding stated.
-_ANSWER_ONLY = re.compile(r"(?i)(?:none|no|nil|negative|absent|not\s+(?:seen|identified|present|detected|"
-                          r"demonstrated|visuali[sz]ed|visible|noted))(?:\s+(?:seen|identified|noted|present|"
-                          r"visible|detected|bilaterally))?\s*[.;!]*")
 _ASCII_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _ASCII_ALNUM = _ASCII_LETTERS | frozenset("0123456789")
 _STRIP = " \t\r"
@@ -383,7 +378,7 @@ def segment(text: str, heading_organs: Callable[[str, Tuple[str, ...]], Tuple[st
         if b0 >= 0 and not item and b_open and (c.islower() or c.isdigit() or c in "(,") and (
                 c not in _ASCII_LETTERS or _wrapped(text, prev_start, b1, s, e)):
             b1 = e  # a line wrapped mid-sentence
-        elif b0 >= 0 and b_statement and not item and _ANSWER_ONLY.fullmatch(text, s, e):
+        elif b0 >= 0 and b_statement and not item and ANSWER_LINE.fullmatch(text, s, e):
             b1 = e  # "GALLSTONES" + "None.": the line above asked, this one answers
             b_open = b_statement = False
             prev_start = line_start
